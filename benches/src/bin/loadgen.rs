@@ -1,0 +1,158 @@
+//! `loadgen`: a load generator speaking etcd's v3 gRPC API, modelled on
+//! etcd's `benchmark` tool, so the same command measures this server and
+//! the real etcd.
+//!
+//! ```text
+//! loadgen --endpoints http://127.0.0.1:2379 --conns 1 --clients 1 \
+//!     --total 10000 --key-size 8 --val-size 256 put
+//! loadgen --endpoints http://127.0.0.1:2379 --clients 16 --total 10000 range --consistency s
+//! ```
+//! Prints `name: value` lines: requests, errors, qps and latency percentiles.
+
+use anyhow::Context as _;
+use benches::{key, Summary};
+use clap::{Parser, Subcommand};
+use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
+use etcd_core::pb::etcdserverpb::{PutRequest, RangeRequest};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for etcd's v3 gRPC API")]
+struct Args {
+    /// Client URL(s) of the server, comma-separated (connections are spread over them).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    endpoints: String,
+    /// Number of gRPC connections.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Number of concurrent clients (each issues one request at a time).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Total number of requests.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size in bytes (put).
+    #[arg(long, default_value_t = 256)]
+    val_size: usize,
+    /// Keys are drawn from [0, key-space-size).
+    #[arg(long, default_value_t = 100_000)]
+    key_space_size: u64,
+    /// Use keys 0,1,2,... in order instead of random ones.
+    #[arg(long)]
+    sequential_keys: bool,
+    /// Seed of the key choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(subcommand)]
+    op: Op,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum Op {
+    /// Put random or sequential keys.
+    Put,
+    /// Get single keys (run `put` first to fill the key space).
+    Range {
+        /// l: linearizable, s: serializable.
+        #[arg(long, default_value = "l")]
+        consistency: char,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let endpoints: Vec<String> = args.endpoints.split(',').map(str::to_string).collect();
+    let mut channels = Vec::new();
+    for i in 0..args.conns.max(1) {
+        let ep = &endpoints[i % endpoints.len()];
+        let ch = Endpoint::from_shared(ep.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {ep}"))?;
+        channels.push(ch);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let value = vec![b'v'; args.val_size];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let client = KvClient::new(channels[c % channels.len()].clone())
+            .max_decoding_message_size(usize::MAX);
+        let (next, value) = (next.clone(), value.clone());
+        let (total, key_size, space, seq, op) =
+            (args.total, args.key_size, args.key_space_size.max(1), args.sequential_keys, args.op);
+        let seed = args.seed.wrapping_add(c as u64);
+        tasks.push(tokio::spawn(async move {
+            run_client(client, next, total, key_size, space, seq, seed, op, value).await
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await??;
+        hist.add(h)?;
+        ok += o;
+        errors += e;
+    }
+    let summary = Summary { ok, errors, elapsed: start.elapsed(), latencies: hist };
+    print!("{}", summary.report());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_client(
+    mut client: KvClient<Channel>,
+    next: Arc<AtomicU64>,
+    total: u64,
+    key_size: usize,
+    space: u64,
+    sequential: bool,
+    seed: u64,
+    op: Op,
+    value: Vec<u8>,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut hist = Histogram::<u64>::new(3)?;
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let value = bytes::Bytes::from(value);
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= total {
+            break;
+        }
+        let k = bytes::Bytes::from(key(if sequential { n % space } else { rng.gen_range(0..space) }, key_size));
+        let t = Instant::now();
+        let r = match op {
+            Op::Put => client
+                .put(PutRequest { key: k, value: value.clone(), ..Default::default() })
+                .await
+                .map(|_| ()),
+            Op::Range { consistency } => client
+                .range(RangeRequest { key: k, serializable: consistency == 's', ..Default::default() })
+                .await
+                .map(|_| ()),
+        };
+        match r {
+            Ok(()) => {
+                hist.record(t.elapsed().as_micros() as u64)?;
+                ok += 1;
+            }
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("first error: {e}");
+                }
+                errors += 1;
+            }
+        }
+    }
+    Ok((hist, ok, errors))
+}

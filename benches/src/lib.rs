@@ -1,0 +1,58 @@
+//! Benchmarks of the etcd-compatible store: criterion micro-benchmarks in
+//! `benches/` and the `loadgen` binary, a load generator that speaks etcd's
+//! gRPC API and so measures this server and the real etcd alike.
+//! Results and the exact commands are in `benches/RESULTS.md`.
+
+use hdrhistogram::Histogram;
+use std::time::Duration;
+
+/// Latency summary of a run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Requests that succeeded.
+    pub ok: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latencies in microseconds.
+    pub latencies: Histogram<u64>,
+}
+
+impl Summary {
+    /// Successful requests per second.
+    pub fn qps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency percentile in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        self.latencies.value_at_quantile(p / 100.0) as f64 / 1000.0
+    }
+
+    /// The report printed by `loadgen`, one `name: value` per line.
+    pub fn report(&self) -> String {
+        format!(
+            "requests: {}\nerrors: {}\nelapsed_s: {:.3}\nqps: {:.1}\nlatency_ms_mean: {:.3}\n\
+             latency_ms_p50: {:.3}\nlatency_ms_p90: {:.3}\nlatency_ms_p99: {:.3}\n\
+             latency_ms_p99.9: {:.3}\nlatency_ms_max: {:.3}\n",
+            self.ok,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.qps(),
+            self.latencies.mean() / 1000.0,
+            self.percentile_ms(50.0),
+            self.percentile_ms(90.0),
+            self.percentile_ms(99.0),
+            self.percentile_ms(99.9),
+            self.latencies.max() as f64 / 1000.0,
+        )
+    }
+}
+
+/// The key with number `n`, zero-padded to `size` bytes (like etcd's
+/// benchmark tool with sequential keys).
+pub fn key(n: u64, size: usize) -> Vec<u8> {
+    let s = format!("{n:0size$}");
+    s.into_bytes()
+}

@@ -1,0 +1,387 @@
+//! Applying requests to the MVCC store, mirroring etcd's `apply.go`
+//! (`applierV3backend`): Range, Put, DeleteRange, Txn, Compaction.
+//!
+//! A txn runs in three steps, like etcd: (1) evaluate the compares of the
+//! txn and of every nested txn on the chosen branches, all against the state
+//! *before* the txn (the "path"); (2) check every op on the path (ranges at
+//! valid revisions; puts with existing keys for `ignore_*` and existing
+//! leases), so that a txn which would fail changes nothing; (3) run the ops.
+//! Ops see the txn's own earlier writes, and all writes of one request share
+//! one main revision.
+//!
+//! Headers: only the revision is set here. A nested response gets a header
+//! with its revision (a nested txn's header stays empty, as in etcd); the
+//! caller fills the top-level header's cluster, member and term.
+
+use crate::pb::etcdserverpb::{
+    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use crate::pb::mvccpb::KeyValue;
+use crate::raft_request::{Op, RaftRequest};
+use crate::{Error, Result};
+use etcd_mvcc::{CompactWait, RangeOptions, RangeResult, Store, TxnRead, TxnWrite};
+use std::cmp::Ordering;
+
+/// What applying one raft entry produced for its waiter.
+pub(crate) enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse, CompactWait),
+}
+
+/// A read or write transaction over the store.
+pub(crate) struct View<'a> {
+    txn: Txn<'a>,
+    /// The store's compaction revision when the view was opened.
+    compact_rev: i64,
+}
+
+enum Txn<'a> {
+    Read(TxnRead<'a>),
+    Write(TxnWrite<'a>),
+}
+
+impl<'a> View<'a> {
+    /// A read-only view at the current revision.
+    pub(crate) fn read(store: &'a Store) -> View<'a> {
+        View { compact_rev: store.compact_revision(), txn: Txn::Read(store.read()) }
+    }
+
+    /// A write transaction (the only one at a time).
+    pub(crate) fn write(store: &'a Store) -> View<'a> {
+        View { compact_rev: store.compact_revision(), txn: Txn::Write(store.write()) }
+    }
+
+    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        Ok(match &self.txn {
+            Txn::Read(t) => t.range(key, end, opts)?,
+            Txn::Write(t) => t.range(key, end, opts)?,
+        })
+    }
+
+    /// The revision reads see (the pending one once a write txn changed something).
+    pub(crate) fn rev(&self) -> i64 {
+        match &self.txn {
+            Txn::Read(t) => t.rev(),
+            Txn::Write(t) => t.rev(),
+        }
+    }
+
+    fn write_txn(&mut self) -> &mut TxnWrite<'a> {
+        match &mut self.txn {
+            Txn::Write(t) => t,
+            Txn::Read(_) => unreachable!("write op in a read-only txn"),
+        }
+    }
+
+    /// Commits a write view at raft index `index`.
+    fn end(self, index: u64) -> Result<()> {
+        match self.txn {
+            Txn::Write(t) => {
+                t.end(index)?;
+                Ok(())
+            }
+            Txn::Read(_) => unreachable!("only write views are committed"),
+        }
+    }
+}
+
+/// Applies a committed request at raft index `index`. The consistent index
+/// is persisted whatever the outcome, so replay after a crash is idempotent.
+pub(crate) fn apply(store: &Store, index: u64, req: &RaftRequest) -> Result<Applied> {
+    let Some(op) = &req.op else {
+        store.write().end(index)?;
+        return Err(Error::Internal("raft request without an operation".into()));
+    };
+    if let Op::Compaction(c) = op {
+        return compaction(store, index, c);
+    }
+    let mut view = View::write(store);
+    let out = match op {
+        Op::Put(p) => check_put_lease(p).and_then(|()| put(&mut view, p)).map(Applied::Put),
+        Op::DeleteRange(d) => delete_range(&mut view, d).map(Applied::DeleteRange),
+        Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
+        Op::Compaction(_) => unreachable!("handled above"),
+    };
+    view.end(index)?;
+    out
+}
+
+fn compaction(store: &Store, index: u64, c: &CompactionRequest) -> Result<Applied> {
+    match store.compact(c.revision, index) {
+        Ok(wait) => {
+            let header = Some(ResponseHeader { revision: store.current_revision(), ..Default::default() });
+            Ok(Applied::Compaction(CompactionResponse { header }, wait))
+        }
+        Err(e) => {
+            store.write().end(index)?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Leases are not implemented yet, so no lease id exists.
+fn lease_exists(_lease: i64) -> bool {
+    false
+}
+
+fn check_put_lease(p: &PutRequest) -> Result<()> {
+    if p.lease != 0 && !lease_exists(p.lease) {
+        return Err(Error::LeaseNotFound);
+    }
+    Ok(())
+}
+
+/// The header of a nested response: the revision only.
+fn rev_header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader { revision, ..Default::default() })
+}
+
+/// `applierV3backend.Range`.
+pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> {
+    use range_request::{SortOrder, SortTarget};
+    let filtered = r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    let mut limit = r.limit;
+    if r.sort_order != SortOrder::None as i32 || filtered {
+        // Everything is needed to sort or filter; truncate afterwards.
+        limit = 0;
+    }
+    if limit > 0 {
+        // One extra to learn whether there is more.
+        limit += 1;
+    }
+    let opts = RangeOptions { limit, rev: r.revision, count_only: r.count_only };
+    let rr = view.range(&r.key, &r.range_end, opts)?;
+    let mut kvs = rr.kvs;
+    if r.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
+    }
+    if r.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= r.min_mod_revision);
+    }
+    if r.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= r.max_create_revision);
+    }
+    if r.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= r.min_create_revision);
+    }
+    let mut order = r.sort_order;
+    if r.sort_target != SortTarget::Key as i32 && order == SortOrder::None as i32 {
+        // Results come sorted by key; any other target defaults to ascending.
+        order = SortOrder::Ascend as i32;
+    }
+    if order != SortOrder::None as i32 {
+        let by: fn(&KeyValue, &KeyValue) -> Ordering = match r.sort_target {
+            t if t == SortTarget::Version as i32 => |a, b| a.version.cmp(&b.version),
+            t if t == SortTarget::Create as i32 => |a, b| a.create_revision.cmp(&b.create_revision),
+            t if t == SortTarget::Mod as i32 => |a, b| a.mod_revision.cmp(&b.mod_revision),
+            t if t == SortTarget::Value as i32 => |a, b| a.value.cmp(&b.value),
+            _ => |a, b| a.key.cmp(&b.key),
+        };
+        if order == SortOrder::Descend as i32 {
+            kvs.sort_by(|a, b| by(b, a));
+        } else {
+            kvs.sort_by(by);
+        }
+    }
+    let mut more = false;
+    if r.limit > 0 && kvs.len() as i64 > r.limit {
+        kvs.truncate(r.limit as usize);
+        more = true;
+    }
+    if r.keys_only {
+        for kv in &mut kvs {
+            kv.value = Default::default();
+        }
+    }
+    Ok(RangeResponse { header: rev_header(view.rev()), kvs, more, count: rr.count })
+}
+
+/// `applierV3backend.Put` (the lease was checked before).
+fn put(view: &mut View<'_>, p: &PutRequest) -> Result<PutResponse> {
+    let mut prev = None;
+    if p.ignore_value || p.ignore_lease || p.prev_kv {
+        prev = view.range(&p.key, &[], RangeOptions::default())?.kvs.into_iter().next();
+    }
+    let (mut value, mut lease) = (&p.value[..], p.lease);
+    if p.ignore_value || p.ignore_lease {
+        let Some(prev) = &prev else { return Err(Error::KeyNotFound) };
+        if p.ignore_value {
+            value = &prev.value[..];
+        }
+        if p.ignore_lease {
+            lease = prev.lease;
+        }
+    }
+    let value = value.to_vec();
+    let txn = view.write_txn();
+    txn.put(&p.key, &value, lease)?;
+    Ok(PutResponse { header: rev_header(txn.rev()), prev_kv: if p.prev_kv { prev } else { None } })
+}
+
+/// `applierV3backend.DeleteRange`.
+fn delete_range(view: &mut View<'_>, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    let txn = view.write_txn();
+    let deleted = txn.delete_range(&d.key, &d.range_end)?;
+    Ok(DeleteRangeResponse {
+        header: rev_header(txn.rev()),
+        deleted: deleted.len() as i64,
+        prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
+    })
+}
+
+/// Whether a txn writes nothing on any branch (`isTxnReadonly`).
+pub(crate) fn is_read_only(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(_)) => true,
+        Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+        _ => false,
+    })
+}
+
+/// `applierV3backend.Txn`.
+pub(crate) fn txn(view: &mut View<'_>, t: &TxnRequest) -> Result<TxnResponse> {
+    let mut path = Vec::new();
+    compare_to_path(view, t, &mut path)?;
+    check_ops(view, t, &mut &path[..])?;
+    let mut resp = run_txn(view, t, &mut &path[..])?;
+    resp.header = rev_header(view.rev());
+    Ok(resp)
+}
+
+/// Evaluates the compares of `t` and of the nested txns on its chosen
+/// branch, depth first, against the state before the txn.
+fn compare_to_path(view: &View<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+    let mut ok = true;
+    for c in &t.compare {
+        if !apply_compare(view, c)? {
+            ok = false;
+            break;
+        }
+    }
+    path.push(ok);
+    for op in if ok { &t.success } else { &t.failure } {
+        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+            compare_to_path(view, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `applyCompare`: true when every key in the compare's range satisfies it.
+fn apply_compare(view: &View<'_>, c: &Compare) -> Result<bool> {
+    let rr = view.range(&c.key, &c.range_end, RangeOptions::default())?;
+    if rr.kvs.is_empty() {
+        // A value compare on a missing key always fails (no way to tell a
+        // missing value from an empty one); other targets compare zero.
+        if c.target == compare::CompareTarget::Value as i32 {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(rr.kvs.iter().all(|kv| compare_kv(c, kv)))
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let ord = match c.target {
+        t if t == CompareTarget::Value as i32 => {
+            let v: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value[..].cmp(v)
+        }
+        t => {
+            let (actual, want) = match (t, &c.target_union) {
+                (t, Some(TargetUnion::CreateRevision(r))) if t == CompareTarget::Create as i32 => {
+                    (kv.create_revision, *r)
+                }
+                (t, _) if t == CompareTarget::Create as i32 => (kv.create_revision, 0),
+                (t, Some(TargetUnion::ModRevision(r))) if t == CompareTarget::Mod as i32 => {
+                    (kv.mod_revision, *r)
+                }
+                (t, _) if t == CompareTarget::Mod as i32 => (kv.mod_revision, 0),
+                (t, Some(TargetUnion::Version(v))) if t == CompareTarget::Version as i32 => {
+                    (kv.version, *v)
+                }
+                (t, _) if t == CompareTarget::Version as i32 => (kv.version, 0),
+                (t, Some(TargetUnion::Lease(l))) if t == CompareTarget::Lease as i32 => {
+                    (kv.lease, *l)
+                }
+                (t, _) if t == CompareTarget::Lease as i32 => (kv.lease, 0),
+                // An unknown target: etcd compares nothing and succeeds.
+                _ => return true,
+            };
+            actual.cmp(&want)
+        }
+    };
+    match c.result {
+        r if r == CompareResult::Equal as i32 => ord == Ordering::Equal,
+        r if r == CompareResult::NotEqual as i32 => ord != Ordering::Equal,
+        r if r == CompareResult::Greater as i32 => ord == Ordering::Greater,
+        r if r == CompareResult::Less as i32 => ord == Ordering::Less,
+        _ => true,
+    }
+}
+
+/// `checkRequests` with `checkRequestPut` and `checkRequestRange`.
+fn check_ops(view: &View<'_>, t: &TxnRequest, path: &mut &[bool]) -> Result<()> {
+    let (&ok, rest) = path.split_first().expect("path covers every txn on it");
+    *path = rest;
+    for op in if ok { &t.success } else { &t.failure } {
+        match &op.request {
+            Some(request_op::Request::RequestTxn(nested)) => check_ops(view, nested, path)?,
+            Some(request_op::Request::RequestPut(p)) => {
+                if p.ignore_value || p.ignore_lease {
+                    let rr = view.range(&p.key, &[], RangeOptions::default())?;
+                    if rr.kvs.is_empty() {
+                        return Err(Error::KeyNotFound);
+                    }
+                }
+                check_put_lease(p)?;
+            }
+            Some(request_op::Request::RequestRange(r)) if r.revision != 0 => {
+                if r.revision > view.rev() {
+                    return Err(Error::FutureRevision);
+                }
+                if r.revision < view.compact_rev {
+                    return Err(Error::Compacted);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn run_txn(view: &mut View<'_>, t: &TxnRequest, path: &mut &[bool]) -> Result<TxnResponse> {
+    let (&ok, rest) = path.split_first().expect("path covers every txn on it");
+    *path = rest;
+    let mut responses = Vec::new();
+    for op in if ok { &t.success } else { &t.failure } {
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                response_op::Response::ResponseRange(range(view, r)?)
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(put(view, p)?)
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                response_op::Response::ResponseDeleteRange(delete_range(view, d)?)
+            }
+            Some(request_op::Request::RequestTxn(nested)) => {
+                response_op::Response::ResponseTxn(run_txn(view, nested, path)?)
+            }
+            None => return Err(Error::KeyNotFound),
+        };
+        responses.push(ResponseOp { response: Some(response) });
+    }
+    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded: ok, responses })
+}

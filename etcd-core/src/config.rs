@@ -1,0 +1,126 @@
+//! Settings of an embedded member, named after etcd's flags.
+
+use crate::error::StartError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster.
+    #[default]
+    New,
+    /// Join an existing cluster.
+    Existing,
+}
+
+/// Settings of one member. Public fields, [`Default`] (etcd's defaults) and
+/// [`Config::validate`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `--name`.
+    pub name: String,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--initial-cluster`: `name=peer-url,...`.
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token`.
+    pub initial_cluster_token: String,
+    /// `--initial-advertise-peer-urls`.
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `--advertise-client-urls`.
+    pub advertise_client_urls: Vec<String>,
+    /// `--heartbeat-interval`.
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout`.
+    pub election_timeout: Duration,
+    /// `--max-request-bytes`: largest request accepted.
+    pub max_request_bytes: u64,
+    /// `--max-txn-ops`: most operations in one txn.
+    pub max_txn_ops: usize,
+    /// `--quota-backend-bytes`: writes fail with "database space exceeded"
+    /// once the database is this large (0 = the default, 2 GiB).
+    pub quota_backend_bytes: u64,
+}
+
+/// etcd's default `--quota-backend-bytes` (2 GiB).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "default".into(),
+            data_dir: PathBuf::from("default.etcd"),
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            quota_backend_bytes: 0,
+        }
+    }
+}
+
+impl Config {
+    /// A config for a single member named `name` with its data in `data_dir`.
+    pub fn single(name: &str, data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            initial_cluster: format!("{name}=http://localhost:2380"),
+            ..Config::default()
+        }
+    }
+
+    /// Checks the settings; the error names the setting at fault.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let bad = |s: String| Err(StartError::Config(s));
+        if self.name.is_empty() {
+            return bad("--name must not be empty".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return bad("--heartbeat-interval must be positive".into());
+        }
+        if self.election_timeout < self.heartbeat_interval * 5 {
+            return bad(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout.as_millis(),
+                self.heartbeat_interval.as_millis()
+            ));
+        }
+        if self.election_timeout > Duration::from_millis(50_000) {
+            return bad(format!(
+                "--election-timeout[{}ms] is too long, and should be set less than 50000ms",
+                self.election_timeout.as_millis()
+            ));
+        }
+        if self.max_request_bytes == 0 {
+            return bad("--max-request-bytes must be positive".into());
+        }
+        if self.max_txn_ops == 0 {
+            return bad("--max-txn-ops must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The effective quota in bytes.
+    pub fn quota_bytes(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+
+    /// How long a request may wait to be applied (etcd: 5 s plus two
+    /// election timeouts).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + self.election_timeout * 2
+    }
+}

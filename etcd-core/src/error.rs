@@ -1,0 +1,155 @@
+//! The errors a client of the engine can see.
+//!
+//! Each variant is one of etcd's server errors; its `Display` text is
+//! exactly etcd's message (what `etcdctl` prints), and
+//! [`Error::code`] gives etcd's gRPC status code. The gRPC layer translates
+//! with these two alone, so there is one place to compare with etcd's
+//! `rpctypes`.
+
+/// gRPC status codes used by etcd (numeric values as in the gRPC spec).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// 3
+    InvalidArgument,
+    /// 5
+    NotFound,
+    /// 8
+    ResourceExhausted,
+    /// 9
+    FailedPrecondition,
+    /// 11
+    OutOfRange,
+    /// 12
+    Unimplemented,
+    /// 13
+    Internal,
+    /// 14
+    Unavailable,
+    /// 15
+    DataLoss,
+}
+
+/// An error returned by the engine's API.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A request without a key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist, or an
+    /// empty request op in a txn.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn with more operations than --max-txn-ops.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A txn that writes the same key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A sort order or target outside the enum.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// The revision was compacted away.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The revision is newer than the store.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// The lease does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// The request is larger than --max-request-bytes.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// No leader: an election is running or quorum is lost.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The leader changed while the request was in flight.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The request was not applied in time.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The server is stopping.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The database reached --quota-backend-bytes.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A member id that is not in the cluster.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// MoveLeader to a member that is not a voter of this cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// A leader-only operation on a member that is not the leader.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// Storage failed underneath; the server cannot go on safely.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// etcd's gRPC status code for this error.
+    pub fn code(&self) -> Code {
+        use Error::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            NoSpace => Code::ResourceExhausted,
+            BadLeaderTransferee => Code::FailedPrecondition,
+            NotLeader => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
+            Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<etcd_mvcc::Error> for Error {
+    fn from(e: etcd_mvcc::Error) -> Self {
+        match e {
+            etcd_mvcc::Error::Compacted => Error::Compacted,
+            etcd_mvcc::Error::FutureRevision => Error::FutureRevision,
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Errors of starting or stopping the engine (not client-facing).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid; the text says which setting and why.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The data directory cannot be used; the text says why.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The WAL could not be opened or created.
+    #[error("wal: {0}")]
+    Wal(#[from] etcd_wal::Error),
+    /// The MVCC store could not be opened.
+    #[error("mvcc: {0}")]
+    Mvcc(#[from] etcd_mvcc::Error),
+    /// The raft node could not start.
+    #[error("raft: {0}")]
+    Raft(#[from] etcd_raft_node::Error),
+    /// An I/O error on the data directory.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias for client-facing calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

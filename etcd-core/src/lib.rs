@@ -1,0 +1,35 @@
+//! The embeddable etcd-compatible engine.
+//!
+//! Start a member with [`Etcd::start`] and call the KV API directly, with
+//! etcd's semantics and error messages:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use etcd_core::{pb::etcdserverpb::{PutRequest, RangeRequest}, Config, Etcd};
+//! let etcd = Etcd::start(Config::single("demo", "/tmp/demo.etcd"))?;
+//! etcd.put(PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).await?;
+//! let resp = etcd.range(RangeRequest { key: "k".into(), ..Default::default() }).await?;
+//! assert_eq!(&resp.kvs[0].value[..], b"v");
+//! etcd.stop();
+//! # Ok(()) }
+//! ```
+//!
+//! Layers underneath: `etcd-raft-node` (raft-rs over `etcd-wal`) and
+//! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
+
+mod apply;
+mod config;
+mod datadir;
+mod error;
+mod membership;
+pub mod pb;
+mod raft_request;
+mod request_check;
+mod server;
+mod wait;
+
+pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
+pub use datadir::{DataDir, FORMAT_VERSION};
+pub use error::{Code, Error, Result, StartError};
+pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
+pub use server::{Etcd, SERVER_VERSION};

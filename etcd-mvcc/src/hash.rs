@@ -1,0 +1,69 @@
+//! Hash of the key-value history (etcd's `hash.go`), for corruption checks
+//! between members.
+//!
+//! The hash is a CRC-32 (IEEE) over the bytes `"key"` followed by every
+//! `(revision key, stored value)` of the `key` column family with main
+//! revision `<= rev`, in revision order, skipping the revisions `<=` the
+//! compaction revision that compaction does not keep. So it depends only on
+//! the history and the compaction revision, not on how far the physical
+//! compaction has progressed.
+
+use std::sync::atomic::Ordering;
+
+use rocksdb::ReadOptions;
+
+use crate::error::{Error, Result};
+use crate::kvstore::Inner;
+use crate::revision::Revision;
+
+/// Result of [`Store::hash_kv`](crate::Store::hash_kv).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashKv {
+    /// CRC-32 of the history up to `revision`.
+    pub hash: u32,
+    /// The compaction revision when the hash was computed.
+    pub compact_revision: i64,
+    /// The revision the hash covers (the requested one, or the current one).
+    pub revision: i64,
+}
+
+pub(crate) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
+    // Under the index read lock no compaction can start or advance in the
+    // index, so `keep` and the snapshot agree with `compact`.
+    let index = inner.index.read();
+    let current = inner.current_rev.load(Ordering::Acquire);
+    let compact = inner.compact_rev.load(Ordering::Acquire);
+    if rev > current {
+        return Err(Error::FutureRevision);
+    }
+    let rev = if rev <= 0 { current } else { rev };
+    if rev < compact {
+        return Err(Error::Compacted);
+    }
+    let snap = inner.backend.db.snapshot();
+    let keep = index.keep(compact);
+    drop(index);
+
+    let mut h = crc32fast::Hasher::new();
+    h.update(b"key");
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_bytes().to_vec());
+    ro.set_snapshot(&snap);
+    let mut it = inner.backend.db.raw_iterator_cf_opt(inner.backend.key_cf(), ro);
+    it.seek_to_first();
+    while it.valid() {
+        let k = it.key().expect("valid iterator");
+        let (r, _) = Revision::from_key(k)?;
+        if r.main > compact || keep.contains(&r) {
+            h.update(k);
+            h.update(it.value().expect("valid iterator"));
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(HashKv {
+        hash: h.finalize(),
+        compact_revision: compact,
+        revision: rev,
+    })
+}

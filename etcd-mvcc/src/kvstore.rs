@@ -1,0 +1,360 @@
+//! The MVCC store (etcd's `kvstore.go`): open/restore, revisions, compaction
+//! scheduling, auxiliary buckets and maintenance.
+//!
+//! Invariants:
+//! - `current_rev` is the main revision of the last committed write
+//!   transaction with changes (1 for an empty store). Every revision in the
+//!   `key` column family is `<= current_rev`; the key index may hold higher
+//!   ones only while a [`TxnWrite`] is open.
+//! - `compact_rev <= current_rev`; it only grows, and is changed while
+//!   holding the key index write lock, so a reader that checks it under the
+//!   read lock sees an index that is consistent with it.
+//! - At most one [`TxnWrite`] exists at a time (the `writer` mutex); it is
+//!   also held by `compact` and by each chunk of key-index compaction.
+//! - `current_rev` is published (Release) only after the transaction's batch
+//!   is in RocksDB; readers load it (Acquire) before taking a RocksDB
+//!   snapshot, so a snapshot holds every revision `<=` the revision they read at.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::backend::{
+    dir_size, Backend, CF_ALARM, CF_AUTH, CF_LEASE, CF_MEMBERS, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
+    META_SCHEDULED_COMPACT,
+};
+use crate::error::{Error, Result};
+use crate::hash::{self, HashKv};
+use crate::index::TreeIndex;
+use crate::kvstore_compaction::{self, CompactState, CompactWait};
+use crate::kvstore_txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
+use crate::pb::mvccpb::KeyValue;
+use crate::revision::Revision;
+
+/// Options of [`Store::open`].
+///
+/// `Default` gives etcd's defaults: batches of 1000 revisions, 10 ms pause
+/// between compaction batches.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Maximum number of revisions (or keys, for the in-memory index) handled
+    /// per compaction batch. 0 is treated as 1.
+    pub compaction_batch_limit: usize,
+    /// Pause between two physical compaction batches, so that compaction
+    /// never competes with writers for long.
+    pub compaction_sleep_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            compaction_batch_limit: 1000,
+            compaction_sleep_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Auxiliary column families owned by upper layers; their changes are
+/// written in the same RocksDB batch as the key changes of a [`TxnWrite`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Leases (`lease` column family).
+    Lease,
+    /// Users, roles, auth settings (`auth` column family).
+    Auth,
+    /// Cluster members (`members` column family).
+    Members,
+    /// Alarms (`alarm` column family).
+    Alarm,
+}
+
+impl Bucket {
+    pub(crate) fn cf_name(self) -> &'static str {
+        match self {
+            Bucket::Lease => CF_LEASE,
+            Bucket::Auth => CF_AUTH,
+            Bucket::Members => CF_MEMBERS,
+            Bucket::Alarm => CF_ALARM,
+        }
+    }
+}
+
+/// State shared by the store, its transactions and the compaction thread.
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) index: RwLock<TreeIndex>,
+    pub(crate) writer: Mutex<()>,
+    pub(crate) current_rev: AtomicI64,
+    pub(crate) compact_rev: AtomicI64,
+    pub(crate) consistent_index: AtomicU64,
+    pub(crate) compaction: CompactState,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) opts: StoreOptions,
+    pub(crate) dir: PathBuf,
+}
+
+impl Inner {
+    /// Reads and decodes the stored key-value of `rev` (latest revisions
+    /// only: no snapshot needed because they cannot be compacted away).
+    pub(crate) fn get_kv(&self, key: &[u8], rev: Revision) -> Result<KeyValue> {
+        let v = self.backend.db.get_pinned_cf(self.backend.key_cf(), rev.to_bytes())?;
+        decode_kv(key, rev, v.as_deref())
+    }
+}
+
+/// Decodes a stored key-value, checking it belongs to `key`.
+pub(crate) fn decode_kv(key: &[u8], rev: Revision, v: Option<&[u8]>) -> Result<KeyValue> {
+    let v = v.ok_or_else(|| {
+        Error::Corruption(format!(
+            "revision {}/{} of key {:?} is in the index but not in the backend",
+            rev.main,
+            rev.sub,
+            String::from_utf8_lossy(key)
+        ))
+    })?;
+    let kv = KeyValue::decode(v).map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
+    if kv.key != key {
+        return Err(Error::Corruption(format!(
+            "revision {rev:?} holds key {:?}, the index says {:?}",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(kv)
+}
+
+/// A revision-indexed MVCC key-value store on RocksDB. `Send + Sync`: share
+/// it with `Arc`. Dropping it stops the compaction thread (an unfinished
+/// compaction resumes at the next open) and flushes RocksDB.
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+    compactor: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("current_revision", &self.current_revision())
+            .field("compact_revision", &self.compact_revision())
+            .field("consistent_index", &self.consistent_index())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, rebuilds the key index from the
+    /// `key` column family and resumes an unfinished compaction.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let backend = Backend::open(dir)?;
+        let consistent_index = backend.meta_u64(META_CONSISTENT_INDEX)?.unwrap_or(0);
+        let scheduled = backend.meta_i64(META_SCHEDULED_COMPACT)?.unwrap_or(0);
+        let finished = backend.meta_i64(META_FINISHED_COMPACT)?.unwrap_or(0);
+        if finished > scheduled {
+            return Err(Error::Corruption(format!(
+                "finished compaction revision {finished} is above the scheduled one {scheduled}"
+            )));
+        }
+
+        let (index, max_rev) = restore_index(&backend)?;
+        // All revisions may have been compacted away: the compaction revision
+        // is then the best lower bound of the current revision (like etcd).
+        let current = max_rev.max(scheduled).max(1);
+        tracing::info!(
+            dir = %dir.display(),
+            current_revision = current,
+            compact_revision = scheduled,
+            finished_compact_revision = finished,
+            consistent_index,
+            keys = index.len(),
+            "mvcc store opened"
+        );
+
+        let inner = Arc::new(Inner {
+            backend,
+            index: RwLock::new(index),
+            writer: Mutex::new(()),
+            current_rev: AtomicI64::new(current),
+            compact_rev: AtomicI64::new(scheduled),
+            consistent_index: AtomicU64::new(consistent_index),
+            compaction: CompactState::new(finished),
+            shutdown: AtomicBool::new(false),
+            opts,
+            dir: dir.to_path_buf(),
+        });
+        let compactor = kvstore_compaction::spawn(inner.clone())?;
+        if scheduled > finished {
+            tracing::info!(revision = scheduled, "resuming unfinished compaction");
+            inner.compaction.schedule(scheduled);
+        }
+        Ok(Store {
+            inner,
+            compactor: Some(compactor),
+        })
+    }
+
+    /// The revision of the last committed change (1 for an empty store).
+    pub fn current_revision(&self) -> i64 {
+        self.inner.current_rev.load(Ordering::Acquire)
+    }
+
+    /// The scheduled compaction revision, 0 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.inner.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// The compaction revision whose physical removal has finished.
+    pub fn finished_compact_revision(&self) -> i64 {
+        self.inner.compaction.finished()
+    }
+
+    /// Index of the last raft entry applied (persisted in the same batch as
+    /// its changes).
+    pub fn consistent_index(&self) -> u64 {
+        self.inner.consistent_index.load(Ordering::Acquire)
+    }
+
+    /// Number of keys in the in-memory index (live or with uncompacted history).
+    pub fn index_len(&self) -> usize {
+        self.inner.index.read().len()
+    }
+
+    /// A read transaction pinned at the current revision (a consistent view:
+    /// later writes are invisible to it).
+    pub fn read(&self) -> TxnRead<'_> {
+        TxnRead::new(&self.inner)
+    }
+
+    /// `read().range(key, end, opts)`.
+    pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        self.read().range(key, end, opts)
+    }
+
+    /// Starts the write transaction. Exclusive: blocks while another
+    /// [`TxnWrite`] is open (do not call it, nor [`compact`](Self::compact),
+    /// from the thread holding one).
+    pub fn write(&self) -> TxnWrite<'_> {
+        TxnWrite::new(&self.inner)
+    }
+
+    /// Records `rev` as the scheduled compaction revision (durably, together
+    /// with `consistent_index`) and starts removing superseded revisions
+    /// `<= rev` in bounded background batches (not blocking reads/writes).
+    /// Reads below `rev` fail with [`Error::Compacted`] from now on.
+    ///
+    /// Errors: [`Error::Compacted`] if `rev <= compact_revision()`,
+    /// [`Error::FutureRevision`] if `rev > current_revision()`; in these cases
+    /// nothing is written (record the consistent index with an empty
+    /// `write().end(ci)` if needed).
+    pub fn compact(&self, rev: i64, consistent_index: u64) -> Result<CompactWait> {
+        let inner = &self.inner;
+        let _writer = inner.writer.lock();
+        if rev <= inner.compact_rev.load(Ordering::Acquire) {
+            return Err(Error::Compacted);
+        }
+        if rev > inner.current_rev.load(Ordering::Acquire) {
+            return Err(Error::FutureRevision);
+        }
+        let b = &inner.backend;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(b.meta_cf(), META_SCHEDULED_COMPACT, rev.to_be_bytes());
+        batch.put_cf(b.meta_cf(), META_CONSISTENT_INDEX, consistent_index.to_be_bytes());
+        b.write(batch)?;
+        {
+            let _index = inner.index.write();
+            inner.compact_rev.store(rev, Ordering::Release);
+        }
+        inner.consistent_index.store(consistent_index, Ordering::Release);
+        inner.compaction.schedule(rev);
+        Ok(CompactWait::new(inner.clone(), rev))
+    }
+
+    /// Hash of all key-value revisions `<= rev` (0: current) that survive
+    /// compaction; equal on members with equal history (like etcd's HashKV).
+    pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
+        hash::hash_kv(&self.inner, rev)
+    }
+
+    /// Bytes on disk of the database directory.
+    pub fn db_size(&self) -> u64 {
+        dir_size(&self.inner.dir)
+    }
+
+    /// Estimated live bytes (live SST data plus memtables).
+    pub fn db_size_in_use(&self) -> u64 {
+        self.inner.backend.size_in_use()
+    }
+
+    /// Flushes and runs a RocksDB manual compaction of every column family.
+    /// Online: reads and writes continue meanwhile.
+    pub fn defragment(&self) -> Result<()> {
+        self.inner.backend.compact_all()
+    }
+
+    /// Reads a record of an auxiliary bucket (committed data only).
+    pub fn aux_get(&self, b: Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let be = &self.inner.backend;
+        Ok(be.db.get_cf(be.cf(b.cf_name()), key)?)
+    }
+
+    /// All records of an auxiliary bucket, sorted by key.
+    pub fn aux_scan(&self, b: Bucket) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let be = &self.inner.backend;
+        let mut out = Vec::new();
+        for item in be.db.iterator_cf(be.cf(b.cf_name()), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Makes everything applied so far durable in RocksDB (flushes the
+    /// memtables of all column families atomically). Call it before
+    /// truncating the raft log up to [`consistent_index`](Self::consistent_index).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.backend.flush()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, Ordering::Release);
+        self.inner.compaction.shutdown();
+        if let Some(h) = self.compactor.take() {
+            if h.join().is_err() {
+                tracing::error!("mvcc compaction thread panicked");
+            }
+        }
+        if let Err(e) = self.inner.backend.flush() {
+            tracing::error!(error = %e, "mvcc: flush at close failed");
+        }
+    }
+}
+
+/// Rebuilds the key index by scanning the `key` column family in revision
+/// order; returns it with the highest stored main revision (0 if none).
+fn restore_index(b: &Backend) -> Result<(TreeIndex, i64)> {
+    let mut index = TreeIndex::default();
+    let mut max_rev = 0;
+    let mut it = b.db.raw_iterator_cf(b.key_cf());
+    it.seek_to_first();
+    while it.valid() {
+        let k = it.key().expect("valid iterator");
+        let v = it.value().expect("valid iterator");
+        let (rev, tombstone) = Revision::from_key(k)?;
+        let kv = KeyValue::decode(v).map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
+        assert!(rev.main >= max_rev, "key column family not in revision order");
+        max_rev = rev.main;
+        index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
+        it.next();
+    }
+    it.status()?;
+    Ok((index, max_rev))
+}

@@ -1,0 +1,246 @@
+//! Background compaction (etcd's `kvstore_compaction.go`).
+//!
+//! [`Store::compact`](crate::Store::compact) only records the scheduled
+//! revision `C` (in `meta`, with the consistent index) and raises the
+//! compaction revision; one background thread then:
+//!
+//! 1. compacts the key index in chunks of `compaction_batch_limit` keys, each
+//!    chunk under the writer mutex and the index write lock (so an open
+//!    `TxnWrite` is never interleaved with it), collecting the revisions to
+//!    keep (per key the latest revision `<= C` unless it is a tombstone);
+//! 2. scans the `key` column family from the first revision up to `C`
+//!    in batches of `compaction_batch_limit` revisions, deleting each revision
+//!    not kept, one RocksDB batch each, pausing `compaction_sleep_interval`
+//!    in between;
+//! 3. records `C` as the finished compaction revision in `meta`.
+//!
+//! Invariants:
+//! - Reads at revisions `>= C` give the same results before, during and after
+//!   the compaction: only revisions no such read can return are deleted.
+//! - Deletes are written in revision order and the finished revision last, so
+//!   any persisted prefix is a valid state; if the store is closed or crashes
+//!   before step 3, [`Store::open`](crate::Store::open) sees
+//!   `scheduled > finished` and runs the compaction again (it is idempotent).
+//! - Jobs are processed in order; if several are pending only the highest
+//!   runs (it covers the lower ones).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rocksdb::{ReadOptions, WriteBatch};
+
+use crate::backend::META_FINISHED_COMPACT;
+use crate::error::Result;
+use crate::kvstore::Inner;
+use crate::revision::Revision;
+
+#[derive(Debug, Default)]
+struct State {
+    /// Highest scheduled revision not yet picked up by the thread.
+    pending: Option<i64>,
+    /// Highest compaction revision physically finished.
+    finished: i64,
+    /// Highest compaction revision that failed (waiters give up on it).
+    failed: i64,
+    shutdown: bool,
+}
+
+/// Job queue and progress of the compaction thread.
+pub(crate) struct CompactState {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl CompactState {
+    pub(crate) fn new(finished: i64) -> Self {
+        CompactState {
+            state: Mutex::new(State {
+                finished,
+                ..State::default()
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn schedule(&self, rev: i64) {
+        let mut s = self.state.lock();
+        s.pending = Some(s.pending.map_or(rev, |p| p.max(rev)));
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn finished(&self) -> i64 {
+        self.state.lock().finished
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.cond.notify_all();
+    }
+
+    fn next_job(&self) -> Option<i64> {
+        let mut s = self.state.lock();
+        loop {
+            if s.shutdown {
+                return None;
+            }
+            if let Some(rev) = s.pending.take() {
+                return Some(rev);
+            }
+            self.cond.wait(&mut s);
+        }
+    }
+
+    fn done(&self, rev: i64, ok: bool) {
+        let mut s = self.state.lock();
+        if ok {
+            s.finished = s.finished.max(rev);
+        } else {
+            s.failed = s.failed.max(rev);
+        }
+        self.cond.notify_all();
+    }
+
+    /// Sleeps `d` unless shut down meanwhile; returns true on shutdown.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut s = self.state.lock();
+        while !s.shutdown && Instant::now() < deadline {
+            self.cond.wait_until(&mut s, deadline);
+        }
+        s.shutdown
+    }
+
+    fn wait(&self, rev: i64) {
+        let mut s = self.state.lock();
+        while s.finished < rev && s.failed < rev && !s.shutdown {
+            self.cond.wait(&mut s);
+        }
+    }
+}
+
+/// Returned by [`Store::compact`](crate::Store::compact).
+#[must_use = "call wait() to wait for the physical compaction, or drop it"]
+pub struct CompactWait {
+    inner: Arc<Inner>,
+    rev: i64,
+}
+
+impl std::fmt::Debug for CompactWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactWait").field("rev", &self.rev).finish()
+    }
+}
+
+impl CompactWait {
+    pub(crate) fn new(inner: Arc<Inner>, rev: i64) -> Self {
+        CompactWait { inner, rev }
+    }
+
+    /// The compaction revision.
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// Returns when the physical compaction finished (etcd's
+    /// `Compact{physical: true}`), failed, or the store was closed.
+    pub fn wait(self) {
+        self.inner.compaction.wait(self.rev);
+    }
+}
+
+pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>> {
+    Ok(std::thread::Builder::new()
+        .name("mvcc-compaction".into())
+        .spawn(move || {
+            while let Some(rev) = inner.compaction.next_job() {
+                match run(&inner, rev) {
+                    Ok(true) => {
+                        tracing::info!(revision = rev, "mvcc compaction finished");
+                        inner.compaction.done(rev, true);
+                    }
+                    Ok(false) => return, // shutting down; resumes at next open
+                    Err(e) => {
+                        tracing::error!(revision = rev, error = %e, "mvcc compaction failed");
+                        inner.compaction.done(rev, false);
+                    }
+                }
+            }
+        })?)
+}
+
+/// Runs one compaction; Ok(false) if interrupted by shutdown.
+fn run(inner: &Inner, rev: i64) -> Result<bool> {
+    let limit = inner.opts.compaction_batch_limit.max(1);
+    let stopping = || inner.shutdown.load(Ordering::Acquire);
+
+    // 1. key index, in chunks of keys
+    let keys = inner.index.read().keys();
+    let mut keep: HashSet<Revision> = HashSet::new();
+    for chunk in keys.chunks(limit) {
+        if stopping() {
+            return Ok(false);
+        }
+        let _writer = inner.writer.lock();
+        inner.index.write().compact_keys(chunk, rev, &mut keep);
+        drop(_writer);
+        std::thread::yield_now();
+    }
+    drop(keys);
+
+    // 2. physical removal of superseded revisions <= rev
+    let b = &inner.backend;
+    let cf = b.key_cf();
+    let upper = Revision::new(rev + 1, 0).to_bytes();
+    let mut start: Vec<u8> = Vec::new();
+    let mut removed = 0usize;
+    loop {
+        if stopping() {
+            return Ok(false);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mut it = b.db.raw_iterator_cf_opt(cf, ro);
+        it.seek(&start);
+        let mut batch = WriteBatch::default();
+        let mut scanned = 0;
+        let mut last: Option<Vec<u8>> = None;
+        while it.valid() && scanned < limit {
+            let k = it.key().expect("valid iterator");
+            let (r, _) = Revision::from_key(k)?;
+            debug_assert!(r.main <= rev);
+            if !keep.contains(&r) {
+                batch.delete_cf(cf, k);
+                removed += 1;
+            }
+            last = Some(k.to_vec());
+            scanned += 1;
+            it.next();
+        }
+        it.status()?;
+        let more = it.valid();
+        drop(it);
+        if !batch.is_empty() {
+            b.write(batch)?;
+        }
+        if !more {
+            break;
+        }
+        let mut next = last.expect("scanned at least one key");
+        next.push(0); // the smallest key after `last`
+        start = next;
+        if inner.compaction.sleep(inner.opts.compaction_sleep_interval) {
+            return Ok(false);
+        }
+    }
+
+    // 3. done
+    let mut batch = WriteBatch::default();
+    batch.put_cf(b.meta_cf(), META_FINISHED_COMPACT, rev.to_be_bytes());
+    b.write(batch)?;
+    tracing::debug!(revision = rev, removed, kept = keep.len(), "mvcc physical compaction done");
+    Ok(true)
+}

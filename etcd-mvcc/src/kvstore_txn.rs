@@ -1,0 +1,380 @@
+//! Read and write transactions (etcd's `kvstore_txn.go`).
+//!
+//! Invariants:
+//! - A [`TxnRead`] is pinned at the revision current when it was created and
+//!   reads values from a RocksDB snapshot taken right after: later writes and
+//!   compactions never change what it returns (reads below a compaction that
+//!   happened meanwhile fail with `Compacted`, like etcd).
+//! - A [`TxnWrite`] holds the store's writer mutex. All its changes get main
+//!   revision `begin + 1` and sub revisions 0, 1, 2, ... in order. They go
+//!   into the key index immediately (so its own reads see them; other readers
+//!   never ask for a revision above the current one) and into RocksDB only at
+//!   [`TxnWrite::end`], in one batch with the consistent index. A transaction
+//!   dropped without `end`, or whose batch fails, removes its changes from
+//!   the index again (undo in reverse order).
+//! - Range checks: `rev > current` -> `FutureRevision` first, then
+//!   `rev < compact_revision` -> `Compacted`, checked under the index read
+//!   lock.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use parking_lot::MutexGuard;
+use prost::Message;
+use rocksdb::{ReadOptions, SnapshotWithThreadMode, WriteBatch, DB};
+
+use crate::backend::META_CONSISTENT_INDEX;
+use crate::error::{Error, Result};
+use crate::kvstore::{decode_kv, Bucket, Inner};
+use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
+use crate::revision::Revision;
+
+/// Options of a range read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RangeOptions {
+    /// Maximum number of key-values returned; 0 (or negative): no limit.
+    pub limit: i64,
+    /// Revision to read at; 0: the transaction's revision.
+    pub rev: i64,
+    /// Return only `count`, no key-values.
+    pub count_only: bool,
+}
+
+/// Result of a range read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RangeResult {
+    /// The key-values, sorted by key, at most `limit`.
+    pub kvs: Vec<KeyValue>,
+    /// The transaction's revision (the store revision of the response
+    /// header), not the revision read at.
+    pub rev: i64,
+    /// Number of keys in the range at the read revision, ignoring `limit`.
+    pub count: i64,
+}
+
+/// Resolves the read revision and looks up the index. Returns the pairs to
+/// fetch, or the finished result for `count_only`.
+fn lookup(
+    inner: &Inner,
+    txn_rev: i64,
+    key: &[u8],
+    end: &[u8],
+    opts: RangeOptions,
+) -> Result<std::result::Result<(Vec<(Bytes, Revision)>, i64), RangeResult>> {
+    if opts.rev > txn_rev {
+        return Err(Error::FutureRevision);
+    }
+    let rev = if opts.rev <= 0 { txn_rev } else { opts.rev };
+    let index = inner.index.read();
+    if rev < inner.compact_rev.load(Ordering::Acquire) {
+        return Err(Error::Compacted);
+    }
+    if opts.count_only {
+        return Ok(Err(RangeResult {
+            kvs: Vec::new(),
+            rev: txn_rev,
+            count: index.count(key, end, rev),
+        }));
+    }
+    let limit = if opts.limit > 0 { opts.limit as usize } else { 0 };
+    Ok(Ok(index.revisions(key, end, rev, limit)))
+}
+
+/// Fetches the values of `pairs` from a snapshot, in order.
+fn fetch_from_snapshot(
+    inner: &Inner,
+    snap: &SnapshotWithThreadMode<'_, DB>,
+    pairs: &[(Bytes, Revision)],
+) -> Result<Vec<KeyValue>> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<[u8; 16]> = pairs.iter().map(|(_, r)| r.to_bytes()).collect();
+    let mut ro = ReadOptions::default();
+    ro.set_snapshot(snap);
+    let cf = inner.backend.key_cf();
+    let values = inner.backend.db.batched_multi_get_cf_opt(cf, keys.iter(), false, &ro);
+    pairs
+        .iter()
+        .zip(values)
+        .map(|((k, r), v)| decode_kv(k, *r, v?.as_deref()))
+        .collect()
+}
+
+/// A read transaction pinned at one revision.
+pub struct TxnRead<'a> {
+    inner: &'a Inner,
+    rev: i64,
+    snap: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl<'a> TxnRead<'a> {
+    pub(crate) fn new(inner: &'a Inner) -> Self {
+        // Load the revision first, then snapshot: the snapshot then contains
+        // every batch up to `rev` (published after its write).
+        let rev = inner.current_rev.load(Ordering::Acquire);
+        let snap = inner.backend.db.snapshot();
+        TxnRead { inner, rev, snap }
+    }
+
+    /// The revision this transaction reads at.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    /// Keys in the range at `opts.rev` (0: this transaction's revision).
+    /// `end` empty: the single key `key`; `end == [0]`: all keys `>= key`;
+    /// otherwise `[key, end)`.
+    pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        match lookup(self.inner, self.rev, key, end, opts)? {
+            Err(done) => Ok(done),
+            Ok((pairs, count)) => Ok(RangeResult {
+                kvs: fetch_from_snapshot(self.inner, &self.snap, &pairs)?,
+                rev: self.rev,
+                count,
+            }),
+        }
+    }
+}
+
+/// One change of a write transaction; its revision is `(begin + 1, position)`.
+struct Change {
+    /// The stored key-value (for a delete: only the key, like etcd).
+    kv: KeyValue,
+    /// The key-value before the change.
+    prev: Option<KeyValue>,
+    tombstone: bool,
+    /// The key's latest revision before the change (for undo).
+    prev_modified: Revision,
+}
+
+/// The exclusive write transaction.
+pub struct TxnWrite<'a> {
+    inner: &'a Inner,
+    _writer: MutexGuard<'a, ()>,
+    begin_rev: i64,
+    changes: Vec<Change>,
+    aux: Vec<(Bucket, Vec<u8>, Option<Vec<u8>>)>,
+    done: bool,
+}
+
+impl<'a> TxnWrite<'a> {
+    pub(crate) fn new(inner: &'a Inner) -> Self {
+        let writer = inner.writer.lock();
+        let begin_rev = inner.current_rev.load(Ordering::Acquire);
+        TxnWrite {
+            inner,
+            _writer: writer,
+            begin_rev,
+            changes: Vec::new(),
+            aux: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The revision this transaction's reads see: the current revision, or
+    /// current + 1 once it has changes.
+    pub fn rev(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.begin_rev
+        } else {
+            self.begin_rev + 1
+        }
+    }
+
+    fn write_rev(&self) -> i64 {
+        self.begin_rev + 1
+    }
+
+    /// Value of `rev` of `key`: from this transaction or from RocksDB.
+    fn kv_at(&self, key: &[u8], rev: Revision) -> Result<KeyValue> {
+        if rev.main == self.write_rev() {
+            let c = &self.changes[rev.sub as usize];
+            assert!(!c.tombstone && c.kv.key == key, "mvcc: index points to a wrong pending change");
+            Ok(c.kv.clone())
+        } else {
+            self.inner.get_kv(key, rev)
+        }
+    }
+
+    /// Like [`TxnRead::range`], at [`rev`](Self::rev) by default; sees this
+    /// transaction's own earlier puts and deletes.
+    pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        let txn_rev = self.rev();
+        // Snapshot before the index lookup (see TxnRead::new): protects reads
+        // of old revisions against a concurrent physical compaction.
+        let snap = self.inner.backend.db.snapshot();
+        match lookup(self.inner, txn_rev, key, end, opts)? {
+            Err(done) => Ok(done),
+            Ok((pairs, count)) => {
+                let (own, old): (Vec<_>, Vec<_>) = pairs.iter().partition(|(_, r)| r.main == self.write_rev());
+                let kvs = if own.is_empty() {
+                    fetch_from_snapshot(self.inner, &snap, &pairs)?
+                } else {
+                    let old: Vec<(Bytes, Revision)> = old.into_iter().cloned().collect();
+                    let mut old_kvs = fetch_from_snapshot(self.inner, &snap, &old)?.into_iter();
+                    let mut kvs = Vec::with_capacity(pairs.len());
+                    for (k, r) in &pairs {
+                        if r.main == self.write_rev() {
+                            kvs.push(self.kv_at(k, *r)?);
+                        } else {
+                            kvs.push(old_kvs.next().expect("one value per old pair"));
+                        }
+                    }
+                    kvs
+                };
+                Ok(RangeResult { kvs, rev: txn_rev, count })
+            }
+        }
+    }
+
+    /// Puts `key = value` with `lease` (0: none); returns the previous
+    /// key-value. The new key-value gets `mod_revision = rev()`, keeps the
+    /// `create_revision` of a live key and increments its version.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
+        let rev = self.write_rev();
+        let prev_at = self.inner.index.read().get(key, rev);
+        let prev = match prev_at {
+            Some(at) => Some(self.kv_at(key, at.modified)?),
+            None => None,
+        };
+        let (create_revision, version) = match prev_at {
+            Some(at) => (at.created.main, at.version + 1),
+            None => (rev, 1),
+        };
+        let key = Bytes::copy_from_slice(key);
+        let idx_rev = Revision::new(rev, self.changes.len() as i64);
+        let prev_modified = self.inner.index.write().put(&key, idx_rev);
+        self.changes.push(Change {
+            kv: KeyValue {
+                key,
+                create_revision,
+                mod_revision: rev,
+                version,
+                value: Bytes::copy_from_slice(value),
+                lease,
+            },
+            prev: prev.clone(),
+            tombstone: false,
+            prev_modified,
+        });
+        Ok(prev)
+    }
+
+    /// Deletes the keys in the range (same conventions as `range`); returns
+    /// the deleted key-values. Deleting nothing changes nothing (the revision
+    /// is not bumped).
+    pub fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>> {
+        let (pairs, _) = self.inner.index.read().revisions(key, end, self.rev(), 0);
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prevs = pairs
+            .iter()
+            .map(|(k, r)| self.kv_at(k, *r))
+            .collect::<Result<Vec<_>>>()?;
+        let rev = self.write_rev();
+        let mut index = self.inner.index.write();
+        for ((k, _), prev) in pairs.into_iter().zip(prevs.iter()) {
+            let idx_rev = Revision::new(rev, self.changes.len() as i64);
+            let prev_modified = index
+                .tombstone(&k, idx_rev)
+                .expect("mvcc: deleting a key the index just returned as live");
+            self.changes.push(Change {
+                kv: KeyValue {
+                    key: k,
+                    ..Default::default()
+                },
+                prev: Some(prev.clone()),
+                tombstone: true,
+                prev_modified,
+            });
+        }
+        Ok(prevs)
+    }
+
+    /// Puts a record into an auxiliary bucket (written at `end`).
+    pub fn put_aux(&mut self, b: Bucket, key: &[u8], value: &[u8]) {
+        self.aux.push((b, key.to_vec(), Some(value.to_vec())));
+    }
+
+    /// Deletes a record of an auxiliary bucket (at `end`).
+    pub fn delete_aux(&mut self, b: Bucket, key: &[u8]) {
+        self.aux.push((b, key.to_vec(), None));
+    }
+
+    /// Commits: ONE RocksDB batch with all key changes, aux changes and the
+    /// consistent index (always written, even without changes). Returns the
+    /// events in order: PUT with `kv` and `prev_kv`; DELETE with
+    /// `kv = {key, mod_revision}` and `prev_kv`.
+    ///
+    /// On error nothing is committed and the index changes are undone.
+    pub fn end(mut self, consistent_index: u64) -> Result<Vec<Event>> {
+        let b = &self.inner.backend;
+        let rev = self.write_rev();
+        let mut batch = WriteBatch::default();
+        let key_cf = b.key_cf();
+        let mut buf = Vec::new();
+        for (i, c) in self.changes.iter().enumerate() {
+            buf.clear();
+            c.kv.encode(&mut buf).expect("Vec grows");
+            batch.put_cf(key_cf, Revision::new(rev, i as i64).to_key(c.tombstone), &buf);
+        }
+        for (bucket, k, v) in &self.aux {
+            let cf = b.cf(bucket.cf_name());
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        batch.put_cf(b.meta_cf(), META_CONSISTENT_INDEX, consistent_index.to_be_bytes());
+        b.write(batch)?; // on error, Drop undoes the index changes
+        self.done = true;
+        if !self.changes.is_empty() {
+            self.inner.current_rev.store(rev, Ordering::Release);
+        }
+        self.inner.consistent_index.store(consistent_index, Ordering::Release);
+        let changes = std::mem::take(&mut self.changes);
+        Ok(changes
+            .into_iter()
+            .map(|c| {
+                if c.tombstone {
+                    Event {
+                        r#type: EventType::Delete as i32,
+                        kv: Some(KeyValue {
+                            key: c.kv.key,
+                            mod_revision: rev,
+                            ..Default::default()
+                        }),
+                        prev_kv: c.prev,
+                    }
+                } else {
+                    Event {
+                        r#type: EventType::Put as i32,
+                        kv: Some(c.kv),
+                        prev_kv: c.prev,
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+impl Drop for TxnWrite<'_> {
+    fn drop(&mut self) {
+        if self.done || self.changes.is_empty() {
+            return;
+        }
+        // Not committed: remove this transaction's revisions from the index.
+        let rev = self.write_rev();
+        let mut index = self.inner.index.write();
+        for (i, c) in self.changes.iter().enumerate().rev() {
+            let r = Revision::new(rev, i as i64);
+            if c.tombstone {
+                index.undo_tombstone(&c.kv.key, r, c.prev_modified);
+            } else {
+                index.undo_put(&c.kv.key, r, c.prev_modified);
+            }
+        }
+    }
+}

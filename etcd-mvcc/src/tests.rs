@@ -1,0 +1,589 @@
+//! Unit tests of the store (put/range/delete/txn semantics, compaction,
+//! reopen, aux buckets, hash) and the model checker over random inputs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, META_FORMAT_VERSION};
+use crate::*;
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions::default()).unwrap()
+}
+
+fn ro(rev: i64) -> RangeOptions {
+    RangeOptions {
+        rev,
+        ..Default::default()
+    }
+}
+
+/// One txn putting each (key, value); returns its revision.
+fn put(s: &Store, kvs: &[(&str, &str)]) -> i64 {
+    let mut t = s.write();
+    for (k, v) in kvs {
+        t.put(k.as_bytes(), v.as_bytes(), 0).unwrap();
+    }
+    let ci = s.consistent_index() + 1;
+    t.end(ci).unwrap();
+    s.current_revision()
+}
+
+fn del(s: &Store, key: &str, end: &[u8]) -> Vec<KeyValue> {
+    let mut t = s.write();
+    let d = t.delete_range(key.as_bytes(), end).unwrap();
+    let ci = s.consistent_index() + 1;
+    t.end(ci).unwrap();
+    d
+}
+
+fn keys(r: &RangeResult) -> Vec<String> {
+    r.kvs.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
+}
+
+fn get(s: &Store, key: &str, rev: i64) -> Option<KeyValue> {
+    let r = s.range(key.as_bytes(), b"", ro(rev)).unwrap();
+    assert!(r.kvs.len() <= 1);
+    r.kvs.into_iter().next()
+}
+
+/// Number of revisions stored in the `key` column family.
+fn raw_revisions(s: &Store) -> Vec<(Revision, bool)> {
+    let b = &s.inner.backend;
+    b.db.iterator_cf(b.key_cf(), rocksdb::IteratorMode::Start)
+        .map(|kv| Revision::from_key(&kv.unwrap().0).unwrap())
+        .collect()
+}
+
+fn wait_finished(s: &Store, rev: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.finished_compact_revision() < rev {
+        assert!(Instant::now() < deadline, "compaction did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.current_revision(), 1);
+    assert_eq!(s.compact_revision(), 0);
+    assert_eq!(s.consistent_index(), 0);
+    let r = s.range(b"a", &[0], RangeOptions::default()).unwrap();
+    assert_eq!(r, RangeResult { kvs: vec![], rev: 1, count: 0 });
+    assert_eq!(s.read().rev(), 1);
+}
+
+#[test]
+fn put_versions_and_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(put(&s, &[("foo", "v1")]), 2);
+    let kv = get(&s, "foo", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+    assert_eq!(&kv.value[..], b"v1");
+
+    assert_eq!(put(&s, &[("foo", "v2")]), 3);
+    let kv = get(&s, "foo", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    // history
+    assert_eq!(&get(&s, "foo", 2).unwrap().value[..], b"v1");
+
+    let d = del(&s, "foo", b"");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].mod_revision, 3);
+    assert_eq!(s.current_revision(), 4);
+    assert!(get(&s, "foo", 0).is_none());
+    assert!(get(&s, "foo", 4).is_none());
+    assert_eq!(get(&s, "foo", 3).unwrap().version, 2);
+
+    // re-created: new generation
+    assert_eq!(put(&s, &[("foo", "v3")]), 5);
+    let kv = get(&s, "foo", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+
+    // deleting nothing does not bump the revision
+    assert!(del(&s, "nope", b"").is_empty());
+    assert_eq!(s.current_revision(), 5);
+    // an empty txn neither, but records the consistent index
+    let ci = s.consistent_index();
+    s.write().end(ci + 10).unwrap();
+    assert_eq!(s.current_revision(), 5);
+    assert_eq!(s.consistent_index(), ci + 10);
+}
+
+#[test]
+fn txn_shares_main_revision_and_returns_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, &[("a", "0"), ("b", "0")]);
+    let mut t = s.write();
+    assert_eq!(t.rev(), 2);
+    assert_eq!(t.put(b"c", b"1", 7).unwrap(), None);
+    assert_eq!(t.rev(), 3);
+    let prev = t.put(b"a", b"1", 0).unwrap().unwrap();
+    assert_eq!(&prev.value[..], b"0");
+    let prev2 = t.put(b"a", b"2", 0).unwrap().unwrap();
+    assert_eq!(&prev2.value[..], b"1", "prev is this txn's own earlier put");
+    assert_eq!(prev2.version, 2);
+    let deleted = t.delete_range(b"b", b"c").unwrap();
+    assert_eq!(deleted.len(), 1);
+    let events = t.end(42).unwrap();
+    assert_eq!(events.len(), 4);
+    assert_eq!(s.current_revision(), 3);
+    assert_eq!(s.consistent_index(), 42);
+
+    let e0 = &events[0];
+    assert_eq!(e0.r#type(), EventType::Put);
+    let kv = e0.kv.as_ref().unwrap();
+    assert_eq!((&kv.key[..], kv.create_revision, kv.mod_revision, kv.version, kv.lease), (&b"c"[..], 3, 3, 1, 7));
+    assert!(e0.prev_kv.is_none());
+    let kv = events[2].kv.as_ref().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 3));
+    assert_eq!(&events[2].prev_kv.as_ref().unwrap().value[..], b"1");
+    let e3 = &events[3];
+    assert_eq!(e3.r#type(), EventType::Delete);
+    assert_eq!(
+        e3.kv.as_ref().unwrap(),
+        &KeyValue {
+            key: bytes::Bytes::from_static(b"b"),
+            mod_revision: 3,
+            ..Default::default()
+        }
+    );
+    assert_eq!(e3.prev_kv.as_ref().unwrap().mod_revision, 2);
+
+    // sub revisions 0..4 of main revision 3 on disk, the delete as tombstone
+    let raw = raw_revisions(&s);
+    let at3: Vec<_> = raw.iter().filter(|(r, _)| r.main == 3).collect();
+    assert_eq!(at3.len(), 4);
+    for (i, (r, t)) in at3.iter().enumerate() {
+        assert_eq!(r.sub, i as i64);
+        assert_eq!(*t, i == 3);
+    }
+    let r = s.range(b"a", &[0], RangeOptions::default()).unwrap();
+    assert_eq!(keys(&r), ["a", "c"]);
+    assert_eq!(r.kvs[0].version, 3);
+}
+
+#[test]
+fn range_options_and_end_conventions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, &[("a", "1"), ("ab", "1"), ("b", "1"), ("c", "1"), ("d", "1")]); // rev 2
+    put(&s, &[("b", "2")]); // rev 3
+    del(&s, "c", b""); // rev 4
+
+    let r = s.range(b"a", b"", RangeOptions::default()).unwrap();
+    assert_eq!((keys(&r), r.count, r.rev), (vec!["a".to_string()], 1, 4));
+    let r = s.range(b"b", &[0], RangeOptions::default()).unwrap();
+    assert_eq!(keys(&r), ["b", "d"]);
+    let r = s.range(&[0], &[0], RangeOptions::default()).unwrap();
+    assert_eq!(keys(&r), ["a", "ab", "b", "d"]);
+    let r = s.range(b"a", b"b", RangeOptions::default()).unwrap();
+    assert_eq!(keys(&r), ["a", "ab"]);
+    let r = s.range(b"b", b"a", RangeOptions::default()).unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 0));
+
+    // limit keeps count
+    let r = s.range(b"a", &[0], RangeOptions { limit: 2, ..Default::default() }).unwrap();
+    assert_eq!((keys(&r), r.count), (vec!["a".to_string(), "ab".to_string()], 4));
+    let r = s.range(b"a", &[0], RangeOptions { limit: -1, ..Default::default() }).unwrap();
+    assert_eq!(r.kvs.len(), 4);
+    // count_only
+    let r = s.range(b"a", &[0], RangeOptions { count_only: true, ..Default::default() }).unwrap();
+    assert_eq!(r, RangeResult { kvs: vec![], rev: 4, count: 4 });
+    // at an older revision: c still there, b at version 1; rev is the current one
+    let r = s.range(b"a", &[0], ro(2)).unwrap();
+    assert_eq!(keys(&r), ["a", "ab", "b", "c", "d"]);
+    assert_eq!(r.rev, 4);
+    assert_eq!(r.kvs[2].version, 1);
+    let r = s.range(b"a", &[0], RangeOptions { rev: 3, count_only: true, limit: 1 }).unwrap();
+    assert_eq!(r.count, 5);
+    let r = s.range(b"a", &[0], ro(1)).unwrap();
+    assert_eq!(r.count, 0);
+    // future
+    assert_eq!(s.range(b"a", b"", ro(5)), Err(Error::FutureRevision));
+    assert_eq!(Error::FutureRevision.to_string(), "mvcc: required revision is a future revision");
+}
+
+#[test]
+fn txn_write_reads_own_writes_and_readers_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    put(&s, &[("a", "1")]); // rev 2
+    let pinned = s.read();
+    let mut t = s.write();
+    t.put(b"b", b"1", 0).unwrap();
+    t.delete_range(b"a", b"").unwrap();
+    let r = t.range(b"a", &[0], RangeOptions::default()).unwrap();
+    assert_eq!((keys(&r), r.rev), (vec!["b".to_string()], 3));
+    // older revision from inside the txn
+    let r = t.range(b"a", &[0], ro(2)).unwrap();
+    assert_eq!(keys(&r), ["a"]);
+    assert_eq!(t.range(b"a", b"", ro(4)), Err(Error::FutureRevision));
+    // other readers (other threads) do not see the pending txn
+    let s2 = s.clone();
+    let seen = std::thread::spawn(move || keys(&s2.range(b"a", &[0], RangeOptions::default()).unwrap()))
+        .join()
+        .unwrap();
+    assert_eq!(seen, ["a"]);
+    t.end(5).unwrap();
+    // a read txn created before stays pinned
+    assert_eq!(pinned.rev(), 2);
+    assert_eq!(keys(&pinned.range(b"a", &[0], RangeOptions::default()).unwrap()), ["a"]);
+    assert_eq!(keys(&s.range(b"a", &[0], RangeOptions::default()).unwrap()), ["b"]);
+}
+
+#[test]
+fn dropped_txn_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, &[("a", "1"), ("b", "1")]);
+    del(&s, "b", b""); // rev 3
+    {
+        let mut t = s.write();
+        t.put(b"a", b"x", 0).unwrap();
+        t.put(b"b", b"x", 0).unwrap();
+        t.put(b"new", b"x", 0).unwrap();
+        t.delete_range(b"a", &[0]).unwrap();
+        t.put(b"a", b"y", 0).unwrap();
+        // dropped without end
+    }
+    assert_eq!(s.current_revision(), 3);
+    assert_eq!(s.index_len(), 2);
+    let r = s.range(b"a", &[0], RangeOptions::default()).unwrap();
+    assert_eq!(keys(&r), ["a"]);
+    assert_eq!(r.kvs[0].version, 1);
+    // the next txn reuses revision 4 cleanly
+    assert_eq!(put(&s, &[("b", "2")]), 4);
+    let kv = get(&s, "b", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.version), (4, 1));
+    assert_eq!(get(&s, "a", 0).unwrap().version, 1);
+}
+
+#[test]
+fn compacted_and_future_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..5 {
+        put(&s, &[("k", &i.to_string())]); // revs 2..=6
+    }
+    assert_eq!(s.compact(7, 1).unwrap_err(), Error::FutureRevision);
+    s.compact(4, 10).unwrap().wait();
+    assert_eq!(s.compact_revision(), 4);
+    assert_eq!(s.consistent_index(), 10);
+    assert_eq!(s.compact(4, 11).unwrap_err(), Error::Compacted);
+    assert_eq!(s.compact(3, 11).unwrap_err(), Error::Compacted);
+    assert_eq!(s.range(b"k", b"", ro(3)), Err(Error::Compacted));
+    assert_eq!(Error::Compacted.to_string(), "mvcc: required revision has been compacted");
+    // rev == compact revision is allowed
+    assert_eq!(&get(&s, "k", 4).unwrap().value[..], b"2");
+    assert_eq!(&get(&s, "k", 0).unwrap().value[..], b"4");
+    // inside a write txn too
+    let t = s.write();
+    assert_eq!(t.range(b"k", b"", ro(2)), Err(Error::Compacted));
+    drop(t);
+    // compaction at the current revision
+    s.compact(6, 12).unwrap().wait();
+    assert_eq!(get(&s, "k", 6).unwrap().version, 5);
+}
+
+#[test]
+fn compaction_removes_superseded_revisions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreOptions {
+            compaction_batch_limit: 2,
+            compaction_sleep_interval: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    put(&s, &[("a", "1"), ("b", "1"), ("c", "1")]); // 2
+    put(&s, &[("a", "2")]); // 3
+    del(&s, "b", b""); // 4
+    put(&s, &[("a", "3")]); // 5
+    del(&s, "c", b""); // 6
+    put(&s, &[("c", "2")]); // 7
+    assert_eq!(raw_revisions(&s).len(), 8);
+    let before: Vec<_> = (5..=7)
+        .map(|r| s.range(b"a", &[0], ro(r)).unwrap())
+        .collect();
+    s.compact(5, 1).unwrap().wait();
+    // kept: a@5 (latest <= 5), c@2 (latest <= 5 in a generation deleted at 6),
+    // tombstone c@6 and c@7 (newer); b's history (2, 4t) and a@2, a@3 are gone
+    let raw: Vec<(i64, i64, bool)> = raw_revisions(&s).iter().map(|(r, t)| (r.main, r.sub, *t)).collect();
+    assert_eq!(raw, vec![(2, 2, false), (5, 0, false), (6, 0, true), (7, 0, false)]);
+    let after: Vec<_> = (5..=7)
+        .map(|r| s.range(b"a", &[0], ro(r)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(s.index_len(), 2, "b dropped from the index");
+    assert_eq!(s.finished_compact_revision(), 5);
+
+    // compacting at the tombstone of c removes c's first generation
+    s.compact(6, 2).unwrap().wait();
+    let raw: Vec<i64> = raw_revisions(&s).iter().map(|(r, _)| r.main).collect();
+    assert_eq!(raw, vec![5, 7]);
+    assert_eq!(keys(&s.range(b"a", &[0], ro(6)).unwrap()), ["a"]);
+}
+
+#[test]
+fn reopen_restores_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hash, all) = {
+        let s = open(dir.path());
+        put(&s, &[("a", "1"), ("b", "1")]);
+        put(&s, &[("a", "2")]);
+        del(&s, "b", b"");
+        put(&s, &[("b", "3"), ("c", "3")]);
+        let mut t = s.write();
+        t.put_aux(Bucket::Lease, b"l1", b"lease-1");
+        t.put_aux(Bucket::Members, b"m1", b"member-1");
+        t.end(99).unwrap();
+        s.compact(3, 100).unwrap().wait();
+        let all: Vec<_> = (3..=5).map(|r| s.range(b"", &[0], ro(r)).unwrap()).collect();
+        (s.hash_kv(0).unwrap(), all)
+    };
+    let s = open(dir.path());
+    assert_eq!(s.current_revision(), 5);
+    assert_eq!(s.compact_revision(), 3);
+    assert_eq!(s.consistent_index(), 100);
+    let again: Vec<_> = (3..=5).map(|r| s.range(b"", &[0], ro(r)).unwrap()).collect();
+    assert_eq!(all, again);
+    assert_eq!(s.hash_kv(0).unwrap(), hash);
+    assert_eq!(s.aux_get(Bucket::Lease, b"l1").unwrap().as_deref(), Some(&b"lease-1"[..]));
+    assert_eq!(s.aux_scan(Bucket::Members).unwrap(), vec![(b"m1".to_vec(), b"member-1".to_vec())]);
+    assert_eq!(s.range(b"a", b"", ro(2)), Err(Error::Compacted));
+    // writes continue from the restored revision
+    assert_eq!(put(&s, &[("a", "4")]), 6);
+    let kv = get(&s, "a", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.version), (2, 3));
+}
+
+#[test]
+fn reopen_after_everything_compacted_keeps_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        put(&s, &[("a", "1")]);
+        del(&s, "a", b""); // rev 3
+        s.compact(3, 1).unwrap().wait();
+        assert!(raw_revisions(&s).is_empty());
+    }
+    let s = open(dir.path());
+    assert_eq!(s.current_revision(), 3);
+    assert_eq!(put(&s, &[("a", "2")]), 4);
+}
+
+#[test]
+fn compaction_resumes_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // one revision per batch and a long pause: closing interrupts it
+        let s = Store::open(
+            dir.path(),
+            StoreOptions {
+                compaction_batch_limit: 1,
+                compaction_sleep_interval: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        for i in 0..10 {
+            put(&s, &[("k", &i.to_string())]); // 2..=11
+        }
+        let _w = s.compact(10, 7).unwrap();
+        assert_eq!(s.finished_compact_revision(), 0);
+    }
+    let s = Store::open(
+        dir.path(),
+        StoreOptions {
+            compaction_batch_limit: 1,
+            compaction_sleep_interval: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.compact_revision(), 10);
+    assert_eq!(s.consistent_index(), 7);
+    assert_eq!(s.range(b"k", b"", ro(9)), Err(Error::Compacted));
+    wait_finished(&s, 10);
+    let raw: Vec<i64> = raw_revisions(&s).iter().map(|(r, _)| r.main).collect();
+    assert_eq!(raw, vec![10, 11]);
+    assert_eq!(&get(&s, "k", 10).unwrap().value[..], b"8");
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.finished_compact_revision(), 10);
+}
+
+#[test]
+fn aux_buckets_commit_with_the_txn() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut t = s.write();
+    t.put_aux(Bucket::Auth, b"user/root", b"x");
+    t.put_aux(Bucket::Alarm, b"1", b"nospace");
+    t.put(b"k", b"v", 0).unwrap();
+    assert_eq!(s.aux_get(Bucket::Auth, b"user/root").unwrap(), None, "not before end");
+    t.end(1).unwrap();
+    assert_eq!(s.aux_get(Bucket::Auth, b"user/root").unwrap(), Some(b"x".to_vec()));
+    assert_eq!(s.aux_get(Bucket::Lease, b"user/root").unwrap(), None, "buckets are separate");
+    let mut t = s.write();
+    t.delete_aux(Bucket::Alarm, b"1");
+    t.put_aux(Bucket::Alarm, b"2", b"corrupt");
+    t.end(2).unwrap();
+    assert_eq!(s.current_revision(), 2, "aux changes do not bump the revision");
+    assert_eq!(s.aux_scan(Bucket::Alarm).unwrap(), vec![(b"2".to_vec(), b"corrupt".to_vec())]);
+    // a dropped txn writes nothing
+    let mut t = s.write();
+    t.put_aux(Bucket::Alarm, b"3", b"x");
+    drop(t);
+    assert_eq!(s.aux_get(Bucket::Alarm, b"3").unwrap(), None);
+}
+
+#[test]
+fn hash_kv_is_stable_and_sensitive() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let s1 = open(d1.path());
+    let s2 = Store::open(
+        d2.path(),
+        StoreOptions {
+            compaction_batch_limit: 1,
+            compaction_sleep_interval: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    for s in [&s1, &s2] {
+        put(s, &[("a", "1"), ("b", "1")]);
+        put(s, &[("a", "2")]);
+        del(s, "b", b"");
+        put(s, &[("c", "1")]);
+    }
+    assert_eq!(s1.hash_kv(0).unwrap(), s2.hash_kv(0).unwrap());
+    assert_eq!(s1.hash_kv(3).unwrap(), s2.hash_kv(3).unwrap());
+    assert_ne!(s1.hash_kv(3).unwrap().hash, s1.hash_kv(4).unwrap().hash);
+    assert_eq!(s1.hash_kv(0).unwrap().revision, 5);
+    // s1 compacts fully, s2 is stuck after its first batch: same hash
+    s1.compact(4, 9).unwrap().wait();
+    let _w = s2.compact(4, 9).unwrap();
+    let h = s1.hash_kv(0).unwrap();
+    assert_eq!(h.compact_revision, 4);
+    assert_eq!(h, s2.hash_kv(0).unwrap());
+    assert_eq!(s1.hash_kv(3), Err(Error::Compacted));
+    assert_eq!(s1.hash_kv(6), Err(Error::FutureRevision));
+    // different history -> different hash
+    put(&s1, &[("d", "1")]);
+    put(&s2, &[("d", "2")]);
+    assert_ne!(s1.hash_kv(0).unwrap().hash, s2.hash_kv(0).unwrap().hash);
+}
+
+#[test]
+fn refuses_newer_format() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    {
+        let b = Backend::open(dir.path()).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(b.meta_cf(), META_FORMAT_VERSION, (FORMAT_VERSION + 1).to_be_bytes());
+        b.write(batch).unwrap();
+        b.flush().unwrap();
+    }
+    let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedFormat { found, .. } if found == FORMAT_VERSION + 1));
+    assert!(err.to_string().contains("newer version"), "{err}");
+}
+
+#[test]
+fn maintenance_sizes_defragment_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let v = vec![7u8; 1000];
+    for i in 0..200 {
+        let mut t = s.write();
+        t.put(format!("key{i:04}").as_bytes(), &v, 0).unwrap();
+        t.end(i + 1).unwrap();
+    }
+    s.flush().unwrap();
+    assert!(s.db_size() > 200 * 1000, "db size {}", s.db_size());
+    assert!(s.db_size_in_use() > 0);
+    s.compact(s.current_revision(), 300).unwrap().wait();
+    s.defragment().unwrap();
+    assert_eq!(s.range(b"key", &[0], RangeOptions::default()).unwrap().count, 200);
+}
+
+#[test]
+fn concurrent_readers_during_writes_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        Store::open(
+            dir.path(),
+            StoreOptions {
+                compaction_batch_limit: 7,
+                compaction_sleep_interval: Duration::ZERO,
+            },
+        )
+        .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (s, stop) = (s.clone(), stop.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = s.read();
+                let rev = r.rev();
+                match r.range(b"k", &[0], RangeOptions::default()) {
+                    Ok(res) => {
+                        // every key was written in every txn: all at the same revision
+                        for kv in &res.kvs {
+                            assert_eq!(kv.mod_revision, rev);
+                        }
+                        n += 1;
+                    }
+                    Err(e) => panic!("read at current revision failed: {e}"),
+                }
+            }
+            n
+        }));
+    }
+    for i in 0..300u64 {
+        let mut t = s.write();
+        for k in 0..10 {
+            t.put(format!("k{k}").as_bytes(), &i.to_be_bytes(), 0).unwrap();
+        }
+        t.end(i + 1).unwrap();
+        if i % 50 == 49 {
+            let _ = s.compact(s.current_revision() - 5, i + 1).unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+}
+
+/// xorshift64*: deterministic pseudo-random bytes for the model checker.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn fuzzing_run_ops_random_inputs() {
+    fuzzing::run_ops(&[]);
+    fuzzing::run_ops(&[13, 14, 11, 0x85, 14]);
+    for seed in 0..150 {
+        let len = 1 + (seed as usize * 7) % 160;
+        fuzzing::run_ops(&random_bytes(seed, len));
+    }
+}

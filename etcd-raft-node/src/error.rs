@@ -1,0 +1,27 @@
+//! Errors of the raft node.
+
+/// What went wrong, phrased as what the caller must do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The WAL failed; the node cannot persist and has stopped.
+    #[error("wal: {0}")]
+    Wal(#[from] etcd_wal::Error),
+    /// raft-rs refused an operation (e.g. an invalid configuration).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The proposal was dropped: there is no leader to take it. Retry later.
+    #[error("proposal dropped: no leader")]
+    ProposalDropped,
+    /// There is no leader to serve a ReadIndex request. Retry later.
+    #[error("no leader")]
+    NoLeader,
+    /// The node has stopped.
+    #[error("raft node stopped")]
+    Stopped,
+    /// The configuration is invalid.
+    #[error("invalid raft node configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

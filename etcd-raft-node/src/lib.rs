@@ -1,0 +1,63 @@
+//! Drives a raft-rs [`RawNode`](raft::RawNode) over the [`etcd_wal`] write-ahead log.
+//!
+//! The application (etcd-core) talks to a [`RaftNode`]: it proposes opaque
+//! byte payloads, asks for ReadIndex reads, and receives committed entries on
+//! a channel, in log order, to apply to its state machine. After applying, it
+//! reports the applied index back with [`RaftNode::set_applied`].
+//!
+//! # The ready loop
+//!
+//! One thread owns the `RawNode` (see [`Peer`]). Each turn of its loop:
+//!
+//! 1. waits for a command (proposal, read request, peer message) or a tick,
+//!    then drains every command already queued, so that many proposals and
+//!    reads share one `Ready` (and one WAL fsync, and one ReadIndex round);
+//! 2. handles the `Ready` in etcd's order: messages of a leader are sent
+//!    *before* persisting (in parallel with the fsync); a snapshot is saved
+//!    before entries; new entries and the hard state are written to the WAL
+//!    and fsynced before the in-memory log sees them; messages that must wait
+//!    for persistence (a follower's votes and append responses) are sent
+//!    after; committed entries go to the apply channel; then `advance`.
+//!
+//! Only entries that are both committed and locally persisted are ever
+//! handed to the application (raft-rs guarantees this).
+//!
+//! # Example
+//!
+//! ```
+//! use etcd_raft_node::{eraftpb::ConfState, Applied, NodeConfig, RaftNode, WalStorage};
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut voters = ConfState::default();
+//! voters.voters = vec![1];
+//! let storage =
+//!     WalStorage::create(dir.path(), Default::default(), b"metadata", voters).unwrap();
+//! let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
+//! let cfg = NodeConfig { id: 1, voters: vec![1], ..NodeConfig::default() };
+//! let node = RaftNode::start(cfg, storage, None, apply_tx).unwrap();
+//! node.propose(b"hello".to_vec(), None);
+//! // The first committed entries are the empty entry of the new leader and
+//! // then our proposal.
+//! loop {
+//!     let Applied::Entries(entries) = apply_rx.recv().unwrap() else { continue };
+//!     node.set_applied(entries.last().unwrap().index);
+//!     if entries.iter().any(|e| &e.data[..] == b"hello") { break; }
+//! }
+//! node.stop();
+//! ```
+
+mod error;
+mod logger;
+mod node;
+mod peer;
+mod storage;
+mod transport;
+
+pub use error::{Error, Result};
+pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
+pub use peer::Peer;
+pub use peer::{ProposeCallback, ReadCallback};
+pub use storage::{Opened, WalStorage};
+pub use transport::{NoopTransport, Transport};
+
+/// Re-exported raft message types, for transports.
+pub use raft::eraftpb;

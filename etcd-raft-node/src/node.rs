@@ -1,0 +1,314 @@
+//! The raft thread: owns a [`Peer`], feeds it commands and ticks, and hands
+//! committed entries to the application.
+
+use crate::peer::{Peer, ProposeCallback, ReadCallback};
+use crate::storage::WalStorage;
+use crate::transport::{NoopTransport, Transport};
+use crate::{Error, Result};
+use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::RwLock;
+use raft::eraftpb::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Settings of one raft member. Public fields, [`Default`] and
+/// [`NodeConfig::validate`], like raft-rs's `Config`.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This member's id (non-zero).
+    pub id: u64,
+    /// Voting members of a cluster being bootstrapped. When it is exactly
+    /// `[id]`, the member campaigns at once instead of waiting for an
+    /// election timeout.
+    pub voters: Vec<u64>,
+    /// Index of the last entry the state machine durably applied.
+    pub applied: u64,
+    /// Wall time of one tick (etcd's --heartbeat-interval).
+    pub tick_interval: Duration,
+    /// Ticks without a leader before an election (etcd's
+    /// --election-timeout divided by --heartbeat-interval).
+    pub election_tick: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_tick: usize,
+    /// Largest append message, in bytes.
+    pub max_size_per_msg: u64,
+    /// Most append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Leader steps down when it loses contact with a quorum.
+    pub check_quorum: bool,
+    /// Pre-vote: a partitioned member does not disrupt the cluster on return.
+    pub pre_vote: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            voters: vec![1],
+            applied: 0,
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 1,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 512,
+            check_quorum: true,
+            pre_vote: true,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.id == 0 {
+            return Err(Error::Config("member id must not be 0".into()));
+        }
+        if self.tick_interval.is_zero() {
+            return Err(Error::Config("tick interval must be positive".into()));
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return Err(Error::Config(format!(
+                "election tick ({}) must be greater than heartbeat tick ({})",
+                self.election_tick, self.heartbeat_tick
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The kind of a committed entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// An application payload (empty for a new leader's no-op entry).
+    Normal,
+    /// A membership change (raft `ConfChange`).
+    ConfChange,
+    /// A membership change (raft `ConfChangeV2`).
+    ConfChangeV2,
+}
+
+/// A committed, locally durable log entry for the application to apply.
+#[derive(Clone, Debug)]
+pub struct CommittedEntry {
+    /// Log index.
+    pub index: u64,
+    /// Term of the leader that created it.
+    pub term: u64,
+    /// What the payload is.
+    pub kind: EntryKind,
+    /// The payload as proposed.
+    pub data: bytes::Bytes,
+}
+
+/// What the raft thread hands to the application, in log order.
+#[derive(Debug)]
+pub enum Applied {
+    /// Entries to apply, in order.
+    Entries(Vec<CommittedEntry>),
+}
+
+/// A member's role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Following a leader (or waiting for one).
+    #[default]
+    Follower,
+    /// Asking for votes.
+    Candidate,
+    /// Checking whether an election could be won (pre-vote).
+    PreCandidate,
+    /// Leading.
+    Leader,
+}
+
+/// A snapshot of the member's raft status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This member.
+    pub id: u64,
+    /// The leader this member knows of, 0 if none.
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index.
+    pub commit_index: u64,
+    /// Highest index applied by the state machine.
+    pub applied_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Role.
+    pub role: Role,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+}
+
+enum Command {
+    Propose(Vec<u8>, Option<ProposeCallback>),
+    Read(ReadCallback),
+    Step(Box<Message>),
+    Stop,
+}
+
+/// Handle to a running raft member. Cheap to share behind an `Arc`.
+pub struct RaftNode {
+    tx: Sender<Command>,
+    status: Arc<RwLock<NodeStatus>>,
+    applied: Arc<AtomicU64>,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RaftNode {
+    /// Starts the raft thread over an opened storage. Committed entries are
+    /// sent to `apply_tx`; `transport` defaults to [`NoopTransport`].
+    pub fn start(
+        cfg: NodeConfig,
+        storage: WalStorage,
+        transport: Option<Arc<dyn Transport>>,
+        apply_tx: Sender<Applied>,
+    ) -> Result<RaftNode> {
+        cfg.validate()?;
+        let mut peer = Peer::new(&cfg, storage)?;
+        if cfg.voters == [cfg.id] {
+            peer.campaign()?;
+        }
+        let transport = transport.unwrap_or_else(|| Arc::new(NoopTransport));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let status = Arc::new(RwLock::new(peer.status()));
+        let applied = Arc::new(AtomicU64::new(cfg.applied));
+        let ticker = crossbeam_channel::tick(cfg.tick_interval);
+        let thread = {
+            let status = status.clone();
+            let applied = applied.clone();
+            std::thread::Builder::new()
+                .name(format!("raft-{:x}", cfg.id))
+                .spawn(move || run(peer, rx, ticker, transport, apply_tx, status, applied))
+                .map_err(|e| Error::Config(format!("cannot start raft thread: {e}")))?
+        };
+        Ok(RaftNode {
+            tx,
+            status,
+            applied,
+            thread: parking_lot::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Proposes `data`; `ack` learns whether raft took it (not whether it
+    /// committed: committed entries arrive on the apply channel).
+    pub fn propose(&self, data: Vec<u8>, ack: Option<ProposeCallback>) {
+        if let Err(crossbeam_channel::SendError(Command::Propose(_, Some(ack)))) =
+            self.tx.send(Command::Propose(data, ack))
+        {
+            ack(Err(Error::Stopped));
+        }
+    }
+
+    /// Asks for a linearizable read index; `done` gets the index to wait for.
+    pub fn read_index(&self, done: ReadCallback) {
+        if let Err(crossbeam_channel::SendError(Command::Read(done))) =
+            self.tx.send(Command::Read(done))
+        {
+            done(Err(Error::Stopped));
+        }
+    }
+
+    /// Hands a message from another member to raft.
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.send(Command::Step(Box::new(msg)));
+    }
+
+    /// Reports that the state machine applied every entry up to `index`.
+    pub fn set_applied(&self, index: u64) {
+        self.applied.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// The member's raft status as of the last handled `Ready`.
+    pub fn status(&self) -> NodeStatus {
+        *self.status.read()
+    }
+
+    /// Stops the raft thread and waits for it. Idempotent.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RaftNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    mut peer: Peer,
+    rx: Receiver<Command>,
+    ticker: Receiver<std::time::Instant>,
+    transport: Arc<dyn Transport>,
+    apply_tx: Sender<Applied>,
+    status: Arc<RwLock<NodeStatus>>,
+    applied: Arc<AtomicU64>,
+) {
+    let mut committed = Vec::new();
+    loop {
+        let mut stop = false;
+        select! {
+            recv(rx) -> cmd => match cmd {
+                Ok(cmd) => stop = handle(&mut peer, cmd),
+                Err(_) => stop = true,
+            },
+            recv(ticker) -> _ => peer.tick(),
+        }
+        // Drain whatever else is queued so it shares this Ready.
+        while !stop {
+            match rx.try_recv() {
+                Ok(cmd) => stop = handle(&mut peer, cmd),
+                Err(_) => break,
+            }
+        }
+        if stop {
+            peer.fail_all(|| Error::Stopped);
+            break;
+        }
+        peer.flush_reads();
+        peer.advance_applied(applied.load(Ordering::Acquire));
+        loop {
+            match peer.handle_ready(transport.as_ref(), &mut committed) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "raft node failed; stopping");
+                    peer.fail_all(|| Error::Stopped);
+                    *status.write() = peer.status();
+                    return;
+                }
+            }
+            if !committed.is_empty()
+                && apply_tx.send(Applied::Entries(std::mem::take(&mut committed))).is_err()
+            {
+                // The application went away.
+                peer.fail_all(|| Error::Stopped);
+                return;
+            }
+        }
+        *status.write() = peer.status();
+    }
+}
+
+/// Returns true when the node must stop.
+fn handle(peer: &mut Peer, cmd: Command) -> bool {
+    match cmd {
+        Command::Propose(data, ack) => peer.propose(data, ack),
+        Command::Read(cb) => peer.queue_read(cb),
+        Command::Step(msg) => {
+            if let Err(e) = peer.step(*msg) {
+                tracing::warn!(error = %e, "dropping raft message");
+            }
+        }
+        Command::Stop => return true,
+    }
+    false
+}

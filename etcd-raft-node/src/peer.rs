@@ -1,0 +1,298 @@
+//! The deterministic heart of a raft member: a `RawNode` over [`WalStorage`]
+//! plus the bookkeeping etcd keeps around it (batched ReadIndex requests,
+//! proposals that wait for a leader). It reads no clock: time passes only
+//! through [`Peer::tick`], so tests can drive it step by step.
+//!
+//! ReadIndex batching: every read queued with [`Peer::queue_read`] between
+//! two calls of [`Peer::flush_reads`] shares one ReadIndex round (one context
+//! id). When raft reports the read state for that context, every callback of
+//! the batch gets the same index; the caller then waits until it has applied
+//! that index and serves the reads locally.
+
+use crate::node::{CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
+use crate::storage::WalStorage;
+use crate::transport::Transport;
+use crate::{Error, Result};
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole, INVALID_ID};
+use std::collections::{HashMap, VecDeque};
+
+/// Called with the read index of a batch, or why the read cannot be served.
+pub type ReadCallback = Box<dyn FnOnce(Result<u64>) + Send>;
+/// Called when a proposal was handed to raft, or with why it was dropped.
+pub type ProposeCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// A proposal waiting for a leader, with the tick it arrived at.
+struct WaitingProposal {
+    data: Vec<u8>,
+    ack: Option<ProposeCallback>,
+    since_tick: u64,
+}
+
+/// One raft member's state machine driver. Not thread-safe: owned by the
+/// raft thread (or a simulation).
+pub struct Peer {
+    raw: RawNode<WalStorage>,
+    /// Reads queued since the last flush.
+    pending_reads: Vec<ReadCallback>,
+    /// Read batches sent to raft, by context id.
+    inflight_reads: HashMap<u64, Vec<ReadCallback>>,
+    next_read_ctx: u64,
+    /// Proposals that arrived while there was no leader.
+    waiting: VecDeque<WaitingProposal>,
+    /// How many ticks a proposal may wait for a leader.
+    max_wait_ticks: u64,
+    ticks: u64,
+    leader: u64,
+    applied: u64,
+}
+
+impl Peer {
+    /// Creates the member over an opened storage. `cfg.applied` must be the
+    /// state machine's durably applied index.
+    pub fn new(cfg: &NodeConfig, storage: WalStorage) -> Result<Peer> {
+        let rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied: cfg.applied,
+            max_size_per_msg: cfg.max_size_per_msg,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: cfg.check_quorum,
+            pre_vote: cfg.pre_vote,
+            ..raft::Config::default()
+        };
+        rc.validate().map_err(|e| Error::Config(e.to_string()))?;
+        let raw = RawNode::new(&rc, storage, &crate::logger::raft_logger(cfg.id))?;
+        Ok(Peer {
+            raw,
+            pending_reads: Vec::new(),
+            inflight_reads: HashMap::new(),
+            next_read_ctx: 1,
+            waiting: VecDeque::new(),
+            max_wait_ticks: (cfg.election_tick * 3) as u64,
+            ticks: 0,
+            leader: INVALID_ID,
+            applied: cfg.applied,
+        })
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// Starts an election now (a single-member cluster does so at start
+    /// rather than waiting for an election timeout).
+    pub fn campaign(&mut self) -> Result<()> {
+        Ok(self.raw.campaign()?)
+    }
+
+    /// Advances logical time by one tick; expires proposals that waited for
+    /// a leader for too long.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.raw.tick();
+        while let Some(p) = self.waiting.front() {
+            if self.ticks - p.since_tick < self.max_wait_ticks {
+                break;
+            }
+            let p = self.waiting.pop_front().expect("front exists");
+            if let Some(ack) = p.ack {
+                ack(Err(Error::ProposalDropped));
+            }
+        }
+    }
+
+    /// Hands a message from another member to raft.
+    pub fn step(&mut self, msg: Message) -> Result<()> {
+        match self.raw.step(msg) {
+            // Messages from unknown or removed members are dropped by raft.
+            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Proposes `data`. Without a leader the proposal waits (a bounded
+    /// number of ticks) instead of failing at once.
+    pub fn propose(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
+        if self.raw.raft.leader_id == INVALID_ID || !self.waiting.is_empty() {
+            self.waiting.push_back(WaitingProposal { data, ack, since_tick: self.ticks });
+            return;
+        }
+        let r = self.raw.propose(Vec::new(), data).map_err(|e| match e {
+            raft::Error::ProposalDropped => Error::ProposalDropped,
+            e => Error::Raft(e),
+        });
+        if let Some(ack) = ack {
+            ack(r);
+        }
+    }
+
+    /// Queues a linearizable read; see the module doc for batching.
+    pub fn queue_read(&mut self, cb: ReadCallback) {
+        self.pending_reads.push(cb);
+    }
+
+    /// Sends one ReadIndex request for every read queued since the last call.
+    pub fn flush_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending_reads);
+        if self.raw.raft.leader_id == INVALID_ID {
+            // raft-rs silently drops ReadIndex without a leader.
+            for cb in batch {
+                cb(Err(Error::NoLeader));
+            }
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.inflight_reads.insert(ctx, batch);
+    }
+
+    /// Tells raft the state machine has applied up to `applied`.
+    pub fn advance_applied(&mut self, applied: u64) {
+        if applied > self.applied {
+            self.applied = applied;
+            self.raw.advance_apply_to(applied);
+        }
+    }
+
+    /// Handles one `Ready`, if any, in etcd's order (see the crate doc).
+    /// Committed entries are appended to `committed` for the application.
+    /// Returns whether there was a `Ready`.
+    pub fn handle_ready(
+        &mut self,
+        transport: &dyn Transport,
+        committed: &mut Vec<CommittedEntry>,
+    ) -> Result<bool> {
+        if !self.raw.has_ready() {
+            return Ok(false);
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            self.on_leader(ss.leader_id);
+        }
+        // A leader sends in parallel with persisting.
+        if !rd.messages().is_empty() {
+            transport.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            // State machine snapshots arrive with multi-member clusters
+            // (log compaction); a member bootstrapped alone never gets one.
+            return Err(Error::Config(
+                "received a raft snapshot, which this build cannot install yet".into(),
+            ));
+        }
+        for rs in rd.take_read_states() {
+            self.on_read_state(&rs.request_ctx, rs.index);
+        }
+        collect_committed(rd.take_committed_entries(), committed);
+        let must_sync = rd.must_sync();
+        let storage = self.raw.mut_store();
+        storage.persist(rd.entries(), rd.hs(), must_sync)?;
+        if !rd.persisted_messages().is_empty() {
+            transport.send(rd.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        if !light.messages().is_empty() {
+            transport.send(light.take_messages());
+        }
+        collect_committed(light.take_committed_entries(), committed);
+        Ok(true)
+    }
+
+    fn on_leader(&mut self, leader: u64) {
+        if leader == self.leader {
+            return;
+        }
+        self.leader = leader;
+        // Read batches sent to the old leader may never be answered.
+        for (_, batch) in self.inflight_reads.drain() {
+            for cb in batch {
+                cb(Err(Error::NoLeader));
+            }
+        }
+        if leader != INVALID_ID {
+            while let Some(p) = self.waiting.pop_front() {
+                let r = self.raw.propose(Vec::new(), p.data).map_err(|e| match e {
+                    raft::Error::ProposalDropped => Error::ProposalDropped,
+                    e => Error::Raft(e),
+                });
+                if let Some(ack) = p.ack {
+                    ack(r);
+                }
+            }
+        }
+    }
+
+    fn on_read_state(&mut self, ctx: &[u8], index: u64) {
+        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else { return };
+        if let Some(batch) = self.inflight_reads.remove(&u64::from_be_bytes(ctx)) {
+            for cb in batch {
+                cb(Ok(index));
+            }
+        }
+    }
+
+    /// A snapshot of this member's raft status.
+    pub fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        NodeStatus {
+            id: raft.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            last_index: raft.raft_log.last_index(),
+            role: match raft.state {
+                StateRole::Follower => Role::Follower,
+                StateRole::Candidate => Role::Candidate,
+                StateRole::PreCandidate => Role::PreCandidate,
+                StateRole::Leader => Role::Leader,
+            },
+            is_learner: raft.prs().conf().to_conf_state().learners.contains(&raft.id),
+        }
+    }
+
+    /// The storage, for metrics.
+    pub fn storage(&self) -> &WalStorage {
+        self.raw.store()
+    }
+
+    /// Fails everything still waiting (the node is stopping).
+    pub fn fail_all(&mut self, why: impl Fn() -> Error) {
+        for p in self.waiting.drain(..) {
+            if let Some(ack) = p.ack {
+                ack(Err(why()));
+            }
+        }
+        for cb in self.pending_reads.drain(..) {
+            cb(Err(why()));
+        }
+        for (_, batch) in self.inflight_reads.drain() {
+            for cb in batch {
+                cb(Err(why()));
+            }
+        }
+    }
+}
+
+fn collect_committed(entries: Vec<Entry>, out: &mut Vec<CommittedEntry>) {
+    out.extend(entries.into_iter().map(|e| CommittedEntry {
+        index: e.index,
+        term: e.term,
+        kind: match e.get_entry_type() {
+            EntryType::EntryNormal => EntryKind::Normal,
+            EntryType::EntryConfChange => EntryKind::ConfChange,
+            EntryType::EntryConfChangeV2 => EntryKind::ConfChangeV2,
+        },
+        data: e.data,
+    }));
+}

@@ -1,0 +1,269 @@
+//! `raft::Storage` backed by the write-ahead log.
+//!
+//! Like etcd (MemoryStorage + WAL), the raft log that raft-rs reads lives in
+//! memory (a [`MemStorage`]) and every change to it is first made durable in
+//! the [`Wal`]. On open, the WAL is replayed into memory.
+//!
+//! Invariants:
+//! - an entry or hard state is in memory only after it was handed to the WAL
+//!   (and, when raft requires it, fsynced);
+//! - in memory, `first_index - 1` is the index of the newest snapshot marker
+//!   (or 0), so raft never asks for entries the WAL does not hold.
+//!
+//! Each raft entry is stored as one WAL entry record whose payload is the
+//! protobuf encoding of `eraftpb::Entry`; the WAL record also carries index
+//! and term so the WAL can resolve overwritten suffixes without decoding.
+
+use crate::{Error, Result};
+use etcd_wal::{Wal, WalOptions, WriteBatch};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, Storage};
+use std::path::Path;
+
+/// The raft log: in memory for raft-rs, durable in the WAL.
+pub struct WalStorage {
+    mem: MemStorage,
+    wal: Wal,
+}
+
+/// What opening a WAL-backed storage recovered besides the raft log.
+pub struct Opened {
+    /// The storage, ready for a `RawNode`.
+    pub storage: WalStorage,
+    /// The opaque metadata given to [`WalStorage::create`].
+    pub metadata: bytes::Bytes,
+}
+
+impl WalStorage {
+    /// Creates a new WAL in `dir` for a member bootstrapping a new cluster
+    /// whose initial configuration is `conf_state`.
+    pub fn create(
+        dir: &Path,
+        opts: WalOptions,
+        metadata: &[u8],
+        conf_state: ConfState,
+    ) -> Result<WalStorage> {
+        let wal = Wal::create(dir, opts, metadata)?;
+        let mem = MemStorage::new_with_conf_state(conf_state);
+        Ok(WalStorage { mem, wal })
+    }
+
+    /// Opens the WAL in `dir` and replays it into memory.
+    ///
+    /// `conf_state` is the membership as of the state machine's applied
+    /// index `applied` (the state machine persists it), and `applied` is
+    /// the index of the last entry the state machine durably applied.
+    pub fn open(
+        dir: &Path,
+        opts: WalOptions,
+        conf_state: ConfState,
+        applied: u64,
+    ) -> Result<Opened> {
+        let (wal, rec) = Wal::open(dir, opts)?;
+        let mem = MemStorage::new();
+        {
+            let mut core = mem.wl();
+            if let Some(marker) = rec.snapshot {
+                let mut snap = Snapshot::default();
+                snap.mut_metadata().index = marker.index;
+                snap.mut_metadata().term = marker.term;
+                snap.mut_metadata().set_conf_state(conf_state.clone());
+                core.apply_snapshot(snap)?;
+            }
+            let mut entries = Vec::with_capacity(rec.entries.len());
+            for e in &rec.entries {
+                let entry = decode_entry(&e.data).map_err(|reason| {
+                    Error::Config(format!(
+                        "WAL entry {} (term {}) is not a raft entry: {reason}",
+                        e.index, e.term
+                    ))
+                })?;
+                assert_eq!(entry.index, e.index, "WAL record index disagrees with its entry");
+                entries.push(entry);
+            }
+            core.append(&entries)?;
+            let mut hs = HardState::default();
+            hs.term = rec.hard_state.term;
+            hs.vote = rec.hard_state.vote;
+            hs.commit = rec.hard_state.commit;
+            let last = entries
+                .last()
+                .map(|e| e.index)
+                .or(rec.snapshot.map(|s| s.index))
+                .unwrap_or(0);
+            // The commit index in the WAL may lag what was applied: the
+            // commit index learned in a LightReady is not fsynced on its own.
+            // Everything applied was committed, so raise it.
+            if applied > hs.commit {
+                if applied > last {
+                    return Err(Error::Config(format!(
+                        "state machine applied index {applied} is beyond the last WAL entry {last}: \
+                         the WAL does not belong to this data directory or lost entries"
+                    )));
+                }
+                hs.commit = applied;
+            }
+            if let Some(marker) = rec.snapshot {
+                hs.commit = hs.commit.max(marker.index);
+            }
+            hs.commit = hs.commit.min(last);
+            core.set_hardstate(hs);
+            core.set_conf_state(conf_state);
+        }
+        Ok(Opened { storage: WalStorage { mem, wal }, metadata: rec.metadata })
+    }
+
+    /// Persists new entries and/or a hard state. When `sync` is true, returns
+    /// only after they are durable; otherwise the write is queued.
+    pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.entries = entries
+            .iter()
+            .map(|e| etcd_wal::Entry {
+                index: e.index,
+                term: e.term,
+                data: encode_entry(e),
+            })
+            .collect();
+        batch.hard_state = hs.map(|hs| etcd_wal::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        });
+        if sync {
+            self.wal.append_sync(batch)?;
+        } else {
+            // Not waited on: durability is not required (only the commit
+            // index moved), but a failure still poisons later calls.
+            drop(self.wal.append(batch)?);
+        }
+        let mut core = self.mem.wl();
+        core.append(entries)?;
+        if let Some(hs) = hs {
+            core.set_hardstate(hs.clone());
+        }
+        Ok(())
+    }
+
+    /// Records a commit index learned after persisting (in memory only; see
+    /// [`WalStorage::open`] for why that is safe).
+    pub fn set_commit(&mut self, commit: u64) {
+        self.mem.wl().mut_hard_state().commit = commit;
+    }
+
+    /// The last index of the raft log.
+    pub fn last_index(&self) -> u64 {
+        Storage::last_index(&self.mem).unwrap_or(0)
+    }
+
+    /// The WAL, for metrics and purging.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+}
+
+impl Storage for WalStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.mem.snapshot(request_index, to)
+    }
+}
+
+fn encode_entry(e: &Entry) -> bytes::Bytes {
+    bytes::Bytes::from(e.write_to_bytes().expect("encoding a raft entry cannot fail"))
+}
+
+fn decode_entry(data: &[u8]) -> Result<Entry, String> {
+    Entry::parse_from_bytes(data).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = bytes::Bytes::copy_from_slice(data);
+        e
+    }
+
+    fn voters(ids: &[u64]) -> ConfState {
+        let mut cs = ConfState::default();
+        cs.voters = ids.to_vec();
+        cs
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"meta", voters(&[1])).unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 1;
+        hs.commit = 2;
+        s.persist(&[entry(1, 1, b"a"), entry(2, 2, b"b")], Some(&hs), true).unwrap();
+        // A new leader overwrites index 2.
+        s.persist(&[entry(2, 3, b"c"), entry(3, 3, b"d")], None, true).unwrap();
+        drop(s);
+
+        let opened =
+            WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 2).unwrap();
+        assert_eq!(&opened.metadata[..], b"meta");
+        let s = opened.storage;
+        assert_eq!(s.last_index(), 3);
+        let ents = s.entries(1, 4, None, GetEntriesContext::empty(false)).unwrap();
+        let datas: Vec<&[u8]> = ents.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(datas, vec![&b"a"[..], b"c", b"d"]);
+        assert_eq!(s.term(2).unwrap(), 3);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.vote, 1);
+        assert_eq!(st.hard_state.commit, 2);
+        assert_eq!(st.conf_state.voters, vec![1]);
+    }
+
+    #[test]
+    fn applied_beyond_wal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"", voters(&[1])).unwrap();
+        s.persist(&[entry(1, 1, b"a")], None, true).unwrap();
+        drop(s);
+        let err = WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 5)
+            .err()
+            .expect("must refuse");
+        assert!(err.to_string().contains("beyond the last WAL entry"), "{err}");
+    }
+}

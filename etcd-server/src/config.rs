@@ -1,0 +1,339 @@
+//! etcd's command-line flags and `ETCD_*` environment variables.
+//!
+//! Rules, as etcd applies them:
+//! - every flag `--foo-bar` can also be given as `ETCD_FOO_BAR`;
+//! - a setting given both ways is an error naming both;
+//! - an `ETCD_*` variable that matches no flag is reported (a warning);
+//! - Go's flag syntax with one dash (`-name infra0`, `-name=infra0`) works
+//!   as well as two;
+//! - unknown flags fail with a clear message.
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use etcd_core::ClusterState;
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The flags of `etcd-server` (the subset of etcd's that this build serves).
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "etcd-server",
+    about = "An etcd-compatible consensus key-value store (etcd v3 API)",
+    disable_version_flag = true
+)]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: ${name}.etcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// List of URLs to listen on for client traffic.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// List of this member's client URLs to advertise to the public.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (name=url,...).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the etcd cluster during bootstrap.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: u64,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Configures log level: debug, info, warn, error, panic, or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Logger: only 'zap' (etcd's default) is accepted; logs are text on stderr.
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+    /// Where to write logs: 'default', 'stderr' or 'stdout'.
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+    /// Print the version and exit.
+    #[arg(long)]
+    pub version: bool,
+}
+
+/// Settings derived from the flags, checked and ready to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The engine's settings.
+    pub core: etcd_core::Config,
+    /// Addresses to serve clients on, with the URL each came from.
+    pub client_listeners: Vec<(String, SocketAddr)>,
+    /// `--log-level`, as a tracing filter directive.
+    pub log_level: String,
+    /// Log to stdout instead of stderr.
+    pub log_to_stdout: bool,
+}
+
+/// What the command line asked for.
+pub enum Command {
+    /// Run the server.
+    Run(Box<ServerConfig>),
+    /// Print the version and exit.
+    Version,
+}
+
+/// Parses arguments (without the program name handling: `args` includes
+/// it) and the environment given as `(name, value)` pairs.
+pub fn parse<I, E>(args: I, env: E) -> Result<(Command, Vec<String>), String>
+where
+    I: IntoIterator<Item = OsString>,
+    E: IntoIterator<Item = (String, String)>,
+{
+    let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("ETCD_")).collect();
+    let cmd = Flags::command();
+    let longs: Vec<String> =
+        cmd.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
+    let args: Vec<OsString> = args.into_iter().map(|a| single_dash_to_double(a, &longs)).collect();
+    let matches = cmd.try_get_matches_from(args).map_err(|e| e.to_string())?;
+    let mut warnings = Vec::new();
+    // A flag given on the command line and in the environment is an error.
+    for arg in Flags::command().get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else { continue };
+        let var = var.to_string_lossy();
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) == Some(ValueSource::CommandLine)
+            && env.iter().any(|(k, _)| *k == var)
+        {
+            return Err(format!(
+                "conflicting environment variable {var:?} is shadowed by corresponding \
+                 command-line flag --{long} (either unset environment variable or disable flag)"
+            ));
+        }
+    }
+    let known: Vec<String> = Flags::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for (k, v) in &env {
+        if !known.contains(k) && k != "ETCD_VERSION" && k != "ETCD_UNSUPPORTED_ARCH" {
+            warnings.push(format!("unrecognized environment variable {k}={v}"));
+        }
+    }
+    let flags = Flags::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    if flags.version {
+        return Ok((Command::Version, warnings));
+    }
+    Ok((Command::Run(Box::new(flags.into_config()?)), warnings))
+}
+
+/// Go's flag package accepts `-name`; clap wants `--name`.
+fn single_dash_to_double(arg: OsString, longs: &[String]) -> OsString {
+    let Some(s) = arg.to_str() else { return arg };
+    if s.starts_with("--") || !s.starts_with('-') {
+        return arg;
+    }
+    let name = s[1..].split('=').next().unwrap_or("");
+    if longs.iter().any(|l| l == name) {
+        OsString::from(format!("-{s}"))
+    } else {
+        arg
+    }
+}
+
+fn split_urls(flag: &str, s: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> =
+        s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect();
+    if urls.is_empty() {
+        return Err(format!("--{flag} must not be empty"));
+    }
+    for u in &urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!("--{flag}: URL {u:?} must start with http:// or https://"));
+        }
+    }
+    Ok(urls)
+}
+
+/// Resolves an `http://host:port` URL to the address to bind.
+fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "--{flag}: {url}: TLS (https) client URLs are not supported by this build yet; use http://"
+        ));
+    }
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    if hostport.contains('/') {
+        return Err(format!("--{flag}: URL {url:?} must not have a path"));
+    }
+    let addrs: Vec<SocketAddr> = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("--{flag}: cannot resolve {url:?}: {e}"))?
+        .collect();
+    // Like Go's net.Listen on "localhost": prefer IPv4.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("--{flag}: {url:?} resolves to no address"))
+}
+
+impl Flags {
+    /// Checks the flags and derives the server settings.
+    pub fn into_config(self) -> Result<ServerConfig, String> {
+        let log_level = match self.log_level.as_str() {
+            "debug" => "debug",
+            "info" => "info",
+            "warn" => "warn",
+            "error" | "dpanic" | "panic" | "fatal" => "error",
+            other => {
+                return Err(format!(
+                    "--log-level={other:?}: must be one of debug, info, warn, error, panic, fatal"
+                ))
+            }
+        };
+        if self.logger != "zap" {
+            return Err(format!("--logger={:?}: only 'zap' is supported", self.logger));
+        }
+        let log_to_stdout = match self.log_outputs.as_str() {
+            "default" | "stderr" => false,
+            "stdout" => true,
+            other => return Err(format!("--log-outputs={other:?}: use default, stderr or stdout")),
+        };
+        let initial_cluster_state = match self.initial_cluster_state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(format!(
+                    "--initial-cluster-state={other:?}: must be 'new' or 'existing'"
+                ))
+            }
+        };
+        let listen = split_urls("listen-client-urls", &self.listen_client_urls)?;
+        let client_listeners = listen
+            .iter()
+            .map(|u| listen_addr("listen-client-urls", u).map(|a| (u.clone(), a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let advertise_client_urls = split_urls("advertise-client-urls", &self.advertise_client_urls)?;
+        split_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let peer_urls = split_urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
+        let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
+            // etcd's default: this member at each of its advertised peer URLs.
+            peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
+        });
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let core = etcd_core::Config {
+            name: self.name,
+            data_dir,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token: self.initial_cluster_token,
+            initial_advertise_peer_urls: peer_urls,
+            advertise_client_urls,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            quota_backend_bytes: self.quota_backend_bytes,
+        };
+        core.validate().map_err(|e| e.to_string())?;
+        Ok(ServerConfig { core, client_listeners, log_level: log_level.into(), log_to_stdout })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<(Command, Vec<String>), String> {
+        let args = std::iter::once("etcd-server").chain(args.iter().copied()).map(OsString::from);
+        parse(args, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> ServerConfig {
+        match run(args, env) {
+            Ok((Command::Run(c), _)) => *c,
+            Ok(_) => panic!("not a run"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = config(&[], &[]);
+        assert_eq!(c.core.name, "default");
+        assert_eq!(c.core.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(c.core.initial_cluster, "default=http://localhost:2380");
+        assert_eq!(c.core.max_request_bytes, 1572864);
+        assert_eq!(c.client_listeners[0].1.port(), 2379);
+        assert!(c.client_listeners[0].1.ip().is_loopback());
+    }
+
+    #[test]
+    fn data_dir_follows_name_and_env_works() {
+        let c = config(&["--name", "infra0"], &[]);
+        assert_eq!(c.core.data_dir, PathBuf::from("infra0.etcd"));
+        let c = config(&[], &[("ETCD_NAME", "fromenv"), ("ETCD_MAX_REQUEST_BYTES", "100")]);
+        assert_eq!(c.core.name, "fromenv");
+        assert_eq!(c.core.max_request_bytes, 100);
+    }
+
+    #[test]
+    fn flag_and_env_together_is_an_error_naming_both() {
+        let err = run(&["--name", "a"], &[("ETCD_NAME", "b")]).err().unwrap();
+        assert!(err.contains("ETCD_NAME") && err.contains("--name"), "{err}");
+    }
+
+    #[test]
+    fn single_dash_flags_work() {
+        let c = config(&["-name", "x", "-data-dir=/tmp/x"], &[]);
+        assert_eq!(c.core.name, "x");
+        assert_eq!(c.core.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_flags_and_env_vars() {
+        let err = run(&["--no-such-flag"], &[]).err().unwrap();
+        assert!(err.contains("--no-such-flag"), "{err}");
+        let (_, warnings) = run(&[], &[("ETCD_NO_SUCH", "1")]).unwrap();
+        assert_eq!(warnings, vec!["unrecognized environment variable ETCD_NO_SUCH=1".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (args, want) in [
+            (&["--initial-cluster-state", "old"][..], "must be 'new' or 'existing'"),
+            (&["--log-level", "loud"][..], "--log-level"),
+            (&["--listen-client-urls", "localhost:2379"][..], "http://"),
+            (&["--listen-client-urls", "https://localhost:2379"][..], "TLS"),
+            (&["--election-timeout", "100"][..], "at least as 5 times"),
+        ] {
+            let err = run(args, &[]).err().unwrap();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn version_flag() {
+        assert!(matches!(run(&["--version"], &[]), Ok((Command::Version, _))));
+    }
+}

@@ -1,0 +1,80 @@
+//! The etcd-compatible server: etcd's v3 gRPC API over [`etcd_core`],
+//! configured with etcd's flags and `ETCD_*` environment variables.
+//!
+//! The binary only parses flags and calls [`run`]; tests call [`run`] too.
+
+pub mod config;
+pub mod rpc;
+mod services;
+mod status;
+
+pub use config::{Command, Flags, ServerConfig};
+pub use services::{ClusterService, KvService, MaintenanceService};
+pub use status::to_status;
+
+use anyhow::Context as _;
+use etcd_core::Etcd;
+use rpc::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
+use std::future::Future;
+use tokio::net::TcpListener;
+
+/// gRPC framing headroom above --max-request-bytes (etcd allows 512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Starts the member, serves clients until `shutdown` completes, then stops
+/// gracefully (in-flight requests finish, the member closes its stores).
+pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    for (url, addr) in &cfg.client_listeners {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {url} ({addr})"))?;
+        listeners.push((url.clone(), l));
+    }
+    let core = cfg.core.clone();
+    let etcd = tokio::task::spawn_blocking(move || Etcd::start(core))
+        .await
+        .context("start task failed")?
+        .context("cannot start the member")?;
+    let max_recv = cfg.core.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for (url, listener) in listeners {
+        let local = listener.local_addr()?;
+        tracing::info!(%url, address = %local, "serving client traffic insecurely (no TLS)");
+        let router = tonic::transport::Server::builder()
+            .add_service(KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv))
+            .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
+            .add_service(ClusterServer::new(ClusterService(etcd.clone())));
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    tracing::info!(
+        name = %cfg.core.name,
+        member = %etcd_core::format_id(etcd.member_id()),
+        cluster = %etcd_core::format_id(etcd.cluster_id()),
+        "ready to serve client requests"
+    );
+    tokio::select! {
+        () = shutdown => tracing::info!("received shutdown signal; stopping gracefully"),
+        Some(r) = servers.join_next() => {
+            tracing::error!("a client listener stopped unexpectedly: {r:?}");
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(r) = servers.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!("client listener ended with: {e}");
+        }
+    }
+    tokio::task::spawn_blocking(move || etcd.stop()).await.context("stop task failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The etcd v3 gRPC services over an [`Etcd`] handle. Each method only
+//! unwraps the request, calls the engine and translates errors.
+
+use crate::rpc::etcdserverpb::{cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance};
+use crate::status::{to_status, unsupported};
+use etcd_core::pb::etcdserverpb::*;
+use etcd_core::Etcd;
+use tonic::{Request, Response, Status};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn reply<T>(r: etcd_core::Result<T>) -> Reply<T> {
+    r.map(Response::new).map_err(to_status)
+}
+
+/// KV service.
+#[derive(Clone)]
+pub struct KvService(pub Etcd);
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Reply<RangeResponse> {
+        reply(self.0.range(req.into_inner()).await)
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Reply<PutResponse> {
+        reply(self.0.put(req.into_inner()).await)
+    }
+
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Reply<DeleteRangeResponse> {
+        reply(self.0.delete_range(req.into_inner()).await)
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Reply<TxnResponse> {
+        reply(self.0.txn(req.into_inner()).await)
+    }
+
+    async fn compact(&self, req: Request<CompactionRequest>) -> Reply<CompactionResponse> {
+        reply(self.0.compact(req.into_inner()).await)
+    }
+}
+
+/// Maintenance service.
+#[derive(Clone)]
+pub struct MaintenanceService(pub Etcd);
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
+        let req = req.into_inner();
+        if req.action == alarm_request::AlarmAction::Activate as i32 {
+            return Err(unsupported("activating alarms by request"));
+        }
+        // GET lists the alarms; DEACTIVATE of an alarm that is not raised
+        // changes nothing and also answers with the (empty) list.
+        Ok(Response::new(self.0.alarm_list()))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusResponse> {
+        Ok(Response::new(self.0.status()))
+    }
+
+    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
+        let etcd = self.0.clone();
+        tracing::info!("defragmenting the store (online: reads and writes continue)");
+        let r = tokio::task::spawn_blocking(move || etcd.defragment())
+            .await
+            .map_err(|e| Status::internal(format!("defragment task failed: {e}")))?;
+        reply(r)
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
+        reply(self.0.hash_kv(0).map(|r| HashResponse { header: r.header, hash: r.hash }))
+    }
+
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
+        reply(self.0.hash_kv(req.into_inner().revision))
+    }
+
+    type SnapshotStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
+        Err(unsupported("snapshot"))
+    }
+
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {
+        reply(self.0.move_leader(req.into_inner().target_id).await)
+    }
+
+    async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {
+        Err(unsupported("downgrade"))
+    }
+}
+
+/// Cluster service.
+#[derive(Clone)]
+pub struct ClusterService(pub Etcd);
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
+        Err(unsupported("member add"))
+    }
+
+    async fn member_remove(&self, _req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
+        Err(unsupported("member remove"))
+    }
+
+    async fn member_update(&self, _req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
+        Err(unsupported("member update"))
+    }
+
+    async fn member_list(&self, _req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
+        Ok(Response::new(self.0.member_list()))
+    }
+
+    async fn member_promote(&self, _req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
+        Err(unsupported("member promote"))
+    }
+}

@@ -1,0 +1,43 @@
+//! The one place where engine errors become gRPC statuses: etcd's code and
+//! etcd's exact message (clients such as etcdctl and Go's clientv3 match
+//! errors by message).
+
+use etcd_core::{Code, Error};
+use tonic::Status;
+
+/// Translates an engine error into the status etcd would send.
+pub fn to_status(e: Error) -> Status {
+    let code = match e.code() {
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::OutOfRange => tonic::Code::OutOfRange,
+        Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::Internal => tonic::Code::Internal,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::DataLoss => tonic::Code::DataLoss,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The status for an API this build does not serve yet: says what is
+/// missing instead of pretending.
+pub fn unsupported(what: &str) -> Status {
+    Status::unimplemented(format!("etcdserver: {what} is not supported by this server yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacted_maps_to_out_of_range_with_etcds_message() {
+        let s = to_status(Error::Compacted);
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        let s = to_status(Error::EmptyKey);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: key is not provided");
+    }
+}

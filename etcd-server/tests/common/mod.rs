@@ -1,0 +1,232 @@
+//! Shared harness of the integration tests: starts the real `etcd-server`
+//! binary (or Debian's real `etcd`, for differential tests) on free
+//! loopback ports and drives it with the real `etcdctl`.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which server binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// This project's `etcd-server`.
+    Ours,
+    /// Debian's etcd 3.4 (`/usr/bin/etcd`), the oracle.
+    Real,
+}
+
+/// A running server process with its own data directory.
+pub struct Server {
+    pub kind: Kind,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_url: String,
+    pub peer_url: String,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Path of `etcdctl`; panics with how to install it when missing.
+pub fn etcdctl_path() -> &'static str {
+    for p in ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"] {
+        if Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("etcdctl not found: apt-get install etcd-client (scripts/test does it)");
+}
+
+/// Path of the real etcd; panics with how to install it when missing.
+pub fn real_etcd_path() -> &'static str {
+    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("etcd not found: apt-get install etcd-server (scripts/test does it)");
+}
+
+impl Server {
+    /// Starts a fresh server of `kind` in a new temporary data directory.
+    pub fn start(kind: Kind) -> Server {
+        Self::start_with(kind, &[])
+    }
+
+    /// Like [`Server::start`] with extra flags.
+    pub fn start_with(kind: Kind, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data.etcd");
+        let mut s = Server {
+            kind,
+            name: "default".into(),
+            data_dir,
+            client_url: format!("http://127.0.0.1:{}", free_port()),
+            peer_url: format!("http://127.0.0.1:{}", free_port()),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: tmp.path().join("server.log"),
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let bin = match self.kind {
+            Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
+            Kind::Real => real_etcd_path().to_string(),
+        };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(bin)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&self.client_url)
+            .arg("--advertise-client-urls")
+            .arg(&self.client_url)
+            .arg("--listen-peer-urls")
+            .arg(&self.peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&self.peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("{}={}", self.name, self.peer_url))
+            .args(&self.extra_args)
+            .env_remove("ETCDCTL_API")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start the server binary");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until `etcdctl endpoint health` succeeds (at most 60 s).
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{:?} server exited during start ({status}); log:\n{}", self.kind, self.log_text());
+            }
+            let out = self.etcdctl(&["endpoint", "health", "--command-timeout=2s"]);
+            if out.status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{:?} server not ready after 60 s; log:\n{}", self.kind, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `etcdctl --endpoints <this server> args...`.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.client_url)
+            .args(args)
+            .output()
+            .expect("cannot run etcdctl")
+    }
+
+    /// Runs etcdctl with `stdin` as input.
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.client_url)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run etcdctl");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs etcdctl and returns stdout, panicking with stderr on failure.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs etcdctl expecting failure; returns stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(!out.status.success(), "etcdctl {args:?} unexpectedly succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// SIGKILLs the process (no graceful shutdown).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("server did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+
+    /// A tonic channel to this server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.client_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,188 @@
+//! The real `etcdctl` (Debian's etcd-client, v3.4) against the real
+//! `etcd-server` binary, the way an operator uses it.
+
+mod common;
+use common::{Kind, Server};
+use std::process::Command;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn b64(s: &str) -> String {
+    // etcdctl -w json prints keys and values base64-encoded.
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn put_get_with_options() {
+    let s = Server::start(Kind::Ours);
+    assert_eq!(s.ctl_ok(&["put", "foo", "bar"]), "OK\n");
+    assert_eq!(s.ctl_ok(&["get", "foo"]), "foo\nbar\n");
+    for (k, v) in [("foo1", "a"), ("foo2", "b"), ("fop", "c"), ("zzz", "d")] {
+        s.ctl_ok(&["put", k, v]);
+    }
+    assert_eq!(s.ctl_ok(&["get", "foo", "--prefix", "--keys-only"]), "foo\n\nfoo1\n\nfoo2\n\n");
+    assert_eq!(s.ctl_ok(&["get", "foo", "--prefix", "--limit", "2"]), "foo\nbar\nfoo1\na\n");
+    assert_eq!(s.ctl_ok(&["get", "fop", "--from-key", "--print-value-only"]), "c\nd\n");
+    assert_eq!(
+        s.ctl_ok(&["get", "foo", "--prefix", "--sort-by", "VALUE", "--order", "DESCEND", "--print-value-only"]),
+        "bar\nb\na\n"
+    );
+    // History: revision 2 is the first put.
+    s.ctl_ok(&["put", "foo", "baz"]);
+    assert_eq!(s.ctl_ok(&["get", "foo", "--rev", "2"]), "foo\nbar\n");
+    assert_eq!(s.ctl_ok(&["get", "foo"]), "foo\nbaz\n");
+
+    let j = json(&s.ctl_ok(&["get", "foo", "--prefix", "--limit", "1", "-w", "json"]));
+    assert_eq!(j["header"]["revision"], 7);
+    assert_eq!(j["count"], 3);
+    assert_eq!(j["more"], true);
+    let kv = &j["kvs"][0];
+    assert_eq!(kv["key"], b64("foo"));
+    assert_eq!(kv["value"], b64("baz"));
+    assert_eq!(kv["create_revision"], 2);
+    assert_eq!(kv["mod_revision"], 7);
+    assert_eq!(kv["version"], 2);
+
+    let j = json(&s.ctl_ok(&["get", "foo", "--prefix", "--count-only", "-w", "json"]));
+    assert_eq!(j["count"], 3);
+    assert!(j.get("kvs").is_none());
+
+    let err = s.ctl_err(&["get", "foo", "--rev", "100"]);
+    assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+}
+
+#[test]
+fn delete_with_prefix_and_prev_kv() {
+    let s = Server::start(Kind::Ours);
+    for (k, v) in [("a/1", "x"), ("a/2", "y"), ("b", "z")] {
+        s.ctl_ok(&["put", k, v]);
+    }
+    assert_eq!(s.ctl_ok(&["del", "a/", "--prefix", "--prev-kv"]), "2\na/1\nx\na/2\ny\n");
+    assert_eq!(s.ctl_ok(&["del", "nothing"]), "0\n");
+    assert_eq!(s.ctl_ok(&["get", "", "--from-key", "--keys-only"]), "b\n\n");
+    let j = json(&s.ctl_ok(&["get", "b", "-w", "json"]));
+    // The empty delete did not bump the revision: 3 puts + 1 delete.
+    assert_eq!(j["header"]["revision"], 5);
+}
+
+#[test]
+fn txn_from_stdin() {
+    let s = Server::start(Kind::Ours);
+    s.ctl_ok(&["put", "key1", "v1"]);
+    let input = "mod(\"key1\") > \"0\"\n\nput key1 \"overwrote-key1\"\nget key1\n\nput key1 \"created-key1\"\n\n";
+    let out = s.etcdctl_stdin(&["txn"], input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "SUCCESS\n\nOK\n\nkey1\noverwrote-key1\n");
+
+    let input = "value(\"key1\") = \"nope\"\n\nput key1 \"x\"\n\nput key2 \"failure-branch\"\n\n";
+    let out = s.etcdctl_stdin(&["txn"], input);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "FAILURE\n\nOK\n");
+    assert_eq!(s.ctl_ok(&["get", "key2", "--print-value-only"]), "failure-branch\n");
+
+    // Interactive mode reads the same sections from stdin.
+    let input = "version(\"key2\") = \"1\"\n\ndel key2\n\n\n";
+    let out = s.etcdctl_stdin(&["txn", "-i"], input);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("SUCCESS") && stdout.contains("\n1\n"), "{stdout}");
+}
+
+#[test]
+fn compaction_then_old_revisions_fail() {
+    let s = Server::start(Kind::Ours);
+    for v in ["1", "2", "3", "4"] {
+        s.ctl_ok(&["put", "k", v]);
+    }
+    assert_eq!(s.ctl_ok(&["compaction", "3"]), "compacted revision 3\n");
+    let err = s.ctl_err(&["get", "k", "--rev", "2"]);
+    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
+    assert_eq!(s.ctl_ok(&["get", "k", "--rev", "3", "--print-value-only"]), "2\n");
+    let err = s.ctl_err(&["compaction", "2"]);
+    assert!(err.contains("required revision has been compacted"), "{err}");
+    assert_eq!(s.ctl_ok(&["compaction", "--physical", "4"]), "compacted revision 4\n");
+    assert_eq!(s.ctl_ok(&["get", "k", "--print-value-only"]), "4\n");
+}
+
+#[test]
+fn endpoint_status_health_and_member_list() {
+    let s = Server::start(Kind::Ours);
+    s.ctl_ok(&["put", "a", "b"]);
+    let health = s.ctl_ok(&["endpoint", "health"]);
+    assert!(health.contains("is healthy"), "{health}");
+    let table = s.ctl_ok(&["endpoint", "status", "-w", "table"]);
+    assert!(table.contains(&s.client_url), "{table}");
+    assert!(table.contains("IS LEADER"), "{table}");
+    assert!(table.contains("| true"), "a single member is the leader: {table}");
+    let j = json(&s.ctl_ok(&["endpoint", "status", "-w", "json"]));
+    let st = &j[0]["Status"];
+    assert_eq!(st["leader"], st["header"]["member_id"]);
+    assert!(st["raftIndex"].as_u64().unwrap() >= 2);
+    assert!(st["dbSize"].as_u64().unwrap() > 0);
+    let members = s.ctl_ok(&["member", "list", "-w", "table"]);
+    assert!(members.contains("default") && members.contains(&s.peer_url) && members.contains(&s.client_url), "{members}");
+    assert!(members.contains("started"), "{members}");
+    let alarms = s.ctl_ok(&["alarm", "list"]);
+    assert_eq!(alarms, "");
+}
+
+#[test]
+fn kill_9_and_restart_keeps_data_and_revisions() {
+    let mut s = Server::start(Kind::Ours);
+    for i in 0..20 {
+        s.ctl_ok(&["put", &format!("k{i:02}"), &format!("v{i}")]);
+    }
+    s.ctl_ok(&["del", "k00"]);
+    let before = s.ctl_ok(&["get", "k", "--prefix", "-w", "json"]);
+    s.kill9();
+    s.restart();
+    let after = s.ctl_ok(&["get", "k", "--prefix", "-w", "json"]);
+    let (b, a) = (json(&before), json(&after));
+    assert_eq!(b["kvs"], a["kvs"]);
+    assert_eq!(b["header"]["revision"], a["header"]["revision"]);
+    assert_eq!(a["header"]["revision"], 22);
+    // And it keeps going from there.
+    s.ctl_ok(&["put", "k99", "x"]);
+    let j = json(&s.ctl_ok(&["get", "k99", "-w", "json"]));
+    assert_eq!(j["kvs"][0]["mod_revision"], 23);
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_restart_works() {
+    let mut s = Server::start(Kind::Ours);
+    s.ctl_ok(&["put", "a", "1"]);
+    let status = s.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", s.log_text());
+    s.restart();
+    assert_eq!(s.ctl_ok(&["get", "a", "--print-value-only"]), "1\n");
+}
+
+#[test]
+fn flag_and_env_conflict_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server"))
+        .args(["--name", "a"])
+        .env("ETCD_NAME", "b")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ETCD_NAME") && err.contains("--name"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server")).arg("--bogus").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server")).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("etcd Version: "));
+}
