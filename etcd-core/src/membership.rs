@@ -10,7 +10,7 @@
 use sha1::{Digest, Sha1};
 
 /// A cluster member.
-#[derive(Clone, Debug, PartialEq, Eq, prost::Message)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Member {
     /// Member id.
     #[prost(uint64, tag = "1")]

@@ -400,8 +400,11 @@ impl Etcd {
             Err(_) => return Err(Error::Timeout),
         };
         let mut applied = inner.applied.clone();
-        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
-            Ok(Ok(_)) => Ok(()),
+        let waited = tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index))
+            .await
+            .map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => Err(Error::Timeout),
         }

@@ -27,7 +27,9 @@
 //!
 //! Compaction at revision `c` keeps, per key, the latest revision `<= c`
 //! (still needed to answer reads at `c` and later) unless it is a tombstone,
-//! and forgets everything older:
+//! and forgets everything older: finished generations whose tombstone is
+//! `<= c` are dropped whole, and the revisions before the kept one are
+//! trimmed from the first remaining generation:
 //!
 //! - `compact(5)` keeps 4 (latest `<= 5`): generations become
 //!   `[{created 2, ver 3, revs [4, 6t]}, {8}]`; revision 2 can be removed from disk.
@@ -203,13 +205,21 @@ impl KeyIndex {
         None
     }
 
-    /// Finds the first generation that is not entirely older than `at_rev`
-    /// and the latest revision `<= at_rev` in it, which is added to `keep`.
+    /// Skips the finished generations whose tombstone is `<= at_rev` (none
+    /// of their revisions is needed at `at_rev` or later), then finds the
+    /// latest revision `<= at_rev` of the first remaining generation, which is
+    /// added to `keep`.
+    ///
+    /// Note: etcd compares `tomb >= at_rev` here and then drops the tombstone
+    /// found by the walk. That is equivalent only when no generation starts in
+    /// the same main revision as the previous one ends; here one transaction
+    /// may delete and re-create a key (`7/0`, `7/1t`, `7/2`), so the
+    /// generation is skipped instead.
     fn do_compact(&self, at_rev: i64, keep: &mut HashSet<Revision>) -> (usize, Option<usize>) {
         let mut gen_idx = 0;
         while gen_idx + 1 < self.generations.len() {
             let tomb = self.generations[gen_idx].revs.last().expect("finished generation").main;
-            if tomb >= at_rev {
+            if tomb > at_rev {
                 break;
             }
             gen_idx += 1;
@@ -412,6 +422,34 @@ mod tests {
         let mut fresh = KeyIndex::default();
         fresh.put(r(3));
         assert!(fresh.undo_put(r(3), Revision::default()));
+    }
+
+    #[test]
+    fn delete_and_recreate_in_one_revision() {
+        // one transaction at main revision 7: put, delete, put
+        let mut ki = KeyIndex::default();
+        ki.put(r(2));
+        ki.put(Revision::new(7, 0));
+        assert!(ki.tombstone(Revision::new(7, 1)));
+        ki.put(Revision::new(7, 2));
+        assert_eq!(ki.get(7).unwrap().modified, Revision::new(7, 2));
+        assert_eq!(ki.get(7).unwrap().version, 1);
+        assert_eq!(ki.get(6).unwrap().modified, r(2));
+        for c in [7, 8] {
+            let mut ki = ki.clone();
+            let mut keep = HashSet::new();
+            let mut keep2 = HashSet::new();
+            ki.keep(c, &mut keep2);
+            ki.compact(c, &mut keep);
+            assert_eq!(keep, HashSet::from([Revision::new(7, 2)]));
+            assert_eq!(keep, keep2);
+            assert_eq!(ki.generations.len(), 1);
+            assert_eq!(ki.get(c).unwrap().modified, Revision::new(7, 2));
+        }
+        let mut keep = HashSet::new();
+        ki.compact(6, &mut keep);
+        assert_eq!(keep, HashSet::from([r(2)]));
+        assert_eq!(ki.get(7).unwrap().modified, Revision::new(7, 2));
     }
 
     #[test]

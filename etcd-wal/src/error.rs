@@ -64,17 +64,31 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn corruption(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
-        Error::Corruption { file: file.into(), offset, reason: reason.into() }
+    pub(crate) fn corruption(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::Corruption {
+            file: file.into(),
+            offset,
+            reason: reason.into(),
+        }
     }
 
     /// A copy of this error for a second waiter (io errors are not `Clone`).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
-            Error::Corruption { file, offset, reason } => {
-                Error::Corruption { file: file.clone(), offset: *offset, reason: reason.clone() }
-            }
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => Error::Corruption {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
             Error::Poisoned => Error::Poisoned,
             Error::Closed => Error::Closed,
             Error::AlreadyExists(p) => Error::AlreadyExists(p.clone()),

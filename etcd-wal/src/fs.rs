@@ -102,12 +102,19 @@ impl FileSystem for RealFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         Ok(Box::new(RealFile(f)))
     }
 
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
         Ok(Box::new(RealFile(f)))
     }
 
@@ -126,13 +133,15 @@ impl FileSystem for RealFs {
     fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
         let f = std::fs::File::open(dir)?;
         #[cfg(unix)]
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
-            if e == rustix::io::Errno::WOULDBLOCK {
-                io::Error::new(io::ErrorKind::WouldBlock, "directory is locked")
-            } else {
-                io::Error::from(e)
-            }
-        })?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                if e == rustix::io::Errno::WOULDBLOCK {
+                    io::Error::new(io::ErrorKind::WouldBlock, "directory is locked")
+                } else {
+                    io::Error::from(e)
+                }
+            },
+        )?;
         Ok(DirLock { _file: Some(f) })
     }
 }
@@ -301,7 +310,10 @@ fn split(path: &Path) -> io::Result<(PathBuf, String)> {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 impl MemState {
@@ -329,12 +341,19 @@ impl MemState {
 
     fn lookup(&self, path: &Path) -> io::Result<u64> {
         let (parent, name) = split(path)?;
-        self.dirs.get(&parent).and_then(|d| d.names.get(&name)).copied().ok_or_else(|| not_found(path))
+        self.dirs
+            .get(&parent)
+            .and_then(|d| d.names.get(&name))
+            .copied()
+            .ok_or_else(|| not_found(path))
     }
 
     fn file_op(&mut self, ino: u64, op: FileOp) -> io::Result<()> {
         self.op()?;
-        let inode = self.inodes.get_mut(&ino).ok_or_else(|| io::Error::other("stale inode"))?;
+        let inode = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| io::Error::other("stale inode"))?;
         apply_file_op(&mut inode.data, &op);
         inode.pending.push(op);
         Ok(())
@@ -354,7 +373,14 @@ impl MemFs {
         let mut st = self.state.lock();
         let ino = st.next_ino;
         st.next_ino += 1;
-        st.inodes.insert(ino, Inode { data: bytes.to_vec(), durable: bytes.to_vec(), pending: vec![] });
+        st.inodes.insert(
+            ino,
+            Inode {
+                data: bytes.to_vec(),
+                durable: bytes.to_vec(),
+                pending: vec![],
+            },
+        );
         let d = st.dir(&parent)?;
         d.names.insert(name.clone(), ino);
         d.durable.insert(name, ino);
@@ -385,7 +411,10 @@ impl MemFs {
             CrashKeep::Random(seed) => seed ^ 0x9e37_79b9_7f4a_7c15,
             _ => 1,
         });
-        let mut out = MemState { next_ino: st.next_ino, ..MemState::default() };
+        let mut out = MemState {
+            next_ino: st.next_ino,
+            ..MemState::default()
+        };
         let mut wanted: Vec<u64> = Vec::new();
         for (path, dir) in &st.dirs {
             let mut names = dir.durable.clone();
@@ -398,7 +427,14 @@ impl MemFs {
                 apply_dir_op(&mut names, op);
             }
             wanted.extend(names.values().copied());
-            out.dirs.insert(path.clone(), Dir { names: names.clone(), durable: names, pending: vec![] });
+            out.dirs.insert(
+                path.clone(),
+                Dir {
+                    names: names.clone(),
+                    durable: names,
+                    pending: vec![],
+                },
+            );
         }
         let mut inos: Vec<u64> = st.inodes.keys().copied().collect();
         inos.sort_unstable();
@@ -413,15 +449,32 @@ impl MemFs {
             for op in &inode.pending[..n] {
                 apply_file_op(&mut data, op);
             }
-            if let (CrashKeep::Random(_), Some(FileOp::Write { off, bytes })) = (keep, inode.pending.get(n)) {
+            if let (CrashKeep::Random(_), Some(FileOp::Write { off, bytes })) =
+                (keep, inode.pending.get(n))
+            {
                 let part = rng.upto(bytes.len() as u64) as usize;
-                apply_file_op(&mut data, &FileOp::Write { off: *off, bytes: bytes[..part].to_vec() });
+                apply_file_op(
+                    &mut data,
+                    &FileOp::Write {
+                        off: *off,
+                        bytes: bytes[..part].to_vec(),
+                    },
+                );
             }
             if wanted.contains(&ino) {
-                out.inodes.insert(ino, Inode { durable: data.clone(), data, pending: vec![] });
+                out.inodes.insert(
+                    ino,
+                    Inode {
+                        durable: data.clone(),
+                        data,
+                        pending: vec![],
+                    },
+                );
             }
         }
-        MemFs { state: Arc::new(Mutex::new(out)) }
+        MemFs {
+            state: Arc::new(Mutex::new(out)),
+        }
     }
 
     /// Current (not necessarily durable) contents of a file.
@@ -434,7 +487,11 @@ impl MemFs {
         let mut st = self.state.lock();
         let ino = st.lookup(path)?;
         let inode = st.inodes.get_mut(&ino).ok_or_else(|| not_found(path))?;
-        *inode = Inode { data: bytes.to_vec(), durable: bytes.to_vec(), pending: vec![] };
+        *inode = Inode {
+            data: bytes.to_vec(),
+            durable: bytes.to_vec(),
+            pending: vec![],
+        };
         Ok(())
     }
 }
@@ -480,7 +537,10 @@ impl FileSystem for MemFs {
         let mut st = self.state.lock();
         st.op()?;
         if st.dir(&parent)?.names.contains_key(&name) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
         }
         let ino = st.next_ino;
         st.next_ino += 1;
@@ -488,19 +548,28 @@ impl FileSystem for MemFs {
         let d = st.dir(&parent)?;
         d.names.insert(name.clone(), ino);
         d.pending.push(DirOp::Link(name, ino));
-        Ok(Box::new(MemFile { fs: self.clone(), ino }))
+        Ok(Box::new(MemFile {
+            fs: self.clone(),
+            ino,
+        }))
     }
 
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let ino = self.state.lock().lookup(path)?;
-        Ok(Box::new(MemFile { fs: self.clone(), ino }))
+        Ok(Box::new(MemFile {
+            fs: self.clone(),
+            ino,
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (p1, n1) = split(from)?;
         let (p2, n2) = split(to)?;
         if p1 != p2 {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "rename across directories"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rename across directories",
+            ));
         }
         let mut st = self.state.lock();
         st.op()?;
@@ -540,7 +609,10 @@ impl MemFile {
     fn sync(&mut self) -> io::Result<()> {
         let mut st = self.fs.state.lock();
         st.sync_op()?;
-        let inode = st.inodes.get_mut(&self.ino).ok_or_else(|| io::Error::other("stale inode"))?;
+        let inode = st
+            .inodes
+            .get_mut(&self.ino)
+            .ok_or_else(|| io::Error::other("stale inode"))?;
         inode.durable = inode.data.clone();
         inode.pending.clear();
         Ok(())
@@ -549,7 +621,13 @@ impl MemFile {
 
 impl WalFile for MemFile {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.fs.state.lock().file_op(self.ino, FileOp::Write { off: offset, bytes: buf.to_vec() })
+        self.fs.state.lock().file_op(
+            self.ino,
+            FileOp::Write {
+                off: offset,
+                bytes: buf.to_vec(),
+            },
+        )
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -566,7 +644,11 @@ impl WalFile for MemFile {
 
     fn allocate(&mut self, len: u64) -> io::Result<()> {
         let mut st = self.fs.state.lock();
-        let cur = st.inodes.get(&self.ino).map(|i| i.data.len() as u64).unwrap_or(0);
+        let cur = st
+            .inodes
+            .get(&self.ino)
+            .map(|i| i.data.len() as u64)
+            .unwrap_or(0);
         if cur >= len {
             return Ok(());
         }
@@ -587,13 +669,27 @@ mod tests {
         f.write_all_at(b"hello", 0).unwrap();
         f.sync_data().unwrap();
         // The name is not durable yet.
-        assert!(fs.crash_image(CrashKeep::Synced).read(&dir.join("a")).is_err());
+        assert!(fs
+            .crash_image(CrashKeep::Synced)
+            .read(&dir.join("a"))
+            .is_err());
         fs.sync_dir(dir).unwrap();
         f.write_all_at(b" world", 5).unwrap();
-        assert_eq!(fs.crash_image(CrashKeep::Synced).read(&dir.join("a")).unwrap(), b"hello");
-        assert_eq!(fs.crash_image(CrashKeep::All).read(&dir.join("a")).unwrap(), b"hello world");
+        assert_eq!(
+            fs.crash_image(CrashKeep::Synced)
+                .read(&dir.join("a"))
+                .unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            fs.crash_image(CrashKeep::All).read(&dir.join("a")).unwrap(),
+            b"hello world"
+        );
         for seed in 0..50 {
-            let got = fs.crash_image(CrashKeep::Random(seed)).read(&dir.join("a")).unwrap();
+            let got = fs
+                .crash_image(CrashKeep::Random(seed))
+                .read(&dir.join("a"))
+                .unwrap();
             assert!(b"hello world".starts_with(&got) && got.len() >= 5);
         }
         fs.crash_after_ops(fs.ops());

@@ -14,7 +14,10 @@ use std::sync::Arc;
 const DIR: &str = "/fuzz/wal";
 
 fn opts() -> WalOptions {
-    WalOptions { segment_size: 4096, ..WalOptions::default() }
+    WalOptions {
+        segment_size: 4096,
+        ..WalOptions::default()
+    }
 }
 
 /// Writes `data` as the only segment of a WAL (in memory) and opens it.
@@ -25,28 +28,48 @@ fn opts() -> WalOptions {
 pub fn decode_segment(data: &[u8]) {
     let dir = Path::new(DIR);
     let fs = MemFs::new();
-    fs.put_file(&dir.join(segment_file_name(0, 0)), data).expect("in-memory file system");
+    fs.put_file(&dir.join(segment_file_name(0, 0)), data)
+        .expect("in-memory file system");
     let (wal, rec) = match Wal::open_with_fs(Arc::new(fs.clone()), dir, opts()) {
         Ok(v) => v,
         Err(Error::Corruption { .. }) => return,
         Err(e) => panic!("open returned an unexpected error: {e}"),
     };
     if let Some(s) = rec.snapshot {
-        assert!(rec.entries.iter().all(|e| e.index > s.index), "entries at or below the snapshot marker");
+        assert!(
+            rec.entries.iter().all(|e| e.index > s.index),
+            "entries at or below the snapshot marker"
+        );
         if let Some(first) = rec.entries.first() {
-            assert_eq!(first.index, s.index + 1, "entries do not follow the snapshot marker");
+            assert_eq!(
+                first.index,
+                s.index + 1,
+                "entries do not follow the snapshot marker"
+            );
         }
     }
     for w in rec.entries.windows(2) {
         assert_eq!(w[1].index, w[0].index + 1, "entries are not contiguous");
     }
-    let last = rec.entries.last().map(|e| e.index).or(rec.snapshot.map(|s| s.index)).unwrap_or(0);
+    let last = rec
+        .entries
+        .last()
+        .map(|e| e.index)
+        .or(rec.snapshot.map(|s| s.index))
+        .unwrap_or(0);
     let Some(next) = last.checked_add(1) else {
         return;
     };
-    let e = Entry { index: next, term: 1, data: Bytes::from_static(b"after-repair") };
-    wal.append_sync(WriteBatch { entries: vec![e.clone()], ..Default::default() })
-        .expect("append after a successful open");
+    let e = Entry {
+        index: next,
+        term: 1,
+        data: Bytes::from_static(b"after-repair"),
+    };
+    wal.append_sync(WriteBatch {
+        entries: vec![e.clone()],
+        ..Default::default()
+    })
+    .expect("append after a successful open");
     wal.close().expect("close");
     let (wal, again) = Wal::open_with_fs(Arc::new(fs), dir, opts()).expect("reopen after repair");
     let mut expected = rec.entries;
@@ -62,7 +85,10 @@ pub fn decode_segment(data: &[u8]) {
 pub fn sample_segment(seed: u64) -> Vec<u8> {
     let dir = Path::new(DIR);
     let fs = MemFs::new();
-    let opts = WalOptions { segment_size: 1 << 20, ..WalOptions::default() };
+    let opts = WalOptions {
+        segment_size: 1 << 20,
+        ..WalOptions::default()
+    };
     let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts, b"fuzz-meta").expect("create");
     let mut rng = crate::fs::XorShift(seed.wrapping_mul(31).wrapping_add(7));
     let mut next = 1;
@@ -71,23 +97,36 @@ pub fn sample_segment(seed: u64) -> Vec<u8> {
         let mut b = WriteBatch::default();
         if rng.upto(4) == 0 && next - 1 > snap {
             snap = next - 1;
-            b.snapshot = Some(SnapshotMarker { index: snap, term: 1 });
+            b.snapshot = Some(SnapshotMarker {
+                index: snap,
+                term: 1,
+            });
         }
         if rng.upto(3) == 0 && next > 2 {
             next -= rng.upto(2); // overwrite a suffix
         }
         for _ in 0..rng.upto(4) {
             let len = rng.upto(40) as usize;
-            b.entries.push(Entry { index: next, term: 1, data: Bytes::from(vec![next as u8; len]) });
+            b.entries.push(Entry {
+                index: next,
+                term: 1,
+                data: Bytes::from(vec![next as u8; len]),
+            });
             next += 1;
         }
         if rng.upto(1) == 0 {
-            b.hard_state = Some(HardState { term: 1, vote: 1, commit: next - 1 });
+            b.hard_state = Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: next - 1,
+            });
         }
         wal.append_sync(b).expect("append");
     }
     wal.close().expect("close");
-    let mut bytes = fs.read_file(&dir.join(segment_file_name(0, 0))).expect("segment");
+    let mut bytes = fs
+        .read_file(&dir.join(segment_file_name(0, 0)))
+        .expect("segment");
     // Keep a little preallocated space, not the whole MiB.
     let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
     bytes.truncate((used + 64).min(bytes.len()));

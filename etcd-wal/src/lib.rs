@@ -62,8 +62,8 @@ pub use error::{Error, Result};
 pub use metrics::{WalMetrics, FSYNC_DURATION_BUCKETS};
 pub use snap::Snapshotter;
 pub use types::{
-    Entry, HardState, Recovered, RecoveryMode, SnapshotMarker, WalOptions, WriteBatch, MAX_SEGMENT_SIZE,
-    MIN_SEGMENT_SIZE,
+    Entry, HardState, Recovered, RecoveryMode, SnapshotMarker, WalOptions, WriteBatch,
+    MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use wal::Wal;
 pub use writer::Ticket;

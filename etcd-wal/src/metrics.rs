@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the fsync duration buckets: 0.001 * 2^n, n = 0..13.
-pub const FSYNC_DURATION_BUCKETS: [f64; 14] =
-    [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192];
+pub const FSYNC_DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+    8.192,
+];
 
 /// A point-in-time copy of the WAL's metrics.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -43,7 +45,8 @@ pub(crate) struct MetricsCollector {
 impl MetricsCollector {
     pub fn observe_fsync(&self, d: Duration) {
         self.fsyncs.fetch_add(1, Relaxed);
-        self.fsync_nanos.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.fsync_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
         let secs = d.as_secs_f64();
         if let Some(i) = FSYNC_DURATION_BUCKETS.iter().position(|&le| secs <= le) {
             self.buckets[i].fetch_add(1, Relaxed);

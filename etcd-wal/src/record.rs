@@ -83,7 +83,10 @@ pub(crate) fn encoded_len(payload_len: usize) -> usize {
 /// Appends one record to `buf`; returns its crc (the next record's prev_crc).
 pub(crate) fn encode(buf: &mut Vec<u8>, prev_crc: u32, rtype: RecordType, parts: &[&[u8]]) -> u32 {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    assert!(len <= MAX_PAYLOAD, "record payload of {len} bytes exceeds the limit (checked by append)");
+    assert!(
+        len <= MAX_PAYLOAD,
+        "record payload of {len} bytes exceeds the limit (checked by append)"
+    );
     let start = buf.len();
     buf.reserve(encoded_len(len));
     buf.extend_from_slice(&(len as u32).to_le_bytes());
@@ -101,7 +104,12 @@ pub(crate) fn encode(buf: &mut Vec<u8>, prev_crc: u32, rtype: RecordType, parts:
     crc
 }
 
-pub(crate) fn encode_segment_header(buf: &mut Vec<u8>, prev_crc: u32, seq: u64, first_index: u64) -> u32 {
+pub(crate) fn encode_segment_header(
+    buf: &mut Vec<u8>,
+    prev_crc: u32,
+    seq: u64,
+    first_index: u64,
+) -> u32 {
     let mut p = [0u8; 32];
     p[0..8].copy_from_slice(SEGMENT_MAGIC);
     p[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -167,7 +175,10 @@ impl std::fmt::Display for DecodeError {
             DecodeError::ZeroHeader => write!(f, "zeroed record header"),
             DecodeError::BadHeader(s) => write!(f, "bad record header: {s}"),
             DecodeError::CrcMismatch { stored, computed } => {
-                write!(f, "crc mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "crc mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
         }
     }
@@ -202,7 +213,9 @@ pub(crate) fn decode_at(buf: &[u8], off: usize) -> Result<RawRecord<'_>, DecodeE
         return Err(DecodeError::BadHeader("nonzero reserved bytes".into()));
     }
     if len > MAX_PAYLOAD {
-        return Err(DecodeError::BadHeader(format!("length {len} exceeds the limit")));
+        return Err(DecodeError::BadHeader(format!(
+            "length {len} exceeds the limit"
+        )));
     }
     let total = encoded_len(len);
     if rest.len() < total {
@@ -215,7 +228,13 @@ pub(crate) fn decode_at(buf: &[u8], off: usize) -> Result<RawRecord<'_>, DecodeE
     if computed != stored {
         return Err(DecodeError::CrcMismatch { stored, computed });
     }
-    Ok(RawRecord { rtype, prev_crc, crc: stored, payload, encoded_len: total })
+    Ok(RawRecord {
+        rtype,
+        prev_crc,
+        crc: stored,
+        payload,
+        encoded_len: total,
+    })
 }
 
 /// A decoded record payload.
@@ -235,7 +254,11 @@ pub(crate) fn parse(raw: &RawRecord<'_>) -> Result<Record, String> {
         if p.len() == n {
             Ok(())
         } else {
-            Err(format!("{:?} payload is {} bytes, expected {n}", raw.rtype, p.len()))
+            Err(format!(
+                "{:?} payload is {} bytes, expected {n}",
+                raw.rtype,
+                p.len()
+            ))
         }
     };
     Ok(match raw.rtype {
@@ -248,12 +271,18 @@ pub(crate) fn parse(raw: &RawRecord<'_>) -> Result<Record, String> {
             if version != FORMAT_VERSION {
                 return Err(format!("unsupported wal format version {version}"));
             }
-            Record::SegmentHeader { seq: u64_at(p, 16), first_index: u64_at(p, 24) }
+            Record::SegmentHeader {
+                seq: u64_at(p, 16),
+                first_index: u64_at(p, 24),
+            }
         }
         RecordType::Metadata => Record::Metadata(Bytes::copy_from_slice(p)),
         RecordType::Entry => {
             if p.len() < ENTRY_PREFIX {
-                return Err(format!("entry payload is {} bytes, shorter than its prefix", p.len()));
+                return Err(format!(
+                    "entry payload is {} bytes, shorter than its prefix",
+                    p.len()
+                ));
             }
             Record::Entry(Entry {
                 index: u64_at(p, 0),
@@ -263,11 +292,18 @@ pub(crate) fn parse(raw: &RawRecord<'_>) -> Result<Record, String> {
         }
         RecordType::HardState => {
             exact(24)?;
-            Record::HardState(HardState { term: u64_at(p, 0), vote: u64_at(p, 8), commit: u64_at(p, 16) })
+            Record::HardState(HardState {
+                term: u64_at(p, 0),
+                vote: u64_at(p, 8),
+                commit: u64_at(p, 16),
+            })
         }
         RecordType::Snapshot => {
             exact(16)?;
-            Record::Snapshot(SnapshotMarker { index: u64_at(p, 0), term: u64_at(p, 8) })
+            Record::Snapshot(SnapshotMarker {
+                index: u64_at(p, 0),
+                term: u64_at(p, 8),
+            })
         }
     })
 }
@@ -281,34 +317,61 @@ mod tests {
         let mut buf = Vec::new();
         let c1 = encode_segment_header(&mut buf, 0, 3, 17);
         let c2 = encode_metadata(&mut buf, c1, b"node-1");
-        let e = Entry { index: 17, term: 2, data: Bytes::from_static(b"hello") };
+        let e = Entry {
+            index: 17,
+            term: 2,
+            data: Bytes::from_static(b"hello"),
+        };
         let c3 = encode_entry(&mut buf, c2, &e);
         assert_eq!(buf.len() % ALIGN, 0);
 
         let r1 = decode_at(&buf, 0).unwrap();
         assert_eq!((r1.prev_crc, r1.crc), (0, c1));
-        assert_eq!(parse(&r1).unwrap(), Record::SegmentHeader { seq: 3, first_index: 17 });
+        assert_eq!(
+            parse(&r1).unwrap(),
+            Record::SegmentHeader {
+                seq: 3,
+                first_index: 17
+            }
+        );
         let r2 = decode_at(&buf, r1.encoded_len).unwrap();
         assert_eq!((r2.prev_crc, r2.crc), (c1, c2));
-        assert_eq!(parse(&r2).unwrap(), Record::Metadata(Bytes::from_static(b"node-1")));
+        assert_eq!(
+            parse(&r2).unwrap(),
+            Record::Metadata(Bytes::from_static(b"node-1"))
+        );
         let off3 = r1.encoded_len + r2.encoded_len;
         let r3 = decode_at(&buf, off3).unwrap();
         assert_eq!(r3.crc, c3);
         assert_eq!(parse(&r3).unwrap(), Record::Entry(e));
         assert_eq!(off3 + r3.encoded_len, buf.len());
-        assert_eq!(decode_at(&buf, buf.len()).unwrap_err(), DecodeError::ZeroHeader);
+        assert_eq!(
+            decode_at(&buf, buf.len()).unwrap_err(),
+            DecodeError::ZeroHeader
+        );
     }
 
     #[test]
     fn damage_is_detected() {
         let mut buf = Vec::new();
-        encode_hard_state(&mut buf, 7, &HardState { term: 1, vote: 2, commit: 3 });
+        encode_hard_state(
+            &mut buf,
+            7,
+            &HardState {
+                term: 1,
+                vote: 2,
+                commit: 3,
+            },
+        );
         assert_eq!(buf.len(), HEADER_LEN + 24, "no padding");
         for i in 0..buf.len() {
             let mut b = buf.clone();
             b[i] ^= 0x40;
             assert!(decode_at(&b, 0).is_err(), "flip at {i} undetected");
         }
-        assert_eq!(decode_at(&buf[..20], 0).unwrap_err(), DecodeError::Truncated);
+        assert_eq!(
+            decode_at(&buf[..20], 0).unwrap_err(),
+            DecodeError::Truncated
+        );
     }
 }

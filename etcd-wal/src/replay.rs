@@ -59,7 +59,11 @@ pub(crate) fn replay(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Res
             return Err(Error::corruption(
                 &w[1].path,
                 0,
-                format!("missing segment: expected seq {:#x} after {:#x}", w[0].seq + 1, w[0].seq),
+                format!(
+                    "missing segment: expected seq {:#x} after {:#x}",
+                    w[0].seq + 1,
+                    w[0].seq
+                ),
             ));
         }
     }
@@ -93,7 +97,10 @@ pub(crate) fn replay(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Res
                 ));
             }
             None if seg.seq == 0 && scan.header_prev_crc != 0 => {
-                return Err(bad(0, "the first segment does not start the crc chain".into()));
+                return Err(bad(
+                    0,
+                    "the first segment does not start the crc chain".into(),
+                ));
             }
             _ => {}
         }
@@ -101,13 +108,19 @@ pub(crate) fn replay(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Res
         match records.next() {
             Some((off, Record::Metadata(m))) => match &metadata {
                 Some(first) if *first != m => {
-                    return Err(bad(off, "metadata differs from the earlier segments".into()));
+                    return Err(bad(
+                        off,
+                        "metadata differs from the earlier segments".into(),
+                    ));
                 }
                 Some(_) => {}
                 None => metadata = Some(m),
             },
             Some((off, other)) => {
-                return Err(bad(off, format!("expected the metadata record, found {other:?}")));
+                return Err(bad(
+                    off,
+                    format!("expected the metadata record, found {other:?}"),
+                ));
             }
             None => return Err(bad(scan.end, "segment has no metadata record".into())),
         }
@@ -143,7 +156,9 @@ pub(crate) fn replay(fs: &dyn FileSystem, dir: &Path, mode: RecoveryMode) -> Res
     }
     debug_assert_eq!(
         st.index.live,
-        st.entries.first().map(|f| (f.index, st.entries.last().map_or(0, |l| l.index)))
+        st.entries
+            .first()
+            .map(|f| (f.index, st.entries.last().map_or(0, |l| l.index)))
     );
     Ok(Replayed {
         recovered: Recovered {

@@ -62,13 +62,24 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
 }
 
 /// Segments in `dir` sorted by seq, and leftover temporary files.
-pub(crate) fn list_segments(fs: &dyn FileSystem, dir: &Path) -> io::Result<(Vec<SegmentInfo>, Vec<PathBuf>)> {
+pub(crate) fn list_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> io::Result<(Vec<SegmentInfo>, Vec<PathBuf>)> {
     let mut segs = Vec::new();
     let mut tmps = Vec::new();
     for name in fs.list(dir)? {
         if let Some((seq, first_index)) = parse_segment_name(&name) {
-            segs.push(SegmentInfo { seq, first_index, path: dir.join(&name) });
-        } else if name.strip_suffix(TMP_EXT).and_then(parse_segment_name).is_some() {
+            segs.push(SegmentInfo {
+                seq,
+                first_index,
+                path: dir.join(&name),
+            });
+        } else if name
+            .strip_suffix(TMP_EXT)
+            .and_then(parse_segment_name)
+            .is_some()
+        {
             tmps.push(dir.join(&name));
         }
     }
@@ -131,7 +142,11 @@ pub(crate) fn create_segment(
     fs.sync_dir(dir)?;
     Ok(NewSegment {
         file,
-        info: SegmentInfo { seq: p.seq, first_index: p.first_index, path },
+        info: SegmentInfo {
+            seq: p.seq,
+            first_index: p.first_index,
+            path,
+        },
         offset: buf.len() as u64,
         last_crc: crc,
     })
@@ -162,7 +177,12 @@ pub(crate) fn scan(bytes: &[u8], is_last: bool, mode: RecoveryMode) -> Result<Sc
     let hdr = decode_at(bytes, 0).map_err(|e| (0, format!("bad segment header record: {e}")))?;
     let (seq, first_index) = match record::parse(&hdr) {
         Ok(Record::SegmentHeader { seq, first_index }) => (seq, first_index),
-        Ok(other) => return Err((0, format!("first record is not a segment header but {other:?}"))),
+        Ok(other) => {
+            return Err((
+                0,
+                format!("first record is not a segment header but {other:?}"),
+            ))
+        }
         Err(e) => return Err((0, e)),
     };
     let mut out = Scan {
@@ -209,14 +229,22 @@ pub(crate) fn scan(bytes: &[u8], is_last: bool, mode: RecoveryMode) -> Result<Sc
         if let Some(valid) = find_valid_record(bytes, off + ALIGN) {
             return Err((
                 off as u64,
-                format!("{err}, yet a valid record follows at offset {valid}: damage before the tail"),
+                format!(
+                    "{err}, yet a valid record follows at offset {valid}: damage before the tail"
+                ),
             ));
         }
         if !is_last {
-            return Err((off as u64, format!("{err} in a segment that is not the last")));
+            return Err((
+                off as u64,
+                format!("{err} in a segment that is not the last"),
+            ));
         }
         if mode == RecoveryMode::AbsoluteConsistency {
-            return Err((off as u64, format!("torn tail ({err}); absolute consistency refuses to repair it")));
+            return Err((
+                off as u64,
+                format!("torn tail ({err}); absolute consistency refuses to repair it"),
+            ));
         }
         out.torn = Some(err.to_string());
         return Ok(out);
@@ -225,7 +253,9 @@ pub(crate) fn scan(bytes: &[u8], is_last: bool, mode: RecoveryMode) -> Result<Sc
 
 /// The first aligned offset at or after `from` holding a self-consistent record.
 fn find_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len()).step_by(ALIGN).find(|&y| decode_at(bytes, y).is_ok())
+    (from..bytes.len())
+        .step_by(ALIGN)
+        .find(|&y| decode_at(bytes, y).is_ok())
 }
 
 #[cfg(test)]
@@ -238,7 +268,13 @@ mod tests {
         assert_eq!(n, "0000000000000003-0000000000001234.wal");
         assert_eq!(parse_segment_name(&n), Some((3, 0x1234)));
         assert_eq!(parse_segment_name("3-4.wal"), None);
-        assert_eq!(parse_segment_name("0000000000000003-0000000000001234.wal.tmp"), None);
-        assert_eq!(parse_segment_name("000000000000000g-0000000000001234.wal"), None);
+        assert_eq!(
+            parse_segment_name("0000000000000003-0000000000001234.wal.tmp"),
+            None
+        );
+        assert_eq!(
+            parse_segment_name("000000000000000g-0000000000001234.wal"),
+            None
+        );
     }
 }

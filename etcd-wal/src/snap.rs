@@ -71,7 +71,10 @@ fn encode(term: u64, index: u64, data: &[u8]) -> Vec<u8> {
 /// Checks a file's bytes against the (term, index) of its name.
 fn decode(bytes: &[u8], term: u64, index: u64) -> Result<Bytes, String> {
     if bytes.len() < HEADER {
-        return Err(format!("file is {} bytes, shorter than the header", bytes.len()));
+        return Err(format!(
+            "file is {} bytes, shorter than the header",
+            bytes.len()
+        ));
     }
     if &bytes[0..8] != MAGIC {
         return Err("bad magic".into());
@@ -84,7 +87,9 @@ fn decode(bytes: &[u8], term: u64, index: u64) -> Result<Bytes, String> {
     let stored = u32_at(12);
     let computed = crc32c::crc32c(&bytes[16..]);
     if stored != computed {
-        return Err(format!("crc mismatch: stored {stored:#010x}, computed {computed:#010x}"));
+        return Err(format!(
+            "crc mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        ));
     }
     if (u64_at(16), u64_at(24)) != (term, index) {
         return Err(format!(
@@ -109,7 +114,9 @@ impl Snapshotter {
     /// Uses `dir` (created if missing) and removes leftover temporary files.
     pub fn new(dir: &Path) -> Result<Snapshotter> {
         std::fs::create_dir_all(dir)?;
-        let s = Snapshotter { dir: dir.to_path_buf() };
+        let s = Snapshotter {
+            dir: dir.to_path_buf(),
+        };
         let mut removed = false;
         for name in s.names()? {
             if name.ends_with(TMP_EXT) {
@@ -140,7 +147,11 @@ impl Snapshotter {
 
     /// Valid-looking snapshot names as (term, index), newest first.
     fn snapshots(&self) -> Result<Vec<(u64, u64)>> {
-        let mut v: Vec<(u64, u64)> = self.names()?.iter().filter_map(|n| parse_snap_name(n)).collect();
+        let mut v: Vec<(u64, u64)> = self
+            .names()?
+            .iter()
+            .filter_map(|n| parse_snap_name(n))
+            .collect();
         v.sort_by(|a, b| (b.1, b.0).cmp(&(a.1, a.0)));
         Ok(v)
     }
@@ -151,7 +162,11 @@ impl Snapshotter {
         let name = snap_name(term, index);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}{TMP_EXT}"));
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(&encode(term, index, data))?;
         f.sync_all()?;
         drop(f);
@@ -178,7 +193,8 @@ impl Snapshotter {
         if !path.exists() {
             return Err(Error::NotFound(path));
         }
-        self.read_verified(term, index)?.map_err(|reason| Error::corruption(path, 0, reason))
+        self.read_verified(term, index)?
+            .map_err(|reason| Error::corruption(path, 0, reason))
     }
 
     fn read_verified(&self, term: u64, index: u64) -> Result<Result<Bytes, String>> {

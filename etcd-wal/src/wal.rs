@@ -85,10 +85,18 @@ impl Wal {
 
     /// [`Wal::create`] on any file system (tests).
     #[doc(hidden)]
-    pub fn create_with_fs(fs: Arc<dyn FileSystem>, dir: &Path, opts: WalOptions, metadata: &[u8]) -> Result<Wal> {
+    pub fn create_with_fs(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        opts: WalOptions,
+        metadata: &[u8],
+    ) -> Result<Wal> {
         opts.validate()?;
         if metadata.len() > MAX_PAYLOAD {
-            return Err(Error::InvalidOptions(format!("metadata of {} bytes is too large", metadata.len())));
+            return Err(Error::InvalidOptions(format!(
+                "metadata of {} bytes is too large",
+                metadata.len()
+            )));
         }
         fs.create_dir_all(dir)?;
         let lock = lock_dir(&*fs, dir)?;
@@ -97,8 +105,14 @@ impl Wal {
             return Err(Error::AlreadyExists(dir.to_path_buf()));
         }
         remove_tmps(&*fs, dir, &tmps)?;
-        let preamble =
-            Preamble { seq: 0, first_index: 0, prev_crc: 0, metadata, snapshot: None, hard_state: None };
+        let preamble = Preamble {
+            seq: 0,
+            first_index: 0,
+            prev_crc: 0,
+            metadata,
+            snapshot: None,
+            hard_state: None,
+        };
         let new = segment::create_segment(&*fs, dir, &preamble, opts.segment_size)?;
         // The directory may be new: make its own entry durable too.
         fs.sync_dir(parent_of(dir))?;
@@ -119,13 +133,21 @@ impl Wal {
 
     /// [`Wal::open`] on any file system (tests, fuzzing).
     #[doc(hidden)]
-    pub fn open_with_fs(fs: Arc<dyn FileSystem>, dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered)> {
+    pub fn open_with_fs(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        opts: WalOptions,
+    ) -> Result<(Wal, Recovered)> {
         opts.validate()?;
         let lock = lock_dir(&*fs, dir)?;
         let tmps = replay::leftover_tmp_files(&*fs, dir)?;
         remove_tmps(&*fs, dir, &tmps)?;
         let r = replay::replay(&*fs, dir, opts.recovery_mode)?;
-        let last = r.segments.last().expect("replay found at least one segment").clone();
+        let last = r
+            .segments
+            .last()
+            .expect("replay found at least one segment")
+            .clone();
         let mut file = fs.open_rw(&last.path)?;
         if let Some(reason) = &r.tail.torn {
             tracing::warn!(
@@ -189,10 +211,15 @@ impl Wal {
             dirty: false,
             buf: Vec::new(),
         };
-        let handle = std::thread::Builder::new().name("etcd-wal-writer".into()).spawn(move || writer.run())?;
+        let handle = std::thread::Builder::new()
+            .name("etcd-wal-writer".into())
+            .spawn(move || writer.run())?;
         Ok(Wal {
             shared,
-            queue: Mutex::new(Queue { index: s.index, next_seq: 0 }),
+            queue: Mutex::new(Queue {
+                index: s.index,
+                next_seq: 0,
+            }),
             tx: Some(tx),
             writer: Some(handle),
             _lock: lock,
@@ -341,11 +368,18 @@ fn validate(b: &WriteBatch, index: &mut LogIndex) -> Result<()> {
     for e in &b.entries {
         if let Some(p) = prev {
             if e.index != p.wrapping_add(1) {
-                return Err(Error::InvalidBatch(format!("entries are not contiguous: {} follows {p}", e.index)));
+                return Err(Error::InvalidBatch(format!(
+                    "entries are not contiguous: {} follows {p}",
+                    e.index
+                )));
             }
         }
         if e.data.len() > MAX_PAYLOAD - ENTRY_PREFIX {
-            return Err(Error::InvalidBatch(format!("entry {} of {} bytes is too large", e.index, e.data.len())));
+            return Err(Error::InvalidBatch(format!(
+                "entry {} of {} bytes is too large",
+                e.index,
+                e.data.len()
+            )));
         }
         index.check_append(e.index).map_err(Error::InvalidBatch)?;
         index.push_entry(e.index);
@@ -355,7 +389,9 @@ fn validate(b: &WriteBatch, index: &mut LogIndex) -> Result<()> {
 }
 
 fn exists_in(fs: &dyn FileSystem, dir: &Path) -> bool {
-    segment::list_segments(fs, dir).map(|(segs, _)| !segs.is_empty()).unwrap_or(false)
+    segment::list_segments(fs, dir)
+        .map(|(segs, _)| !segs.is_empty())
+        .unwrap_or(false)
 }
 
 fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<DirLock> {

@@ -287,8 +287,12 @@ impl Writer {
             snapshot: self.snapshot,
             hard_state: self.hard_state,
         };
-        let new =
-            segment::create_segment(&*self.shared.fs, &self.shared.dir, &preamble, self.shared.opts.segment_size)?;
+        let new = segment::create_segment(
+            &*self.shared.fs,
+            &self.shared.dir,
+            &preamble,
+            self.shared.opts.segment_size,
+        )?;
         self.shared.metrics.add_bytes(new.offset);
         tracing::info!(
             segment = %new.info.path.display(),
@@ -315,7 +319,11 @@ impl Writer {
         {
             let mut p = self.shared.progress.lock();
             if p.failed.is_none() {
-                p.failed = Some(Failure { from, to, error: Error::Io(e) });
+                p.failed = Some(Failure {
+                    from,
+                    to,
+                    error: Error::Io(e),
+                });
             }
         }
         self.shared.progress_cv.notify_all();
@@ -323,5 +331,9 @@ impl Writer {
 }
 
 fn batch_size(b: &WriteBatch) -> usize {
-    b.entries.iter().map(|e| record::encoded_len(record::ENTRY_PREFIX + e.data.len())).sum::<usize>() + 128
+    b.entries
+        .iter()
+        .map(|e| record::encoded_len(record::ENTRY_PREFIX + e.data.len()))
+        .sum::<usize>()
+        + 128
 }

@@ -9,7 +9,8 @@ fn save_load_newest_and_purge() {
     let s = Snapshotter::new(&dir).unwrap();
     assert_eq!(s.load_newest().unwrap(), None);
     for (term, index) in [(1, 10), (2, 20), (2, 30), (3, 40), (3, 50), (4, 60)] {
-        s.save(term, index, format!("state@{index}").as_bytes()).unwrap();
+        s.save(term, index, format!("state@{index}").as_bytes())
+            .unwrap();
     }
     let (term, index, data) = s.load_newest().unwrap().unwrap();
     assert_eq!((term, index, &data[..]), (4, 60, &b"state@60"[..]));
@@ -20,8 +21,10 @@ fn save_load_newest_and_purge() {
     assert_eq!(s.purge(5).unwrap(), 1);
     assert!(matches!(s.load(1, 10), Err(Error::NotFound(_))));
     assert_eq!(s.purge(2).unwrap(), 3);
-    let names: Vec<String> =
-        std::fs::read_dir(&dir).unwrap().map(|d| d.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(names.len(), 2);
 }
 
@@ -41,10 +44,18 @@ fn damaged_newest_is_skipped_and_renamed() {
     let (_, index, data) = s.load_newest().unwrap().unwrap();
     assert_eq!((index, &data[..]), (5, &b"five"[..]));
     assert!(!newest.exists());
-    assert!(dir.join("0000000000000001-0000000000000009.snap.broken").exists());
+    assert!(dir
+        .join("0000000000000001-0000000000000009.snap.broken")
+        .exists());
     // A leftover temporary file is cleaned up by new().
-    std::fs::write(dir.join("0000000000000002-0000000000000010.snap.tmp"), b"junk").unwrap();
+    std::fs::write(
+        dir.join("0000000000000002-0000000000000010.snap.tmp"),
+        b"junk",
+    )
+    .unwrap();
     let s = Snapshotter::new(dir).unwrap();
-    assert!(!dir.join("0000000000000002-0000000000000010.snap.tmp").exists());
+    assert!(!dir
+        .join("0000000000000002-0000000000000010.snap.tmp")
+        .exists());
     assert_eq!(s.load_newest().unwrap().unwrap().1, 5);
 }

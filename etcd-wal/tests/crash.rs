@@ -1,0 +1,372 @@
+//! Crash tests on the fault-injecting in-memory file system.
+//!
+//! `MemFs` keeps written bytes apart from durable ones. For every prefix of
+//! the I/O operations of a workload we "crash" the machine (every later
+//! operation fails), keep the synced state plus some prefix of what was not
+//! synced yet, reopen, and check:
+//! - every acknowledged batch (its ticket returned Ok) is present;
+//! - what is returned is exactly the model's state after some prefix of the
+//!   records written (nothing after a torn record, nothing invented).
+
+use bytes::Bytes;
+use etcd_wal::testing::{CrashKeep, MemFs};
+use etcd_wal::{Entry, Error, HardState, Recovered, SnapshotMarker, Wal, WalOptions, WriteBatch};
+use std::path::Path;
+use std::sync::Arc;
+
+const DIR: &str = "/data/member/wal";
+
+fn opts() -> WalOptions {
+    WalOptions {
+        segment_size: 512,
+        max_wals: 2,
+        ..WalOptions::default()
+    }
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: Bytes::from(vec![(index * 7 + term) as u8; (index % 5 * 13) as usize]),
+    }
+}
+
+/// A deterministic workload: appends, hard states, an overwrite, markers.
+fn workload() -> Vec<WriteBatch> {
+    let mut v = Vec::new();
+    let mut next = 1;
+    for i in 0..40u64 {
+        let mut b = WriteBatch::default();
+        if i == 10 {
+            next -= 3; // a new leader overwrites a suffix
+        }
+        if i % 9 == 8 {
+            b.snapshot = Some(SnapshotMarker {
+                index: next - 2,
+                term: 1 + i / 8,
+            });
+        }
+        for _ in 0..(i % 3 + 1) {
+            b.entries.push(entry(next, 1 + i / 8));
+            next += 1;
+        }
+        if i % 2 == 0 {
+            b.hard_state = Some(HardState {
+                term: 1 + i / 8,
+                vote: 1,
+                commit: next - 2,
+            });
+        }
+        v.push(b);
+    }
+    v
+}
+
+/// The model's state after each record prefix: `states[k]` after k records.
+fn model_states(batches: &[WriteBatch], metadata: &[u8]) -> (Vec<Recovered>, Vec<usize>) {
+    let mut states = Vec::new();
+    let mut cur = Recovered {
+        metadata: Bytes::copy_from_slice(metadata),
+        ..Recovered::default()
+    };
+    let mut log: std::collections::BTreeMap<u64, Entry> = Default::default();
+    let snapshot_view = |log: &std::collections::BTreeMap<u64, Entry>, cur: &Recovered| {
+        let mut r = cur.clone();
+        let floor = cur.snapshot.map_or(0, |s| s.index);
+        r.entries = log.range(floor + 1..).map(|(_, e)| e.clone()).collect();
+        r
+    };
+    states.push(cur.clone());
+    let mut ends = Vec::new(); // record count at the end of each batch
+    for b in batches {
+        if let Some(s) = b.snapshot {
+            cur.snapshot = Some(s);
+            states.push(snapshot_view(&log, &cur));
+        }
+        for e in &b.entries {
+            log.split_off(&e.index);
+            log.insert(e.index, e.clone());
+            states.push(snapshot_view(&log, &cur));
+        }
+        if let Some(hs) = b.hard_state {
+            cur.hard_state = hs;
+            states.push(snapshot_view(&log, &cur));
+        }
+        ends.push(states.len() - 1);
+    }
+    (states, ends)
+}
+
+struct Run {
+    created: bool,
+    acked_batches: usize,
+    attempted_batches: usize,
+}
+
+/// Runs the workload until the first error (the crash).
+fn run(fs: &MemFs, batches: &[WriteBatch]) -> Run {
+    let dir = Path::new(DIR);
+    let Ok(wal) = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"crash-meta") else {
+        return Run {
+            created: false,
+            acked_batches: 0,
+            attempted_batches: 0,
+        };
+    };
+    let mut r = Run {
+        created: true,
+        acked_batches: 0,
+        attempted_batches: 0,
+    };
+    // Pipeline two batches at a time to exercise group commit.
+    let mut pending = std::collections::VecDeque::new();
+    for b in batches {
+        match wal.append(b.clone()) {
+            Ok(t) => {
+                r.attempted_batches += 1;
+                pending.push_back(t);
+            }
+            Err(_) => break,
+        }
+        if pending.len() == 2 {
+            if pending.pop_front().expect("two pending").wait().is_err() {
+                return r;
+            }
+            r.acked_batches += 1;
+        }
+    }
+    while let Some(t) = pending.pop_front() {
+        if t.wait().is_err() {
+            return r;
+        }
+        r.acked_batches += 1;
+    }
+    let _ = wal.close();
+    r
+}
+
+fn check_recovery(image: &MemFs, run: &Run, states: &[Recovered], ends: &[usize], what: &str) {
+    let dir = Path::new(DIR);
+    let res = Wal::open_with_fs(Arc::new(image.clone()), dir, opts());
+    if !run.created {
+        match res {
+            Ok((_, rec)) => assert_eq!(rec, states[0], "{what}: a half-created wal must be empty"),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => panic!("{what}: unexpected error after a crash during create: {e}"),
+        }
+        return;
+    }
+    let (wal, rec) = match res {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: reopen failed: {e}"),
+    };
+    let min = if run.acked_batches == 0 {
+        0
+    } else {
+        ends[run.acked_batches - 1]
+    };
+    let max = if run.attempted_batches == 0 {
+        0
+    } else {
+        ends[run.attempted_batches - 1]
+    };
+    let found = (min..=max).find(|&k| states[k] == rec);
+    assert!(
+        found.is_some(),
+        "{what}: recovered state matches no record prefix in {min}..={max} (acked {} batches)\nrecovered: {rec:?}",
+        run.acked_batches
+    );
+    // The repaired log accepts appends and survives another reopen.
+    let last = rec
+        .entries
+        .last()
+        .map(|e| e.index)
+        .or(rec.snapshot.map(|s| s.index))
+        .unwrap_or(0);
+    wal.append_sync(WriteBatch {
+        entries: vec![entry(last + 1, 99)],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{what}: append after recovery: {e}"));
+    wal.close().unwrap();
+    let (_wal, again) = Wal::open_with_fs(Arc::new(image.clone()), dir, opts()).unwrap();
+    let mut want = rec.entries.clone();
+    want.push(entry(last + 1, 99));
+    assert_eq!(again.entries, want, "{what}: second reopen");
+}
+
+#[test]
+fn crash_at_every_step_keeps_acknowledged_batches() {
+    let batches = workload();
+    let (states, ends) = model_states(&batches, b"crash-meta");
+    // A full run tells how many operations there are.
+    let full = MemFs::new();
+    let r = run(&full, &batches);
+    assert_eq!(r.acked_batches, batches.len());
+    let total = full.ops();
+    assert!(total > 50, "the workload does I/O: {total} ops");
+    check_recovery(
+        &full.crash_image(CrashKeep::Synced),
+        &r,
+        &states,
+        &ends,
+        "full run",
+    );
+
+    let mut checked = 0;
+    for crash_at in 0..=total {
+        for keep in [
+            CrashKeep::Synced,
+            CrashKeep::All,
+            CrashKeep::Random(crash_at),
+            CrashKeep::Random(crash_at + 1000),
+        ] {
+            let fs = MemFs::new();
+            fs.crash_after_ops(crash_at);
+            let r = run(&fs, &batches);
+            let image = fs.crash_image(keep);
+            check_recovery(
+                &image,
+                &r,
+                &states,
+                &ends,
+                &format!("crash at op {crash_at}, keep {keep:?}"),
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} crash images checked over {total} operations");
+}
+
+#[test]
+fn crash_during_repair_is_harmless() {
+    let batches = workload();
+    let (states, ends) = model_states(&batches, b"crash-meta");
+    let dir = Path::new(DIR);
+    for crash_at in [40u64, 75, 110] {
+        for seed in 0..8 {
+            let fs = MemFs::new();
+            fs.crash_after_ops(crash_at);
+            let r = run(&fs, &batches);
+            let image = fs.crash_image(CrashKeep::Random(seed));
+            // The reference: what a clean open of this image recovers.
+            let reference =
+                match Wal::open_with_fs(Arc::new(image.crash_image(CrashKeep::All)), dir, opts()) {
+                    Ok((_, rec)) => rec,
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => panic!("{e}"),
+                };
+            // Crash the repair itself at each of its operations.
+            let before = image.ops();
+            let probe = image.crash_image(CrashKeep::All);
+            drop(Wal::open_with_fs(Arc::new(probe.clone()), dir, opts()).unwrap());
+            let repair_ops = probe.ops() - before.min(probe.ops());
+            for n in 0..=repair_ops + 1 {
+                let img = image.crash_image(CrashKeep::All);
+                img.crash_after_ops(img.ops() + n);
+                let _ = Wal::open_with_fs(Arc::new(img.clone()), dir, opts());
+                for keep in [CrashKeep::Synced, CrashKeep::All, CrashKeep::Random(n)] {
+                    let after = img.crash_image(keep);
+                    let (_w, rec) = Wal::open_with_fs(Arc::new(after), dir, opts())
+                        .unwrap_or_else(|e| panic!("reopen after a crash during repair: {e}"));
+                    assert_eq!(
+                        rec, reference,
+                        "crash at {crash_at}, seed {seed}, repair op {n}, {keep:?}"
+                    );
+                }
+            }
+            check_recovery(&image, &r, &states, &ends, "after repair crashes");
+        }
+    }
+}
+
+#[test]
+fn failed_fsync_poisons_the_wal() {
+    let fs = MemFs::new();
+    let dir = Path::new(DIR);
+    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
+    wal.append_sync(WriteBatch {
+        entries: vec![entry(1, 1)],
+        ..Default::default()
+    })
+    .unwrap();
+    fs.fail_sync(1);
+    let t = wal
+        .append(WriteBatch {
+            entries: vec![entry(2, 1)],
+            ..Default::default()
+        })
+        .unwrap();
+    match t.wait() {
+        Err(Error::Io(e)) => assert!(e.to_string().contains("injected fsync failure"), "{e}"),
+        other => panic!("expected the fsync error, got {other:?}"),
+    }
+    assert!(wal.is_poisoned());
+    let ops = fs.ops();
+    assert!(matches!(
+        wal.append(WriteBatch {
+            entries: vec![entry(3, 1)],
+            ..Default::default()
+        }),
+        Err(Error::Poisoned)
+    ));
+    assert!(matches!(
+        wal.append_sync(WriteBatch::default()),
+        Err(Error::Poisoned)
+    ));
+    assert!(matches!(wal.purge(1), Err(Error::Poisoned)));
+    assert_eq!(
+        fs.ops(),
+        ops,
+        "the writer never touches the file after a failed fsync (no retry)"
+    );
+    assert!(matches!(wal.close(), Err(Error::Poisoned)));
+
+    // Reopening (the restart) recovers the acknowledged entry; the unsynced
+    // one may or may not be there.
+    let (wal, rec) =
+        Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts()).unwrap();
+    assert_eq!(rec.entries, vec![entry(1, 1)]);
+    wal.append_sync(WriteBatch {
+        entries: vec![entry(2, 2)],
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+#[test]
+fn batches_queued_behind_a_failed_write_are_poisoned() {
+    let fs = MemFs::new();
+    let dir = Path::new(DIR);
+    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
+    wal.append_sync(WriteBatch {
+        entries: vec![entry(1, 1)],
+        ..Default::default()
+    })
+    .unwrap();
+    fs.crash_after_ops(fs.ops()); // the next write fails
+    let tickets: Vec<_> = (2..40)
+        .map(|i| {
+            wal.append(WriteBatch {
+                entries: vec![entry(i, 1)],
+                ..Default::default()
+            })
+        })
+        .take_while(|r| r.is_ok())
+        .map(|r| r.unwrap())
+        .collect();
+    let results: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    assert!(matches!(results[0], Err(Error::Io(_))), "{:?}", results[0]);
+    assert!(results.iter().all(|r| r.is_err()));
+    assert!(
+        results.iter().any(|r| matches!(r, Err(Error::Poisoned))) || results.len() < 3 || {
+            // all may have been in the first group
+            results.iter().all(|r| matches!(r, Err(Error::Io(_))))
+        }
+    );
+    assert!(matches!(
+        wal.append(WriteBatch::default()),
+        Err(Error::Poisoned)
+    ));
+}
