@@ -18,7 +18,8 @@ fn preload(store: &Store, prefixes: usize, value: &[u8]) {
     for p in 0..prefixes {
         let mut t = store.write();
         for k in 0..100 {
-            t.put(format!("p{p:04}/k{k:03}").as_bytes(), value, 0).expect("put");
+            t.put(format!("p{p:04}/k{k:03}").as_bytes(), value, 0)
+                .expect("put");
         }
         ci += 1;
         t.end(ci).expect("end");
@@ -35,7 +36,8 @@ fn bench_put(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let mut t = store.write();
-            t.put(format!("key{:08}", i % 100_000).as_bytes(), &value, 0).expect("put");
+            t.put(format!("key{:08}", i % 100_000).as_bytes(), &value, 0)
+                .expect("put");
             t.end(i).expect("end");
         })
     });
@@ -52,7 +54,9 @@ fn bench_range(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % 10_000;
             let key = format!("p{:04}/k{:03}", i / 100, i % 100);
-            let r = store.range(key.as_bytes(), b"", RangeOptions::default()).expect("range");
+            let r = store
+                .range(key.as_bytes(), b"", RangeOptions::default())
+                .expect("range");
             black_box(r.kvs.len())
         })
     });
@@ -87,11 +91,17 @@ fn bench_txn(c: &mut Criterion) {
             let k = i % 1000;
             let mut t = store.write();
             let r = t
-                .range(format!("p{:04}/k{:03}", k / 100, k % 100).as_bytes(), b"", RangeOptions::default())
+                .range(
+                    format!("p{:04}/k{:03}", k / 100, k % 100).as_bytes(),
+                    b"",
+                    RangeOptions::default(),
+                )
                 .expect("range");
             black_box(r.count);
-            t.put(format!("t{k:04}/a").as_bytes(), &value, 0).expect("put");
-            t.put(format!("t{k:04}/b").as_bytes(), &value, 0).expect("put");
+            t.put(format!("t{k:04}/a").as_bytes(), &value, 0)
+                .expect("put");
+            t.put(format!("t{k:04}/b").as_bytes(), &value, 0)
+                .expect("put");
             t.delete_range(format!("t{:04}/a", (k + 500) % 1000).as_bytes(), b"")
                 .expect("delete");
             t.end(ci).expect("end");

@@ -269,7 +269,7 @@ impl Etcd {
             leader: st.leader_id,
             raft_index: st.commit_index,
             raft_term: st.term,
-            raft_applied_index: st.applied_index,
+            raft_applied_index: *self.inner.applied.borrow(),
             errors: Vec::new(),
             db_size_in_use: store.db_size_in_use() as i64,
             is_learner: st.is_learner,

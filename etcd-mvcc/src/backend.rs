@@ -20,8 +20,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DBCompressionType, FlushOptions,
-    Options, WriteBatch, WriteOptions, DB,
+    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions,
+    DBCompressionType, FlushOptions, Options, WriteBatch, WriteOptions, DB,
 };
 
 use crate::error::{Error, Result};
@@ -87,7 +87,11 @@ impl Backend {
             Some(_) => Ok(()),
             None => {
                 let mut batch = WriteBatch::default();
-                batch.put_cf(self.cf(CF_META), META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+                batch.put_cf(
+                    self.cf(CF_META),
+                    META_FORMAT_VERSION,
+                    FORMAT_VERSION.to_be_bytes(),
+                );
                 self.write(batch)?;
                 // make the format version durable right away
                 self.flush()
@@ -158,7 +162,8 @@ impl Backend {
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         co.set_exclusive_manual_compaction(false);
         for name in ALL_CFS {
-            self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
+            self.db
+                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
         }
         Ok(())
     }
@@ -168,8 +173,16 @@ impl Backend {
         let mut total = 0;
         for name in ALL_CFS {
             let cf = self.cf(name);
-            for prop in ["rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"] {
-                total += self.db.property_int_value_cf(cf, prop).ok().flatten().unwrap_or(0);
+            for prop in [
+                "rocksdb.estimate-live-data-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ] {
+                total += self
+                    .db
+                    .property_int_value_cf(cf, prop)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
             }
         }
         total
@@ -179,7 +192,9 @@ impl Backend {
 /// Total size in bytes of the files under `dir` (the RocksDB directory).
 pub(crate) fn dir_size(dir: &Path) -> u64 {
     fn walk(p: &Path) -> u64 {
-        let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
         rd.flatten()
             .map(|e| match e.metadata() {
                 Ok(m) if m.is_dir() => walk(&e.path()),

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::{CompactWait, Error, Event, EventType, KeyValue, RangeOptions, RangeResult, Result, Store, StoreOptions};
+use crate::{
+    CompactWait, Error, Event, EventType, KeyValue, RangeOptions, RangeResult, Result, Store,
+    StoreOptions,
+};
 
 /// The keys used by the checker: short, with prefix relations.
 pub const KEYS: [&[u8]; 6] = [b"a", b"ab", b"b", b"ba", b"c", b"d"];
@@ -136,10 +139,18 @@ impl Model {
         let kvs = if opts.count_only {
             Vec::new()
         } else {
-            let n = if opts.limit > 0 { opts.limit as usize } else { usize::MAX };
+            let n = if opts.limit > 0 {
+                opts.limit as usize
+            } else {
+                usize::MAX
+            };
             all.into_iter().take(n).cloned().collect()
         };
-        Ok(RangeResult { kvs, rev: txn_rev, count })
+        Ok(RangeResult {
+            kvs,
+            rev: txn_rev,
+            count,
+        })
     }
 
     /// Range as the store's `range`.
@@ -199,7 +210,8 @@ fn model_txn(m: &mut Model, ops: &[TxnOp]) -> (Vec<OpOut>, Vec<Event>) {
             }
             TxnOp::Delete { key: k, end: e } => {
                 let (k, e) = (key(k), end(e));
-                let keys: Vec<Vec<u8>> = work.keys().filter(|x| in_range(x, k, e)).cloned().collect();
+                let keys: Vec<Vec<u8>> =
+                    work.keys().filter(|x| in_range(x, k, e)).cloned().collect();
                 let mut deleted = Vec::new();
                 for x in keys {
                     let prev = work.remove(&x).expect("present");
@@ -226,7 +238,11 @@ fn model_txn(m: &mut Model, ops: &[TxnOp]) -> (Vec<OpOut>, Vec<Event>) {
                 let txn_rev = if changed { rev } else { rev - 1 };
                 let opts = RangeOptions {
                     limit: i64::from(limit),
-                    rev: if rev_back == 0 { 0 } else { txn_rev - i64::from(rev_back) },
+                    rev: if rev_back == 0 {
+                        0
+                    } else {
+                        txn_rev - i64::from(rev_back)
+                    },
                     count_only: false,
                 };
                 let pending = changed.then_some(&work);
@@ -246,9 +262,13 @@ fn store_txn(s: &Store, ops: &[TxnOp], ci: u64) -> (Vec<OpOut>, Vec<Event>) {
     for op in ops {
         match *op {
             TxnOp::Put { key: k, value } => {
-                outs.push(OpOut::Put(txn.put(key(k), &[value], i64::from(value % 3)).unwrap()));
+                outs.push(OpOut::Put(
+                    txn.put(key(k), &[value], i64::from(value % 3)).unwrap(),
+                ));
             }
-            TxnOp::Delete { key: k, end: e } => outs.push(OpOut::Delete(txn.delete_range(key(k), end(e)).unwrap())),
+            TxnOp::Delete { key: k, end: e } => {
+                outs.push(OpOut::Delete(txn.delete_range(key(k), end(e)).unwrap()))
+            }
             TxnOp::Range {
                 key: k,
                 end: e,
@@ -257,7 +277,11 @@ fn store_txn(s: &Store, ops: &[TxnOp], ci: u64) -> (Vec<OpOut>, Vec<Event>) {
             } => {
                 let opts = RangeOptions {
                     limit: i64::from(limit),
-                    rev: if rev_back == 0 { 0 } else { txn.rev() - i64::from(rev_back) },
+                    rev: if rev_back == 0 {
+                        0
+                    } else {
+                        txn.rev() - i64::from(rev_back)
+                    },
                     count_only: false,
                 };
                 outs.push(OpOut::Range(txn.range(key(k), end(e), opts)));
@@ -309,7 +333,11 @@ fn check_all(s: &Store, m: &Model) {
         for k in KEYS.iter().copied().chain([&b""[..], b"aa"]) {
             for e in ENDS {
                 for (limit, count_only) in [(0, false), (1, false), (2, false), (0, true)] {
-                    let opts = RangeOptions { limit, rev, count_only };
+                    let opts = RangeOptions {
+                        limit,
+                        rev,
+                        count_only,
+                    };
                     let got = r.range(k, e, opts);
                     let want = m.range(k, e, opts);
                     assert_eq!(got, want, "range({k:?}, {e:?}, {opts:?})");
@@ -375,7 +403,11 @@ pub fn run(ops: &[Op]) {
                 for w in waits.drain(..) {
                     w.wait();
                 }
-                assert_eq!(s.hash_kv(before.revision).expect("hash"), before, "hash after physical compaction");
+                assert_eq!(
+                    s.hash_kv(before.revision).expect("hash"),
+                    before,
+                    "hash after physical compaction"
+                );
                 check_all(s, &model);
             }
         }

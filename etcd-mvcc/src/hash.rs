@@ -49,7 +49,10 @@ pub(crate) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_bytes().to_vec());
     ro.set_snapshot(&snap);
-    let mut it = inner.backend.db.raw_iterator_cf_opt(inner.backend.key_cf(), ro);
+    let mut it = inner
+        .backend
+        .db
+        .raw_iterator_cf_opt(inner.backend.key_cf(), ro);
     it.seek_to_first();
     while it.valid() {
         let k = it.key().expect("valid iterator");

@@ -16,13 +16,16 @@ use bytes::Bytes;
 use crate::key_index::{KeyAt, KeyIndex};
 use crate::revision::Revision;
 
+/// Bounds of a key range in the tree.
+pub(crate) type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The key range selected by `(key, end)`, with etcd's conventions:
 /// - `end` empty: the single key `key`;
 /// - `end == [0]`: every key `>= key`;
 /// - otherwise the half-open interval `[key, end)` (empty if `end <= key`).
 ///
 /// Returns None for an empty interval.
-pub(crate) fn range_bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+pub(crate) fn range_bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
     if end.is_empty() {
         Some((Bound::Included(key), Bound::Included(key)))
     } else if end == [0] {
@@ -45,7 +48,11 @@ impl TreeIndex {
         self.tree.len()
     }
 
-    fn visit<'a>(&'a self, key: &'a [u8], end: &'a [u8]) -> impl Iterator<Item = (&'a Bytes, &'a KeyIndex)> + 'a {
+    fn visit<'a>(
+        &'a self,
+        key: &'a [u8],
+        end: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyIndex)> + 'a {
         range_bounds(key, end)
             .map(|b| self.tree.range::<[u8], _>(b))
             .into_iter()
@@ -59,7 +66,13 @@ impl TreeIndex {
 
     /// Live keys in the range at `at_rev` with their revision: at most
     /// `limit` pairs (`limit == 0`: all) and the total number of live keys.
-    pub(crate) fn revisions(&self, key: &[u8], end: &[u8], at_rev: i64, limit: usize) -> (Vec<(Bytes, Revision)>, i64) {
+    pub(crate) fn revisions(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        at_rev: i64,
+        limit: usize,
+    ) -> (Vec<(Bytes, Revision)>, i64) {
         let mut out = Vec::new();
         let mut total = 0i64;
         for (k, ki) in self.visit(key, end) {
@@ -75,7 +88,9 @@ impl TreeIndex {
 
     /// Number of live keys in the range at `at_rev`.
     pub(crate) fn count(&self, key: &[u8], end: &[u8], at_rev: i64) -> i64 {
-        self.visit(key, end).filter(|(_, ki)| ki.get(at_rev).is_some()).count() as i64
+        self.visit(key, end)
+            .filter(|(_, ki)| ki.get(at_rev).is_some())
+            .count() as i64
     }
 
     /// Records a put; returns the key's previous latest revision
@@ -97,7 +112,10 @@ impl TreeIndex {
 
     /// Undoes a [`put`](Self::put).
     pub(crate) fn undo_put(&mut self, key: &[u8], rev: Revision, prev: Revision) {
-        let ki = self.tree.get_mut(key).expect("undo_put: key missing from the index");
+        let ki = self
+            .tree
+            .get_mut(key)
+            .expect("undo_put: key missing from the index");
         if ki.undo_put(rev, prev) {
             self.tree.remove(key);
         }
@@ -105,7 +123,10 @@ impl TreeIndex {
 
     /// Undoes a [`tombstone`](Self::tombstone).
     pub(crate) fn undo_tombstone(&mut self, key: &[u8], rev: Revision, prev: Revision) {
-        let ki = self.tree.get_mut(key).expect("undo_tombstone: key missing from the index");
+        let ki = self
+            .tree
+            .get_mut(key)
+            .expect("undo_tombstone: key missing from the index");
         if ki.undo_tombstone(rev, prev) {
             self.tree.remove(key);
         }
@@ -113,12 +134,22 @@ impl TreeIndex {
 
     /// Rebuild: applies one stored revision while scanning the `key` column
     /// family in revision order.
-    pub(crate) fn restore(&mut self, key: Bytes, rev: Revision, tombstone: bool, created: i64, version: i64) {
+    pub(crate) fn restore(
+        &mut self,
+        key: Bytes,
+        rev: Revision,
+        tombstone: bool,
+        created: i64,
+        version: i64,
+    ) {
         match self.tree.get_mut(&key) {
             Some(ki) => {
                 if tombstone {
                     if !ki.tombstone(rev) {
-                        tracing::warn!(?rev, "mvcc restore: tombstone of a key that is not live; ignored");
+                        tracing::warn!(
+                            ?rev,
+                            "mvcc restore: tombstone of a key that is not live; ignored"
+                        );
                     }
                 } else {
                     ki.put(rev);
@@ -128,7 +159,10 @@ impl TreeIndex {
             // (interrupted physical compaction): nothing to restore.
             None if tombstone => {}
             None => {
-                self.tree.insert(key, KeyIndex::restored(Revision::new(created, 0), rev, version));
+                self.tree.insert(
+                    key,
+                    KeyIndex::restored(Revision::new(created, 0), rev, version),
+                );
             }
         }
     }
@@ -139,7 +173,12 @@ impl TreeIndex {
     }
 
     /// Compacts the given keys at `at_rev`, adding the kept revisions to `keep`.
-    pub(crate) fn compact_keys(&mut self, keys: &[Bytes], at_rev: i64, keep: &mut HashSet<Revision>) {
+    pub(crate) fn compact_keys(
+        &mut self,
+        keys: &[Bytes],
+        at_rev: i64,
+        keep: &mut HashSet<Revision>,
+    ) {
         for k in keys {
             if let Some(ki) = self.tree.get_mut(k) {
                 ki.compact(at_rev, keep);
@@ -166,9 +205,18 @@ mod tests {
 
     #[test]
     fn bounds_conventions() {
-        assert_eq!(range_bounds(b"a", b""), Some((Bound::Included(&b"a"[..]), Bound::Included(&b"a"[..]))));
-        assert_eq!(range_bounds(b"a", &[0]), Some((Bound::Included(&b"a"[..]), Bound::Unbounded)));
-        assert_eq!(range_bounds(b"a", b"c"), Some((Bound::Included(&b"a"[..]), Bound::Excluded(&b"c"[..]))));
+        assert_eq!(
+            range_bounds(b"a", b""),
+            Some((Bound::Included(&b"a"[..]), Bound::Included(&b"a"[..])))
+        );
+        assert_eq!(
+            range_bounds(b"a", &[0]),
+            Some((Bound::Included(&b"a"[..]), Bound::Unbounded))
+        );
+        assert_eq!(
+            range_bounds(b"a", b"c"),
+            Some((Bound::Included(&b"a"[..]), Bound::Excluded(&b"c"[..])))
+        );
         assert_eq!(range_bounds(b"c", b"a"), None);
         assert_eq!(range_bounds(b"a", b"a"), None);
     }
@@ -177,7 +225,10 @@ mod tests {
     fn revisions_and_count() {
         let mut ti = TreeIndex::default();
         for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
-            ti.put(&Bytes::from_static(k.as_bytes()), Revision::new(i as i64 + 2, 0));
+            ti.put(
+                &Bytes::from_static(k.as_bytes()),
+                Revision::new(i as i64 + 2, 0),
+            );
         }
         ti.tombstone(b"b", Revision::new(6, 0)).unwrap();
         let (revs, total) = ti.revisions(b"a", &[0], 6, 2);
@@ -193,7 +244,14 @@ mod tests {
 
         let mut keep = HashSet::new();
         let keys = ti.keys();
-        assert_eq!(ti.keep(6), HashSet::from([Revision::new(2, 0), Revision::new(4, 0), Revision::new(5, 0)]));
+        assert_eq!(
+            ti.keep(6),
+            HashSet::from([
+                Revision::new(2, 0),
+                Revision::new(4, 0),
+                Revision::new(5, 0)
+            ])
+        );
         ti.compact_keys(&keys, 6, &mut keep);
         assert_eq!(ti.len(), 3, "deleted key b dropped");
         assert_eq!(keep.len(), 3);

@@ -158,8 +158,15 @@ impl KeyIndex {
     /// unfinished write transaction). Returns true when the key index became
     /// empty and must be dropped.
     pub(crate) fn undo_put(&mut self, rev: Revision, prev_modified: Revision) -> bool {
-        let g = self.generations.last_mut().expect("undo_put on a key without history");
-        assert_eq!(g.revs.last(), Some(&rev), "mvcc: undo_put of a revision that is not the latest");
+        let g = self
+            .generations
+            .last_mut()
+            .expect("undo_put on a key without history");
+        assert_eq!(
+            g.revs.last(),
+            Some(&rev),
+            "mvcc: undo_put of a revision that is not the latest"
+        );
         g.revs.pop();
         g.ver -= 1;
         self.modified = prev_modified;
@@ -168,8 +175,14 @@ impl KeyIndex {
 
     /// Undoes the latest [`tombstone`](Self::tombstone) at `rev`.
     pub(crate) fn undo_tombstone(&mut self, rev: Revision, prev_modified: Revision) -> bool {
-        let last = self.generations.pop().expect("undo_tombstone without generations");
-        assert!(last.is_empty(), "mvcc: undo_tombstone but the last generation is not empty");
+        let last = self
+            .generations
+            .pop()
+            .expect("undo_tombstone without generations");
+        assert!(
+            last.is_empty(),
+            "mvcc: undo_tombstone but the last generation is not empty"
+        );
         self.undo_put(rev, prev_modified)
     }
 
@@ -218,7 +231,11 @@ impl KeyIndex {
     fn do_compact(&self, at_rev: i64, keep: &mut HashSet<Revision>) -> (usize, Option<usize>) {
         let mut gen_idx = 0;
         while gen_idx + 1 < self.generations.len() {
-            let tomb = self.generations[gen_idx].revs.last().expect("finished generation").main;
+            let tomb = self.generations[gen_idx]
+                .revs
+                .last()
+                .expect("finished generation")
+                .main;
             if tomb > at_rev {
                 break;
             }
@@ -287,7 +304,8 @@ mod tests {
     }
 
     fn at(ki: &KeyIndex, rev: i64) -> Option<(i64, i64, i64)> {
-        ki.get(rev).map(|k| (k.modified.main, k.created.main, k.version))
+        ki.get(rev)
+            .map(|k| (k.modified.main, k.created.main, k.version))
     }
 
     #[test]
@@ -404,7 +422,11 @@ mod tests {
             ki.compact(c, &mut keep2);
             assert_eq!(keep, keep2);
             for rev in c..12 {
-                assert_eq!(at(&ki, rev), at(&example(), rev), "compact({c}) then get({rev})");
+                assert_eq!(
+                    at(&ki, rev),
+                    at(&example(), rev),
+                    "compact({c}) then get({rev})"
+                );
             }
         }
     }

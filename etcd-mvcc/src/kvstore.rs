@@ -26,8 +26,8 @@ use prost::Message;
 use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::backend::{
-    dir_size, Backend, CF_ALARM, CF_AUTH, CF_LEASE, CF_MEMBERS, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
-    META_SCHEDULED_COMPACT,
+    dir_size, Backend, CF_ALARM, CF_AUTH, CF_LEASE, CF_MEMBERS, META_CONSISTENT_INDEX,
+    META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
 };
 use crate::error::{Error, Result};
 use crate::hash::{self, HashKv};
@@ -103,7 +103,10 @@ impl Inner {
     /// Reads and decodes the stored key-value of `rev` (latest revisions
     /// only: no snapshot needed because they cannot be compacted away).
     pub(crate) fn get_kv(&self, key: &[u8], rev: Revision) -> Result<KeyValue> {
-        let v = self.backend.db.get_pinned_cf(self.backend.key_cf(), rev.to_bytes())?;
+        let v = self
+            .backend
+            .db
+            .get_pinned_cf(self.backend.key_cf(), rev.to_bytes())?;
         decode_kv(key, rev, v.as_deref())
     }
 }
@@ -118,7 +121,8 @@ pub(crate) fn decode_kv(key: &[u8], rev: Revision, v: Option<&[u8]>) -> Result<K
             String::from_utf8_lossy(key)
         ))
     })?;
-    let kv = KeyValue::decode(v).map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
+    let kv = KeyValue::decode(v)
+        .map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
     if kv.key != key {
         return Err(Error::Corruption(format!(
             "revision {rev:?} holds key {:?}, the index says {:?}",
@@ -265,13 +269,19 @@ impl Store {
         let b = &inner.backend;
         let mut batch = WriteBatch::default();
         batch.put_cf(b.meta_cf(), META_SCHEDULED_COMPACT, rev.to_be_bytes());
-        batch.put_cf(b.meta_cf(), META_CONSISTENT_INDEX, consistent_index.to_be_bytes());
+        batch.put_cf(
+            b.meta_cf(),
+            META_CONSISTENT_INDEX,
+            consistent_index.to_be_bytes(),
+        );
         b.write(batch)?;
         {
             let _index = inner.index.write();
             inner.compact_rev.store(rev, Ordering::Release);
         }
-        inner.consistent_index.store(consistent_index, Ordering::Release);
+        inner
+            .consistent_index
+            .store(consistent_index, Ordering::Release);
         inner.compaction.schedule(rev);
         Ok(CompactWait::new(inner.clone(), rev))
     }
@@ -349,8 +359,12 @@ fn restore_index(b: &Backend) -> Result<(TreeIndex, i64)> {
         let k = it.key().expect("valid iterator");
         let v = it.value().expect("valid iterator");
         let (rev, tombstone) = Revision::from_key(k)?;
-        let kv = KeyValue::decode(v).map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
-        assert!(rev.main >= max_rev, "key column family not in revision order");
+        let kv = KeyValue::decode(v)
+            .map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
+        assert!(
+            rev.main >= max_rev,
+            "key column family not in revision order"
+        );
         max_rev = rev.main;
         index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
         it.next();

@@ -131,7 +131,9 @@ pub struct CompactWait {
 
 impl std::fmt::Debug for CompactWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompactWait").field("rev", &self.rev).finish()
+        f.debug_struct("CompactWait")
+            .field("rev", &self.rev)
+            .finish()
     }
 }
 
@@ -241,6 +243,11 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
     let mut batch = WriteBatch::default();
     batch.put_cf(b.meta_cf(), META_FINISHED_COMPACT, rev.to_be_bytes());
     b.write(batch)?;
-    tracing::debug!(revision = rev, removed, kept = keep.len(), "mvcc physical compaction done");
+    tracing::debug!(
+        revision = rev,
+        removed,
+        kept = keep.len(),
+        "mvcc physical compaction done"
+    );
     Ok(true)
 }

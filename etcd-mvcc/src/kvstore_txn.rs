@@ -52,6 +52,10 @@ pub struct RangeResult {
     pub count: i64,
 }
 
+/// Index lookup: `Ok((pairs to fetch, count))`, or the finished result of
+/// a `count_only` read.
+type Lookup = std::result::Result<(Vec<(Bytes, Revision)>, i64), RangeResult>;
+
 /// Resolves the read revision and looks up the index. Returns the pairs to
 /// fetch, or the finished result for `count_only`.
 fn lookup(
@@ -60,7 +64,7 @@ fn lookup(
     key: &[u8],
     end: &[u8],
     opts: RangeOptions,
-) -> Result<std::result::Result<(Vec<(Bytes, Revision)>, i64), RangeResult>> {
+) -> Result<Lookup> {
     if opts.rev > txn_rev {
         return Err(Error::FutureRevision);
     }
@@ -76,7 +80,11 @@ fn lookup(
             count: index.count(key, end, rev),
         }));
     }
-    let limit = if opts.limit > 0 { opts.limit as usize } else { 0 };
+    let limit = if opts.limit > 0 {
+        opts.limit as usize
+    } else {
+        0
+    };
     Ok(Ok(index.revisions(key, end, rev, limit)))
 }
 
@@ -93,7 +101,10 @@ fn fetch_from_snapshot(
     let mut ro = ReadOptions::default();
     ro.set_snapshot(snap);
     let cf = inner.backend.key_cf();
-    let values = inner.backend.db.batched_multi_get_cf_opt(cf, keys.iter(), false, &ro);
+    let values = inner
+        .backend
+        .db
+        .batched_multi_get_cf_opt(cf, keys.iter(), false, &ro);
     pairs
         .iter()
         .zip(values)
@@ -190,7 +201,10 @@ impl<'a> TxnWrite<'a> {
     fn kv_at(&self, key: &[u8], rev: Revision) -> Result<KeyValue> {
         if rev.main == self.write_rev() {
             let c = &self.changes[rev.sub as usize];
-            assert!(!c.tombstone && c.kv.key == key, "mvcc: index points to a wrong pending change");
+            assert!(
+                !c.tombstone && c.kv.key == key,
+                "mvcc: index points to a wrong pending change"
+            );
             Ok(c.kv.clone())
         } else {
             self.inner.get_kv(key, rev)
@@ -207,7 +221,8 @@ impl<'a> TxnWrite<'a> {
         match lookup(self.inner, txn_rev, key, end, opts)? {
             Err(done) => Ok(done),
             Ok((pairs, count)) => {
-                let (own, old): (Vec<_>, Vec<_>) = pairs.iter().partition(|(_, r)| r.main == self.write_rev());
+                let (own, old): (Vec<_>, Vec<_>) =
+                    pairs.iter().partition(|(_, r)| r.main == self.write_rev());
                 let kvs = if own.is_empty() {
                     fetch_from_snapshot(self.inner, &snap, &pairs)?
                 } else {
@@ -223,7 +238,11 @@ impl<'a> TxnWrite<'a> {
                     }
                     kvs
                 };
-                Ok(RangeResult { kvs, rev: txn_rev, count })
+                Ok(RangeResult {
+                    kvs,
+                    rev: txn_rev,
+                    count,
+                })
             }
         }
     }
@@ -318,7 +337,11 @@ impl<'a> TxnWrite<'a> {
         for (i, c) in self.changes.iter().enumerate() {
             buf.clear();
             c.kv.encode(&mut buf).expect("Vec grows");
-            batch.put_cf(key_cf, Revision::new(rev, i as i64).to_key(c.tombstone), &buf);
+            batch.put_cf(
+                key_cf,
+                Revision::new(rev, i as i64).to_key(c.tombstone),
+                &buf,
+            );
         }
         for (bucket, k, v) in &self.aux {
             let cf = b.cf(bucket.cf_name());
@@ -327,13 +350,19 @@ impl<'a> TxnWrite<'a> {
                 None => batch.delete_cf(cf, k),
             }
         }
-        batch.put_cf(b.meta_cf(), META_CONSISTENT_INDEX, consistent_index.to_be_bytes());
+        batch.put_cf(
+            b.meta_cf(),
+            META_CONSISTENT_INDEX,
+            consistent_index.to_be_bytes(),
+        );
         b.write(batch)?; // on error, Drop undoes the index changes
         self.done = true;
         if !self.changes.is_empty() {
             self.inner.current_rev.store(rev, Ordering::Release);
         }
-        self.inner.consistent_index.store(consistent_index, Ordering::Release);
+        self.inner
+            .consistent_index
+            .store(consistent_index, Ordering::Release);
         let changes = std::mem::take(&mut self.changes);
         Ok(changes
             .into_iter()

@@ -38,7 +38,10 @@ fn del(s: &Store, key: &str, end: &[u8]) -> Vec<KeyValue> {
 }
 
 fn keys(r: &RangeResult) -> Vec<String> {
-    r.kvs.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
+    r.kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
+        .collect()
 }
 
 fn get(s: &Store, key: &str, rev: i64) -> Option<KeyValue> {
@@ -71,7 +74,14 @@ fn empty_store() {
     assert_eq!(s.compact_revision(), 0);
     assert_eq!(s.consistent_index(), 0);
     let r = s.range(b"a", &[0], RangeOptions::default()).unwrap();
-    assert_eq!(r, RangeResult { kvs: vec![], rev: 1, count: 0 });
+    assert_eq!(
+        r,
+        RangeResult {
+            kvs: vec![],
+            rev: 1,
+            count: 0
+        }
+    );
     assert_eq!(s.read().rev(), 1);
 }
 
@@ -137,7 +147,16 @@ fn txn_shares_main_revision_and_returns_events() {
     let e0 = &events[0];
     assert_eq!(e0.r#type(), EventType::Put);
     let kv = e0.kv.as_ref().unwrap();
-    assert_eq!((&kv.key[..], kv.create_revision, kv.mod_revision, kv.version, kv.lease), (&b"c"[..], 3, 3, 1, 7));
+    assert_eq!(
+        (
+            &kv.key[..],
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+            kv.lease
+        ),
+        (&b"c"[..], 3, 3, 1, 7)
+    );
     assert!(e0.prev_kv.is_none());
     let kv = events[2].kv.as_ref().unwrap();
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 3));
@@ -175,12 +194,19 @@ fn delete_and_recreate_in_one_txn_survives_compaction() {
     let mut t = s.write();
     t.put(b"d", b"1", 0).unwrap();
     assert_eq!(t.delete_range(b"d", b"").unwrap().len(), 1);
-    assert!(t.range(b"d", b"", RangeOptions::default()).unwrap().kvs.is_empty());
+    assert!(t
+        .range(b"d", b"", RangeOptions::default())
+        .unwrap()
+        .kvs
+        .is_empty());
     assert_eq!(t.put(b"d", b"2", 0).unwrap(), None);
     let ev = t.end(1).unwrap();
     assert_eq!(ev.len(), 3);
     let kv = get(&s, "d", 3).unwrap();
-    assert_eq!((&kv.value[..], kv.create_revision, kv.version), (&b"2"[..], 3, 1));
+    assert_eq!(
+        (&kv.value[..], kv.create_revision, kv.version),
+        (&b"2"[..], 3, 1)
+    );
     s.compact(3, 2).unwrap().wait();
     let kv = get(&s, "d", 3).unwrap();
     assert_eq!(&kv.value[..], b"2");
@@ -191,7 +217,10 @@ fn delete_and_recreate_in_one_txn_survives_compaction() {
 fn range_options_and_end_conventions() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    put(&s, &[("a", "1"), ("ab", "1"), ("b", "1"), ("c", "1"), ("d", "1")]); // rev 2
+    put(
+        &s,
+        &[("a", "1"), ("ab", "1"), ("b", "1"), ("c", "1"), ("d", "1")],
+    ); // rev 2
     put(&s, &[("b", "2")]); // rev 3
     del(&s, "c", b""); // rev 4
 
@@ -207,25 +236,75 @@ fn range_options_and_end_conventions() {
     assert_eq!((r.kvs.len(), r.count), (0, 0));
 
     // limit keeps count
-    let r = s.range(b"a", &[0], RangeOptions { limit: 2, ..Default::default() }).unwrap();
-    assert_eq!((keys(&r), r.count), (vec!["a".to_string(), "ab".to_string()], 4));
-    let r = s.range(b"a", &[0], RangeOptions { limit: -1, ..Default::default() }).unwrap();
+    let r = s
+        .range(
+            b"a",
+            &[0],
+            RangeOptions {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (keys(&r), r.count),
+        (vec!["a".to_string(), "ab".to_string()], 4)
+    );
+    let r = s
+        .range(
+            b"a",
+            &[0],
+            RangeOptions {
+                limit: -1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(r.kvs.len(), 4);
     // count_only
-    let r = s.range(b"a", &[0], RangeOptions { count_only: true, ..Default::default() }).unwrap();
-    assert_eq!(r, RangeResult { kvs: vec![], rev: 4, count: 4 });
+    let r = s
+        .range(
+            b"a",
+            &[0],
+            RangeOptions {
+                count_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        RangeResult {
+            kvs: vec![],
+            rev: 4,
+            count: 4
+        }
+    );
     // at an older revision: c still there, b at version 1; rev is the current one
     let r = s.range(b"a", &[0], ro(2)).unwrap();
     assert_eq!(keys(&r), ["a", "ab", "b", "c", "d"]);
     assert_eq!(r.rev, 4);
     assert_eq!(r.kvs[2].version, 1);
-    let r = s.range(b"a", &[0], RangeOptions { rev: 3, count_only: true, limit: 1 }).unwrap();
+    let r = s
+        .range(
+            b"a",
+            &[0],
+            RangeOptions {
+                rev: 3,
+                count_only: true,
+                limit: 1,
+            },
+        )
+        .unwrap();
     assert_eq!(r.count, 5);
     let r = s.range(b"a", &[0], ro(1)).unwrap();
     assert_eq!(r.count, 0);
     // future
     assert_eq!(s.range(b"a", b"", ro(5)), Err(Error::FutureRevision));
-    assert_eq!(Error::FutureRevision.to_string(), "mvcc: required revision is a future revision");
+    assert_eq!(
+        Error::FutureRevision.to_string(),
+        "mvcc: required revision is a future revision"
+    );
 }
 
 #[test]
@@ -245,15 +324,22 @@ fn txn_write_reads_own_writes_and_readers_are_isolated() {
     assert_eq!(t.range(b"a", b"", ro(4)), Err(Error::FutureRevision));
     // other readers (other threads) do not see the pending txn
     let s2 = s.clone();
-    let seen = std::thread::spawn(move || keys(&s2.range(b"a", &[0], RangeOptions::default()).unwrap()))
-        .join()
-        .unwrap();
+    let seen =
+        std::thread::spawn(move || keys(&s2.range(b"a", &[0], RangeOptions::default()).unwrap()))
+            .join()
+            .unwrap();
     assert_eq!(seen, ["a"]);
     t.end(5).unwrap();
     // a read txn created before stays pinned
     assert_eq!(pinned.rev(), 2);
-    assert_eq!(keys(&pinned.range(b"a", &[0], RangeOptions::default()).unwrap()), ["a"]);
-    assert_eq!(keys(&s.range(b"a", &[0], RangeOptions::default()).unwrap()), ["b"]);
+    assert_eq!(
+        keys(&pinned.range(b"a", &[0], RangeOptions::default()).unwrap()),
+        ["a"]
+    );
+    assert_eq!(
+        keys(&s.range(b"a", &[0], RangeOptions::default()).unwrap()),
+        ["b"]
+    );
 }
 
 #[test]
@@ -297,7 +383,10 @@ fn compacted_and_future_errors() {
     assert_eq!(s.compact(4, 11).unwrap_err(), Error::Compacted);
     assert_eq!(s.compact(3, 11).unwrap_err(), Error::Compacted);
     assert_eq!(s.range(b"k", b"", ro(3)), Err(Error::Compacted));
-    assert_eq!(Error::Compacted.to_string(), "mvcc: required revision has been compacted");
+    assert_eq!(
+        Error::Compacted.to_string(),
+        "mvcc: required revision has been compacted"
+    );
     // rev == compact revision is allowed
     assert_eq!(&get(&s, "k", 4).unwrap().value[..], b"2");
     assert_eq!(&get(&s, "k", 0).unwrap().value[..], b"4");
@@ -334,8 +423,14 @@ fn compaction_removes_superseded_revisions_only() {
     s.compact(5, 1).unwrap().wait();
     // kept: a@5 (latest <= 5), c@2 (latest <= 5 in a generation deleted at 6),
     // tombstone c@6 and c@7 (newer); b's history (2, 4t) and a@2, a@3 are gone
-    let raw: Vec<(i64, i64, bool)> = raw_revisions(&s).iter().map(|(r, t)| (r.main, r.sub, *t)).collect();
-    assert_eq!(raw, vec![(2, 2, false), (5, 0, false), (6, 0, true), (7, 0, false)]);
+    let raw: Vec<(i64, i64, bool)> = raw_revisions(&s)
+        .iter()
+        .map(|(r, t)| (r.main, r.sub, *t))
+        .collect();
+    assert_eq!(
+        raw,
+        vec![(2, 2, false), (5, 0, false), (6, 0, true), (7, 0, false)]
+    );
     let after: Vec<_> = (5..=7)
         .map(|r| s.range(b"a", &[0], ro(r)).unwrap())
         .collect();
@@ -364,18 +459,28 @@ fn reopen_restores_everything() {
         t.put_aux(Bucket::Members, b"m1", b"member-1");
         t.end(99).unwrap();
         s.compact(3, 100).unwrap().wait();
-        let all: Vec<_> = (3..=5).map(|r| s.range(b"", &[0], ro(r)).unwrap()).collect();
+        let all: Vec<_> = (3..=5)
+            .map(|r| s.range(b"", &[0], ro(r)).unwrap())
+            .collect();
         (s.hash_kv(0).unwrap(), all)
     };
     let s = open(dir.path());
     assert_eq!(s.current_revision(), 5);
     assert_eq!(s.compact_revision(), 3);
     assert_eq!(s.consistent_index(), 100);
-    let again: Vec<_> = (3..=5).map(|r| s.range(b"", &[0], ro(r)).unwrap()).collect();
+    let again: Vec<_> = (3..=5)
+        .map(|r| s.range(b"", &[0], ro(r)).unwrap())
+        .collect();
     assert_eq!(all, again);
     assert_eq!(s.hash_kv(0).unwrap(), hash);
-    assert_eq!(s.aux_get(Bucket::Lease, b"l1").unwrap().as_deref(), Some(&b"lease-1"[..]));
-    assert_eq!(s.aux_scan(Bucket::Members).unwrap(), vec![(b"m1".to_vec(), b"member-1".to_vec())]);
+    assert_eq!(
+        s.aux_get(Bucket::Lease, b"l1").unwrap().as_deref(),
+        Some(&b"lease-1"[..])
+    );
+    assert_eq!(
+        s.aux_scan(Bucket::Members).unwrap(),
+        vec![(b"m1".to_vec(), b"member-1".to_vec())]
+    );
     assert_eq!(s.range(b"a", b"", ro(2)), Err(Error::Compacted));
     // writes continue from the restored revision
     assert_eq!(put(&s, &[("a", "4")]), 6);
@@ -445,16 +550,34 @@ fn aux_buckets_commit_with_the_txn() {
     t.put_aux(Bucket::Auth, b"user/root", b"x");
     t.put_aux(Bucket::Alarm, b"1", b"nospace");
     t.put(b"k", b"v", 0).unwrap();
-    assert_eq!(s.aux_get(Bucket::Auth, b"user/root").unwrap(), None, "not before end");
+    assert_eq!(
+        s.aux_get(Bucket::Auth, b"user/root").unwrap(),
+        None,
+        "not before end"
+    );
     t.end(1).unwrap();
-    assert_eq!(s.aux_get(Bucket::Auth, b"user/root").unwrap(), Some(b"x".to_vec()));
-    assert_eq!(s.aux_get(Bucket::Lease, b"user/root").unwrap(), None, "buckets are separate");
+    assert_eq!(
+        s.aux_get(Bucket::Auth, b"user/root").unwrap(),
+        Some(b"x".to_vec())
+    );
+    assert_eq!(
+        s.aux_get(Bucket::Lease, b"user/root").unwrap(),
+        None,
+        "buckets are separate"
+    );
     let mut t = s.write();
     t.delete_aux(Bucket::Alarm, b"1");
     t.put_aux(Bucket::Alarm, b"2", b"corrupt");
     t.end(2).unwrap();
-    assert_eq!(s.current_revision(), 2, "aux changes do not bump the revision");
-    assert_eq!(s.aux_scan(Bucket::Alarm).unwrap(), vec![(b"2".to_vec(), b"corrupt".to_vec())]);
+    assert_eq!(
+        s.current_revision(),
+        2,
+        "aux changes do not bump the revision"
+    );
+    assert_eq!(
+        s.aux_scan(Bucket::Alarm).unwrap(),
+        vec![(b"2".to_vec(), b"corrupt".to_vec())]
+    );
     // a dropped txn writes nothing
     let mut t = s.write();
     t.put_aux(Bucket::Alarm, b"3", b"x");
@@ -506,7 +629,11 @@ fn refuses_newer_format() {
     {
         let b = Backend::open(dir.path()).unwrap();
         let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(b.meta_cf(), META_FORMAT_VERSION, (FORMAT_VERSION + 1).to_be_bytes());
+        batch.put_cf(
+            b.meta_cf(),
+            META_FORMAT_VERSION,
+            (FORMAT_VERSION + 1).to_be_bytes(),
+        );
         b.write(batch).unwrap();
         b.flush().unwrap();
     }
@@ -530,7 +657,12 @@ fn maintenance_sizes_defragment_flush() {
     assert!(s.db_size_in_use() > 0);
     s.compact(s.current_revision(), 300).unwrap().wait();
     s.defragment().unwrap();
-    assert_eq!(s.range(b"key", &[0], RangeOptions::default()).unwrap().count, 200);
+    assert_eq!(
+        s.range(b"key", &[0], RangeOptions::default())
+            .unwrap()
+            .count,
+        200
+    );
 }
 
 #[test]
@@ -574,7 +706,8 @@ fn concurrent_readers_during_writes_and_compaction() {
     for i in 0..300u64 {
         let mut t = s.write();
         for k in 0..10 {
-            t.put(format!("k{k}").as_bytes(), &i.to_be_bytes(), 0).unwrap();
+            t.put(format!("k{k}").as_bytes(), &i.to_be_bytes(), 0)
+                .unwrap();
         }
         t.end(i + 1).unwrap();
         if i % 50 == 49 {

@@ -3,6 +3,7 @@
 //!
 //! The binary only parses flags and calls [`run`]; tests call [`run`] too.
 
+mod authority;
 pub mod config;
 pub mod rpc;
 mod services;
@@ -48,7 +49,10 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .add_service(ClusterServer::new(ClusterService(etcd.clone())));
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| conn.map(authority::AuthorityFix::new),
+            );
             router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

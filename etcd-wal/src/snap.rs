@@ -152,7 +152,7 @@ impl Snapshotter {
             .iter()
             .filter_map(|n| parse_snap_name(n))
             .collect();
-        v.sort_by(|a, b| (b.1, b.0).cmp(&(a.1, a.0)));
+        v.sort_by_key(|&(term, index)| std::cmp::Reverse((index, term)));
         Ok(v)
     }
 
