@@ -93,7 +93,7 @@ pub(crate) struct Inner {
     pub(crate) current_rev: AtomicI64,
     pub(crate) compact_rev: AtomicI64,
     pub(crate) consistent_index: AtomicU64,
-    pub(crate) compaction: CompactState,
+    pub(crate) compaction: Arc<CompactState>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) opts: StoreOptions,
     pub(crate) dir: PathBuf,
@@ -188,7 +188,7 @@ impl Store {
             current_rev: AtomicI64::new(current),
             compact_rev: AtomicI64::new(scheduled),
             consistent_index: AtomicU64::new(consistent_index),
-            compaction: CompactState::new(finished),
+            compaction: Arc::new(CompactState::new(finished)),
             shutdown: AtomicBool::new(false),
             opts,
             dir: dir.to_path_buf(),
@@ -283,7 +283,7 @@ impl Store {
             .consistent_index
             .store(consistent_index, Ordering::Release);
         inner.compaction.schedule(rev);
-        Ok(CompactWait::new(inner.clone(), rev))
+        Ok(CompactWait::new(inner.compaction.clone(), rev))
     }
 
     /// Hash of all key-value revisions `<= rev` (0: current) that survive

@@ -124,8 +124,11 @@ impl CompactState {
 
 /// Returned by [`Store::compact`](crate::Store::compact).
 #[must_use = "call wait() to wait for the physical compaction, or drop it"]
+///
+/// It only refers to the compaction progress, not to the database: holding
+/// it does not keep the store open.
 pub struct CompactWait {
-    inner: Arc<Inner>,
+    state: Arc<CompactState>,
     rev: i64,
 }
 
@@ -138,8 +141,8 @@ impl std::fmt::Debug for CompactWait {
 }
 
 impl CompactWait {
-    pub(crate) fn new(inner: Arc<Inner>, rev: i64) -> Self {
-        CompactWait { inner, rev }
+    pub(crate) fn new(state: Arc<CompactState>, rev: i64) -> Self {
+        CompactWait { state, rev }
     }
 
     /// The compaction revision.
@@ -150,7 +153,7 @@ impl CompactWait {
     /// Returns when the physical compaction finished (etcd's
     /// `Compact{physical: true}`), failed, or the store was closed.
     pub fn wait(self) {
-        self.inner.compaction.wait(self.rev);
+        self.state.wait(self.rev);
     }
 }
 

@@ -58,9 +58,8 @@ fn put_get_with_options() {
     assert_eq!(kv["mod_revision"], 7);
     assert_eq!(kv["version"], 2);
 
-    let j = json(&s.ctl_ok(&["get", "foo", "--prefix", "--count-only", "-w", "json"]));
-    assert_eq!(j["count"], 3);
-    assert!(j.get("kvs").is_none());
+    // (etcdctl 3.4 has no --count-only; count_only is covered by the
+    // differential test over gRPC.)
 
     let err = s.ctl_err(&["get", "foo", "--rev", "100"]);
     assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
@@ -121,12 +120,13 @@ fn compaction_then_old_revisions_fail() {
 fn endpoint_status_health_and_member_list() {
     let s = Server::start(Kind::Ours);
     s.ctl_ok(&["put", "a", "b"]);
-    let health = s.ctl_ok(&["endpoint", "health"]);
-    assert!(health.contains("is healthy"), "{health}");
+    // etcdctl 3.4 prints the health line on stderr.
+    let out = s.etcdctl(&["endpoint", "health"]);
+    let health = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && health.contains("is healthy"), "{health}");
     let table = s.ctl_ok(&["endpoint", "status", "-w", "table"]);
     assert!(table.contains(&s.client_url), "{table}");
     assert!(table.contains("IS LEADER"), "{table}");
-    assert!(table.contains("| true"), "a single member is the leader: {table}");
     let j = json(&s.ctl_ok(&["endpoint", "status", "-w", "json"]));
     let st = &j[0]["Status"];
     assert_eq!(st["leader"], st["header"]["member_id"]);
