@@ -47,12 +47,18 @@ enum Txn<'a> {
 impl<'a> View<'a> {
     /// A read-only view at the current revision.
     pub(crate) fn read(store: &'a Store) -> View<'a> {
-        View { compact_rev: store.compact_revision(), txn: Txn::Read(store.read()) }
+        View {
+            compact_rev: store.compact_revision(),
+            txn: Txn::Read(store.read()),
+        }
     }
 
     /// A write transaction (the only one at a time).
     pub(crate) fn write(store: &'a Store) -> View<'a> {
-        View { compact_rev: store.compact_revision(), txn: Txn::Write(store.write()) }
+        View {
+            compact_rev: store.compact_revision(),
+            txn: Txn::Write(store.write()),
+        }
     }
 
     fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
@@ -101,7 +107,9 @@ pub(crate) fn apply(store: &Store, index: u64, req: &RaftRequest) -> Result<Appl
     }
     let mut view = View::write(store);
     let out = match op {
-        Op::Put(p) => check_put_lease(p).and_then(|()| put(&mut view, p)).map(Applied::Put),
+        Op::Put(p) => check_put_lease(p)
+            .and_then(|()| put(&mut view, p))
+            .map(Applied::Put),
         Op::DeleteRange(d) => delete_range(&mut view, d).map(Applied::DeleteRange),
         Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
         Op::Compaction(_) => unreachable!("handled above"),
@@ -113,7 +121,10 @@ pub(crate) fn apply(store: &Store, index: u64, req: &RaftRequest) -> Result<Appl
 fn compaction(store: &Store, index: u64, c: &CompactionRequest) -> Result<Applied> {
     match store.compact(c.revision, index) {
         Ok(wait) => {
-            let header = Some(ResponseHeader { revision: store.current_revision(), ..Default::default() });
+            let header = Some(ResponseHeader {
+                revision: store.current_revision(),
+                ..Default::default()
+            });
             Ok(Applied::Compaction(CompactionResponse { header }, wait))
         }
         Err(e) => {
@@ -137,7 +148,10 @@ fn check_put_lease(p: &PutRequest) -> Result<()> {
 
 /// The header of a nested response: the revision only.
 fn rev_header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 /// `applierV3backend.Range`.
@@ -156,7 +170,11 @@ pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> 
         // One extra to learn whether there is more.
         limit += 1;
     }
-    let opts = RangeOptions { limit, rev: r.revision, count_only: r.count_only };
+    let opts = RangeOptions {
+        limit,
+        rev: r.revision,
+        count_only: r.count_only,
+    };
     let rr = view.range(&r.key, &r.range_end, opts)?;
     let mut kvs = rr.kvs;
     if r.max_mod_revision != 0 {
@@ -200,18 +218,29 @@ pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> 
             kv.value = Default::default();
         }
     }
-    Ok(RangeResponse { header: rev_header(view.rev()), kvs, more, count: rr.count })
+    Ok(RangeResponse {
+        header: rev_header(view.rev()),
+        kvs,
+        more,
+        count: rr.count,
+    })
 }
 
 /// `applierV3backend.Put` (the lease was checked before).
 fn put(view: &mut View<'_>, p: &PutRequest) -> Result<PutResponse> {
     let mut prev = None;
     if p.ignore_value || p.ignore_lease || p.prev_kv {
-        prev = view.range(&p.key, &[], RangeOptions::default())?.kvs.into_iter().next();
+        prev = view
+            .range(&p.key, &[], RangeOptions::default())?
+            .kvs
+            .into_iter()
+            .next();
     }
     let (mut value, mut lease) = (&p.value[..], p.lease);
     if p.ignore_value || p.ignore_lease {
-        let Some(prev) = &prev else { return Err(Error::KeyNotFound) };
+        let Some(prev) = &prev else {
+            return Err(Error::KeyNotFound);
+        };
         if p.ignore_value {
             value = &prev.value[..];
         }
@@ -222,7 +251,10 @@ fn put(view: &mut View<'_>, p: &PutRequest) -> Result<PutResponse> {
     let value = value.to_vec();
     let txn = view.write_txn();
     txn.put(&p.key, &value, lease)?;
-    Ok(PutResponse { header: rev_header(txn.rev()), prev_kv: if p.prev_kv { prev } else { None } })
+    Ok(PutResponse {
+        header: rev_header(txn.rev()),
+        prev_kv: if p.prev_kv { prev } else { None },
+    })
 }
 
 /// `applierV3backend.DeleteRange`.
@@ -238,11 +270,14 @@ fn delete_range(view: &mut View<'_>, d: &DeleteRangeRequest) -> Result<DeleteRan
 
 /// Whether a txn writes nothing on any branch (`isTxnReadonly`).
 pub(crate) fn is_read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) => true,
-        Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) => true,
+            Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+            _ => false,
+        })
 }
 
 /// `applierV3backend.Txn`.
@@ -381,7 +416,13 @@ fn run_txn(view: &mut View<'_>, t: &TxnRequest, path: &mut &[bool]) -> Result<Tx
             }
             None => return Err(Error::KeyNotFound),
         };
-        responses.push(ResponseOp { response: Some(response) });
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
     }
-    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded: ok, responses })
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded: ok,
+        responses,
+    })
 }

@@ -51,7 +51,8 @@ impl DataDir {
     /// Creates the directories (mode 0700, like etcd) and the version file.
     pub fn create(&self) -> Result<(), StartError> {
         for d in [&self.root, &self.snap()] {
-            create_dir_private(d).map_err(|e| self.err(format!("cannot create {}: {e}", d.display())))?;
+            create_dir_private(d)
+                .map_err(|e| self.err(format!("cannot create {}: {e}", d.display())))?;
         }
         std::fs::write(self.version_file(), format!("{FORMAT_VERSION}\n"))
             .map_err(|e| self.err(format!("cannot write the version file: {e}")))?;
@@ -65,10 +66,12 @@ impl DataDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.err(format!("cannot read the version file: {e}"))),
         };
-        let v: u32 = text
-            .trim()
-            .parse()
-            .map_err(|_| self.err(format!("version file holds {:?}, not a number", text.trim())))?;
+        let v: u32 = text.trim().parse().map_err(|_| {
+            self.err(format!(
+                "version file holds {:?}, not a number",
+                text.trim()
+            ))
+        })?;
         if v > FORMAT_VERSION {
             return Err(self.err(format!(
                 "written by a newer version (format {v}); this build reads format {FORMAT_VERSION} \
@@ -79,7 +82,10 @@ impl DataDir {
     }
 
     fn err(&self, reason: String) -> StartError {
-        StartError::DataDir { path: self.root.clone(), reason }
+        StartError::DataDir {
+            path: self.root.clone(),
+            reason,
+        }
     }
 }
 

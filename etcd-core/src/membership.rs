@@ -74,7 +74,9 @@ pub fn parse_initial_cluster(s: &str, token: &str) -> Result<Vec<Member>, String
     let mut members: Vec<Member> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((name, url)) = part.split_once('=') else {
-            return Err(format!("--initial-cluster: {part:?} is not of the form name=url"));
+            return Err(format!(
+                "--initial-cluster: {part:?} is not of the form name=url"
+            ));
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
@@ -110,15 +112,20 @@ mod tests {
 
     #[test]
     fn default_ids_match_etcd() {
-        let members = parse_initial_cluster("default=http://localhost:2380", "etcd-cluster").unwrap();
+        let members =
+            parse_initial_cluster("default=http://localhost:2380", "etcd-cluster").unwrap();
         assert_eq!(format_id(members[0].id), "8e9e05c52164694d");
         assert_eq!(format_id(cluster_id(&[members[0].id])), "cdf818194e3a8c32");
     }
 
     #[test]
     fn bad_initial_cluster_is_explained() {
-        assert!(parse_initial_cluster("default", "t").unwrap_err().contains("name=url"));
-        assert!(parse_initial_cluster("a=localhost:2380", "t").unwrap_err().contains("http://"));
+        assert!(parse_initial_cluster("default", "t")
+            .unwrap_err()
+            .contains("name=url"));
+        assert!(parse_initial_cluster("a=localhost:2380", "t")
+            .unwrap_err()
+            .contains("http://"));
         let two = parse_initial_cluster("a=http://x:1,a=http://y:1,b=http://z:1", "t").unwrap();
         assert_eq!(two.len(), 2);
         assert_eq!(two[0].peer_urls.len(), 2);

@@ -111,7 +111,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<Interval<'
         .collect();
     let mut puts: HashSet<&[u8]> = HashSet::new();
     for op in reqs {
-        let Some(request_op::Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -130,7 +132,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<Interval<'
         dels.extend(dels_else);
     }
     for op in reqs {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         let k = &p.key[..];
         if puts.contains(k) || dels.iter().any(|d| d.contains(k)) {
             return Err(Error::DuplicateKey);
@@ -155,47 +159,77 @@ mod tests {
 
     fn del(k: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: k.as_bytes().to_vec().into(),
-                range_end: end.as_bytes().to_vec().into(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.as_bytes().to_vec().into(),
+                    range_end: end.as_bytes().to_vec().into(),
+                    ..Default::default()
+                },
+            )),
         }
     }
 
     fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
-        TxnRequest { compare: vec![], success, failure }
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
     }
 
     #[test]
     fn duplicate_puts_are_refused() {
-        assert_eq!(check_txn(&txn(vec![put("a"), put("a")], vec![]), 128), Err(Error::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![put("a"), put("a")], vec![]), 128),
+            Err(Error::DuplicateKey)
+        );
         assert_eq!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128), Ok(()));
     }
 
     #[test]
     fn put_inside_deleted_interval_is_refused() {
-        assert_eq!(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128), Err(Error::DuplicateKey));
-        assert_eq!(check_txn(&txn(vec![del("a", "c"), put("c")], vec![]), 128), Ok(()));
-        assert_eq!(check_txn(&txn(vec![del("b", ""), put("b")], vec![]), 128), Err(Error::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128),
+            Err(Error::DuplicateKey)
+        );
+        assert_eq!(
+            check_txn(&txn(vec![del("a", "c"), put("c")], vec![]), 128),
+            Ok(())
+        );
+        assert_eq!(
+            check_txn(&txn(vec![del("b", ""), put("b")], vec![]), 128),
+            Err(Error::DuplicateKey)
+        );
         // "\0" as range end is taken literally, as etcd does.
-        assert_eq!(check_txn(&txn(vec![del("b", "\0"), put("b")], vec![]), 128), Ok(()));
+        assert_eq!(
+            check_txn(&txn(vec![del("b", "\0"), put("b")], vec![]), 128),
+            Ok(())
+        );
     }
 
     #[test]
     fn nested_txn_branches_may_share_keys_but_not_with_parent() {
         let nested = RequestOp {
-            request: Some(request_op::Request::RequestTxn(txn(vec![put("x")], vec![put("x")]))),
+            request: Some(request_op::Request::RequestTxn(txn(
+                vec![put("x")],
+                vec![put("x")],
+            ))),
         };
         assert_eq!(check_txn(&txn(vec![nested.clone()], vec![]), 128), Ok(()));
-        assert_eq!(check_txn(&txn(vec![nested, put("x")], vec![]), 128), Err(Error::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![nested, put("x")], vec![]), 128),
+            Err(Error::DuplicateKey)
+        );
     }
 
     #[test]
     fn too_many_ops_and_empty_keys() {
         let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
         assert_eq!(check_txn(&txn(many, vec![]), 128), Err(Error::TooManyOps));
-        assert_eq!(check_txn(&txn(vec![put("")], vec![]), 128), Err(Error::EmptyKey));
+        assert_eq!(
+            check_txn(&txn(vec![put("")], vec![]), 128),
+            Err(Error::EmptyKey)
+        );
         assert_eq!(
             check_txn(&txn(vec![RequestOp { request: None }], vec![]), 128),
             Err(Error::KeyNotFound)

@@ -18,15 +18,18 @@ use crate::error::StartError;
 use crate::membership::{self, Member, WalMetadata};
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
-    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MoveLeaderResponse, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MemberListResponse,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::raft_request::{Op, RaftRequest};
 use crate::request_check;
 use crate::wait::Wait;
 use crate::{Error, Result};
 use etcd_mvcc::{Store, StoreOptions};
-use etcd_raft_node::{eraftpb::ConfState, CommittedEntry, EntryKind, NodeConfig, RaftNode, WalStorage};
+use etcd_raft_node::{
+    eraftpb::ConfState, CommittedEntry, EntryKind, NodeConfig, RaftNode, WalStorage,
+};
 use parking_lot::Mutex;
 use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,8 +96,12 @@ impl Etcd {
             let meta = bootstrap_metadata(&cfg)?;
             dir.create()?;
             let store = Store::open(&dir.db(), StoreOptions::default())?;
-            let storage =
-                WalStorage::create(&dir.wal(), wal_opts, &meta.encode_to_vec(), conf_state(&meta))?;
+            let storage = WalStorage::create(
+                &dir.wal(),
+                wal_opts,
+                &meta.encode_to_vec(),
+                conf_state(&meta),
+            )?;
             tracing::info!(
                 member = %membership::format_id(meta.member_id),
                 cluster = %membership::format_id(meta.cluster_id),
@@ -108,7 +115,12 @@ impl Etcd {
         let tick = cfg.heartbeat_interval;
         let node_cfg = NodeConfig {
             id: meta.member_id,
-            voters: meta.members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect(),
+            voters: meta
+                .members
+                .iter()
+                .filter(|m| !m.is_learner)
+                .map(|m| m.id)
+                .collect(),
             applied,
             tick_interval: tick,
             election_tick: (cfg.election_timeout.as_millis() / tick.as_millis()).max(2) as usize,
@@ -145,7 +157,9 @@ impl Etcd {
                 node,
                 wait,
                 // etcd's idutil: member id's low 16 bits, then a time-based counter.
-                next_id: AtomicU64::new(((meta.member_id & 0xffff) << 48) | ((start_ms & 0xff_ffff_ffff) << 8)),
+                next_id: AtomicU64::new(
+                    ((meta.member_id & 0xffff) << 48) | ((start_ms & 0xff_ffff_ffff) << 8),
+                ),
                 applied: applied_rx,
                 apply_thread: Mutex::new(Some(apply_thread)),
                 cfg,
@@ -308,7 +322,9 @@ impl Etcd {
     /// and writes continue meanwhile. Blocking; call from a blocking context.
     pub fn defragment(&self) -> Result<DefragmentResponse> {
         self.inner.store.defragment()?;
-        Ok(DefragmentResponse { header: Some(self.header(self.inner.store.current_revision())) })
+        Ok(DefragmentResponse {
+            header: Some(self.header(self.inner.store.current_revision())),
+        })
     }
 
     /// Maintenance.HashKV: a hash of every key revision up to `revision`
@@ -329,11 +345,18 @@ impl Etcd {
         if st.leader_id != self.inner.member_id {
             return Err(Error::NotLeader);
         }
-        if !self.inner.members.iter().any(|m| m.id == target && !m.is_learner) {
+        if !self
+            .inner
+            .members
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
             return Err(Error::BadLeaderTransferee);
         }
         // In a single-member cluster the only voter is already the leader.
-        Ok(MoveLeaderResponse { header: Some(self.header(self.inner.store.current_revision())) })
+        Ok(MoveLeaderResponse {
+            header: Some(self.header(self.inner.store.current_revision())),
+        })
     }
 
     /// The MVCC store, for maintenance operations.
@@ -423,17 +446,30 @@ fn raft_error(e: etcd_raft_node::Error) -> Error {
 /// is serializable (etcd's `isTxnSerializable`).
 fn is_serializable(t: &TxnRequest) -> bool {
     use crate::pb::etcdserverpb::request_op::Request;
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(r)) => r.serializable,
-        Some(Request::RequestTxn(t)) => is_serializable(t),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.serializable,
+            Some(Request::RequestTxn(t)) => is_serializable(t),
+            _ => true,
+        })
 }
 
 fn conf_state(meta: &WalMetadata) -> ConfState {
     let mut cs = ConfState::default();
-    cs.voters = meta.members.iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
-    cs.learners = meta.members.iter().filter(|m| m.is_learner).map(|m| m.id).collect();
+    cs.voters = meta
+        .members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    cs.learners = meta
+        .members
+        .iter()
+        .filter(|m| m.is_learner)
+        .map(|m| m.id)
+        .collect();
     cs
 }
 
@@ -446,8 +482,9 @@ fn bootstrap_metadata(cfg: &Config) -> Result<WalMetadata, StartError> {
                 .into(),
         ));
     }
-    let members = membership::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
-        .map_err(StartError::Config)?;
+    let members =
+        membership::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
+            .map_err(StartError::Config)?;
     let Some(me) = members.iter().find(|m| m.name == cfg.name) else {
         return Err(StartError::Config(format!(
             "couldn't find local name {:?} in the initial cluster configuration {:?}",
@@ -476,7 +513,11 @@ fn bootstrap_metadata(cfg: &Config) -> Result<WalMetadata, StartError> {
     }
     let member_id = me.id;
     let cluster_id = membership::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
-    Ok(WalMetadata { member_id, cluster_id, members })
+    Ok(WalMetadata {
+        member_id,
+        cluster_id,
+        members,
+    })
 }
 
 /// Applies committed entries in order until raft stops.
@@ -488,7 +529,9 @@ fn apply_loop(
     applied_tx: &watch::Sender<u64>,
 ) {
     while let Ok(etcd_raft_node::Applied::Entries(entries)) = rx.recv() {
-        let Some(last) = entries.last().map(|e| e.index) else { continue };
+        let Some(last) = entries.last().map(|e| e.index) else {
+            continue;
+        };
         for e in entries {
             apply_entry(store, wait, e);
         }
@@ -511,7 +554,10 @@ fn apply_entry(store: &Store, wait: &Wait<Result<Applied>>, e: CommittedEntry) {
         EntryKind::Normal if e.data.is_empty() => persist_index_only("leader no-op"),
         EntryKind::Normal => {
             let req = RaftRequest::decode(e.data.clone()).unwrap_or_else(|err| {
-                panic!("raft entry {} is not a request this build understands: {err}", e.index)
+                panic!(
+                    "raft entry {} is not a request this build understands: {err}",
+                    e.index
+                )
             });
             let result = apply::apply(store, e.index, &req);
             if let Err(Error::Internal(msg)) = &result {
@@ -520,7 +566,10 @@ fn apply_entry(store: &Store, wait: &Wait<Result<Applied>>, e: CommittedEntry) {
             wait.trigger(req.id, result);
         }
         EntryKind::ConfChange | EntryKind::ConfChangeV2 => {
-            tracing::warn!(index = e.index, "ignoring a membership change entry: not supported yet");
+            tracing::warn!(
+                index = e.index,
+                "ignoring a membership change entry: not supported yet"
+            );
             persist_index_only("membership change");
         }
     }

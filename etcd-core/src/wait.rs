@@ -12,7 +12,9 @@ pub(crate) struct Wait<T> {
 
 impl<T> Wait<T> {
     pub(crate) fn new() -> Self {
-        Wait { waiters: Mutex::new(HashMap::new()) }
+        Wait {
+            waiters: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Registers `id`; the receiver gets the value given to [`Wait::trigger`].

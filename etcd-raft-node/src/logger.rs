@@ -40,5 +40,8 @@ impl Drain for TracingDrain {
 
 /// The logger handed to raft-rs.
 pub(crate) fn raft_logger(id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("raft_id" => format!("{id:x}")))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("raft_id" => format!("{id:x}")),
+    )
 }

@@ -287,7 +287,9 @@ fn run(
                 }
             }
             if !committed.is_empty()
-                && apply_tx.send(Applied::Entries(std::mem::take(&mut committed))).is_err()
+                && apply_tx
+                    .send(Applied::Entries(std::mem::take(&mut committed)))
+                    .is_err()
             {
                 // The application went away.
                 peer.fail_all(|| Error::Stopped);

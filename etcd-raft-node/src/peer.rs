@@ -117,7 +117,11 @@ impl Peer {
     /// number of ticks) instead of failing at once.
     pub fn propose(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
         if self.raw.raft.leader_id == INVALID_ID || !self.waiting.is_empty() {
-            self.waiting.push_back(WaitingProposal { data, ack, since_tick: self.ticks });
+            self.waiting.push_back(WaitingProposal {
+                data,
+                ack,
+                since_tick: self.ticks,
+            });
             return;
         }
         let r = self.raw.propose(Vec::new(), data).map_err(|e| match e {
@@ -233,7 +237,9 @@ impl Peer {
     }
 
     fn on_read_state(&mut self, ctx: &[u8], index: u64) {
-        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else { return };
+        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
         if let Some(batch) = self.inflight_reads.remove(&u64::from_be_bytes(ctx)) {
             for cb in batch {
                 cb(Ok(index));
@@ -257,7 +263,12 @@ impl Peer {
                 StateRole::PreCandidate => Role::PreCandidate,
                 StateRole::Leader => Role::Leader,
             },
-            is_learner: raft.prs().conf().to_conf_state().learners.contains(&raft.id),
+            is_learner: raft
+                .prs()
+                .conf()
+                .to_conf_state()
+                .learners
+                .contains(&raft.id),
         }
     }
 

@@ -80,7 +80,10 @@ impl WalStorage {
                         e.index, e.term
                     ))
                 })?;
-                assert_eq!(entry.index, e.index, "WAL record index disagrees with its entry");
+                assert_eq!(
+                    entry.index, e.index,
+                    "WAL record index disagrees with its entry"
+                );
                 entries.push(entry);
             }
             core.append(&entries)?;
@@ -112,7 +115,10 @@ impl WalStorage {
             core.set_hardstate(hs);
             core.set_conf_state(conf_state);
         }
-        Ok(Opened { storage: WalStorage { mem, wal }, metadata: rec.metadata })
+        Ok(Opened {
+            storage: WalStorage { mem, wal },
+            metadata: rec.metadata,
+        })
     }
 
     /// Persists new entries and/or a hard state. When `sync` is true, returns
@@ -200,7 +206,10 @@ impl Storage for WalStorage {
 }
 
 fn encode_entry(e: &Entry) -> bytes::Bytes {
-    bytes::Bytes::from(e.write_to_bytes().expect("encoding a raft entry cannot fail"))
+    bytes::Bytes::from(
+        e.write_to_bytes()
+            .expect("encoding a raft entry cannot fail"),
+    )
 }
 
 fn decode_entry(data: &[u8]) -> Result<Entry, String> {
@@ -234,17 +243,20 @@ mod tests {
         hs.term = 2;
         hs.vote = 1;
         hs.commit = 2;
-        s.persist(&[entry(1, 1, b"a"), entry(2, 2, b"b")], Some(&hs), true).unwrap();
+        s.persist(&[entry(1, 1, b"a"), entry(2, 2, b"b")], Some(&hs), true)
+            .unwrap();
         // A new leader overwrites index 2.
-        s.persist(&[entry(2, 3, b"c"), entry(3, 3, b"d")], None, true).unwrap();
+        s.persist(&[entry(2, 3, b"c"), entry(3, 3, b"d")], None, true)
+            .unwrap();
         drop(s);
 
-        let opened =
-            WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 2).unwrap();
+        let opened = WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 2).unwrap();
         assert_eq!(&opened.metadata[..], b"meta");
         let s = opened.storage;
         assert_eq!(s.last_index(), 3);
-        let ents = s.entries(1, 4, None, GetEntriesContext::empty(false)).unwrap();
+        let ents = s
+            .entries(1, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
         let datas: Vec<&[u8]> = ents.iter().map(|e| &e.data[..]).collect();
         assert_eq!(datas, vec![&b"a"[..], b"c", b"d"]);
         assert_eq!(s.term(2).unwrap(), 3);
@@ -264,6 +276,9 @@ mod tests {
         let err = WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 5)
             .err()
             .expect("must refuse");
-        assert!(err.to_string().contains("beyond the last WAL entry"), "{err}");
+        assert!(
+            err.to_string().contains("beyond the last WAL entry"),
+            "{err}"
+        );
     }
 }

@@ -107,7 +107,8 @@ impl<S> AuthorityFix<S> {
                     if self.raw.len() < 9 {
                         return;
                     }
-                    let len = u32::from_be_bytes([0, self.raw[0], self.raw[1], self.raw[2]]) as usize;
+                    let len =
+                        u32::from_be_bytes([0, self.raw[0], self.raw[1], self.raw[2]]) as usize;
                     if self.raw.len() < 9 + len {
                         return;
                     }
@@ -119,9 +120,13 @@ impl<S> AuthorityFix<S> {
                     }
                     let mut frame = self.raw.split_to(9 + len);
                     let flags = frame[4];
-                    let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+                    let stream =
+                        u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
                     frame.advance(9);
-                    if self.take_header_frame(kind, flags, stream, frame.to_vec()).is_err() {
+                    if self
+                        .take_header_frame(kind, flags, stream, frame.to_vec())
+                        .is_err()
+                    {
                         // Leave the (now inconsistent) connection to h2,
                         // which will fail it with a compression error.
                         self.mode = Mode::Passthrough;
@@ -131,7 +136,13 @@ impl<S> AuthorityFix<S> {
         }
     }
 
-    fn take_header_frame(&mut self, kind: u8, flags: u8, stream: u32, mut payload: Vec<u8>) -> Result<(), ()> {
+    fn take_header_frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        mut payload: Vec<u8>,
+    ) -> Result<(), ()> {
         if kind == HEADERS {
             if flags & PADDED != 0 {
                 let pad = *payload.first().ok_or(())? as usize;
@@ -151,7 +162,12 @@ impl<S> AuthorityFix<S> {
             } else {
                 None
             };
-            self.pending = Some(PendingBlock { stream, flags, priority, fragment: payload });
+            self.pending = Some(PendingBlock {
+                stream,
+                flags,
+                priority,
+                fragment: payload,
+            });
         } else {
             let p = self.pending.as_mut().ok_or(())?;
             if p.stream != stream {
@@ -169,7 +185,9 @@ impl<S> AuthorityFix<S> {
                 *value = fix_authority(value);
             }
         }
-        let encoded = self.encoder.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+        let encoded = self
+            .encoder
+            .encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
         self.write_block(&block, &encoded);
         Ok(())
     }
@@ -182,7 +200,13 @@ impl<S> AuthorityFix<S> {
         if rest.is_empty() {
             flags |= END_HEADERS;
         }
-        put_frame_header(&mut self.ready, prio_len + first.len(), HEADERS, flags, block.stream);
+        put_frame_header(
+            &mut self.ready,
+            prio_len + first.len(),
+            HEADERS,
+            flags,
+            block.stream,
+        );
         if let Some(p) = block.priority {
             self.ready.extend_from_slice(&p);
         }
@@ -191,7 +215,13 @@ impl<S> AuthorityFix<S> {
             let (chunk, tail) = rest.split_at(rest.len().min(MAX_FRAME));
             rest = tail;
             let flags = if rest.is_empty() { END_HEADERS } else { 0 };
-            put_frame_header(&mut self.ready, chunk.len(), CONTINUATION, flags, block.stream);
+            put_frame_header(
+                &mut self.ready,
+                chunk.len(),
+                CONTINUATION,
+                flags,
+                block.stream,
+            );
             self.ready.extend_from_slice(chunk);
         }
     }
@@ -206,14 +236,20 @@ fn put_frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream:
 
 /// `http://host:port/path` -> `host:port`; anything else unchanged.
 fn fix_authority(value: &[u8]) -> Vec<u8> {
-    let Some(pos) = value.windows(3).position(|w| w == b"://") else { return value.to_vec() };
+    let Some(pos) = value.windows(3).position(|w| w == b"://") else {
+        return value.to_vec();
+    };
     let rest = &value[pos + 3..];
     let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
     rest[..end].to_vec()
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if !this.ready.is_empty() {
@@ -245,7 +281,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -270,7 +310,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
 }
 
-impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for AuthorityFix<S> {
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityFix<S>
+{
     type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
@@ -324,7 +366,12 @@ mod tests {
         let mut padded = vec![3u8];
         padded.extend_from_slice(&block2);
         padded.extend_from_slice(&[0, 0, 0]);
-        input.extend(frame(HEADERS, END_HEADERS | END_STREAM | PADDED, 3, &padded));
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM | PADDED,
+            3,
+            &padded,
+        ));
         input.extend(frame(0x0, END_STREAM, 1, b"data")); // DATA
         let out = run(input).await;
 

@@ -31,16 +31,32 @@ pub struct Flags {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// List of URLs to listen on for client traffic.
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub listen_client_urls: String,
     /// List of this member's client URLs to advertise to the public.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub advertise_client_urls: String,
     /// List of URLs to listen on for peer traffic.
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub listen_peer_urls: String,
     /// List of this member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping (name=url,...).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
@@ -49,7 +65,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
     /// Initial cluster token for the etcd cluster during bootstrap.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
@@ -108,33 +128,56 @@ where
     I: IntoIterator<Item = OsString>,
     E: IntoIterator<Item = (String, String)>,
 {
-    let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("ETCD_")).collect();
-    let cmd = Flags::command();
-    let longs: Vec<String> =
-        cmd.get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect();
-    let args: Vec<OsString> = args.into_iter().map(|a| single_dash_to_double(a, &longs)).collect();
-    let matches = cmd.try_get_matches_from(args).map_err(|e| e.to_string())?;
-    let mut warnings = Vec::new();
-    // A flag given on the command line and in the environment is an error.
-    for arg in Flags::command().get_arguments() {
-        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else { continue };
-        let var = var.to_string_lossy();
-        let id = arg.get_id().as_str();
-        if matches.value_source(id) == Some(ValueSource::CommandLine)
-            && env.iter().any(|(k, _)| *k == var)
-        {
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ETCD_"))
+        .collect();
+    // (flag id, --long, ETCD_ name) of every flag that has an env var.
+    let vars: Vec<(String, String, String)> = Flags::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let var = a.get_env()?.to_string_lossy().into_owned();
+            Some((a.get_id().to_string(), a.get_long()?.to_string(), var))
+        })
+        .collect();
+    // clap would read the process environment itself; the environment is
+    // applied here instead, from `env`, so parsing depends only on inputs.
+    let command = || Flags::command().mut_args(|a| a.env(clap::builder::Resettable::Reset));
+    let longs: Vec<String> = command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| single_dash_to_double(a, &longs))
+        .collect();
+    let cli = command()
+        .try_get_matches_from(&args)
+        .map_err(|e| e.to_string())?;
+    let mut with_env = args[..1.min(args.len())].to_vec();
+    for (id, long, var) in &vars {
+        let Some((_, value)) = env.iter().find(|(k, _)| k == var) else {
+            continue;
+        };
+        if cli.value_source(id) == Some(ValueSource::CommandLine) {
+            // A setting given both ways is an error naming both.
             return Err(format!(
                 "conflicting environment variable {var:?} is shadowed by corresponding \
                  command-line flag --{long} (either unset environment variable or disable flag)"
             ));
         }
+        with_env.push(OsString::from(format!("--{long}={value}")));
     }
-    let known: Vec<String> = Flags::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
+    with_env.extend(args.into_iter().skip(1));
+    let matches = command()
+        .try_get_matches_from(with_env)
+        .map_err(|e| e.to_string())?;
+    let mut warnings = Vec::new();
     for (k, v) in &env {
-        if !known.contains(k) && k != "ETCD_VERSION" && k != "ETCD_UNSUPPORTED_ARCH" {
+        if !vars.iter().any(|(_, _, var)| var == k)
+            && k != "ETCD_VERSION"
+            && k != "ETCD_UNSUPPORTED_ARCH"
+        {
             warnings.push(format!("unrecognized environment variable {k}={v}"));
         }
     }
@@ -160,14 +203,20 @@ fn single_dash_to_double(arg: OsString, longs: &[String]) -> OsString {
 }
 
 fn split_urls(flag: &str, s: &str) -> Result<Vec<String>, String> {
-    let urls: Vec<String> =
-        s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect();
+    let urls: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
     if urls.is_empty() {
         return Err(format!("--{flag} must not be empty"));
     }
     for u in &urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(format!("--{flag}: URL {u:?} must start with http:// or https://"));
+            return Err(format!(
+                "--{flag}: URL {u:?} must start with http:// or https://"
+            ));
         }
     }
     Ok(urls)
@@ -212,12 +261,19 @@ impl Flags {
             }
         };
         if self.logger != "zap" {
-            return Err(format!("--logger={:?}: only 'zap' is supported", self.logger));
+            return Err(format!(
+                "--logger={:?}: only 'zap' is supported",
+                self.logger
+            ));
         }
         let log_to_stdout = match self.log_outputs.as_str() {
             "default" | "stderr" => false,
             "stdout" => true,
-            other => return Err(format!("--log-outputs={other:?}: use default, stderr or stdout")),
+            other => {
+                return Err(format!(
+                    "--log-outputs={other:?}: use default, stderr or stdout"
+                ))
+            }
         };
         let initial_cluster_state = match self.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
@@ -233,14 +289,24 @@ impl Flags {
             .iter()
             .map(|u| listen_addr("listen-client-urls", u).map(|a| (u.clone(), a)))
             .collect::<Result<Vec<_>, _>>()?;
-        let advertise_client_urls = split_urls("advertise-client-urls", &self.advertise_client_urls)?;
+        let advertise_client_urls =
+            split_urls("advertise-client-urls", &self.advertise_client_urls)?;
         split_urls("listen-peer-urls", &self.listen_peer_urls)?;
-        let peer_urls = split_urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
+        let peer_urls = split_urls(
+            "initial-advertise-peer-urls",
+            &self.initial_advertise_peer_urls,
+        )?;
         let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
             // etcd's default: this member at each of its advertised peer URLs.
-            peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
+            peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(",")
         });
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         let core = etcd_core::Config {
             name: self.name,
             data_dir,
@@ -256,7 +322,12 @@ impl Flags {
             quota_backend_bytes: self.quota_backend_bytes,
         };
         core.validate().map_err(|e| e.to_string())?;
-        Ok(ServerConfig { core, client_listeners, log_level: log_level.into(), log_to_stdout })
+        Ok(ServerConfig {
+            core,
+            client_listeners,
+            log_level: log_level.into(),
+            log_to_stdout,
+        })
     }
 }
 
@@ -265,8 +336,13 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<(Command, Vec<String>), String> {
-        let args = std::iter::once("etcd-server").chain(args.iter().copied()).map(OsString::from);
-        parse(args, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        let args = std::iter::once("etcd-server")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        parse(
+            args,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     fn config(args: &[&str], env: &[(&str, &str)]) -> ServerConfig {
@@ -292,7 +368,10 @@ mod tests {
     fn data_dir_follows_name_and_env_works() {
         let c = config(&["--name", "infra0"], &[]);
         assert_eq!(c.core.data_dir, PathBuf::from("infra0.etcd"));
-        let c = config(&[], &[("ETCD_NAME", "fromenv"), ("ETCD_MAX_REQUEST_BYTES", "100")]);
+        let c = config(
+            &[],
+            &[("ETCD_NAME", "fromenv"), ("ETCD_MAX_REQUEST_BYTES", "100")],
+        );
         assert_eq!(c.core.name, "fromenv");
         assert_eq!(c.core.max_request_bytes, 100);
     }
@@ -315,16 +394,25 @@ mod tests {
         let err = run(&["--no-such-flag"], &[]).err().unwrap();
         assert!(err.contains("--no-such-flag"), "{err}");
         let (_, warnings) = run(&[], &[("ETCD_NO_SUCH", "1")]).unwrap();
-        assert_eq!(warnings, vec!["unrecognized environment variable ETCD_NO_SUCH=1".to_string()]);
+        assert_eq!(
+            warnings,
+            vec!["unrecognized environment variable ETCD_NO_SUCH=1".to_string()]
+        );
     }
 
     #[test]
     fn bad_values_are_explained() {
         for (args, want) in [
-            (&["--initial-cluster-state", "old"][..], "must be 'new' or 'existing'"),
+            (
+                &["--initial-cluster-state", "old"][..],
+                "must be 'new' or 'existing'",
+            ),
             (&["--log-level", "loud"][..], "--log-level"),
             (&["--listen-client-urls", "localhost:2379"][..], "http://"),
-            (&["--listen-client-urls", "https://localhost:2379"][..], "TLS"),
+            (
+                &["--listen-client-urls", "https://localhost:2379"][..],
+                "TLS",
+            ),
             (&["--election-timeout", "100"][..], "at least as 5 times"),
         ] {
             let err = run(args, &[]).err().unwrap();
@@ -334,6 +422,9 @@ mod tests {
 
     #[test]
     fn version_flag() {
-        assert!(matches!(run(&["--version"], &[]), Ok((Command::Version, _))));
+        assert!(matches!(
+            run(&["--version"], &[]),
+            Ok((Command::Version, _))
+        ));
     }
 }

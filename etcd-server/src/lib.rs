@@ -15,7 +15,9 @@ pub use status::to_status;
 
 use anyhow::Context as _;
 use etcd_core::Etcd;
-use rpc::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
+use rpc::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
 use std::future::Future;
 use tokio::net::TcpListener;
 
@@ -78,7 +80,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             tracing::warn!("client listener ended with: {e}");
         }
     }
-    tokio::task::spawn_blocking(move || etcd.stop()).await.context("stop task failed")?;
+    tokio::task::spawn_blocking(move || etcd.stop())
+        .await
+        .context("stop task failed")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The etcd v3 gRPC services over an [`Etcd`] handle. Each method only
 //! unwraps the request, calls the engine and translates errors.
 
-use crate::rpc::etcdserverpb::{cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance};
+use crate::rpc::etcdserverpb::{
+    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance,
+};
 use crate::status::{to_status, unsupported};
 use etcd_core::pb::etcdserverpb::*;
 use etcd_core::Etcd;
@@ -70,7 +72,10 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
-        reply(self.0.hash_kv(0).map(|r| HashResponse { header: r.header, hash: r.hash }))
+        reply(self.0.hash_kv(0).map(|r| HashResponse {
+            header: r.header,
+            hash: r.hash,
+        }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
@@ -103,11 +108,17 @@ impl Cluster for ClusterService {
         Err(unsupported("member add"))
     }
 
-    async fn member_remove(&self, _req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
+    async fn member_remove(
+        &self,
+        _req: Request<MemberRemoveRequest>,
+    ) -> Reply<MemberRemoveResponse> {
         Err(unsupported("member remove"))
     }
 
-    async fn member_update(&self, _req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
+    async fn member_update(
+        &self,
+        _req: Request<MemberUpdateRequest>,
+    ) -> Reply<MemberUpdateResponse> {
         Err(unsupported("member update"))
     }
 
@@ -115,7 +126,10 @@ impl Cluster for ClusterService {
         Ok(Response::new(self.0.member_list()))
     }
 
-    async fn member_promote(&self, _req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
+    async fn member_promote(
+        &self,
+        _req: Request<MemberPromoteRequest>,
+    ) -> Reply<MemberPromoteResponse> {
         Err(unsupported("member promote"))
     }
 }

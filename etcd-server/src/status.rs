@@ -24,7 +24,9 @@ pub fn to_status(e: Error) -> Status {
 /// The status for an API this build does not serve yet: says what is
 /// missing instead of pretending.
 pub fn unsupported(what: &str) -> Status {
-    Status::unimplemented(format!("etcdserver: {what} is not supported by this server yet"))
+    Status::unimplemented(format!(
+        "etcdserver: {what} is not supported by this server yet"
+    ))
 }
 
 #[cfg(test)]
@@ -35,7 +37,10 @@ mod tests {
     fn compacted_maps_to_out_of_range_with_etcds_message() {
         let s = to_status(Error::Compacted);
         assert_eq!(s.code(), tonic::Code::OutOfRange);
-        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
         let s = to_status(Error::EmptyKey);
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(s.message(), "etcdserver: key is not provided");

@@ -15,7 +15,9 @@ fn b64(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -35,11 +37,29 @@ fn put_get_with_options() {
     for (k, v) in [("foo1", "a"), ("foo2", "b"), ("fop", "c"), ("zzz", "d")] {
         s.ctl_ok(&["put", k, v]);
     }
-    assert_eq!(s.ctl_ok(&["get", "foo", "--prefix", "--keys-only"]), "foo\n\nfoo1\n\nfoo2\n\n");
-    assert_eq!(s.ctl_ok(&["get", "foo", "--prefix", "--limit", "2"]), "foo\nbar\nfoo1\na\n");
-    assert_eq!(s.ctl_ok(&["get", "fop", "--from-key", "--print-value-only"]), "c\nd\n");
     assert_eq!(
-        s.ctl_ok(&["get", "foo", "--prefix", "--sort-by", "VALUE", "--order", "DESCEND", "--print-value-only"]),
+        s.ctl_ok(&["get", "foo", "--prefix", "--keys-only"]),
+        "foo\n\nfoo1\n\nfoo2\n\n"
+    );
+    assert_eq!(
+        s.ctl_ok(&["get", "foo", "--prefix", "--limit", "2"]),
+        "foo\nbar\nfoo1\na\n"
+    );
+    assert_eq!(
+        s.ctl_ok(&["get", "fop", "--from-key", "--print-value-only"]),
+        "c\nd\n"
+    );
+    assert_eq!(
+        s.ctl_ok(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by",
+            "VALUE",
+            "--order",
+            "DESCEND",
+            "--print-value-only"
+        ]),
         "bar\nb\na\n"
     );
     // History: revision 2 is the first put.
@@ -62,7 +82,10 @@ fn put_get_with_options() {
     // differential test over gRPC.)
 
     let err = s.ctl_err(&["get", "foo", "--rev", "100"]);
-    assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -71,7 +94,10 @@ fn delete_with_prefix_and_prev_kv() {
     for (k, v) in [("a/1", "x"), ("a/2", "y"), ("b", "z")] {
         s.ctl_ok(&["put", k, v]);
     }
-    assert_eq!(s.ctl_ok(&["del", "a/", "--prefix", "--prev-kv"]), "2\na/1\nx\na/2\ny\n");
+    assert_eq!(
+        s.ctl_ok(&["del", "a/", "--prefix", "--prev-kv"]),
+        "2\na/1\nx\na/2\ny\n"
+    );
     assert_eq!(s.ctl_ok(&["del", "nothing"]), "0\n");
     assert_eq!(s.ctl_ok(&["get", "", "--from-key", "--keys-only"]), "b\n\n");
     let j = json(&s.ctl_ok(&["get", "b", "-w", "json"]));
@@ -85,19 +111,32 @@ fn txn_from_stdin() {
     s.ctl_ok(&["put", "key1", "v1"]);
     let input = "mod(\"key1\") > \"0\"\n\nput key1 \"overwrote-key1\"\nget key1\n\nput key1 \"created-key1\"\n\n";
     let out = s.etcdctl_stdin(&["txn"], input);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "SUCCESS\n\nOK\n\nkey1\noverwrote-key1\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "SUCCESS\n\nOK\n\nkey1\noverwrote-key1\n"
+    );
 
     let input = "value(\"key1\") = \"nope\"\n\nput key1 \"x\"\n\nput key2 \"failure-branch\"\n\n";
     let out = s.etcdctl_stdin(&["txn"], input);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "FAILURE\n\nOK\n");
-    assert_eq!(s.ctl_ok(&["get", "key2", "--print-value-only"]), "failure-branch\n");
+    assert_eq!(
+        s.ctl_ok(&["get", "key2", "--print-value-only"]),
+        "failure-branch\n"
+    );
 
     // Interactive mode reads the same sections from stdin.
     let input = "version(\"key2\") = \"1\"\n\ndel key2\n\n\n";
     let out = s.etcdctl_stdin(&["txn", "-i"], input);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("SUCCESS") && stdout.contains("\n1\n"), "{stdout}");
+    assert!(
+        stdout.contains("SUCCESS") && stdout.contains("\n1\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -108,11 +147,23 @@ fn compaction_then_old_revisions_fail() {
     }
     assert_eq!(s.ctl_ok(&["compaction", "3"]), "compacted revision 3\n");
     let err = s.ctl_err(&["get", "k", "--rev", "2"]);
-    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
-    assert_eq!(s.ctl_ok(&["get", "k", "--rev", "3", "--print-value-only"]), "2\n");
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
+    assert_eq!(
+        s.ctl_ok(&["get", "k", "--rev", "3", "--print-value-only"]),
+        "2\n"
+    );
     let err = s.ctl_err(&["compaction", "2"]);
-    assert!(err.contains("required revision has been compacted"), "{err}");
-    assert_eq!(s.ctl_ok(&["compaction", "--physical", "4"]), "compacted revision 4\n");
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
+    assert_eq!(
+        s.ctl_ok(&["compaction", "--physical", "4"]),
+        "compacted revision 4\n"
+    );
     assert_eq!(s.ctl_ok(&["get", "k", "--print-value-only"]), "4\n");
 }
 
@@ -123,7 +174,10 @@ fn endpoint_status_health_and_member_list() {
     // etcdctl 3.4 prints the health line on stderr.
     let out = s.etcdctl(&["endpoint", "health"]);
     let health = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && health.contains("is healthy"), "{health}");
+    assert!(
+        out.status.success() && health.contains("is healthy"),
+        "{health}"
+    );
     let table = s.ctl_ok(&["endpoint", "status", "-w", "table"]);
     assert!(table.contains(&s.client_url), "{table}");
     assert!(table.contains("IS LEADER"), "{table}");
@@ -133,7 +187,12 @@ fn endpoint_status_health_and_member_list() {
     assert!(st["raftIndex"].as_u64().unwrap() >= 2);
     assert!(st["dbSize"].as_u64().unwrap() > 0);
     let members = s.ctl_ok(&["member", "list", "-w", "table"]);
-    assert!(members.contains("default") && members.contains(&s.peer_url) && members.contains(&s.client_url), "{members}");
+    assert!(
+        members.contains("default")
+            && members.contains(&s.peer_url)
+            && members.contains(&s.client_url),
+        "{members}"
+    );
     assert!(members.contains("started"), "{members}");
     let alarms = s.ctl_ok(&["alarm", "list"]);
     assert_eq!(alarms, "");
@@ -165,7 +224,11 @@ fn sigterm_stops_gracefully_and_restart_works() {
     let mut s = Server::start(Kind::Ours);
     s.ctl_ok(&["put", "a", "1"]);
     let status = s.terminate();
-    assert!(status.success(), "exit status {status}; log:\n{}", s.log_text());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        s.log_text()
+    );
     s.restart();
     assert_eq!(s.ctl_ok(&["get", "a", "--print-value-only"]), "1\n");
 }
@@ -180,9 +243,15 @@ fn flag_and_env_conflict_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ETCD_NAME") && err.contains("--name"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server")).arg("--bogus").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
-    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server")).arg("--version").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("etcd Version: "));
 }

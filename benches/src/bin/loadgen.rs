@@ -12,8 +12,8 @@
 use anyhow::Context as _;
 use benches::{key, Summary};
 use clap::{Parser, Subcommand};
-use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
 use etcd_core::pb::etcdserverpb::{PutRequest, RangeRequest};
+use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,8 +88,13 @@ async fn main() -> anyhow::Result<()> {
         let client = KvClient::new(channels[c % channels.len()].clone())
             .max_decoding_message_size(usize::MAX);
         let (next, value) = (next.clone(), value.clone());
-        let (total, key_size, space, seq, op) =
-            (args.total, args.key_size, args.key_space_size.max(1), args.sequential_keys, args.op);
+        let (total, key_size, space, seq, op) = (
+            args.total,
+            args.key_size,
+            args.key_space_size.max(1),
+            args.sequential_keys,
+            args.op,
+        );
         let seed = args.seed.wrapping_add(c as u64);
         tasks.push(tokio::spawn(async move {
             run_client(client, next, total, key_size, space, seq, seed, op, value).await
@@ -103,7 +108,12 @@ async fn main() -> anyhow::Result<()> {
         ok += o;
         errors += e;
     }
-    let summary = Summary { ok, errors, elapsed: start.elapsed(), latencies: hist };
+    let summary = Summary {
+        ok,
+        errors,
+        elapsed: start.elapsed(),
+        latencies: hist,
+    };
     print!("{}", summary.report());
     Ok(())
 }
@@ -129,15 +139,30 @@ async fn run_client(
         if n >= total {
             break;
         }
-        let k = bytes::Bytes::from(key(if sequential { n % space } else { rng.gen_range(0..space) }, key_size));
+        let k = bytes::Bytes::from(key(
+            if sequential {
+                n % space
+            } else {
+                rng.gen_range(0..space)
+            },
+            key_size,
+        ));
         let t = Instant::now();
         let r = match op {
             Op::Put => client
-                .put(PutRequest { key: k, value: value.clone(), ..Default::default() })
+                .put(PutRequest {
+                    key: k,
+                    value: value.clone(),
+                    ..Default::default()
+                })
                 .await
                 .map(|_| ()),
             Op::Range { consistency } => client
-                .range(RangeRequest { key: k, serializable: consistency == 's', ..Default::default() })
+                .range(RangeRequest {
+                    key: k,
+                    serializable: consistency == 's',
+                    ..Default::default()
+                })
                 .await
                 .map(|_| ()),
         };

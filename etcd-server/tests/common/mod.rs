@@ -32,7 +32,11 @@ pub struct Server {
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Path of `etcdctl`; panics with how to install it when missing.
@@ -85,7 +89,11 @@ impl Server {
             Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
             Kind::Real => real_etcd_path().to_string(),
         };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(bin)
             .arg("--name")
             .arg(&self.name)
@@ -119,14 +127,22 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{:?} server exited during start ({status}); log:\n{}", self.kind, self.log_text());
+                panic!(
+                    "{:?} server exited during start ({status}); log:\n{}",
+                    self.kind,
+                    self.log_text()
+                );
             }
             let out = self.etcdctl(&["endpoint", "health", "--command-timeout=2s"]);
             if out.status.success() {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{:?} server not ready after 60 s; log:\n{}", self.kind, self.log_text());
+                panic!(
+                    "{:?} server not ready after 60 s; log:\n{}",
+                    self.kind,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -161,7 +177,12 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot run etcdctl");
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 
@@ -180,7 +201,10 @@ impl Server {
     /// Runs etcdctl expecting failure; returns stderr.
     pub fn ctl_err(&self, args: &[&str]) -> String {
         let out = self.etcdctl(args);
-        assert!(!out.status.success(), "etcdctl {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "etcdctl {args:?} unexpectedly succeeded"
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -195,7 +219,10 @@ impl Server {
     /// Sends SIGTERM and waits for a graceful exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
