@@ -21,6 +21,8 @@ mod apply;
 mod config;
 mod datadir;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod membership;
 pub mod pb;
 mod raft_request;

@@ -320,6 +320,17 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
+/// Fuzz entry point: runs arbitrary client bytes through the rewriter.
+/// Must never panic (the bytes come from any client that connects).
+#[doc(hidden)]
+pub fn fuzz_client_bytes(data: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut fixed = AuthorityFix::new(data);
+    let mut out = Vec::new();
+    futures::executor::block_on(fixed.read_to_end(&mut out)).expect("reading a slice cannot fail");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +406,30 @@ mod tests {
             rest = &rest[9 + len..];
         }
         assert_eq!(seen, vec![104, 0, END_STREAM, 100]);
+    }
+
+    #[test]
+    fn arbitrary_frames_never_panic() {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut data = PREFACE.to_vec();
+            for _ in 0..next() % 6 {
+                let kind = [HEADERS, CONTINUATION, 0, 4][(next() % 4) as usize];
+                let payload: Vec<u8> = (0..next() % 40).map(|_| next() as u8).collect();
+                data.extend(frame(kind, next() as u8, (next() % 4) as u32, &payload));
+            }
+            if next() % 3 == 0 {
+                let cut = (next() as usize) % data.len();
+                data.truncate(cut);
+            }
+            fuzz_client_bytes(&data);
+        }
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 //! The binary only parses flags and calls [`run`]; tests call [`run`] too.
 
 mod authority;
+#[doc(hidden)]
+pub use authority::fuzz_client_bytes;
 pub mod config;
 pub mod rpc;
 mod services;
