@@ -255,3 +255,17 @@ fn flag_and_env_conflict_is_refused() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("etcd Version: "));
 }
+
+#[test]
+fn oversized_requests_are_refused_with_etcds_error() {
+    let s = Server::start_with(Kind::Ours, &["--max-request-bytes", "1024"]);
+    let big = "x".repeat(2000);
+    let out = s.etcdctl_stdin(&["put", "big"], &big);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcdserver: request is too large"), "{err}");
+    // Nothing was written, and smaller requests still work.
+    assert_eq!(s.ctl_ok(&["get", "big"]), "");
+    let out = s.etcdctl_stdin(&["put", "small"], &"y".repeat(500));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

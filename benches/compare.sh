@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Side-by-side load test: this project's etcd-server and Debian's etcd 3.4,
+# both single-member, fresh data dirs on the same disk, driven by the same
+# `loadgen` binary in one run. Each scenario runs REPEAT times per server,
+# alternating servers; the median QPS and latencies are printed as a
+# Markdown table (paste into RESULTS.md).
+#
+#   bash benches/compare.sh            # defaults: REPEAT=3 TOTAL=20000
+#   REPEAT=5 TOTAL=50000 bash benches/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/etcd-rs-target}"
+REPEAT="${REPEAT:-3}"
+TOTAL="${TOTAL:-20000}"
+WORK="$(mktemp -d /var/tmp/etcd-compare.XXXXXX)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+cargo build --release -q -p etcd-server --bin etcd-server -p benches --bin loadgen
+OURS="$CARGO_TARGET_DIR/release/etcd-server"
+LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
+REAL="$(command -v etcd)"
+
+start() { # kind port -> pid
+    local kind=$1 port=$2 dir="$WORK/$1-$2"
+    local bin=$OURS; [ "$kind" = real ] && bin=$REAL
+    "$bin" --name bench --data-dir "$dir" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+        --initial-cluster "bench=http://127.0.0.1:$((port + 1))" >"$dir.log" 2>&1 &
+    echo $!
+    for _ in $(seq 100); do
+        ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# scenario name | loadgen arguments
+SCENARIOS=(
+    "put, 1 client|--conns 1 --clients 1 --total $((TOTAL / 4)) --key-size 8 --val-size 256 put"
+    "put, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
+    "put, 128 clients|--conns 16 --clients 128 --total $TOTAL --key-size 8 --val-size 256 put"
+    "get linearizable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
+    "get serializable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency s"
+)
+
+echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|"
+port=31000
+declare -A results
+for s in "${SCENARIOS[@]}"; do
+    name="${s%%|*}"; args="${s#*|}"
+    for kind in ours real; do : > "$WORK/$kind.qps"; : > "$WORK/$kind.p50"; : > "$WORK/$kind.p99"; done
+    for r in $(seq "$REPEAT"); do
+        for kind in ours real; do
+            port=$((port + 2))
+            pid=$(start "$kind" "$port")
+            ep="http://127.0.0.1:$port"
+            # Reads need data: fill the key space first.
+            case "$args" in *range*) "$LOADGEN" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
+                --key-space-size 100000 --sequential-keys put >/dev/null ;; esac
+            out=$("$LOADGEN" --endpoints "$ep" $args)
+            kill "$pid"; wait "$pid" 2>/dev/null || true
+            echo "$out" | awk '/^qps:/ {print $2}' >> "$WORK/$kind.qps"
+            echo "$out" | awk '/^latency_ms_p50:/ {print $2}' >> "$WORK/$kind.p50"
+            echo "$out" | awk '/^latency_ms_p99:/ {print $2}' >> "$WORK/$kind.p99"
+            errs=$(echo "$out" | awk '/^errors:/ {print $2}')
+            [ "$errs" = 0 ] || echo "warning: $kind $name run $r had $errs errors" >&2
+        done
+    done
+    for kind in ours real; do
+        label="etcd-rs"; [ "$kind" = real ] && label="etcd $($REAL --version | awk '/etcd Version/ {print $3}')"
+        q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
+        results[$kind]=$q
+        echo "| $name | $label | $q | $p50 | $p99 |"
+    done
+    awk -v a="${results[ours]}" -v b="${results[real]}" -v n="$name" \
+        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | | |\n", n, a / b }'
+done
