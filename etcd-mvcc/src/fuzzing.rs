@@ -78,8 +78,8 @@ fn end(i: u8) -> &'static [u8] {
     ENDS[i as usize % ENDS.len()]
 }
 
-/// The model: `states[r]` is the key space at revision `r` (states[0] and
-/// states[1] are empty; revision 1 is the empty store).
+/// The model: `states[r]` is the key space at revision `r` (`states[0]` and
+/// `states[1]` are empty; revision 1 is the empty store).
 #[derive(Debug)]
 pub struct Model {
     states: Vec<BTreeMap<Vec<u8>, KeyValue>>,
