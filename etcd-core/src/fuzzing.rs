@@ -22,15 +22,22 @@ pub struct RequestFuzzer {
 impl RequestFuzzer {
     /// A fuzzer over a fresh store in `dir`.
     pub fn new(dir: &Path) -> RequestFuzzer {
-        RequestFuzzer { store: Store::open(dir, StoreOptions::default()).expect("open store"), index: 0 }
+        RequestFuzzer {
+            store: Store::open(dir, StoreOptions::default()).expect("open store"),
+            index: 0,
+        }
     }
 
     /// Runs one input.
     pub fn run(&mut self, data: &[u8]) {
-        let Some((&sel, rest)) = data.split_first() else { return };
+        let Some((&sel, rest)) = data.split_first() else {
+            return;
+        };
         let op = match sel % 5 {
             0 => {
-                let Ok(r) = RangeRequest::decode(rest) else { return };
+                let Ok(r) = RangeRequest::decode(rest) else {
+                    return;
+                };
                 if request_check::check_range(&r).is_ok() {
                     let _ = apply::range(&View::read(&self.store), &r);
                 }
@@ -66,10 +73,25 @@ impl RequestFuzzer {
         };
         self.index += 1;
         let before = self.store.current_revision();
-        let result = apply::apply(&self.store, self.index, &RaftRequest { id: 1, op: Some(op) });
-        assert_eq!(self.store.consistent_index(), self.index, "every applied entry is recorded");
+        let result = apply::apply(
+            &self.store,
+            self.index,
+            &RaftRequest {
+                id: 1,
+                op: Some(op),
+            },
+        );
+        assert_eq!(
+            self.store.consistent_index(),
+            self.index,
+            "every applied entry is recorded"
+        );
         if result.is_err() {
-            assert_eq!(self.store.current_revision(), before, "a failed request changes nothing");
+            assert_eq!(
+                self.store.current_revision(),
+                before,
+                "a failed request changes nothing"
+            );
         }
     }
 }
@@ -100,7 +122,11 @@ mod tests {
         let request = match rng.upto(if depth > 1 { 3 } else { 4 }) {
             0 => request_op::Request::RequestRange(RangeRequest {
                 key: key(rng),
-                range_end: if rng.upto(2) == 0 { "k9".into() } else { Default::default() },
+                range_end: if rng.upto(2) == 0 {
+                    "k9".into()
+                } else {
+                    Default::default()
+                },
                 revision: rng.upto(6) as i64,
                 sort_order: rng.upto(3) as i32,
                 sort_target: rng.upto(5) as i32,
@@ -116,12 +142,18 @@ mod tests {
             }),
             2 => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
                 key: key(rng),
-                range_end: if rng.upto(2) == 0 { "k3".into() } else { Default::default() },
+                range_end: if rng.upto(2) == 0 {
+                    "k3".into()
+                } else {
+                    Default::default()
+                },
                 prev_kv: true,
             }),
             _ => request_op::Request::RequestTxn(txn(rng, depth + 1)),
         };
-        RequestOp { request: Some(request) }
+        RequestOp {
+            request: Some(request),
+        }
     }
 
     fn txn(rng: &mut Rng, depth: u32) -> TxnRequest {
@@ -157,12 +189,19 @@ mod tests {
                         _ => match op(&mut rng, 2).request.unwrap() {
                             request_op::Request::RequestRange(r) => r.encode(&mut data).unwrap(),
                             request_op::Request::RequestPut(r) => r.encode(&mut data).unwrap(),
-                            request_op::Request::RequestDeleteRange(r) => r.encode(&mut data).unwrap(),
+                            request_op::Request::RequestDeleteRange(r) => {
+                                r.encode(&mut data).unwrap()
+                            }
                             request_op::Request::RequestTxn(r) => r.encode(&mut data).unwrap(),
                         },
                     }
                 }
-                _ => RaftRequest { id: i, op: Some(Op::Txn(txn(&mut rng, 0))) }.encode(&mut data).unwrap(),
+                _ => RaftRequest {
+                    id: i,
+                    op: Some(Op::Txn(txn(&mut rng, 0))),
+                }
+                .encode(&mut data)
+                .unwrap(),
             }
             if i % 3 == 1 && data.len() > 1 {
                 let at = 1 + rng.upto(data.len() as u64 - 1) as usize;

@@ -267,5 +267,9 @@ fn oversized_requests_are_refused_with_etcds_error() {
     // Nothing was written, and smaller requests still work.
     assert_eq!(s.ctl_ok(&["get", "big"]), "");
     let out = s.etcdctl_stdin(&["put", "small"], &"y".repeat(500));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

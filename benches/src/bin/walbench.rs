@@ -62,7 +62,11 @@ fn main() -> anyhow::Result<()> {
     drop(wal);
 
     for &w in &args.writers {
-        let wal = Arc::new(Wal::create(&tmp.path().join(format!("walw{w}")), WalOptions::default(), b"bench")?);
+        let wal = Arc::new(Wal::create(
+            &tmp.path().join(format!("walw{w}")),
+            WalOptions::default(),
+            b"bench",
+        )?);
         let next = Arc::new(Mutex::new(0u64));
         let start = Instant::now();
         let threads: Vec<_> = (0..w)
@@ -89,22 +93,39 @@ fn main() -> anyhow::Result<()> {
         }
         let secs = start.elapsed().as_secs_f64();
         let m = wal.metrics();
-        println!("wal_writers_{w}_records_per_s: {:.0}", records as f64 / secs);
-        println!("wal_writers_{w}_fsyncs_per_s: {:.0}", m.fsync_count as f64 / secs);
-        println!("wal_writers_{w}_records_per_fsync: {:.1}", records as f64 / m.fsync_count.max(1) as f64);
+        println!(
+            "wal_writers_{w}_records_per_s: {:.0}",
+            records as f64 / secs
+        );
+        println!(
+            "wal_writers_{w}_fsyncs_per_s: {:.0}",
+            m.fsync_count as f64 / secs
+        );
+        println!(
+            "wal_writers_{w}_records_per_fsync: {:.1}",
+            records as f64 / m.fsync_count.max(1) as f64
+        );
     }
     Ok(())
 }
 
 fn batch(index: u64) -> WriteBatch {
     WriteBatch {
-        entries: vec![Entry { index, term: 1, data: vec![7u8; 256].into() }],
+        entries: vec![Entry {
+            index,
+            term: 1,
+            data: vec![7u8; 256].into(),
+        }],
         ..Default::default()
     }
 }
 
 fn raw_fdatasync(path: &std::path::Path, dur: Duration) -> anyhow::Result<Histogram<u64>> {
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
     let block = vec![1u8; 4096];
     let mut h = Histogram::<u64>::new(3)?;
     let start = Instant::now();
@@ -118,7 +139,16 @@ fn raw_fdatasync(path: &std::path::Path, dur: Duration) -> anyhow::Result<Histog
 }
 
 fn print_latency(name: &str, h: &Histogram<u64>, elapsed: Duration) {
-    println!("{name}_ops_per_s: {:.0}", h.len() as f64 / elapsed.as_secs_f64());
-    println!("{name}_p50_ms: {:.3}", h.value_at_quantile(0.5) as f64 / 1000.0);
-    println!("{name}_p99_ms: {:.3}", h.value_at_quantile(0.99) as f64 / 1000.0);
+    println!(
+        "{name}_ops_per_s: {:.0}",
+        h.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "{name}_p50_ms: {:.3}",
+        h.value_at_quantile(0.5) as f64 / 1000.0
+    );
+    println!(
+        "{name}_p99_ms: {:.3}",
+        h.value_at_quantile(0.99) as f64 / 1000.0
+    );
 }
