@@ -7,6 +7,7 @@ mod authority;
 #[doc(hidden)]
 pub use authority::fuzz_client_bytes;
 pub mod config;
+mod http;
 pub mod rpc;
 mod services;
 mod status;
@@ -47,10 +48,20 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     for (url, listener) in listeners {
         let local = listener.local_addr()?;
         tracing::info!(%url, address = %local, "serving client traffic insecurely (no TLS)");
+        let mut grpc = tonic::service::Routes::builder();
+        grpc.add_service(
+            KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
+        )
+        .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
+        .add_service(ClusterServer::new(ClusterService(etcd.clone())));
+        let routes = grpc
+            .routes()
+            .into_axum_router()
+            .merge(http::routes(etcd.clone()))
+            .fallback(http::fallback);
         let router = tonic::transport::Server::builder()
-            .add_service(KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv))
-            .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
-            .add_service(ClusterServer::new(ClusterService(etcd.clone())));
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(routes));
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             let incoming = tokio_stream::StreamExt::map(

@@ -273,3 +273,34 @@ fn oversized_requests_are_refused_with_etcds_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn http_health_version_and_unknown_paths() {
+    let s = Server::start(Kind::Ours);
+    let (code, body) = http_get(&s.client_url, "/health");
+    assert_eq!(code, 200);
+    assert!(body.contains(r#"{"health":"true","reason":""}"#), "{body}");
+    let (code, body) = http_get(&s.client_url, "/version");
+    assert_eq!(code, 200);
+    let v = json(body.trim().lines().find(|l| l.starts_with('{')).unwrap());
+    assert_eq!(v["etcdserver"], "3.5.0");
+    assert_eq!(http_get(&s.client_url, "/no-such-path").0, 404);
+    // gRPC keeps working on the same port afterwards.
+    assert_eq!(s.ctl_ok(&["put", "k", "v"]), "OK\n");
+}

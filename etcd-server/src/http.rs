@@ -1,0 +1,72 @@
+//! etcd's plain HTTP endpoints, served on the client port beside gRPC
+//! (HTTP/1.1 or HTTP/2):
+//!
+//! - `GET /health`: `{"health":"true","reason":""}` with 200 when the member
+//!   has a leader and can serve a linearizable read; otherwise
+//!   `{"health":"false","reason":"..."}` with 503. (etcd's check is a quorum
+//!   read too.)
+//! - `GET /version`: `{"etcdserver":"...","etcdcluster":"..."}`;
+//! - any other path: 404 (gRPC requests: `Unimplemented`).
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use etcd_core::pb::etcdserverpb::RangeRequest;
+use etcd_core::Etcd;
+
+/// The HTTP routes, to merge with the gRPC router.
+pub fn routes(etcd: Etcd) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let etcd = etcd.clone();
+                async move { health(&etcd).await }
+            }),
+        )
+        .route("/version", get(version))
+}
+
+/// What an unknown path gets: gRPC callers an `Unimplemented` status (as
+/// any gRPC server answers an unknown method), everyone else a 404.
+pub async fn fallback(req: axum::extract::Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        let msg = format!("unknown method {}", req.uri().path());
+        return tonic::Status::unimplemented(msg).into_http();
+    }
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn health(etcd: &Etcd) -> Response {
+    let probe = RangeRequest {
+        key: "health".into(),
+        ..Default::default()
+    };
+    match etcd.range(probe).await {
+        Ok(_) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
+        Err(e) => {
+            let reason = e.to_string().replace('"', "'");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(r#"{{"health":"false","reason":"{reason}"}}"#),
+            )
+        }
+    }
+}
+
+async fn version() -> Response {
+    let v = etcd_core::SERVER_VERSION;
+    json(
+        StatusCode::OK,
+        format!(r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#),
+    )
+}
