@@ -284,7 +284,9 @@ pub(crate) fn is_read_only(t: &TxnRequest) -> bool {
 pub(crate) fn txn(view: &mut View<'_>, t: &TxnRequest) -> Result<TxnResponse> {
     let mut path = Vec::new();
     compare_to_path(view, t, &mut path)?;
-    check_ops(view, t, &mut &path[..])?;
+    // Like etcd: every put on the path is checked before any range.
+    check_ops(view, t, &mut &path[..], Check::Puts)?;
+    check_ops(view, t, &mut &path[..], Check::Ranges)?;
     let mut resp = run_txn(view, t, &mut &path[..])?;
     resp.header = rev_header(view.rev());
     Ok(resp)
@@ -366,14 +368,23 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// `checkRequests` with `checkRequestPut` and `checkRequestRange`.
-fn check_ops(view: &View<'_>, t: &TxnRequest, path: &mut &[bool]) -> Result<()> {
+/// Which ops [`check_ops`] checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `checkRequestPut`: `ignore_*` needs the key, a lease must exist.
+    Puts,
+    /// `checkRequestRange`: the revision must be neither compacted nor future.
+    Ranges,
+}
+
+/// `checkRequests` with `checkRequestPut` or `checkRequestRange`.
+fn check_ops(view: &View<'_>, t: &TxnRequest, path: &mut &[bool], check: Check) -> Result<()> {
     let (&ok, rest) = path.split_first().expect("path covers every txn on it");
     *path = rest;
     for op in if ok { &t.success } else { &t.failure } {
         match &op.request {
-            Some(request_op::Request::RequestTxn(nested)) => check_ops(view, nested, path)?,
-            Some(request_op::Request::RequestPut(p)) => {
+            Some(request_op::Request::RequestTxn(nested)) => check_ops(view, nested, path, check)?,
+            Some(request_op::Request::RequestPut(p)) if check == Check::Puts => {
                 if p.ignore_value || p.ignore_lease {
                     let rr = view.range(&p.key, &[], RangeOptions::default())?;
                     if rr.kvs.is_empty() {
@@ -382,7 +393,9 @@ fn check_ops(view: &View<'_>, t: &TxnRequest, path: &mut &[bool]) -> Result<()> 
                 }
                 check_put_lease(p)?;
             }
-            Some(request_op::Request::RequestRange(r)) if r.revision != 0 => {
+            Some(request_op::Request::RequestRange(r))
+                if check == Check::Ranges && r.revision != 0 =>
+            {
                 if r.revision > view.rev() {
                     return Err(Error::FutureRevision);
                 }

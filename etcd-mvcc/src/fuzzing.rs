@@ -90,7 +90,7 @@ impl Default for Model {
     fn default() -> Self {
         Model {
             states: vec![BTreeMap::new(), BTreeMap::new()],
-            compact: 0,
+            compact: -1,
         }
     }
 }

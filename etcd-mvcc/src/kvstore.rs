@@ -159,8 +159,10 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let backend = Backend::open(dir)?;
         let consistent_index = backend.meta_u64(META_CONSISTENT_INDEX)?.unwrap_or(0);
-        let scheduled = backend.meta_i64(META_SCHEDULED_COMPACT)?.unwrap_or(0);
-        let finished = backend.meta_i64(META_FINISHED_COMPACT)?.unwrap_or(0);
+        // -1 until the first compaction, like etcd's compactMainRev: so
+        // `compact(0)` on a never compacted store succeeds once, as in etcd.
+        let scheduled = backend.meta_i64(META_SCHEDULED_COMPACT)?.unwrap_or(-1);
+        let finished = backend.meta_i64(META_FINISHED_COMPACT)?.unwrap_or(-1);
         if finished > scheduled {
             return Err(Error::Corruption(format!(
                 "finished compaction revision {finished} is above the scheduled one {scheduled}"
@@ -209,7 +211,8 @@ impl Store {
         self.inner.current_rev.load(Ordering::Acquire)
     }
 
-    /// The scheduled compaction revision, 0 if never compacted.
+    /// The scheduled compaction revision, -1 if never compacted (etcd's
+    /// `compactMainRev`).
     pub fn compact_revision(&self) -> i64 {
         self.inner.compact_rev.load(Ordering::Acquire)
     }

@@ -60,6 +60,8 @@ impl CompactState {
         CompactState {
             state: Mutex::new(State {
                 finished,
+                // Below any revision, so a wait for compaction 0 really waits.
+                failed: i64::MIN,
                 ..State::default()
             }),
             cond: Condvar::new(),

@@ -71,7 +71,11 @@ fn empty_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     assert_eq!(s.current_revision(), 1);
-    assert_eq!(s.compact_revision(), 0);
+    assert_eq!(
+        s.compact_revision(),
+        -1,
+        "never compacted, like etcd's compactMainRev"
+    );
     assert_eq!(s.consistent_index(), 0);
     let r = s.range(b"a", &[0], RangeOptions::default()).unwrap();
     assert_eq!(
@@ -520,7 +524,7 @@ fn compaction_resumes_after_reopen() {
             put(&s, &[("k", &i.to_string())]); // 2..=11
         }
         let _w = s.compact(10, 7).unwrap();
-        assert_eq!(s.finished_compact_revision(), 0);
+        assert_eq!(s.finished_compact_revision(), -1);
     }
     let s = Store::open(
         dir.path(),
