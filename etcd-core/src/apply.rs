@@ -114,8 +114,19 @@ pub(crate) fn apply(store: &Store, index: u64, req: &RaftRequest) -> Result<Appl
         Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
         Op::Compaction(_) => unreachable!("handled above"),
     };
-    view.end(index)?;
-    out
+    match out {
+        Ok(applied) => {
+            view.end(index)?;
+            Ok(applied)
+        }
+        Err(e) => {
+            // A request that fails part-way changes nothing: dropping the
+            // transaction discards its writes; only the index is recorded.
+            drop(view);
+            store.write().end(index)?;
+            Err(e)
+        }
+    }
 }
 
 fn compaction(store: &Store, index: u64, c: &CompactionRequest) -> Result<Applied> {

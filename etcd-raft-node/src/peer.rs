@@ -201,7 +201,10 @@ impl Peer {
         if !rd.persisted_messages().is_empty() {
             transport.send(rd.take_persisted_messages());
         }
-        let mut light = self.raw.advance(rd);
+        // Not `advance`: it would also mark this Ready's committed entries
+        // applied, but they are applied asynchronously by the application,
+        // which reports progress through `advance_applied`.
+        let mut light = self.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
