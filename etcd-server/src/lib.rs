@@ -66,7 +66,16 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         servers.spawn(async move {
             let incoming = tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |conn| conn.map(authority::AuthorityFix::new),
+                |conn| {
+                    conn.map(|tcp| {
+                        // Like Go's default: small gRPC frames go out at once
+                        // (otherwise Nagle + delayed ACK add ~40 ms).
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::warn!("cannot set TCP_NODELAY: {e}");
+                        }
+                        authority::AuthorityFix::new(tcp)
+                    })
+                },
             );
             router
                 .serve_with_incoming_shutdown(incoming, async move {
