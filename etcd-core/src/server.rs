@@ -75,15 +75,18 @@ impl Etcd {
             dir.check_version()?;
             let store = Store::open(&dir.db(), StoreOptions::default())?;
             let applied = store.consistent_index();
-            // The WAL metadata names the members; read it first to build
-            // the configuration the WAL is replayed with.
-            let (wal, rec) = etcd_wal::Wal::open(&dir.wal(), wal_opts.clone())?;
-            drop((wal, rec.entries));
-            let meta = WalMetadata::decode(rec.metadata).map_err(|e| StartError::DataDir {
-                path: dir.wal(),
-                reason: format!("WAL metadata is not readable: {e}"),
+            // The WAL metadata names the members, from which the WAL is
+            // replayed with its configuration.
+            let mut meta = None;
+            let opened = WalStorage::open(&dir.wal(), wal_opts, applied, |bytes| {
+                let m = WalMetadata::decode(bytes.clone()).map_err(|e| {
+                    etcd_raft_node::Error::Config(format!("WAL metadata is not readable: {e}"))
+                })?;
+                let cs = conf_state(&m);
+                meta = Some(m);
+                Ok(cs)
             })?;
-            let opened = WalStorage::open(&dir.wal(), wal_opts, conf_state(&meta), applied)?;
+            let meta = meta.expect("metadata decoded before the log is loaded");
             tracing::info!(
                 member = %membership::format_id(meta.member_id),
                 cluster = %membership::format_id(meta.cluster_id),

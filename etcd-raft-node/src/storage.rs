@@ -52,16 +52,18 @@ impl WalStorage {
 
     /// Opens the WAL in `dir` and replays it into memory.
     ///
-    /// `conf_state` is the membership as of the state machine's applied
-    /// index `applied` (the state machine persists it), and `applied` is
-    /// the index of the last entry the state machine durably applied.
+    /// `conf_state` derives the membership as of the state machine's
+    /// applied index from the WAL's metadata (it is called once, before the
+    /// log is loaded), and `applied` is the index of the last entry the
+    /// state machine durably applied.
     pub fn open(
         dir: &Path,
         opts: WalOptions,
-        conf_state: ConfState,
         applied: u64,
+        conf_state: impl FnOnce(&bytes::Bytes) -> Result<ConfState>,
     ) -> Result<Opened> {
         let (wal, rec) = Wal::open(dir, opts)?;
+        let conf_state = conf_state(&rec.metadata)?;
         let mem = MemStorage::new();
         {
             let mut core = mem.wl();
@@ -250,7 +252,8 @@ mod tests {
             .unwrap();
         drop(s);
 
-        let opened = WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 2).unwrap();
+        let opened =
+            WalStorage::open(dir.path(), WalOptions::default(), 2, |_| Ok(voters(&[1]))).unwrap();
         assert_eq!(&opened.metadata[..], b"meta");
         let s = opened.storage;
         assert_eq!(s.last_index(), 3);
@@ -273,7 +276,7 @@ mod tests {
             WalStorage::create(dir.path(), WalOptions::default(), b"", voters(&[1])).unwrap();
         s.persist(&[entry(1, 1, b"a")], None, true).unwrap();
         drop(s);
-        let err = WalStorage::open(dir.path(), WalOptions::default(), voters(&[1]), 5)
+        let err = WalStorage::open(dir.path(), WalOptions::default(), 5, |_| Ok(voters(&[1])))
             .err()
             .expect("must refuse");
         assert!(
