@@ -40,6 +40,11 @@ pub struct Config {
     pub max_request_bytes: u64,
     /// `--max-txn-ops`: most operations in one txn.
     pub max_txn_ops: usize,
+    /// `--snapshot-count`: applied entries between raft log compactions.
+    pub snapshot_count: u64,
+    /// Entries kept in the raft log below a compaction point, for
+    /// followers that lag (etcd keeps 5000).
+    pub snapshot_catch_up_entries: u64,
     /// `--quota-backend-bytes`: writes fail with "database space exceeded"
     /// once the database is this large (0 = the default, 2 GiB).
     pub quota_backend_bytes: u64,
@@ -62,6 +67,8 @@ impl Default for Config {
             election_timeout: Duration::from_millis(1000),
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            snapshot_count: 100_000,
+            snapshot_catch_up_entries: 5_000,
             quota_backend_bytes: 0,
         }
     }
@@ -102,6 +109,9 @@ impl Config {
         }
         if self.max_request_bytes == 0 {
             return bad("--max-request-bytes must be positive".into());
+        }
+        if self.snapshot_count == 0 {
+            return bad("--snapshot-count must be positive".into());
         }
         if self.max_txn_ops == 0 {
             return bad("--max-txn-ops must be positive".into());

@@ -136,9 +136,14 @@ impl Etcd {
         let (applied_tx, applied_rx) = watch::channel(applied);
         let apply_thread = {
             let (store, node, wait) = (store.clone(), node.clone(), wait.clone());
+            let log = LogCompaction {
+                every: cfg.snapshot_count,
+                keep: cfg.snapshot_catch_up_entries,
+                last: applied,
+            };
             std::thread::Builder::new()
                 .name("apply".into())
-                .spawn(move || apply_loop(apply_rx, &store, &node, &wait, &applied_tx))?
+                .spawn(move || apply_loop(apply_rx, &store, &node, &wait, &applied_tx, log))?
         };
         let mut members = meta.members.clone();
         for m in &mut members {
@@ -523,6 +528,16 @@ fn bootstrap_metadata(cfg: &Config) -> Result<WalMetadata, StartError> {
     })
 }
 
+/// When to compact the raft log (etcd's `--snapshot-count`).
+struct LogCompaction {
+    /// Applied entries between compactions.
+    every: u64,
+    /// Entries kept below the compaction point.
+    keep: u64,
+    /// Applied index at the last compaction (or at start).
+    last: u64,
+}
+
 /// Applies committed entries in order until raft stops.
 fn apply_loop(
     rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>,
@@ -530,6 +545,7 @@ fn apply_loop(
     node: &RaftNode,
     wait: &Wait<Result<Applied>>,
     applied_tx: &watch::Sender<u64>,
+    mut log: LogCompaction,
 ) {
     while let Ok(etcd_raft_node::Applied::Entries(entries)) = rx.recv() {
         let Some(last) = entries.last().map(|e| e.index) else {
@@ -540,6 +556,15 @@ fn apply_loop(
         }
         node.set_applied(last);
         applied_tx.send_replace(last);
+        if last - log.last >= log.every {
+            log.last = last;
+            // The raft log may only be cut below what the store holds
+            // durably: flush first (docs/design.md, "Durability").
+            match store.flush() {
+                Ok(()) => node.compact_log(store.consistent_index().saturating_sub(log.keep)),
+                Err(e) => tracing::error!(error = %e, "flushing the store failed; raft log kept"),
+            }
+        }
     }
 }
 

@@ -148,6 +148,7 @@ enum Command {
     Propose(Vec<u8>, Option<ProposeCallback>),
     Read(ReadCallback),
     Step(Box<Message>),
+    CompactLog(u64),
     Stop,
 }
 
@@ -216,6 +217,12 @@ impl RaftNode {
     /// Hands a message from another member to raft.
     pub fn step(&self, msg: Message) {
         let _ = self.tx.send(Command::Step(Box::new(msg)));
+    }
+
+    /// Compacts the raft log up to `index`, which the state machine has
+    /// durably applied (flushed), and purges old WAL segments.
+    pub fn compact_log(&self, index: u64) {
+        let _ = self.tx.send(Command::CompactLog(index));
     }
 
     /// Reports that the state machine applied every entry up to `index`.
@@ -308,6 +315,11 @@ fn handle(peer: &mut Peer, cmd: Command) -> bool {
         Command::Step(msg) => {
             if let Err(e) = peer.step(*msg) {
                 tracing::warn!(error = %e, "dropping raft message");
+            }
+        }
+        Command::CompactLog(index) => {
+            if let Err(e) = peer.compact_log(index) {
+                tracing::error!(index, error = %e, "compacting the raft log failed");
             }
         }
         Command::Stop => return true,

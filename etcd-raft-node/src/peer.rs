@@ -275,6 +275,13 @@ impl Peer {
         }
     }
 
+    /// Compacts the raft log up to `index` (see [`WalStorage::compact`]);
+    /// never past what raft itself has applied.
+    pub fn compact_log(&mut self, index: u64) -> Result<()> {
+        let index = index.min(self.raw.raft.raft_log.applied);
+        self.raw.mut_store().compact(index)
+    }
+
     /// The storage, for metrics.
     pub fn storage(&self) -> &WalStorage {
         self.raw.store()

@@ -68,6 +68,14 @@ impl WalStorage {
         {
             let mut core = mem.wl();
             if let Some(marker) = rec.snapshot {
+                if applied < marker.index {
+                    return Err(Error::Config(format!(
+                        "state machine applied index {applied} is below the WAL's snapshot index {}: \
+                         the entries in between were released, so the database does not belong \
+                         to this WAL (lost or replaced); restore the member from a snapshot",
+                        marker.index
+                    )));
+                }
                 let mut snap = Snapshot::default();
                 snap.mut_metadata().index = marker.index;
                 snap.mut_metadata().term = marker.term;
@@ -162,6 +170,57 @@ impl WalStorage {
     /// [`WalStorage::open`] for why that is safe).
     pub fn set_commit(&mut self, commit: u64) {
         self.mem.wl().mut_hard_state().commit = commit;
+    }
+
+    /// Compacts the raft log up to `index`, which the state machine has
+    /// durably applied (the caller flushed it): records a snapshot marker
+    /// in the WAL (fsynced), drops entries `<= index` from memory, and
+    /// releases WAL segments that hold only entries below it.
+    ///
+    /// Invariant (docs/design.md): never called with an index above the
+    /// store's durable consistent index, so a restart always finds the
+    /// entries it must re-apply.
+    pub fn compact(&mut self, index: u64) -> Result<()> {
+        let first = Storage::first_index(&self.mem)?;
+        let last = Storage::last_index(&self.mem)?;
+        if index < first || index > last {
+            return Ok(());
+        }
+        let term = Storage::term(&self.mem, index)?;
+        let mut batch = WriteBatch::default();
+        batch.snapshot = Some(etcd_wal::SnapshotMarker { index, term });
+        self.wal.append_sync(batch)?;
+        let keep = if index < last {
+            Storage::entries(
+                &self.mem,
+                index + 1,
+                last + 1,
+                None,
+                GetEntriesContext::empty(false),
+            )?
+        } else {
+            Vec::new()
+        };
+        let conf_state = Storage::initial_state(&self.mem)?.conf_state;
+        let mut core = self.mem.wl();
+        let hs = core.hard_state().clone();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(conf_state);
+        core.apply_snapshot(snap)?;
+        core.append(&keep)?;
+        core.set_hardstate(hs);
+        drop(core);
+        let purged = self.wal.purge(index)?;
+        tracing::info!(
+            index,
+            term,
+            kept = keep.len(),
+            purged_segments = purged,
+            "compacted the raft log"
+        );
+        Ok(())
     }
 
     /// The last index of the raft log.
@@ -267,6 +326,53 @@ mod tests {
         assert_eq!(st.hard_state.vote, 1);
         assert_eq!(st.hard_state.commit, 2);
         assert_eq!(st.conf_state.voters, vec![1]);
+    }
+
+    #[test]
+    fn compaction_drops_old_entries_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1])).unwrap();
+        let ents: Vec<Entry> = (1..=10)
+            .map(|i| entry(i, 1, format!("e{i}").as_bytes()))
+            .collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 10;
+        s.persist(&ents, Some(&hs), true).unwrap();
+        s.compact(6).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.last_index(), 10);
+        assert_eq!(
+            s.term(6).unwrap(),
+            1,
+            "the term at the compaction point stays known"
+        );
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 10);
+        assert!(s
+            .entries(5, 8, None, GetEntriesContext::empty(false))
+            .is_err());
+        s.persist(&[entry(11, 2, b"e11")], None, true).unwrap();
+        drop(s);
+        let err = WalStorage::open(dir.path(), WalOptions::default(), 3, |_| Ok(voters(&[1])))
+            .err()
+            .expect("a store behind the snapshot marker is refused");
+        assert!(
+            err.to_string().contains("below the WAL's snapshot index 6"),
+            "{err}"
+        );
+
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 8, |_| Ok(voters(&[1])))
+            .unwrap()
+            .storage;
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.last_index(), 11);
+        let ents = s
+            .entries(7, 12, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let datas: Vec<&[u8]> = ents.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(datas, vec![&b"e7"[..], b"e8", b"e9", b"e10", b"e11"]);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1]);
     }
 
     #[test]

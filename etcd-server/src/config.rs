@@ -83,6 +83,16 @@ pub struct Flags {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Number of committed transactions to trigger a raft log compaction.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Entries kept in the raft log after a compaction, for slow followers.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5_000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -319,6 +329,8 @@ impl Flags {
             election_timeout: Duration::from_millis(self.election_timeout),
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            snapshot_count: self.snapshot_count,
+            snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
             quota_backend_bytes: self.quota_backend_bytes,
         };
         core.validate().map_err(|e| e.to_string())?;

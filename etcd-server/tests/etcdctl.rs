@@ -304,3 +304,39 @@ fn http_health_version_and_unknown_paths() {
     // gRPC keeps working on the same port afterwards.
     assert_eq!(s.ctl_ok(&["put", "k", "v"]), "OK\n");
 }
+
+#[test]
+fn raft_log_compaction_keeps_data_across_kill_9() {
+    let mut s = Server::start_with(
+        Kind::Ours,
+        &[
+            "--snapshot-count",
+            "20",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    );
+    for i in 0..100 {
+        s.ctl_ok(&["put", &format!("k{i:03}"), &format!("v{i}")]);
+    }
+    assert!(
+        s.log_text().contains("compacted the raft log"),
+        "{}",
+        s.log_text()
+    );
+    let before = s.ctl_ok(&["get", "k", "--prefix", "-w", "json"]);
+    s.kill9();
+    s.restart();
+    let after = s.ctl_ok(&["get", "k", "--prefix", "-w", "json"]);
+    let (b, a) = (json(&before), json(&after));
+    assert_eq!(b["kvs"], a["kvs"]);
+    assert_eq!(a["header"]["revision"], 101);
+    for i in 100..150 {
+        s.ctl_ok(&["put", &format!("k{i:03}"), "x"]);
+    }
+    assert!(s.terminate().success());
+    s.restart();
+    let j = json(&s.ctl_ok(&["get", "k", "--prefix", "-w", "json"]));
+    assert_eq!(j["count"], 150);
+    assert_eq!(j["header"]["revision"], 151);
+}
