@@ -124,6 +124,11 @@ impl Peer {
             });
             return;
         }
+        self.propose_now(data, ack);
+    }
+
+    /// Hands `data` to raft and tells `ack` whether raft took it.
+    fn propose_now(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
         let r = self.raw.propose(Vec::new(), data).map_err(|e| match e {
             raft::Error::ProposalDropped => Error::ProposalDropped,
             e => Error::Raft(e),
@@ -228,13 +233,7 @@ impl Peer {
         }
         if leader != INVALID_ID {
             while let Some(p) = self.waiting.pop_front() {
-                let r = self.raw.propose(Vec::new(), p.data).map_err(|e| match e {
-                    raft::Error::ProposalDropped => Error::ProposalDropped,
-                    e => Error::Raft(e),
-                });
-                if let Some(ack) = p.ack {
-                    ack(r);
-                }
+                self.propose_now(p.data, p.ack);
             }
         }
     }
