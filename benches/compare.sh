@@ -9,33 +9,14 @@
 #   REPEAT=5 TOTAL=50000 bash benches/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/etcd-rs-target}"
 REPEAT="${REPEAT:-3}"
 TOTAL="${TOTAL:-20000}"
 WORK="$(mktemp -d /var/tmp/etcd-compare.XXXXXX)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+. benches/lib.sh
 
-cargo build --release -q -p etcd-server --bin etcd-server -p benches --bin loadgen
-OURS="$CARGO_TARGET_DIR/release/etcd-server"
+build_bins loadgen
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
-REAL="$(command -v etcd)"
-
-start() { # kind port -> pid
-    local kind=$1 port=$2 dir="$WORK/$1-$2"
-    local bin=$OURS; [ "$kind" = real ] && bin=$REAL
-    "$bin" --name bench --data-dir "$dir" \
-        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-        --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
-        --initial-cluster "bench=http://127.0.0.1:$((port + 1))" >"$dir.log" 2>&1 &
-    echo $!
-    for _ in $(seq 100); do
-        ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1
-}
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # scenario name | loadgen arguments
 SCENARIOS=(
@@ -56,7 +37,7 @@ for s in "${SCENARIOS[@]}"; do
     for r in $(seq "$REPEAT"); do
         for kind in ours real; do
             port=$((port + 2))
-            pid=$(start "$kind" "$port")
+            pid=$(start_server "$kind" "$port")
             ep="http://127.0.0.1:$port"
             # Reads need data: fill the key space first.
             case "$args" in *range*) "$LOADGEN" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
@@ -71,7 +52,7 @@ for s in "${SCENARIOS[@]}"; do
         done
     done
     for kind in ours real; do
-        label="etcd-rs"; [ "$kind" = real ] && label="etcd $($REAL --version | awk '/etcd Version/ {print $3}')"
+        label=$(server_label "$kind")
         q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
         results[$kind]=$q
         echo "| $name | $label | $q | $p50 | $p99 |"

@@ -1,0 +1,40 @@
+# Shared by the side-by-side scripts in benches/: builds the binaries and
+# starts this project's etcd-server or Debian's etcd on loopback ports.
+# Source it after setting WORK (a scratch directory).
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/etcd-rs-target}"
+OURS="$CARGO_TARGET_DIR/release/etcd-server"
+REAL="$(command -v etcd)"
+
+# build_bins BIN...: builds etcd-server and the given benches binaries.
+build_bins() {
+    local args=(-p etcd-server --bin etcd-server -p benches)
+    for b in "$@"; do args+=(--bin "$b"); done
+    cargo build --release -q "${args[@]}"
+}
+
+# start_server KIND PORT [FLAG...]: starts `ours` or `real` single-member on
+# client PORT (peer PORT+1) with a fresh data dir; prints the pid once the
+# server answers `endpoint health`.
+start_server() {
+    local kind=$1 port=$2 dir="$WORK/$1-$2"
+    shift 2
+    local bin=$OURS; [ "$kind" = real ] && bin=$REAL
+    "$bin" --name bench --data-dir "$dir" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+        --initial-cluster "bench=http://127.0.0.1:$((port + 1))" "$@" >"$dir.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+        ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && { echo $pid; return 0; }
+        sleep 0.1
+    done
+    echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1
+}
+
+# server_label KIND: how a result row names the server.
+server_label() {
+    if [ "$1" = real ]; then echo "etcd $($REAL --version | awk '/etcd Version/ {print $3}')"; else echo etcd-rs; fi
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
