@@ -23,6 +23,7 @@ mod datadir;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod linearizability;
 mod membership;
 pub mod pb;
 mod raft_request;
