@@ -47,12 +47,14 @@
 
 mod error;
 mod logger;
+mod mem_network;
 mod node;
 mod peer;
 mod storage;
 mod transport;
 
 pub use error::{Error, Result};
+pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
 pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
 pub use peer::Peer;
 pub use peer::{ProposeCallback, ReadCallback};

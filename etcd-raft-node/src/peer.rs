@@ -93,6 +93,7 @@ impl Peer {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.raw.tick();
+        self.release_waiting();
         while let Some(p) = self.waiting.front() {
             if self.ticks - p.since_tick < self.max_wait_ticks {
                 break;
@@ -107,8 +108,13 @@ impl Peer {
     /// Hands a message from another member to raft.
     pub fn step(&mut self, msg: Message) -> Result<()> {
         match self.raw.step(msg) {
-            // Messages from unknown or removed members are dropped by raft.
-            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            // Messages from unknown or removed members are dropped by raft,
+            // and so are proposals forwarded to a member that is no longer
+            // the leader (the proposer times out and retries, as in etcd).
+            Ok(())
+            | Err(raft::Error::StepPeerNotFound)
+            | Err(raft::Error::StepLocalMsg)
+            | Err(raft::Error::ProposalDropped) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -116,7 +122,7 @@ impl Peer {
     /// Proposes `data`. Without a leader the proposal waits (a bounded
     /// number of ticks) instead of failing at once.
     pub fn propose(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
-        if self.raw.raft.leader_id == INVALID_ID || !self.waiting.is_empty() {
+        if self.raw.raft.leader_id == INVALID_ID {
             self.waiting.push_back(WaitingProposal {
                 data,
                 ack,
@@ -124,6 +130,8 @@ impl Peer {
             });
             return;
         }
+        // Earlier proposals first.
+        self.release_waiting();
         self.propose_now(data, ack);
     }
 
@@ -217,6 +225,7 @@ impl Peer {
             transport.send(light.take_messages());
         }
         collect_committed(light.take_committed_entries(), committed);
+        self.release_waiting();
         Ok(true)
     }
 
@@ -231,10 +240,17 @@ impl Peer {
                 cb(Err(Error::NoLeader));
             }
         }
-        if leader != INVALID_ID {
-            while let Some(p) = self.waiting.pop_front() {
-                self.propose_now(p.data, p.ack);
-            }
+    }
+
+    /// Hands proposals that waited for a leader to raft, once there is one.
+    /// Only between two Readys: a proposal appends to raft's unstable log,
+    /// which must not change while a Ready is being handled.
+    fn release_waiting(&mut self) {
+        if self.raw.raft.leader_id == INVALID_ID {
+            return;
+        }
+        while let Some(p) = self.waiting.pop_front() {
+            self.propose_now(p.data, p.ack);
         }
     }
 

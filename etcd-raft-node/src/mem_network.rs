@@ -1,0 +1,303 @@
+//! A deterministic in-memory network for simulations: members' transports
+//! put raft messages into one queue; the simulation moves time forward with
+//! [`MemNetwork::advance`] and gets the messages due at that step.
+//!
+//! Faults, all drawn from one seeded RNG so a seed replays the same run:
+//! - loss: each message is dropped with probability `drop`;
+//! - duplication: delivered twice with probability `duplicate`;
+//! - delay and reordering: each copy is due `0..=max_delay` steps later;
+//!   messages due at the same step are delivered in a shuffled order;
+//! - partitions: [`MemNetwork::cut`] drops everything between two members
+//!   (both ways), [`MemNetwork::isolate`] cuts one member from all others,
+//!   [`MemNetwork::heal`] removes every cut. A cut applies when a message is
+//!   sent and again when it is due, so nothing crosses a partition.
+//!
+//! Example: with `max_delay = 2`, a message sent at step 5 is due at step
+//! 5, 6 or 7; `advance()` moving to step 6 returns it if it drew 6 (or 5 and
+//! was not collected yet).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft::eraftpb::Message;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::transport::Transport;
+
+/// Fault rates of a [`MemNetwork`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Probability that a message is lost.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Largest delay of a message, in steps (0: due at the next step).
+    pub max_delay: u64,
+}
+
+/// The shared network of a simulated cluster.
+pub struct MemNetwork {
+    inner: Mutex<Net>,
+}
+
+struct Net {
+    rng: StdRng,
+    now: u64,
+    faults: Faults,
+    /// Undirected cuts, stored as (smaller id, larger id).
+    cuts: HashSet<(u64, u64)>,
+    /// Messages in flight: (due step, sequence number, message).
+    queue: BTreeSet<(u64, u64, QueuedMessage)>,
+    seq: u64,
+    sent: u64,
+    dropped: u64,
+}
+
+/// A message in the queue (ordered by the queue's other fields only).
+struct QueuedMessage(Message);
+
+impl PartialEq for QueuedMessage {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for QueuedMessage {}
+impl PartialOrd for QueuedMessage {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for QueuedMessage {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+fn edge(a: u64, b: u64) -> (u64, u64) {
+    (a.min(b), a.max(b))
+}
+
+impl Net {
+    fn is_cut(&self, m: &Message) -> bool {
+        self.cuts.contains(&edge(m.from, m.to))
+    }
+}
+
+/// Counters of a [`MemNetwork`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Messages handed to the network.
+    pub sent: u64,
+    /// Messages lost to faults or partitions.
+    pub dropped: u64,
+    /// Messages in flight.
+    pub in_flight: usize,
+}
+
+impl MemNetwork {
+    /// A network without faults whose random choices follow `seed`.
+    pub fn new(seed: u64) -> Arc<MemNetwork> {
+        Arc::new(MemNetwork {
+            inner: Mutex::new(Net {
+                rng: StdRng::seed_from_u64(seed),
+                now: 0,
+                faults: Faults::default(),
+                cuts: HashSet::new(),
+                queue: BTreeSet::new(),
+                seq: 0,
+                sent: 0,
+                dropped: 0,
+            }),
+        })
+    }
+
+    /// A transport that sends into this network.
+    pub fn transport(self: &Arc<Self>) -> MemTransport {
+        MemTransport { net: self.clone() }
+    }
+
+    /// Sets the fault rates for messages sent from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        assert!(
+            (0.0..=1.0).contains(&faults.drop),
+            "drop rate {}",
+            faults.drop
+        );
+        assert!(
+            (0.0..=1.0).contains(&faults.duplicate),
+            "duplicate rate {}",
+            faults.duplicate
+        );
+        self.inner.lock().faults = faults;
+    }
+
+    /// Drops all traffic between `a` and `b`, both ways.
+    pub fn cut(&self, a: u64, b: u64) {
+        self.inner.lock().cuts.insert(edge(a, b));
+    }
+
+    /// Cuts `id` from every member of `all`.
+    pub fn isolate(&self, id: u64, all: &[u64]) {
+        let mut net = self.inner.lock();
+        for &other in all.iter().filter(|&&o| o != id) {
+            net.cuts.insert(edge(id, other));
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        self.inner.lock().cuts.clear();
+    }
+
+    /// Moves to the next step and returns the messages due, in the order to
+    /// deliver them.
+    pub fn advance(&self) -> Vec<Message> {
+        let mut net = self.inner.lock();
+        net.now += 1;
+        let now = net.now;
+        let mut due = Vec::new();
+        while let Some(first) = net.queue.first() {
+            if first.0 > now {
+                break;
+            }
+            let (_, _, QueuedMessage(m)) = net.queue.pop_first().expect("first exists");
+            if net.is_cut(&m) {
+                net.dropped += 1;
+            } else {
+                due.push(m);
+            }
+        }
+        let Net { rng, .. } = &mut *net;
+        due.shuffle(rng);
+        due
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NetStats {
+        let net = self.inner.lock();
+        NetStats {
+            sent: net.sent,
+            dropped: net.dropped,
+            in_flight: net.queue.len(),
+        }
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        let mut net = self.inner.lock();
+        for m in msgs {
+            net.sent += 1;
+            let f = net.faults;
+            if net.is_cut(&m) || net.rng.gen_bool(f.drop) {
+                net.dropped += 1;
+                continue;
+            }
+            let copies = if net.rng.gen_bool(f.duplicate) { 2 } else { 1 };
+            for _ in 0..copies {
+                let due = net.now + 1 + net.rng.gen_range(0..=f.max_delay);
+                net.seq += 1;
+                let seq = net.seq;
+                net.queue.insert((due, seq, QueuedMessage(m.clone())));
+            }
+        }
+    }
+}
+
+/// The [`Transport`] of one member of a [`MemNetwork`].
+#[derive(Clone)]
+pub struct MemTransport {
+    net: Arc<MemNetwork>,
+}
+
+impl Transport for MemTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        self.net.send(msgs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(from: u64, to: u64, index: u64) -> Message {
+        let mut m = Message::default();
+        m.from = from;
+        m.to = to;
+        m.index = index;
+        m
+    }
+
+    fn run(seed: u64, faults: Faults) -> Vec<(u64, u64)> {
+        let net = MemNetwork::new(seed);
+        net.set_faults(faults);
+        let t = net.transport();
+        let mut got = Vec::new();
+        for step in 0..50 {
+            t.send(vec![msg(1, 2, step), msg(2, 3, step)]);
+            got.extend(net.advance().iter().map(|m| (m.to, m.index)));
+        }
+        for _ in 0..=faults.max_delay {
+            got.extend(net.advance().iter().map(|m| (m.to, m.index)));
+        }
+        got
+    }
+
+    #[test]
+    fn without_faults_everything_arrives_in_order_next_step() {
+        let net = MemNetwork::new(1);
+        let t = net.transport();
+        t.send(vec![msg(1, 2, 1)]);
+        t.send(vec![msg(1, 2, 2)]);
+        let got: Vec<u64> = net.advance().iter().map(|m| m.index).collect();
+        assert_eq!(got.len(), 2);
+        assert!(net.advance().is_empty());
+        assert_eq!(net.stats().in_flight, 0);
+    }
+
+    #[test]
+    fn same_seed_same_run_and_faults_show() {
+        let f = Faults {
+            drop: 0.2,
+            duplicate: 0.2,
+            max_delay: 3,
+        };
+        let a = run(7, f);
+        assert_eq!(a, run(7, f), "a seed replays the same run");
+        assert_ne!(a, run(8, f));
+        let sent = 100;
+        let to3 = a.iter().filter(|(to, _)| *to == 3).count();
+        assert!(
+            a.len() < 2 * sent && a.len() > sent / 2,
+            "{} delivered",
+            a.len()
+        );
+        let mut idx: Vec<u64> = a.iter().filter(|(to, _)| *to == 2).map(|x| x.1).collect();
+        let in_order = idx.windows(2).all(|w| w[0] <= w[1]);
+        assert!(!in_order, "delays reorder messages");
+        idx.sort();
+        idx.dedup();
+        assert!(idx.len() < 50, "some messages were lost");
+        assert!(to3 > 0);
+    }
+
+    #[test]
+    fn partitions_drop_both_ways_and_heal() {
+        let net = MemNetwork::new(1);
+        let t = net.transport();
+        net.isolate(1, &[1, 2, 3]);
+        t.send(vec![msg(1, 2, 1), msg(2, 1, 2), msg(2, 3, 3)]);
+        let got: Vec<u64> = net.advance().iter().map(|m| m.index).collect();
+        assert_eq!(got, [3]);
+        // A message in flight when the cut happens is lost too.
+        net.heal();
+        t.send(vec![msg(1, 2, 4)]);
+        net.cut(2, 1);
+        assert!(net.advance().is_empty());
+        net.heal();
+        t.send(vec![msg(1, 2, 5)]);
+        assert_eq!(net.advance().len(), 1);
+        assert_eq!(net.stats().dropped, 3);
+    }
+}
