@@ -51,6 +51,7 @@ mod mem_network;
 mod node;
 mod peer;
 mod storage;
+mod tcp_transport;
 mod transport;
 
 pub use error::{Error, Result};
@@ -59,6 +60,9 @@ pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftN
 pub use peer::Peer;
 pub use peer::{ProposeCallback, ReadCallback};
 pub use storage::{Opened, WalStorage};
+pub use tcp_transport::{
+    fuzzing as tcp_fuzzing, Deliver, PeerStats, TcpTransport, TcpTransportConfig,
+};
 pub use transport::{NoopTransport, Transport};
 
 /// Re-exported raft message types, for transports.

@@ -129,7 +129,7 @@ impl Sim {
             let Some(peer) = self.members[i].peer.as_mut() else {
                 continue;
             };
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 peer.tick();
             }
             let mut committed: Vec<CommittedEntry> = Vec::new();
