@@ -13,7 +13,8 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use crate::key_index::{KeyAt, KeyIndex};
+use crate::index_chunk::{Chunk, Position, MAX_ENTRIES, MAX_KEY_BYTES, MIN_ENTRIES};
+use crate::key_index::{History, KeyAt, KeyIndex};
 use crate::revision::Revision;
 
 /// Bounds of a key range in the tree.
@@ -37,31 +38,221 @@ pub(crate) fn range_bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds
     }
 }
 
-/// Key -> history of the key.
+/// Key -> history of the key, in front-coded chunks (see the module doc).
 #[derive(Debug, Default)]
 pub(crate) struct TreeIndex {
-    tree: BTreeMap<Bytes, KeyIndex>,
+    /// Separator -> chunk. A chunk holds the keys `>= separator` and below
+    /// the next separator; the first separator is the empty key.
+    chunks: BTreeMap<Box<[u8]>, Chunk>,
+    /// Number of keys.
+    len: usize,
 }
 
 impl TreeIndex {
     pub(crate) fn len(&self) -> usize {
-        self.tree.len()
+        self.len
     }
 
-    fn visit<'a>(
-        &'a self,
-        key: &'a [u8],
-        end: &'a [u8],
-    ) -> impl Iterator<Item = (&'a Bytes, &'a KeyIndex)> + 'a {
-        range_bounds(key, end)
-            .map(|b| self.tree.range::<[u8], _>(b))
-            .into_iter()
-            .flatten()
+    /// Heap bytes held by the index: the chunks' key bytes, histories and
+    /// boxed histories (exact, from capacities), the separators (exact) and
+    /// the B-tree of chunks (estimated from the node layout of std's
+    /// `BTreeMap`, 11 entries per node, assuming nodes two-thirds full).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Chunk>();
+        let map = self.chunks.len() * entry * 3 / 2;
+        map + self
+            .chunks
+            .iter()
+            .map(|(sep, c)| sep.len() + c.heap_bytes())
+            .sum::<usize>()
+    }
+
+    /// Number of chunks (tests).
+    #[cfg(test)]
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Checks the structural invariants (tests): the first separator is
+    /// empty, every chunk is non-empty and within its bounds, keys ascend
+    /// strictly across chunks and each chunk's keys are `>=` its separator,
+    /// no history is empty, and `len` is the number of keys.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        let mut prev: Option<Vec<u8>> = None;
+        let mut n = 0;
+        for (i, (sep, c)) in self.chunks.iter().enumerate() {
+            if i == 0 {
+                assert!(sep.is_empty(), "first separator is empty");
+            }
+            assert!(!c.is_empty(), "chunk {i} is empty");
+            assert!(
+                c.len() <= MAX_ENTRIES && (c.key_bytes() <= MAX_KEY_BYTES || c.len() == 1),
+                "chunk {i} too big"
+            );
+            let keys = c.keys();
+            assert!(
+                keys[0].as_slice() >= &sep[..],
+                "chunk {i} below its separator"
+            );
+            for k in keys {
+                if let Some(p) = &prev {
+                    assert!(p < &k, "keys ascend: {p:?} {k:?}");
+                }
+                prev = Some(k);
+            }
+            for j in 0..c.len() {
+                assert!(!c.history(j).is_empty());
+                let h = c.history(j);
+                assert_eq!(
+                    &History::from_key_index(h.to_key_index()),
+                    h,
+                    "canonical form"
+                );
+            }
+            n += c.len();
+        }
+        assert_eq!(n, self.len);
+    }
+
+    /// The chunk that holds (or would hold) `key`: the one with the greatest
+    /// separator `<= key`.
+    fn chunk_of(&self, key: &[u8]) -> Option<(&[u8], &Chunk)> {
+        self.chunks
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map(|(s, c)| (&s[..], c))
+    }
+
+    fn chunk_of_mut(&mut self, key: &[u8]) -> Option<(&[u8], &mut Chunk)> {
+        self.chunks
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map(|(s, c)| (&s[..], c))
+    }
+
+    fn history(&self, key: &[u8]) -> Option<&History> {
+        let (_, c) = self.chunk_of(key)?;
+        c.find(key).map(|i| c.history(i))
+    }
+
+    /// Applies `f` to the history of `key` (None if absent); removes the key
+    /// if its history became empty.
+    fn with_history<T>(&mut self, key: &[u8], f: impl FnOnce(&mut History) -> T) -> Option<T> {
+        let (sep, c) = self.chunk_of_mut(key)?;
+        let i = c.find(key)?;
+        let h = c.history_mut(i);
+        let out = f(h);
+        if h.is_empty() {
+            c.remove(i);
+            let sep = Box::<[u8]>::from(sep);
+            self.len -= 1;
+            self.rebalance(sep);
+        }
+        Some(out)
+    }
+
+    /// Inserts an absent key.
+    fn insert(&mut self, key: &[u8], hist: History) {
+        if self.chunks.is_empty() {
+            self.chunks.insert(Box::default(), Chunk::default());
+        }
+        self.len += 1;
+        let (_, c) = self
+            .chunk_of_mut(key)
+            .expect("the first separator is empty");
+        let pos = c.position(key);
+        let at_end = matches!(pos, Position::Absent { idx, .. } if idx == c.len());
+        c.insert(pos, key, hist);
+        if c.len() > MAX_ENTRIES || (c.key_bytes() > MAX_KEY_BYTES && c.len() >= 2) {
+            // Appending (ascending loads, restore of sequential keys) leaves
+            // the old chunk full; otherwise split in the middle.
+            let at = if at_end { c.len() - 1 } else { c.len() / 2 };
+            let (first, right) = c.split_off(at);
+            self.chunks.insert(first.into_boxed_slice(), right);
+        }
+    }
+
+    /// Merges the chunk at `sep` with a neighbour if it became small.
+    fn rebalance(&mut self, sep: Box<[u8]>) {
+        let (len, bytes) = match self.chunks.get(&sep) {
+            Some(c) => (c.len(), c.key_bytes()),
+            None => return,
+        };
+        if len >= MIN_ENTRIES {
+            return;
+        }
+        let fits = |c: &Chunk| {
+            c.len() + len <= MAX_ENTRIES && c.key_bytes() + bytes <= MAX_KEY_BYTES || len == 0
+        };
+        let next = self
+            .chunks
+            .range::<[u8], _>((Bound::Excluded(&sep[..]), Bound::Unbounded))
+            .next()
+            .filter(|(_, c)| fits(c))
+            .map(|(s, _)| s.clone());
+        if let Some(next) = next {
+            let right = self.chunks.remove(&next).expect("present");
+            self.chunks.get_mut(&sep).expect("present").append(right);
+            return;
+        }
+        let prev = self
+            .chunks
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(&sep[..])))
+            .next_back()
+            .filter(|(_, c)| fits(c))
+            .map(|(s, _)| s.clone());
+        if let Some(prev) = prev {
+            let right = self.chunks.remove(&sep).expect("present");
+            self.chunks.get_mut(&prev).expect("present").append(right);
+            return;
+        }
+        if len == 0 {
+            // the only chunk
+            self.chunks.remove(&sep);
+        }
+    }
+
+    /// Calls `f` on each key in the range with its history, in key order,
+    /// while it returns true.
+    fn visit(&self, key: &[u8], end: &[u8], mut f: impl FnMut(&[u8], &History) -> bool) {
+        let Some((lo, hi)) = range_bounds(key, end) else {
+            return;
+        };
+        let Bound::Included(lo) = lo else {
+            unreachable!("range_bounds starts at an included key")
+        };
+        let Some((first, _)) = self.chunk_of(lo) else {
+            return;
+        };
+        let beyond = |k: &[u8]| match hi {
+            Bound::Included(h) => k > h,
+            Bound::Excluded(h) => k >= h,
+            Bound::Unbounded => false,
+        };
+        for (sep, c) in self
+            .chunks
+            .range::<[u8], _>((Bound::Included(first), Bound::Unbounded))
+        {
+            if beyond(sep) {
+                return;
+            }
+            let mut cur = c.cursor();
+            while cur.advance() {
+                let k = cur.key();
+                if k < lo {
+                    continue;
+                }
+                if beyond(k) || !f(k, c.history(cur.idx())) {
+                    return;
+                }
+            }
+        }
     }
 
     /// The key as of `at_rev`.
     pub(crate) fn get(&self, key: &[u8], at_rev: i64) -> Option<KeyAt> {
-        self.tree.get(key)?.get(at_rev)
+        self.history(key)?.get(at_rev)
     }
 
     /// Live keys in the range at `at_rev` with their revision: at most
@@ -75,61 +266,62 @@ impl TreeIndex {
     ) -> (Vec<(Bytes, Revision)>, i64) {
         let mut out = Vec::new();
         let mut total = 0i64;
-        for (k, ki) in self.visit(key, end) {
-            if let Some(at) = ki.get(at_rev) {
+        self.visit(key, end, |k, h| {
+            if let Some(at) = h.get(at_rev) {
                 if limit == 0 || out.len() < limit {
-                    out.push((k.clone(), at.modified));
+                    out.push((Bytes::copy_from_slice(k), at.modified));
                 }
                 total += 1;
             }
-        }
+            true
+        });
         (out, total)
     }
 
     /// Number of live keys in the range at `at_rev`.
     pub(crate) fn count(&self, key: &[u8], end: &[u8], at_rev: i64) -> i64 {
-        self.visit(key, end)
-            .filter(|(_, ki)| ki.get(at_rev).is_some())
-            .count() as i64
+        let mut n = 0;
+        self.visit(key, end, |_, h| {
+            n += i64::from(h.get(at_rev).is_some());
+            true
+        });
+        n
     }
 
     /// Records a put; returns the key's previous latest revision
     /// (`Revision::default()` for a new key), needed to undo it.
     pub(crate) fn put(&mut self, key: &Bytes, rev: Revision) -> Revision {
-        let ki = self.tree.entry(key.clone()).or_default();
-        let prev = ki.modified;
-        ki.put(rev);
-        prev
+        if let Some(prev) = self.with_history(key, |h| {
+            let prev = h.modified();
+            h.update(|ki| ki.put(rev));
+            prev
+        }) {
+            return prev;
+        }
+        self.insert(key, History::created(rev));
+        Revision::default()
     }
 
     /// Records a delete of a live key; returns the previous latest revision,
     /// or None if the key is not live (nothing changed).
     pub(crate) fn tombstone(&mut self, key: &[u8], rev: Revision) -> Option<Revision> {
-        let ki = self.tree.get_mut(key)?;
-        let prev = ki.modified;
-        ki.tombstone(rev).then_some(prev)
+        self.with_history(key, |h| {
+            let prev = h.modified();
+            h.update(|ki| ki.tombstone(rev)).then_some(prev)
+        })
+        .flatten()
     }
 
     /// Undoes a [`put`](Self::put).
     pub(crate) fn undo_put(&mut self, key: &[u8], rev: Revision, prev: Revision) {
-        let ki = self
-            .tree
-            .get_mut(key)
+        self.with_history(key, |h| h.update(|ki| ki.undo_put(rev, prev)))
             .expect("undo_put: key missing from the index");
-        if ki.undo_put(rev, prev) {
-            self.tree.remove(key);
-        }
     }
 
     /// Undoes a [`tombstone`](Self::tombstone).
     pub(crate) fn undo_tombstone(&mut self, key: &[u8], rev: Revision, prev: Revision) {
-        let ki = self
-            .tree
-            .get_mut(key)
+        self.with_history(key, |h| h.update(|ki| ki.undo_tombstone(rev, prev)))
             .expect("undo_tombstone: key missing from the index");
-        if ki.undo_tombstone(rev, prev) {
-            self.tree.remove(key);
-        }
     }
 
     /// Rebuild: applies one stored revision while scanning the `key` column
@@ -142,34 +334,36 @@ impl TreeIndex {
         created: i64,
         version: i64,
     ) {
-        match self.tree.get_mut(&key) {
-            Some(ki) => {
-                if tombstone {
-                    if !ki.tombstone(rev) {
-                        tracing::warn!(
-                            ?rev,
-                            "mvcc restore: tombstone of a key that is not live; ignored"
-                        );
-                    }
-                } else {
-                    ki.put(rev);
+        let found = self.with_history(&key, |h| {
+            if tombstone {
+                if !h.update(|ki| ki.tombstone(rev)) {
+                    tracing::warn!(
+                        ?rev,
+                        "mvcc restore: tombstone of a key that is not live; ignored"
+                    );
                 }
+            } else {
+                h.update(|ki| ki.put(rev));
             }
-            // A tombstone whose generation start was already compacted away
-            // (interrupted physical compaction): nothing to restore.
-            None if tombstone => {}
-            None => {
-                self.tree.insert(
-                    key,
-                    KeyIndex::restored(Revision::new(created, 0), rev, version),
-                );
-            }
+        });
+        // A tombstone whose generation start was already compacted away
+        // (interrupted physical compaction): nothing to restore.
+        if found.is_none() && !tombstone {
+            let ki = KeyIndex::restored(Revision::new(created, 0), rev, version);
+            self.insert(&key, History::from_key_index(ki));
         }
     }
 
     /// All keys (for chunked compaction).
     pub(crate) fn keys(&self) -> Vec<Bytes> {
-        self.tree.keys().cloned().collect()
+        let mut out = Vec::with_capacity(self.len);
+        for c in self.chunks.values() {
+            let mut cur = c.cursor();
+            while cur.advance() {
+                out.push(Bytes::copy_from_slice(cur.key()));
+            }
+        }
+        out
     }
 
     /// Compacts the given keys at `at_rev`, adding the kept revisions to `keep`.
@@ -180,20 +374,17 @@ impl TreeIndex {
         keep: &mut HashSet<Revision>,
     ) {
         for k in keys {
-            if let Some(ki) = self.tree.get_mut(k) {
-                ki.compact(at_rev, keep);
-                if ki.is_empty() {
-                    self.tree.remove(k);
-                }
-            }
+            self.with_history(k, |h| h.compact(at_rev, keep));
         }
     }
 
     /// The revisions a compaction at `at_rev` keeps.
     pub(crate) fn keep(&self, at_rev: i64) -> HashSet<Revision> {
         let mut keep = HashSet::new();
-        for ki in self.tree.values() {
-            ki.keep(at_rev, &mut keep);
+        for c in self.chunks.values() {
+            for i in 0..c.len() {
+                c.history(i).keep(at_rev, &mut keep);
+            }
         }
         keep
     }
@@ -219,6 +410,250 @@ mod tests {
         );
         assert_eq!(range_bounds(b"c", b"a"), None);
         assert_eq!(range_bounds(b"a", b"a"), None);
+    }
+
+    /// A reference model: the plain map of key indexes.
+    type Model = BTreeMap<Vec<u8>, KeyIndex>;
+
+    fn model_put(m: &mut Model, k: &[u8], rev: Revision) -> Revision {
+        let ki = m.entry(k.to_vec()).or_default();
+        let prev = ki.modified;
+        ki.put(rev);
+        prev
+    }
+
+    /// The model's entries in the range, with `range_bounds`' conventions.
+    fn model_range<'a>(
+        m: &'a Model,
+        key: &[u8],
+        end: &[u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a KeyIndex)> + 'a {
+        let own = |b: Bound<&[u8]>| b.map(<[u8]>::to_vec);
+        range_bounds(key, end)
+            .map(|(lo, hi)| m.range((own(lo), own(hi))))
+            .into_iter()
+            .flatten()
+    }
+
+    fn assert_same(ti: &TreeIndex, m: &Model, rev: i64) {
+        ti.check();
+        assert_eq!(ti.len(), m.len());
+        let keys: Vec<Vec<u8>> = ti.keys().iter().map(|k| k.to_vec()).collect();
+        assert_eq!(keys, m.keys().cloned().collect::<Vec<_>>());
+        for (k, ki) in m {
+            for r in [rev / 2, rev - 1, rev] {
+                assert_eq!(ti.get(k, r), ki.get(r), "get {k:?} at {r}");
+            }
+        }
+    }
+
+    /// Deterministic xorshift generator (no dependency, reproducible).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Keys of awkward shapes: empty, prefixes of each other, 0x00 and 0xff
+    /// bytes, long shared prefixes, very long keys.
+    fn awkward_key(rng: &mut Rng) -> Vec<u8> {
+        match rng.below(8) {
+            0 => Vec::new(),
+            1 => vec![0xff; rng.below(6) as usize],
+            2 => vec![0x00; rng.below(6) as usize],
+            3 => {
+                let mut k = b"/registry/pods/default/".to_vec();
+                k.extend(format!("{}", rng.below(300)).bytes());
+                k
+            }
+            4 => {
+                let mut k = vec![b'x'; 2000 + rng.below(3000) as usize];
+                k.push(rng.below(256) as u8);
+                k
+            }
+            5 => (0..rng.below(4))
+                .map(|_| [0x00, 0x7f, 0x80, 0xff][rng.below(4) as usize])
+                .collect(),
+            _ => (0..1 + rng.below(3))
+                .map(|_| b'a' + rng.below(3) as u8)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn matches_plain_map_under_random_operations() {
+        for seed in 1..=4u64 {
+            let mut rng = Rng(seed * 0x9e37_79b9_7f4a_7c15);
+            let mut ti = TreeIndex::default();
+            let mut m = Model::new();
+            let mut rev = 1;
+            for step in 0..4000 {
+                rev += 1;
+                let r = Revision::new(rev, 0);
+                let k = awkward_key(&mut rng);
+                match rng.below(10) {
+                    0..=4 => {
+                        assert_eq!(ti.put(&Bytes::from(k.clone()), r), model_put(&mut m, &k, r));
+                    }
+                    5..=6 => {
+                        let want = m.get_mut(&k).and_then(|ki| {
+                            let prev = ki.modified;
+                            ki.tombstone(r).then_some(prev)
+                        });
+                        assert_eq!(ti.tombstone(&k, r), want);
+                    }
+                    7 => {
+                        // a put undone (aborted transaction)
+                        let prev = ti.put(&Bytes::from(k.clone()), r);
+                        ti.undo_put(&k, r, prev);
+                    }
+                    8 => {
+                        let (a, b) = (awkward_key(&mut rng), awkward_key(&mut rng));
+                        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                        for limit in [0, 1, 3] {
+                            let (got, total) = ti.revisions(&lo, &hi, rev, limit);
+                            let live: Vec<(Vec<u8>, Revision)> = model_range(&m, &lo, &hi)
+                                .filter_map(|(k, ki)| ki.get(rev).map(|a| (k.clone(), a.modified)))
+                                .collect();
+                            assert_eq!(total, live.len() as i64);
+                            assert_eq!(ti.count(&lo, &hi, rev), live.len() as i64);
+                            let n = if limit == 0 {
+                                live.len()
+                            } else {
+                                limit.min(live.len())
+                            };
+                            let got: Vec<(Vec<u8>, Revision)> =
+                                got.into_iter().map(|(k, r)| (k.to_vec(), r)).collect();
+                            assert_eq!(got, live[..n].to_vec());
+                        }
+                        let all = ti.revisions(&lo, &[0], rev, 0).1;
+                        let want = m
+                            .range(lo.clone()..)
+                            .filter(|(_, ki)| ki.get(rev).is_some())
+                            .count();
+                        assert_eq!(all, want as i64);
+                    }
+                    _ => {
+                        let at = rev - rng.below(50) as i64;
+                        let mut keep = HashSet::new();
+                        let keys = ti.keys();
+                        assert_eq!(ti.keep(at), {
+                            let mut k = HashSet::new();
+                            m.values().for_each(|ki| ki.keep(at, &mut k));
+                            k
+                        });
+                        ti.compact_keys(&keys, at, &mut keep);
+                        let mut want = HashSet::new();
+                        m.retain(|_, ki| {
+                            ki.compact(at, &mut want);
+                            !ki.is_empty()
+                        });
+                        assert_eq!(keep, want, "compaction at {at}");
+                    }
+                }
+                if step % 97 == 0 {
+                    assert_same(&ti, &m, rev);
+                }
+            }
+            assert_same(&ti, &m, rev);
+            // delete everything: chunks merge away to nothing
+            let keys = ti.keys();
+            for k in &keys {
+                rev += 1;
+                ti.tombstone(k, Revision::new(rev, 0));
+            }
+            let mut keep = HashSet::new();
+            ti.compact_keys(&keys, rev, &mut keep);
+            assert!(keep.is_empty());
+            assert_eq!(ti.len(), 0);
+            assert_eq!(ti.chunk_count(), 0);
+            assert_eq!(ti.heap_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn chunks_split_and_merge_at_their_bounds() {
+        let key = |i: usize| format!("k{i:05}").into_bytes();
+        let mut ti = TreeIndex::default();
+        // ascending load: full chunks, the last one takes the overflow
+        for i in 0..MAX_ENTRIES {
+            ti.put(&Bytes::from(key(i)), Revision::new(i as i64 + 2, 0));
+        }
+        assert_eq!(ti.chunk_count(), 1);
+        ti.put(&Bytes::from(key(MAX_ENTRIES)), Revision::new(100, 0));
+        assert_eq!(ti.chunk_count(), 2);
+        ti.check();
+        let sizes: Vec<usize> = ti.chunks.values().map(Chunk::len).collect();
+        assert_eq!(sizes, vec![MAX_ENTRIES, 1]);
+        // an insert in the middle of a full chunk splits it in halves
+        ti.put(&Bytes::from_static(b"k00010a"), Revision::new(101, 0));
+        let sizes: Vec<usize> = ti.chunks.values().map(Chunk::len).collect();
+        assert_eq!(sizes, vec![32, 33, 1]);
+        ti.check();
+        // deleting and compacting the front keys merges chunks back
+        let mut rev = 200;
+        for i in 0..30 {
+            rev += 1;
+            ti.tombstone(&key(i), Revision::new(rev, 0)).unwrap();
+        }
+        let mut keep = HashSet::new();
+        ti.compact_keys(&ti.keys(), rev, &mut keep);
+        ti.check();
+        assert_eq!(ti.len(), MAX_ENTRIES + 2 - 30);
+        let sizes: Vec<usize> = ti.chunks.values().map(Chunk::len).collect();
+        // 17 removals left 15 (< MIN_ENTRIES) in the first chunk, which then
+        // took in the next one; the last chunk was not touched
+        assert_eq!(sizes, vec![32 + 33 - 30, 1]);
+        // a key below every separator goes to the first chunk
+        ti.put(&Bytes::from_static(b""), Revision::new(rev + 1, 0));
+        ti.check();
+        assert_eq!(ti.revisions(b"", &[0], rev + 1, 1).0[0].0, "");
+    }
+
+    #[test]
+    fn long_keys_split_by_bytes() {
+        let mut ti = TreeIndex::default();
+        for i in 0..10u8 {
+            let mut k = vec![i; 3000];
+            k.push(0xff);
+            ti.put(&Bytes::from(k), Revision::new(i64::from(i) + 2, 0));
+        }
+        ti.check();
+        assert!(
+            ti.chunk_count() >= 4,
+            "chunks of at most {MAX_KEY_BYTES} bytes"
+        );
+        let big = Bytes::from(vec![0xff; 100_000]);
+        ti.put(&big, Revision::new(20, 0));
+        ti.check();
+        assert_eq!(ti.get(&big, 20).unwrap().modified, Revision::new(20, 0));
+        assert_eq!(ti.count(b"", &[0], 20), 11);
+    }
+
+    #[test]
+    fn heap_bytes_follow_the_content() {
+        let mut ti = TreeIndex::default();
+        assert_eq!(ti.heap_bytes(), 0);
+        for i in 0..10_000u32 {
+            let k = format!("/registry/key/{i:010}");
+            ti.put(&Bytes::from(k), Revision::new(i64::from(i) + 2, 0));
+        }
+        let b = ti.heap_bytes();
+        // front-coded keys (a few bytes each) and 24-byte histories
+        assert!(b > 10_000 * 24 && b < 10_000 * 40, "{b} bytes");
+        // a second revision boxes the history
+        ti.put(
+            &Bytes::from_static(b"/registry/key/0000000000"),
+            Revision::new(20_000, 0),
+        );
+        assert!(ti.heap_bytes() > b + std::mem::size_of::<KeyIndex>());
     }
 
     #[test]

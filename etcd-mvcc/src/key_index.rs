@@ -285,6 +285,170 @@ impl KeyIndex {
     }
 }
 
+/// The history of one key as the tree index stores it: [`KeyIndex`] in
+/// 24 bytes, without a heap allocation, in the common case of one live
+/// generation with a single revision left (a key put once, or a key whose
+/// older revisions were compacted away); boxed otherwise.
+///
+/// Invariant: [`History::Single`] is used exactly when the key index has one
+/// generation holding one revision and the numbers fit the narrow fields
+/// (`sub` and the creating `sub` `<= u16::MAX`, `main - created.main` and the
+/// version `<= u32::MAX`, `main >= 0`); [`History::from_key_index`] chooses,
+/// so two equal key indexes always get the same form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum History {
+    /// One live generation whose only revision left is `(main, sub)`,
+    /// created at `(main - age, created_sub)`, at version `ver`.
+    Single {
+        main: i64,
+        sub: u16,
+        created_sub: u16,
+        age: u32,
+        ver: u32,
+    },
+    /// Every other history (several revisions or generations, a tombstone,
+    /// or numbers too large for `Single`).
+    Full(Box<KeyIndex>),
+}
+
+impl History {
+    /// The history of a key created by a put at `rev` (version 1).
+    pub(crate) fn created(rev: Revision) -> Self {
+        Self::from_key_index(KeyIndex::restored(rev, rev, 1))
+    }
+
+    /// The compact form of `ki` (see the type's invariant).
+    pub(crate) fn from_key_index(ki: KeyIndex) -> Self {
+        if let [g] = ki.generations.as_slice() {
+            if let [rev] = g.revs.as_slice() {
+                let fits = (|| {
+                    Some(History::Single {
+                        main: (rev.main >= 0).then_some(rev.main)?,
+                        sub: u16::try_from(rev.sub).ok()?,
+                        created_sub: u16::try_from(g.created.sub).ok()?,
+                        age: u32::try_from(rev.main.checked_sub(g.created.main)?).ok()?,
+                        ver: u32::try_from(g.ver).ok()?,
+                    })
+                })();
+                if let Some(h) = fits {
+                    return h;
+                }
+            }
+        }
+        History::Full(Box::new(ki))
+    }
+
+    /// The equivalent [`KeyIndex`].
+    pub(crate) fn to_key_index(&self) -> KeyIndex {
+        match self {
+            History::Single {
+                main,
+                sub,
+                created_sub,
+                age,
+                ver,
+            } => KeyIndex::restored(
+                Revision::new(main - i64::from(*age), i64::from(*created_sub)),
+                Revision::new(*main, i64::from(*sub)),
+                i64::from(*ver),
+            ),
+            History::Full(ki) => (**ki).clone(),
+        }
+    }
+
+    /// Applies `f` to the equivalent [`KeyIndex`] and stores the result back
+    /// in compact form; returns `f`'s result.
+    pub(crate) fn update<T>(&mut self, f: impl FnOnce(&mut KeyIndex) -> T) -> T {
+        let placeholder = History::Single {
+            main: 0,
+            sub: 0,
+            created_sub: 0,
+            age: 0,
+            ver: 0,
+        };
+        let mut ki = match std::mem::replace(self, placeholder) {
+            History::Full(ki) => *ki,
+            single => single.to_key_index(),
+        };
+        let out = f(&mut ki);
+        *self = History::from_key_index(ki);
+        out
+    }
+
+    /// The latest revision of the key (put or tombstone).
+    pub(crate) fn modified(&self) -> Revision {
+        match self {
+            History::Single { main, sub, .. } => Revision::new(*main, i64::from(*sub)),
+            History::Full(ki) => ki.modified,
+        }
+    }
+
+    /// See [`KeyIndex::get`].
+    pub(crate) fn get(&self, at_rev: i64) -> Option<KeyAt> {
+        match self {
+            History::Single {
+                main,
+                sub,
+                created_sub,
+                age,
+                ver,
+            } => (*main <= at_rev).then(|| KeyAt {
+                modified: Revision::new(*main, i64::from(*sub)),
+                created: Revision::new(main - i64::from(*age), i64::from(*created_sub)),
+                version: i64::from(*ver),
+            }),
+            History::Full(ki) => ki.get(at_rev),
+        }
+    }
+
+    /// See [`KeyIndex::is_empty`].
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            History::Single { .. } => false,
+            History::Full(ki) => ki.is_empty(),
+        }
+    }
+
+    /// See [`KeyIndex::compact`]. A single live revision is never removed
+    /// (it is the key's current value), so `Single` only adds to `keep`.
+    pub(crate) fn compact(&mut self, at_rev: i64, keep: &mut HashSet<Revision>) {
+        match self {
+            History::Single { .. } => self.keep(at_rev, keep),
+            History::Full(_) => self.update(|ki| ki.compact(at_rev, keep)),
+        }
+    }
+
+    /// See [`KeyIndex::keep`].
+    pub(crate) fn keep(&self, at_rev: i64, keep: &mut HashSet<Revision>) {
+        match self {
+            History::Single { main, sub, .. } => {
+                if *main <= at_rev {
+                    keep.insert(Revision::new(*main, i64::from(*sub)));
+                }
+            }
+            History::Full(ki) => ki.keep(at_rev, keep),
+        }
+    }
+
+    /// Heap bytes owned by this history (0 for `Single`), from capacities.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            History::Single { .. } => 0,
+            History::Full(ki) => {
+                std::mem::size_of::<KeyIndex>()
+                    + ki.generations.capacity() * std::mem::size_of::<Generation>()
+                    + ki.generations
+                        .iter()
+                        .map(|g| g.revs.capacity() * std::mem::size_of::<Revision>())
+                        .sum::<usize>()
+            }
+        }
+    }
+}
+
+// The compact form is the point of `History`: keep it at 24 bytes.
+const _: () = assert!(std::mem::size_of::<History>() == 24);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,6 +233,15 @@ impl Store {
         self.inner.index.read().len()
     }
 
+    /// Heap bytes held by the in-memory key index (keys, histories and the
+    /// tree of chunks), computed from the structures' capacities; the only
+    /// estimated part is the B-tree of chunks (a few bytes per key). See
+    /// `docs/mvcc.md` for the layout. Takes the index read lock for a walk
+    /// over all chunks (no per-key work): about a millisecond per 100k keys.
+    pub fn index_bytes(&self) -> u64 {
+        self.inner.index.read().heap_bytes() as u64
+    }
+
     /// A read transaction pinned at the current revision (a consistent view:
     /// later writes are invisible to it).
     pub fn read(&self) -> TxnRead<'_> {

@@ -45,6 +45,7 @@ mod backend;
 mod error;
 mod hash;
 mod index;
+mod index_chunk;
 mod key_index;
 mod kvstore;
 mod kvstore_compaction;
