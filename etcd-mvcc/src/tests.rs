@@ -805,3 +805,288 @@ fn fuzzing_run_ops_random_inputs(env: Env) {
         run(&random_bytes(seed, len));
     }
 }
+
+// ---- crash tests (in-memory backend: everything not flushed is lost) ----
+
+fn mem_opts(batch: usize) -> StoreOptions {
+    StoreOptions {
+        compaction_batch_limit: batch,
+        compaction_sleep_interval: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+fn open_on(disk: &MemDisk, opts: StoreOptions) -> Store {
+    Store::open_with(Box::new(disk.backend()), opts).unwrap()
+}
+
+fn all_at(s: &Store, revs: std::ops::RangeInclusive<i64>) -> Vec<RangeResult> {
+    revs.map(|r| s.range(b"", &[0], ro(r)).unwrap()).collect()
+}
+
+#[test]
+fn crash_between_applies_reopens_at_the_flushed_prefix() {
+    let disk = MemDisk::new();
+    let s = open_on(&disk, mem_opts(1000));
+    put(&s, &[("a", "1"), ("b", "1")]); // 2, ci 1
+    put(&s, &[("a", "2")]); // 3, ci 2
+    let mut t = s.write();
+    t.put_aux(Bucket::Lease, b"l", b"1");
+    t.end(3).unwrap(); // ci 3, no revision
+    s.flush().unwrap();
+    let flushed = (all_at(&s, 2..=3), s.hash_kv(0).unwrap());
+    // applied but not durable: lost by the crash
+    del(&s, "b", b""); // 4, ci 4
+    let lost_events = {
+        let mut t = s.write();
+        t.put(b"c", b"1", 0).unwrap();
+        t.put_aux(Bucket::Lease, b"l", b"2");
+        t.end(5).unwrap() // 5, ci 5
+    };
+    disk.crash();
+    // the dead process cannot write any more
+    let mut t = s.write();
+    t.put(b"x", b"1", 0).unwrap();
+    assert!(matches!(t.end(6), Err(Error::Storage(_))));
+    assert!(s.flush().is_err());
+    drop(s);
+
+    let s = open_on(&disk, mem_opts(1000));
+    assert_eq!(
+        (s.current_revision(), s.consistent_index()),
+        (3, 3),
+        "state of the flush"
+    );
+    assert_eq!((all_at(&s, 2..=3), s.hash_kv(0).unwrap()), flushed);
+    assert_eq!(s.aux_get(Bucket::Lease, b"l").unwrap(), Some(b"1".to_vec()));
+    // the raft layer re-applies entries 4 and 5: same revisions, same events
+    del(&s, "b", b"");
+    let mut t = s.write();
+    t.put(b"c", b"1", 0).unwrap();
+    t.put_aux(Bucket::Lease, b"l", b"2");
+    assert_eq!(t.end(5).unwrap(), lost_events);
+    assert_eq!((s.current_revision(), s.consistent_index()), (5, 5));
+    assert_eq!(s.aux_get(Bucket::Lease, b"l").unwrap(), Some(b"2".to_vec()));
+}
+
+#[test]
+fn failed_batch_changes_nothing() {
+    let disk = MemDisk::new();
+    let s = open_on(&disk, mem_opts(1000));
+    put(&s, &[("a", "1")]); // 2
+    disk.crash_after_writes(0);
+    let mut t = s.write();
+    t.put(b"a", b"2", 0).unwrap();
+    t.put(b"b", b"2", 0).unwrap();
+    assert!(matches!(t.end(2), Err(Error::Storage(_))));
+    // in memory: the index changes were undone
+    assert_eq!((s.current_revision(), s.consistent_index()), (2, 1));
+    assert_eq!(keys(&s.range(b"", &[0], ro(0)).unwrap()), ["a"]);
+    assert!(matches!(s.compact(2, 2), Err(Error::Storage(_))));
+    assert_eq!(
+        s.compact_revision(),
+        -1,
+        "a failed compact schedules nothing"
+    );
+    drop(s);
+    let s = open_on(&disk, mem_opts(1000));
+    assert_eq!(s.current_revision(), 1, "nothing was flushed");
+}
+
+/// History used by the compaction crash test: 5 keys, 4 versions each,
+/// some deleted; returns the revision to compact at.
+fn compaction_history(s: &Store) -> i64 {
+    for round in 0..4 {
+        let mut t = s.write();
+        for k in 0..5 {
+            t.put(format!("k{k}").as_bytes(), format!("{round}").as_bytes(), 0)
+                .unwrap();
+        }
+        t.end(s.consistent_index() + 1).unwrap();
+        if round == 1 {
+            del(s, "k3", b"");
+        }
+    }
+    del(s, "k4", b"");
+    put(s, &[("k9", "x")]);
+    s.current_revision() - 2
+}
+
+#[test]
+fn crash_at_every_write_of_a_compaction_resumes_it() {
+    // reference: the same history compacted without a crash
+    let (want_raw, want_ranges, want_hash, compact_at) = {
+        let s = open_on(&MemDisk::new(), mem_opts(1));
+        let c = compaction_history(&s);
+        s.compact(c, 100).unwrap().wait();
+        (
+            raw_revisions(&s),
+            all_at(&s, c..=s.current_revision()),
+            s.hash_kv(0).unwrap(),
+            c,
+        )
+    };
+    let mut crashes = 0;
+    for k in 1.. {
+        let disk = MemDisk::new();
+        // every write durable at once: any prefix of the compaction's
+        // batches can be what survives
+        disk.set_auto_flush(true);
+        let s = open_on(&disk, mem_opts(1));
+        assert_eq!(compaction_history(&s), compact_at);
+        // the schedule record is write 1; then the deletes, then "finished"
+        disk.crash_after_writes(k);
+        s.compact(compact_at, 100).unwrap().wait();
+        let finished = s.finished_compact_revision() == compact_at;
+        drop(s);
+
+        let s = open_on(&disk, mem_opts(1));
+        assert_eq!(s.compact_revision(), compact_at, "crash after {k} writes");
+        assert_eq!(s.consistent_index(), 100);
+        assert_eq!(
+            s.range(b"", &[0], ro(compact_at - 1)),
+            Err(Error::Compacted)
+        );
+        // reads at revisions >= the compaction agree before it finishes...
+        assert_eq!(all_at(&s, compact_at..=s.current_revision()), want_ranges);
+        assert_eq!(s.hash_kv(0).unwrap(), want_hash);
+        // ...and the compaction resumes from the scheduled revision
+        wait_finished(&s, compact_at);
+        assert_eq!(raw_revisions(&s), want_raw, "crash after {k} writes");
+        assert_eq!(all_at(&s, compact_at..=s.current_revision()), want_ranges);
+        assert_eq!(s.hash_kv(0).unwrap(), want_hash);
+        if finished {
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(crashes > 5, "crashed inside the compaction {crashes} times");
+}
+
+#[test]
+fn crash_before_the_compaction_schedule_is_flushed_forgets_it() {
+    let disk = MemDisk::new();
+    let s = open_on(&disk, mem_opts(1));
+    let c = compaction_history(&s);
+    let ci = s.consistent_index();
+    s.flush().unwrap();
+    let before = all_at(&s, 2..=s.current_revision());
+    s.compact(c, ci + 1).unwrap().wait();
+    disk.crash();
+    drop(s);
+    let s = open_on(&disk, mem_opts(1));
+    assert_eq!((s.compact_revision(), s.consistent_index()), (-1, ci));
+    assert_eq!(all_at(&s, 2..=s.current_revision()), before);
+    // the raft layer re-applies the compaction
+    s.compact(c, ci + 1).unwrap().wait();
+    assert_eq!(s.finished_compact_revision(), c);
+}
+
+// ---- chunked ranges ----
+
+#[test]
+fn range_chunks_are_bounded_and_stop_early() {
+    let s = Store::open_in_memory(StoreOptions {
+        range_chunk_size: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let kvs: Vec<(&str, &str)> = names.iter().map(|k| (k.as_str(), "v")).collect();
+    put(&s, &kvs); // 2
+    del(&s, "k4", b""); // 3
+    let r = s.read();
+    let mut chunks = Vec::new();
+    let h = r
+        .range_chunks(b"k", b"l", ro(0), |c| {
+            chunks.push(c.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(h, RangeHeader { rev: 3, count: 9 });
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 3, 3],
+        "chunks of at most 3"
+    );
+    assert_eq!(
+        chunks.concat(),
+        r.range(b"k", b"l", ro(0))
+            .unwrap()
+            .kvs
+            .iter()
+            .map(|kv| kv.key.clone())
+            .collect::<Vec<_>>()
+    );
+    // stopping after the first chunk: count still covers the whole range
+    let mut calls = 0;
+    let h = r
+        .range_chunks(b"k", b"l", ro(2), |_| {
+            calls += 1;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!((calls, h.count), (1, 10));
+    // limit 4: chunks 3 + 1
+    let mut sizes = Vec::new();
+    r.range_chunks(
+        b"k",
+        b"l",
+        RangeOptions {
+            limit: 4,
+            ..Default::default()
+        },
+        |c| {
+            sizes.push(c.len());
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(sizes, [3, 1]);
+    // count_only and empty ranges call f never; errors come first
+    let never = |_: Vec<KeyValue>| -> std::ops::ControlFlow<()> { panic!("no chunk expected") };
+    let h = r
+        .range_chunks(
+            b"k",
+            b"l",
+            RangeOptions {
+                count_only: true,
+                ..Default::default()
+            },
+            never,
+        )
+        .unwrap();
+    assert_eq!(h.count, 9);
+    assert_eq!(r.range_chunks(b"x", b"y", ro(0), never).unwrap().count, 0);
+    assert_eq!(
+        r.range_chunks(b"k", b"l", ro(4), never),
+        Err(Error::FutureRevision)
+    );
+    drop(r);
+    // a write txn's chunks mix its own pending changes with stored values
+    let mut t = s.write();
+    t.put(b"k5", b"new", 0).unwrap();
+    t.put(b"k40", b"new", 0).unwrap();
+    let mut got = Vec::new();
+    t.range_chunks(b"k", b"l", ro(0), |c| {
+        got.extend(c.into_iter().map(|kv| (kv.key, kv.mod_revision)));
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let want: Vec<(bytes::Bytes, i64)> = [
+        ("k0", 2),
+        ("k1", 2),
+        ("k2", 2),
+        ("k3", 2),
+        ("k40", 4),
+        ("k5", 4),
+        ("k6", 2),
+        ("k7", 2),
+        ("k8", 2),
+        ("k9", 2),
+    ]
+    .iter()
+    .map(|(k, r)| (bytes::Bytes::from_static(k.as_bytes()), *r))
+    .collect();
+    assert_eq!(got, want);
+}
