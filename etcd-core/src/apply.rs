@@ -21,8 +21,9 @@ use crate::pb::etcdserverpb::{
 use crate::pb::mvccpb::KeyValue;
 use crate::raft_request::{Op, RaftRequest};
 use crate::{Error, Result};
-use etcd_mvcc::{CompactWait, RangeOptions, RangeResult, Store, TxnRead, TxnWrite};
+use etcd_mvcc::{CompactWait, RangeHeader, RangeOptions, RangeResult, Store, TxnRead, TxnWrite};
 use std::cmp::Ordering;
+use std::ops::ControlFlow;
 
 /// What applying one raft entry produced for its waiter.
 pub(crate) enum Applied {
@@ -65,6 +66,23 @@ impl<'a> View<'a> {
         Ok(match &self.txn {
             Txn::Read(t) => t.range(key, end, opts)?,
             Txn::Write(t) => t.range(key, end, opts)?,
+        })
+    }
+
+    /// The store's chunked range (see `range`).
+    fn range_chunks<F>(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        opts: RangeOptions,
+        f: F,
+    ) -> Result<RangeHeader>
+    where
+        F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+    {
+        Ok(match &self.txn {
+            Txn::Read(t) => t.range_chunks(key, end, opts, f)?,
+            Txn::Write(t) => t.range_chunks(key, end, opts, f)?,
         })
     }
 
@@ -166,15 +184,35 @@ fn rev_header(revision: i64) -> Option<ResponseHeader> {
 }
 
 /// `applierV3backend.Range`.
+///
+/// Consumes the store's range in chunks (`TxnRead::range_chunks`): the
+/// min/max create/mod revision filters and `keys_only` are applied to each
+/// chunk, so filtered-out key-values never accumulate, and unless a sort
+/// other than by key ascending is asked for, the read stops as soon as
+/// `limit + 1` key-values passed the filters (the extra one says `more`).
+/// Sorting by another target (or by key descending) needs every key-value
+/// that passed the filters at once, as in etcd. `count` is the store's: all
+/// keys in the range at the revision, before filters and limit (as etcd).
 pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> {
     use range_request::{SortOrder, SortTarget};
     let filtered = r.min_mod_revision != 0
         || r.max_mod_revision != 0
         || r.min_create_revision != 0
         || r.max_create_revision != 0;
+    let mut order = r.sort_order;
+    if r.sort_target != SortTarget::Key as i32 && order == SortOrder::None as i32 {
+        // Any target but the key defaults to ascending.
+        order = SortOrder::Ascend as i32;
+    }
+    // The store yields key order: only other orders need a sort.
+    let sort = order != SortOrder::None as i32
+        && !(r.sort_target == SortTarget::Key as i32 && order == SortOrder::Ascend as i32);
     let mut limit = r.limit;
-    if r.sort_order != SortOrder::None as i32 || filtered {
-        // Everything is needed to sort or filter; truncate afterwards.
+    if (sort && r.sort_order != SortOrder::None as i32) || filtered {
+        // Everything is needed to sort; with filters we stop early ourselves
+        // (if there is no sort). Like etcd, a target other than the key
+        // without an explicit order sorts only the first `limit + 1` keys
+        // when there is no filter.
         limit = 0;
     }
     if limit > 0 {
@@ -186,26 +224,30 @@ pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> 
         rev: r.revision,
         count_only: r.count_only,
     };
-    let rr = view.range(&r.key, &r.range_end, opts)?;
-    let mut kvs = rr.kvs;
-    if r.max_mod_revision != 0 {
-        kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
-    }
-    if r.min_mod_revision != 0 {
-        kvs.retain(|kv| kv.mod_revision >= r.min_mod_revision);
-    }
-    if r.max_create_revision != 0 {
-        kvs.retain(|kv| kv.create_revision <= r.max_create_revision);
-    }
-    if r.min_create_revision != 0 {
-        kvs.retain(|kv| kv.create_revision >= r.min_create_revision);
-    }
-    let mut order = r.sort_order;
-    if r.sort_target != SortTarget::Key as i32 && order == SortOrder::None as i32 {
-        // Results come sorted by key; any other target defaults to ascending.
-        order = SortOrder::Ascend as i32;
-    }
-    if order != SortOrder::None as i32 {
+    // Without a sort, limit + 1 key-values that pass the filters are enough.
+    let enough = (!sort && r.limit > 0).then(|| r.limit as usize + 1);
+    // Sorting by value needs the values: clear them after the sort then.
+    let clear_values_early = r.keys_only && !(sort && r.sort_target == SortTarget::Value as i32);
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    let header = view.range_chunks(&r.key, &r.range_end, opts, |mut chunk| {
+        if filtered {
+            chunk.retain(|kv| range_filter_passes(r, kv));
+        }
+        if clear_values_early {
+            for kv in &mut chunk {
+                kv.value = Default::default();
+            }
+        }
+        kvs.extend(chunk);
+        match enough {
+            Some(n) if kvs.len() >= n => {
+                kvs.truncate(n);
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    })?;
+    if sort {
         let by: fn(&KeyValue, &KeyValue) -> Ordering = match r.sort_target {
             t if t == SortTarget::Version as i32 => |a, b| a.version.cmp(&b.version),
             t if t == SortTarget::Create as i32 => |a, b| a.create_revision.cmp(&b.create_revision),
@@ -224,7 +266,7 @@ pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> 
         kvs.truncate(r.limit as usize);
         more = true;
     }
-    if r.keys_only {
+    if r.keys_only && !clear_values_early {
         for kv in &mut kvs {
             kv.value = Default::default();
         }
@@ -233,8 +275,16 @@ pub(crate) fn range(view: &View<'_>, r: &RangeRequest) -> Result<RangeResponse> 
         header: rev_header(view.rev()),
         kvs,
         more,
-        count: rr.count,
+        count: header.count,
     })
+}
+
+/// The min/max mod/create revision filters of a range (0: no bound).
+fn range_filter_passes(r: &RangeRequest, kv: &KeyValue) -> bool {
+    (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
+        && (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
+        && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
+        && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
 }
 
 /// `applierV3backend.Put` (the lease was checked before).

@@ -18,6 +18,8 @@
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
 mod apply;
+#[cfg(test)]
+mod apply_range_tests;
 mod config;
 mod datadir;
 mod error;

@@ -1,4 +1,12 @@
-//! RocksDB backend: column families, meta records, write and flush policy.
+//! The storage backend interface (etcd's `backend` package): what the MVCC
+//! store needs from an ordered key-value engine, and nothing more.
+//!
+//! Two implementations:
+//! - [`RocksBackend`](crate::RocksBackend) (cargo feature `rocksdb`, on by
+//!   default): the real one, one RocksDB column family per [`Cf`];
+//! - [`MemBackend`](crate::MemBackend): persistent ordered maps in memory,
+//!   with a separate *durable* state that only [`Backend::flush`] updates, so
+//!   tests can crash it (see `backend_memory`).
 //!
 //! Column families (see `docs/mvcc.md` for the byte layouts):
 //!
@@ -8,34 +16,187 @@
 //! | `meta`    | ASCII name (see `META_*`)             | 8 bytes big-endian integer   |
 //! | `lease`, `auth`, `members`, `alarm` | owned by upper layers | owned by upper layers |
 //!
-//! Durability model: the raft WAL is the source of durability. Batches are
-//! written with the RocksDB WAL disabled and without sync; `atomic_flush`
-//! makes every flush cover all column families at one sequence number, so the
-//! files on disk always hold a *prefix* of the applied batches, and the
-//! consistent index in `meta` says exactly which prefix. After a crash the
-//! raft layer re-applies the entries after [`Store::consistent_index`].
-//!
-//! [`Store::consistent_index`]: crate::Store::consistent_index
+//! Contract of every implementation:
+//! - [`Backend::write`] applies a [`WriteBatch`] atomically: a snapshot, a
+//!   read and the durable state contain all of its changes or none.
+//! - A [`Snapshot`] is a consistent view of every batch written before it
+//!   was taken; later writes never change what it returns.
+//! - Durability: writes need not be durable; [`Backend::flush`] makes
+//!   everything written so far durable. Whatever the backend persists on its
+//!   own (RocksDB flushing full memtables) is a *prefix* of the written
+//!   batches. After a crash the store reopens at a prefix, and the
+//!   consistent index in `meta` (written in the same batch as each raft
+//!   entry's changes) says exactly which one; the raft layer re-applies the
+//!   rest (see [`Store::consistent_index`](crate::Store::consistent_index)).
 
-use std::path::Path;
+use std::ops::Bound;
 
-use rocksdb::{
-    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions,
-    DBCompressionType, FlushOptions, Options, WriteBatch, WriteOptions, DB,
-};
+use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
-/// Column family of key revisions.
-pub(crate) const CF_KEY: &str = "key";
-/// Column family of store metadata.
-pub(crate) const CF_META: &str = "meta";
-/// Auxiliary column families, in [`Bucket`](crate::Bucket) order.
-pub(crate) const CF_LEASE: &str = "lease";
-pub(crate) const CF_AUTH: &str = "auth";
-pub(crate) const CF_MEMBERS: &str = "members";
-pub(crate) const CF_ALARM: &str = "alarm";
-const ALL_CFS: [&str; 6] = [CF_KEY, CF_META, CF_LEASE, CF_AUTH, CF_MEMBERS, CF_ALARM];
+/// A column family of the store (a bbolt bucket in etcd).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// Key revisions: revision -> `mvccpb.KeyValue`.
+    Key,
+    /// Store metadata (`consistent_index`, compaction revisions, format).
+    Meta,
+    /// Leases (owned by upper layers).
+    Lease,
+    /// Users, roles, auth settings (owned by upper layers).
+    Auth,
+    /// Cluster members (owned by upper layers).
+    Members,
+    /// Alarms (owned by upper layers).
+    Alarm,
+}
+
+impl Cf {
+    /// Every column family, in a fixed order (`Cf as usize` indexes it).
+    pub const ALL: [Cf; 6] = [
+        Cf::Key,
+        Cf::Meta,
+        Cf::Lease,
+        Cf::Auth,
+        Cf::Members,
+        Cf::Alarm,
+    ];
+
+    /// The column family's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Key => "key",
+            Cf::Meta => "meta",
+            Cf::Lease => "lease",
+            Cf::Auth => "auth",
+            Cf::Members => "members",
+            Cf::Alarm => "alarm",
+        }
+    }
+}
+
+/// One change of a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Sets `key = value` in `cf`.
+    Put {
+        /// Column family.
+        cf: Cf,
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Removes `key` from `cf` (no-op if absent).
+    Delete {
+        /// Column family.
+        cf: Cf,
+        /// Key.
+        key: Vec<u8>,
+    },
+}
+
+/// Changes across column families, applied atomically by [`Backend::write`]
+/// in order (a later change of the same key wins).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<BatchOp>,
+}
+
+impl WriteBatch {
+    /// Adds `key = value` in `cf`.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Put {
+            cf,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a delete of `key` in `cf`.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::Delete {
+            cf,
+            key: key.into(),
+        });
+    }
+
+    /// True without changes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The changes, in order.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// The changes, in order, by value.
+    pub fn into_ops(self) -> Vec<BatchOp> {
+        self.ops
+    }
+}
+
+/// A stored record: (key, value).
+pub type Record = (Bytes, Bytes);
+
+/// Forward iterator over the records of a [`Snapshot::scan`].
+pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<Record>> + Send + 'a>;
+
+/// A consistent read view: every batch written before it was taken, nothing
+/// after. Cheap to take (RocksDB snapshot; in memory, O(1) map clones).
+pub trait Snapshot: Send + Sync {
+    /// The value of `key` in `cf`.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Bytes>>;
+
+    /// The values of `keys` in `cf`, in the order of `keys` (one batched
+    /// lookup where the engine supports it).
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
+    /// The records of `cf` with `start <= key` and `key < end` (`end` None:
+    /// to the last key), in ascending key order. The watch history reads use
+    /// it to scan the `key` column family forward from a revision.
+    fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_>;
+}
+
+/// An ordered key-value engine with the store's column families.
+/// `Send + Sync`: the store shares it between readers, the writer and the
+/// compaction thread.
+pub trait Backend: Send + Sync {
+    /// Applies `batch` atomically (see the module doc: not necessarily durable).
+    fn write(&self, batch: WriteBatch) -> Result<()>;
+
+    /// The current value of `key` in `cf` (everything written so far).
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Bytes>>;
+
+    /// A consistent read view of everything written so far.
+    fn snapshot(&self) -> Box<dyn Snapshot + '_>;
+
+    /// Makes everything written so far durable (all column families at one
+    /// point), and returns when it is.
+    fn flush(&self) -> Result<()>;
+
+    /// Reclaims the space of removed records (RocksDB: flush and manual
+    /// compaction of every column family). Online: reads and writes continue.
+    fn defragment(&self) -> Result<()>;
+
+    /// Bytes the backend occupies (RocksDB: files in its directory).
+    fn size(&self) -> u64;
+
+    /// Bytes in use by live data (RocksDB: an estimate).
+    fn size_in_use(&self) -> u64;
+
+    /// A short description for logs and `Debug` (e.g. the directory).
+    fn describe(&self) -> String;
+}
 
 /// `meta` key: index of the last applied raft entry (u64 BE).
 pub(crate) const META_CONSISTENT_INDEX: &[u8] = b"consistent_index";
@@ -49,159 +210,52 @@ pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// The on-disk format this build writes and understands.
 pub const FORMAT_VERSION: u64 = 1;
 
-/// The RocksDB database with the store's column families.
-pub(crate) struct Backend {
-    pub(crate) db: DB,
-}
-
-impl Backend {
-    pub(crate) fn open(dir: &Path) -> Result<Backend> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_atomic_flush(true);
-        opts.set_max_background_jobs(2);
-        opts.set_keep_log_file_num(4);
-        opts.set_max_log_file_size(16 << 20);
-        opts.set_compression_type(DBCompressionType::None);
-        // RocksDB's default `avoid_flush_during_shutdown = false` flushes the
-        // memtables at close, which matters with the WAL disabled; Store's
-        // Drop also flushes explicitly.
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut o = Options::default();
-            o.set_compression_type(DBCompressionType::None);
-            ColumnFamilyDescriptor::new(*name, o)
-        });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        let b = Backend { db };
-        b.check_format()?;
-        Ok(b)
-    }
-
-    fn check_format(&self) -> Result<()> {
-        match self.meta_u64(META_FORMAT_VERSION)? {
-            Some(v) if v > FORMAT_VERSION => Err(Error::UnsupportedFormat {
-                found: v,
-                supported: FORMAT_VERSION,
-            }),
-            Some(_) => Ok(()),
-            None => {
-                let mut batch = WriteBatch::default();
-                batch.put_cf(
-                    self.cf(CF_META),
-                    META_FORMAT_VERSION,
-                    FORMAT_VERSION.to_be_bytes(),
-                );
-                self.write(batch)?;
-                // make the format version durable right away
-                self.flush()
-            }
+/// Decodes an 8-byte big-endian `meta` record.
+pub(crate) fn meta_u64(b: &dyn Backend, key: &[u8]) -> Result<Option<u64>> {
+    match b.get(Cf::Meta, key)? {
+        None => Ok(None),
+        Some(v) => {
+            let a: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                Error::Corruption(format!(
+                    "meta record {} has {} bytes, want 8",
+                    String::from_utf8_lossy(key),
+                    v.len()
+                ))
+            })?;
+            Ok(Some(u64::from_be_bytes(a)))
         }
-    }
-
-    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .unwrap_or_else(|| panic!("column family {name} opened"))
-    }
-
-    pub(crate) fn key_cf(&self) -> &ColumnFamily {
-        self.cf(CF_KEY)
-    }
-
-    pub(crate) fn meta_cf(&self) -> &ColumnFamily {
-        self.cf(CF_META)
-    }
-
-    /// Writes a batch: RocksDB WAL disabled, no sync (see the module doc).
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        wo.set_sync(false);
-        self.db.write_opt(batch, &wo)?;
-        Ok(())
-    }
-
-    pub(crate) fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
-        match self.db.get_pinned_cf(self.meta_cf(), key)? {
-            None => Ok(None),
-            Some(v) => {
-                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
-                    Error::Corruption(format!(
-                        "meta record {} has {} bytes, want 8",
-                        String::from_utf8_lossy(key),
-                        v.len()
-                    ))
-                })?;
-                Ok(Some(u64::from_be_bytes(b)))
-            }
-        }
-    }
-
-    pub(crate) fn meta_i64(&self, key: &[u8]) -> Result<Option<i64>> {
-        Ok(self.meta_u64(key)?.map(|v| v as i64))
-    }
-
-    /// Flushes the memtables of all column families (atomically) and waits.
-    pub(crate) fn flush(&self) -> Result<()> {
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
-        let mut cfs: Vec<&ColumnFamily> = ALL_CFS.iter().map(|n| self.cf(n)).collect();
-        if let Some(d) = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) {
-            cfs.push(d);
-        }
-        self.db.flush_cfs_opt(&cfs, &fo)?;
-        Ok(())
-    }
-
-    /// Manual compaction of every column family (online: RocksDB keeps
-    /// serving reads and writes).
-    pub(crate) fn compact_all(&self) -> Result<()> {
-        self.flush()?;
-        let mut co = CompactOptions::default();
-        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        co.set_exclusive_manual_compaction(false);
-        for name in ALL_CFS {
-            self.db
-                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &co);
-        }
-        Ok(())
-    }
-
-    /// Estimated live bytes: live data in SST files plus memtables.
-    pub(crate) fn size_in_use(&self) -> u64 {
-        let mut total = 0;
-        for name in ALL_CFS {
-            let cf = self.cf(name);
-            for prop in [
-                "rocksdb.estimate-live-data-size",
-                "rocksdb.cur-size-all-mem-tables",
-            ] {
-                total += self
-                    .db
-                    .property_int_value_cf(cf, prop)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-            }
-        }
-        total
     }
 }
 
-/// Total size in bytes of the files under `dir` (the RocksDB directory).
-pub(crate) fn dir_size(dir: &Path) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        let Ok(rd) = std::fs::read_dir(p) else {
-            return 0;
-        };
-        rd.flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&e.path()),
-                Ok(m) => m.len(),
-                Err(_) => 0,
-            })
-            .sum()
+pub(crate) fn meta_i64(b: &dyn Backend, key: &[u8]) -> Result<Option<i64>> {
+    Ok(meta_u64(b, key)?.map(|v| v as i64))
+}
+
+/// Checks the format version, writing (and flushing) it on a new database.
+pub(crate) fn check_format(b: &dyn Backend) -> Result<()> {
+    match meta_u64(b, META_FORMAT_VERSION)? {
+        Some(v) if v > FORMAT_VERSION => Err(Error::UnsupportedFormat {
+            found: v,
+            supported: FORMAT_VERSION,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            let mut batch = WriteBatch::default();
+            batch.put(Cf::Meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+            b.write(batch)?;
+            // make the format version durable right away
+            b.flush()
+        }
     }
-    walk(dir)
+}
+
+/// `(start, end)` of a scan as bounds of an ordered map.
+pub(crate) fn scan_bounds<'a>(
+    start: &'a [u8],
+    end: Option<&'a [u8]>,
+) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (
+        Bound::Included(start),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    )
 }

@@ -4,7 +4,7 @@
 //! - [`Error::Compacted`] / [`Error::FutureRevision`]: the request is invalid
 //!   for the current state; report it to the client (etcd's exact messages).
 //! - [`Error::Corruption`]: on-disk data violates an invariant; stop the member.
-//! - [`Error::Storage`]: RocksDB failed (I/O); the state machine cannot
+//! - [`Error::Storage`]: the backend failed (I/O); the state machine cannot
 //!   continue safely, stop applying.
 //! - [`Error::UnsupportedFormat`]: the data was written by a newer version.
 
@@ -23,7 +23,8 @@ pub enum Error {
     /// Stored data is inconsistent (undecodable value, bad key length, ...).
     #[error("mvcc: data corruption: {0}")]
     Corruption(String),
-    /// The RocksDB backend failed.
+    /// The storage backend failed (RocksDB I/O error; an injected crash of
+    /// the in-memory backend).
     #[error("mvcc: storage error: {0}")]
     Storage(String),
     /// The database was written by a newer, unknown on-disk format.
@@ -37,12 +38,6 @@ pub enum Error {
         /// Highest version this build understands.
         supported: u64,
     },
-}
-
-impl From<rocksdb::Error> for Error {
-    fn from(e: rocksdb::Error) -> Self {
-        Error::Storage(e.into_string())
-    }
 }
 
 impl From<std::io::Error> for Error {

@@ -1,20 +1,28 @@
 //! Model-based checking of the store against a tiny in-memory model of etcd
 //! semantics (a vector of full key-value maps, one per revision). Used by the
-//! unit tests, the proptest and the cargo-fuzz target (`run_ops`).
+//! unit tests, the proptest (on both backends) and the cargo-fuzz target
+//! `mvcc_model` (`run_ops`, in-memory backend).
 //!
 //! The model is deliberately naive: every revision keeps a complete copy of
 //! the key space, ranges are linear scans, and the key-range conventions are
 //! re-implemented independently of the store's helper.
+//!
+//! Crashes: on the in-memory backend [`Op::Crash`] drops everything not
+//! flushed ([`MemDisk::crash`]) and reopens; the model then returns to the
+//! state of the last flush (explicit [`Op::Flush`], or the flush at a
+//! close), including the compaction revision and the consistent index.
 
 use std::collections::BTreeMap;
+#[cfg(feature = "rocksdb")]
 use std::path::PathBuf;
+#[cfg(feature = "rocksdb")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use crate::{
-    CompactWait, Error, Event, EventType, KeyValue, RangeOptions, RangeResult, Result, Store,
-    StoreOptions,
+    CompactWait, Error, Event, EventType, HashKv, KeyValue, MemDisk, RangeOptions, RangeResult,
+    Result, Store, StoreOptions,
 };
 
 /// The keys used by the checker: short, with prefix relations.
@@ -68,6 +76,30 @@ pub enum Op {
     Reopen,
     /// Compare every range at every revision, and the hash stability.
     Check,
+    /// Make everything so far durable (`Store::flush`).
+    Flush,
+    /// In memory: crash (lose everything not flushed) and reopen. On RocksDB:
+    /// as [`Op::Reopen`].
+    Crash,
+}
+
+/// The backend a checked history runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// [`MemDisk`]: fast, and supports [`Op::Crash`].
+    Memory,
+    /// RocksDB in a temporary directory.
+    #[cfg(feature = "rocksdb")]
+    RocksDb,
+}
+
+impl Kind {
+    /// Every backend this build has.
+    pub const ALL: &'static [Kind] = &[
+        Kind::Memory,
+        #[cfg(feature = "rocksdb")]
+        Kind::RocksDb,
+    ];
 }
 
 fn key(i: u8) -> &'static [u8] {
@@ -293,8 +325,10 @@ fn store_txn(s: &Store, ops: &[TxnOp], ci: u64) -> (Vec<OpOut>, Vec<Event>) {
 }
 
 /// A directory removed on drop (no tempfile dependency outside tests).
+#[cfg(feature = "rocksdb")]
 struct TempDir(PathBuf);
 
+#[cfg(feature = "rocksdb")]
 impl TempDir {
     fn new() -> TempDir {
         static N: AtomicU64 = AtomicU64::new(0);
@@ -311,6 +345,7 @@ impl TempDir {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -321,6 +356,8 @@ fn test_opts() -> StoreOptions {
     StoreOptions {
         compaction_batch_limit: 3,
         compaction_sleep_interval: std::time::Duration::ZERO,
+        // small chunks: ranges cross chunk boundaries all the time
+        range_chunk_size: 2,
     }
 }
 
@@ -347,13 +384,63 @@ fn check_all(s: &Store, m: &Model) {
     }
 }
 
-/// Runs `ops` against a fresh store and the model, asserting they agree.
+/// Where a checked store lives: reopening it finds its durable state.
+enum Place {
+    Memory(MemDisk),
+    #[cfg(feature = "rocksdb")]
+    RocksDb(TempDir),
+}
+
+impl Place {
+    fn new(kind: Kind) -> Place {
+        match kind {
+            Kind::Memory => Place::Memory(MemDisk::new()),
+            #[cfg(feature = "rocksdb")]
+            Kind::RocksDb => Place::RocksDb(TempDir::new()),
+        }
+    }
+
+    fn open(&self) -> Store {
+        match self {
+            Place::Memory(disk) => Store::open_with(Box::new(disk.backend()), test_opts()),
+            #[cfg(feature = "rocksdb")]
+            Place::RocksDb(dir) => Store::open(&dir.0, test_opts()),
+        }
+        .expect("open store")
+    }
+}
+
+/// What the last flush made durable: model revisions, compaction revision,
+/// consistent index, hash.
+struct Durable {
+    revisions: usize,
+    compact: i64,
+    ci: u64,
+    hash: HashKv,
+}
+
+fn durable_now(s: &Store, m: &Model, ci: u64) -> Durable {
+    Durable {
+        revisions: m.states.len(),
+        compact: m.compact,
+        ci,
+        hash: s.hash_kv(0).expect("hash"),
+    }
+}
+
+/// Runs `ops` against a fresh in-memory store and the model, asserting they agree.
 pub fn run(ops: &[Op]) {
-    let dir = TempDir::new();
-    let mut store = Some(Store::open(&dir.0, test_opts()).expect("open"));
+    run_on(Kind::Memory, ops);
+}
+
+/// Runs `ops` against a fresh store on `kind` and the model, asserting they agree.
+pub fn run_on(kind: Kind, ops: &[Op]) {
+    let place = Place::new(kind);
+    let mut store = Some(place.open());
     let mut model = Model::default();
     let mut ci = 0u64;
     let mut waits: Vec<CompactWait> = Vec::new();
+    let mut durable = durable_now(store.as_ref().expect("open"), &model, ci);
     for op in ops {
         let s = store.as_ref().expect("open store");
         match op {
@@ -391,11 +478,12 @@ pub fn run(ops: &[Op]) {
                 let hash = s.hash_kv(0).expect("hash");
                 waits.clear();
                 drop(store.take());
-                let s = Store::open(&dir.0, test_opts()).expect("reopen");
+                let s = place.open();
                 assert_eq!(s.current_revision(), cur);
                 assert_eq!(s.compact_revision(), comp);
                 assert_eq!(s.consistent_index(), ci);
                 assert_eq!(s.hash_kv(0).expect("hash"), hash, "hash after reopen");
+                durable = durable_now(&s, &model, ci);
                 store = Some(s);
             }
             Op::Check => {
@@ -409,6 +497,45 @@ pub fn run(ops: &[Op]) {
                     "hash after physical compaction"
                 );
                 check_all(s, &model);
+            }
+            Op::Flush => {
+                s.flush().expect("flush");
+                durable = durable_now(s, &model, ci);
+            }
+            Op::Crash => {
+                waits.clear();
+                match &place {
+                    Place::Memory(disk) => {
+                        disk.crash();
+                        drop(store.take());
+                        model.states.truncate(durable.revisions);
+                        model.compact = durable.compact;
+                        ci = durable.ci;
+                    }
+                    #[cfg(feature = "rocksdb")]
+                    Place::RocksDb(_) => drop(store.take()),
+                }
+                let s = place.open();
+                assert_eq!(
+                    s.current_revision(),
+                    model.current(),
+                    "revision after crash"
+                );
+                assert_eq!(
+                    s.compact_revision(),
+                    model.compact,
+                    "compaction after crash"
+                );
+                assert_eq!(s.consistent_index(), ci, "consistent index after crash");
+                if kind == Kind::Memory {
+                    assert_eq!(
+                        s.hash_kv(0).expect("hash"),
+                        durable.hash,
+                        "hash after crash"
+                    );
+                }
+                durable = durable_now(&s, &model, ci);
+                store = Some(s);
             }
         }
     }
@@ -456,7 +583,11 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
                     wait: a & 0x80 != 0,
                 });
             }
-            13 => ops.push(Op::Reopen),
+            13 => ops.push(match b / 16 % 4 {
+                0 => Op::Reopen,
+                1 => Op::Crash,
+                _ => Op::Flush,
+            }),
             _ => ops.push(Op::Check),
         }
         if ops.len() >= 64 {

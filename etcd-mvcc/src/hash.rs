@@ -10,8 +10,7 @@
 
 use std::sync::atomic::Ordering;
 
-use rocksdb::ReadOptions;
-
+use crate::backend::Cf;
 use crate::error::{Error, Result};
 use crate::kvstore::Inner;
 use crate::revision::Revision;
@@ -40,30 +39,21 @@ pub(crate) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
     if rev < compact {
         return Err(Error::Compacted);
     }
-    let snap = inner.backend.db.snapshot();
+    let snap = inner.backend.snapshot();
     let keep = index.keep(compact);
     drop(index);
 
     let mut h = crc32fast::Hasher::new();
     h.update(b"key");
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_bytes().to_vec());
-    ro.set_snapshot(&snap);
-    let mut it = inner
-        .backend
-        .db
-        .raw_iterator_cf_opt(inner.backend.key_cf(), ro);
-    it.seek_to_first();
-    while it.valid() {
-        let k = it.key().expect("valid iterator");
-        let (r, _) = Revision::from_key(k)?;
+    let upper = Revision::new(rev + 1, 0).to_bytes();
+    for item in snap.scan(Cf::Key, &[], Some(&upper)) {
+        let (k, v) = item?;
+        let (r, _) = Revision::from_key(&k)?;
         if r.main > compact || keep.contains(&r) {
-            h.update(k);
-            h.update(it.value().expect("valid iterator"));
+            h.update(&k);
+            h.update(&v);
         }
-        it.next();
     }
-    it.status()?;
     Ok(HashKv {
         hash: h.finalize(),
         compact_revision: compact,

@@ -12,10 +12,11 @@
 //! - At most one [`TxnWrite`] exists at a time (the `writer` mutex); it is
 //!   also held by `compact` and by each chunk of key-index compaction.
 //! - `current_rev` is published (Release) only after the transaction's batch
-//!   is in RocksDB; readers load it (Acquire) before taking a RocksDB
+//!   is in the backend; readers load it (Acquire) before taking a backend
 //!   snapshot, so a snapshot holds every revision `<=` the revision they read at.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "rocksdb")]
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,24 +24,25 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
-use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::backend::{
-    dir_size, Backend, CF_ALARM, CF_AUTH, CF_LEASE, CF_MEMBERS, META_CONSISTENT_INDEX,
+    check_format, meta_i64, meta_u64, Backend, Cf, WriteBatch, META_CONSISTENT_INDEX,
     META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
 };
+use crate::backend_memory::MemDisk;
 use crate::error::{Error, Result};
 use crate::hash::{self, HashKv};
 use crate::index::TreeIndex;
 use crate::kvstore_compaction::{self, CompactState, CompactWait};
-use crate::kvstore_txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
+use crate::kvstore_txn::{RangeOptions, RangeResult, TxnRead, TxnWrite, RANGE_CHUNK_SIZE};
 use crate::pb::mvccpb::KeyValue;
 use crate::revision::Revision;
 
 /// Options of [`Store::open`].
 ///
 /// `Default` gives etcd's defaults: batches of 1000 revisions, 10 ms pause
-/// between compaction batches.
+/// between compaction batches; ranges read in chunks of
+/// [`RANGE_CHUNK_SIZE`] keys.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Maximum number of revisions (or keys, for the in-memory index) handled
@@ -49,6 +51,9 @@ pub struct StoreOptions {
     /// Pause between two physical compaction batches, so that compaction
     /// never competes with writers for long.
     pub compaction_sleep_interval: Duration,
+    /// Maximum number of key-values a range fetches and hands over at once
+    /// (see [`TxnRead::range_chunks`]). 0 is treated as 1.
+    pub range_chunk_size: usize,
 }
 
 impl Default for StoreOptions {
@@ -56,12 +61,13 @@ impl Default for StoreOptions {
         StoreOptions {
             compaction_batch_limit: 1000,
             compaction_sleep_interval: Duration::from_millis(10),
+            range_chunk_size: RANGE_CHUNK_SIZE,
         }
     }
 }
 
 /// Auxiliary column families owned by upper layers; their changes are
-/// written in the same RocksDB batch as the key changes of a [`TxnWrite`].
+/// written in the same backend batch as the key changes of a [`TxnWrite`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bucket {
     /// Leases (`lease` column family).
@@ -75,19 +81,19 @@ pub enum Bucket {
 }
 
 impl Bucket {
-    pub(crate) fn cf_name(self) -> &'static str {
+    pub(crate) fn cf(self) -> Cf {
         match self {
-            Bucket::Lease => CF_LEASE,
-            Bucket::Auth => CF_AUTH,
-            Bucket::Members => CF_MEMBERS,
-            Bucket::Alarm => CF_ALARM,
+            Bucket::Lease => Cf::Lease,
+            Bucket::Auth => Cf::Auth,
+            Bucket::Members => Cf::Members,
+            Bucket::Alarm => Cf::Alarm,
         }
     }
 }
 
 /// State shared by the store, its transactions and the compaction thread.
 pub(crate) struct Inner {
-    pub(crate) backend: Backend,
+    pub(crate) backend: Box<dyn Backend>,
     pub(crate) index: RwLock<TreeIndex>,
     pub(crate) writer: Mutex<()>,
     pub(crate) current_rev: AtomicI64,
@@ -96,17 +102,13 @@ pub(crate) struct Inner {
     pub(crate) compaction: Arc<CompactState>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) opts: StoreOptions,
-    pub(crate) dir: PathBuf,
 }
 
 impl Inner {
     /// Reads and decodes the stored key-value of `rev` (latest revisions
     /// only: no snapshot needed because they cannot be compacted away).
     pub(crate) fn get_kv(&self, key: &[u8], rev: Revision) -> Result<KeyValue> {
-        let v = self
-            .backend
-            .db
-            .get_pinned_cf(self.backend.key_cf(), rev.to_bytes())?;
+        let v = self.backend.get(Cf::Key, &rev.to_bytes())?;
         decode_kv(key, rev, v.as_deref())
     }
 }
@@ -133,9 +135,10 @@ pub(crate) fn decode_kv(key: &[u8], rev: Revision, v: Option<&[u8]>) -> Result<K
     Ok(kv)
 }
 
-/// A revision-indexed MVCC key-value store on RocksDB. `Send + Sync`: share
-/// it with `Arc`. Dropping it stops the compaction thread (an unfinished
-/// compaction resumes at the next open) and flushes RocksDB.
+/// A revision-indexed MVCC key-value store on a [`Backend`] (RocksDB, or in
+/// memory). `Send + Sync`: share it with `Arc`. Dropping it stops the
+/// compaction thread (an unfinished compaction resumes at the next open) and
+/// flushes the backend.
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
     compactor: Option<JoinHandle<()>>,
@@ -144,7 +147,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.inner.dir)
+            .field("backend", &self.inner.backend.describe())
             .field("current_revision", &self.current_revision())
             .field("compact_revision", &self.compact_revision())
             .field("consistent_index", &self.consistent_index())
@@ -153,28 +156,44 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, rebuilds the key index from the
-    /// `key` column family and resumes an unfinished compaction.
+    /// Opens (or creates) the store in a RocksDB database in `dir`, rebuilds
+    /// the key index from the `key` column family and resumes an unfinished
+    /// compaction.
+    #[cfg(feature = "rocksdb")]
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store> {
-        std::fs::create_dir_all(dir)?;
-        let backend = Backend::open(dir)?;
-        let consistent_index = backend.meta_u64(META_CONSISTENT_INDEX)?.unwrap_or(0);
+        let backend = crate::backend_rocksdb::RocksBackend::open(dir)?;
+        Store::open_with(Box::new(backend), opts)
+    }
+
+    /// A new, empty store in memory (nothing survives it; for tests). To
+    /// reopen or crash an in-memory store, open it on a [`MemDisk`] with
+    /// [`open_with`](Self::open_with)`(Box::new(disk.backend()), opts)`.
+    pub fn open_in_memory(opts: StoreOptions) -> Result<Store> {
+        Store::open_with(Box::new(MemDisk::new().backend()), opts)
+    }
+
+    /// Opens the store on `backend`: checks the format version, rebuilds the
+    /// key index from the `key` column family and resumes an unfinished
+    /// compaction.
+    pub fn open_with(backend: Box<dyn Backend>, opts: StoreOptions) -> Result<Store> {
+        check_format(&*backend)?;
+        let consistent_index = meta_u64(&*backend, META_CONSISTENT_INDEX)?.unwrap_or(0);
         // -1 until the first compaction, like etcd's compactMainRev: so
         // `compact(0)` on a never compacted store succeeds once, as in etcd.
-        let scheduled = backend.meta_i64(META_SCHEDULED_COMPACT)?.unwrap_or(-1);
-        let finished = backend.meta_i64(META_FINISHED_COMPACT)?.unwrap_or(-1);
+        let scheduled = meta_i64(&*backend, META_SCHEDULED_COMPACT)?.unwrap_or(-1);
+        let finished = meta_i64(&*backend, META_FINISHED_COMPACT)?.unwrap_or(-1);
         if finished > scheduled {
             return Err(Error::Corruption(format!(
                 "finished compaction revision {finished} is above the scheduled one {scheduled}"
             )));
         }
 
-        let (index, max_rev) = restore_index(&backend)?;
+        let (index, max_rev) = restore_index(&*backend)?;
         // All revisions may have been compacted away: the compaction revision
         // is then the best lower bound of the current revision (like etcd).
         let current = max_rev.max(scheduled).max(1);
         tracing::info!(
-            dir = %dir.display(),
+            backend = %backend.describe(),
             current_revision = current,
             compact_revision = scheduled,
             finished_compact_revision = finished,
@@ -193,7 +212,6 @@ impl Store {
             compaction: Arc::new(CompactState::new(finished)),
             shutdown: AtomicBool::new(false),
             opts,
-            dir: dir.to_path_buf(),
         });
         let compactor = kvstore_compaction::spawn(inner.clone())?;
         if scheduled > finished {
@@ -278,15 +296,14 @@ impl Store {
         if rev > inner.current_rev.load(Ordering::Acquire) {
             return Err(Error::FutureRevision);
         }
-        let b = &inner.backend;
         let mut batch = WriteBatch::default();
-        batch.put_cf(b.meta_cf(), META_SCHEDULED_COMPACT, rev.to_be_bytes());
-        batch.put_cf(
-            b.meta_cf(),
+        batch.put(Cf::Meta, META_SCHEDULED_COMPACT, rev.to_be_bytes());
+        batch.put(
+            Cf::Meta,
             META_CONSISTENT_INDEX,
             consistent_index.to_be_bytes(),
         );
-        b.write(batch)?;
+        inner.backend.write(batch)?;
         {
             let _index = inner.index.write();
             inner.compact_rev.store(rev, Ordering::Release);
@@ -304,40 +321,36 @@ impl Store {
         hash::hash_kv(&self.inner, rev)
     }
 
-    /// Bytes on disk of the database directory.
+    /// Bytes the backend occupies (RocksDB: files in the database directory).
     pub fn db_size(&self) -> u64 {
-        dir_size(&self.inner.dir)
+        self.inner.backend.size()
     }
 
-    /// Estimated live bytes (live SST data plus memtables).
+    /// Live bytes (RocksDB: estimated live SST data plus memtables).
     pub fn db_size_in_use(&self) -> u64 {
         self.inner.backend.size_in_use()
     }
 
-    /// Flushes and runs a RocksDB manual compaction of every column family.
-    /// Online: reads and writes continue meanwhile.
+    /// Reclaims space (RocksDB: flush and manual compaction of every column
+    /// family). Online: reads and writes continue meanwhile.
     pub fn defragment(&self) -> Result<()> {
-        self.inner.backend.compact_all()
+        self.inner.backend.defragment()
     }
 
     /// Reads a record of an auxiliary bucket (committed data only).
     pub fn aux_get(&self, b: Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let be = &self.inner.backend;
-        Ok(be.db.get_cf(be.cf(b.cf_name()), key)?)
+        Ok(self.inner.backend.get(b.cf(), key)?.map(|v| v.to_vec()))
     }
 
     /// All records of an auxiliary bucket, sorted by key.
     pub fn aux_scan(&self, b: Bucket) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let be = &self.inner.backend;
-        let mut out = Vec::new();
-        for item in be.db.iterator_cf(be.cf(b.cf_name()), IteratorMode::Start) {
-            let (k, v) = item?;
-            out.push((k.into_vec(), v.into_vec()));
-        }
-        Ok(out)
+        let snap = self.inner.backend.snapshot();
+        snap.scan(b.cf(), &[], None)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect()
     }
 
-    /// Makes everything applied so far durable in RocksDB (flushes the
+    /// Makes everything applied so far durable (RocksDB: flushes the
     /// memtables of all column families atomically). Call it before
     /// truncating the raft log up to [`consistent_index`](Self::consistent_index).
     pub fn flush(&self) -> Result<()> {
@@ -362,15 +375,13 @@ impl Drop for Store {
 
 /// Rebuilds the key index by scanning the `key` column family in revision
 /// order; returns it with the highest stored main revision (0 if none).
-fn restore_index(b: &Backend) -> Result<(TreeIndex, i64)> {
+fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64)> {
     let mut index = TreeIndex::default();
     let mut max_rev = 0;
-    let mut it = b.db.raw_iterator_cf(b.key_cf());
-    it.seek_to_first();
-    while it.valid() {
-        let k = it.key().expect("valid iterator");
-        let v = it.value().expect("valid iterator");
-        let (rev, tombstone) = Revision::from_key(k)?;
+    let snap = b.snapshot();
+    for item in snap.scan(Cf::Key, &[], None) {
+        let (k, v) = item?;
+        let (rev, tombstone) = Revision::from_key(&k)?;
         let kv = KeyValue::decode(v)
             .map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
         assert!(
@@ -379,8 +390,6 @@ fn restore_index(b: &Backend) -> Result<(TreeIndex, i64)> {
         );
         max_rev = rev.main;
         index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
-        it.next();
     }
-    it.status()?;
     Ok((index, max_rev))
 }

@@ -10,7 +10,7 @@
 //!    keep (per key the latest revision `<= C` unless it is a tombstone);
 //! 2. scans the `key` column family from the first revision up to `C`
 //!    in batches of `compaction_batch_limit` revisions, deleting each revision
-//!    not kept, one RocksDB batch each, pausing `compaction_sleep_interval`
+//!    not kept, one backend batch each, pausing `compaction_sleep_interval`
 //!    in between;
 //! 3. records `C` as the finished compaction revision in `meta`.
 //!
@@ -30,10 +30,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
-use rocksdb::{ReadOptions, WriteBatch};
 
-use crate::backend::META_FINISHED_COMPACT;
+use crate::backend::{Cf, WriteBatch, META_FINISHED_COMPACT};
 use crate::error::Result;
 use crate::kvstore::Inner;
 use crate::revision::Revision;
@@ -200,7 +200,6 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
 
     // 2. physical removal of superseded revisions <= rev
     let b = &inner.backend;
-    let cf = b.key_cf();
     let upper = Revision::new(rev + 1, 0).to_bytes();
     let mut start: Vec<u8> = Vec::new();
     let mut removed = 0usize;
@@ -208,35 +207,36 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
         if stopping() {
             return Ok(false);
         }
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(upper.to_vec());
-        let mut it = b.db.raw_iterator_cf_opt(cf, ro);
-        it.seek(&start);
         let mut batch = WriteBatch::default();
         let mut scanned = 0;
-        let mut last: Option<Vec<u8>> = None;
-        while it.valid() && scanned < limit {
-            let k = it.key().expect("valid iterator");
-            let (r, _) = Revision::from_key(k)?;
-            debug_assert!(r.main <= rev);
-            if !keep.contains(&r) {
-                batch.delete_cf(cf, k);
-                removed += 1;
+        let mut last: Option<Bytes> = None;
+        let mut more = false;
+        {
+            // A fresh snapshot per batch: it sees the previous batch's deletes.
+            let snap = b.snapshot();
+            for item in snap.scan(Cf::Key, &start, Some(&upper)) {
+                let (k, _) = item?;
+                if scanned == limit {
+                    more = true;
+                    break;
+                }
+                let (r, _) = Revision::from_key(&k)?;
+                debug_assert!(r.main <= rev);
+                if !keep.contains(&r) {
+                    batch.delete(Cf::Key, k.to_vec());
+                    removed += 1;
+                }
+                last = Some(k);
+                scanned += 1;
             }
-            last = Some(k.to_vec());
-            scanned += 1;
-            it.next();
         }
-        it.status()?;
-        let more = it.valid();
-        drop(it);
         if !batch.is_empty() {
             b.write(batch)?;
         }
         if !more {
             break;
         }
-        let mut next = last.expect("scanned at least one key");
+        let mut next = last.expect("scanned at least one key").to_vec();
         next.push(0); // the smallest key after `last`
         start = next;
         if inner.compaction.sleep(inner.opts.compaction_sleep_interval) {
@@ -246,7 +246,7 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
 
     // 3. done
     let mut batch = WriteBatch::default();
-    batch.put_cf(b.meta_cf(), META_FINISHED_COMPACT, rev.to_be_bytes());
+    batch.put(Cf::Meta, META_FINISHED_COMPACT, rev.to_be_bytes());
     b.write(batch)?;
     tracing::debug!(
         revision = rev,

@@ -2,32 +2,48 @@
 //!
 //! Invariants:
 //! - A [`TxnRead`] is pinned at the revision current when it was created and
-//!   reads values from a RocksDB snapshot taken right after: later writes and
+//!   reads values from a backend snapshot taken right after: later writes and
 //!   compactions never change what it returns (reads below a compaction that
 //!   happened meanwhile fail with `Compacted`, like etcd).
 //! - A [`TxnWrite`] holds the store's writer mutex. All its changes get main
 //!   revision `begin + 1` and sub revisions 0, 1, 2, ... in order. They go
 //!   into the key index immediately (so its own reads see them; other readers
-//!   never ask for a revision above the current one) and into RocksDB only at
-//!   [`TxnWrite::end`], in one batch with the consistent index. A transaction
-//!   dropped without `end`, or whose batch fails, removes its changes from
-//!   the index again (undo in reverse order).
+//!   never ask for a revision above the current one) and into the backend
+//!   only at [`TxnWrite::end`], in one batch with the consistent index. A
+//!   transaction dropped without `end`, or whose batch fails, removes its
+//!   changes from the index again (undo in reverse order).
 //! - Range checks: `rev > current` -> `FutureRevision` first, then
 //!   `rev < compact_revision` -> `Compacted`, checked under the index read
 //!   lock.
+//!
+//! Ranges in chunks: one walk of the index under its read lock resolves the
+//! range to `(key, revision)` pairs (the keys are shared with the index, so
+//! this costs two words per key, not the keys' bytes) and the `count`; then
+//! the values are fetched from the snapshot and handed to the caller
+//! [`StoreOptions::range_chunk_size`](crate::StoreOptions) key-values at a
+//! time ([`TxnRead::range_chunks`]), so a range over millions of keys never
+//! holds all their key-values at once, and a caller that stops early (a
+//! `limit` reached after filtering) fetches no more. Since the lookup is done
+//! once, at the start, and the snapshot holds every revision it found, a
+//! compaction that starts while the chunks are being read cannot affect
+//! them: no chunked read fails half-way with `Compacted`.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use parking_lot::MutexGuard;
 use prost::Message;
-use rocksdb::{ReadOptions, SnapshotWithThreadMode, WriteBatch, DB};
 
-use crate::backend::META_CONSISTENT_INDEX;
+use crate::backend::{Cf, Snapshot, WriteBatch, META_CONSISTENT_INDEX};
 use crate::error::{Error, Result};
 use crate::kvstore::{decode_kv, Bucket, Inner};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::revision::Revision;
+
+/// Default [`StoreOptions::range_chunk_size`](crate::StoreOptions): key-values
+/// fetched and handed over per chunk of a range.
+pub const RANGE_CHUNK_SIZE: usize = 1000;
 
 /// Options of a range read.
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,9 +68,19 @@ pub struct RangeResult {
     pub count: i64,
 }
 
+/// What a chunked range returns besides its chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeHeader {
+    /// The transaction's revision, as [`RangeResult::rev`].
+    pub rev: i64,
+    /// Number of keys in the range at the read revision, ignoring `limit`
+    /// (and however early the caller stopped), as [`RangeResult::count`].
+    pub count: i64,
+}
+
 /// Index lookup: `Ok((pairs to fetch, count))`, or the finished result of
 /// a `count_only` read.
-type Lookup = std::result::Result<(Vec<(Bytes, Revision)>, i64), RangeResult>;
+type Lookup = std::result::Result<(Vec<(Bytes, Revision)>, i64), RangeHeader>;
 
 /// Resolves the read revision and looks up the index. Returns the pairs to
 /// fetch, or the finished result for `count_only`.
@@ -74,8 +100,7 @@ fn lookup(
         return Err(Error::Compacted);
     }
     if opts.count_only {
-        return Ok(Err(RangeResult {
-            kvs: Vec::new(),
+        return Ok(Err(RangeHeader {
             rev: txn_rev,
             count: index.count(key, end, rev),
         }));
@@ -88,35 +113,91 @@ fn lookup(
     Ok(Ok(index.revisions(key, end, rev, limit)))
 }
 
-/// Fetches the values of `pairs` from a snapshot, in order.
-fn fetch_from_snapshot(
-    inner: &Inner,
-    snap: &SnapshotWithThreadMode<'_, DB>,
+/// The pending changes of a write transaction: its main revision and changes.
+type Pending<'c> = Option<(i64, &'c [Change])>;
+
+/// Fetches the values of `pairs` in order: revisions of the pending write
+/// transaction from its changes, the others with one multi-get from `snap`.
+fn fetch(
+    snap: &dyn Snapshot,
     pairs: &[(Bytes, Revision)],
+    pending: Pending<'_>,
 ) -> Result<Vec<KeyValue>> {
-    if pairs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let keys: Vec<[u8; 16]> = pairs.iter().map(|(_, r)| r.to_bytes()).collect();
-    let mut ro = ReadOptions::default();
-    ro.set_snapshot(snap);
-    let cf = inner.backend.key_cf();
-    let values = inner
-        .backend
-        .db
-        .batched_multi_get_cf_opt(cf, keys.iter(), false, &ro);
+    let own = |r: &Revision| pending.is_some_and(|(w, _)| r.main == w);
+    let keys: Vec<[u8; 16]> = pairs
+        .iter()
+        .filter(|(_, r)| !own(r))
+        .map(|(_, r)| r.to_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let mut values = snap.multi_get(Cf::Key, &refs)?.into_iter();
     pairs
         .iter()
-        .zip(values)
-        .map(|((k, r), v)| decode_kv(k, *r, v?.as_deref()))
+        .map(|(k, r)| match pending {
+            Some((w, changes)) if r.main == w => {
+                let c = &changes[r.sub as usize];
+                assert!(
+                    !c.tombstone && c.kv.key == k,
+                    "mvcc: index points to a wrong pending change"
+                );
+                Ok(c.kv.clone())
+            }
+            _ => decode_kv(k, *r, values.next().expect("one value per pair").as_deref()),
+        })
         .collect()
+}
+
+/// The chunked range shared by both transaction kinds.
+#[allow(clippy::too_many_arguments)]
+fn range_chunks_in<F>(
+    inner: &Inner,
+    txn_rev: i64,
+    snap: &dyn Snapshot,
+    pending: Pending<'_>,
+    key: &[u8],
+    end: &[u8],
+    opts: RangeOptions,
+    mut f: F,
+) -> Result<RangeHeader>
+where
+    F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+{
+    let (pairs, count) = match lookup(inner, txn_rev, key, end, opts)? {
+        Err(done) => return Ok(done),
+        Ok(found) => found,
+    };
+    for chunk in pairs.chunks(inner.opts.range_chunk_size.max(1)) {
+        if f(fetch(snap, chunk, pending)?).is_break() {
+            break;
+        }
+    }
+    Ok(RangeHeader {
+        rev: txn_rev,
+        count,
+    })
+}
+
+/// Collects the chunks of a range into a [`RangeResult`].
+fn collect(
+    chunks: impl FnOnce(&mut dyn FnMut(Vec<KeyValue>) -> ControlFlow<()>) -> Result<RangeHeader>,
+) -> Result<RangeResult> {
+    let mut kvs = Vec::new();
+    let h = chunks(&mut |chunk| {
+        kvs.extend(chunk);
+        ControlFlow::Continue(())
+    })?;
+    Ok(RangeResult {
+        kvs,
+        rev: h.rev,
+        count: h.count,
+    })
 }
 
 /// A read transaction pinned at one revision.
 pub struct TxnRead<'a> {
     inner: &'a Inner,
     rev: i64,
-    snap: SnapshotWithThreadMode<'a, DB>,
+    snap: Box<dyn Snapshot + 'a>,
 }
 
 impl<'a> TxnRead<'a> {
@@ -124,7 +205,7 @@ impl<'a> TxnRead<'a> {
         // Load the revision first, then snapshot: the snapshot then contains
         // every batch up to `rev` (published after its write).
         let rev = inner.current_rev.load(Ordering::Acquire);
-        let snap = inner.backend.db.snapshot();
+        let snap = inner.backend.snapshot();
         TxnRead { inner, rev, snap }
     }
 
@@ -135,16 +216,29 @@ impl<'a> TxnRead<'a> {
 
     /// Keys in the range at `opts.rev` (0: this transaction's revision).
     /// `end` empty: the single key `key`; `end == [0]`: all keys `>= key`;
-    /// otherwise `[key, end)`.
+    /// otherwise `[key, end)`. Collects [`range_chunks`](Self::range_chunks).
     pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
-        match lookup(self.inner, self.rev, key, end, opts)? {
-            Err(done) => Ok(done),
-            Ok((pairs, count)) => Ok(RangeResult {
-                kvs: fetch_from_snapshot(self.inner, &self.snap, &pairs)?,
-                rev: self.rev,
-                count,
-            }),
-        }
+        collect(|f| self.range_chunks(key, end, opts, f))
+    }
+
+    /// [`range`](Self::range) in chunks: calls `f` with the key-values in
+    /// key order, at most `range_chunk_size` at a time (never with an empty
+    /// chunk), until they are exhausted or `f` returns `Break`. Errors
+    /// (`FutureRevision`, `Compacted`) come before any chunk; a
+    /// `count_only` read calls `f` never. The returned `count` covers the
+    /// whole range however early `f` stopped. See the module doc for the
+    /// memory and locking this bounds.
+    pub fn range_chunks<F>(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        opts: RangeOptions,
+        f: F,
+    ) -> Result<RangeHeader>
+    where
+        F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+    {
+        range_chunks_in(self.inner, self.rev, &*self.snap, None, key, end, opts, f)
     }
 }
 
@@ -214,37 +308,26 @@ impl<'a> TxnWrite<'a> {
     /// Like [`TxnRead::range`], at [`rev`](Self::rev) by default; sees this
     /// transaction's own earlier puts and deletes.
     pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
-        let txn_rev = self.rev();
+        collect(|f| self.range_chunks(key, end, opts, f))
+    }
+
+    /// Like [`TxnRead::range_chunks`], at [`rev`](Self::rev) by default;
+    /// sees this transaction's own earlier puts and deletes.
+    pub fn range_chunks<F>(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        opts: RangeOptions,
+        f: F,
+    ) -> Result<RangeHeader>
+    where
+        F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
+    {
         // Snapshot before the index lookup (see TxnRead::new): protects reads
         // of old revisions against a concurrent physical compaction.
-        let snap = self.inner.backend.db.snapshot();
-        match lookup(self.inner, txn_rev, key, end, opts)? {
-            Err(done) => Ok(done),
-            Ok((pairs, count)) => {
-                let (own, old): (Vec<_>, Vec<_>) =
-                    pairs.iter().partition(|(_, r)| r.main == self.write_rev());
-                let kvs = if own.is_empty() {
-                    fetch_from_snapshot(self.inner, &snap, &pairs)?
-                } else {
-                    let old: Vec<(Bytes, Revision)> = old.into_iter().cloned().collect();
-                    let mut old_kvs = fetch_from_snapshot(self.inner, &snap, &old)?.into_iter();
-                    let mut kvs = Vec::with_capacity(pairs.len());
-                    for (k, r) in &pairs {
-                        if r.main == self.write_rev() {
-                            kvs.push(self.kv_at(k, *r)?);
-                        } else {
-                            kvs.push(old_kvs.next().expect("one value per old pair"));
-                        }
-                    }
-                    kvs
-                };
-                Ok(RangeResult {
-                    kvs,
-                    rev: txn_rev,
-                    count,
-                })
-            }
-        }
+        let snap = self.inner.backend.snapshot();
+        let pending = Some((self.write_rev(), &self.changes[..]));
+        range_chunks_in(self.inner, self.rev(), &*snap, pending, key, end, opts, f)
     }
 
     /// Puts `key = value` with `lease` (0: none); returns the previous
@@ -322,40 +405,36 @@ impl<'a> TxnWrite<'a> {
         self.aux.push((b, key.to_vec(), None));
     }
 
-    /// Commits: ONE RocksDB batch with all key changes, aux changes and the
+    /// Commits: ONE backend batch with all key changes, aux changes and the
     /// consistent index (always written, even without changes). Returns the
     /// events in order: PUT with `kv` and `prev_kv`; DELETE with
     /// `kv = {key, mod_revision}` and `prev_kv`.
     ///
     /// On error nothing is committed and the index changes are undone.
     pub fn end(mut self, consistent_index: u64) -> Result<Vec<Event>> {
-        let b = &self.inner.backend;
         let rev = self.write_rev();
         let mut batch = WriteBatch::default();
-        let key_cf = b.key_cf();
-        let mut buf = Vec::new();
         for (i, c) in self.changes.iter().enumerate() {
-            buf.clear();
+            let mut buf = Vec::with_capacity(c.kv.encoded_len());
             c.kv.encode(&mut buf).expect("Vec grows");
-            batch.put_cf(
-                key_cf,
+            batch.put(
+                Cf::Key,
                 Revision::new(rev, i as i64).to_key(c.tombstone),
-                &buf,
+                buf,
             );
         }
-        for (bucket, k, v) in &self.aux {
-            let cf = b.cf(bucket.cf_name());
+        for (bucket, k, v) in std::mem::take(&mut self.aux) {
             match v {
-                Some(v) => batch.put_cf(cf, k, v),
-                None => batch.delete_cf(cf, k),
+                Some(v) => batch.put(bucket.cf(), k, v),
+                None => batch.delete(bucket.cf(), k),
             }
         }
-        batch.put_cf(
-            b.meta_cf(),
+        batch.put(
+            Cf::Meta,
             META_CONSISTENT_INDEX,
             consistent_index.to_be_bytes(),
         );
-        b.write(batch)?; // on error, Drop undoes the index changes
+        self.inner.backend.write(batch)?; // on error, Drop undoes the index changes
         self.done = true;
         if !self.changes.is_empty() {
             self.inner.current_rev.store(rev, Ordering::Release);

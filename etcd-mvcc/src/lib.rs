@@ -1,14 +1,20 @@
-//! Revision-indexed MVCC key-value store with etcd v3 semantics, on RocksDB.
+//! Revision-indexed MVCC key-value store with etcd v3 semantics, on RocksDB
+//! (or an in-memory backend for tests: see [`Backend`]).
 //!
 //! Every committed write transaction with changes gets the next *main
 //! revision*; each key keeps its history (create/mod revision, version) so it
 //! can be read as of any revision not yet compacted. An in-memory B-tree index
 //! maps each key to its generations of revisions (see `key_index`); the
-//! values live in RocksDB keyed by revision. Compaction removes superseded
+//! values live in the backend keyed by revision. Compaction removes superseded
 //! revisions in the background; the raft log is the source of durability
 //! (RocksDB's own WAL is off, see `docs/mvcc.md`).
 //!
+//! Cargo feature `rocksdb` (default): the RocksDB backend and
+//! [`Store::open`]. Without it only the in-memory backend exists
+//! ([`Store::open_in_memory`], [`MemDisk`]).
+//!
 //! ```
+//! # #[cfg(feature = "rocksdb")] {
 //! use etcd_mvcc::{RangeOptions, Store, StoreOptions};
 //!
 //! let dir = tempfile::tempdir().unwrap();
@@ -39,9 +45,13 @@
 //! let err = store.range(b"fo", b"fp", RangeOptions { rev: 2, ..Default::default() });
 //! assert_eq!(err, Err(etcd_mvcc::Error::Compacted));
 //! assert_eq!(store.consistent_index(), 3);
+//! # }
 //! ```
 
 mod backend;
+mod backend_memory;
+#[cfg(feature = "rocksdb")]
+mod backend_rocksdb;
 mod error;
 mod hash;
 mod index;
@@ -64,12 +74,17 @@ pub mod pb {
     }
 }
 
-pub use backend::FORMAT_VERSION;
+pub use backend::{Backend, BatchOp, Cf, Record, ScanIter, Snapshot, WriteBatch, FORMAT_VERSION};
+pub use backend_memory::{MemBackend, MemDisk};
+#[cfg(feature = "rocksdb")]
+pub use backend_rocksdb::RocksBackend;
 pub use error::{Error, Result};
 pub use hash::HashKv;
 pub use kvstore::{Bucket, Store, StoreOptions};
 pub use kvstore_compaction::CompactWait;
-pub use kvstore_txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
+pub use kvstore_txn::{
+    RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
+};
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;
 

@@ -1,15 +1,97 @@
 //! Unit tests of the store (put/range/delete/txn semantics, compaction,
-//! reopen, aux buckets, hash) and the model checker over random inputs.
+//! reopen, aux buckets, hash) and the model checker over random inputs, each
+//! run on both backends (`<test>::memory`, `<test>::rocksdb`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, META_FORMAT_VERSION};
+use crate::backend::META_FORMAT_VERSION;
 use crate::*;
 
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, StoreOptions::default()).unwrap()
+/// Where a test's store lives; opening it again finds what was flushed.
+pub(crate) enum Env {
+    Memory(MemDisk),
+    #[cfg(feature = "rocksdb")]
+    RocksDb(tempfile::TempDir),
 }
+
+impl Env {
+    pub(crate) fn memory() -> Env {
+        Env::Memory(MemDisk::new())
+    }
+
+    #[cfg(feature = "rocksdb")]
+    pub(crate) fn rocksdb() -> Env {
+        Env::RocksDb(tempfile::tempdir().unwrap())
+    }
+
+    /// A second, empty place of the same kind.
+    fn fresh(&self) -> Env {
+        match self {
+            Env::Memory(_) => Env::memory(),
+            #[cfg(feature = "rocksdb")]
+            Env::RocksDb(_) => Env::rocksdb(),
+        }
+    }
+
+    /// The raw backend (the store must be closed).
+    fn backend(&self) -> Box<dyn Backend> {
+        match self {
+            Env::Memory(disk) => Box::new(disk.backend()),
+            #[cfg(feature = "rocksdb")]
+            Env::RocksDb(dir) => Box::new(RocksBackend::open(dir.path()).unwrap()),
+        }
+    }
+
+    pub(crate) fn open_opts(&self, opts: StoreOptions) -> Result<Store> {
+        Store::open_with(self.backend(), opts)
+    }
+
+    pub(crate) fn open(&self) -> Store {
+        self.open_opts(StoreOptions::default()).unwrap()
+    }
+}
+
+/// `mod <test> { fn memory(); fn rocksdb(); }` running `fn <test>(Env)` on each backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn memory() {
+                    super::$name(super::Env::memory());
+                }
+
+                #[cfg(feature = "rocksdb")]
+                #[test]
+                fn rocksdb() {
+                    super::$name(super::Env::rocksdb());
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    empty_store,
+    put_versions_and_revisions,
+    txn_shares_main_revision_and_returns_events,
+    delete_and_recreate_in_one_txn_survives_compaction,
+    range_options_and_end_conventions,
+    txn_write_reads_own_writes_and_readers_are_isolated,
+    dropped_txn_is_rolled_back,
+    compacted_and_future_errors,
+    compaction_removes_superseded_revisions_only,
+    reopen_restores_everything,
+    reopen_after_everything_compacted_keeps_revision,
+    compaction_resumes_after_reopen,
+    aux_buckets_commit_with_the_txn,
+    hash_kv_is_stable_and_sensitive,
+    refuses_newer_format,
+    maintenance_sizes_defragment_flush,
+    concurrent_readers_during_writes_and_compaction,
+    fuzzing_run_ops_random_inputs,
+);
 
 fn ro(rev: i64) -> RangeOptions {
     RangeOptions {
@@ -51,9 +133,9 @@ fn get(s: &Store, key: &str, rev: i64) -> Option<KeyValue> {
 }
 
 /// Number of revisions stored in the `key` column family.
-fn raw_revisions(s: &Store) -> Vec<(Revision, bool)> {
-    let b = &s.inner.backend;
-    b.db.iterator_cf(b.key_cf(), rocksdb::IteratorMode::Start)
+pub(crate) fn raw_revisions(s: &Store) -> Vec<(Revision, bool)> {
+    let snap = s.inner.backend.snapshot();
+    snap.scan(Cf::Key, &[], None)
         .map(|kv| Revision::from_key(&kv.unwrap().0).unwrap())
         .collect()
 }
@@ -66,10 +148,8 @@ fn wait_finished(s: &Store, rev: i64) {
     }
 }
 
-#[test]
-fn empty_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn empty_store(env: Env) {
+    let s = env.open();
     assert_eq!(s.current_revision(), 1);
     assert_eq!(
         s.compact_revision(),
@@ -89,10 +169,8 @@ fn empty_store() {
     assert_eq!(s.read().rev(), 1);
 }
 
-#[test]
-fn put_versions_and_revisions() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn put_versions_and_revisions(env: Env) {
+    let s = env.open();
     assert_eq!(put(&s, &[("foo", "v1")]), 2);
     let kv = get(&s, "foo", 0).unwrap();
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
@@ -127,10 +205,8 @@ fn put_versions_and_revisions() {
     assert_eq!(s.consistent_index(), ci + 10);
 }
 
-#[test]
-fn txn_shares_main_revision_and_returns_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn txn_shares_main_revision_and_returns_events(env: Env) {
+    let s = env.open();
     put(&s, &[("a", "0"), ("b", "0")]);
     let mut t = s.write();
     assert_eq!(t.rev(), 2);
@@ -190,10 +266,8 @@ fn txn_shares_main_revision_and_returns_events() {
     assert_eq!(r.kvs[0].version, 3);
 }
 
-#[test]
-fn delete_and_recreate_in_one_txn_survives_compaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn delete_and_recreate_in_one_txn_survives_compaction(env: Env) {
+    let s = env.open();
     put(&s, &[("d", "0")]); // 2
     let mut t = s.write();
     t.put(b"d", b"1", 0).unwrap();
@@ -217,10 +291,8 @@ fn delete_and_recreate_in_one_txn_survives_compaction() {
     assert_eq!(raw_revisions(&s), vec![(Revision::new(3, 2), false)]);
 }
 
-#[test]
-fn range_options_and_end_conventions() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn range_options_and_end_conventions(env: Env) {
+    let s = env.open();
     put(
         &s,
         &[("a", "1"), ("ab", "1"), ("b", "1"), ("c", "1"), ("d", "1")],
@@ -311,10 +383,8 @@ fn range_options_and_end_conventions() {
     );
 }
 
-#[test]
-fn txn_write_reads_own_writes_and_readers_are_isolated() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(open(dir.path()));
+fn txn_write_reads_own_writes_and_readers_are_isolated(env: Env) {
+    let s = Arc::new(env.open());
     put(&s, &[("a", "1")]); // rev 2
     let pinned = s.read();
     let mut t = s.write();
@@ -346,10 +416,8 @@ fn txn_write_reads_own_writes_and_readers_are_isolated() {
     );
 }
 
-#[test]
-fn dropped_txn_is_rolled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn dropped_txn_is_rolled_back(env: Env) {
+    let s = env.open();
     put(&s, &[("a", "1"), ("b", "1")]);
     del(&s, "b", b""); // rev 3
     {
@@ -373,10 +441,8 @@ fn dropped_txn_is_rolled_back() {
     assert_eq!(get(&s, "a", 0).unwrap().version, 1);
 }
 
-#[test]
-fn compacted_and_future_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn compacted_and_future_errors(env: Env) {
+    let s = env.open();
     for i in 0..5 {
         put(&s, &[("k", &i.to_string())]); // revs 2..=6
     }
@@ -403,17 +469,14 @@ fn compacted_and_future_errors() {
     assert_eq!(get(&s, "k", 6).unwrap().version, 5);
 }
 
-#[test]
-fn compaction_removes_superseded_revisions_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(
-        dir.path(),
-        StoreOptions {
+fn compaction_removes_superseded_revisions_only(env: Env) {
+    let s = env
+        .open_opts(StoreOptions {
             compaction_batch_limit: 2,
             compaction_sleep_interval: Duration::ZERO,
-        },
-    )
-    .unwrap();
+            ..Default::default()
+        })
+        .unwrap();
     put(&s, &[("a", "1"), ("b", "1"), ("c", "1")]); // 2
     put(&s, &[("a", "2")]); // 3
     del(&s, "b", b""); // 4
@@ -449,11 +512,9 @@ fn compaction_removes_superseded_revisions_only() {
     assert_eq!(keys(&s.range(b"a", &[0], ro(6)).unwrap()), ["a"]);
 }
 
-#[test]
-fn reopen_restores_everything() {
-    let dir = tempfile::tempdir().unwrap();
+fn reopen_restores_everything(env: Env) {
     let (hash, all) = {
-        let s = open(dir.path());
+        let s = env.open();
         put(&s, &[("a", "1"), ("b", "1")]);
         put(&s, &[("a", "2")]);
         del(&s, "b", b"");
@@ -468,7 +529,7 @@ fn reopen_restores_everything() {
             .collect();
         (s.hash_kv(0).unwrap(), all)
     };
-    let s = open(dir.path());
+    let s = env.open();
     assert_eq!(s.current_revision(), 5);
     assert_eq!(s.compact_revision(), 3);
     assert_eq!(s.consistent_index(), 100);
@@ -492,48 +553,42 @@ fn reopen_restores_everything() {
     assert_eq!((kv.create_revision, kv.version), (2, 3));
 }
 
-#[test]
-fn reopen_after_everything_compacted_keeps_revision() {
-    let dir = tempfile::tempdir().unwrap();
+fn reopen_after_everything_compacted_keeps_revision(env: Env) {
     {
-        let s = open(dir.path());
+        let s = env.open();
         put(&s, &[("a", "1")]);
         del(&s, "a", b""); // rev 3
         s.compact(3, 1).unwrap().wait();
         assert!(raw_revisions(&s).is_empty());
     }
-    let s = open(dir.path());
+    let s = env.open();
     assert_eq!(s.current_revision(), 3);
     assert_eq!(put(&s, &[("a", "2")]), 4);
 }
 
-#[test]
-fn compaction_resumes_after_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+fn compaction_resumes_after_reopen(env: Env) {
     {
         // one revision per batch and a long pause: closing interrupts it
-        let s = Store::open(
-            dir.path(),
-            StoreOptions {
+        let s = env
+            .open_opts(StoreOptions {
                 compaction_batch_limit: 1,
                 compaction_sleep_interval: Duration::from_secs(3600),
-            },
-        )
-        .unwrap();
+                ..Default::default()
+            })
+            .unwrap();
         for i in 0..10 {
             put(&s, &[("k", &i.to_string())]); // 2..=11
         }
         let _w = s.compact(10, 7).unwrap();
         assert_eq!(s.finished_compact_revision(), -1);
     }
-    let s = Store::open(
-        dir.path(),
-        StoreOptions {
+    let s = env
+        .open_opts(StoreOptions {
             compaction_batch_limit: 1,
             compaction_sleep_interval: Duration::ZERO,
-        },
-    )
-    .unwrap();
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(s.compact_revision(), 10);
     assert_eq!(s.consistent_index(), 7);
     assert_eq!(s.range(b"k", b"", ro(9)), Err(Error::Compacted));
@@ -542,14 +597,12 @@ fn compaction_resumes_after_reopen() {
     assert_eq!(raw, vec![10, 11]);
     assert_eq!(&get(&s, "k", 10).unwrap().value[..], b"8");
     drop(s);
-    let s = open(dir.path());
+    let s = env.open();
     assert_eq!(s.finished_compact_revision(), 10);
 }
 
-#[test]
-fn aux_buckets_commit_with_the_txn() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn aux_buckets_commit_with_the_txn(env: Env) {
+    let s = env.open();
     let mut t = s.write();
     t.put_aux(Bucket::Auth, b"user/root", b"x");
     t.put_aux(Bucket::Alarm, b"1", b"nospace");
@@ -589,19 +642,16 @@ fn aux_buckets_commit_with_the_txn() {
     assert_eq!(s.aux_get(Bucket::Alarm, b"3").unwrap(), None);
 }
 
-#[test]
-fn hash_kv_is_stable_and_sensitive() {
-    let d1 = tempfile::tempdir().unwrap();
-    let d2 = tempfile::tempdir().unwrap();
-    let s1 = open(d1.path());
-    let s2 = Store::open(
-        d2.path(),
-        StoreOptions {
+fn hash_kv_is_stable_and_sensitive(env: Env) {
+    let env2 = env.fresh();
+    let s1 = env.open();
+    let s2 = env2
+        .open_opts(StoreOptions {
             compaction_batch_limit: 1,
             compaction_sleep_interval: Duration::from_secs(3600),
-        },
-    )
-    .unwrap();
+            ..Default::default()
+        })
+        .unwrap();
     for s in [&s1, &s2] {
         put(s, &[("a", "1"), ("b", "1")]);
         put(s, &[("a", "2")]);
@@ -626,30 +676,26 @@ fn hash_kv_is_stable_and_sensitive() {
     assert_ne!(s1.hash_kv(0).unwrap().hash, s2.hash_kv(0).unwrap().hash);
 }
 
-#[test]
-fn refuses_newer_format() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path()));
+fn refuses_newer_format(env: Env) {
+    drop(env.open());
     {
-        let b = Backend::open(dir.path()).unwrap();
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(
-            b.meta_cf(),
+        let b = env.backend();
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Cf::Meta,
             META_FORMAT_VERSION,
             (FORMAT_VERSION + 1).to_be_bytes(),
         );
         b.write(batch).unwrap();
         b.flush().unwrap();
     }
-    let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    let err = env.open_opts(StoreOptions::default()).unwrap_err();
     assert!(matches!(err, Error::UnsupportedFormat { found, .. } if found == FORMAT_VERSION + 1));
     assert!(err.to_string().contains("newer version"), "{err}");
 }
 
-#[test]
-fn maintenance_sizes_defragment_flush() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+fn maintenance_sizes_defragment_flush(env: Env) {
+    let s = env.open();
     let v = vec![7u8; 1000];
     for i in 0..200 {
         let mut t = s.write();
@@ -669,17 +715,13 @@ fn maintenance_sizes_defragment_flush() {
     );
 }
 
-#[test]
-fn concurrent_readers_during_writes_and_compaction() {
-    let dir = tempfile::tempdir().unwrap();
+fn concurrent_readers_during_writes_and_compaction(env: Env) {
     let s = Arc::new(
-        Store::open(
-            dir.path(),
-            StoreOptions {
-                compaction_batch_limit: 7,
-                compaction_sleep_interval: Duration::ZERO,
-            },
-        )
+        env.open_opts(StoreOptions {
+            compaction_batch_limit: 7,
+            compaction_sleep_interval: Duration::ZERO,
+            ..Default::default()
+        })
         .unwrap(),
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -737,12 +779,314 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn fuzzing_run_ops_random_inputs() {
-    fuzzing::run_ops(&[]);
-    fuzzing::run_ops(&[13, 14, 11, 0x85, 14]);
+fn fuzzing_run_ops_random_inputs(env: Env) {
+    let kind = match env {
+        Env::Memory(_) => fuzzing::Kind::Memory,
+        #[cfg(feature = "rocksdb")]
+        Env::RocksDb(_) => fuzzing::Kind::RocksDb,
+    };
+    let run = |data: &[u8]| fuzzing::run_on(kind, &fuzzing::decode_ops(data));
+    run(&[]);
+    run(&[13, 14, 11, 0x85, 14]);
+    // put, flush, put, crash (loses the second put), check
+    run(&[0, 0, 1, 1, 0x2d, 0, 0, 2, 2, 0x1d, 14]);
+    assert!(matches!(
+        fuzzing::decode_ops(&[0, 0, 1, 1, 0x2d, 0, 0, 2, 2, 0x1d, 14])[..],
+        [
+            fuzzing::Op::Txn(_),
+            fuzzing::Op::Flush,
+            fuzzing::Op::Txn(_),
+            fuzzing::Op::Crash,
+            fuzzing::Op::Check
+        ]
+    ));
     for seed in 0..150 {
         let len = 1 + (seed as usize * 7) % 160;
-        fuzzing::run_ops(&random_bytes(seed, len));
+        run(&random_bytes(seed, len));
     }
+}
+
+// ---- crash tests (in-memory backend: everything not flushed is lost) ----
+
+fn mem_opts(batch: usize) -> StoreOptions {
+    StoreOptions {
+        compaction_batch_limit: batch,
+        compaction_sleep_interval: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+fn open_on(disk: &MemDisk, opts: StoreOptions) -> Store {
+    Store::open_with(Box::new(disk.backend()), opts).unwrap()
+}
+
+fn all_at(s: &Store, revs: std::ops::RangeInclusive<i64>) -> Vec<RangeResult> {
+    revs.map(|r| s.range(b"", &[0], ro(r)).unwrap()).collect()
+}
+
+#[test]
+fn crash_between_applies_reopens_at_the_flushed_prefix() {
+    let disk = MemDisk::new();
+    let s = open_on(&disk, mem_opts(1000));
+    put(&s, &[("a", "1"), ("b", "1")]); // 2, ci 1
+    put(&s, &[("a", "2")]); // 3, ci 2
+    let mut t = s.write();
+    t.put_aux(Bucket::Lease, b"l", b"1");
+    t.end(3).unwrap(); // ci 3, no revision
+    s.flush().unwrap();
+    let flushed = (all_at(&s, 2..=3), s.hash_kv(0).unwrap());
+    // applied but not durable: lost by the crash
+    del(&s, "b", b""); // 4, ci 4
+    let lost_events = {
+        let mut t = s.write();
+        t.put(b"c", b"1", 0).unwrap();
+        t.put_aux(Bucket::Lease, b"l", b"2");
+        t.end(5).unwrap() // 5, ci 5
+    };
+    disk.crash();
+    // the dead process cannot write any more
+    let mut t = s.write();
+    t.put(b"x", b"1", 0).unwrap();
+    assert!(matches!(t.end(6), Err(Error::Storage(_))));
+    assert!(s.flush().is_err());
+    drop(s);
+
+    let s = open_on(&disk, mem_opts(1000));
+    assert_eq!(
+        (s.current_revision(), s.consistent_index()),
+        (3, 3),
+        "state of the flush"
+    );
+    assert_eq!((all_at(&s, 2..=3), s.hash_kv(0).unwrap()), flushed);
+    assert_eq!(s.aux_get(Bucket::Lease, b"l").unwrap(), Some(b"1".to_vec()));
+    // the raft layer re-applies entries 4 and 5: same revisions, same events
+    del(&s, "b", b"");
+    let mut t = s.write();
+    t.put(b"c", b"1", 0).unwrap();
+    t.put_aux(Bucket::Lease, b"l", b"2");
+    assert_eq!(t.end(5).unwrap(), lost_events);
+    assert_eq!((s.current_revision(), s.consistent_index()), (5, 5));
+    assert_eq!(s.aux_get(Bucket::Lease, b"l").unwrap(), Some(b"2".to_vec()));
+}
+
+#[test]
+fn failed_batch_changes_nothing() {
+    let disk = MemDisk::new();
+    let s = open_on(&disk, mem_opts(1000));
+    put(&s, &[("a", "1")]); // 2
+    disk.crash_after_writes(0);
+    let mut t = s.write();
+    t.put(b"a", b"2", 0).unwrap();
+    t.put(b"b", b"2", 0).unwrap();
+    assert!(matches!(t.end(2), Err(Error::Storage(_))));
+    // in memory: the index changes were undone
+    assert_eq!((s.current_revision(), s.consistent_index()), (2, 1));
+    assert_eq!(keys(&s.range(b"", &[0], ro(0)).unwrap()), ["a"]);
+    assert!(matches!(s.compact(2, 2), Err(Error::Storage(_))));
+    assert_eq!(
+        s.compact_revision(),
+        -1,
+        "a failed compact schedules nothing"
+    );
+    drop(s);
+    let s = open_on(&disk, mem_opts(1000));
+    assert_eq!(s.current_revision(), 1, "nothing was flushed");
+}
+
+/// History used by the compaction crash test: 5 keys, 4 versions each,
+/// some deleted; returns the revision to compact at.
+fn compaction_history(s: &Store) -> i64 {
+    for round in 0..4 {
+        let mut t = s.write();
+        for k in 0..5 {
+            t.put(format!("k{k}").as_bytes(), format!("{round}").as_bytes(), 0)
+                .unwrap();
+        }
+        t.end(s.consistent_index() + 1).unwrap();
+        if round == 1 {
+            del(s, "k3", b"");
+        }
+    }
+    del(s, "k4", b"");
+    put(s, &[("k9", "x")]);
+    s.current_revision() - 2
+}
+
+#[test]
+fn crash_at_every_write_of_a_compaction_resumes_it() {
+    // reference: the same history compacted without a crash
+    let (want_raw, want_ranges, want_hash, compact_at) = {
+        let s = open_on(&MemDisk::new(), mem_opts(1));
+        let c = compaction_history(&s);
+        s.compact(c, 100).unwrap().wait();
+        (
+            raw_revisions(&s),
+            all_at(&s, c..=s.current_revision()),
+            s.hash_kv(0).unwrap(),
+            c,
+        )
+    };
+    let mut crashes = 0;
+    for k in 1.. {
+        let disk = MemDisk::new();
+        // every write durable at once: any prefix of the compaction's
+        // batches can be what survives
+        disk.set_auto_flush(true);
+        let s = open_on(&disk, mem_opts(1));
+        assert_eq!(compaction_history(&s), compact_at);
+        // the schedule record is write 1; then the deletes, then "finished"
+        disk.crash_after_writes(k);
+        s.compact(compact_at, 100).unwrap().wait();
+        let finished = s.finished_compact_revision() == compact_at;
+        drop(s);
+
+        let s = open_on(&disk, mem_opts(1));
+        assert_eq!(s.compact_revision(), compact_at, "crash after {k} writes");
+        assert_eq!(s.consistent_index(), 100);
+        assert_eq!(
+            s.range(b"", &[0], ro(compact_at - 1)),
+            Err(Error::Compacted)
+        );
+        // reads at revisions >= the compaction agree before it finishes...
+        assert_eq!(all_at(&s, compact_at..=s.current_revision()), want_ranges);
+        assert_eq!(s.hash_kv(0).unwrap(), want_hash);
+        // ...and the compaction resumes from the scheduled revision
+        wait_finished(&s, compact_at);
+        assert_eq!(raw_revisions(&s), want_raw, "crash after {k} writes");
+        assert_eq!(all_at(&s, compact_at..=s.current_revision()), want_ranges);
+        assert_eq!(s.hash_kv(0).unwrap(), want_hash);
+        if finished {
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(crashes > 5, "crashed inside the compaction {crashes} times");
+}
+
+#[test]
+fn crash_before_the_compaction_schedule_is_flushed_forgets_it() {
+    let disk = MemDisk::new();
+    let s = open_on(&disk, mem_opts(1));
+    let c = compaction_history(&s);
+    let ci = s.consistent_index();
+    s.flush().unwrap();
+    let before = all_at(&s, 2..=s.current_revision());
+    s.compact(c, ci + 1).unwrap().wait();
+    disk.crash();
+    drop(s);
+    let s = open_on(&disk, mem_opts(1));
+    assert_eq!((s.compact_revision(), s.consistent_index()), (-1, ci));
+    assert_eq!(all_at(&s, 2..=s.current_revision()), before);
+    // the raft layer re-applies the compaction
+    s.compact(c, ci + 1).unwrap().wait();
+    assert_eq!(s.finished_compact_revision(), c);
+}
+
+// ---- chunked ranges ----
+
+#[test]
+fn range_chunks_are_bounded_and_stop_early() {
+    let s = Store::open_in_memory(StoreOptions {
+        range_chunk_size: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let kvs: Vec<(&str, &str)> = names.iter().map(|k| (k.as_str(), "v")).collect();
+    put(&s, &kvs); // 2
+    del(&s, "k4", b""); // 3
+    let r = s.read();
+    let mut chunks = Vec::new();
+    let h = r
+        .range_chunks(b"k", b"l", ro(0), |c| {
+            chunks.push(c.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(h, RangeHeader { rev: 3, count: 9 });
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 3, 3],
+        "chunks of at most 3"
+    );
+    assert_eq!(
+        chunks.concat(),
+        r.range(b"k", b"l", ro(0))
+            .unwrap()
+            .kvs
+            .iter()
+            .map(|kv| kv.key.clone())
+            .collect::<Vec<_>>()
+    );
+    // stopping after the first chunk: count still covers the whole range
+    let mut calls = 0;
+    let h = r
+        .range_chunks(b"k", b"l", ro(2), |_| {
+            calls += 1;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!((calls, h.count), (1, 10));
+    // limit 4: chunks 3 + 1
+    let mut sizes = Vec::new();
+    r.range_chunks(
+        b"k",
+        b"l",
+        RangeOptions {
+            limit: 4,
+            ..Default::default()
+        },
+        |c| {
+            sizes.push(c.len());
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(sizes, [3, 1]);
+    // count_only and empty ranges call f never; errors come first
+    let never = |_: Vec<KeyValue>| -> std::ops::ControlFlow<()> { panic!("no chunk expected") };
+    let h = r
+        .range_chunks(
+            b"k",
+            b"l",
+            RangeOptions {
+                count_only: true,
+                ..Default::default()
+            },
+            never,
+        )
+        .unwrap();
+    assert_eq!(h.count, 9);
+    assert_eq!(r.range_chunks(b"x", b"y", ro(0), never).unwrap().count, 0);
+    assert_eq!(
+        r.range_chunks(b"k", b"l", ro(4), never),
+        Err(Error::FutureRevision)
+    );
+    drop(r);
+    // a write txn's chunks mix its own pending changes with stored values
+    let mut t = s.write();
+    t.put(b"k5", b"new", 0).unwrap();
+    t.put(b"k40", b"new", 0).unwrap();
+    let mut got = Vec::new();
+    t.range_chunks(b"k", b"l", ro(0), |c| {
+        got.extend(c.into_iter().map(|kv| (kv.key, kv.mod_revision)));
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let want: Vec<(bytes::Bytes, i64)> = [
+        ("k0", 2),
+        ("k1", 2),
+        ("k2", 2),
+        ("k3", 2),
+        ("k40", 4),
+        ("k5", 4),
+        ("k6", 2),
+        ("k7", 2),
+        ("k8", 2),
+        ("k9", 2),
+    ]
+    .iter()
+    .map(|(k, r)| (bytes::Bytes::from_static(k.as_bytes()), *r))
+    .collect();
+    assert_eq!(got, want);
 }

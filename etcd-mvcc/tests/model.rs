@@ -1,9 +1,11 @@
 //! Property test: random histories of puts, deletes, multi-op transactions,
-//! compactions and reopens, checked against the model of etcd semantics in
-//! `etcd_mvcc::fuzzing` (every range at every revision, including the
-//! `Compacted`/`FutureRevision` errors, events, prev kvs and hash stability).
+//! compactions, reopens, flushes and crashes, checked against the model of
+//! etcd semantics in `etcd_mvcc::fuzzing` (every range at every revision,
+//! including the `Compacted`/`FutureRevision` errors, events, prev kvs, hash
+//! stability, and after a crash of the in-memory backend the state of the
+//! last flush), on every backend of the build.
 
-use etcd_mvcc::fuzzing::{run, Op, TxnOp};
+use etcd_mvcc::fuzzing::{run_on, Kind, Op, TxnOp};
 use proptest::prelude::*;
 
 fn txn_op() -> impl Strategy<Value = TxnOp> {
@@ -21,6 +23,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..8, any::<bool>()).prop_map(|(back, wait)| Op::Compact { back, wait }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Check),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -28,7 +32,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_model(ops in prop::collection::vec(op(), 1..60)) {
-        run(&ops);
+    fn store_matches_model_in_memory(ops in prop::collection::vec(op(), 1..60)) {
+        run_on(Kind::Memory, &ops);
+    }
+
+    #[test]
+    fn store_matches_model_on_every_backend(ops in prop::collection::vec(op(), 1..60)) {
+        for kind in Kind::ALL {
+            run_on(*kind, &ops);
+        }
     }
 }
