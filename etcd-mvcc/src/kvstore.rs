@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: AtomicBool,
     pub(crate) opts: StoreOptions,
     pub(crate) dir: PathBuf,
+    /// Receivers of every committed transaction's events (`kvstore_history`).
+    pub(crate) subscribers: RwLock<Vec<crate::kvstore_history::EventSink>>,
 }
 
 impl Inner {
@@ -194,6 +196,7 @@ impl Store {
             shutdown: AtomicBool::new(false),
             opts,
             dir: dir.to_path_buf(),
+            subscribers: RwLock::new(Vec::new()),
         });
         let compactor = kvstore_compaction::spawn(inner.clone())?;
         if scheduled > finished {

@@ -48,6 +48,7 @@ mod index;
 mod key_index;
 mod kvstore;
 mod kvstore_compaction;
+mod kvstore_history;
 mod kvstore_txn;
 mod revision;
 
@@ -68,6 +69,7 @@ pub use error::{Error, Result};
 pub use hash::HashKv;
 pub use kvstore::{Bucket, Store, StoreOptions};
 pub use kvstore_compaction::CompactWait;
+pub use kvstore_history::{EventSink, History, HistoryBatch};
 pub use kvstore_txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;
