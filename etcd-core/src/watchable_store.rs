@@ -383,12 +383,6 @@ impl WatchableStore {
         s.answer_deferred_progress();
     }
 
-    /// Whether every given watcher is synced (for tests and progress).
-    #[cfg(test)]
-    pub(crate) fn all_synced(&self) -> bool {
-        self.state.lock().unsynced.is_empty()
-    }
-
     /// The store's sink: one committed transaction's events.
     fn notify(&self, rev: i64, evs: &[Event]) {
         let mut s = self.state.lock();
