@@ -40,6 +40,9 @@ pub struct Config {
     pub max_request_bytes: u64,
     /// `--max-txn-ops`: most operations in one txn.
     pub max_txn_ops: usize,
+    /// `--experimental-watch-progress-notify-interval`: how often watchers
+    /// created with `progress_notify` get an empty response (etcd: 10 min).
+    pub watch_progress_notify_interval: Duration,
     /// `--snapshot-count`: applied entries between raft log compactions.
     pub snapshot_count: u64,
     /// Entries kept in the raft log below a compaction point, for
@@ -67,6 +70,7 @@ impl Default for Config {
             election_timeout: Duration::from_millis(1000),
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            watch_progress_notify_interval: Duration::from_secs(600),
             snapshot_count: 100_000,
             snapshot_catch_up_entries: 5_000,
             quota_backend_bytes: 0,
@@ -112,6 +116,9 @@ impl Config {
         }
         if self.snapshot_count == 0 {
             return bad("--snapshot-count must be positive".into());
+        }
+        if self.watch_progress_notify_interval.is_zero() {
+            return bad("--experimental-watch-progress-notify-interval must be positive".into());
         }
         if self.max_txn_ops == 0 {
             return bad("--max-txn-ops must be positive".into());

@@ -123,6 +123,18 @@ impl From<etcd_mvcc::Error> for Error {
     }
 }
 
+/// Why a watch create request was refused: sent as the `cancel_reason` of
+/// the response (etcd's `mvcc` watch errors, same text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// `range_end` is not above `key`.
+    #[error("mvcc: watcher range is empty")]
+    EmptyRange,
+    /// A client-chosen watch id already used on the stream.
+    #[error("mvcc: duplicate watch ID provided on the WatchStream")]
+    DuplicateId,
+}
+
 /// Errors of starting or stopping the engine (not client-facing).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -32,9 +32,13 @@ mod raft_request;
 mod request_check;
 mod server;
 mod wait;
+mod watchable_store;
+mod watcher;
+mod watcher_group;
 
 pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
-pub use error::{Code, Error, Result, StartError};
+pub use error::{Code, Error, Result, StartError, WatchError};
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
 pub use server::{Etcd, SERVER_VERSION};
+pub use watcher::WatchStream;

@@ -25,6 +25,8 @@ use crate::pb::etcdserverpb::{
 use crate::raft_request::{Op, RaftRequest};
 use crate::request_check;
 use crate::wait::Wait;
+use crate::watchable_store::WatchableStore;
+use crate::watcher::WatchStream;
 use crate::{Error, Result};
 use etcd_mvcc::{Store, StoreOptions};
 use etcd_raft_node::{
@@ -57,6 +59,7 @@ struct Inner {
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
     apply_thread: Mutex<Option<JoinHandle<()>>>,
+    watch: Arc<WatchableStore>,
 }
 
 impl Etcd {
@@ -114,6 +117,8 @@ impl Etcd {
             (storage, meta, store)
         };
         let store = Arc::new(store);
+        // Subscribed before the apply thread starts: it sees every revision.
+        let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();
         let tick = cfg.heartbeat_interval;
         let node_cfg = NodeConfig {
@@ -170,6 +175,7 @@ impl Etcd {
                 ),
                 applied: applied_rx,
                 apply_thread: Mutex::new(Some(apply_thread)),
+                watch,
                 cfg,
             }),
         })
@@ -367,6 +373,19 @@ impl Etcd {
         })
     }
 
+    /// Opens a watch stream (the gRPC Watch stream's equivalent): create
+    /// watchers, cancel them, request progress, receive responses. Needs a
+    /// tokio runtime with the time driver.
+    pub fn watch(&self) -> WatchStream {
+        let etcd = self.clone();
+        WatchStream::new(
+            self.inner.watch.clone(),
+            Box::new(move |rev| etcd.header(rev)),
+            self.inner.cfg.watch_progress_notify_interval,
+            self.inner.cfg.max_request_bytes as usize,
+        )
+    }
+
     /// The MVCC store, for maintenance operations.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -379,6 +398,7 @@ impl Etcd {
         if let Some(t) = self.inner.apply_thread.lock().take() {
             let _ = t.join();
         }
+        self.inner.watch.stop();
     }
 
     fn check_quota(&self) -> Result<()> {

@@ -102,6 +102,8 @@ pub(crate) struct Inner {
     pub(crate) compaction: Arc<CompactState>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) opts: StoreOptions,
+    /// Receivers of every committed transaction's events (`kvstore_history`).
+    pub(crate) subscribers: RwLock<Vec<crate::kvstore_history::EventSink>>,
 }
 
 impl Inner {
@@ -212,6 +214,7 @@ impl Store {
             compaction: Arc::new(CompactState::new(finished)),
             shutdown: AtomicBool::new(false),
             opts,
+            subscribers: RwLock::new(Vec::new()),
         });
         let compactor = kvstore_compaction::spawn(inner.clone())?;
         if scheduled > finished {

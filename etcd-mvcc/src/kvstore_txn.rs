@@ -443,7 +443,7 @@ impl<'a> TxnWrite<'a> {
             .consistent_index
             .store(consistent_index, Ordering::Release);
         let changes = std::mem::take(&mut self.changes);
-        Ok(changes
+        let events: Vec<Event> = changes
             .into_iter()
             .map(|c| {
                 if c.tombstone {
@@ -464,7 +464,12 @@ impl<'a> TxnWrite<'a> {
                     }
                 }
             })
-            .collect())
+            .collect();
+        if !events.is_empty() {
+            // Still under the writer mutex: subscribers see revisions in order.
+            crate::kvstore_history::publish(&self.inner.subscribers.read(), rev, &events);
+        }
+        Ok(events)
     }
 }
 

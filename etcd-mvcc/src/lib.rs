@@ -59,6 +59,7 @@ mod index_chunk;
 mod key_index;
 mod kvstore;
 mod kvstore_compaction;
+mod kvstore_history;
 mod kvstore_txn;
 mod revision;
 
@@ -82,6 +83,7 @@ pub use error::{Error, Result};
 pub use hash::HashKv;
 pub use kvstore::{Bucket, Store, StoreOptions};
 pub use kvstore_compaction::CompactWait;
+pub use kvstore_history::{EventSink, History, HistoryBatch};
 pub use kvstore_txn::{
     RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
 };

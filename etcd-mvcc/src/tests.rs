@@ -730,7 +730,8 @@ fn concurrent_readers_during_writes_and_compaction(env: Env) {
         let (s, stop) = (s.clone(), stop.clone());
         readers.push(std::thread::spawn(move || {
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // At least one successful read, however the threads are scheduled.
+            while n == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = s.read();
                 let rev = r.rev();
                 match r.range(b"k", &[0], RangeOptions::default()) {

@@ -83,6 +83,14 @@ pub struct Flags {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Duration of periodic watch progress notifications (Go duration, e.g. '10m', '500ms').
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_go_duration
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
     /// Number of committed transactions to trigger a raft log compaction.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
@@ -129,6 +137,43 @@ pub enum Command {
     Run(Box<ServerConfig>),
     /// Print the version and exit.
     Version,
+}
+
+/// Parses a Go `time.Duration` string as etcd's flags take them: a
+/// sequence of decimal numbers with units `ns`, `us`/`µs`, `ms`, `s`, `m`,
+/// `h` (e.g. `10m`, `1m30s`, `1.5s`, `250ms`); a bare `0` is zero.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (examples: 10m, 1m30s, 500ms)");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * secs;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// Parses arguments (without the program name handling: `args` includes
@@ -329,6 +374,7 @@ impl Flags {
             election_timeout: Duration::from_millis(self.election_timeout),
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             snapshot_count: self.snapshot_count,
             snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
             quota_backend_bytes: self.quota_backend_bytes,
@@ -346,6 +392,19 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations() {
+        let d = |s| parse_go_duration(s).unwrap();
+        assert_eq!(d("10m"), Duration::from_secs(600));
+        assert_eq!(d("1m30s"), Duration::from_secs(90));
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        assert_eq!(d("1.5s"), Duration::from_millis(1500));
+        assert_eq!(d("0"), Duration::ZERO);
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("").is_err());
+        assert!(parse_go_duration("5x").is_err());
+    }
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<(Command, Vec<String>), String> {
         let args = std::iter::once("etcd-server")

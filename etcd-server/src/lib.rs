@@ -11,15 +11,18 @@ mod http;
 pub mod rpc;
 mod services;
 mod status;
+mod watch;
 
 pub use config::{Command, Flags, ServerConfig};
 pub use services::{ClusterService, KvService, MaintenanceService};
 pub use status::to_status;
+pub use watch::WatchService;
 
 use anyhow::Context as _;
 use etcd_core::Etcd;
 use rpc::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use std::future::Future;
 use tokio::net::TcpListener;
@@ -53,7 +56,10 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
         )
         .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
-        .add_service(ClusterServer::new(ClusterService(etcd.clone())));
+        .add_service(ClusterServer::new(ClusterService(etcd.clone())))
+        .add_service(
+            WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
+        );
         let routes = grpc
             .routes()
             .into_axum_router()
