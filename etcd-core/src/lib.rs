@@ -18,16 +18,23 @@
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
 mod apply;
+mod apply_lease;
+mod concurrency;
 mod config;
 mod datadir;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod lease_ticker;
+pub mod lessor;
 mod membership;
 pub mod pb;
 mod raft_request;
 mod request_check;
 mod server;
+mod v3_lease;
+mod v3election;
+mod v3lock;
 mod wait;
 
 pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};

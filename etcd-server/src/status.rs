@@ -8,6 +8,7 @@ use tonic::Status;
 /// Translates an engine error into the status etcd would send.
 pub fn to_status(e: Error) -> Status {
     let code = match e.code() {
+        Code::Unknown => tonic::Code::Unknown,
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::NotFound => tonic::Code::NotFound,
         Code::ResourceExhausted => tonic::Code::ResourceExhausted,
