@@ -172,3 +172,239 @@ pub(crate) fn restore(store: &Store, lessor: &Lessor) -> Result<()> {
     lessor.restore(records, attached);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::apply;
+    use crate::lessor::FakeClock;
+    use crate::pb::etcdserverpb::{
+        request_op, DeleteRangeRequest, LeaseCheckpoint, PutRequest, RequestOp, TxnRequest,
+    };
+    use crate::raft_request::RaftRequest;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        lessor: Lessor,
+        index: u64,
+    }
+
+    fn lessor() -> Lessor {
+        Lessor::new(Arc::new(FakeClock::new()), 2, Duration::from_secs(300))
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), Default::default()).unwrap();
+            Fixture {
+                _dir: dir,
+                store,
+                lessor: lessor(),
+                index: 0,
+            }
+        }
+
+        fn run(&mut self, op: Op) -> Result<Applied> {
+            self.index += 1;
+            apply(
+                &self.store,
+                &self.lessor,
+                self.index,
+                &RaftRequest {
+                    id: 1,
+                    op: Some(op),
+                },
+            )
+        }
+
+        fn put(&mut self, key: &str, lease: i64) -> Result<Applied> {
+            self.run(Op::Put(PutRequest {
+                key: key.to_string().into(),
+                value: "v".into(),
+                lease,
+                ..Default::default()
+            }))
+        }
+
+        fn grant(&mut self, id: i64, ttl: i64) -> Result<Applied> {
+            self.run(Op::LeaseGrant(LeaseGrantRequest { id, ttl }))
+        }
+
+        fn lease_of(&self, key: &str) -> Option<i64> {
+            let rr = self
+                .store
+                .range(key.as_bytes(), &[], RangeOptions::default())
+                .unwrap();
+            rr.kvs.first().map(|kv| kv.lease)
+        }
+    }
+
+    #[test]
+    fn grant_checks_id_ttl_and_duplicates() {
+        let mut f = Fixture::new();
+        match f.grant(10, 1).unwrap() {
+            Applied::LeaseGrant(r) => assert_eq!((r.id, r.ttl), (10, 2)),
+            _ => panic!("not a grant"),
+        }
+        assert_eq!(f.grant(10, 5).err(), Some(Error::LeaseExist));
+        assert_eq!(
+            f.grant(11, MAX_LEASE_TTL + 1).err(),
+            Some(Error::LeaseTtlTooLarge)
+        );
+        assert!(f.grant(11, MAX_LEASE_TTL).is_ok());
+        assert_eq!(f.grant(0, 5).err(), Some(Error::LeaseNotFound));
+        assert_eq!(f.store.aux_scan(Bucket::Lease).unwrap().len(), 2);
+        assert_eq!(
+            f.store.consistent_index(),
+            f.index,
+            "failed entries are recorded"
+        );
+    }
+
+    #[test]
+    fn puts_need_an_existing_lease_also_inside_txns() {
+        let mut f = Fixture::new();
+        assert_eq!(f.put("a", 5).err(), Some(Error::LeaseNotFound));
+        let txn = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: "b".into(),
+                    lease: 5,
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            f.run(Op::Txn(txn.clone())).err(),
+            Some(Error::LeaseNotFound)
+        );
+        f.grant(5, 10).unwrap();
+        f.run(Op::Txn(txn)).unwrap();
+        assert_eq!(f.lease_of("b"), Some(5));
+        assert_eq!(f.lessor.keys(5), vec![bytes::Bytes::from_static(b"b")]);
+    }
+
+    #[test]
+    fn a_key_moves_between_leases() {
+        let mut f = Fixture::new();
+        f.grant(1, 10).unwrap();
+        f.grant(2, 10).unwrap();
+        f.put("k", 1).unwrap();
+        assert_eq!(f.lessor.lease_of(b"k"), 1);
+        f.put("k", 2).unwrap();
+        assert_eq!(f.lessor.lease_of(b"k"), 2);
+        assert!(f.lessor.keys(1).is_empty());
+        // ignore_lease keeps the key's lease.
+        f.run(Op::Put(PutRequest {
+            key: "k".into(),
+            value: "w".into(),
+            ignore_lease: true,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(f.lease_of("k"), Some(2));
+        assert_eq!(f.lessor.lease_of(b"k"), 2);
+        // Revoking the old lease leaves the moved key alone.
+        f.run(Op::LeaseRevoke(LeaseRevokeRequest { id: 1 }))
+            .unwrap();
+        assert_eq!(f.lease_of("k"), Some(2));
+        // A put without a lease frees it; a delete detaches it.
+        f.put("k", 0).unwrap();
+        assert_eq!(f.lessor.lease_of(b"k"), 0);
+        f.put("k", 2).unwrap();
+        f.run(Op::DeleteRange(DeleteRangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert!(f.lessor.keys(2).is_empty());
+    }
+
+    #[test]
+    fn revoke_deletes_the_keys_at_one_revision() {
+        let mut f = Fixture::new();
+        f.grant(9, 10).unwrap();
+        for k in ["c", "a", "b"] {
+            f.put(k, 9).unwrap();
+        }
+        f.put("other", 0).unwrap();
+        let before = f.store.current_revision();
+        match f
+            .run(Op::LeaseRevoke(LeaseRevokeRequest { id: 9 }))
+            .unwrap()
+        {
+            Applied::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, before + 1),
+            _ => panic!("not a revoke"),
+        }
+        assert_eq!(f.store.current_revision(), before + 1);
+        for k in ["a", "b", "c"] {
+            assert_eq!(f.lease_of(k), None, "{k} deleted");
+        }
+        assert_eq!(f.lease_of("other"), Some(0));
+        assert!(!f.lessor.exists(9));
+        assert!(f.store.aux_scan(Bucket::Lease).unwrap().is_empty());
+        // History at the revoke's revision: three deletes, in key order.
+        let old = f
+            .store
+            .range(
+                b"a",
+                b"d",
+                RangeOptions {
+                    rev: before,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(old.count, 3);
+        assert_eq!(
+            f.run(Op::LeaseRevoke(LeaseRevokeRequest { id: 9 })).err(),
+            Some(Error::LeaseNotFound)
+        );
+    }
+
+    #[test]
+    fn leases_and_attachments_are_restored_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut f = Fixture {
+                store: Store::open(dir.path(), Default::default()).unwrap(),
+                _dir: tempfile::tempdir().unwrap(),
+                lessor: lessor(),
+                index: 0,
+            };
+            f.grant(1, 600).unwrap();
+            f.grant(2, 3).unwrap();
+            f.grant(3, 10).unwrap();
+            f.put("x", 1).unwrap();
+            f.put("y", 1).unwrap();
+            f.put("z", 2).unwrap();
+            f.put("y", 3).unwrap();
+            f.run(Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints: vec![LeaseCheckpoint {
+                    id: 1,
+                    remaining_ttl: 250,
+                }],
+            }))
+            .unwrap();
+            f.run(Op::LeaseRevoke(LeaseRevokeRequest { id: 2 }))
+                .unwrap();
+            f.store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let l = lessor();
+        restore(&store, &l).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.keys(1), vec![bytes::Bytes::from_static(b"x")]);
+        assert_eq!(l.keys(3), vec![bytes::Bytes::from_static(b"y")]);
+        assert_eq!(l.record(1, 250).unwrap().ttl, 600);
+        // Restored leases count from the checkpointed TTL once promoted.
+        l.promote(Duration::from_secs(1));
+        assert_eq!(l.time_to_live(1).unwrap().remaining, 251);
+        assert_eq!(l.time_to_live(3).unwrap().remaining, 11);
+    }
+}

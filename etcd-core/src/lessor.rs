@@ -601,3 +601,194 @@ fn set_checkpoint(st: &mut State, id: i64, at: Option<Duration>) {
         st.checkpoint_queue.insert((t, id));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+
+    fn lessor(checkpoint: Duration) -> (Arc<FakeClock>, Lessor) {
+        let clock = Arc::new(FakeClock::new());
+        (clock.clone(), Lessor::new(clock, 2, checkpoint))
+    }
+
+    #[test]
+    fn min_ttl_follows_the_election_timeout() {
+        assert_eq!(min_lease_ttl(Duration::from_millis(1000)), 2);
+        assert_eq!(min_lease_ttl(Duration::from_millis(100)), 1);
+        assert_eq!(min_lease_ttl(Duration::from_millis(5000)), 8);
+        let (_, l) = lessor(Duration::ZERO);
+        l.grant(1, 1);
+        assert_eq!(l.time_to_live(1).unwrap().granted, 2);
+    }
+
+    #[test]
+    fn primary_expires_leases_at_their_deadline_and_retries() {
+        let (clock, l) = lessor(Duration::ZERO);
+        l.promote(Duration::ZERO);
+        l.grant(7, 10);
+        clock.advance(10 * S - MS);
+        assert!(l.find_expired(100).is_empty());
+        assert_eq!(l.time_to_live(7).unwrap().remaining, 0);
+        clock.advance(MS);
+        assert_eq!(l.find_expired(100), vec![7]);
+        // Handed out once; again only after the retry interval.
+        assert!(l.find_expired(100).is_empty());
+        assert_eq!(l.renew(7), Renew::Expired);
+        clock.advance(EXPIRED_LEASE_RETRY);
+        assert_eq!(l.find_expired(100), vec![7]);
+        l.remove(7);
+        clock.advance(EXPIRED_LEASE_RETRY);
+        assert!(l.find_expired(100).is_empty());
+        assert_eq!(l.renew(7), Renew::NotFound);
+    }
+
+    #[test]
+    fn non_primary_leases_never_expire_until_promoted_with_extension() {
+        let (clock, l) = lessor(Duration::ZERO);
+        l.grant(1, 5);
+        clock.advance(1000 * S);
+        assert!(l.find_expired(100).is_empty());
+        assert_eq!(l.renew(1), Renew::NotPrimary);
+        l.promote(S);
+        clock.advance(6 * S - MS);
+        assert!(l.find_expired(100).is_empty());
+        clock.advance(MS);
+        assert_eq!(l.find_expired(100), vec![1]);
+        l.demote();
+        clock.advance(100 * S);
+        assert!(l.find_expired(100).is_empty());
+    }
+
+    #[test]
+    fn renew_moves_the_deadline() {
+        let (clock, l) = lessor(Duration::ZERO);
+        l.promote(Duration::ZERO);
+        l.grant(3, 4);
+        clock.advance(3 * S);
+        assert_eq!(
+            l.renew(3),
+            Renew::Renewed {
+                ttl: 4,
+                clear_checkpoint: false
+            }
+        );
+        clock.advance(3 * S);
+        assert!(l.find_expired(10).is_empty());
+        assert_eq!(l.time_to_live(3).unwrap().remaining, 1);
+        clock.advance(S);
+        assert_eq!(l.find_expired(10), vec![3]);
+    }
+
+    #[test]
+    fn revokes_are_rate_limited() {
+        let (clock, l) = lessor(Duration::ZERO);
+        l.promote(Duration::ZERO);
+        for id in 1..=2500 {
+            l.grant(id, 5);
+        }
+        clock.advance(5 * S);
+        let tick = Duration::from_millis(500);
+        let limit = crate::lease_ticker::revoke_limit(tick);
+        assert_eq!(limit, LEASE_REVOKE_RATE / 2);
+        let first = l.find_expired(limit);
+        assert_eq!(first.len(), 500);
+        let second = l.find_expired(limit);
+        assert_eq!(second.len(), 500);
+        assert!(first.iter().all(|id| !second.contains(id)));
+    }
+
+    #[test]
+    fn promote_spreads_a_pile_up_over_the_revoke_rate() {
+        let (clock, l) = lessor(Duration::ZERO);
+        for id in 1..=3000 {
+            l.grant(id, 10);
+        }
+        l.promote(S);
+        clock.advance(11 * S);
+        let first = l.find_expired(usize::MAX);
+        let in_first_second = first.len();
+        for id in first {
+            l.remove(id); // revoked
+        }
+        assert!(
+            in_first_second <= 3 * LEASE_REVOKE_RATE / 4 + 1,
+            "{in_first_second} leases expire in the first second"
+        );
+        clock.advance(4 * S);
+        assert_eq!(l.find_expired(usize::MAX).len(), 3000 - in_first_second);
+    }
+
+    #[test]
+    fn checkpoints_record_the_remaining_ttl_for_the_next_primary() {
+        let (clock, l) = lessor(Duration::from_secs(300));
+        l.promote(Duration::ZERO);
+        l.grant(9, 600);
+        l.grant(10, 100); // shorter than the interval: never checkpointed
+        clock.advance(300 * S - MS);
+        assert!(l.due_checkpoints(10).is_empty());
+        clock.advance(MS);
+        let due = l.due_checkpoints(10);
+        assert_eq!(due, vec![(9, 300)]);
+        for (id, rem) in due {
+            l.checkpoint(id, rem);
+        }
+        assert_eq!(l.record(9, 300).unwrap().remaining_ttl, 300);
+        // Leadership moves away and back (or the member restarts).
+        l.demote();
+        clock.advance(50 * S);
+        l.promote(S);
+        assert_eq!(l.time_to_live(9).unwrap().remaining, 301);
+        assert_eq!(l.time_to_live(9).unwrap().granted, 600);
+        // A renew counts from the full TTL and asks to clear the checkpoint.
+        assert_eq!(
+            l.renew(9),
+            Renew::Renewed {
+                ttl: 600,
+                clear_checkpoint: true
+            }
+        );
+        l.checkpoint(9, 0);
+        assert_eq!(
+            l.renew(9),
+            Renew::Renewed {
+                ttl: 600,
+                clear_checkpoint: false
+            }
+        );
+    }
+
+    #[test]
+    fn keys_move_between_leases() {
+        let (_, l) = lessor(Duration::ZERO);
+        l.grant(1, 10);
+        l.grant(2, 10);
+        let k = Bytes::from_static(b"k");
+        l.attach(1, k.clone());
+        assert_eq!(l.lease_of(b"k"), 1);
+        l.attach(2, k.clone());
+        assert_eq!(l.lease_of(b"k"), 2);
+        assert!(l.keys(1).is_empty());
+        assert_eq!(l.keys(2), vec![k.clone()]);
+        l.detach(1, b"k"); // stale detach changes nothing
+        assert_eq!(l.lease_of(b"k"), 2);
+        l.detach(2, b"k");
+        assert_eq!(l.lease_of(b"k"), 0);
+        assert!(l.keys(2).is_empty());
+        l.attach(3, k); // unknown lease: left unattached
+        assert_eq!(l.lease_of(b"k"), 0);
+    }
+
+    #[test]
+    fn leases_are_listed_soonest_deadline_first() {
+        let (_, l) = lessor(Duration::ZERO);
+        l.promote(Duration::ZERO);
+        l.grant(5, 30);
+        l.grant(6, 10);
+        l.grant(4, 20);
+        assert_eq!(l.leases(), vec![6, 4, 5]);
+        assert!(l.time_to_live(99).is_none());
+    }
+}
