@@ -96,6 +96,13 @@ pub struct Flags {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Interval of lease remaining-TTL checkpoints through raft (Go duration, e.g. 5m0s).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m0s"
+    )]
+    pub experimental_lease_checkpoint_interval: String,
     /// Configures log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -256,6 +263,42 @@ fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--{flag}: {url:?} resolves to no address"))
 }
 
+/// Parses a Go duration (`300ms`, `1.5s`, `5m0s`, `1h2m`).
+pub fn go_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        let n: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
 impl Flags {
     /// Checks the flags and derives the server settings.
     pub fn into_config(self) -> Result<ServerConfig, String> {
@@ -328,6 +371,8 @@ impl Flags {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             max_request_bytes: self.max_request_bytes,
+            lease_checkpoint_interval: go_duration(&self.experimental_lease_checkpoint_interval)
+                .map_err(|e| format!("--experimental-lease-checkpoint-interval: {e}"))?,
             max_txn_ops: self.max_txn_ops,
             snapshot_count: self.snapshot_count,
             snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
@@ -346,6 +391,17 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("5m0s"), Ok(Duration::from_secs(300)));
+        assert_eq!(go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(go_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(go_duration("1h2m"), Ok(Duration::from_secs(3720)));
+        assert_eq!(go_duration("0"), Ok(Duration::ZERO));
+        assert!(go_duration("5").is_err());
+        assert!(go_duration("5x").is_err());
+    }
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<(Command, Vec<String>), String> {
         let args = std::iter::once("etcd-server")

@@ -11,16 +11,23 @@ mod http;
 pub mod rpc;
 mod services;
 mod status;
+mod v3lease;
+mod v3lock;
 
 pub use config::{Command, Flags, ServerConfig};
 pub use services::{ClusterService, KvService, MaintenanceService};
 pub use status::to_status;
+pub use v3lease::LeaseService;
+pub use v3lock::{ElectionService, LockService};
 
 use anyhow::Context as _;
 use etcd_core::Etcd;
 use rpc::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
+use rpc::v3electionpb::election_server::ElectionServer;
+use rpc::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use tokio::net::TcpListener;
 
@@ -53,7 +60,10 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
         )
         .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
-        .add_service(ClusterServer::new(ClusterService(etcd.clone())));
+        .add_service(ClusterServer::new(ClusterService(etcd.clone())))
+        .add_service(LeaseServer::new(LeaseService(etcd.clone())))
+        .add_service(LockServer::new(LockService(etcd.clone())))
+        .add_service(ElectionServer::new(ElectionService(etcd.clone())));
         let routes = grpc
             .routes()
             .into_axum_router()

@@ -22,6 +22,15 @@ pub fn to_status(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// The status of a Lock or Election error: etcd serves those APIs through
+/// an in-process client, so its clients see code Unknown with the text.
+pub fn concurrency_status(e: Error) -> Status {
+    match e {
+        Error::Stopped | Error::NoLeader | Error::Timeout => to_status(e),
+        other => Status::unknown(other.to_string()),
+    }
+}
+
 /// The status for an API this build does not serve yet: says what is
 /// missing instead of pretending.
 pub fn unsupported(what: &str) -> Status {
