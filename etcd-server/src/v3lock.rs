@@ -58,10 +58,10 @@ impl Election for ElectionService {
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
         let rx = self.0.observe(req.into_inner());
-        let stream = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            |r| r.map_err(concurrency_status),
-        );
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
+                r.map_err(concurrency_status)
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
