@@ -13,11 +13,14 @@
 //! with its revision (a nested txn's header stays empty, as in etcd); the
 //! caller fills the top-level header's cluster, member and term.
 
+use crate::apply_lease;
+use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
+use crate::pb::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse};
 use crate::pb::mvccpb::KeyValue;
 use crate::raft_request::{Op, RaftRequest};
 use crate::{Error, Result};
@@ -31,6 +34,10 @@ pub(crate) enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse, CompactWait),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// Nobody waits for a checkpoint.
+    LeaseCheckpoint,
 }
 
 /// A read or write transaction over the store.
@@ -38,6 +45,8 @@ pub(crate) struct View<'a> {
     txn: Txn<'a>,
     /// The store's compaction revision when the view was opened.
     compact_rev: i64,
+    /// The leases puts are checked against (none: every lease is unknown).
+    lessor: Option<&'a Lessor>,
 }
 
 enum Txn<'a> {
@@ -51,6 +60,7 @@ impl<'a> View<'a> {
         View {
             compact_rev: store.compact_revision(),
             txn: Txn::Read(store.read()),
+            lessor: None,
         }
     }
 
@@ -59,7 +69,14 @@ impl<'a> View<'a> {
         View {
             compact_rev: store.compact_revision(),
             txn: Txn::Write(store.write()),
+            lessor: None,
         }
+    }
+
+    /// The same view, checking leases against `lessor`.
+    pub(crate) fn with_lessor(mut self, lessor: &'a Lessor) -> View<'a> {
+        self.lessor = Some(lessor);
+        self
     }
 
     fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
@@ -94,20 +111,17 @@ impl<'a> View<'a> {
         }
     }
 
-    fn write_txn(&mut self) -> &mut TxnWrite<'a> {
+    pub(crate) fn write_txn(&mut self) -> &mut TxnWrite<'a> {
         match &mut self.txn {
             Txn::Write(t) => t,
             Txn::Read(_) => unreachable!("write op in a read-only txn"),
         }
     }
 
-    /// Commits a write view at raft index `index`.
-    fn end(self, index: u64) -> Result<()> {
+    /// Commits a write view at raft index `index`; returns its events.
+    fn end(self, index: u64) -> Result<Vec<etcd_mvcc::Event>> {
         match self.txn {
-            Txn::Write(t) => {
-                t.end(index)?;
-                Ok(())
-            }
+            Txn::Write(t) => Ok(t.end(index)?),
             Txn::Read(_) => unreachable!("only write views are committed"),
         }
     }
@@ -115,7 +129,13 @@ impl<'a> View<'a> {
 
 /// Applies a committed request at raft index `index`. The consistent index
 /// is persisted whatever the outcome, so replay after a crash is idempotent.
-pub(crate) fn apply(store: &Store, index: u64, req: &RaftRequest) -> Result<Applied> {
+/// `lessor` is updated only after the store committed the entry.
+pub(crate) fn apply(
+    store: &Store,
+    lessor: &Lessor,
+    index: u64,
+    req: &RaftRequest,
+) -> Result<Applied> {
     let Some(op) = &req.op else {
         store.write().end(index)?;
         return Err(Error::Internal("raft request without an operation".into()));
@@ -123,18 +143,22 @@ pub(crate) fn apply(store: &Store, index: u64, req: &RaftRequest) -> Result<Appl
     if let Op::Compaction(c) = op {
         return compaction(store, index, c);
     }
-    let mut view = View::write(store);
+    let mut view = View::write(store).with_lessor(lessor);
     let out = match op {
-        Op::Put(p) => check_put_lease(p)
+        Op::Put(p) => check_put_lease(&view, p)
             .and_then(|()| put(&mut view, p))
             .map(Applied::Put),
         Op::DeleteRange(d) => delete_range(&mut view, d).map(Applied::DeleteRange),
         Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
         Op::Compaction(_) => unreachable!("handled above"),
+        Op::LeaseGrant(g) => apply_lease::grant(&mut view, lessor, g),
+        Op::LeaseRevoke(r) => apply_lease::revoke(&mut view, lessor, r),
+        Op::LeaseCheckpoint(c) => apply_lease::checkpoint(&mut view, lessor, c),
     };
     match out {
         Ok(applied) => {
-            view.end(index)?;
+            let events = view.end(index)?;
+            apply_lease::after_commit(lessor, op, &events);
             Ok(applied)
         }
         Err(e) => {
@@ -163,13 +187,8 @@ fn compaction(store: &Store, index: u64, c: &CompactionRequest) -> Result<Applie
     }
 }
 
-/// Leases are not implemented yet, so no lease id exists.
-fn lease_exists(_lease: i64) -> bool {
-    false
-}
-
-fn check_put_lease(p: &PutRequest) -> Result<()> {
-    if p.lease != 0 && !lease_exists(p.lease) {
+fn check_put_lease(view: &View<'_>, p: &PutRequest) -> Result<()> {
+    if p.lease != 0 && !view.lessor.is_some_and(|l| l.exists(p.lease)) {
         return Err(Error::LeaseNotFound);
     }
     Ok(())
@@ -452,7 +471,7 @@ fn check_ops(view: &View<'_>, t: &TxnRequest, path: &mut &[bool], check: Check) 
                         return Err(Error::KeyNotFound);
                     }
                 }
-                check_put_lease(p)?;
+                check_put_lease(view, p)?;
             }
             Some(request_op::Request::RequestRange(r))
                 if check == Check::Ranges && r.revision != 0 =>

@@ -51,6 +51,9 @@ pub struct Config {
     /// `--quota-backend-bytes`: writes fail with "database space exceeded"
     /// once the database is this large (0 = the default, 2 GiB).
     pub quota_backend_bytes: u64,
+    /// `--experimental-lease-checkpoint-interval`: how often the leader
+    /// records leases' remaining TTLs through raft (zero: never).
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -74,6 +77,7 @@ impl Default for Config {
             snapshot_count: 100_000,
             snapshot_catch_up_entries: 5_000,
             quota_backend_bytes: 0,
+            lease_checkpoint_interval: crate::lessor::DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 }

@@ -9,6 +9,8 @@
 /// gRPC status codes used by etcd (numeric values as in the gRPC spec).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
+    /// 2 (what Go's gRPC sends for a plain error, e.g. from v3lock/v3election)
+    Unknown,
     /// 3
     InvalidArgument,
     /// 5
@@ -63,6 +65,24 @@ pub enum Error {
     /// The lease does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// LeaseGrant with an id that is taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// LeaseGrant with a TTL above 9,000,000,000 s.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// Lock: the lock's lease expired while waiting.
+    #[error("mutex: session is expired")]
+    SessionExpired,
+    /// Proclaim/Resign without a leader key.
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// Proclaim by a candidate that is not (any longer) the leader.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// Leader of an election nobody holds.
+    #[error("election: no leader")]
+    ElectionNoLeader,
     /// The request is larger than --max-request-bytes.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
@@ -104,6 +124,11 @@ impl Error {
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRevision => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist => Code::FailedPrecondition,
+            LeaseTtlTooLarge => Code::OutOfRange,
+            SessionExpired | MissingLeaderKey | ElectionNotLeader | ElectionNoLeader => {
+                Code::Unknown
+            }
             NoSpace => Code::ResourceExhausted,
             BadLeaderTransferee => Code::FailedPrecondition,
             NotLeader => Code::FailedPrecondition,

@@ -3,12 +3,15 @@
 //! mutated inputs, by the unit tests below, so CI exercises them on stable.
 
 use crate::apply::{self, View};
+use crate::lessor::{FakeClock, Lessor};
 use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
 use crate::raft_request::{Op, RaftRequest};
 use crate::request_check;
 use etcd_mvcc::{Store, StoreOptions};
 use prost::Message as _;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Decodes `data` as a client request (the first byte picks the message),
 /// validates it as the server would, and, when valid, applies it to a real
@@ -16,6 +19,7 @@ use std::path::Path;
 /// error or applies.
 pub struct RequestFuzzer {
     store: Store,
+    lessor: Lessor,
     index: u64,
 }
 
@@ -24,6 +28,7 @@ impl RequestFuzzer {
     pub fn new(dir: &Path) -> RequestFuzzer {
         RequestFuzzer {
             store: Store::open(dir, StoreOptions::default()).expect("open store"),
+            lessor: Lessor::new(Arc::new(FakeClock::new()), 2, Duration::ZERO),
             index: 0,
         }
     }
@@ -75,6 +80,7 @@ impl RequestFuzzer {
         let before = self.store.current_revision();
         let result = apply::apply(
             &self.store,
+            &self.lessor,
             self.index,
             &RaftRequest {
                 id: 1,

@@ -20,17 +20,24 @@
 mod apply;
 #[cfg(test)]
 mod apply_range_tests;
+mod apply_lease;
+mod concurrency;
 mod config;
 mod datadir;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod linearizability;
+mod lease_ticker;
+pub mod lessor;
 mod membership;
 pub mod pb;
 mod raft_request;
 mod request_check;
 mod server;
+mod v3_lease;
+mod v3election;
+mod v3lock;
 mod wait;
 mod watchable_store;
 mod watcher;

@@ -13,14 +13,20 @@
 //!     etcdserverpb.DeleteRangeRequest delete_range = 3;
 //!     etcdserverpb.TxnRequest txn = 4;
 //!     etcdserverpb.CompactionRequest compaction = 5;
+//!     etcdserverpb.LeaseGrantRequest lease_grant = 6;       // id chosen before proposing
+//!     etcdserverpb.LeaseRevokeRequest lease_revoke = 7;     // client or expiry
+//!     etcdserverpb.LeaseCheckpointRequest lease_checkpoint = 8;
 //!   }
 //! }
 //! ```
 //!
-//! An entry with empty data is a new leader's no-op. Tags 6.. are reserved
-//! for leases, alarms, auth and membership.
+//! An entry with empty data is a new leader's no-op. Tags 9.. are reserved
+//! for alarms, auth and membership.
 
-use crate::pb::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, TxnRequest};
+use crate::pb::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, PutRequest, TxnRequest,
+};
 
 /// A write proposed through raft.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -29,7 +35,7 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8")]
     pub op: Option<Op>,
 }
 
@@ -48,4 +54,13 @@ pub enum Op {
     /// KV.Compact
     #[prost(message, tag = "5")]
     Compaction(CompactionRequest),
+    /// Lease.LeaseGrant, with the lease id already chosen.
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantRequest),
+    /// Lease.LeaseRevoke, or the revoke of an expired lease.
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeRequest),
+    /// Remaining TTLs recorded by the primary lessor.
+    #[prost(message, tag = "8")]
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }

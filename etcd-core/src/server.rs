@@ -15,6 +15,7 @@ use crate::apply::{self, Applied, View};
 use crate::config::{ClusterState, Config};
 use crate::datadir::DataDir;
 use crate::error::StartError;
+use crate::lessor::{min_lease_ttl, Clock, Lessor, MonotonicClock};
 use crate::membership::{self, Member, WalMetadata};
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
@@ -60,6 +61,8 @@ struct Inner {
     applied: watch::Receiver<u64>,
     apply_thread: Mutex<Option<JoinHandle<()>>>,
     watch: Arc<WatchableStore>,
+    lessor: Arc<Lessor>,
+    lease_ticker: Mutex<Option<crate::lease_ticker::Ticker>>,
 }
 
 impl Etcd {
@@ -70,6 +73,12 @@ impl Etcd {
     /// Threads are started here; the async API needs a tokio runtime with
     /// the time driver.
     pub fn start(cfg: Config) -> Result<Etcd, StartError> {
+        Self::start_with_clock(cfg, Arc::new(MonotonicClock::new()))
+    }
+
+    /// Like [`Etcd::start`], with the monotonic clock lease deadlines are
+    /// measured on.
+    pub fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Etcd, StartError> {
         cfg.validate()?;
         let dir = DataDir::new(&cfg.data_dir);
         let wal_opts = etcd_wal::WalOptions::default();
@@ -120,6 +129,13 @@ impl Etcd {
         // Subscribed before the apply thread starts: it sees every revision.
         let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();
+        let lessor = Arc::new(Lessor::new(
+            clock,
+            min_lease_ttl(cfg.election_timeout),
+            cfg.lease_checkpoint_interval,
+        ));
+        crate::apply_lease::restore(&store, &lessor)
+            .map_err(|e| StartError::Config(format!("cannot restore leases: {e}")))?;
         let tick = cfg.heartbeat_interval;
         let node_cfg = NodeConfig {
             id: meta.member_id,
@@ -141,6 +157,7 @@ impl Etcd {
         let (applied_tx, applied_rx) = watch::channel(applied);
         let apply_thread = {
             let (store, node, wait) = (store.clone(), node.clone(), wait.clone());
+            let lessor = lessor.clone();
             let log = LogCompaction {
                 every: cfg.snapshot_count,
                 keep: cfg.snapshot_catch_up_entries,
@@ -148,7 +165,9 @@ impl Etcd {
             };
             std::thread::Builder::new()
                 .name("apply".into())
-                .spawn(move || apply_loop(apply_rx, &store, &node, &wait, &applied_tx, log))?
+                .spawn(move || {
+                    apply_loop(apply_rx, &store, &lessor, &node, &wait, &applied_tx, log)
+                })?
         };
         let mut members = meta.members.clone();
         for m in &mut members {
@@ -161,6 +180,7 @@ impl Etcd {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let lease_ticker = crate::lease_ticker::Ticker::spawn(node.clone(), lessor.clone(), &cfg)?;
         Ok(Etcd {
             inner: Arc::new(Inner {
                 member_id: meta.member_id,
@@ -176,6 +196,8 @@ impl Etcd {
                 applied: applied_rx,
                 apply_thread: Mutex::new(Some(apply_thread)),
                 watch,
+                lease_ticker: Mutex::new(Some(lease_ticker)),
+                lessor,
                 cfg,
             }),
         })
@@ -206,7 +228,7 @@ impl Etcd {
         }
     }
 
-    fn fill(&self, h: &mut Option<ResponseHeader>) {
+    pub(crate) fn fill(&self, h: &mut Option<ResponseHeader>) {
         let rev = h.as_ref().map(|h| h.revision).filter(|r| *r != 0);
         *h = Some(self.header(rev.unwrap_or_else(|| self.inner.store.current_revision())));
     }
@@ -394,6 +416,9 @@ impl Etcd {
     /// Stops the member: raft, then the apply thread. Pending requests fail
     /// with "server stopped". Idempotent.
     pub fn stop(&self) {
+        if let Some(t) = self.inner.lease_ticker.lock().take() {
+            t.stop();
+        }
         self.inner.node.stop();
         if let Some(t) = self.inner.apply_thread.lock().take() {
             let _ = t.join();
@@ -401,14 +426,45 @@ impl Etcd {
         self.inner.watch.stop();
     }
 
-    fn check_quota(&self) -> Result<()> {
+    pub(crate) fn check_quota(&self) -> Result<()> {
         if self.inner.store.db_size() >= self.inner.cfg.quota_bytes() {
             return Err(Error::NoSpace);
         }
         Ok(())
     }
 
-    async fn propose(&self, op: Op) -> Result<Applied> {
+    /// The lease manager.
+    pub(crate) fn lessor(&self) -> &Lessor {
+        &self.inner.lessor
+    }
+
+    /// The applied raft index, updated after every applied batch.
+    pub(crate) fn applied_index(&self) -> watch::Receiver<u64> {
+        self.inner.applied.clone()
+    }
+
+    /// Raft status of this member.
+    pub(crate) fn raft_status(&self) -> etcd_raft_node::NodeStatus {
+        self.inner.node.status()
+    }
+
+    /// A fresh request id (etcd's idutil).
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Proposes `op` without waiting for it (request id 0: no waiter).
+    pub(crate) fn propose_detached(&self, op: Op) {
+        let data = RaftRequest {
+            id: 0,
+            op: Some(op),
+        }
+        .encode_to_vec();
+        self.inner.node.propose(data, None);
+    }
+
+    /// Proposes `op` and waits for its result.
+    pub(crate) async fn propose(&self, op: Op) -> Result<Applied> {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
@@ -562,6 +618,7 @@ struct LogCompaction {
 fn apply_loop(
     rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>,
     store: &Store,
+    lessor: &Lessor,
     node: &RaftNode,
     wait: &Wait<Result<Applied>>,
     applied_tx: &watch::Sender<u64>,
@@ -572,7 +629,7 @@ fn apply_loop(
             continue;
         };
         for e in entries {
-            apply_entry(store, wait, e);
+            apply_entry(store, lessor, wait, e);
         }
         node.set_applied(last);
         applied_tx.send_replace(last);
@@ -588,7 +645,7 @@ fn apply_loop(
     }
 }
 
-fn apply_entry(store: &Store, wait: &Wait<Result<Applied>>, e: CommittedEntry) {
+fn apply_entry(store: &Store, lessor: &Lessor, wait: &Wait<Result<Applied>>, e: CommittedEntry) {
     if e.index <= store.consistent_index() {
         // Applied before a restart: the store already holds its effects.
         return;
@@ -607,7 +664,7 @@ fn apply_entry(store: &Store, wait: &Wait<Result<Applied>>, e: CommittedEntry) {
                     e.index
                 )
             });
-            let result = apply::apply(store, e.index, &req);
+            let result = apply::apply(store, lessor, e.index, &req);
             if let Err(Error::Internal(msg)) = &result {
                 tracing::error!(index = e.index, "applying entry failed: {msg}");
             }

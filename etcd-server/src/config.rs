@@ -104,6 +104,14 @@ pub struct Flags {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Interval of lease remaining-TTL checkpoints through raft (Go duration, e.g. 5m0s).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m0s",
+        value_parser = parse_go_duration
+    )]
+    pub experimental_lease_checkpoint_interval: Duration,
     /// Configures log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -373,6 +381,7 @@ impl Flags {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             max_request_bytes: self.max_request_bytes,
+            lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
             max_txn_ops: self.max_txn_ops,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             snapshot_count: self.snapshot_count,
@@ -404,6 +413,8 @@ mod tests {
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("").is_err());
         assert!(parse_go_duration("5x").is_err());
+        assert_eq!(d("5m0s"), Duration::from_secs(300));
+        assert_eq!(d("1h2m"), Duration::from_secs(3720));
     }
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<(Command, Vec<String>), String> {

@@ -12,18 +12,24 @@ pub mod rpc;
 mod services;
 mod status;
 mod watch;
+mod v3lease;
+mod v3lock;
 
 pub use config::{Command, Flags, ServerConfig};
 pub use services::{ClusterService, KvService, MaintenanceService};
 pub use status::to_status;
 pub use watch::WatchService;
+pub use v3lease::LeaseService;
+pub use v3lock::{ElectionService, LockService};
 
 use anyhow::Context as _;
 use etcd_core::Etcd;
 use rpc::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use rpc::v3electionpb::election_server::ElectionServer;
+use rpc::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use tokio::net::TcpListener;
 
@@ -59,7 +65,10 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .add_service(ClusterServer::new(ClusterService(etcd.clone())))
         .add_service(
             WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
-        );
+        )
+        .add_service(LeaseServer::new(LeaseService(etcd.clone())))
+        .add_service(LockServer::new(LockService(etcd.clone())))
+        .add_service(ElectionServer::new(ElectionService(etcd.clone())));
         let routes = grpc
             .routes()
             .into_axum_router()

@@ -8,6 +8,7 @@ use tonic::Status;
 /// Translates an engine error into the status etcd would send.
 pub fn to_status(e: Error) -> Status {
     let code = match e.code() {
+        Code::Unknown => tonic::Code::Unknown,
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::NotFound => tonic::Code::NotFound,
         Code::ResourceExhausted => tonic::Code::ResourceExhausted,
@@ -19,6 +20,15 @@ pub fn to_status(e: Error) -> Status {
         Code::DataLoss => tonic::Code::DataLoss,
     };
     Status::new(code, e.to_string())
+}
+
+/// The status of a Lock or Election error: etcd serves those APIs through
+/// an in-process client, so its clients see code Unknown with the text.
+pub fn concurrency_status(e: Error) -> Status {
+    match e {
+        Error::Stopped | Error::NoLeader | Error::Timeout => to_status(e),
+        other => Status::unknown(other.to_string()),
+    }
 }
 
 /// The status for an API this build does not serve yet: says what is

@@ -1,0 +1,108 @@
+//! The thread that drives the [`Lessor`] in a running member (etcd's
+//! `lessor.runLoop` plus the server's leader-change hook).
+//!
+//! Every tick (the heartbeat interval, at most 500 ms, like etcd's loop):
+//! 1. follow leadership: when this member became raft leader, promote the
+//!    lessor, extending every lease by the election timeout (a lease must
+//!    not expire just because leadership moved); when it lost leadership,
+//!    demote it (leases stop expiring here);
+//! 2. as primary, propose a revoke for each expired lease, at most
+//!    `LEASE_REVOKE_RATE x tick` per tick (1000 revokes/s, etcd's rate);
+//! 3. as primary, propose the due checkpoints (one entry of at most
+//!    `MAX_CHECKPOINT_BATCH`).
+//!
+//! Proposals carry request id 0: nobody waits for them. A lost revoke
+//! (leader change, dropped proposal) is retried by the lessor after
+//! `EXPIRED_LEASE_RETRY`; a revoke of a lease already gone applies as
+//! "lease not found" and changes nothing.
+
+use crate::config::Config;
+use crate::lessor::{Lessor, LEASE_REVOKE_RATE, MAX_CHECKPOINT_BATCH};
+use crate::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
+use crate::raft_request::{Op, RaftRequest};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use etcd_raft_node::{RaftNode, Role};
+use prost::Message as _;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A running ticker; [`Ticker::stop`] ends it.
+pub(crate) struct Ticker {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Ticker {
+    pub(crate) fn spawn(
+        node: Arc<RaftNode>,
+        lessor: Arc<Lessor>,
+        cfg: &Config,
+    ) -> std::io::Result<Ticker> {
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let tick = cfg
+            .heartbeat_interval
+            .clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let extend = cfg.election_timeout;
+        let thread = std::thread::Builder::new()
+            .name("lease-ticker".into())
+            .spawn(move || loop {
+                match stop_rx.recv_timeout(tick) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                run_once(&node, &lessor, tick, extend);
+            })?;
+        Ok(Ticker { stop, thread })
+    }
+
+    pub(crate) fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Most revokes proposed per tick of length `tick`.
+pub(crate) fn revoke_limit(tick: Duration) -> usize {
+    ((LEASE_REVOKE_RATE as f64 * tick.as_secs_f64()).ceil() as usize).max(1)
+}
+
+fn run_once(node: &RaftNode, lessor: &Lessor, tick: Duration, extend: Duration) {
+    let leader = node.status().role == Role::Leader;
+    if leader != lessor.is_primary() {
+        if leader {
+            tracing::info!(
+                extend_ms = extend.as_millis() as u64,
+                "became leader: promoting the lessor"
+            );
+            lessor.promote(extend);
+        } else {
+            tracing::info!("lost leadership: demoting the lessor");
+            lessor.demote();
+        }
+    }
+    if !leader {
+        return;
+    }
+    let propose = |op: Op| {
+        let data = RaftRequest {
+            id: 0,
+            op: Some(op),
+        }
+        .encode_to_vec();
+        node.propose(data, None);
+    };
+    for id in lessor.find_expired(revoke_limit(tick)) {
+        tracing::debug!(lease = %format!("{id:x}"), "lease expired: proposing its revoke");
+        propose(Op::LeaseRevoke(LeaseRevokeRequest { id }));
+    }
+    let due = lessor.due_checkpoints(MAX_CHECKPOINT_BATCH);
+    if !due.is_empty() {
+        propose(Op::LeaseCheckpoint(LeaseCheckpointRequest {
+            checkpoints: due
+                .into_iter()
+                .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect(),
+        }));
+    }
+}

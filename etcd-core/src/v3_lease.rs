@@ -1,0 +1,160 @@
+//! The Lease API of [`Etcd`] (etcd's `v3_server.go` LeaseGrant, LeaseRevoke,
+//! LeaseRenew, LeaseTimeToLive, LeaseLeases).
+//!
+//! Grant and revoke go through raft. Renew (keepalive) and TimeToLive are
+//! served by the primary lessor, i.e. the raft leader, after this member
+//! has applied everything committed when the call arrived (etcd's
+//! `waitAppliedIndex`), so a keepalive right after a grant finds the lease.
+//! On a follower they are to be forwarded to the leader (etcd does it over
+//! the peer HTTP API); multi-member clusters are not built yet, so here a
+//! member that is not the leader waits for leadership up to the request
+//! timeout and then answers "no leader".
+
+use crate::apply::Applied;
+use crate::lessor::Renew;
+use crate::pb::etcdserverpb::{
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::raft_request::Op;
+use crate::{Error, Etcd, Result};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a non-primary member looks again for leadership.
+const PRIMARY_POLL: Duration = Duration::from_millis(20);
+
+impl Etcd {
+    /// Lease.LeaseGrant. An id of 0 lets the server choose one (positive);
+    /// a TTL below the minimum (1.5 election timeouts) is raised to it.
+    pub async fn lease_grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        while r.id == 0 {
+            r.id = (self.next_request_id() & (i64::MAX as u64)) as i64;
+        }
+        self.check_quota()?;
+        match self.propose(Op::LeaseGrant(r)).await? {
+            Applied::LeaseGrant(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => unreachable!("a lease grant applies as a lease grant"),
+        }
+    }
+
+    /// Lease.LeaseRevoke: deletes the lease and, at one revision, its keys.
+    pub async fn lease_revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        match self.propose(Op::LeaseRevoke(r)).await? {
+            Applied::LeaseRevoke(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => unreachable!("a lease revoke applies as a lease revoke"),
+        }
+    }
+
+    /// One keepalive of Lease.LeaseKeepAlive: the lease's TTL, or
+    /// `LeaseNotFound` for an unknown lease and for an expired one (once
+    /// its revoke is applied, as etcd waits for it).
+    pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+        let deadline = Instant::now() + self.config().request_timeout();
+        loop {
+            self.wait_primary(deadline).await?;
+            match self.lessor().renew(id) {
+                Renew::Renewed {
+                    ttl,
+                    clear_checkpoint,
+                } => {
+                    if clear_checkpoint {
+                        self.propose_detached(Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                            checkpoints: vec![LeaseCheckpoint {
+                                id,
+                                remaining_ttl: 0,
+                            }],
+                        }));
+                    }
+                    return Ok(ttl);
+                }
+                Renew::NotFound => return Err(Error::LeaseNotFound),
+                Renew::NotPrimary => continue,
+                Renew::Expired => {
+                    // Its revoke is on the way: wait for the next apply.
+                    let mut applied = self.applied_index();
+                    applied.borrow_and_update();
+                    if !self.lessor().exists(id) {
+                        return Err(Error::LeaseNotFound);
+                    }
+                    match tokio::time::timeout_at(deadline, applied.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(Error::Stopped),
+                        Err(_) => return Err(Error::Timeout),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lease.LeaseTimeToLive; `LeaseNotFound` for an unknown lease (the
+    /// gRPC layer answers that with TTL -1, as etcd does).
+    pub async fn lease_time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        let deadline = Instant::now() + self.config().request_timeout();
+        self.wait_primary(deadline).await?;
+        let st = self
+            .lessor()
+            .time_to_live(r.id)
+            .ok_or(Error::LeaseNotFound)?;
+        let mut resp = LeaseTimeToLiveResponse {
+            header: None,
+            id: r.id,
+            ttl: st.remaining,
+            granted_ttl: st.granted,
+            keys: if r.keys {
+                st.keys.into_iter().collect()
+            } else {
+                Vec::new()
+            },
+        };
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// Lease.LeaseLeases: every lease this member knows.
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
+        let mut resp = LeaseLeasesResponse {
+            header: None,
+            leases: self
+                .lessor()
+                .leases()
+                .into_iter()
+                .map(|id| LeaseStatus { id })
+                .collect(),
+        };
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// Waits until this member's lessor is primary and has applied what
+    /// was committed at the call (etcd's `waitAppliedIndex`).
+    async fn wait_primary(&self, deadline: Instant) -> Result<()> {
+        while !self.lessor().is_primary() {
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader);
+            }
+            tokio::time::sleep(PRIMARY_POLL).await;
+        }
+        let commit = self.raft_status().commit_index;
+        let mut applied = self.applied_index();
+        let waited = tokio::time::timeout_at(deadline, async {
+            applied.wait_for(|a| *a >= commit).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
