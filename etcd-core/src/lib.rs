@@ -18,18 +18,18 @@
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
 mod apply;
+mod apply_lease;
 #[cfg(test)]
 mod apply_range_tests;
-mod apply_lease;
 mod concurrency;
 mod config;
 mod datadir;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod linearizability;
 mod lease_ticker;
 pub mod lessor;
+pub mod linearizability;
 mod membership;
 pub mod pb;
 mod raft_request;

@@ -132,33 +132,38 @@ impl Backend for RocksBackend {
         Ok(())
     }
 
-    /// Total size of the files in the database directory.
+    /// Size of the files in the database directory plus the memtables not
+    /// flushed yet (with RocksDB's WAL off, recent writes live only there):
+    /// so the size never reads below what is in use, and the quota counts
+    /// unflushed data too.
     fn size(&self) -> u64 {
-        dir_size(&self.dir)
+        dir_size(&self.dir) + self.cf_property_sum("rocksdb.cur-size-all-mem-tables")
     }
 
     /// Live data in SST files plus memtables (RocksDB's estimates).
     fn size_in_use(&self) -> u64 {
-        let mut total = 0;
-        for cf in Cf::ALL {
-            let cf = self.cf(cf);
-            for prop in [
-                "rocksdb.estimate-live-data-size",
-                "rocksdb.cur-size-all-mem-tables",
-            ] {
-                total += self
-                    .db
-                    .property_int_value_cf(cf, prop)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-            }
-        }
-        total
+        self.cf_property_sum("rocksdb.estimate-live-data-size")
+            + self.cf_property_sum("rocksdb.cur-size-all-mem-tables")
     }
 
     fn describe(&self) -> String {
         format!("rocksdb:{}", self.dir.display())
+    }
+}
+
+impl RocksBackend {
+    /// An integer property summed over every column family (0 where unknown).
+    fn cf_property_sum(&self, prop: &str) -> u64 {
+        Cf::ALL
+            .iter()
+            .map(|&cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), prop)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 }
 

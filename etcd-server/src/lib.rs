@@ -11,16 +11,16 @@ mod http;
 pub mod rpc;
 mod services;
 mod status;
-mod watch;
 mod v3lease;
 mod v3lock;
+mod watch;
 
 pub use config::{Command, Flags, ServerConfig};
 pub use services::{ClusterService, KvService, MaintenanceService};
 pub use status::to_status;
-pub use watch::WatchService;
 pub use v3lease::LeaseService;
 pub use v3lock::{ElectionService, LockService};
+pub use watch::WatchService;
 
 use anyhow::Context as _;
 use etcd_core::Etcd;
