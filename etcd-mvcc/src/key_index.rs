@@ -49,6 +49,15 @@
 //! - `ver` of a generation is the number of revisions appended to it since its
 //!   creation, including those later removed by compaction, so
 //!   `ver - (revs.len() - 1 - i)` is the version of `revs[i]`.
+//!
+//! # Compact form
+//!
+//! The tree index does not store `KeyIndex` values directly but
+//! [`History`]: 24 bytes holding the common case inline (one live generation
+//! with one revision: a key put once, or any live key after compaction) and
+//! a boxed `KeyIndex` otherwise. Every change goes through
+//! [`History::update`], which applies the `KeyIndex` operation and picks the
+//! form again, so the semantics are defined here once.
 
 use std::collections::HashSet;
 
