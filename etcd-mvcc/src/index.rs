@@ -93,6 +93,12 @@ pub(crate) fn range_bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds
     }
 }
 
+/// True when a chunk must split: too many entries, or too many key bytes
+/// with at least two entries.
+fn overflows(c: &Chunk) -> bool {
+    c.len() > MAX_ENTRIES || (c.key_bytes() > MAX_KEY_BYTES && c.len() >= 2)
+}
+
 /// Key -> history of the key, in front-coded chunks (see the module doc).
 #[derive(Debug, Default)]
 pub(crate) struct TreeIndex {
@@ -213,19 +219,33 @@ impl TreeIndex {
             self.chunks.insert(Box::default(), Chunk::default());
         }
         self.len += 1;
-        let (_, c) = self
+        let (sep, c) = self
             .chunk_of_mut(key)
             .expect("the first separator is empty");
         let pos = c.position(key);
         let at_end = matches!(pos, Position::Absent { idx, .. } if idx == c.len());
         c.insert(pos, key, hist);
-        if c.len() > MAX_ENTRIES || (c.key_bytes() > MAX_KEY_BYTES && c.len() >= 2) {
-            // Appending (ascending loads, restore of sequential keys) leaves
-            // the old chunk full; otherwise split in the middle.
-            let at = if at_end { c.len() - 1 } else { c.len() / 2 };
-            let (first, right) = c.split_off(at);
-            self.chunks.insert(first.into_boxed_slice(), right);
+        if overflows(c) {
+            let sep = Box::<[u8]>::from(sep);
+            self.split(sep, at_end);
         }
+    }
+
+    /// Splits the chunk at `sep` until no part overflows. Appending
+    /// (ascending loads, restore of sequential keys) splits just before the
+    /// appended key, leaving the old chunk full; otherwise in the middle.
+    fn split(&mut self, sep: Box<[u8]>, appended: bool) {
+        let c = self.chunks.get_mut(&sep).expect("present");
+        if !overflows(c) {
+            return;
+        }
+        let at = if appended { c.len() - 1 } else { c.len() / 2 };
+        let (first, right) = c.split_off(at);
+        let first = first.into_boxed_slice();
+        self.chunks.insert(first.clone(), right);
+        // a very long key can leave a half still over MAX_KEY_BYTES
+        self.split(sep, false);
+        self.split(first, false);
     }
 
     /// Merges the chunk at `sep` with a neighbour if it became small.
@@ -690,6 +710,22 @@ mod tests {
         ti.check();
         assert_eq!(ti.get(&big, 20).unwrap().modified, Revision::new(20, 0));
         assert_eq!(ti.count(b"", &[0], 20), 11);
+
+        // a key longer than a chunk's byte budget landing in the middle of a
+        // chunk of small keys: the halves split again until none overflows
+        let mut ti = TreeIndex::default();
+        for i in 0..60u32 {
+            ti.put(
+                &Bytes::from(format!("k{i:03}")),
+                Revision::new(i64::from(i) + 2, 0),
+            );
+        }
+        let mut huge = b"k030".to_vec();
+        huge.extend(std::iter::repeat_n(b'z', 3 * MAX_KEY_BYTES));
+        ti.put(&Bytes::from(huge.clone()), Revision::new(100, 0));
+        ti.check();
+        assert_eq!(ti.get(&huge, 100).unwrap().modified, Revision::new(100, 0));
+        assert_eq!(ti.count(b"", &[0], 100), 61);
     }
 
     #[test]
