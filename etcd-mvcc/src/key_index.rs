@@ -368,17 +368,16 @@ impl History {
     /// Applies `f` to the equivalent [`KeyIndex`] and stores the result back
     /// in compact form; returns `f`'s result.
     pub(crate) fn update<T>(&mut self, f: impl FnOnce(&mut KeyIndex) -> T) -> T {
-        let placeholder = History::Single {
-            main: 0,
-            sub: 0,
-            created_sub: 0,
-            age: 0,
-            ver: 0,
-        };
-        let mut ki = match std::mem::replace(self, placeholder) {
-            History::Full(ki) => *ki,
-            single => single.to_key_index(),
-        };
+        if let History::Full(ki) = self {
+            // in place: no allocation unless the result fits `Single`
+            let out = f(ki);
+            if matches!(ki.generations.as_slice(), [g] if g.revs.len() == 1) {
+                let ki = std::mem::take(&mut **ki);
+                *self = History::from_key_index(ki);
+            }
+            return out;
+        }
+        let mut ki = self.to_key_index();
         let out = f(&mut ki);
         *self = History::from_key_index(ki);
         out
