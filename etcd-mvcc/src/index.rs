@@ -10,8 +10,9 @@
 //! keyed by a *separator*: the chunk under separator `s` holds the keys
 //! `>= s` and below the next separator, and the first separator is the empty
 //! key, so every key has exactly one chunk: the one with the greatest
-//! separator `<=` it. A lookup is one B-tree search plus a sequential decode
-//! of at most 64 entries.
+//! separator `<=` it. A lookup is one B-tree search plus a sequential scan
+//! of at most 64 entries that compares only suffixes (see
+//! `Chunk::position`: no key is decoded).
 //!
 //! - Insert: the key goes into its chunk; a chunk over [`MAX_ENTRIES`]
 //!   entries (or [`MAX_KEY_BYTES`] of encoded keys, with two entries or more)
