@@ -219,28 +219,45 @@ impl Chunk {
             + self.hist.iter().map(History::heap_bytes).sum::<usize>()
     }
 
-    /// Locates `key`.
+    /// Locates `key`, without decoding keys: the comparison with each entry
+    /// follows from the previous one and the entry's shared length. With
+    /// `m = lcp(key, previous entry)` (the previous entry being `< key`):
+    /// `shared < m` means the entry is greater than `key` (it departs from
+    /// the previous entry, upwards, where `key` still agrees); `shared > m`
+    /// means it is smaller (it agrees with the previous entry where that one
+    /// is below `key`); `shared == m` compares the suffix with `key[m..]`.
     pub(crate) fn position(&self, key: &[u8]) -> Position {
-        let mut c = self.cursor();
-        let mut lcp_prev = 0;
-        while c.advance() {
-            match c.key().cmp(key) {
-                std::cmp::Ordering::Less => lcp_prev = lcp(c.key(), key),
-                std::cmp::Ordering::Equal => return Position::Found(c.idx()),
+        let buf = &self.keys[..];
+        let (mut pos, mut idx, mut m) = (0, 0, 0);
+        while pos < buf.len() {
+            let (shared, suffix, end) = parse_entry(buf, pos);
+            let (ord, l) = match shared.cmp(&m) {
+                std::cmp::Ordering::Less => (std::cmp::Ordering::Greater, shared),
+                std::cmp::Ordering::Greater => (std::cmp::Ordering::Less, m),
+                std::cmp::Ordering::Equal => {
+                    let (s, k) = (&buf[suffix..end], &key[m..]);
+                    (s.cmp(k), m + lcp(s, k))
+                }
+            };
+            match ord {
+                std::cmp::Ordering::Less => m = l,
+                std::cmp::Ordering::Equal => return Position::Found(idx),
                 std::cmp::Ordering::Greater => {
                     return Position::Absent {
-                        idx: c.idx(),
-                        start: c.start,
-                        lcp_prev,
-                        lcp_next: lcp(c.key(), key),
+                        idx,
+                        start: pos,
+                        lcp_prev: m,
+                        lcp_next: l,
                     }
                 }
             }
+            pos = end;
+            idx += 1;
         }
         Position::Absent {
-            idx: self.len(),
-            start: self.keys.len(),
-            lcp_prev,
+            idx,
+            start: buf.len(),
+            lcp_prev: m,
             lcp_next: 0,
         }
     }

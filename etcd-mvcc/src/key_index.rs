@@ -49,6 +49,15 @@
 //! - `ver` of a generation is the number of revisions appended to it since its
 //!   creation, including those later removed by compaction, so
 //!   `ver - (revs.len() - 1 - i)` is the version of `revs[i]`.
+//!
+//! # Compact form
+//!
+//! The tree index does not store `KeyIndex` values directly but
+//! [`History`]: 24 bytes holding the common case inline (one live generation
+//! with one revision: a key put once, or any live key after compaction) and
+//! a boxed `KeyIndex` otherwise. Every change goes through
+//! [`History::update`], which applies the `KeyIndex` operation and picks the
+//! form again, so the semantics are defined here once.
 
 use std::collections::HashSet;
 
@@ -359,17 +368,16 @@ impl History {
     /// Applies `f` to the equivalent [`KeyIndex`] and stores the result back
     /// in compact form; returns `f`'s result.
     pub(crate) fn update<T>(&mut self, f: impl FnOnce(&mut KeyIndex) -> T) -> T {
-        let placeholder = History::Single {
-            main: 0,
-            sub: 0,
-            created_sub: 0,
-            age: 0,
-            ver: 0,
-        };
-        let mut ki = match std::mem::replace(self, placeholder) {
-            History::Full(ki) => *ki,
-            single => single.to_key_index(),
-        };
+        if let History::Full(ki) = self {
+            // in place: no allocation unless the result fits `Single`
+            let out = f(ki);
+            if matches!(ki.generations.as_slice(), [g] if g.revs.len() == 1) {
+                let ki = std::mem::take(&mut **ki);
+                *self = History::from_key_index(ki);
+            }
+            return out;
+        }
+        let mut ki = self.to_key_index();
         let out = f(&mut ki);
         *self = History::from_key_index(ki);
         out

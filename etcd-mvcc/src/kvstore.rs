@@ -257,8 +257,9 @@ impl Store {
     /// Heap bytes held by the in-memory key index (keys, histories and the
     /// tree of chunks), computed from the structures' capacities; the only
     /// estimated part is the B-tree of chunks (a few bytes per key). See
-    /// `docs/mvcc.md` for the layout. Takes the index read lock for a walk
-    /// over all chunks (no per-key work): about a millisecond per 100k keys.
+    /// `docs/mvcc.md` for the layout. Takes the index read lock for one pass
+    /// over the chunks and their histories (no key decoding; linear in the
+    /// number of keys).
     pub fn index_bytes(&self) -> u64 {
         self.inner.index.read().heap_bytes() as u64
     }
