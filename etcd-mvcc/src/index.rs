@@ -354,6 +354,29 @@ impl TreeIndex {
         (out, total)
     }
 
+    /// One page of a range: up to `max` live keys at `at_rev` in the range
+    /// `(from, end)` (etcd's conventions), with their revisions. The next
+    /// page starts at the smallest key after the last one returned.
+    pub(crate) fn revisions_page(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        at_rev: i64,
+        max: usize,
+    ) -> Vec<(Bytes, Revision)> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return out;
+        }
+        self.visit(from, end, |k, h| {
+            if let Some(at) = h.get(at_rev) {
+                out.push((Bytes::copy_from_slice(k), at.modified));
+            }
+            out.len() < max
+        });
+        out
+    }
+
     /// Number of live keys in the range at `at_rev`.
     pub(crate) fn count(&self, key: &[u8], end: &[u8], at_rev: i64) -> i64 {
         let mut n = 0;
@@ -430,16 +453,21 @@ impl TreeIndex {
         }
     }
 
-    /// All keys (for chunked compaction).
-    pub(crate) fn keys(&self) -> Vec<Bytes> {
-        let mut out = Vec::with_capacity(self.len);
-        for c in self.chunks.values() {
-            let mut cur = c.cursor();
-            while cur.advance() {
-                out.push(Bytes::copy_from_slice(cur.key()));
-            }
-        }
+    /// Up to `limit` keys `>= start`, in order (compaction walks the index
+    /// with it a chunk at a time instead of copying every key at once).
+    pub(crate) fn keys_from(&self, start: &[u8], limit: usize) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(limit.min(self.len));
+        self.visit(start, &[0], |k, _| {
+            out.push(Bytes::copy_from_slice(k));
+            out.len() < limit
+        });
         out
+    }
+
+    /// Every key, in order (tests).
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> Vec<Bytes> {
+        self.keys_from(&[], usize::MAX)
     }
 
     /// Compacts the given keys at `at_rev`, adding the kept revisions to `keep`.

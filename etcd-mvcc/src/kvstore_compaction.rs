@@ -185,18 +185,24 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
     let stopping = || inner.shutdown.load(Ordering::Acquire);
 
     // 1. key index, in chunks of keys
-    let keys = inner.index.read().keys();
+    // Each chunk's keys are read under the index read lock and compacted
+    // under the writer mutex: no lock is held for more than one chunk, so
+    // writers wait at most one chunk however large the index is.
     let mut keep: HashSet<Revision> = HashSet::new();
-    for chunk in keys.chunks(limit) {
+    let mut start: Vec<u8> = Vec::new(); // the empty key: the first
+    loop {
         if stopping() {
             return Ok(false);
         }
+        let chunk = inner.index.read().keys_from(&start, limit);
+        let Some(last) = chunk.last() else { break };
+        start = last.to_vec();
+        start.push(0); // the smallest key after `last`
         let _writer = inner.writer.lock();
-        inner.index.write().compact_keys(chunk, rev, &mut keep);
+        inner.index.write().compact_keys(&chunk, rev, &mut keep);
         drop(_writer);
         std::thread::yield_now();
     }
-    drop(keys);
 
     // 2. physical removal of superseded revisions <= rev
     let b = &inner.backend;

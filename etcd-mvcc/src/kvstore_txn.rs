@@ -16,17 +16,16 @@
 //!   `rev < compact_revision` -> `Compacted`, checked under the index read
 //!   lock.
 //!
-//! Ranges in chunks: one walk of the index under its read lock resolves the
-//! range to `(key, revision)` pairs (the keys are shared with the index, so
-//! this costs two words per key, not the keys' bytes) and the `count`; then
-//! the values are fetched from the snapshot and handed to the caller
-//! [`StoreOptions::range_chunk_size`](crate::StoreOptions) key-values at a
-//! time ([`TxnRead::range_chunks`]), so a range over millions of keys never
-//! holds all their key-values at once, and a caller that stops early (a
-//! `limit` reached after filtering) fetches no more. Since the lookup is done
-//! once, at the start, and the snapshot holds every revision it found, a
-//! compaction that starts while the chunks are being read cannot affect
-//! them: no chunked read fails half-way with `Compacted`.
+//! Ranges in pages: one allocation-free walk of the index under its read
+//! lock checks the read revision and counts the range; then the keys are
+//! resolved a page of [`StoreOptions::range_chunk_size`](crate::StoreOptions)
+//! keys at a time, each page under the read lock (released before its values
+//! are fetched from the snapshot) and handed to the caller
+//! ([`TxnRead::range_chunks`]). So a range over millions of keys neither
+//! holds its keys or key-values at once nor blocks writers for long, and a
+//! caller that stops early (a `limit` reached after filtering) looks up and
+//! fetches no more. A historical read that a compaction overtakes between
+//! two pages fails with `Compacted`, as it would have had it started later.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -78,19 +77,15 @@ pub struct RangeHeader {
     pub count: i64,
 }
 
-/// Index lookup: `Ok((pairs to fetch, count))`, or the finished result of
-/// a `count_only` read.
-type Lookup = std::result::Result<(Vec<(Bytes, Revision)>, i64), RangeHeader>;
-
-/// Resolves the read revision and looks up the index. Returns the pairs to
-/// fetch, or the finished result for `count_only`.
-fn lookup(
+/// Resolves the read revision, checks it against the current and the
+/// compaction revision, and counts the range.
+fn count_range(
     inner: &Inner,
     txn_rev: i64,
     key: &[u8],
     end: &[u8],
     opts: RangeOptions,
-) -> Result<Lookup> {
+) -> Result<RangeHeader> {
     if opts.rev > txn_rev {
         return Err(Error::FutureRevision);
     }
@@ -99,18 +94,10 @@ fn lookup(
     if rev < inner.compact_rev.load(Ordering::Acquire) {
         return Err(Error::Compacted);
     }
-    if opts.count_only {
-        return Ok(Err(RangeHeader {
-            rev: txn_rev,
-            count: index.count(key, end, rev),
-        }));
-    }
-    let limit = if opts.limit > 0 {
-        opts.limit as usize
-    } else {
-        0
-    };
-    Ok(Ok(index.revisions(key, end, rev, limit)))
+    Ok(RangeHeader {
+        rev: txn_rev,
+        count: index.count(key, end, rev),
+    })
 }
 
 /// The pending changes of a write transaction: its main revision and changes.
@@ -162,19 +149,42 @@ fn range_chunks_in<F>(
 where
     F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
 {
-    let (pairs, count) = match lookup(inner, txn_rev, key, end, opts)? {
-        Err(done) => return Ok(done),
-        Ok(found) => found,
+    // The count (and the read revision checks) in one allocation-free pass,
+    // then the keys a page at a time: each page is looked up under the index
+    // read lock, which is released before its values are fetched, so a
+    // range over millions of keys neither blocks writers for long nor holds
+    // all of its keys at once.
+    let header = count_range(inner, txn_rev, key, end, opts)?;
+    if opts.count_only {
+        return Ok(header);
+    }
+    let rev = if opts.rev <= 0 { txn_rev } else { opts.rev };
+    let page = inner.opts.range_chunk_size.max(1);
+    let mut left = if opts.limit > 0 {
+        opts.limit as usize
+    } else {
+        usize::MAX
     };
-    for chunk in pairs.chunks(inner.opts.range_chunk_size.max(1)) {
-        if f(fetch(snap, chunk, pending)?).is_break() {
+    let mut from = key.to_vec();
+    while left > 0 {
+        let pairs = {
+            let index = inner.index.read();
+            if rev < inner.compact_rev.load(Ordering::Acquire) {
+                // A compaction overtook this historical read between pages.
+                return Err(Error::Compacted);
+            }
+            index.revisions_page(&from, end, rev, page.min(left))
+        };
+        let Some((last, _)) = pairs.last() else { break };
+        from = last.to_vec();
+        from.push(0); // the smallest key after `last`
+        left -= pairs.len();
+        let full = pairs.len() == page;
+        if f(fetch(snap, &pairs, pending)?).is_break() || !full || end.is_empty() {
             break;
         }
     }
-    Ok(RangeHeader {
-        rev: txn_rev,
-        count,
-    })
+    Ok(header)
 }
 
 /// Collects the chunks of a range into a [`RangeResult`].
