@@ -508,4 +508,39 @@ mod tests {
         });
         assert_eq!(fuzzing::decode_frames(&[0, 0, 0, 0]), 1);
     }
+
+    /// The fuzz entry point over mutations of valid frames and random bytes.
+    #[test]
+    fn decoding_mutated_frames_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut valid = Vec::new();
+        rt.block_on(async {
+            for i in 0..4u64 {
+                let mut m = Message::default();
+                m.from = i;
+                m.to = i + 1;
+                m.index = i * 1000;
+                let mut e = raft::eraftpb::Entry::default();
+                e.data = vec![i as u8; 40].into();
+                m.mut_entries().push(e);
+                write_frame(&mut valid, &m, 1 << 20).await.unwrap();
+            }
+        });
+        assert_eq!(fuzzing::decode_frames(&valid), 4);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..3000 {
+            let mut input = valid.clone();
+            for _ in 0..rng.gen_range(1..8) {
+                let i = rng.gen_range(0..input.len());
+                input[i] = rng.gen();
+            }
+            input.truncate(rng.gen_range(0..=input.len()));
+            fuzzing::decode_frames(&input);
+            let noise: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
+            fuzzing::decode_frames(&noise);
+        }
+    }
 }
