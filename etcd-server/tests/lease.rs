@@ -169,7 +169,14 @@ fn etcdctl_keys_expire_with_their_lease() {
 
 fn lock_uncontended_runs_the_command(kind: Kind) {
     let s = Server::start(kind);
-    let out = s.ctl_ok(&["lock", "mylock", "--", "sh", "-c", "echo held $ETCD_LOCK_KEY"]);
+    let out = s.ctl_ok(&[
+        "lock",
+        "mylock",
+        "--",
+        "sh",
+        "-c",
+        "echo held $ETCD_LOCK_KEY",
+    ]);
     assert!(out.starts_with("held mylock/"), "{out}");
     // The lock key is released after the command.
     assert!(get_keys(&s, "mylock/").is_empty());
