@@ -5,7 +5,10 @@
 //! 1. follow leadership: when this member became raft leader, promote the
 //!    lessor, extending every lease by the election timeout (a lease must
 //!    not expire just because leadership moved); when it lost leadership,
-//!    demote it (leases stop expiring here);
+//!    demote it (leases stop expiring here). Promotion waits until the
+//!    member has applied its log up to the last index it had when it became
+//!    leader (which includes every entry of earlier terms), so checkpoints
+//!    and revokes committed before the election are in the lessor first;
 //! 2. as primary, propose a revoke for each expired lease, at most
 //!    `LEASE_REVOKE_RATE x tick` per tick (1000 revokes/s, etcd's rate);
 //! 3. as primary, propose the due checkpoints (one entry of at most
@@ -46,12 +49,15 @@ impl Ticker {
         let extend = cfg.election_timeout;
         let thread = std::thread::Builder::new()
             .name("lease-ticker".into())
-            .spawn(move || loop {
-                match stop_rx.recv_timeout(tick) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
+            .spawn(move || {
+                let mut promote_at = None;
+                loop {
+                    match stop_rx.recv_timeout(tick) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    run_once(&node, &lessor, tick, extend, &mut promote_at);
                 }
-                run_once(&node, &lessor, tick, extend);
             })?;
         Ok(Ticker { stop, thread })
     }
@@ -67,22 +73,36 @@ pub(crate) fn revoke_limit(tick: Duration) -> usize {
     ((LEASE_REVOKE_RATE as f64 * tick.as_secs_f64()).ceil() as usize).max(1)
 }
 
-fn run_once(node: &RaftNode, lessor: &Lessor, tick: Duration, extend: Duration) {
-    let leader = node.status().role == Role::Leader;
-    if leader != lessor.is_primary() {
-        if leader {
-            tracing::info!(
-                extend_ms = extend.as_millis() as u64,
-                "became leader: promoting the lessor"
-            );
-            lessor.promote(extend);
-        } else {
+/// One tick. `promote_at`: the log index to apply before promoting, set
+/// when leadership was first seen.
+fn run_once(
+    node: &RaftNode,
+    lessor: &Lessor,
+    tick: Duration,
+    extend: Duration,
+    promote_at: &mut Option<u64>,
+) {
+    let st = node.status();
+    let leader = st.role == Role::Leader;
+    if !leader {
+        *promote_at = None;
+        if lessor.is_primary() {
             tracing::info!("lost leadership: demoting the lessor");
             lessor.demote();
         }
-    }
-    if !leader {
         return;
+    }
+    if !lessor.is_primary() {
+        let target = *promote_at.get_or_insert(st.last_index);
+        if st.applied_index < target {
+            return;
+        }
+        *promote_at = None;
+        tracing::info!(
+            extend_ms = extend.as_millis() as u64,
+            "became leader: promoting the lessor"
+        );
+        lessor.promote(extend);
     }
     let propose = |op: Op| {
         let data = RaftRequest {
@@ -98,6 +118,7 @@ fn run_once(node: &RaftNode, lessor: &Lessor, tick: Duration, extend: Duration) 
     }
     let due = lessor.due_checkpoints(MAX_CHECKPOINT_BATCH);
     if !due.is_empty() {
+        tracing::debug!(leases = due.len(), "proposing lease checkpoints");
         propose(Op::LeaseCheckpoint(LeaseCheckpointRequest {
             checkpoints: due
                 .into_iter()

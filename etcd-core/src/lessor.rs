@@ -495,6 +495,10 @@ impl Lessor {
             let left = expiry.saturating_sub(now);
             let remaining = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
             if remaining >= l.ttl {
+                // Nothing to record yet (just promoted with an extension):
+                // look again an interval later (etcd drops it until the
+                // next promote or renew).
+                self.schedule_checkpoint(&mut st, id, now);
                 continue;
             }
             out.push((id, remaining));
@@ -758,6 +762,17 @@ mod tests {
                 clear_checkpoint: false
             }
         );
+    }
+
+    #[test]
+    fn a_checkpoint_skipped_after_promotion_is_rescheduled() {
+        let (clock, l) = lessor(Duration::from_secs(1));
+        l.grant(4, 30);
+        l.promote(S); // deadline 31 s: after 1 s, 30 s are left (not < ttl)
+        clock.advance(S);
+        assert!(l.due_checkpoints(10).is_empty());
+        clock.advance(S);
+        assert_eq!(l.due_checkpoints(10), vec![(4, 29)]);
     }
 
     #[test]
