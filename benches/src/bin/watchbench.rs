@@ -7,7 +7,8 @@
 //!     --watchers 10000 --streams 100 --conns 10 --rate 1000 --seconds 10
 //! ```
 //!
-//! All watchers watch one key; a writer puts that key `--rate` times per
+//! All watchers watch one key (or, with `--distinct-keys`, one key each); a
+//! writer puts that key `--rate` times per
 //! second, the value carrying the send time; every received event gives one
 //! latency sample (put sent -> event received by that watcher). Memory: the
 //! server's resident set (`/proc/<pid>/status` VmRSS) before the watchers
@@ -54,6 +55,10 @@ struct Args {
     /// Key watched and written.
     #[arg(long, default_value = "watchbench")]
     key: String,
+    /// Watcher i watches `<key>/<i>` and the puts go round-robin over those
+    /// keys (each put reaches one watcher) instead of all on one key.
+    #[arg(long)]
+    distinct_keys: bool,
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -94,10 +99,15 @@ async fn main() -> anyhow::Result<()> {
     for s in 0..streams {
         let n = a.watchers / streams + usize::from(s < a.watchers % streams);
         let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(n.max(1) + 1);
-        for _ in 0..n {
+        for j in 0..n {
+            let key = if a.distinct_keys {
+                format!("{}/{}", a.key, s + j * streams)
+            } else {
+                a.key.clone()
+            };
             tx.send(WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: a.key.as_bytes().to_vec().into(),
+                    key: key.into_bytes().into(),
                     ..Default::default()
                 })),
             })
@@ -125,7 +135,8 @@ async fn main() -> anyhow::Result<()> {
                     local.record(now.saturating_sub(sent).max(1))?;
                     received.fetch_add(1, Ordering::Relaxed);
                 }
-                if local.len() >= 10_000 {
+                if !local.is_empty() {
+                    // Flushed per response: the task is aborted at the end.
                     hist.lock().add(&local)?;
                     local.reset();
                 }
@@ -152,8 +163,13 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..total {
         tokio::time::sleep_until(start + period * i as u32).await;
         let sent = epoch.elapsed().as_micros() as u64;
+        let key = if a.distinct_keys {
+            format!("{}/{}", a.key, i % a.watchers.max(1) as u64)
+        } else {
+            a.key.clone()
+        };
         kv.put(PutRequest {
-            key: a.key.as_bytes().to_vec().into(),
+            key: key.into_bytes().into(),
             value: sent.to_string().into_bytes().into(),
             ..Default::default()
         })
@@ -163,7 +179,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed();
-    let want = total * a.watchers as u64;
+    let want = if a.distinct_keys {
+        total
+    } else {
+        total * a.watchers as u64
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
