@@ -404,7 +404,9 @@ impl Etcd {
             self.inner.watch.clone(),
             Box::new(move |rev| etcd.header(rev)),
             self.inner.cfg.watch_progress_notify_interval,
-            self.inner.cfg.max_request_bytes as usize,
+            // etcd fragments above --max-request-bytes plus its gRPC
+            // overhead allowance (512 KiB).
+            self.inner.cfg.max_request_bytes as usize + 512 * 1024,
         )
     }
 

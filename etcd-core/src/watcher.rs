@@ -21,7 +21,7 @@
 //!   `--experimental-watch-progress-notify-interval` unless they got events
 //!   since the last tick;
 //! - `fragment` watchers get responses larger than `--max-request-bytes`
-//!   split into several (all but the last with `fragment: true`), never
+//!   plus 512 KiB (etcd's gRPC overhead allowance) split into several (all but the last with `fragment: true`), never
 //!   splitting one event.
 //!
 //! ```no_run

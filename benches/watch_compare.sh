@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Watch latency and memory, this project's etcd-server beside Debian's etcd
+# 3.4, both single-member with fresh data dirs on the same disk, driven by
+# the same `watchbench` binary in one run. Scenarios: 1, 100 and 10,000
+# watchers of one key under PUT_RATE puts/s for RUN_SECONDS seconds (10,000
+# watchers spread over 100 streams on 10 connections). Prints one line per
+# scenario and server.
+#
+#   bash benches/watch_compare.sh            # defaults: PUT_RATE=1000 RUN_SECONDS=10
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/etcd-rs-target}"
+PUT_RATE="${PUT_RATE:-1000}"
+SECONDS_PER_RUN="${RUN_SECONDS:-10}"
+WORK="$(mktemp -d /var/tmp/etcd-watch-compare.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+cargo build --release -q -p etcd-server --bin etcd-server -p benches --bin watchbench
+OURS="$CARGO_TARGET_DIR/release/etcd-server"
+BENCH="$CARGO_TARGET_DIR/release/watchbench"
+REAL="$(command -v etcd)"
+
+start() { # kind port -> sets PID
+    local kind=$1 port=$2 dir="$WORK/$1-$2"
+    local bin=$OURS; [ "$kind" = real ] && bin=$REAL
+    "$bin" --name bench --data-dir "$dir" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+        --initial-cluster "bench=http://127.0.0.1:$((port + 1))" >"$dir.log" 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+    for _ in $(seq 100); do
+        ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1
+}
+
+port=24100
+printf '| watchers | streams | keys | server | puts/s | events | p50 µs | p99 µs | RSS before MiB | RSS watching MiB | B/watcher |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
+for scenario in "1 1 1 same" "100 1 1 same" "10000 100 10 distinct"; do
+    read -r watchers streams conns keys <<<"$scenario"
+    flag=""; [ "$keys" = distinct ] && flag="--distinct-keys"
+    for kind in ours real; do
+        port=$((port + 10))
+        start "$kind" "$port"
+        out="$("$BENCH" --endpoint "http://127.0.0.1:$port" --server-pid "$PID" \
+            --watchers "$watchers" --streams "$streams" --conns "$conns" \
+            --rate "$PUT_RATE" --seconds "$SECONDS_PER_RUN" $flag)"
+        kill "$PID"; wait "$PID" 2>/dev/null || true
+        v() { echo "$out" | awk -F': ' -v k="$1" '$1 == k {print $2}'; }
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %.1f | %s |\n' \
+            "$watchers" "$streams" "$keys" "$kind" "$(v put_rate_achieved)" "$(v events_received)" \
+            "$(v latency_p50_us)" "$(v latency_p99_us)" \
+            "$(echo "$(v rss_before_bytes) / 1048576" | bc -l)" \
+            "$(echo "$(v rss_watching_bytes) / 1048576" | bc -l)" "$(v bytes_per_watcher)"
+    done
+done
