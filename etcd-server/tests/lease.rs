@@ -9,9 +9,8 @@
 //!   checkpointed remaining TTLs survive a restart.
 //!
 //! `etcdctl lock` with contention and `etcdctl elect -l` use the Watch API
-//! on the client side (clientv3 concurrency waits with watches); until the
-//! Watch service is served here those cases run against the real etcd
-//! only (which checks the tests themselves) and are `#[ignore]`d for ours.
+//! on the client side (clientv3 concurrency waits with watches); those
+//! cases run against both servers.
 
 mod common;
 
@@ -220,7 +219,6 @@ fn lock_two_contenders(kind: Kind) {
 }
 
 #[test]
-#[ignore = "etcdctl waits for the lock with a Watch: enable once Watch is served"]
 fn etcdctl_lock_two_contenders_ours() {
     lock_two_contenders(Kind::Ours);
 }
@@ -277,7 +275,6 @@ fn elect_observe(kind: Kind) {
 }
 
 #[test]
-#[ignore = "etcdctl elect -l observes with a Watch: enable once Watch is served"]
 fn etcdctl_elect_observe_ours() {
     elect_observe(Kind::Ours);
 }
