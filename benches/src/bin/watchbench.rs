@@ -126,11 +126,10 @@ async fn main() -> anyhow::Result<()> {
                     created.fetch_add(1, Ordering::Relaxed);
                 }
                 for e in &r.events {
-                    let sent: u64 = e
-                        .kv
-                        .as_ref()
-                        .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
-                        .unwrap_or(0);
+                    let sent: u64 =
+                        e.kv.as_ref()
+                            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+                            .unwrap_or(0);
                     let now = epoch.elapsed().as_micros() as u64;
                     local.record(now.saturating_sub(sent).max(1))?;
                     received.fetch_add(1, Ordering::Relaxed);
