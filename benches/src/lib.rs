@@ -3,8 +3,10 @@
 //! gRPC API and so measures this server and the real etcd alike.
 //! Results and the exact commands are in `benches/RESULTS.md`.
 
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
 
 /// Latency summary of a run.
 #[derive(Debug, Clone)]
@@ -55,4 +57,46 @@ impl Summary {
 pub fn key(n: u64, size: usize) -> Vec<u8> {
     let s = format!("{n:0size$}");
     s.into_bytes()
+}
+
+/// Opens `conns` (at least one) gRPC connections, spread round-robin over
+/// the comma-separated client URLs in `endpoints`.
+pub async fn connect(endpoints: &str, conns: usize) -> anyhow::Result<Vec<Channel>> {
+    let urls: Vec<&str> = endpoints.split(',').collect();
+    let mut channels = Vec::with_capacity(conns.max(1));
+    for i in 0..conns.max(1) {
+        let url = urls[i % urls.len()];
+        let ch = Endpoint::from_shared(url.to_string())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        channels.push(ch);
+    }
+    Ok(channels)
+}
+
+/// What one client task of a load run returns: its latencies in
+/// microseconds, successes and failures.
+pub type ClientResult = anyhow::Result<(Histogram<u64>, u64, u64)>;
+
+/// Waits for every client task of a run started at `start` and merges
+/// their results.
+pub async fn join_clients(
+    tasks: Vec<tokio::task::JoinHandle<ClientResult>>,
+    start: Instant,
+) -> anyhow::Result<Summary> {
+    let mut latencies = Histogram::<u64>::new(3)?;
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await??;
+        latencies.add(h)?;
+        ok += o;
+        errors += e;
+    }
+    Ok(Summary {
+        ok,
+        errors,
+        elapsed: start.elapsed(),
+        latencies,
+    })
 }

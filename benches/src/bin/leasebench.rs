@@ -11,8 +11,7 @@
 //! ```
 //! Prints `name: value` lines: requests, errors, qps and latency percentiles.
 
-use anyhow::Context as _;
-use benches::Summary;
+use benches::ClientResult;
 use clap::Parser;
 use etcd_core::pb::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
 use etcd_server::rpc::etcdserverpb::lease_client::LeaseClient;
@@ -20,7 +19,7 @@ use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
 #[command(about = "Lease keepalive throughput over etcd's v3 gRPC API")]
@@ -45,14 +44,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut channels = Vec::new();
-    for _ in 0..args.conns.max(1) {
-        let ch = Endpoint::from_shared(args.endpoints.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", args.endpoints))?;
-        channels.push(ch);
-    }
+    let channels = benches::connect(&args.endpoints, args.conns).await?;
     let next = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for c in 0..args.clients.max(1) {
@@ -73,20 +65,7 @@ async fn main() -> anyhow::Result<()> {
         let (next, total) = (next.clone(), args.total);
         tasks.push(tokio::spawn(run_client(client, id, next, total)));
     }
-    let mut hist = Histogram::<u64>::new(3)?;
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, o, e) = t.await??;
-        hist.add(h)?;
-        ok += o;
-        errors += e;
-    }
-    let summary = Summary {
-        ok,
-        errors,
-        elapsed: start.elapsed(),
-        latencies: hist,
-    };
+    let summary = benches::join_clients(tasks, start).await?;
     for (mut client, id) in clients {
         let _ = client.lease_revoke(LeaseRevokeRequest { id }).await;
     }
@@ -99,7 +78,7 @@ async fn run_client(
     id: i64,
     next: Arc<AtomicU64>,
     total: u64,
-) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+) -> ClientResult {
     let mut hist = Histogram::<u64>::new(3)?;
     let (mut ok, mut errors) = (0u64, 0u64);
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -9,8 +9,7 @@
 //! ```
 //! Prints `name: value` lines: requests, errors, qps and latency percentiles.
 
-use anyhow::Context as _;
-use benches::{key, Summary};
+use benches::{key, ClientResult};
 use clap::{Parser, Subcommand};
 use etcd_core::pb::etcdserverpb::{PutRequest, RangeRequest};
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
@@ -19,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
 #[command(about = "Load generator for etcd's v3 gRPC API")]
@@ -70,16 +69,7 @@ enum Op {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let endpoints: Vec<String> = args.endpoints.split(',').map(str::to_string).collect();
-    let mut channels = Vec::new();
-    for i in 0..args.conns.max(1) {
-        let ep = &endpoints[i % endpoints.len()];
-        let ch = Endpoint::from_shared(ep.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {ep}"))?;
-        channels.push(ch);
-    }
+    let channels = benches::connect(&args.endpoints, args.conns).await?;
     let next = Arc::new(AtomicU64::new(0));
     let value = vec![b'v'; args.val_size];
     let start = Instant::now();
@@ -100,20 +90,7 @@ async fn main() -> anyhow::Result<()> {
             run_client(client, next, total, key_size, space, seq, seed, op, value).await
         }));
     }
-    let mut hist = Histogram::<u64>::new(3)?;
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, o, e) = t.await??;
-        hist.add(h)?;
-        ok += o;
-        errors += e;
-    }
-    let summary = Summary {
-        ok,
-        errors,
-        elapsed: start.elapsed(),
-        latencies: hist,
-    };
+    let summary = benches::join_clients(tasks, start).await?;
     print!("{}", summary.report());
     Ok(())
 }
@@ -129,7 +106,7 @@ async fn run_client(
     seed: u64,
     op: Op,
     value: Vec<u8>,
-) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+) -> ClientResult {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut hist = Histogram::<u64>::new(3)?;
     let (mut ok, mut errors) = (0u64, 0u64);

@@ -334,13 +334,7 @@ async fn remote(name: &str, bin: &Path, load: &Load, r: &Remote) -> anyhow::Resu
     let heap0 = go_heap_inuse(&server.client_url);
 
     let mut channels = vec![channel];
-    for _ in 1..r.conns.max(1) {
-        channels.push(
-            Endpoint::from_shared(server.client_url.clone())?
-                .connect()
-                .await?,
-        );
-    }
+    channels.extend(benches::connect(&server.client_url, r.conns.max(1) - 1).await?);
     let next = Arc::new(AtomicU64::new(0));
     let value = bytes::Bytes::from(vec![b'v'; load.val_size]);
     let start = Instant::now();

@@ -15,7 +15,6 @@
 //! are created and after, divided by the number of watchers (and streams).
 //! Prints `name: value` lines.
 
-use anyhow::Context as _;
 use clap::Parser;
 use etcd_core::pb::etcdserverpb::{
     watch_request::RequestUnion, PutRequest, WatchCreateRequest, WatchRequest,
@@ -26,7 +25,6 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Endpoint;
 
 #[derive(Parser, Debug)]
 #[command(about = "Watch latency and memory benchmark for etcd's v3 gRPC API")]
@@ -77,15 +75,7 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let epoch = Instant::now();
-    let mut channels = Vec::new();
-    for _ in 0..a.conns.max(1) {
-        channels.push(
-            Endpoint::from_shared(a.endpoint.clone())?
-                .connect()
-                .await
-                .context("connect")?,
-        );
-    }
+    let channels = benches::connect(&a.endpoint, a.conns).await?;
     // Settle the server's memory before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_bytes(a.server_pid);
