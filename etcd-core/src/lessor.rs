@@ -443,13 +443,9 @@ impl Lessor {
         }
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(&(t, id)) = st.expiry_queue.first() else {
+            let Some(id) = pop_due(&mut st.expiry_queue, now) else {
                 break;
             };
-            if t > now {
-                break;
-            }
-            st.expiry_queue.pop_first();
             let expired = st
                 .leases
                 .get(&id)
@@ -480,13 +476,9 @@ impl Lessor {
         }
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(&(t, id)) = st.checkpoint_queue.first() else {
+            let Some(id) = pop_due(&mut st.checkpoint_queue, now) else {
                 break;
             };
-            if t > now {
-                break;
-            }
-            st.checkpoint_queue.pop_first();
             let Some(l) = st.leases.get_mut(&id) else {
                 continue;
             };
@@ -604,6 +596,17 @@ fn set_checkpoint(st: &mut State, id: i64, at: Option<Duration>) {
         l.next_checkpoint = Some(t);
         st.checkpoint_queue.insert((t, id));
     }
+}
+
+/// Removes and returns the lease of the earliest entry of `queue` if it is
+/// due at `now`.
+fn pop_due(queue: &mut BTreeSet<(Duration, i64)>, now: Duration) -> Option<i64> {
+    let &(t, id) = queue.first()?;
+    if t > now {
+        return None;
+    }
+    queue.pop_first();
+    Some(id)
 }
 
 #[cfg(test)]
