@@ -16,7 +16,7 @@
 //! 5, 6 or 7; `advance()` moving to step 6 returns it if it drew 6 (or 5 and
 //! was not collected yet).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -49,31 +49,11 @@ struct Net {
     faults: Faults,
     /// Undirected cuts, stored as (smaller id, larger id).
     cuts: HashSet<(u64, u64)>,
-    /// Messages in flight: (due step, sequence number, message).
-    queue: BTreeSet<(u64, u64, QueuedMessage)>,
+    /// Messages in flight by (due step, sequence number).
+    queue: BTreeMap<(u64, u64), Message>,
     seq: u64,
     sent: u64,
     dropped: u64,
-}
-
-/// A message in the queue (ordered by the queue's other fields only).
-struct QueuedMessage(Message);
-
-impl PartialEq for QueuedMessage {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for QueuedMessage {}
-impl PartialOrd for QueuedMessage {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for QueuedMessage {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }
 
 fn edge(a: u64, b: u64) -> (u64, u64) {
@@ -106,7 +86,7 @@ impl MemNetwork {
                 now: 0,
                 faults: Faults::default(),
                 cuts: HashSet::new(),
-                queue: BTreeSet::new(),
+                queue: BTreeMap::new(),
                 seq: 0,
                 sent: 0,
                 dropped: 0,
@@ -159,11 +139,11 @@ impl MemNetwork {
         net.now += 1;
         let now = net.now;
         let mut due = Vec::new();
-        while let Some(first) = net.queue.first() {
-            if first.0 > now {
+        while let Some((&(at, _), _)) = net.queue.first_key_value() {
+            if at > now {
                 break;
             }
-            let (_, _, QueuedMessage(m)) = net.queue.pop_first().expect("first exists");
+            let (_, m) = net.queue.pop_first().expect("first exists");
             if net.is_cut(&m) {
                 net.dropped += 1;
             } else {
@@ -199,7 +179,7 @@ impl MemNetwork {
                 let due = net.now + 1 + net.rng.gen_range(0..=f.max_delay);
                 net.seq += 1;
                 let seq = net.seq;
-                net.queue.insert((due, seq, QueuedMessage(m.clone())));
+                net.queue.insert((due, seq), m.clone());
             }
         }
     }
