@@ -13,7 +13,7 @@ use crate::node::{CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
 use crate::storage::WalStorage;
 use crate::transport::Transport;
 use crate::{Error, Result};
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole, INVALID_ID};
 use std::collections::{HashMap, VecDeque};
 
@@ -22,11 +22,32 @@ pub type ReadCallback = Box<dyn FnOnce(Result<u64>) + Send>;
 /// Called when a proposal was handed to raft, or with why it was dropped.
 pub type ProposeCallback = Box<dyn FnOnce(Result<()>) + Send>;
 
+/// What a proposal carries.
+enum Payload {
+    /// An application entry.
+    Normal(Vec<u8>),
+    /// A membership change.
+    ConfChange(ConfChange),
+}
+
 /// A proposal waiting for a leader, with the tick it arrived at.
 struct WaitingProposal {
-    data: Vec<u8>,
+    payload: Payload,
     ack: Option<ProposeCallback>,
     since_tick: u64,
+}
+
+/// Replication progress of one member, as the leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The member.
+    pub id: u64,
+    /// Highest log index known to be replicated on it.
+    pub matched: u64,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+    /// Whether it was heard from within the last election timeout.
+    pub recent_active: bool,
 }
 
 /// One raft member's state machine driver. Not thread-safe: owned by the
@@ -122,9 +143,22 @@ impl Peer {
     /// Proposes `data`. Without a leader the proposal waits (a bounded
     /// number of ticks) instead of failing at once.
     pub fn propose(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
+        self.propose_payload(Payload::Normal(data), ack);
+    }
+
+    /// Proposes a membership change (raft-rs applies one simple change at
+    /// a time; a second one proposed while one is pending becomes an empty
+    /// entry). Waits for a leader like [`Peer::propose`]. The change takes
+    /// effect when the application calls [`Peer::apply_conf_change`] with
+    /// the committed entry.
+    pub fn propose_conf_change(&mut self, cc: ConfChange, ack: Option<ProposeCallback>) {
+        self.propose_payload(Payload::ConfChange(cc), ack);
+    }
+
+    fn propose_payload(&mut self, payload: Payload, ack: Option<ProposeCallback>) {
         if self.raw.raft.leader_id == INVALID_ID {
             self.waiting.push_back(WaitingProposal {
-                data,
+                payload,
                 ack,
                 since_tick: self.ticks,
             });
@@ -132,12 +166,52 @@ impl Peer {
         }
         // Earlier proposals first.
         self.release_waiting();
-        self.propose_now(data, ack);
+        self.propose_now(payload, ack);
     }
 
-    /// Hands `data` to raft and tells `ack` whether raft took it.
-    fn propose_now(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
-        let r = self.raw.propose(Vec::new(), data).map_err(|e| match e {
+    /// Applies a committed membership change to raft and to the storage's
+    /// configuration; returns the new configuration.
+    pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        self.raw.mut_store().set_conf_state(cs.clone());
+        Ok(cs)
+    }
+
+    /// Asks the leader to hand leadership to `to` (ignored by a follower;
+    /// raft aborts the transfer after an election timeout).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// Replication progress of every member; empty unless this member
+    /// leads.
+    pub fn progress(&self) -> Vec<Progress> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let learners = raft.prs().conf().to_conf_state().learners;
+        let mut out: Vec<Progress> = raft
+            .prs()
+            .iter()
+            .map(|(&id, p)| Progress {
+                id,
+                matched: p.matched,
+                is_learner: learners.contains(&id),
+                recent_active: p.recent_active,
+            })
+            .collect();
+        out.sort_by_key(|p| p.id);
+        out
+    }
+
+    /// Hands a payload to raft and tells `ack` whether raft took it.
+    fn propose_now(&mut self, payload: Payload, ack: Option<ProposeCallback>) {
+        let r = match payload {
+            Payload::Normal(data) => self.raw.propose(Vec::new(), data),
+            Payload::ConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc),
+        };
+        let r = r.map_err(|e| match e {
             raft::Error::ProposalDropped => Error::ProposalDropped,
             e => Error::Raft(e),
         });
@@ -250,7 +324,7 @@ impl Peer {
             return;
         }
         while let Some(p) = self.waiting.pop_front() {
-            self.propose_now(p.data, p.ack);
+            self.propose_now(p.payload, p.ack);
         }
     }
 
