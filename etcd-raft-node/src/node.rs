@@ -303,7 +303,13 @@ fn run(
         let mut stop = false;
         select! {
             recv(rx) -> cmd => match cmd {
-                Ok(cmd) => stop = handle(&mut peer, cmd),
+                Ok(cmd) => {
+                    // Before stepping anything: raft must know what was
+                    // applied (a leader holds a membership change while
+                    // another is unapplied).
+                    peer.advance_applied(applied.load(Ordering::Acquire));
+                    stop = handle(&mut peer, cmd);
+                }
                 Err(_) => stop = true,
             },
             recv(ticker) -> _ => peer.tick(),

@@ -13,7 +13,8 @@ use crate::node::{CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
 use crate::storage::WalStorage;
 use crate::transport::Transport;
 use crate::{Error, Result};
-use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole, INVALID_ID};
 use std::collections::{HashMap, VecDeque};
 
@@ -61,6 +62,9 @@ pub struct Peer {
     next_read_ctx: u64,
     /// Proposals that arrived while there was no leader.
     waiting: VecDeque<WaitingProposal>,
+    /// Membership changes that reached this leader while another one was
+    /// pending (raft-rs would turn them into empty entries).
+    waiting_conf: VecDeque<WaitingProposal>,
     /// How many ticks a proposal may wait for a leader.
     max_wait_ticks: u64,
     ticks: u64,
@@ -91,6 +95,7 @@ impl Peer {
             inflight_reads: HashMap::new(),
             next_read_ctx: 1,
             waiting: VecDeque::new(),
+            waiting_conf: VecDeque::new(),
             max_wait_ticks: (cfg.election_tick * 3) as u64,
             ticks: 0,
             leader: INVALID_ID,
@@ -115,19 +120,43 @@ impl Peer {
         self.ticks += 1;
         self.raw.tick();
         self.release_waiting();
-        while let Some(p) = self.waiting.front() {
-            if self.ticks - p.since_tick < self.max_wait_ticks {
-                break;
-            }
-            let p = self.waiting.pop_front().expect("front exists");
-            if let Some(ack) = p.ack {
-                ack(Err(Error::ProposalDropped));
+        self.release_waiting_conf();
+        for queue in [&mut self.waiting, &mut self.waiting_conf] {
+            while let Some(p) = queue.front() {
+                if self.ticks - p.since_tick < self.max_wait_ticks {
+                    break;
+                }
+                let p = queue.pop_front().expect("front exists");
+                if let Some(ack) = p.ack {
+                    ack(Err(Error::ProposalDropped));
+                }
             }
         }
     }
 
     /// Hands a message from another member to raft.
-    pub fn step(&mut self, msg: Message) -> Result<()> {
+    pub fn step(&mut self, mut msg: Message) -> Result<()> {
+        if msg.get_msg_type() == MessageType::MsgPropose && self.conf_change_pending() {
+            // A member forwarded a membership change while one is pending:
+            // hold it until the pending one is applied.
+            let (conf, rest): (Vec<Entry>, Vec<Entry>) = msg
+                .take_entries()
+                .into_iter()
+                .partition(|e| e.get_entry_type() == EntryType::EntryConfChange);
+            for e in conf {
+                if let Ok(cc) = ConfChange::parse_from_bytes(&e.data) {
+                    self.waiting_conf.push_back(WaitingProposal {
+                        payload: Payload::ConfChange(cc),
+                        ack: None,
+                        since_tick: self.ticks,
+                    });
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            msg.set_entries(rest.into());
+        }
         match self.raw.step(msg) {
             // Messages from unknown or removed members are dropped by raft,
             // and so are proposals forwarded to a member that is no longer
@@ -205,8 +234,22 @@ impl Peer {
         out
     }
 
+    /// Whether this member leads and a membership change it proposed is
+    /// not applied yet.
+    fn conf_change_pending(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf()
+    }
+
     /// Hands a payload to raft and tells `ack` whether raft took it.
     fn propose_now(&mut self, payload: Payload, ack: Option<ProposeCallback>) {
+        if matches!(payload, Payload::ConfChange(_)) && self.conf_change_pending() {
+            self.waiting_conf.push_back(WaitingProposal {
+                payload,
+                ack,
+                since_tick: self.ticks,
+            });
+            return;
+        }
         let r = match payload {
             Payload::Normal(data) => self.raw.propose(Vec::new(), data),
             Payload::ConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc),
@@ -249,6 +292,26 @@ impl Peer {
         if applied > self.applied {
             self.applied = applied;
             self.raw.advance_apply_to(applied);
+        }
+    }
+
+    /// Proposes held membership changes once none is pending. Only between
+    /// two Readys, like [`Peer::release_waiting`].
+    fn release_waiting_conf(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            // Not leading any more: the proposers retry.
+            for p in self.waiting_conf.drain(..) {
+                if let Some(ack) = p.ack {
+                    ack(Err(Error::ProposalDropped));
+                }
+            }
+            return;
+        }
+        while !self.conf_change_pending() {
+            let Some(p) = self.waiting_conf.pop_front() else {
+                break;
+            };
+            self.propose_now(p.payload, p.ack);
         }
     }
 
@@ -300,6 +363,7 @@ impl Peer {
         }
         collect_committed(light.take_committed_entries(), committed);
         self.release_waiting();
+        self.release_waiting_conf();
         Ok(true)
     }
 
@@ -378,7 +442,7 @@ impl Peer {
 
     /// Fails everything still waiting (the node is stopping).
     pub fn fail_all(&mut self, why: impl Fn() -> Error) {
-        for p in self.waiting.drain(..) {
+        for p in self.waiting.drain(..).chain(self.waiting_conf.drain(..)) {
             if let Some(ack) = p.ack {
                 ack(Err(why()));
             }
