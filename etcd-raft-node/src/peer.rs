@@ -371,11 +371,17 @@ impl Peer {
         if leader == self.leader {
             return;
         }
+        let had_leader = self.leader != INVALID_ID;
         self.leader = leader;
-        // Read batches sent to the old leader may never be answered.
+        // Read batches sent to the old leader may never be answered (etcd
+        // answers them "leader changed").
         for (_, batch) in self.inflight_reads.drain() {
             for cb in batch {
-                cb(Err(Error::NoLeader));
+                cb(Err(if had_leader {
+                    Error::LeaderChanged
+                } else {
+                    Error::NoLeader
+                }));
             }
         }
     }
