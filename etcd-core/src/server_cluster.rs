@@ -323,7 +323,7 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
             );
             return;
         }
-        if etcd.inner.cluster.read().member(me).is_some() {
+        if etcd.raft_status().leader_id != 0 && etcd.inner.cluster.read().member(me).is_some() {
             etcd.propose_detached(Op::MemberAttributes(MemberAttributes {
                 id: me,
                 name: cfg.name.clone(),
