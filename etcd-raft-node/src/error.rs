@@ -21,6 +21,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid raft node configuration: {0}")]
     Config(String),
+    /// Exporting, moving or importing a state machine snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Result alias of this crate.

@@ -50,6 +50,7 @@ mod logger;
 mod mem_network;
 mod node;
 mod peer;
+mod snapshot;
 mod storage;
 mod tcp_transport;
 mod transport;
@@ -59,7 +60,8 @@ pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
 pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
 pub use peer::Peer;
 pub use peer::{ProposeCallback, ReadCallback};
-pub use storage::{Opened, WalStorage};
+pub use snapshot::{transfer_inline, SnapshotInfo, SnapshotIo, SnapshotSink, SNAPSHOT_CHUNK_BYTES};
+pub use storage::{Opened, WalRecovery, WalStorage};
 pub use tcp_transport::{
     fuzzing as tcp_fuzzing, Deliver, PeerStats, TcpTransport, TcpTransportConfig,
 };
