@@ -63,7 +63,8 @@ pub use peer::{ProposeCallback, ReadCallback};
 pub use snapshot::{transfer_inline, SnapshotInfo, SnapshotIo, SnapshotSink, SNAPSHOT_CHUNK_BYTES};
 pub use storage::{Opened, WalRecovery, WalStorage};
 pub use tcp_transport::{
-    fuzzing as tcp_fuzzing, Deliver, PeerStats, TcpTransport, TcpTransportConfig,
+    fuzzing as tcp_fuzzing, Deliver, PeerStats, ReportSnapshot, ReportUnreachable, TcpTransport,
+    TcpTransportConfig, TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};
 
