@@ -303,4 +303,26 @@ mod tests {
         assert_eq!(net.advance().len(), 1);
         assert_eq!(net.stats().dropped, 3);
     }
+
+    #[test]
+    fn lost_snapshot_messages_are_remembered() {
+        let net = MemNetwork::new(1);
+        let t = net.transport();
+        let snap = |from, to| {
+            let mut m = msg(from, to, 0);
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m
+        };
+        net.cut(1, 2);
+        t.send(vec![snap(1, 2), msg(1, 2, 1), snap(1, 3)]);
+        // In flight when the cut happens.
+        net.cut(1, 3);
+        assert!(net.advance().is_empty());
+        assert_eq!(net.take_failed_snapshots(), vec![(1, 2), (1, 3)]);
+        assert!(net.take_failed_snapshots().is_empty());
+        net.heal();
+        t.send(vec![snap(2, 3)]);
+        assert_eq!(net.advance().len(), 1);
+        assert!(net.take_failed_snapshots().is_empty());
+    }
 }

@@ -417,14 +417,6 @@ fn start_snap_member(
         (opened.storage, applied)
     };
     let slot: Arc<OnceLock<Arc<RaftNode>>> = Arc::new(OnceLock::new());
-    let with_node = |f: Box<dyn Fn(&RaftNode, u64) + Send + Sync>| {
-        let slot = slot.clone();
-        move |x: u64| {
-            if let Some(n) = slot.get() {
-                f(n, x)
-            }
-        }
-    };
     let deliver = {
         let slot = slot.clone();
         Arc::new(move |m| {
@@ -441,7 +433,14 @@ fn start_snap_member(
             }
         })
     };
-    let unreachable = with_node(Box::new(|n, to| n.report_unreachable(to)));
+    let unreachable = {
+        let slot = slot.clone();
+        Arc::new(move |to| {
+            if let Some(n) = slot.get() {
+                n.report_unreachable(to);
+            }
+        })
+    };
     let transport = TcpTransport::start_with(
         TcpTransportConfig {
             id,
@@ -455,7 +454,7 @@ fn start_snap_member(
         TransportHooks {
             snapshots: Some(Arc::new(ToyIo(toy.clone()))),
             report_snapshot: Some(report),
-            report_unreachable: Some(Arc::new(unreachable)),
+            report_unreachable: Some(unreachable),
         },
     )
     .unwrap();
