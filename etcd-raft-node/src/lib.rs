@@ -22,6 +22,15 @@
 //! Only entries that are both committed and locally persisted are ever
 //! handed to the application (raft-rs guarantees this).
 //!
+//! # Snapshots
+//!
+//! When the application compacts the raft log ([`RaftNode::compact_log`]),
+//! a follower behind the compaction point catches up through a state
+//! machine snapshot: the application implements [`SnapshotIo`], transports
+//! move the image out of band, and the follower's application receives an
+//! [`Applied::Snapshot`] before the entries after it. See the `snapshot`
+//! module (`src/snapshot.rs`) for the protocol and the restart rules.
+//!
 //! # Example
 //!
 //! ```
