@@ -60,7 +60,14 @@
 //!
 //! So an application retains every finished image until it has durably
 //! installed it (or a newer one), and a [`SnapshotSink`] dropped without
-//! `finish` discards what it wrote.
+//! `finish` discards what it wrote. Raft may also ignore a snapshot whose
+//! image was finished (it became stale on the way): such images are
+//! garbage once the applied index passes them.
+//!
+//! An image whose applied index is below the application's own (possible
+//! when an earlier image was newer than its metadata and a lagging new
+//! leader sends another) may be skipped: both are prefixes of the same
+//! committed log, and the entries after the snapshot follow either way.
 //!
 //! [`WalStorage::open_with`]: crate::WalStorage::open_with
 //! [`WalStorage::snapshot_marker`]: crate::WalStorage::snapshot_marker
