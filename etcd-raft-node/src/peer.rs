@@ -441,3 +441,82 @@ fn collect_committed(entries: Vec<Entry>, out: &mut Vec<CommittedEntry>) {
         data: e.data,
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfState, MessageType};
+
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<Message>>);
+
+    impl Transport for Collect {
+        fn send(&self, msgs: Vec<Message>) {
+            self.0.lock().extend(msgs);
+        }
+    }
+
+    /// A follower installs a snapshot and then, before its application
+    /// reports having installed the image (apply is asynchronous), times
+    /// out and campaigns: raft-rs must already count the snapshot as
+    /// applied, or it would read compacted entries from its applied index.
+    #[test]
+    fn a_follower_installs_a_snapshot_before_the_application_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3];
+        let storage = WalStorage::create(dir.path(), Default::default(), b"", cs.clone()).unwrap();
+        let cfg = NodeConfig {
+            id: 2,
+            voters: vec![1, 2, 3],
+            ..NodeConfig::default()
+        };
+        let mut peer = Peer::new(&cfg, storage).unwrap();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.term = 2;
+        let meta = m.mut_snapshot().mut_metadata();
+        meta.index = 50;
+        meta.term = 2;
+        meta.set_conf_state(cs);
+        m.mut_snapshot().data = bytes::Bytes::from_static(b"token");
+        peer.step(m).unwrap();
+        let t = Collect::default();
+        let mut out = Vec::new();
+        while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+        assert_eq!(out.len(), 1);
+        let Applied::Snapshot(info) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (info.index, info.term, &info.data[..]),
+            (50, 2, &b"token"[..])
+        );
+        assert_eq!(raft::Storage::first_index(peer.storage()).unwrap(), 51);
+        let acks: Vec<u64> =
+            t.0.lock()
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgAppendResponse)
+                .map(|m| m.index)
+                .collect();
+        assert_eq!(acks, vec![50], "the leader learns the follower is at 50");
+        // The application has not installed the image yet (applied 0);
+        // the leader is gone: election timeouts, campaigns.
+        for _ in 0..100 {
+            peer.tick();
+            while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+        }
+        assert_eq!(
+            peer.status().applied_index,
+            0,
+            "what the application reported"
+        );
+        assert_ne!(peer.status().role, Role::Follower, "it campaigned");
+        // The application catches up; nothing below the snapshot is asked for.
+        peer.advance_applied(50);
+        assert_eq!(peer.status().applied_index, 50);
+        assert_eq!(peer.storage().applied(), 50);
+    }
+}
