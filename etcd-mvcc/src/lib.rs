@@ -67,6 +67,8 @@ mod snapshot_image;
 
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod fuzzing_image;
 
 /// Generated protobuf types (etcd's `mvccpb` package).
 pub mod pb {
