@@ -35,6 +35,7 @@ pub mod pb;
 mod raft_request;
 mod request_check;
 mod server;
+pub mod snapshot;
 mod v3_lease;
 mod v3election;
 mod v3lock;
