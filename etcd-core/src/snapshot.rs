@@ -280,6 +280,8 @@ impl SnapSink {
     /// Makes the image durable and verifies it; returns the token for
     /// [`SnapshotFiles::install`] (the file name). On error nothing is left
     /// behind.
+    // Boxed: the shape of raft's `SnapshotSink::finish` (a trait object).
+    #[allow(clippy::boxed_local)]
     pub fn finish(mut self: Box<Self>) -> Result<Vec<u8>> {
         let f = self
             .file

@@ -19,27 +19,29 @@
 //! 1. **verify** the whole image (every check of `snapshot_image`), without
 //!    locks: a truncated, corrupted or inconsistent image is refused with
 //!    [`Error::InvalidImage`] and the store is untouched and keeps serving;
-//! 2. **apply**, holding the writer mutex, the restore gate and the index
-//!    write lock:
-//!    a. write `meta/restore_in_progress` (one batch);
-//!    b. delete every record of every column family (batches of
-//!       `RESTORE_BATCH_OPS`), except that marker;
-//!    c. write the image's records, one batch per block, building the new
-//!       key index from the `key` records as they stream by (the same
-//!       rebuild as [`Store::open`](crate::Store::open));
-//!    d. delete the marker (one batch) and flush;
-//!    e. swap in the new index, current / compaction revisions and
-//!       consistent index, bump the restore epoch, resume the image's
-//!       unfinished compaction if it had one.
+//!
+//! then **apply**, holding the writer mutex, the restore gate and the index
+//! write lock:
+//!
+//! 2. write `meta/restore_in_progress` (one batch);
+//! 3. delete every record of every column family (batches of
+//!    `RESTORE_BATCH_OPS`), except that marker;
+//! 4. write the image's records, one batch per block, building the new key
+//!    index from the `key` records as they stream by (the same rebuild as
+//!    [`Store::open`](crate::Store::open));
+//! 5. delete the marker (one batch) and flush;
+//! 6. swap in the new index, current / compaction revisions and consistent
+//!    index, bump the restore epoch, resume the image's unfinished
+//!    compaction if it had one.
 //!
 //! The backend persists a prefix of these batches (see `backend`): after a
 //! crash at any point the durable state is either the old store (nothing of
-//! the restore persisted) or holds the marker (a..d partly persisted), or
-//! is the complete restored store (d persisted). With the marker,
+//! the restore persisted) or holds the marker (2..5 partly persisted), or
+//! is the complete restored store (5 persisted). With the marker,
 //! [`Store::open`](crate::Store::open) fails with
 //! [`Error::RestoreIncomplete`]: the caller opens it with
 //! [`Store::open_to_restore`] and restores again from the retained image.
-//! If a restore fails in step 2 without a crash (an I/O error, an image
+//! If a restore fails in steps 2..5 without a crash (an I/O error, an image
 //! that changed between the passes), the store stays open but incomplete:
 //! every read and write fails with `RestoreIncomplete` until a restore
 //! succeeds.
@@ -296,7 +298,7 @@ impl Store {
     }
 }
 
-/// Step 2 of a restore (module doc), under the locks.
+/// Steps 2..6 of a restore (module doc), under the locks.
 fn restore_locked(inner: &Arc<Inner>, image: impl Read, batch_ops: usize) -> Result<ImageInfo> {
     let _writer = inner.writer.lock();
     let _gate = inner.gate.write();
@@ -349,7 +351,7 @@ fn restore_locked(inner: &Arc<Inner>, image: impl Read, batch_ops: usize) -> Res
     }
 }
 
-/// Steps a-d; `wrote` is set once the backend was changed.
+/// Steps 2..5; `wrote` is set once the backend was changed.
 fn apply_image(
     inner: &Inner,
     image: impl Read,
@@ -359,7 +361,7 @@ fn apply_image(
     let b = &inner.backend;
     let batch_ops = batch_ops.max(1);
     let mut dec = Decoder::new(image)?;
-    // a. the marker
+    // 2. the marker
     let mut batch = WriteBatch::default();
     batch.put(
         Cf::Meta,
@@ -368,7 +370,7 @@ fn apply_image(
     );
     b.write(batch)?;
     *wrote = true;
-    // b. the old contents
+    // 3. the old contents
     {
         let snap = b.snapshot();
         let mut batch = WriteBatch::default();
@@ -388,7 +390,7 @@ fn apply_image(
             b.write(batch)?;
         }
     }
-    // c. the image, one batch per block
+    // 4. the image, one batch per block
     let mut builder = IndexBuilder::default();
     while let Some(records) = dec.next_block()? {
         let mut batch = WriteBatch::default();
@@ -400,7 +402,7 @@ fn apply_image(
         }
         b.write(batch)?;
     }
-    // d. done
+    // 5. done
     let mut batch = WriteBatch::default();
     batch.delete(Cf::Meta, META_RESTORING);
     b.write(batch)?;

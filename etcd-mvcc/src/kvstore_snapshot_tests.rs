@@ -778,7 +778,7 @@ fn rocksdb_marker_makes_open_fail_and_open_to_restore_recovers() {
     {
         let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
         build_other(&s);
-        // what a crash right after step a leaves
+        // what a crash right after step 2 (the marker) leaves
         let mut b = WriteBatch::default();
         b.put(Cf::Meta, crate::backend::META_RESTORING, 1u64.to_be_bytes());
         s.inner.backend.write(b).unwrap();

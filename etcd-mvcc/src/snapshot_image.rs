@@ -700,8 +700,9 @@ mod tests {
         assert!(info.blocks > 5);
         assert_eq!(info.bytes, img.len() as u64);
         assert!(info.max_block_len <= 512);
-        // an empty image is valid too
+        // an empty image is valid too: header and trailer, 85 bytes
         let empty = encode_records(0, &[], 512);
+        assert_eq!(empty.len(), 85);
         let info = verify_image(&empty[..]).unwrap();
         assert_eq!(
             (info.records, info.revision, info.compact_revision),
