@@ -9,6 +9,11 @@
 //! revisions in the background; the raft log is the source of durability
 //! (RocksDB's own WAL is off, see `docs/mvcc.md`).
 //!
+//! Raft snapshots of the state machine: [`Store::export`] streams a
+//! checksummed image of the whole store from one backend snapshot, and
+//! [`Store::restore`] replaces a store's contents with one, in place and
+//! crash-safely (format and protocol in `docs/mvcc.md`, "Snapshot images").
+//!
 //! Cargo feature `rocksdb` (default): the RocksDB backend and
 //! [`Store::open`]. Without it only the in-memory backend exists
 //! ([`Store::open_in_memory`], [`MemDisk`]).
