@@ -30,13 +30,26 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port for a server to bind. Taken below the kernel's
+/// ephemeral range (32768 and up on Linux), so that outgoing connections
+/// cannot take it between this check and the server's bind, and handed out
+/// once per test process (tests of one binary run in parallel).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        12_000 + (std::process::id() % 400) * 50,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 12_000 + (p - 12_000) % 20_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 /// Path of `etcdctl`; panics with how to install it when missing.
