@@ -38,6 +38,12 @@ pub(crate) enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// Nobody waits for a checkpoint.
     LeaseCheckpoint,
+    /// A membership change: the member added (MemberAdd) and the members
+    /// after the change.
+    Members(
+        Option<crate::membership::Member>,
+        Vec<crate::membership::Member>,
+    ),
 }
 
 /// A read or write transaction over the store.
@@ -151,6 +157,9 @@ pub(crate) fn apply(
         Op::DeleteRange(d) => delete_range(&mut view, d).map(Applied::DeleteRange),
         Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
         Op::Compaction(_) => unreachable!("handled above"),
+        Op::MemberUpdate(_) | Op::MemberAttributes(_) => Err(Error::Internal(
+            "a membership request reached the KV applier".into(),
+        )),
         Op::LeaseGrant(g) => apply_lease::grant(&mut view, lessor, g),
         Op::LeaseRevoke(r) => apply_lease::revoke(&mut view, lessor, r),
         Op::LeaseCheckpoint(c) => apply_lease::checkpoint(&mut view, lessor, c),

@@ -30,6 +30,13 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// `--initial-advertise-peer-urls`.
     pub initial_advertise_peer_urls: Vec<String>,
+    /// `--listen-peer-urls`: where peers' raft traffic is accepted (the
+    /// first URL is bound). Empty: no peer listener, which only a
+    /// single-member cluster can do without (the embedded default).
+    pub listen_peer_urls: Vec<String>,
+    /// `--strict-reconfig-check`: refuse membership changes that would
+    /// leave too few started members for a quorum.
+    pub strict_reconfig_check: bool,
     /// `--advertise-client-urls`.
     pub advertise_client_urls: Vec<String>,
     /// `--heartbeat-interval`.
@@ -68,6 +75,8 @@ impl Default for Config {
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            listen_peer_urls: Vec::new(),
+            strict_reconfig_check: true,
             advertise_client_urls: vec!["http://localhost:2379".into()],
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
@@ -127,6 +136,11 @@ impl Config {
         if self.max_txn_ops == 0 {
             return bad("--max-txn-ops must be positive".into());
         }
+        for u in &self.listen_peer_urls {
+            if let Err(e) = peer_addr(u) {
+                return bad(format!("--listen-peer-urls: {e}"));
+            }
+        }
         Ok(())
     }
 
@@ -144,4 +158,23 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + self.election_timeout * 2
     }
+}
+
+/// The `host:port` of a peer URL (`http://host:port`). TLS peer URLs
+/// (`https://`) are refused until peer TLS is built.
+pub(crate) fn peer_addr(url: &str) -> Result<String, String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: TLS between peers is not supported by this build yet; use http://"
+        ));
+    } else {
+        return Err(format!("{url:?} must start with http://"));
+    };
+    let hostport = rest.split('/').next().unwrap_or_default();
+    if hostport.is_empty() || !hostport.contains(':') {
+        return Err(format!("{url:?} must name a host and a port"));
+    }
+    Ok(hostport.to_string())
 }

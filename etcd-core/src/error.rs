@@ -110,6 +110,34 @@ pub enum Error {
     /// A leader-only operation on a member that is not the leader.
     #[error("etcdserver: not leader")]
     NotLeader,
+    /// MemberAdd with an id that is already a member.
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    /// MemberAdd/MemberUpdate with a peer URL another member uses.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// Peer URLs that are not URLs.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// MemberPromote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner that has not caught up with the leader.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a learner beyond the cluster's learner limit.
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A membership change that would leave too few started voters for a
+    /// quorum (--strict-reconfig-check).
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    /// A membership change while too few voters are connected.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    /// MoveLeader did not complete within the timeout.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// Storage failed underneath; the server cannot go on safely.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -132,7 +160,16 @@ impl Error {
             NoSpace => Code::ResourceExhausted,
             BadLeaderTransferee => Code::FailedPrecondition,
             NotLeader => Code::FailedPrecondition,
-            NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
+            MemberExists
+            | PeerUrlExists
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | NotEnoughStartedMembers => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            NoLeader | LeaderChanged | Timeout | Stopped | Unhealthy | LeaderTransferTimeout => {
+                Code::Unavailable
+            }
             Internal(_) => Code::Internal,
         }
     }

@@ -17,10 +17,13 @@
 //! Layers underneath: `etcd-raft-node` (raft-rs over `etcd-wal`) and
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
+mod applier;
 mod apply;
 mod apply_lease;
 #[cfg(test)]
 mod apply_range_tests;
+mod bootstrap;
+mod cluster;
 mod concurrency;
 mod config;
 mod datadir;
@@ -32,9 +35,11 @@ pub mod lessor;
 pub mod linearizability;
 mod membership;
 pub mod pb;
+mod peer_query;
 mod raft_request;
 mod request_check;
 mod server;
+mod server_cluster;
 mod v3_lease;
 mod v3election;
 mod v3lock;
@@ -47,5 +52,5 @@ pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
 pub use error::{Code, Error, Result, StartError, WatchError};
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
-pub use server::{Etcd, SERVER_VERSION};
+pub use server::{Etcd, StartOptions, SERVER_VERSION};
 pub use watcher::WatchStream;

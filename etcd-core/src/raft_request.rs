@@ -16,16 +16,20 @@
 //!     etcdserverpb.LeaseGrantRequest lease_grant = 6;       // id chosen before proposing
 //!     etcdserverpb.LeaseRevokeRequest lease_revoke = 7;     // client or expiry
 //!     etcdserverpb.LeaseCheckpointRequest lease_checkpoint = 8;
+//!     etcdserverpb.MemberUpdateRequest member_update = 9;  // new peer URLs
+//!     MemberAttributes member_attributes = 10;              // a member publishes itself
 //!   }
 //! }
+//! message MemberAttributes { uint64 id = 1; string name = 2; repeated string client_urls = 3; }
 //! ```
 //!
-//! An entry with empty data is a new leader's no-op. Tags 9.. are reserved
-//! for alarms, auth and membership.
+//! An entry with empty data is a new leader's no-op. Tags 11.. are reserved
+//! for alarms and auth. Membership changes that change raft's configuration
+//! travel as raft `ConfChange` entries instead (cluster.rs).
 
 use crate::pb::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
-    LeaseRevokeRequest, PutRequest, TxnRequest,
+    LeaseRevokeRequest, MemberUpdateRequest, PutRequest, TxnRequest,
 };
 
 /// A write proposed through raft.
@@ -35,7 +39,7 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
 }
 
@@ -63,4 +67,24 @@ pub enum Op {
     /// Remaining TTLs recorded by the primary lessor.
     #[prost(message, tag = "8")]
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// Cluster.MemberUpdate: a member's new peer URLs.
+    #[prost(message, tag = "9")]
+    MemberUpdate(MemberUpdateRequest),
+    /// A started member's name and client URLs.
+    #[prost(message, tag = "10")]
+    MemberAttributes(MemberAttributes),
+}
+
+/// What a member publishes about itself once it runs (etcd's `publish`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberAttributes {
+    /// The member.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Its --name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Its --advertise-client-urls.
+    #[prost(string, repeated, tag = "3")]
+    pub client_urls: Vec<String>,
 }

@@ -11,17 +11,17 @@
 //! reads), wait until the apply thread has applied that index, then run
 //! locally. Read-only txns take the read path too, as in etcd.
 
+use crate::applier::{Applier, Effect};
 use crate::apply::{self, Applied, View};
-use crate::config::{ClusterState, Config};
-use crate::datadir::DataDir;
+use crate::cluster::RaftCluster;
+use crate::config::Config;
 use crate::error::StartError;
 use crate::lessor::{min_lease_ttl, Clock, Lessor, MonotonicClock};
-use crate::membership::{self, Member, WalMetadata};
+use crate::membership;
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentResponse,
-    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, MemberListResponse,
-    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
-    StatusResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::raft_request::{Op, RaftRequest};
 use crate::request_check;
@@ -29,14 +29,12 @@ use crate::wait::Wait;
 use crate::watchable_store::WatchableStore;
 use crate::watcher::WatchStream;
 use crate::{Error, Result};
-use etcd_mvcc::{Store, StoreOptions};
-use etcd_raft_node::{
-    eraftpb::ConfState, CommittedEntry, EntryKind, NodeConfig, RaftNode, WalStorage,
-};
-use parking_lot::Mutex;
+use etcd_mvcc::Store;
+use etcd_raft_node::{NodeConfig, RaftNode, TcpTransport, TcpTransportConfig};
+use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
@@ -46,16 +44,37 @@ pub const SERVER_VERSION: &str = "3.5.0";
 /// A running member. Cheap to clone; all clones share the member.
 #[derive(Clone)]
 pub struct Etcd {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    cfg: Config,
-    member_id: u64,
-    cluster_id: u64,
-    members: Vec<Member>,
+/// How a member is started, beyond its [`Config`].
+pub struct StartOptions {
+    /// The monotonic clock lease deadlines are measured on.
+    pub clock: Arc<dyn Clock>,
+    /// An already bound listener for peer traffic (tests bind port 0);
+    /// without one, the first of `listen_peer_urls` is bound.
+    pub peer_listener: Option<std::net::TcpListener>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            clock: Arc::new(MonotonicClock::new()),
+            peer_listener: None,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) member_id: u64,
+    pub(crate) cluster_id: u64,
+    pub(crate) cluster: Arc<RwLock<RaftCluster>>,
+    pub(crate) transport: Option<Arc<TcpTransport>>,
+    pub(crate) removed: watch::Receiver<bool>,
+    pub(crate) publisher: Mutex<Option<crate::server_cluster::Publisher>>,
     store: Arc<Store>,
-    node: Arc<RaftNode>,
+    pub(crate) node: Arc<RaftNode>,
     wait: Arc<Wait<Result<Applied>>>,
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
@@ -66,85 +85,97 @@ struct Inner {
 }
 
 impl Etcd {
-    /// Starts a member: bootstraps a new single-member cluster in an empty
-    /// data directory, or restarts from what the data directory holds
-    /// (ignoring the `initial_*` settings, as etcd does).
+    /// Starts a member: bootstraps a new cluster from the `initial_*`
+    /// settings in an empty data directory, joins an existing one
+    /// (`initial_cluster_state = Existing`), or restarts from what the data
+    /// directory holds (ignoring the `initial_*` settings, as etcd does).
     ///
     /// Threads are started here; the async API needs a tokio runtime with
     /// the time driver.
     pub fn start(cfg: Config) -> Result<Etcd, StartError> {
-        Self::start_with_clock(cfg, Arc::new(MonotonicClock::new()))
+        Self::start_with(cfg, StartOptions::default())
     }
 
     /// Like [`Etcd::start`], with the monotonic clock lease deadlines are
     /// measured on.
     pub fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Etcd, StartError> {
+        Self::start_with(
+            cfg,
+            StartOptions {
+                clock,
+                ..StartOptions::default()
+            },
+        )
+    }
+
+    /// Like [`Etcd::start`], with [`StartOptions`].
+    pub fn start_with(cfg: Config, opts: StartOptions) -> Result<Etcd, StartError> {
         cfg.validate()?;
-        let dir = DataDir::new(&cfg.data_dir);
-        let wal_opts = etcd_wal::WalOptions::default();
-        let restarting = etcd_wal::Wal::exists(&dir.wal());
-        let (storage, meta, store) = if restarting {
-            dir.check_version()?;
-            let store = Store::open(&dir.db(), StoreOptions::default())?;
-            let applied = store.consistent_index();
-            // The WAL metadata names the members, from which the WAL is
-            // replayed with its configuration.
-            let mut meta = None;
-            let opened = WalStorage::open(&dir.wal(), wal_opts, applied, |bytes| {
-                let m = WalMetadata::decode(bytes.clone()).map_err(|e| {
-                    etcd_raft_node::Error::Config(format!("WAL metadata is not readable: {e}"))
-                })?;
-                let cs = conf_state(&m);
-                meta = Some(m);
-                Ok(cs)
-            })?;
-            let meta = meta.expect("metadata decoded before the log is loaded");
-            tracing::info!(
-                member = %membership::format_id(meta.member_id),
-                cluster = %membership::format_id(meta.cluster_id),
-                applied,
-                "restarting member from {}",
-                cfg.data_dir.display()
-            );
-            (opened.storage, meta, store)
-        } else {
-            let meta = bootstrap_metadata(&cfg)?;
-            dir.create()?;
-            let store = Store::open(&dir.db(), StoreOptions::default())?;
-            let storage = WalStorage::create(
-                &dir.wal(),
-                wal_opts,
-                &meta.encode_to_vec(),
-                conf_state(&meta),
-            )?;
-            tracing::info!(
-                member = %membership::format_id(meta.member_id),
-                cluster = %membership::format_id(meta.cluster_id),
-                "bootstrapped a new single-member cluster in {}",
-                cfg.data_dir.display()
-            );
-            (storage, meta, store)
+        let peer_listener = match opts.peer_listener {
+            Some(l) => Some(l),
+            None => match cfg.listen_peer_urls.first() {
+                Some(url) => {
+                    let addr = crate::config::peer_addr(url).map_err(StartError::Config)?;
+                    Some(std::net::TcpListener::bind(&addr).map_err(|e| {
+                        StartError::Config(format!("cannot listen for peers on {url}: {e}"))
+                    })?)
+                }
+                None => None,
+            },
         };
-        let store = Arc::new(store);
+        let booted = crate::bootstrap::boot(&cfg, |initial| {
+            crate::peer_query::fetch_cluster(&cfg, initial)
+        })?;
+        let member_id = booted.member_id;
+        let cluster_id = booted.cluster_id;
+        let voters = booted.cluster.conf_state().voters;
+        if voters.len() > 1 && peer_listener.is_none() {
+            return Err(StartError::Config(format!(
+                "the cluster has {} voting members but no --listen-peer-urls to talk to them",
+                voters.len()
+            )));
+        }
+        let store = Arc::new(booted.store);
         // Subscribed before the apply thread starts: it sees every revision.
         let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();
         let lessor = Arc::new(Lessor::new(
-            clock,
+            opts.clock,
             min_lease_ttl(cfg.election_timeout),
             cfg.lease_checkpoint_interval,
         ));
         crate::apply_lease::restore(&store, &lessor)
             .map_err(|e| StartError::Config(format!("cannot restore leases: {e}")))?;
+        let cluster = Arc::new(RwLock::new(booted.cluster));
+        // Messages that arrive before the node exists are dropped (raft
+        // retransmits).
+        let node_slot: Arc<OnceLock<Arc<RaftNode>>> = Arc::new(OnceLock::new());
+        let transport = match peer_listener {
+            Some(listener) => {
+                let slot = node_slot.clone();
+                let t = TcpTransport::start(
+                    TcpTransportConfig {
+                        id: member_id,
+                        cluster_id,
+                        peers: peer_addresses(&cluster.read().members(), member_id),
+                        ..TcpTransportConfig::default()
+                    },
+                    listener,
+                    Arc::new(move |msg| {
+                        if let Some(node) = slot.get() {
+                            node.step(msg);
+                        }
+                    }),
+                )?;
+                tracing::info!(address = %t.local_addr(), "listening for peers");
+                Some(t)
+            }
+            None => None,
+        };
         let tick = cfg.heartbeat_interval;
         let node_cfg = NodeConfig {
-            id: meta.member_id,
-            voters: meta
-                .members
-                .iter()
-                .filter(|m| !m.is_learner)
-                .map(|m| m.id)
-                .collect(),
+            id: member_id,
+            voters,
             applied,
             tick_interval: tick,
             election_tick: (cfg.election_timeout.as_millis() / tick.as_millis()).max(2) as usize,
@@ -152,55 +183,72 @@ impl Etcd {
             ..NodeConfig::default()
         };
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
-        let node = Arc::new(RaftNode::start(node_cfg, storage, None, apply_tx)?);
+        let node = Arc::new(RaftNode::start(
+            node_cfg,
+            booted.storage,
+            transport
+                .clone()
+                .map(|t| t as Arc<dyn etcd_raft_node::Transport>),
+            apply_tx,
+        )?);
+        let _ = node_slot.set(node.clone());
         let wait = Arc::new(Wait::new());
         let (applied_tx, applied_rx) = watch::channel(applied);
+        let (removed_tx, removed_rx) = watch::channel(false);
         let apply_thread = {
-            let (store, node, wait) = (store.clone(), node.clone(), wait.clone());
-            let lessor = lessor.clone();
-            let log = LogCompaction {
-                every: cfg.snapshot_count,
-                keep: cfg.snapshot_catch_up_entries,
-                last: applied,
+            let applier = Applier {
+                store: store.clone(),
+                lessor: lessor.clone(),
+                wait: wait.clone(),
+                cluster: cluster.clone(),
+                member_id,
+            };
+            let ctx = ApplyLoop {
+                node: node.clone(),
+                transport: transport.clone(),
+                applied_tx,
+                removed_tx,
+                log: LogCompaction {
+                    every: cfg.snapshot_count,
+                    keep: cfg.snapshot_catch_up_entries,
+                    last: applied,
+                },
             };
             std::thread::Builder::new()
                 .name("apply".into())
-                .spawn(move || {
-                    apply_loop(apply_rx, &store, &lessor, &node, &wait, &applied_tx, log)
-                })?
+                .spawn(move || ctx.run(apply_rx, &applier))?
         };
-        let mut members = meta.members.clone();
-        for m in &mut members {
-            if m.id == meta.member_id {
-                m.name = cfg.name.clone();
-                m.client_urls = cfg.advertise_client_urls.clone();
-            }
-        }
         let start_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let lease_ticker = crate::lease_ticker::Ticker::spawn(node.clone(), lessor.clone(), &cfg)?;
-        Ok(Etcd {
+        let etcd = Etcd {
             inner: Arc::new(Inner {
-                member_id: meta.member_id,
-                cluster_id: meta.cluster_id,
-                members,
+                member_id,
+                cluster_id,
+                cluster,
+                transport,
                 store,
                 node,
                 wait,
                 // etcd's idutil: member id's low 16 bits, then a time-based counter.
                 next_id: AtomicU64::new(
-                    ((meta.member_id & 0xffff) << 48) | ((start_ms & 0xff_ffff_ffff) << 8),
+                    ((member_id & 0xffff) << 48) | ((start_ms & 0xff_ffff_ffff) << 8),
                 ),
                 applied: applied_rx,
+                removed: removed_rx,
                 apply_thread: Mutex::new(Some(apply_thread)),
+                publisher: Mutex::new(None),
                 watch,
                 lease_ticker: Mutex::new(Some(lease_ticker)),
                 lessor,
                 cfg,
             }),
-        })
+        };
+        let publisher = crate::server_cluster::Publisher::spawn(etcd.clone())?;
+        *etcd.inner.publisher.lock() = Some(publisher);
+        Ok(etcd)
     }
 
     /// This member's id.
@@ -326,25 +374,6 @@ impl Etcd {
         }
     }
 
-    /// Cluster.MemberList.
-    pub fn member_list(&self) -> MemberListResponse {
-        MemberListResponse {
-            header: Some(self.header(self.inner.store.current_revision())),
-            members: self
-                .inner
-                .members
-                .iter()
-                .map(|m| crate::pb::etcdserverpb::Member {
-                    id: m.id,
-                    name: m.name.clone(),
-                    peer_ur_ls: m.peer_urls.clone(),
-                    client_ur_ls: m.client_urls.clone(),
-                    is_learner: m.is_learner,
-                })
-                .collect(),
-        }
-    }
-
     /// Maintenance.Alarm with action GET: the active alarms (none can be
     /// raised yet: quota overruns are refused per request).
     pub fn alarm_list(&self) -> AlarmResponse {
@@ -375,26 +404,6 @@ impl Etcd {
         })
     }
 
-    /// Maintenance.MoveLeader: transfers leadership to `target`.
-    pub async fn move_leader(&self, target: u64) -> Result<MoveLeaderResponse> {
-        let st = self.inner.node.status();
-        if st.leader_id != self.inner.member_id {
-            return Err(Error::NotLeader);
-        }
-        if !self
-            .inner
-            .members
-            .iter()
-            .any(|m| m.id == target && !m.is_learner)
-        {
-            return Err(Error::BadLeaderTransferee);
-        }
-        // In a single-member cluster the only voter is already the leader.
-        Ok(MoveLeaderResponse {
-            header: Some(self.header(self.inner.store.current_revision())),
-        })
-    }
-
     /// Opens a watch stream (the gRPC Watch stream's equivalent): create
     /// watchers, cancel them, request progress, receive responses. Needs a
     /// tokio runtime with the time driver.
@@ -418,6 +427,9 @@ impl Etcd {
     /// Stops the member: raft, then the apply thread. Pending requests fail
     /// with "server stopped". Idempotent.
     pub fn stop(&self) {
+        if let Some(p) = self.inner.publisher.lock().take() {
+            p.stop();
+        }
         if let Some(t) = self.inner.lease_ticker.lock().take() {
             t.stop();
         }
@@ -426,6 +438,15 @@ impl Etcd {
             let _ = t.join();
         }
         self.inner.watch.stop();
+        if let Some(t) = &self.inner.transport {
+            t.shutdown();
+        }
+    }
+
+    /// Becomes true when this member learns it was removed from the
+    /// cluster; it has stopped serving (etcd exits then).
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.inner.removed.clone()
     }
 
     pub(crate) fn check_quota(&self) -> Result<()> {
@@ -467,16 +488,27 @@ impl Etcd {
 
     /// Proposes `op` and waits for its result.
     pub(crate) async fn propose(&self, op: Op) -> Result<Applied> {
-        let inner = &self.inner;
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_request_id();
         let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
-        if data.len() as u64 > inner.cfg.max_request_bytes {
+        if data.len() as u64 > self.inner.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
+        self.propose_with(id, move |node, ack| node.propose(data, ack))
+            .await
+    }
+
+    /// Registers a waiter for request `id`, hands the proposal to raft
+    /// with `send`, and waits for the applied result.
+    pub(crate) async fn propose_with(
+        &self,
+        id: u64,
+        send: impl FnOnce(&RaftNode, Option<etcd_raft_node::ProposeCallback>),
+    ) -> Result<Applied> {
+        let inner = &self.inner;
         let rx = inner.wait.register(id);
         let wait = inner.wait.clone();
-        inner.node.propose(
-            data,
+        send(
+            &inner.node,
             Some(Box::new(move |r| {
                 if let Err(e) = r {
                     wait.trigger(id, Err(raft_error(e)));
@@ -495,7 +527,7 @@ impl Etcd {
 
     /// Waits until this member has applied everything committed before
     /// the call (ReadIndex, batched by the raft thread).
-    async fn linearizable_read_notify(&self) -> Result<()> {
+    pub(crate) async fn linearizable_read_notify(&self) -> Result<()> {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
         inner.node.read_index(Box::new(move |r| {
@@ -542,68 +574,25 @@ fn is_serializable(t: &TxnRequest) -> bool {
         })
 }
 
-fn conf_state(meta: &WalMetadata) -> ConfState {
-    let mut cs = ConfState::default();
-    cs.voters = meta
-        .members
+/// Peers' addresses (first peer URL of each member but `me`).
+pub(crate) fn peer_addresses(
+    members: &[crate::membership::Member],
+    me: u64,
+) -> std::collections::HashMap<u64, String> {
+    members
         .iter()
-        .filter(|m| !m.is_learner)
-        .map(|m| m.id)
-        .collect();
-    cs.learners = meta
-        .members
-        .iter()
-        .filter(|m| m.is_learner)
-        .map(|m| m.id)
-        .collect();
-    cs
-}
-
-/// Works out ids and members for a member bootstrapping a new cluster.
-fn bootstrap_metadata(cfg: &Config) -> Result<WalMetadata, StartError> {
-    if cfg.initial_cluster_state == ClusterState::Existing {
-        return Err(StartError::Config(
-            "--initial-cluster-state=existing: joining an existing cluster needs cluster \
-             membership, which this build does not support yet; start with state 'new'"
-                .into(),
-        ));
-    }
-    let members =
-        membership::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
-            .map_err(StartError::Config)?;
-    let Some(me) = members.iter().find(|m| m.name == cfg.name) else {
-        return Err(StartError::Config(format!(
-            "couldn't find local name {:?} in the initial cluster configuration {:?}",
-            cfg.name, cfg.initial_cluster
-        )));
-    };
-    let mut mine = me.peer_urls.clone();
-    let mut advertised = cfg.initial_advertise_peer_urls.clone();
-    mine.sort();
-    advertised.sort();
-    if mine != advertised {
-        return Err(StartError::Config(format!(
-            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
-             (the peer URLs of this member must match)",
-            me.name,
-            me.peer_urls.join(","),
-            cfg.initial_advertise_peer_urls.join(",")
-        )));
-    }
-    if members.len() > 1 {
-        return Err(StartError::Config(format!(
-            "--initial-cluster names {} members: multi-member clusters are not supported by \
-             this build yet; give only this member",
-            members.len()
-        )));
-    }
-    let member_id = me.id;
-    let cluster_id = membership::cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
-    Ok(WalMetadata {
-        member_id,
-        cluster_id,
-        members,
-    })
+        .filter(|m| m.id != me)
+        .filter_map(|m| {
+            let url = m.peer_urls.first()?;
+            match crate::config::peer_addr(url) {
+                Ok(a) => Some((m.id, a)),
+                Err(e) => {
+                    tracing::warn!(member = %membership::format_id(m.id), "unusable peer URL: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// When to compact the raft log (etcd's `--snapshot-count`).
@@ -616,68 +605,77 @@ struct LogCompaction {
     last: u64,
 }
 
-/// Applies committed entries in order until raft stops.
-fn apply_loop(
-    rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>,
-    store: &Store,
-    lessor: &Lessor,
-    node: &RaftNode,
-    wait: &Wait<Result<Applied>>,
-    applied_tx: &watch::Sender<u64>,
-    mut log: LogCompaction,
-) {
-    while let Ok(etcd_raft_node::Applied::Entries(entries)) = rx.recv() {
-        let Some(last) = entries.last().map(|e| e.index) else {
-            continue;
-        };
-        for e in entries {
-            apply_entry(store, lessor, wait, e);
-        }
-        node.set_applied(last);
-        applied_tx.send_replace(last);
-        if last - log.last >= log.every {
-            log.last = last;
-            // The raft log may only be cut below what the store holds
-            // durably: flush first (docs/design.md, "Durability").
-            match store.flush() {
-                Ok(()) => node.compact_log(store.consistent_index().saturating_sub(log.keep)),
-                Err(e) => tracing::error!(error = %e, "flushing the store failed; raft log kept"),
-            }
-        }
-    }
+/// The apply thread: applies committed entries in order until raft stops,
+/// and does what applying asks for (peer changes, stopping when removed).
+struct ApplyLoop {
+    node: Arc<RaftNode>,
+    transport: Option<Arc<TcpTransport>>,
+    applied_tx: watch::Sender<u64>,
+    removed_tx: watch::Sender<bool>,
+    log: LogCompaction,
 }
 
-fn apply_entry(store: &Store, lessor: &Lessor, wait: &Wait<Result<Applied>>, e: CommittedEntry) {
-    if e.index <= store.consistent_index() {
-        // Applied before a restart: the store already holds its effects.
-        return;
-    }
-    let persist_index_only = |why: &str| {
-        if let Err(err) = store.write().end(e.index) {
-            panic!("cannot persist consistent index {} ({why}): {err}", e.index);
-        }
-    };
-    match e.kind {
-        EntryKind::Normal if e.data.is_empty() => persist_index_only("leader no-op"),
-        EntryKind::Normal => {
-            let req = RaftRequest::decode(e.data.clone()).unwrap_or_else(|err| {
-                panic!(
-                    "raft entry {} is not a request this build understands: {err}",
-                    e.index
-                )
-            });
-            let result = apply::apply(store, lessor, e.index, &req);
-            if let Err(Error::Internal(msg)) = &result {
-                tracing::error!(index = e.index, "applying entry failed: {msg}");
+impl ApplyLoop {
+    fn run(mut self, rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>, applier: &Applier) {
+        let mut peers = self
+            .transport
+            .as_ref()
+            .map(|_| peer_addresses(&applier.cluster.read().members(), applier.member_id))
+            .unwrap_or_default();
+        while let Ok(etcd_raft_node::Applied::Entries(entries)) = rx.recv() {
+            let Some(last) = entries.last().map(|e| e.index) else {
+                continue;
+            };
+            let mut removed = false;
+            for e in entries {
+                match applier.apply_entry(e, &mut &*self.node) {
+                    Effect::None => {}
+                    Effect::MembersChanged => self.update_peers(applier, &mut peers),
+                    Effect::RemovedSelf => removed = true,
+                }
             }
-            wait.trigger(req.id, result);
+            self.node.set_applied(last);
+            self.applied_tx.send_replace(last);
+            if removed {
+                tracing::error!(
+                    "this member has been permanently removed from the cluster; stopping"
+                );
+                self.removed_tx.send_replace(true);
+                self.node.stop();
+                return;
+            }
+            self.maybe_compact_log(&applier.store, last);
         }
-        EntryKind::ConfChange | EntryKind::ConfChangeV2 => {
-            tracing::warn!(
-                index = e.index,
-                "ignoring a membership change entry: not supported yet"
-            );
-            persist_index_only("membership change");
+    }
+
+    fn update_peers(&self, applier: &Applier, peers: &mut std::collections::HashMap<u64, String>) {
+        let Some(t) = &self.transport else { return };
+        let now = peer_addresses(&applier.cluster.read().members(), applier.member_id);
+        for (id, addr) in &now {
+            if peers.get(id) != Some(addr) {
+                t.add_peer(*id, addr.clone());
+            }
+        }
+        for id in peers.keys() {
+            if !now.contains_key(id) {
+                t.remove_peer(*id);
+            }
+        }
+        *peers = now;
+    }
+
+    fn maybe_compact_log(&mut self, store: &Store, last: u64) {
+        if last - self.log.last < self.log.every {
+            return;
+        }
+        self.log.last = last;
+        // The raft log may only be cut below what the store holds
+        // durably: flush first (docs/design.md, "Durability").
+        match store.flush() {
+            Ok(()) => self
+                .node
+                .compact_log(store.consistent_index().saturating_sub(self.log.keep)),
+            Err(e) => tracing::error!(error = %e, "flushing the store failed; raft log kept"),
         }
     }
 }

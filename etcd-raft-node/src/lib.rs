@@ -57,7 +57,7 @@ mod transport;
 pub use error::{Error, Result};
 pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
 pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
-pub use peer::Peer;
+pub use peer::{Peer, Progress};
 pub use peer::{ProposeCallback, ReadCallback};
 pub use storage::{Opened, WalStorage};
 pub use tcp_transport::{

@@ -1,13 +1,13 @@
 //! The raft thread: owns a [`Peer`], feeds it commands and ticks, and hands
 //! committed entries to the application.
 
-use crate::peer::{Peer, ProposeCallback, ReadCallback};
+use crate::peer::{Peer, Progress, ProposeCallback, ReadCallback};
 use crate::storage::WalStorage;
 use crate::transport::{NoopTransport, Transport};
 use crate::{Error, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::RwLock;
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChange, ConfState, Message};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -146,6 +146,10 @@ pub struct NodeStatus {
 
 enum Command {
     Propose(Vec<u8>, Option<ProposeCallback>),
+    ProposeConfChange(ConfChange, Option<ProposeCallback>),
+    ApplyConfChange(ConfChange, Sender<Result<ConfState>>),
+    TransferLeader(u64),
+    Progress(Sender<Vec<Progress>>),
     Read(ReadCallback),
     Step(Box<Message>),
     CompactLog(u64),
@@ -203,6 +207,41 @@ impl RaftNode {
         {
             ack(Err(Error::Stopped));
         }
+    }
+
+    /// Proposes a membership change; see [`Peer::propose_conf_change`].
+    pub fn propose_conf_change(&self, cc: ConfChange, ack: Option<ProposeCallback>) {
+        if let Err(crossbeam_channel::SendError(Command::ProposeConfChange(_, Some(ack)))) =
+            self.tx.send(Command::ProposeConfChange(cc, ack))
+        {
+            ack(Err(Error::Stopped));
+        }
+    }
+
+    /// Applies a committed membership change (called by the application,
+    /// in log order, when it applies the entry); returns the new
+    /// configuration. Blocks until the raft thread has done it.
+    pub fn apply_conf_change(&self, cc: ConfChange) -> Result<ConfState> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Command::ApplyConfChange(cc, tx))
+            .map_err(|_| Error::Stopped)?;
+        rx.recv().map_err(|_| Error::Stopped)?
+    }
+
+    /// Asks the leader to transfer leadership to `to`.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(Command::TransferLeader(to));
+    }
+
+    /// Replication progress of every member (empty unless this member
+    /// leads). Blocks until the raft thread answers.
+    pub fn progress(&self) -> Result<Vec<Progress>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx
+            .send(Command::Progress(tx))
+            .map_err(|_| Error::Stopped)?;
+        rx.recv().map_err(|_| Error::Stopped)
     }
 
     /// Asks for a linearizable read index; `done` gets the index to wait for.
@@ -264,7 +303,13 @@ fn run(
         let mut stop = false;
         select! {
             recv(rx) -> cmd => match cmd {
-                Ok(cmd) => stop = handle(&mut peer, cmd),
+                Ok(cmd) => {
+                    // Before stepping anything: raft must know what was
+                    // applied (a leader holds a membership change while
+                    // another is unapplied).
+                    peer.advance_applied(applied.load(Ordering::Acquire));
+                    stop = handle(&mut peer, cmd);
+                }
                 Err(_) => stop = true,
             },
             recv(ticker) -> _ => peer.tick(),
@@ -312,6 +357,14 @@ fn handle(peer: &mut Peer, cmd: Command) -> bool {
     match cmd {
         Command::Propose(data, ack) => peer.propose(data, ack),
         Command::Read(cb) => peer.queue_read(cb),
+        Command::ProposeConfChange(cc, ack) => peer.propose_conf_change(cc, ack),
+        Command::ApplyConfChange(cc, reply) => {
+            let _ = reply.send(peer.apply_conf_change(&cc));
+        }
+        Command::TransferLeader(to) => peer.transfer_leader(to),
+        Command::Progress(reply) => {
+            let _ = reply.send(peer.progress());
+        }
         Command::Step(msg) => {
             if let Err(e) = peer.step(*msg) {
                 tracing::warn!(error = %e, "dropping raft message");

@@ -13,7 +13,8 @@ use crate::node::{CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
 use crate::storage::WalStorage;
 use crate::transport::Transport;
 use crate::{Error, Result};
-use raft::eraftpb::{Entry, EntryType, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole, INVALID_ID};
 use std::collections::{HashMap, VecDeque};
 
@@ -22,11 +23,32 @@ pub type ReadCallback = Box<dyn FnOnce(Result<u64>) + Send>;
 /// Called when a proposal was handed to raft, or with why it was dropped.
 pub type ProposeCallback = Box<dyn FnOnce(Result<()>) + Send>;
 
+/// What a proposal carries.
+enum Payload {
+    /// An application entry.
+    Normal(Vec<u8>),
+    /// A membership change.
+    ConfChange(ConfChange),
+}
+
 /// A proposal waiting for a leader, with the tick it arrived at.
 struct WaitingProposal {
-    data: Vec<u8>,
+    payload: Payload,
     ack: Option<ProposeCallback>,
     since_tick: u64,
+}
+
+/// Replication progress of one member, as the leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The member.
+    pub id: u64,
+    /// Highest log index known to be replicated on it.
+    pub matched: u64,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+    /// Whether it was heard from within the last election timeout.
+    pub recent_active: bool,
 }
 
 /// One raft member's state machine driver. Not thread-safe: owned by the
@@ -40,6 +62,9 @@ pub struct Peer {
     next_read_ctx: u64,
     /// Proposals that arrived while there was no leader.
     waiting: VecDeque<WaitingProposal>,
+    /// Membership changes that reached this leader while another one was
+    /// pending (raft-rs would turn them into empty entries).
+    waiting_conf: VecDeque<WaitingProposal>,
     /// How many ticks a proposal may wait for a leader.
     max_wait_ticks: u64,
     ticks: u64,
@@ -70,6 +95,7 @@ impl Peer {
             inflight_reads: HashMap::new(),
             next_read_ctx: 1,
             waiting: VecDeque::new(),
+            waiting_conf: VecDeque::new(),
             max_wait_ticks: (cfg.election_tick * 3) as u64,
             ticks: 0,
             leader: INVALID_ID,
@@ -94,19 +120,43 @@ impl Peer {
         self.ticks += 1;
         self.raw.tick();
         self.release_waiting();
-        while let Some(p) = self.waiting.front() {
-            if self.ticks - p.since_tick < self.max_wait_ticks {
-                break;
-            }
-            let p = self.waiting.pop_front().expect("front exists");
-            if let Some(ack) = p.ack {
-                ack(Err(Error::ProposalDropped));
+        self.release_waiting_conf();
+        for queue in [&mut self.waiting, &mut self.waiting_conf] {
+            while let Some(p) = queue.front() {
+                if self.ticks - p.since_tick < self.max_wait_ticks {
+                    break;
+                }
+                let p = queue.pop_front().expect("front exists");
+                if let Some(ack) = p.ack {
+                    ack(Err(Error::ProposalDropped));
+                }
             }
         }
     }
 
     /// Hands a message from another member to raft.
-    pub fn step(&mut self, msg: Message) -> Result<()> {
+    pub fn step(&mut self, mut msg: Message) -> Result<()> {
+        if msg.get_msg_type() == MessageType::MsgPropose && self.conf_change_pending() {
+            // A member forwarded a membership change while one is pending:
+            // hold it until the pending one is applied.
+            let (conf, rest): (Vec<Entry>, Vec<Entry>) = msg
+                .take_entries()
+                .into_iter()
+                .partition(|e| e.get_entry_type() == EntryType::EntryConfChange);
+            for e in conf {
+                if let Ok(cc) = ConfChange::parse_from_bytes(&e.data) {
+                    self.waiting_conf.push_back(WaitingProposal {
+                        payload: Payload::ConfChange(cc),
+                        ack: None,
+                        since_tick: self.ticks,
+                    });
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            msg.set_entries(rest.into());
+        }
         match self.raw.step(msg) {
             // Messages from unknown or removed members are dropped by raft,
             // and so are proposals forwarded to a member that is no longer
@@ -122,9 +172,22 @@ impl Peer {
     /// Proposes `data`. Without a leader the proposal waits (a bounded
     /// number of ticks) instead of failing at once.
     pub fn propose(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
+        self.propose_payload(Payload::Normal(data), ack);
+    }
+
+    /// Proposes a membership change (raft-rs applies one simple change at
+    /// a time; a second one proposed while one is pending becomes an empty
+    /// entry). Waits for a leader like [`Peer::propose`]. The change takes
+    /// effect when the application calls [`Peer::apply_conf_change`] with
+    /// the committed entry.
+    pub fn propose_conf_change(&mut self, cc: ConfChange, ack: Option<ProposeCallback>) {
+        self.propose_payload(Payload::ConfChange(cc), ack);
+    }
+
+    fn propose_payload(&mut self, payload: Payload, ack: Option<ProposeCallback>) {
         if self.raw.raft.leader_id == INVALID_ID {
             self.waiting.push_back(WaitingProposal {
-                data,
+                payload,
                 ack,
                 since_tick: self.ticks,
             });
@@ -132,12 +195,66 @@ impl Peer {
         }
         // Earlier proposals first.
         self.release_waiting();
-        self.propose_now(data, ack);
+        self.propose_now(payload, ack);
     }
 
-    /// Hands `data` to raft and tells `ack` whether raft took it.
-    fn propose_now(&mut self, data: Vec<u8>, ack: Option<ProposeCallback>) {
-        let r = self.raw.propose(Vec::new(), data).map_err(|e| match e {
+    /// Applies a committed membership change to raft and to the storage's
+    /// configuration; returns the new configuration.
+    pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        self.raw.mut_store().set_conf_state(cs.clone());
+        Ok(cs)
+    }
+
+    /// Asks the leader to hand leadership to `to` (ignored by a follower;
+    /// raft aborts the transfer after an election timeout).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
+    }
+
+    /// Replication progress of every member; empty unless this member
+    /// leads.
+    pub fn progress(&self) -> Vec<Progress> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let learners = raft.prs().conf().to_conf_state().learners;
+        let mut out: Vec<Progress> = raft
+            .prs()
+            .iter()
+            .map(|(&id, p)| Progress {
+                id,
+                matched: p.matched,
+                is_learner: learners.contains(&id),
+                recent_active: p.recent_active,
+            })
+            .collect();
+        out.sort_by_key(|p| p.id);
+        out
+    }
+
+    /// Whether this member leads and a membership change it proposed is
+    /// not applied yet.
+    fn conf_change_pending(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf()
+    }
+
+    /// Hands a payload to raft and tells `ack` whether raft took it.
+    fn propose_now(&mut self, payload: Payload, ack: Option<ProposeCallback>) {
+        if matches!(payload, Payload::ConfChange(_)) && self.conf_change_pending() {
+            self.waiting_conf.push_back(WaitingProposal {
+                payload,
+                ack,
+                since_tick: self.ticks,
+            });
+            return;
+        }
+        let r = match payload {
+            Payload::Normal(data) => self.raw.propose(Vec::new(), data),
+            Payload::ConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc),
+        };
+        let r = r.map_err(|e| match e {
             raft::Error::ProposalDropped => Error::ProposalDropped,
             e => Error::Raft(e),
         });
@@ -175,6 +292,26 @@ impl Peer {
         if applied > self.applied {
             self.applied = applied;
             self.raw.advance_apply_to(applied);
+        }
+    }
+
+    /// Proposes held membership changes once none is pending. Only between
+    /// two Readys, like [`Peer::release_waiting`].
+    fn release_waiting_conf(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            // Not leading any more: the proposers retry.
+            for p in self.waiting_conf.drain(..) {
+                if let Some(ack) = p.ack {
+                    ack(Err(Error::ProposalDropped));
+                }
+            }
+            return;
+        }
+        while !self.conf_change_pending() {
+            let Some(p) = self.waiting_conf.pop_front() else {
+                break;
+            };
+            self.propose_now(p.payload, p.ack);
         }
     }
 
@@ -226,6 +363,7 @@ impl Peer {
         }
         collect_committed(light.take_committed_entries(), committed);
         self.release_waiting();
+        self.release_waiting_conf();
         Ok(true)
     }
 
@@ -250,7 +388,7 @@ impl Peer {
             return;
         }
         while let Some(p) = self.waiting.pop_front() {
-            self.propose_now(p.data, p.ack);
+            self.propose_now(p.payload, p.ack);
         }
     }
 
@@ -304,7 +442,7 @@ impl Peer {
 
     /// Fails everything still waiting (the node is stopping).
     pub fn fail_all(&mut self, why: impl Fn() -> Error) {
-        for p in self.waiting.drain(..) {
+        for p in self.waiting.drain(..).chain(self.waiting_conf.drain(..)) {
             if let Some(ack) = p.ack {
                 ack(Err(why()));
             }

@@ -50,6 +50,40 @@ impl WalStorage {
         Ok(WalStorage { mem, wal })
     }
 
+    /// Creates a new WAL in `dir` whose log starts after a snapshot at
+    /// (`index`, `term`) with configuration `conf_state`: every member
+    /// bootstrapping a cluster starts from the same snapshot (the
+    /// application's state machine holds the same initial image at
+    /// `index`), so a member added later, whose log is empty, is sent a
+    /// snapshot (with the membership in it) instead of a log without one.
+    pub fn create_at(
+        dir: &Path,
+        opts: WalOptions,
+        metadata: &[u8],
+        conf_state: ConfState,
+        index: u64,
+        term: u64,
+    ) -> Result<WalStorage> {
+        let wal = Wal::create(dir, opts, metadata)?;
+        let mut batch = WriteBatch::default();
+        batch.snapshot = Some(etcd_wal::SnapshotMarker { index, term });
+        batch.hard_state = Some(etcd_wal::HardState {
+            term,
+            vote: 0,
+            commit: index,
+        });
+        wal.append_sync(batch)?;
+        let mem = MemStorage::new();
+        {
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = index;
+            snap.mut_metadata().term = term;
+            snap.mut_metadata().set_conf_state(conf_state);
+            mem.wl().apply_snapshot(snap)?;
+        }
+        Ok(WalStorage { mem, wal })
+    }
+
     /// Opens the WAL in `dir` and replays it into memory.
     ///
     /// `conf_state` derives the membership as of the state machine's
@@ -223,6 +257,13 @@ impl WalStorage {
         Ok(())
     }
 
+    /// Records the membership after a configuration change was applied
+    /// (in memory: on restart the application derives it from its state
+    /// machine, which persists membership at its consistent index).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.mem.wl().set_conf_state(cs);
+    }
+
     /// The last index of the raft log.
     pub fn last_index(&self) -> u64 {
         Storage::last_index(&self.mem).unwrap_or(0)
@@ -373,6 +414,32 @@ mod tests {
         let datas: Vec<&[u8]> = ents.iter().map(|e| &e.data[..]).collect();
         assert_eq!(datas, vec![&b"e7"[..], b"e8", b"e9", b"e10", b"e11"]);
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1]);
+    }
+
+    #[test]
+    fn a_log_created_after_a_snapshot_reopens_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = WalStorage::create_at(
+            dir.path(),
+            WalOptions::default(),
+            b"m",
+            voters(&[1, 2]),
+            1,
+            1,
+        )
+        .unwrap();
+        assert_eq!(s.first_index().unwrap(), 2);
+        assert_eq!(s.term(1).unwrap(), 1);
+        s.persist(&[entry(2, 2, b"x")], None, true).unwrap();
+        drop(s);
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 1, |_| {
+            Ok(voters(&[1, 2]))
+        })
+        .unwrap()
+        .storage;
+        assert_eq!(s.first_index().unwrap(), 2);
+        assert_eq!(s.last_index(), 2);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 1);
     }
 
     #[test]

@@ -101,6 +101,17 @@ pub struct Flags {
         default_value_t = 5_000
     )]
     pub experimental_snapshot_catchup_entries: u64,
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub strict_reconfig_check: bool,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -354,7 +365,7 @@ impl Flags {
             .collect::<Result<Vec<_>, _>>()?;
         let advertise_client_urls =
             split_urls("advertise-client-urls", &self.advertise_client_urls)?;
-        split_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let listen_peer_urls = split_urls("listen-peer-urls", &self.listen_peer_urls)?;
         let peer_urls = split_urls(
             "initial-advertise-peer-urls",
             &self.initial_advertise_peer_urls,
@@ -377,6 +388,8 @@ impl Flags {
             initial_cluster_state,
             initial_cluster_token: self.initial_cluster_token,
             initial_advertise_peer_urls: peer_urls,
+            listen_peer_urls,
+            strict_reconfig_check: self.strict_reconfig_check,
             advertise_client_urls,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),

@@ -105,8 +105,14 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         cluster = %etcd_core::format_id(etcd.cluster_id()),
         "ready to serve client requests"
     );
+    let mut removed = etcd.removed();
+    let mut removed_from_cluster = false;
     tokio::select! {
         () = shutdown => tracing::info!("received shutdown signal; stopping gracefully"),
+        Ok(_) = removed.wait_for(|r| *r) => {
+            tracing::error!("this member was removed from the cluster; shutting down");
+            removed_from_cluster = true;
+        }
         Some(r) = servers.join_next() => {
             tracing::error!("a client listener stopped unexpectedly: {r:?}");
         }
@@ -121,5 +127,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .await
         .context("stop task failed")?;
     tracing::info!("stopped");
+    if removed_from_cluster {
+        anyhow::bail!("the member has been permanently removed from the cluster");
+    }
     Ok(())
 }

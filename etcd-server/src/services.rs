@@ -104,32 +104,32 @@ pub struct ClusterService(pub Etcd);
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
-        Err(unsupported("member add"))
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
+        reply(self.0.member_add(req.into_inner()).await)
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Reply<MemberRemoveResponse> {
-        Err(unsupported("member remove"))
+        reply(self.0.member_remove(req.into_inner().id).await)
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Reply<MemberUpdateResponse> {
-        Err(unsupported("member update"))
+        reply(self.0.member_update(req.into_inner()).await)
     }
 
-    async fn member_list(&self, _req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
-        Ok(Response::new(self.0.member_list()))
+    async fn member_list(&self, req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
+        reply(self.0.member_list(req.into_inner().linearizable).await)
     }
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Reply<MemberPromoteResponse> {
-        Err(unsupported("member promote"))
+        reply(self.0.member_promote(req.into_inner().id).await)
     }
 }

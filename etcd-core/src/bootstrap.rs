@@ -1,0 +1,225 @@
+//! Opening a member's storage (etcd's `bootstrap.go`): restart from a data
+//! directory, bootstrap a new cluster, or join an existing one.
+//!
+//! - **Restart** (the data directory has a WAL): the `--initial-*` settings
+//!   are ignored, as in etcd. The membership comes from the store (it is
+//!   persisted with the consistent index, so it is the membership as of the
+//!   applied index, which is what raft must start with); a data directory
+//!   written before membership was persisted falls back to the WAL
+//!   metadata.
+//! - **New cluster** (`--initial-cluster-state new`): ids are derived from
+//!   `--initial-cluster` and `--initial-cluster-token` exactly as etcd
+//!   derives them. Every bootstrapping member starts from the same state:
+//!   the store holds the initial members at consistent index 1 and the raft
+//!   log starts after a snapshot at (index 1, term 1) whose configuration
+//!   is those members. A member added later has an empty log, so the leader
+//!   must send it a snapshot, which carries the membership.
+//! - **Join** (`--initial-cluster-state existing`, empty data directory):
+//!   the member asks the cluster's peers for their membership, finds itself
+//!   by its peer URLs, and starts with an empty log waiting for the
+//!   leader's snapshot.
+
+use crate::cluster::RaftCluster;
+use crate::config::{ClusterState, Config};
+use crate::datadir::DataDir;
+use crate::error::StartError;
+use crate::membership::{self, Member, WalMetadata};
+use etcd_mvcc::{Store, StoreOptions};
+use etcd_raft_node::eraftpb::ConfState;
+use etcd_raft_node::WalStorage;
+use prost::Message as _;
+
+/// The raft index and term of the snapshot every new cluster starts from.
+pub(crate) const BOOTSTRAP_INDEX: u64 = 1;
+const BOOTSTRAP_TERM: u64 = 1;
+
+/// A member's opened storage.
+pub(crate) struct Booted {
+    pub store: Store,
+    pub storage: WalStorage,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub cluster: RaftCluster,
+}
+
+/// Opens (restart) or creates (new cluster, join) the member's storage.
+/// `join` asks existing peers for the cluster's membership (the join path).
+pub(crate) fn boot(
+    cfg: &Config,
+    join: impl FnOnce(&[Member]) -> Result<(u64, Vec<Member>), StartError>,
+) -> Result<Booted, StartError> {
+    let dir = DataDir::new(&cfg.data_dir);
+    let wal_opts = etcd_wal::WalOptions::default();
+    if etcd_wal::Wal::exists(&dir.wal()) {
+        return restart(cfg, &dir, wal_opts);
+    }
+    let initial =
+        membership::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
+            .map_err(StartError::Config)?;
+    let me = find_self(cfg, &initial)?;
+    let (member_id, cluster_id, cluster, conf_state, at) = match cfg.initial_cluster_state {
+        ClusterState::New => {
+            let cluster_id =
+                membership::cluster_id(&initial.iter().map(|m| m.id).collect::<Vec<_>>());
+            let cluster = RaftCluster::new(initial.clone());
+            let cs = cluster.conf_state();
+            (me.id, cluster_id, cluster, cs, Some(BOOTSTRAP_INDEX))
+        }
+        ClusterState::Existing => {
+            let (cluster_id, members) = join(&initial)?;
+            let mine = sorted(&me.peer_urls);
+            let Some(found) = members.iter().find(|m| sorted(&m.peer_urls) == mine) else {
+                return Err(StartError::Config(format!(
+                    "member with peer URLs {} is not a member of the cluster it joins \
+                     (members: {}); add it first with `etcdctl member add {} --peer-urls={}`",
+                    me.peer_urls.join(","),
+                    members
+                        .iter()
+                        .map(|m| format!(
+                            "{}={}",
+                            membership::format_id(m.id),
+                            m.peer_urls.join(",")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    cfg.name,
+                    me.peer_urls.join(",")
+                )));
+            };
+            // The membership and everything else arrives with the leader's
+            // snapshot; until then raft knows no members.
+            (
+                found.id,
+                cluster_id,
+                RaftCluster::new(members.clone()),
+                ConfState::default(),
+                None,
+            )
+        }
+    };
+    dir.create()?;
+    let store = Store::open(&dir.db(), StoreOptions::default())?;
+    if let Some(index) = at {
+        if store.consistent_index() < index {
+            let mut w = store.write();
+            cluster.save_all(&mut w);
+            w.end(index)?;
+        }
+    }
+    // The WAL is created last: its existence marks a complete bootstrap.
+    let meta = WalMetadata {
+        member_id,
+        cluster_id,
+        members: cluster.members(),
+    }
+    .encode_to_vec();
+    let storage = match at {
+        Some(index) => WalStorage::create_at(
+            &dir.wal(),
+            wal_opts,
+            &meta,
+            conf_state,
+            index,
+            BOOTSTRAP_TERM,
+        )?,
+        None => WalStorage::create(&dir.wal(), wal_opts, &meta, conf_state)?,
+    };
+    tracing::info!(
+        member = %membership::format_id(member_id),
+        cluster = %membership::format_id(cluster_id),
+        members = cluster.members().len(),
+        state = ?cfg.initial_cluster_state,
+        "bootstrapped member in {}",
+        cfg.data_dir.display()
+    );
+    Ok(Booted {
+        store,
+        storage,
+        member_id,
+        cluster_id,
+        cluster,
+    })
+}
+
+fn restart(
+    cfg: &Config,
+    dir: &DataDir,
+    wal_opts: etcd_wal::WalOptions,
+) -> Result<Booted, StartError> {
+    dir.check_version()?;
+    let store = Store::open(&dir.db(), StoreOptions::default())?;
+    let applied = store.consistent_index();
+    let stored = RaftCluster::load(&store)
+        .map_err(|e| StartError::Config(format!("cannot read the membership: {e}")))?;
+    let mut meta = None;
+    let mut cluster = None;
+    let opened = WalStorage::open(&dir.wal(), wal_opts, applied, |bytes| {
+        let m = WalMetadata::decode(bytes.clone()).map_err(|e| {
+            etcd_raft_node::Error::Config(format!("WAL metadata is not readable: {e}"))
+        })?;
+        // Without membership in the store: a member that joined and has not
+        // installed the leader's snapshot yet (nothing applied) starts with
+        // no voters, knowing its peers from the metadata; a data directory
+        // written before membership was persisted uses the metadata.
+        let (c, cs) = match stored {
+            Some(c) => {
+                let cs = c.conf_state();
+                (c, cs)
+            }
+            None => {
+                let c = RaftCluster::new(m.members.clone());
+                let cs = if applied == 0 {
+                    ConfState::default()
+                } else {
+                    c.conf_state()
+                };
+                (c, cs)
+            }
+        };
+        meta = Some(m);
+        cluster = Some(c);
+        Ok(cs)
+    })?;
+    let meta = meta.expect("metadata decoded before the log is loaded");
+    tracing::info!(
+        member = %membership::format_id(meta.member_id),
+        cluster = %membership::format_id(meta.cluster_id),
+        applied,
+        "restarting member from {}",
+        cfg.data_dir.display()
+    );
+    Ok(Booted {
+        store,
+        storage: opened.storage,
+        member_id: meta.member_id,
+        cluster_id: meta.cluster_id,
+        cluster: cluster.expect("set with the metadata"),
+    })
+}
+
+fn sorted(urls: &[String]) -> Vec<String> {
+    let mut v = urls.to_vec();
+    v.sort();
+    v
+}
+
+/// This member in `--initial-cluster`, checked against
+/// `--initial-advertise-peer-urls`.
+fn find_self<'a>(cfg: &Config, members: &'a [Member]) -> Result<&'a Member, StartError> {
+    let Some(me) = members.iter().find(|m| m.name == cfg.name) else {
+        return Err(StartError::Config(format!(
+            "couldn't find local name {:?} in the initial cluster configuration {:?}",
+            cfg.name, cfg.initial_cluster
+        )));
+    };
+    if sorted(&me.peer_urls) != sorted(&cfg.initial_advertise_peer_urls) {
+        return Err(StartError::Config(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} \
+             (the peer URLs of this member must match)",
+            me.name,
+            me.peer_urls.join(","),
+            cfg.initial_advertise_peer_urls.join(",")
+        )));
+    }
+    Ok(me)
+}

@@ -1,0 +1,346 @@
+//! The Cluster API and leadership operations of a member (etcd's
+//! `AddMember`, `RemoveMember`, `UpdateMember`, `PromoteMember`,
+//! `MoveLeader` and `publish` in `server.go`).
+//!
+//! Checks made before proposing, as etcd makes them with
+//! `--strict-reconfig-check` (the default):
+//! - adding a voter needs the started voters to stay a quorum of the
+//!   larger cluster, and (on the leader) every voter recently active;
+//! - removing a voter needs the remaining started voters to be a quorum,
+//!   and (on the leader) enough active voters left;
+//! - promoting needs the learner's replicated index within 90% of the
+//!   leader's. Only the leader knows that; other members ask it
+//!   ([`crate::peer_query`]).
+//!
+//! The change itself is validated again when applied (cluster.rs).
+
+use crate::apply::Applied;
+use crate::cluster::Change;
+use crate::membership::{self, Member};
+use crate::pb::etcdserverpb::{
+    self as pb, MemberAddRequest, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderResponse,
+};
+use crate::raft_request::{MemberAttributes, Op};
+use crate::server::Etcd;
+use crate::{Error, Result};
+use crossbeam_channel::{Receiver, Sender};
+use etcd_raft_node::Role;
+use std::time::Duration;
+
+/// A learner may be promoted once it has replicated this share of the
+/// leader's log (etcd's `readyPercent`).
+const LEARNER_READY_PERCENT: f64 = 0.9;
+
+fn to_pb(m: Member) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+impl Etcd {
+    /// The members as this member knows them; its own name and client
+    /// URLs are shown even before its publication has been applied.
+    fn members_pb(&self, members: Vec<Member>) -> Vec<pb::Member> {
+        let me = self.inner.member_id;
+        members
+            .into_iter()
+            .map(|mut m| {
+                if m.id == me && m.name.is_empty() {
+                    m.name = self.inner.cfg.name.clone();
+                    m.client_urls = self.inner.cfg.advertise_client_urls.clone();
+                }
+                to_pb(m)
+            })
+            .collect()
+    }
+
+    /// Cluster.MemberList; with `linearizable`, after a ReadIndex round.
+    pub async fn member_list(&self, linearizable: bool) -> Result<MemberListResponse> {
+        if linearizable {
+            self.linearizable_read_notify().await?;
+        }
+        let members = self.inner.cluster.read().members();
+        Ok(MemberListResponse {
+            header: Some(self.header(self.store().current_revision())),
+            members: self.members_pb(members),
+        })
+    }
+
+    /// Cluster.MemberAdd: a new voter, or a learner.
+    pub async fn member_add(&self, r: MemberAddRequest) -> Result<MemberAddResponse> {
+        check_urls(&r.peer_ur_ls)?;
+        let id = loop {
+            let id = rand::random::<u64>();
+            let c = self.inner.cluster.read();
+            if id != 0 && c.member(id).is_none() && !c.is_removed(id) {
+                break id;
+            }
+        };
+        let m = Member {
+            id,
+            name: String::new(),
+            peer_urls: r.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        if self.inner.cfg.strict_reconfig_check && !r.is_learner {
+            if !self.inner.cluster.read().ready_to_add_voter() {
+                return Err(Error::NotEnoughStartedMembers);
+            }
+            self.check_all_voters_active().await?;
+        }
+        let (added, members) = self.propose_change(Change::Add(m)).await?;
+        Ok(MemberAddResponse {
+            header: Some(self.header(self.store().current_revision())),
+            member: added.map(to_pb),
+            members: self.members_pb(members),
+        })
+    }
+
+    /// Cluster.MemberRemove.
+    pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse> {
+        let is_learner = {
+            let c = self.inner.cluster.read();
+            match c.member(id) {
+                Some(m) => m.is_learner,
+                None => return Err(Error::MemberNotFound),
+            }
+        };
+        if self.inner.cfg.strict_reconfig_check && !is_learner {
+            if !self.inner.cluster.read().ready_to_remove_voter(id) {
+                return Err(Error::NotEnoughStartedMembers);
+            }
+            self.check_quorum_after_removing(id).await?;
+        }
+        let (_, members) = self.propose_change(Change::Remove(id)).await?;
+        Ok(MemberRemoveResponse {
+            header: Some(self.header(self.store().current_revision())),
+            members: self.members_pb(members),
+        })
+    }
+
+    /// Cluster.MemberUpdate: new peer URLs for a member.
+    pub async fn member_update(&self, r: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
+        check_urls(&r.peer_ur_ls)?;
+        match self.propose(Op::MemberUpdate(r)).await? {
+            Applied::Members(_, members) => Ok(MemberUpdateResponse {
+                header: Some(self.header(self.store().current_revision())),
+                members: self.members_pb(members),
+            }),
+            _ => unreachable!("a member update applies as a membership change"),
+        }
+    }
+
+    /// Cluster.MemberPromote: a learner that caught up becomes a voter.
+    pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse> {
+        if self.raft_status().role != Role::Leader {
+            return crate::peer_query::forward_promote(self, id).await;
+        }
+        self.check_learner_ready(id).await?;
+        if self.inner.cfg.strict_reconfig_check && !self.inner.cluster.read().ready_to_promote() {
+            return Err(Error::NotEnoughStartedMembers);
+        }
+        let (_, members) = self.propose_change(Change::Promote(id)).await?;
+        Ok(MemberPromoteResponse {
+            header: Some(self.header(self.store().current_revision())),
+            members: self.members_pb(members),
+        })
+    }
+
+    /// Maintenance.MoveLeader: hands leadership to the voter `target`;
+    /// returns once it leads.
+    pub async fn move_leader(&self, target: u64) -> Result<MoveLeaderResponse> {
+        let me = self.inner.member_id;
+        if self.raft_status().leader_id != me {
+            return Err(Error::NotLeader);
+        }
+        let voter = self
+            .inner
+            .cluster
+            .read()
+            .member(target)
+            .is_some_and(|m| !m.is_learner);
+        if !voter {
+            return Err(Error::BadLeaderTransferee);
+        }
+        let response = || MoveLeaderResponse {
+            header: Some(self.header(self.store().current_revision())),
+        };
+        if target == me {
+            return Ok(response());
+        }
+        tracing::info!(
+            from = %membership::format_id(me),
+            to = %membership::format_id(target),
+            "transferring leadership"
+        );
+        self.inner.node.transfer_leader(target);
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout();
+        let tick = self.inner.cfg.heartbeat_interval;
+        while self.raft_status().leader_id != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(tick).await;
+        }
+        tracing::info!(leader = %membership::format_id(target), "leadership transferred");
+        Ok(response())
+    }
+
+    /// Proposes a raft configuration change and waits until it applied.
+    async fn propose_change(&self, change: Change) -> Result<(Option<Member>, Vec<Member>)> {
+        let id = self.next_request_id();
+        let cc = change
+            .to_conf_change(id)
+            .expect("only configuration changes are proposed here");
+        match self
+            .propose_with(id, |node, ack| node.propose_conf_change(cc, ack))
+            .await?
+        {
+            Applied::Members(added, members) => Ok((added, members)),
+            _ => unreachable!("a configuration change applies as a membership change"),
+        }
+    }
+
+    /// The leader's view of every member's progress (empty on a follower).
+    async fn progress(&self) -> Result<Vec<etcd_raft_node::Progress>> {
+        let node = self.inner.node.clone();
+        tokio::task::spawn_blocking(move || node.progress())
+            .await
+            .map_err(|e| Error::Internal(format!("progress task failed: {e}")))?
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// etcd's `isConnectedFullySince`, as far as the leader can tell.
+    async fn check_all_voters_active(&self) -> Result<()> {
+        let progress = self.progress().await?;
+        let me = self.inner.member_id;
+        if progress
+            .iter()
+            .any(|p| !p.is_learner && p.id != me && !p.recent_active)
+        {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's check that removing an active voter leaves a quorum active.
+    async fn check_quorum_after_removing(&self, id: u64) -> Result<()> {
+        let progress = self.progress().await?;
+        let me = self.inner.member_id;
+        let voters: Vec<_> = progress.iter().filter(|p| !p.is_learner).collect();
+        let Some(target) = voters.iter().find(|p| p.id == id) else {
+            return Ok(());
+        };
+        if id != me && !target.recent_active {
+            // A member that is down is safe to remove.
+            return Ok(());
+        }
+        let active = voters
+            .iter()
+            .filter(|p| p.id == me || p.recent_active)
+            .count();
+        if active - 1 < 1 + (voters.len() - 1) / 2 {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `isLearnerReady` (leader only).
+    pub(crate) async fn check_learner_ready(&self, id: u64) -> Result<()> {
+        let progress = self.progress().await?;
+        let me = self.inner.member_id;
+        let Some(leader) = progress.iter().find(|p| p.id == me) else {
+            return Err(Error::NotLeader);
+        };
+        if let Some(learner) = progress.iter().find(|p| p.id == id) {
+            if (learner.matched as f64) < (leader.matched as f64) * LEARNER_READY_PERCENT {
+                return Err(Error::LearnerNotReady);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_urls(urls: &[String]) -> Result<()> {
+    if urls.is_empty() || urls.iter().any(|u| crate::config::peer_addr(u).is_err()) {
+        return Err(Error::MemberBadUrls);
+    }
+    Ok(())
+}
+
+/// Publishes this member's name and client URLs through raft until they
+/// are applied (etcd's `publish`), so that other members list it as
+/// started.
+pub(crate) struct Publisher {
+    stop: Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub(crate) fn spawn(etcd: Etcd) -> std::io::Result<Publisher> {
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("publish".into())
+            .spawn(move || publish(&etcd, &stopped))?;
+        Ok(Publisher { stop, thread })
+    }
+
+    pub(crate) fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
+    let cfg = &etcd.inner.cfg;
+    let me = etcd.inner.member_id;
+    let retry = cfg.election_timeout * 2;
+    loop {
+        let done = match etcd.inner.cluster.read().member(me) {
+            // Not a member (yet, or any more): nothing to publish now.
+            None => false,
+            Some(m) => m.name == cfg.name && m.client_urls == cfg.advertise_client_urls,
+        };
+        if done {
+            tracing::info!(
+                name = %cfg.name,
+                client_urls = ?cfg.advertise_client_urls,
+                "published local member to the cluster"
+            );
+            return;
+        }
+        if etcd.inner.cluster.read().member(me).is_some() {
+            etcd.propose_detached(Op::MemberAttributes(MemberAttributes {
+                id: me,
+                name: cfg.name.clone(),
+                client_urls: cfg.advertise_client_urls.clone(),
+            }));
+        }
+        match stopped.recv_timeout(Duration::from_millis(50).max(retry / 10)) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        // Give the proposal time to apply before proposing again.
+        for _ in 0..9 {
+            if etcd
+                .inner
+                .cluster
+                .read()
+                .member(me)
+                .is_some_and(|m| m.name == cfg.name)
+            {
+                break;
+            }
+            match stopped.recv_timeout(retry / 10) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! In-process clusters of embedded members over the TCP peer transport on
+//! loopback: static bootstrap, writes through any member, linearizable
+//! reads everywhere, leader loss, leader transfer and membership changes.
+
+use etcd_core::pb::etcdserverpb::{MemberAddRequest, PutRequest, RangeRequest};
+use etcd_core::{Config, Error, Etcd, StartOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    names: Vec<String>,
+    dirs: Vec<PathBuf>,
+    initial: String,
+    urls: Vec<String>,
+    members: Vec<Option<Etcd>>,
+}
+
+fn config(name: &str, dir: &Path, initial: &str, url: &str) -> Config {
+    Config {
+        name: name.into(),
+        data_dir: dir.into(),
+        initial_cluster: initial.into(),
+        initial_advertise_peer_urls: vec![url.into()],
+        listen_peer_urls: vec![url.into()],
+        advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
+        heartbeat_interval: Duration::from_millis(25),
+        election_timeout: Duration::from_millis(250),
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let listeners: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let urls: Vec<String> = listeners
+            .iter()
+            .map(|l| format!("http://{}", l.local_addr().unwrap()))
+            .collect();
+        let initial = names
+            .iter()
+            .zip(&urls)
+            .map(|(n, u)| format!("{n}={u}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dirs: Vec<PathBuf> = names.iter().map(|n| dir.path().join(n)).collect();
+        let members = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let cfg = config(&names[i], &dirs[i], &initial, &urls[i]);
+                let opts = StartOptions {
+                    peer_listener: Some(l),
+                    ..StartOptions::default()
+                };
+                Some(Etcd::start_with(cfg, opts).unwrap())
+            })
+            .collect();
+        Cluster {
+            _dir: dir,
+            names,
+            dirs,
+            initial,
+            urls,
+            members,
+        }
+    }
+
+    fn member(&self, i: usize) -> &Etcd {
+        self.members[i].as_ref().expect("member running")
+    }
+
+    /// Index of the member all running members agree leads.
+    async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaders: Vec<u64> = self
+                .members
+                .iter()
+                .flatten()
+                .map(|m| m.status().leader)
+                .collect();
+            if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                if let Some(i) = self
+                    .members
+                    .iter()
+                    .position(|m| m.as_ref().is_some_and(|m| m.member_id() == leaders[0]))
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:x?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop(&mut self, i: usize) {
+        let m = self.members[i].take().expect("running");
+        std::thread::spawn(move || m.stop()).join().unwrap();
+    }
+
+    fn restart(&mut self, i: usize) {
+        let cfg = config(&self.names[i], &self.dirs[i], &self.initial, &self.urls[i]);
+        let addr = self.urls[i].trim_start_matches("http://").to_string();
+        // The port was ours a moment ago; retry while the old socket closes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(&addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
+        let opts = StartOptions {
+            peer_listener: Some(listener),
+            ..StartOptions::default()
+        };
+        self.members[i] = Some(Etcd::start_with(cfg, opts).unwrap());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in self.members.iter_mut().filter_map(Option::take) {
+            m.stop();
+        }
+    }
+}
+
+async fn put(e: &Etcd, k: &str, v: &str) -> Result<i64, Error> {
+    // Retried while leadership settles, as a client would.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = e
+            .put(PutRequest {
+                key: k.as_bytes().to_vec().into(),
+                value: v.as_bytes().to_vec().into(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => return Ok(r.header.unwrap().revision),
+            Err(Error::NoLeader | Error::Timeout | Error::LeaderChanged)
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn get(e: &Etcd, k: &str, serializable: bool) -> Option<String> {
+    let r = e
+        .range(RangeRequest {
+            key: k.as_bytes().to_vec().into(),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    r.kvs
+        .first()
+        .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_bootstrap_replicate_and_survive_leader_loss() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    // A write through a follower is forwarded to the leader.
+    let rev = put(c.member(follower), "k", "v1").await.unwrap();
+    for i in 0..3 {
+        assert_eq!(get(c.member(i), "k", false).await.as_deref(), Some("v1"));
+        assert_eq!(c.member(i).member_id(), c.member(i).member_id());
+        assert_eq!(c.member(i).cluster_id(), c.member(0).cluster_id());
+    }
+    // Every member publishes its name; all members list the same three.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lists: Vec<Vec<String>> = {
+            let mut v = Vec::new();
+            for i in 0..3 {
+                let l = c.member(i).member_list(true).await.unwrap();
+                v.push(l.members.iter().map(|m| m.name.clone()).collect());
+            }
+            v
+        };
+        if lists
+            .iter()
+            .all(|l| l == &["m0", "m1", "m2"] || sorted(l) == ["m0", "m1", "m2"])
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member lists: {lists:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The leader goes away: the others elect a new one and take writes.
+    c.stop(leader);
+    let started = Instant::now();
+    let rev2 = put(c.member(follower), "k", "v2").await.unwrap();
+    eprintln!("first write after leader loss: {:?}", started.elapsed());
+    assert!(rev2 > rev);
+    // The old leader comes back and catches up.
+    c.restart(leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(c.member(leader), "k", true).await.as_deref() != Some("v2") {
+        assert!(
+            Instant::now() < deadline,
+            "restarted member did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hashes: Vec<u32> = (0..3)
+        .map(|i| c.member(i).hash_kv(rev2).unwrap().hash)
+        .collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_on_request() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    let target = (leader + 1) % 3;
+    let target_id = c.member(target).member_id();
+    // Only the leader moves leadership; only to a voter.
+    assert_eq!(
+        c.member(target).move_leader(target_id).await.unwrap_err(),
+        Error::NotLeader
+    );
+    assert_eq!(
+        c.member(leader).move_leader(12345).await.unwrap_err(),
+        Error::BadLeaderTransferee
+    );
+    c.member(leader).move_leader(target_id).await.unwrap();
+    assert_eq!(c.wait_leader().await, target);
+    put(c.member(leader), "after", "move").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_apply_on_every_member() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    put(c.member(leader), "k", "v").await.unwrap();
+    // Wait for all three to publish (strict reconfig counts started members).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .member(leader)
+        .member_list(false)
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .any(|m| m.name.is_empty())
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = c.member((leader + 1) % 3);
+    // A learner that never starts: listed unstarted, cannot be promoted.
+    let added = m
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+            is_learner: true,
+        })
+        .await
+        .unwrap();
+    let learner = added.member.unwrap();
+    assert!(learner.is_learner && learner.name.is_empty());
+    assert_eq!(added.members.len(), 4);
+    assert_eq!(
+        c.member(leader)
+            .member_promote(learner.id)
+            .await
+            .unwrap_err(),
+        Error::LearnerNotReady
+    );
+    // Errors etcd gives.
+    let dup = m
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+            is_learner: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup, Error::PeerUrlExists);
+    assert_eq!(
+        m.member_remove(42).await.unwrap_err(),
+        Error::MemberNotFound
+    );
+    assert_eq!(
+        c.member(leader)
+            .member_promote(c.member(leader).member_id())
+            .await
+            .unwrap_err(),
+        Error::MemberNotLearner
+    );
+    m.member_remove(learner.id).await.unwrap();
+    // Remove a follower: it learns it was removed and stops; the rest go on.
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let victim_id = c.member(victim).member_id();
+    let mut removed = c.member(victim).removed();
+    let after = c.member(leader).member_remove(victim_id).await.unwrap();
+    assert_eq!(after.members.len(), 2);
+    tokio::time::timeout(Duration::from_secs(10), removed.wait_for(|r| *r))
+        .await
+        .expect("the removed member notices")
+        .unwrap();
+    c.stop(victim);
+    let other = (0..3).find(|i| *i != leader && *i != victim).unwrap();
+    put(c.member(other), "k", "v2").await.unwrap();
+    for i in [leader, other] {
+        let list = c.member(i).member_list(true).await.unwrap();
+        assert!(list.members.iter().all(|m| m.id != victim_id));
+        assert_eq!(get(c.member(i), "k", false).await.as_deref(), Some("v2"));
+    }
+}
