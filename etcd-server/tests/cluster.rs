@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::cluster::{error_line, Cluster};
+use common::cluster::{error_line, parse_member_add, Cluster};
 use common::Kind;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -381,6 +381,91 @@ fn membership_errors(kind: Kind) {
     assert_eq!(err, "Error: etcdserver: bad leader transferee");
     let list = c.member_list();
     assert_eq!(list.len(), 3, "{list:?}");
+
+    // A member that was added but never started: what `member add`
+    // prints, how `member list` shows it, and removing it again.
+    let cid = c.status(l).unwrap().cluster_id;
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let stdout = c.ctl_ok(l, &["member", "add", "new1", "--peer-urls", &url]);
+    let (id, env) = parse_member_add(&stdout);
+    assert_eq!(
+        stdout.lines().next().unwrap(),
+        format!("Member {id:16x} added to cluster {cid:16x}"),
+        "{stdout}"
+    );
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("ETCD_NAME").as_deref(), Some("new1"), "{stdout}");
+    assert_eq!(
+        get("ETCD_INITIAL_ADVERTISE_PEER_URLS"),
+        Some(url.clone()),
+        "{stdout}"
+    );
+    assert_eq!(
+        get("ETCD_INITIAL_CLUSTER_STATE").as_deref(),
+        Some("existing")
+    );
+    let mut initial: Vec<String> = get("ETCD_INITIAL_CLUSTER")
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    initial.sort();
+    let mut want: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .chain([format!("new1={url}")])
+        .collect();
+    want.sort();
+    assert_eq!(initial, want, "{stdout}");
+    let text = c.ctl_ok(l, &["member", "list"]);
+    assert!(
+        text.lines()
+            .any(|x| x == format!("{}, unstarted, , {url}, , false", hex(id))),
+        "{text}"
+    );
+    let info = c.member_list().into_iter().find(|m| m.id == id).unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.client_urls.len()),
+        ("", 0),
+        "{info:?}"
+    );
+    let out = c.ctl_ok(l, &["member", "remove", &hex(id)]);
+    assert_eq!(
+        out.trim(),
+        format!("Member {id:16x} removed from cluster {cid:16x}")
+    );
+
+    // An unstarted learner: listed as such, cannot be promoted, and the
+    // cluster takes one learner at most.
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let stdout = c.ctl_ok(
+        l,
+        &["member", "add", "l1", "--learner", "--peer-urls", &url],
+    );
+    let (id, _) = parse_member_add(&stdout);
+    let text = c.ctl_ok(l, &["member", "list"]);
+    assert!(
+        text.lines()
+            .any(|x| x == format!("{}, unstarted, , {url}, , true", hex(id))),
+        "{text}"
+    );
+    let err = c.ctl_err(l, &["member", "promote", &hex(id)]);
+    assert_eq!(
+        err,
+        "Error: etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let url2 = format!("http://127.0.0.1:{}", common::free_port());
+    let err = c.ctl_err(
+        l,
+        &["member", "add", "l2", "--learner", "--peer-urls", &url2],
+    );
+    assert_eq!(
+        err,
+        "Error: etcdserver: too many learner members in cluster"
+    );
+    c.ctl_ok(l, &["member", "remove", &hex(id)]);
+    assert_eq!(c.member_list().len(), 3);
 }
 
 /// Five members survive two failures (one of them the leader).

@@ -103,6 +103,7 @@ pub struct MemberInfo {
 /// A member's `endpoint status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status {
+    pub cluster_id: u64,
     pub member_id: u64,
     pub leader: u64,
     pub raft_term: u64,
@@ -405,6 +406,7 @@ impl Cluster {
             .map_err(|e| format!("bad endpoint status json: {e}"))?;
         let s = &v[0]["Status"];
         Ok(Status {
+            cluster_id: s["header"]["cluster_id"].as_u64().unwrap_or(0),
             member_id: s["header"]["member_id"].as_u64().unwrap_or(0),
             leader: s["leader"].as_u64().unwrap_or(0),
             raft_term: s["raftTerm"].as_u64().unwrap_or(0),
