@@ -104,6 +104,10 @@ pub(crate) fn boot(
             let mut w = store.write();
             cluster.save_all(&mut w);
             w.end(index)?;
+            // The log starts after this index: the store must hold it
+            // durably before the WAL exists (store writes are otherwise
+            // durable only once flushed; see "Durability" in design.md).
+            store.flush()?;
         }
     }
     // The WAL is created last: its existence marks a complete bootstrap.

@@ -246,6 +246,7 @@ impl Etcd {
                 cfg,
             }),
         };
+        crate::peer_query::install(&etcd);
         let publisher = crate::server_cluster::Publisher::spawn(etcd.clone())?;
         *etcd.inner.publisher.lock() = Some(publisher);
         Ok(etcd)
@@ -555,6 +556,7 @@ impl Etcd {
 fn raft_error(e: etcd_raft_node::Error) -> Error {
     match e {
         etcd_raft_node::Error::ProposalDropped | etcd_raft_node::Error::NoLeader => Error::NoLeader,
+        etcd_raft_node::Error::LeaderChanged => Error::LeaderChanged,
         etcd_raft_node::Error::Stopped => Error::Stopped,
         other => Error::Internal(other.to_string()),
     }

@@ -15,9 +15,15 @@ pub enum Error {
     /// There is no leader to serve a ReadIndex request. Retry later.
     #[error("no leader")]
     NoLeader,
+    /// The leader changed while a ReadIndex request was in flight. Retry.
+    #[error("leader changed")]
+    LeaderChanged,
     /// The node has stopped.
     #[error("raft node stopped")]
     Stopped,
+    /// A query to another member failed.
+    #[error("{0}")]
+    Peer(String),
     /// The configuration is invalid.
     #[error("invalid raft node configuration: {0}")]
     Config(String),

@@ -50,6 +50,7 @@ mod logger;
 mod mem_network;
 mod node;
 mod peer;
+pub mod peer_query;
 mod storage;
 mod tcp_transport;
 mod transport;
@@ -59,6 +60,7 @@ pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
 pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
 pub use peer::{Peer, Progress};
 pub use peer::{ProposeCallback, ReadCallback};
+pub use peer_query::QueryHandler;
 pub use storage::{Opened, WalStorage};
 pub use tcp_transport::{
     fuzzing as tcp_fuzzing, Deliver, PeerStats, TcpTransport, TcpTransportConfig,

@@ -57,6 +57,8 @@ pub struct Peer {
     raw: RawNode<WalStorage>,
     /// Reads queued since the last flush.
     pending_reads: Vec<ReadCallback>,
+    /// Reads that arrived without a leader, with the tick they arrived at.
+    waiting_reads: Vec<(ReadCallback, u64)>,
     /// Read batches sent to raft, by context id.
     inflight_reads: HashMap<u64, Vec<ReadCallback>>,
     next_read_ctx: u64,
@@ -92,6 +94,7 @@ impl Peer {
         Ok(Peer {
             raw,
             pending_reads: Vec::new(),
+            waiting_reads: Vec::new(),
             inflight_reads: HashMap::new(),
             next_read_ctx: 1,
             waiting: VecDeque::new(),
@@ -121,6 +124,21 @@ impl Peer {
         self.raw.tick();
         self.release_waiting();
         self.release_waiting_conf();
+        if self.raw.raft.leader_id != INVALID_ID {
+            // A leader is known again: the waiting reads go in the next batch.
+            self.pending_reads
+                .extend(self.waiting_reads.drain(..).map(|(cb, _)| cb));
+        } else {
+            let (ticks, max) = (self.ticks, self.max_wait_ticks);
+            let (expired, waiting): (Vec<_>, Vec<_>) = self
+                .waiting_reads
+                .drain(..)
+                .partition(|(_, since)| ticks - since >= max);
+            self.waiting_reads = waiting;
+            for (cb, _) in expired {
+                cb(Err(Error::NoLeader));
+            }
+        }
         for queue in [&mut self.waiting, &mut self.waiting_conf] {
             while let Some(p) = queue.front() {
                 if self.ticks - p.since_tick < self.max_wait_ticks {
@@ -273,14 +291,15 @@ impl Peer {
         if self.pending_reads.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending_reads);
         if self.raw.raft.leader_id == INVALID_ID {
-            // raft-rs silently drops ReadIndex without a leader.
-            for cb in batch {
-                cb(Err(Error::NoLeader));
-            }
+            // raft-rs silently drops ReadIndex without a leader: the reads
+            // wait for one (bounded, see `tick`) instead of failing at once.
+            let since = self.ticks;
+            self.waiting_reads
+                .extend(self.pending_reads.drain(..).map(|cb| (cb, since)));
             return;
         }
+        let batch = std::mem::take(&mut self.pending_reads);
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         self.raw.read_index(ctx.to_be_bytes().to_vec());
@@ -371,11 +390,17 @@ impl Peer {
         if leader == self.leader {
             return;
         }
+        let had_leader = self.leader != INVALID_ID;
         self.leader = leader;
-        // Read batches sent to the old leader may never be answered.
+        // Read batches sent to the old leader may never be answered (etcd
+        // answers them "leader changed").
         for (_, batch) in self.inflight_reads.drain() {
             for cb in batch {
-                cb(Err(Error::NoLeader));
+                cb(Err(if had_leader {
+                    Error::LeaderChanged
+                } else {
+                    Error::NoLeader
+                }));
             }
         }
     }
@@ -447,7 +472,8 @@ impl Peer {
                 ack(Err(why()));
             }
         }
-        for cb in self.pending_reads.drain(..) {
+        let waiting = self.waiting_reads.drain(..).map(|(cb, _)| cb);
+        for cb in self.pending_reads.drain(..).chain(waiting) {
             cb(Err(why()));
         }
         for (_, batch) in self.inflight_reads.drain() {

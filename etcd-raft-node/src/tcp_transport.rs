@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::transport::Transport;
 use crate::{Error, Result};
 
@@ -119,7 +120,11 @@ pub struct TcpTransport {
     peers: Mutex<HashMap<u64, PeerQueue>>,
     rt: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
+    queries: QuerySlot,
 }
+
+/// The handler of "ETRQ" queries, set once the application is ready.
+type QuerySlot = Arc<parking_lot::RwLock<Option<QueryHandler>>>;
 
 impl TcpTransport {
     /// Starts accepting on `listener` (already bound, so tests can use port
@@ -146,8 +151,17 @@ impl TcpTransport {
             TcpListener::from_std(listener).map_err(io_err)?
         };
         let (id, cluster_id, max) = (cfg.id, cfg.cluster_id, cfg.max_frame_bytes);
-        handle.spawn(accept_loop(listener, id, cluster_id, max, deliver));
+        let queries: QuerySlot = Arc::default();
+        handle.spawn(accept_loop(
+            listener,
+            id,
+            cluster_id,
+            max,
+            deliver,
+            queries.clone(),
+        ));
         let t = Arc::new(TcpTransport {
+            queries,
             peers: Mutex::new(HashMap::new()),
             rt: Mutex::new(Some(rt)),
             handle,
@@ -160,6 +174,12 @@ impl TcpTransport {
             }
         }
         Ok(t)
+    }
+
+    /// Answers "ETRQ" queries with `handler` from now on (see
+    /// [`crate::peer_query`]).
+    pub fn set_query_handler(&self, handler: QueryHandler) {
+        *self.queries.write() = Some(handler);
     }
 
     /// The address the listener is bound to.
@@ -392,14 +412,16 @@ async fn accept_loop(
     cluster_id: u64,
     max: usize,
     deliver: Deliver,
+    queries: QuerySlot,
 ) {
     loop {
         match listener.accept().await {
             Ok((s, addr)) => {
                 let _ = s.set_nodelay(true);
                 let deliver = deliver.clone();
+                let queries = queries.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(s, id, cluster_id, max, deliver).await {
+                    if let Err(e) = serve(s, id, cluster_id, max, deliver, queries).await {
                         tracing::debug!(%addr, "peer connection closed: {e}");
                     }
                 });
@@ -419,9 +441,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     cluster_id: u64,
     max: usize,
     deliver: Deliver,
+    queries: QuerySlot,
 ) -> std::io::Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
-    s.read_exact(&mut hs).await?;
+    s.read_exact(&mut hs[..4]).await?;
+    if &hs[..4] == QUERY_MAGIC {
+        let handler = queries.read().clone();
+        return serve_query(s, cluster_id, handler).await;
+    }
+    s.read_exact(&mut hs[4..]).await?;
     let field = |i: usize| u64::from_be_bytes(hs[i..i + 8].try_into().expect("8 bytes"));
     let (their_cluster, from, to) = (field(5), field(13), field(21));
     let answer = if &hs[..4] != MAGIC || hs[4] != VERSION {
