@@ -27,6 +27,12 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid raft node configuration: {0}")]
     Config(String),
+    /// An I/O error, e.g. in a [`SnapshotSink`](crate::SnapshotSink).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Exporting, moving or importing a state machine snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Result alias of this crate.
