@@ -145,7 +145,7 @@ fn kill_leader(kind: Kind) {
     loop {
         let i = survivors[attempts % survivors.len()];
         attempts += 1;
-        let out = c.ctl(i, &["put", "k", "after", "--command-timeout=1s"]);
+        let out = c.ctl(i, &["put", "k", "after", "--command-timeout=300ms"]);
         if out.status.success() {
             break;
         }
