@@ -40,6 +40,7 @@ mod raft_request;
 mod request_check;
 mod server;
 mod server_cluster;
+pub mod snapshot;
 mod v3_lease;
 mod v3election;
 mod v3lock;

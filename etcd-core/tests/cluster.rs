@@ -27,6 +27,10 @@ fn config(name: &str, dir: &Path, initial: &str, url: &str) -> Config {
         advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
         heartbeat_interval: Duration::from_millis(25),
         election_timeout: Duration::from_millis(250),
+        // Compact the raft log often, so that members that fall behind (or
+        // join) are sent snapshots.
+        snapshot_count: 50,
+        snapshot_catch_up_entries: 10,
         ..Config::default()
     }
 }
@@ -100,6 +104,23 @@ impl Cluster {
             }
             assert!(Instant::now() < deadline, "no agreed leader: {leaders:x?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until member `i` sees every member published (started).
+    async fn wait_published(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .member(i)
+            .member_list(false)
+            .await
+            .unwrap()
+            .members
+            .iter()
+            .any(|m| m.name.is_empty())
+        {
+            assert!(Instant::now() < deadline, "members did not publish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -262,20 +283,8 @@ async fn membership_changes_apply_on_every_member() {
     let mut c = Cluster::start(3);
     let leader = c.wait_leader().await;
     put(c.member(leader), "k", "v").await.unwrap();
-    // Wait for all three to publish (strict reconfig counts started members).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c
-        .member(leader)
-        .member_list(false)
-        .await
-        .unwrap()
-        .members
-        .iter()
-        .any(|m| m.name.is_empty())
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Strict reconfiguration checks count started (published) members.
+    c.wait_published(leader).await;
     let m = c.member((leader + 1) % 3);
     // A learner that never starts: listed unstarted, cannot be promoted.
     let added = m
@@ -358,6 +367,7 @@ async fn followers_forward_lease_keepalives_and_promotes_to_the_leader() {
     assert!(ttl.ttl > 0 && ttl.ttl <= 30, "{ttl:?}");
     assert_eq!(f.lease_renew(777).await.unwrap_err(), Error::LeaseNotFound);
     // MemberPromote on a follower is answered by the leader.
+    c.wait_published(leader).await;
     assert_eq!(
         f.member_promote(f.member_id()).await.unwrap_err(),
         Error::MemberNotLearner
@@ -366,4 +376,80 @@ async fn followers_forward_lease_keepalives_and_promotes_to_the_leader() {
         f.member_promote(4242).await.unwrap_err(),
         Error::MemberNotFound
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_and_new_members_catch_up_through_snapshots() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    let lagging = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.stop(lagging);
+    // Far more entries than the log keeps.
+    for i in 0..300 {
+        put(c.member(other), &format!("k{i:03}"), &format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    c.restart(lagging);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c.member(lagging), "k299", true).await.as_deref() != Some("v299") {
+        assert!(Instant::now() < deadline, "lagging member did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A brand-new member: added, then started with state existing on an
+    // empty data directory; the leader's snapshot brings everything.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let added = c
+        .member(other)
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![url.clone()],
+            is_learner: false,
+        })
+        .await
+        .unwrap()
+        .member
+        .unwrap();
+    let initial = format!("{},m3={url}", c.initial);
+    let mut cfg = config("m3", &c._dir.path().join("m3"), &initial, &url);
+    cfg.initial_cluster_state = etcd_core::ClusterState::Existing;
+    let joined = Etcd::start_with(
+        cfg,
+        StartOptions {
+            peer_listener: Some(listener),
+            ..StartOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(joined.member_id(), added.id);
+    assert_eq!(joined.cluster_id(), c.member(0).cluster_id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&joined, "k299", true).await.as_deref() != Some("v299") {
+        assert!(Instant::now() < deadline, "new member did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rev = put(&joined, "from-new", "x").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut hashes = vec![joined.hash_kv(rev).map(|h| h.hash)];
+        for i in 0..3 {
+            hashes.push(c.member(i).hash_kv(rev).map(|h| h.hash));
+        }
+        if hashes.iter().all(|h| h.is_ok() && *h == hashes[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hashes differ: {hashes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let names: Vec<String> = joined
+        .member_list(true)
+        .await
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(sorted(&names), ["m0", "m1", "m2", "m3"]);
+    std::thread::spawn(move || joined.stop()).join().unwrap();
 }
