@@ -66,6 +66,12 @@ both!(
 );
 both!(five_members, real_five_members, ours_five_members);
 both!(cut_one_link, real_cut_one_link, ours_cut_one_link);
+both!(
+    learner_rpcs,
+    real_learner_rpcs,
+    ours_learner_rpcs,
+    ignore_ours = "ours serves linearizable reads and puts at a learner; etcd 3.4 refuses them with Unavailable \"etcdserver: rpc not supported for learner\""
+);
 
 fn hex(id: u64) -> String {
     format!("{id:x}")
@@ -309,6 +315,76 @@ fn learner(kind: Kind) {
     assert_eq!(c.get(n, "k9", false).as_deref(), Some("9"));
     c.put(n, "from-new-voter", "1");
     c.assert_hash_kv_equal(SECS_20);
+}
+
+/// What a learner serves: etcd refuses everything but Status and
+/// serializable reads with Unavailable "etcdserver: rpc not supported for
+/// learner" (etcdctl retries that code until its deadline).
+fn learner_rpcs(kind: Kind) {
+    use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
+    use etcd_server::rpc::etcdserverpb::maintenance_client::MaintenanceClient;
+    use etcd_server::rpc::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    c.put(l, "k", "v");
+    let n = c.add_member("m3", true);
+    c.wait_value(n, "k", "v", SECS_20);
+    let url = c.members[n].client_url.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut kv = KvClient::new(ch.clone());
+        // Every difference is collected, then reported at once.
+        let mut problems = Vec::new();
+        let mut refused = |r: Result<(), tonic::Status>, what: &str| match r {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && s.message() == "etcdserver: rpc not supported for learner" => {}
+            Err(s) => problems.push(format!("{what}: {:?} {:?}", s.code(), s.message())),
+            Ok(()) => problems.push(format!("{what} succeeded")),
+        };
+        let r = kv
+            .range(RangeRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        refused(r.map(|_| ()), "linearizable range");
+        let r = kv
+            .put(PutRequest {
+                key: "k".into(),
+                value: "w".into(),
+                ..Default::default()
+            })
+            .await;
+        refused(r.map(|_| ()), "put");
+        assert!(
+            problems.is_empty(),
+            "a learner must refuse these with Unavailable \"etcdserver: rpc not supported for learner\": {problems:?}"
+        );
+        let r = kv
+            .range(RangeRequest {
+                key: "k".into(),
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .expect("serializable range at a learner");
+        assert_eq!(r.into_inner().kvs[0].value.as_ref(), b"v");
+        let s = MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .expect("status at a learner")
+            .into_inner();
+        assert!(s.is_learner, "{s:?}");
+    });
 }
 
 /// The leader is cut off: it cannot commit, the majority elects another
