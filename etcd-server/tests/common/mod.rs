@@ -3,6 +3,8 @@
 //! loopback ports and drives it with the real `etcdctl`.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,631 @@
+//! Multi-member clusters of real processes, driven by the real `etcdctl`:
+//! static bootstrap, leader failure, member replacement, move-leader,
+//! learners, network partitions (through the proxies of
+//! `common::cluster`) and membership errors. Each scenario is written once
+//! and runs against the real etcd 3.4 (`real_*`, which validates the
+//! scenario and the harness) and against our `etcd-server` (`ours_*`).
+//!
+//! Timings (failover) and error texts that may differ between the two
+//! servers are printed, not asserted: run with `--nocapture` to see them.
+
+mod common;
+
+use common::cluster::{error_line, parse_member_add, Cluster, ELECTION_MS};
+use common::Kind;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+const SECS_20: Duration = Duration::from_secs(20);
+
+/// `both!(scenario, real_name, ours_name)` makes the two tests;
+/// `both!(scenario, real_name, ours_name, ignore_ours = "why")` marks ours
+/// `#[ignore]` (for what our server cannot do yet; the real one still runs).
+macro_rules! both {
+    ($scenario:ident, $real:ident, $ours:ident) => {
+        #[test]
+        fn $real() {
+            $scenario(Kind::Real)
+        }
+        #[test]
+        fn $ours() {
+            $scenario(Kind::Ours)
+        }
+    };
+    ($scenario:ident, $real:ident, $ours:ident, ignore_ours = $why:literal) => {
+        #[test]
+        fn $real() {
+            $scenario(Kind::Real)
+        }
+        #[test]
+        #[ignore = $why]
+        fn $ours() {
+            $scenario(Kind::Ours)
+        }
+    };
+}
+
+both!(bootstrap, real_bootstrap, ours_bootstrap);
+both!(kill_leader, real_kill_leader, ours_kill_leader);
+both!(replace_member, real_replace_member, ours_replace_member);
+both!(move_leader, real_move_leader, ours_move_leader);
+both!(learner, real_learner, ours_learner);
+both!(
+    partition_leader,
+    real_partition_leader,
+    ours_partition_leader
+);
+both!(
+    partition_follower,
+    real_partition_follower,
+    ours_partition_follower
+);
+both!(
+    membership_errors,
+    real_membership_errors,
+    ours_membership_errors
+);
+both!(five_members, real_five_members, ours_five_members);
+both!(cut_one_link, real_cut_one_link, ours_cut_one_link);
+both!(
+    learner_rpcs,
+    real_learner_rpcs,
+    ours_learner_rpcs,
+    ignore_ours = "ours serves linearizable reads and puts at a learner; etcd 3.4 refuses them with Unavailable \"etcdserver: rpc not supported for learner\""
+);
+
+fn hex(id: u64) -> String {
+    format!("{id:x}")
+}
+
+/// Static bootstrap of 3: member list (JSON and simple format), a put
+/// readable from every member, one leader seen by all.
+fn bootstrap(kind: Kind) {
+    let c = Cluster::start(kind, 3);
+    let list = c.member_list();
+    assert_eq!(list.len(), 3, "{list:?}");
+    let ids: HashSet<u64> = list.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 3, "member ids not distinct: {list:?}");
+    assert!(!ids.contains(&0));
+    for (i, m) in c.members.iter().enumerate() {
+        let info = list.iter().find(|x| x.id == c.id(i)).unwrap();
+        assert_eq!(info.name, m.name, "{info:?}");
+        assert_eq!(info.peer_urls, vec![m.peer_url.clone()], "{info:?}");
+        assert_eq!(info.client_urls, vec![m.client_url.clone()], "{info:?}");
+        assert!(!info.is_learner, "{info:?}");
+    }
+    // The simple format: "<%x id>, started, <name>, <peer urls>, <client urls>, <is learner>".
+    for i in 0..3 {
+        let text = c.ctl_ok(i, &["member", "list"]);
+        let mut lines: Vec<Vec<String>> = text
+            .lines()
+            .map(|l| l.split(", ").map(str::to_string).collect())
+            .collect();
+        lines.sort();
+        let mut want: Vec<Vec<String>> = c
+            .members
+            .iter()
+            .map(|m| {
+                vec![
+                    hex(m.id.unwrap()),
+                    "started".into(),
+                    m.name.clone(),
+                    m.peer_url.clone(),
+                    m.client_url.clone(),
+                    "false".into(),
+                ]
+            })
+            .collect();
+        want.sort();
+        assert_eq!(lines, want, "member list at member {i}:\n{text}");
+    }
+
+    c.put(0, "greeting", "hello");
+    for i in 0..3 {
+        assert_eq!(
+            c.get(i, "greeting", false).as_deref(),
+            Some("hello"),
+            "member {i}"
+        );
+        // After a linearizable read the member has applied the put.
+        assert_eq!(
+            c.get(i, "greeting", true).as_deref(),
+            Some("hello"),
+            "member {i}"
+        );
+    }
+
+    let out = common::cluster::ctl_at(&c.endpoints(), &["endpoint", "status", "-w", "json"]);
+    assert!(out.status.success(), "{}", error_line(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let leaders: HashSet<u64> = rows
+        .iter()
+        .map(|r| r["Status"]["leader"].as_u64().unwrap())
+        .collect();
+    let clusters: HashSet<u64> = rows
+        .iter()
+        .map(|r| r["Status"]["header"]["cluster_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders.len(), 1, "{v}");
+    assert!(ids.contains(leaders.iter().next().unwrap()), "{v}");
+    assert_eq!(clusters.len(), 1, "{v}");
+}
+
+/// kill -9 of the leader: the survivors elect a new one and take writes;
+/// the restarted member catches up.
+fn kill_leader(kind: Kind) {
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    c.put(l, "k", "before");
+    c.kill9(l);
+    let t0 = Instant::now();
+    let survivors: Vec<usize> = c.running().collect();
+    let mut attempts = 0;
+    loop {
+        let i = survivors[attempts % survivors.len()];
+        attempts += 1;
+        let out = c.ctl(i, &["put", "k", "after", "--command-timeout=300ms"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no write accepted 30 s after the leader was killed: {}",
+            error_line(&out)
+        );
+    }
+    println!(
+        "{kind:?} kill_leader: first successful write {:?} after kill -9 of the leader ({attempts} attempts)",
+        t0.elapsed()
+    );
+    let nl = c.wait_leader(SECS_20);
+    assert_ne!(nl, l);
+    c.put(nl, "k", "latest");
+    c.restart(l);
+    c.wait_value(l, "k", "latest", SECS_20);
+    c.wait_leader(SECS_20);
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// A dead follower is removed and replaced by a new member that joins
+/// with `--initial-cluster-state existing` on an empty data dir.
+fn replace_member(kind: Kind) {
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    let f = c.other_than(&[l]);
+    let fid = c.id(f);
+    for k in 0..10 {
+        c.put(l, &format!("a{k}"), &k.to_string());
+    }
+    c.kill9(f);
+    let out = c.remove_member(fid);
+    assert!(
+        out.starts_with(&format!("Member {fid:16x} removed from cluster ")),
+        "{out}"
+    );
+    let list = c.member_list();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().all(|m| m.id != fid), "{list:?}");
+
+    let n = c.add_member("m3", false);
+    for k in 0..10 {
+        let l = c.wait_leader(SECS_20);
+        c.put(l, &format!("b{k}"), &k.to_string());
+    }
+    c.wait_value(n, "b9", "9", SECS_20);
+    // The new member publishes its name and client URLs once started.
+    let deadline = Instant::now() + SECS_20;
+    loop {
+        let list = c.member_list();
+        assert!(list.iter().all(|m| m.id != fid), "{list:?}");
+        assert_eq!(list.len(), 3, "{list:?}");
+        if list.iter().all(|m| !m.name.is_empty()) {
+            let new = list.iter().find(|m| m.id == c.id(n)).unwrap();
+            assert_eq!(new.name, "m3");
+            assert_eq!(new.client_urls, vec![c.members[n].client_url.clone()]);
+            assert_eq!(new.peer_urls, vec![c.members[n].peer_url.clone()]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new member never published: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// `move-leader` through the leader hands leadership to the target.
+fn move_leader(kind: Kind) {
+    let c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    let t = c.other_than(&[l]);
+    // etcdctl needs the leader among its endpoints (client-side check).
+    let err = c.ctl_err(t, &["move-leader", &hex(c.id(t))]);
+    assert_eq!(
+        err,
+        format!(
+            "Error: no leader endpoint given at [{}]",
+            c.members[t].client_url
+        )
+    );
+    let out = c.ctl_ok(l, &["move-leader", &hex(c.id(t))]);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "Leadership transferred from {} to {}",
+            hex(c.id(l)),
+            hex(c.id(t))
+        )
+    );
+    let deadline = Instant::now() + SECS_20;
+    while c.wait_leader(SECS_20) != t {
+        assert!(Instant::now() < deadline, "leadership did not move to {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.put(t, "after-move", "1");
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// A learner is added, started, promoted (retrying while it catches up)
+/// and serves as a voter; promoting a voter fails.
+fn learner(kind: Kind) {
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    for k in 0..10 {
+        c.put(l, &format!("k{k}"), &k.to_string());
+    }
+    let n = c.add_member("m3", true);
+    let id = c.id(n);
+    let info = c.member_list().into_iter().find(|m| m.id == id).unwrap();
+    assert!(info.is_learner, "{info:?}");
+    let text = c.ctl_ok(l, &["member", "list"]);
+    let line = text.lines().find(|x| x.starts_with(&hex(id))).unwrap();
+    assert!(line.ends_with(", true"), "{line}");
+    // A learner serves no linearizable reads.
+    let out = c.ctl(n, &["get", "k0", "--command-timeout=2s"]);
+    println!(
+        "{kind:?} learner: linearizable get at the learner: success={} {}",
+        out.status.success(),
+        error_line(&out)
+    );
+
+    let out = c.ctl_retry(
+        l,
+        &["member", "promote", &hex(id)],
+        &["can only promote a learner member which is in sync with leader"],
+        SECS_20,
+    );
+    assert!(out.status.success(), "promote: {}", error_line(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("Member {id:16x} promoted in cluster ")),
+        "{stdout}"
+    );
+    let info = c.member_list().into_iter().find(|m| m.id == id).unwrap();
+    assert!(!info.is_learner, "{info:?}");
+
+    let err = c.ctl_err(l, &["member", "promote", &hex(id)]);
+    assert_eq!(err, "Error: etcdserver: can only promote a learner member");
+    let err = c.ctl_err(l, &["member", "promote", &hex(c.id(l))]);
+    assert_eq!(err, "Error: etcdserver: can only promote a learner member");
+
+    c.wait_value(n, "k9", "9", SECS_20);
+    assert_eq!(c.get(n, "k9", false).as_deref(), Some("9"));
+    c.put(n, "from-new-voter", "1");
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// What a learner serves: etcd refuses everything but Status and
+/// serializable reads with Unavailable "etcdserver: rpc not supported for
+/// learner" (etcdctl retries that code until its deadline).
+fn learner_rpcs(kind: Kind) {
+    use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
+    use etcd_server::rpc::etcdserverpb::maintenance_client::MaintenanceClient;
+    use etcd_server::rpc::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    c.put(l, "k", "v");
+    let n = c.add_member("m3", true);
+    c.wait_value(n, "k", "v", SECS_20);
+    let url = c.members[n].client_url.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut kv = KvClient::new(ch.clone());
+        // Every difference is collected, then reported at once.
+        let mut problems = Vec::new();
+        let mut refused = |r: Result<(), tonic::Status>, what: &str| match r {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && s.message() == "etcdserver: rpc not supported for learner" => {}
+            Err(s) => problems.push(format!("{what}: {:?} {:?}", s.code(), s.message())),
+            Ok(()) => problems.push(format!("{what} succeeded")),
+        };
+        let r = kv
+            .range(RangeRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        refused(r.map(|_| ()), "linearizable range");
+        let r = kv
+            .put(PutRequest {
+                key: "k".into(),
+                value: "w".into(),
+                ..Default::default()
+            })
+            .await;
+        refused(r.map(|_| ()), "put");
+        assert!(
+            problems.is_empty(),
+            "a learner must refuse these with Unavailable \"etcdserver: rpc not supported for learner\": {problems:?}"
+        );
+        let r = kv
+            .range(RangeRequest {
+                key: "k".into(),
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .expect("serializable range at a learner");
+        assert_eq!(r.into_inner().kvs[0].value.as_ref(), b"v");
+        let s = MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .expect("status at a learner")
+            .into_inner();
+        assert!(s.is_learner, "{s:?}");
+    });
+}
+
+/// The leader is cut off: it cannot commit, the majority elects another
+/// leader and takes writes; after the heal the old leader catches up and
+/// the minority's write is gone.
+fn partition_leader(kind: Kind) {
+    let c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    c.put(l, "k", "v0");
+    c.isolate(l);
+    let t0 = Instant::now();
+    let err = c.ctl_err(l, &["put", "k", "minority", "--command-timeout=2s"]);
+    println!(
+        "{kind:?} partition_leader: put through the isolated leader failed after {:?}: {err}",
+        t0.elapsed()
+    );
+    let nl = c.wait_leader(SECS_20);
+    assert_ne!(nl, l);
+    c.put(nl, "k", "v1");
+    let t0 = Instant::now();
+    let err = c.ctl_err(l, &["get", "k", "--command-timeout=2s"]);
+    println!(
+        "{kind:?} partition_leader: linearizable get at the isolated old leader failed after {:?}: {err}",
+        t0.elapsed()
+    );
+    // Its own state is the last one it applied.
+    assert_eq!(c.get(l, "k", true).as_deref(), Some("v0"));
+    c.heal();
+    c.wait_value(l, "k", "v1", SECS_20);
+    c.wait_leader(SECS_20);
+    assert_eq!(c.get(l, "k", false).as_deref(), Some("v1"));
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// A follower is cut off: it cannot commit, the majority keeps working;
+/// after the heal it catches up.
+fn partition_follower(kind: Kind) {
+    let c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    let f = c.other_than(&[l]);
+    c.put(l, "k", "v0");
+    c.wait_value(f, "k", "v0", SECS_20);
+    c.isolate(f);
+    let t0 = Instant::now();
+    let err = c.ctl_err(f, &["put", "k", "minority", "--command-timeout=2s"]);
+    println!(
+        "{kind:?} partition_follower: put through the isolated follower failed after {:?}: {err}",
+        t0.elapsed()
+    );
+    for k in 0..10 {
+        let l = c.wait_leader(SECS_20);
+        assert_ne!(l, f);
+        c.put(l, "k", &format!("v{}", k + 1));
+    }
+    assert_eq!(c.get(f, "k", true).as_deref(), Some("v0"));
+    c.heal();
+    c.wait_value(f, "k", "v10", SECS_20);
+    c.wait_leader(SECS_20);
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// Only the link between the leader and one follower is cut: the
+/// cluster keeps a quorum and takes writes through the other follower
+/// (leadership may move); after the heal everyone converges.
+fn cut_one_link(kind: Kind) {
+    let c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    let f1 = c.other_than(&[l]);
+    let f2 = c.other_than(&[l, f1]);
+    c.put(l, "k", "v0");
+    c.cut(l, f1);
+    let t0 = Instant::now();
+    for k in 1..=4 {
+        loop {
+            let out = c.ctl(f2, &["put", "k", &format!("v{k}"), "--command-timeout=2s"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < SECS_20,
+                "no write through {f2} with one link cut: {}",
+                error_line(&out)
+            );
+        }
+    }
+    println!(
+        "{kind:?} cut_one_link: 4 writes through the uncut follower took {:?}",
+        t0.elapsed()
+    );
+    // Past an election timeout: the cut follower got nothing (only the
+    // leader could send it entries; the other follower still hears the
+    // leader, so it neither campaigns nor votes for the cut one).
+    std::thread::sleep(Duration::from_millis(3 * ELECTION_MS));
+    assert_eq!(c.get(f1, "k", true).as_deref(), Some("v0"));
+    c.put(f2, "k", "v5");
+    c.heal();
+    c.wait_value(f1, "k", "v5", SECS_20);
+    c.wait_value(l, "k", "v5", SECS_20);
+    c.wait_leader(SECS_20);
+    c.assert_hash_kv_equal(SECS_20);
+}
+
+/// Membership requests etcd refuses, with its exact messages.
+fn membership_errors(kind: Kind) {
+    let c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    let err = c.ctl_err(l, &["member", "remove", "1234"]);
+    assert_eq!(err, "Error: etcdserver: member not found");
+    let err = c.ctl_err(l, &["member", "promote", "1234"]);
+    assert_eq!(err, "Error: etcdserver: member not found");
+    // etcd refuses any voter addition during the first 5 s after start
+    // ("unhealthy cluster"): retry past that.
+    let used = c.members[1].peer_url.clone();
+    let out = c.ctl_retry(
+        l,
+        &["member", "add", "dup", "--peer-urls", &used],
+        &["unhealthy cluster"],
+        SECS_20,
+    );
+    assert!(!out.status.success(), "duplicate peer URL accepted");
+    assert_eq!(
+        error_line(&out),
+        "Error: etcdserver: Peer URLs already exists"
+    );
+    let err = c.ctl_err(l, &["move-leader", "1234"]);
+    assert_eq!(err, "Error: etcdserver: bad leader transferee");
+    let list = c.member_list();
+    assert_eq!(list.len(), 3, "{list:?}");
+
+    // A member that was added but never started: what `member add`
+    // prints, how `member list` shows it, and removing it again.
+    let cid = c.status(l).unwrap().cluster_id;
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let stdout = c.ctl_ok(l, &["member", "add", "new1", "--peer-urls", &url]);
+    let (id, env) = parse_member_add(&stdout);
+    assert_eq!(
+        stdout.lines().next().unwrap(),
+        format!("Member {id:16x} added to cluster {cid:16x}"),
+        "{stdout}"
+    );
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("ETCD_NAME").as_deref(), Some("new1"), "{stdout}");
+    assert_eq!(
+        get("ETCD_INITIAL_ADVERTISE_PEER_URLS"),
+        Some(url.clone()),
+        "{stdout}"
+    );
+    assert_eq!(
+        get("ETCD_INITIAL_CLUSTER_STATE").as_deref(),
+        Some("existing")
+    );
+    let mut initial: Vec<String> = get("ETCD_INITIAL_CLUSTER")
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    initial.sort();
+    let mut want: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .chain([format!("new1={url}")])
+        .collect();
+    want.sort();
+    assert_eq!(initial, want, "{stdout}");
+    let text = c.ctl_ok(l, &["member", "list"]);
+    assert!(
+        text.lines()
+            .any(|x| x == format!("{}, unstarted, , {url}, , false", hex(id))),
+        "{text}"
+    );
+    let info = c.member_list().into_iter().find(|m| m.id == id).unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.client_urls.len()),
+        ("", 0),
+        "{info:?}"
+    );
+    let out = c.ctl_ok(l, &["member", "remove", &hex(id)]);
+    assert_eq!(
+        out.trim(),
+        format!("Member {id:16x} removed from cluster {cid:16x}")
+    );
+
+    // An unstarted learner: listed as such, cannot be promoted, and the
+    // cluster takes one learner at most.
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let stdout = c.ctl_ok(
+        l,
+        &["member", "add", "l1", "--learner", "--peer-urls", &url],
+    );
+    let (id, _) = parse_member_add(&stdout);
+    let text = c.ctl_ok(l, &["member", "list"]);
+    assert!(
+        text.lines()
+            .any(|x| x == format!("{}, unstarted, , {url}, , true", hex(id))),
+        "{text}"
+    );
+    let err = c.ctl_err(l, &["member", "promote", &hex(id)]);
+    assert_eq!(
+        err,
+        "Error: etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let url2 = format!("http://127.0.0.1:{}", common::free_port());
+    let err = c.ctl_err(
+        l,
+        &["member", "add", "l2", "--learner", "--peer-urls", &url2],
+    );
+    assert_eq!(
+        err,
+        "Error: etcdserver: too many learner members in cluster"
+    );
+    c.ctl_ok(l, &["member", "remove", &hex(id)]);
+    assert_eq!(c.member_list().len(), 3);
+}
+
+/// Five members survive two failures (one of them the leader).
+fn five_members(kind: Kind) {
+    let mut c = Cluster::start(kind, 5);
+    let l = c.wait_leader(SECS_20);
+    c.put(l, "k", "v0");
+    let f = c.other_than(&[l]);
+    c.kill9(l);
+    c.kill9(f);
+    let t0 = Instant::now();
+    let survivor = c.other_than(&[]);
+    loop {
+        if c.ctl(survivor, &["put", "k", "v1", "--command-timeout=1s"])
+            .status
+            .success()
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no write after 30 s"
+        );
+    }
+    let nl = c.wait_leader(SECS_20);
+    assert!(nl != l && nl != f);
+    for i in c.running().collect::<Vec<_>>() {
+        c.wait_value(i, "k", "v1", SECS_20);
+    }
+    c.assert_hash_kv_equal(SECS_20);
+}
