@@ -135,6 +135,10 @@ pub enum Error {
     /// A membership change while too few voters are connected.
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    /// A request a learner does not serve (all but Status and
+    /// serializable Range).
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     /// MoveLeader did not complete within the timeout.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
@@ -167,9 +171,13 @@ impl Error {
             | TooManyLearners
             | NotEnoughStartedMembers => Code::FailedPrecondition,
             MemberBadUrls => Code::InvalidArgument,
-            NoLeader | LeaderChanged | Timeout | Stopped | Unhealthy | LeaderTransferTimeout => {
-                Code::Unavailable
-            }
+            NoLeader
+            | LeaderChanged
+            | Timeout
+            | Stopped
+            | Unhealthy
+            | LeaderTransferTimeout
+            | NotSupportedForLearner => Code::Unavailable,
             Internal(_) => Code::Internal,
         }
     }

@@ -43,6 +43,11 @@ fn to_pb(m: Member) -> pb::Member {
 }
 
 impl Etcd {
+    /// Whether this member is a learner (a non-voting member).
+    pub fn is_learner(&self) -> bool {
+        self.raft_status().is_learner
+    }
+
     /// The members as this member knows them; its own name and client
     /// URLs are shown even before its publication has been applied.
     fn members_pb(&self, members: Vec<Member>) -> Vec<pb::Member> {

@@ -4,6 +4,7 @@
 use crate::rpc::etcdserverpb::{
     cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance,
 };
+use crate::status::learner_guard;
 use crate::status::{to_status, unsupported};
 use etcd_core::pb::etcdserverpb::*;
 use etcd_core::Etcd;
@@ -22,22 +23,29 @@ pub struct KvService(pub Etcd);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Reply<RangeResponse> {
+        if !req.get_ref().serializable {
+            learner_guard(&self.0)?;
+        }
         reply(self.0.range(req.into_inner()).await)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Reply<PutResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.put(req.into_inner()).await)
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Reply<DeleteRangeResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.delete_range(req.into_inner()).await)
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Reply<TxnResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.txn(req.into_inner()).await)
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Reply<CompactionResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.compact(req.into_inner()).await)
     }
 }
@@ -49,6 +57,7 @@ pub struct MaintenanceService(pub Etcd);
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
+        learner_guard(&self.0)?;
         let req = req.into_inner();
         if req.action == alarm_request::AlarmAction::Activate as i32 {
             return Err(unsupported("activating alarms by request"));
@@ -63,6 +72,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
+        learner_guard(&self.0)?;
         let etcd = self.0.clone();
         tracing::info!("defragmenting the store (online: reads and writes continue)");
         let r = tokio::task::spawn_blocking(move || etcd.defragment())
@@ -72,6 +82,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.hash_kv(0).map(|r| HashResponse {
             header: r.header,
             hash: r.hash,
@@ -79,6 +90,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.hash_kv(req.into_inner().revision))
     }
 
@@ -86,14 +98,17 @@ impl Maintenance for MaintenanceService {
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
     async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
+        learner_guard(&self.0)?;
         Err(unsupported("snapshot"))
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.move_leader(req.into_inner().target_id).await)
     }
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {
+        learner_guard(&self.0)?;
         Err(unsupported("downgrade"))
     }
 }
@@ -105,6 +120,7 @@ pub struct ClusterService(pub Etcd);
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.member_add(req.into_inner()).await)
     }
 
@@ -112,6 +128,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Reply<MemberRemoveResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.member_remove(req.into_inner().id).await)
     }
 
@@ -119,10 +136,12 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Reply<MemberUpdateResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.member_update(req.into_inner()).await)
     }
 
     async fn member_list(&self, req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.member_list(req.into_inner().linearizable).await)
     }
 
@@ -130,6 +149,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Reply<MemberPromoteResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.member_promote(req.into_inner().id).await)
     }
 }

@@ -56,3 +56,13 @@ mod tests {
         assert_eq!(s.message(), "etcdserver: key is not provided");
     }
 }
+
+/// etcd's learner rule (`isRPCSupportedForLearner`): a learner answers
+/// only Status and serializable Range; everything else fails with
+/// "etcdserver: rpc not supported for learner".
+pub(crate) fn learner_guard(etcd: &etcd_core::Etcd) -> Result<(), tonic::Status> {
+    if etcd.is_learner() {
+        return Err(to_status(etcd_core::Error::NotSupportedForLearner));
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@
 //! Keepalive requests of one stream are answered in order, one at a time.
 
 use crate::rpc::etcdserverpb::lease_server::Lease;
+use crate::status::learner_guard;
 use crate::status::to_status;
 use etcd_core::pb::etcdserverpb::*;
 use etcd_core::{Error, Etcd};
@@ -22,6 +23,7 @@ pub struct LeaseService(pub Etcd);
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Reply<LeaseGrantResponse> {
+        learner_guard(&self.0)?;
         self.0
             .lease_grant(req.into_inner())
             .await
@@ -30,6 +32,7 @@ impl Lease for LeaseService {
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {
+        learner_guard(&self.0)?;
         self.0
             .lease_revoke(req.into_inner())
             .await
@@ -44,6 +47,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Reply<Self::LeaseKeepAliveStream> {
+        learner_guard(&self.0)?;
         let mut input = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let etcd = self.0.clone();
@@ -72,6 +76,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Reply<LeaseTimeToLiveResponse> {
+        learner_guard(&self.0)?;
         let r = req.into_inner();
         let id = r.id;
         match self.0.lease_time_to_live(r).await {
@@ -88,6 +93,7 @@ impl Lease for LeaseService {
     }
 
     async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Reply<LeaseLeasesResponse> {
+        learner_guard(&self.0)?;
         self.0
             .lease_leases()
             .await

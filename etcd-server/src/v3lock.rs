@@ -8,6 +8,7 @@
 use crate::rpc::v3electionpb::election_server::Election;
 use crate::rpc::v3lockpb::lock_server::Lock;
 use crate::status::concurrency_status;
+use crate::status::learner_guard;
 use etcd_core::pb::v3electionpb::*;
 use etcd_core::pb::v3lockpb::*;
 use etcd_core::Etcd;
@@ -28,10 +29,12 @@ pub struct LockService(pub Etcd);
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Reply<LockResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.lock(req.into_inner()).await)
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Reply<UnlockResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.unlock(req.into_inner()).await)
     }
 }
@@ -43,20 +46,24 @@ pub struct ElectionService(pub Etcd);
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Reply<CampaignResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.campaign(req.into_inner()).await)
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Reply<ProclaimResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.proclaim(req.into_inner()).await)
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Reply<LeaderResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.leader(req.into_inner()).await)
     }
 
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
+        learner_guard(&self.0)?;
         let rx = self.0.observe(req.into_inner());
         let stream =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
@@ -66,6 +73,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Reply<ResignResponse> {
+        learner_guard(&self.0)?;
         reply(self.0.resign(req.into_inner()).await)
     }
 }

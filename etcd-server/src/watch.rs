@@ -9,6 +9,7 @@
 //! its side keeps receiving, as with etcd.
 
 use crate::rpc::etcdserverpb::watch_server::Watch;
+use crate::status::learner_guard;
 use etcd_core::pb::etcdserverpb::{WatchRequest, WatchResponse};
 use etcd_core::Etcd;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,6 +30,7 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        learner_guard(&self.0)?;
         let mut inbound = req.into_inner();
         let mut ws = self.0.watch();
         let (tx, rx) = tokio::sync::mpsc::channel(SEND_BUFFER);
