@@ -100,11 +100,7 @@ pub(crate) fn boot(
     dir.create()?;
     let store = Store::open(&dir.db(), StoreOptions::default())?;
     if let Some(index) = at {
-        if store.consistent_index() < index {
-            let mut w = store.write();
-            cluster.save_all(&mut w);
-            w.end(index)?;
-        }
+        init_store(&store, &cluster, index)?;
     }
     // The WAL is created last: its existence marks a complete bootstrap.
     let meta = WalMetadata {
@@ -139,6 +135,24 @@ pub(crate) fn boot(
         cluster_id,
         cluster,
     })
+}
+
+/// Writes the initial membership at consistent index `index` into a new
+/// member's store and makes it durable. The flush matters: the WAL created
+/// next starts after a snapshot marker at `index`, and a store that lost
+/// the bootstrap write in a crash (the MVCC store writes without a log of
+/// its own) would be refused on restart as older than that marker.
+pub(crate) fn init_store(
+    store: &Store,
+    cluster: &RaftCluster,
+    index: u64,
+) -> Result<(), etcd_mvcc::Error> {
+    if store.consistent_index() < index {
+        let mut w = store.write();
+        cluster.save_all(&mut w);
+        w.end(index)?;
+    }
+    store.flush()
 }
 
 fn restart(
@@ -222,4 +236,26 @@ fn find_self<'a>(cfg: &Config, members: &'a [Member]) -> Result<&'a Member, Star
         )));
     }
     Ok(me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_mvcc::MemDisk;
+
+    #[test]
+    fn the_bootstrap_write_survives_a_crash() {
+        let disk = MemDisk::new();
+        let store = Store::open_with(Box::new(disk.backend()), StoreOptions::default()).unwrap();
+        let members =
+            membership::parse_initial_cluster("a=http://a:2380,b=http://b:2380", "t").unwrap();
+        let cluster = RaftCluster::new(members);
+        init_store(&store, &cluster, BOOTSTRAP_INDEX).unwrap();
+        // Killed before the store flushed on its own.
+        disk.crash();
+        drop(store);
+        let store = Store::open_with(Box::new(disk.backend()), StoreOptions::default()).unwrap();
+        assert_eq!(store.consistent_index(), BOOTSTRAP_INDEX);
+        assert_eq!(RaftCluster::load(&store).unwrap(), Some(cluster));
+    }
 }
