@@ -80,6 +80,8 @@ impl Peer {
             id: cfg.id,
             election_tick: cfg.election_tick,
             heartbeat_tick: cfg.heartbeat_tick,
+            min_election_tick: cfg.min_election_tick,
+            max_election_tick: cfg.max_election_tick,
             applied: cfg.applied,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
@@ -232,6 +234,11 @@ impl Peer {
             .collect();
         out.sort_by_key(|p| p.id);
         out
+    }
+
+    /// raft's current configuration (voters and learners).
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
     }
 
     /// Whether this member leads and a membership change it proposed is
