@@ -63,7 +63,7 @@
 //! [`SimConfig::duplicate_proposals`] delivers forwarded proposals twice
 //! (a write applied twice).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -74,7 +74,7 @@ use bytes::Bytes;
 use etcd_mvcc::{MemDisk, Store, StoreOptions};
 use etcd_raft_node::eraftpb::MessageType;
 use etcd_raft_node::{
-    CommittedEntry, Faults, MemNetwork, MemTransport, NodeConfig, Peer, Role, WalStorage,
+    CommittedEntry, EntryKind, Faults, MemNetwork, MemTransport, NodeConfig, Peer, Role, WalStorage,
 };
 use etcd_wal::WalOptions;
 use parking_lot::{Mutex, RwLock};
@@ -196,6 +196,8 @@ pub struct OpInfo {
     pub call_step: u64,
     /// Step of the return; `None`: unknown outcome.
     pub ret_step: Option<u64>,
+    /// Id of the raft request of a write (0 for a read).
+    pub request: u64,
 }
 
 /// The result of a run.
@@ -401,6 +403,8 @@ struct Sim {
     leaders: BTreeMap<u64, u64>,
     /// What was applied at each index: (term, payload digest).
     log: BTreeMap<u64, (u64, u64)>,
+    /// Ids of the requests some member applied.
+    applied_requests: HashSet<u64>,
 }
 
 fn wal_options() -> WalOptions {
@@ -475,6 +479,7 @@ impl Sim {
             stats: Stats::default(),
             leaders: BTreeMap::new(),
             log: BTreeMap::new(),
+            applied_requests: HashSet::new(),
             cfg,
         };
         for i in 0..sim.nodes.len() {
@@ -616,11 +621,11 @@ impl Sim {
         self.stats.leader_terms = self.leaders.len() as u64;
         self.stats.last_index = self.log.keys().next_back().copied().unwrap_or(0);
         self.stats.steps = self.now;
-        let history = self.rec.history();
+        let (history, info) = self.resolved_history();
         let verdict = check(&history, &KvModel::new(), self.cfg.max_check_states);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         format!("{history:?}").hash(&mut h);
-        self.info.hash(&mut h);
+        info.hash(&mut h);
         self.events.hash(&mut h);
         self.stats.hash(&mut h);
         final_hash.hash(&mut h);
@@ -628,7 +633,7 @@ impl Sim {
             seed: self.cfg.seed,
             members: self.cfg.members,
             history,
-            info: std::mem::take(&mut self.info),
+            info,
             verdict,
             events: std::mem::take(&mut self.events),
             stats: self.stats.clone(),
@@ -728,6 +733,7 @@ impl Sim {
         {}
         let mut removed = false;
         let mut seen = Vec::with_capacity(committed.len());
+        let mut requests = Vec::new();
         for e in committed {
             if e.index != r.applied + 1 {
                 return Err(format!(
@@ -736,6 +742,11 @@ impl Sim {
                 ));
             }
             seen.push((e.index, e.term, digest(&e.data)));
+            if e.kind == EntryKind::Normal && !e.data.is_empty() {
+                if let Ok(req) = RaftRequest::decode(e.data.clone()) {
+                    requests.push(req.id);
+                }
+            }
             r.applied = e.index;
             if r.applier.apply_entry(e, &mut r.peer) == Effect::RemovedSelf {
                 removed = true;
@@ -743,6 +754,7 @@ impl Sim {
         }
         let applied = r.applied;
         r.peer.advance_applied(applied);
+        self.applied_requests.extend(requests);
         for (index, term, d) in seen {
             match self.log.get(&index) {
                 Some(&prev) if prev != (term, d) => {
@@ -957,10 +969,12 @@ impl Sim {
         let call = self.rec.call(self.clients[c].id, input.clone());
         let index = self.info.len();
         let member = self.nodes[i].id;
+        let is_read = matches!(input, Input::Get { .. });
         self.info.push(OpInfo {
             member,
             call_step: self.now,
             ret_step: None,
+            request: if is_read { 0 } else { self.next_req_id },
         });
         self.stats.ops += 1;
         let incarnation = self.nodes[i].incarnation;
@@ -1135,6 +1149,24 @@ impl Sim {
 
     fn unknown(&mut self, _op: InFlight) {
         self.stats.ops_unknown += 1;
+    }
+
+    /// The history for the checker, without the writes of unknown outcome
+    /// that no member ever applied: they certainly did not take effect.
+    /// This only takes explanations away from the checker (had such a
+    /// write changed the store after all, nothing would explain it now),
+    /// and spares it trying them at every point of the history.
+    fn resolved_history(&self) -> (Vec<Operation>, Vec<OpInfo>) {
+        self.rec
+            .history()
+            .into_iter()
+            .zip(self.info.iter().cloned())
+            .filter(|(op, info)| {
+                op.ret.is_some()
+                    || info.request == 0
+                    || self.applied_requests.contains(&info.request)
+            })
+            .unzip()
     }
 
     /// Heals everything, restarts crashed members, lets clients finish,
