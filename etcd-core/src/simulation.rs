@@ -284,7 +284,8 @@ impl Outcome {
         s
     }
 
-    fn op_line(&self, i: usize) -> String {
+    /// One line about operation `i` of the history.
+    pub fn op_line(&self, i: usize) -> String {
         let op = &self.history[i];
         let info = &self.info[i];
         let ret = match (&op.ret, info.ret_step) {
@@ -405,6 +406,8 @@ struct Sim {
     log: BTreeMap<u64, (u64, u64)>,
     /// Ids of the requests some member applied.
     applied_requests: HashSet<u64>,
+    /// A storm: long delays, frequent quick restarts.
+    storm: bool,
 }
 
 fn wal_options() -> WalOptions {
@@ -480,6 +483,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             log: BTreeMap::new(),
             applied_requests: HashSet::new(),
+            storm: false,
             cfg,
         };
         for i in 0..sim.nodes.len() {
@@ -603,12 +607,20 @@ impl Sim {
     }
 
     fn run(&mut self) -> Result<Outcome, String> {
+        // One seed in four is a storm: long message delays and frequent
+        // quick restarts.
+        self.storm = self.rng.gen_bool(0.25);
         let f = Faults {
             drop: self.rng.gen_range(0.0..0.1),
             duplicate: self.rng.gen_range(0.0..0.1),
-            max_delay: self.rng.gen_range(0..5),
+            max_delay: if self.storm {
+                self.rng.gen_range(5..12)
+            } else {
+                self.rng.gen_range(0..5)
+            },
         };
-        self.event(format!("network faults {f:?}"));
+        let storm = if self.storm { " (storm)" } else { "" };
+        self.event(format!("network faults {f:?}{storm}"));
         self.net.set_faults(f);
         for _ in 0..self.cfg.fault_steps {
             self.step(true, true)?;
@@ -804,10 +816,17 @@ impl Sim {
                 self.net.heal();
                 self.event("network healed".into());
             }
+            // Crashes. Quick restarts (a supervisor restarting the process)
+            // race with messages and reads still in flight from before the
+            // crash; long outages make members catch up.
             13..=15 => {
                 let running = self.running_indexes();
                 if let Some(&i) = running.choose(&mut self.rng) {
-                    let down = self.rng.gen_range(1..150);
+                    let down = if self.rng.gen_bool(0.5) {
+                        self.rng.gen_range(1..5)
+                    } else {
+                        self.rng.gen_range(5..150)
+                    };
                     self.crash(i, down);
                 }
             }
@@ -829,6 +848,13 @@ impl Sim {
             }
             18 => self.propose_removal(),
             _ => {}
+        }
+        if self.storm && self.rng.gen_bool(0.025) {
+            let running = self.running_indexes();
+            if let Some(&i) = running.choose(&mut self.rng) {
+                let down = self.rng.gen_range(1..4);
+                self.crash(i, down);
+            }
         }
         // The store persists what was applied now and then on its own.
         for i in 0..self.nodes.len() {

@@ -4,6 +4,7 @@
 //! checked for linearizability; see `etcd_core::simulation`.
 //!
 //! - `SIM_SEED=<n>`: run one seed and print its events and totals;
+//! - `SIM_HISTORY=1` with `SIM_SEED`: print the whole history too;
 //! - `SIM_SEEDS=<k>`: seeds per cluster size (default 150; long mode e.g.
 //!   `SIM_SEEDS=5000`).
 //!
@@ -91,6 +92,11 @@ fn check_cluster(members: u64) {
         if verbose {
             for (step, e) in &o.events {
                 eprintln!("step {step}: {e}");
+            }
+            if std::env::var_os("SIM_HISTORY").is_some() {
+                for i in 0..o.history.len() {
+                    eprintln!("{}", o.op_line(i));
+                }
             }
             eprintln!("{:?}\nfinal (revision, hash): {:?}", o.stats, o.final_hash);
         }
