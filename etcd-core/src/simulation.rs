@@ -63,7 +63,7 @@
 //! [`SimConfig::duplicate_proposals`] delivers forwarded proposals twice
 //! (a write applied twice).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -290,6 +290,7 @@ impl Outcome {
         let info = &self.info[i];
         let ret = match (&op.ret, info.ret_step) {
             (Some((_, out)), Some(step)) => format!("-> {out:?} at step {step}"),
+            (Some((_, out)), None) => format!("-> unknown to the client; applied as {out:?}"),
             _ => "-> unknown".into(),
         };
         format!(
@@ -404,8 +405,9 @@ struct Sim {
     leaders: BTreeMap<u64, u64>,
     /// What was applied at each index: (term, payload digest).
     log: BTreeMap<u64, (u64, u64)>,
-    /// Ids of the requests some member applied.
-    applied_requests: HashSet<u64>,
+    /// The requests some member applied, by id: the store revision before
+    /// and after the first application (what its output was).
+    applied_requests: HashMap<u64, (i64, i64)>,
     /// A storm: long delays, frequent quick restarts.
     storm: bool,
 }
@@ -482,7 +484,7 @@ impl Sim {
             stats: Stats::default(),
             leaders: BTreeMap::new(),
             log: BTreeMap::new(),
-            applied_requests: HashSet::new(),
+            applied_requests: HashMap::new(),
             storm: false,
             cfg,
         };
@@ -633,7 +635,7 @@ impl Sim {
         self.stats.leader_terms = self.leaders.len() as u64;
         self.stats.last_index = self.log.keys().next_back().copied().unwrap_or(0);
         self.stats.steps = self.now;
-        let (history, info) = self.resolved_history();
+        let (history, info) = self.resolved_history()?;
         let verdict = check(&history, &KvModel::new(), self.cfg.max_check_states);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         format!("{history:?}").hash(&mut h);
@@ -754,19 +756,25 @@ impl Sim {
                 ));
             }
             seen.push((e.index, e.term, digest(&e.data)));
-            if e.kind == EntryKind::Normal && !e.data.is_empty() {
-                if let Ok(req) = RaftRequest::decode(e.data.clone()) {
-                    requests.push(req.id);
-                }
-            }
+            let request = (e.kind == EntryKind::Normal
+                && !e.data.is_empty()
+                && e.index > r.applier.store.consistent_index())
+            .then(|| RaftRequest::decode(e.data.clone()).ok())
+            .flatten();
+            let before = r.applier.store.current_revision();
             r.applied = e.index;
             if r.applier.apply_entry(e, &mut r.peer) == Effect::RemovedSelf {
                 removed = true;
             }
+            if let Some(req) = request {
+                requests.push((req.id, (before, r.applier.store.current_revision())));
+            }
         }
         let applied = r.applied;
         r.peer.advance_applied(applied);
-        self.applied_requests.extend(requests);
+        for (id, revs) in requests {
+            self.applied_requests.entry(id).or_insert(revs);
+        }
         for (index, term, d) in seen {
             match self.log.get(&index) {
                 Some(&prev) if prev != (term, d) => {
@@ -1177,22 +1185,55 @@ impl Sim {
         self.stats.ops_unknown += 1;
     }
 
-    /// The history for the checker, without the writes of unknown outcome
-    /// that no member ever applied: they certainly did not take effect.
-    /// This only takes explanations away from the checker (had such a
-    /// write changed the store after all, nothing would explain it now),
-    /// and spares it trying them at every point of the history.
-    fn resolved_history(&self) -> (Vec<Operation>, Vec<OpInfo>) {
-        self.rec
+    /// The history for the checker, with the outcome of each write whose
+    /// client did not learn it (timeout, crash) resolved from the applied
+    /// log:
+    /// - a write no member applied did not take effect: it is left out;
+    /// - a write some member applied gets the output applying it produced
+    ///   (derived from the store revision before and after: every member
+    ///   applies the same entries, which [`Sim::ready`] checks), and no
+    ///   return time (it may take effect any time after its call).
+    ///
+    /// Both only add constraints for the checker (a write that changed the
+    /// store without being applied, or differently from what applying it
+    /// produced, is a violation either way), and they spare it from trying
+    /// every unknown write at every point of the history.
+    fn resolved_history(&self) -> Result<(Vec<Operation>, Vec<OpInfo>), String> {
+        let mut history = Vec::new();
+        let mut info = Vec::new();
+        for (mut op, i) in self
+            .rec
             .history()
             .into_iter()
             .zip(self.info.iter().cloned())
-            .filter(|(op, info)| {
-                op.ret.is_some()
-                    || info.request == 0
-                    || self.applied_requests.contains(&info.request)
-            })
-            .unzip()
+        {
+            if op.ret.is_none() && i.request != 0 {
+                let Some(&(before, after)) = self.applied_requests.get(&i.request) else {
+                    continue;
+                };
+                let out = match &op.input {
+                    Input::Put { .. } if after == before + 1 => Output::Put { revision: after },
+                    Input::Delete { .. } if after - before <= 1 => Output::Delete {
+                        deleted: after - before,
+                        revision: after,
+                    },
+                    Input::PutIfModRev { .. } if after - before <= 1 => Output::PutIfModRev {
+                        succeeded: after > before,
+                        revision: after,
+                    },
+                    input => {
+                        return Err(format!(
+                            "{} moved the revision from {before} to {after} when applied",
+                            show(input)
+                        ))
+                    }
+                };
+                op.ret = Some((u64::MAX, out));
+            }
+            history.push(op);
+            info.push(i);
+        }
+        Ok((history, info))
     }
 
     /// Heals everything, restarts crashed members, lets clients finish,

@@ -5,7 +5,7 @@
 //!
 //! - `SIM_SEED=<n>`: run one seed and print its events and totals;
 //! - `SIM_HISTORY=1` with `SIM_SEED`: print the whole history too;
-//! - `SIM_SEEDS=<k>`: seeds per cluster size (default 150; long mode e.g.
+//! - `SIM_SEEDS=<k>`: seeds per cluster size (default 300; long mode e.g.
 //!   `SIM_SEEDS=5000`).
 //!
 //! `cargo test --release -p etcd-core --test cluster_sim -- --nocapture`
@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use etcd_core::simulation::{run, Outcome, SimConfig, Stats};
 
-const DEFAULT_SEEDS: u64 = 150;
+const DEFAULT_SEEDS: u64 = 300;
 
 fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("SIM_SEED") {
