@@ -24,9 +24,13 @@ use crate::config::{ClusterState, Config};
 use crate::datadir::DataDir;
 use crate::error::StartError;
 use crate::membership::{self, Member, WalMetadata};
+use crate::snapshot::SnapshotFiles;
 use etcd_mvcc::{Store, StoreOptions};
 use etcd_raft_node::eraftpb::ConfState;
 use etcd_raft_node::WalStorage;
+
+/// Snapshot images kept in `member/snap/` (the newest ones).
+const RETAINED_IMAGES: usize = 2;
 use prost::Message as _;
 
 /// The raft index and term of the snapshot every new cluster starts from.
@@ -36,6 +40,8 @@ const BOOTSTRAP_TERM: u64 = 1;
 /// A member's opened storage.
 pub(crate) struct Booted {
     pub store: Store,
+    /// Snapshot images received from leaders (`member/snap/`).
+    pub files: SnapshotFiles,
     pub storage: WalStorage,
     pub member_id: u64,
     pub cluster_id: u64,
@@ -98,6 +104,7 @@ pub(crate) fn boot(
         }
     };
     dir.create()?;
+    let files = SnapshotFiles::for_data_dir(&dir, RETAINED_IMAGES)?;
     let store = Store::open(&dir.db(), StoreOptions::default())?;
     if let Some(index) = at {
         init_store(&store, &cluster, index)?;
@@ -130,6 +137,7 @@ pub(crate) fn boot(
     );
     Ok(Booted {
         store,
+        files,
         storage,
         member_id,
         cluster_id,
@@ -161,15 +169,64 @@ fn restart(
     wal_opts: etcd_wal::WalOptions,
 ) -> Result<Booted, StartError> {
     dir.check_version()?;
-    let store = Store::open(&dir.db(), StoreOptions::default())?;
-    let applied = store.consistent_index();
-    let stored = RaftCluster::load(&store)
-        .map_err(|e| StartError::Config(format!("cannot read the membership: {e}")))?;
+    let files = SnapshotFiles::for_data_dir(dir, RETAINED_IMAGES)?;
+    let (store, incomplete) = match Store::open(&dir.db(), StoreOptions::default()) {
+        Ok(s) => (s, false),
+        Err(etcd_mvcc::Error::RestoreIncomplete) => {
+            tracing::warn!(
+                "the store was being restored from a snapshot image when the member stopped"
+            );
+            (
+                Store::open_to_restore(&dir.db(), StoreOptions::default())?,
+                true,
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut meta = None;
     let mut cluster = None;
-    let opened = WalStorage::open(&dir.wal(), wal_opts, applied, |bytes| {
-        let m = WalMetadata::decode(bytes.clone()).map_err(|e| {
+    let opened = WalStorage::open_with(&dir.wal(), wal_opts, |rec| {
+        let m = WalMetadata::decode(rec.metadata.clone()).map_err(|e| {
             etcd_raft_node::Error::Config(format!("WAL metadata is not readable: {e}"))
+        })?;
+        // A snapshot raft installed whose image the store does not hold yet
+        // (a crash between the WAL's marker and the install): install the
+        // retained image now.
+        let behind = rec
+            .snapshot
+            .filter(|marker| incomplete || store.consistent_index() < marker.index);
+        if let Some(marker) = behind {
+            let image = files
+                .find(marker.index)
+                .map_err(|e| etcd_raft_node::Error::Snapshot(e.to_string()))?
+                .ok_or_else(|| {
+                    etcd_raft_node::Error::Snapshot(format!(
+                        "the raft log starts after a snapshot at index {} (term {}) whose \
+                         image is missing from {}: restore the member from a snapshot or \
+                         remove it and add it again",
+                        marker.index,
+                        marker.term,
+                        files.dir().display()
+                    ))
+                })?;
+            tracing::info!(
+                index = marker.index,
+                term = marker.term,
+                "re-installing a received snapshot image"
+            );
+            files
+                .install(&store, &image.token())
+                .map_err(|e| etcd_raft_node::Error::Snapshot(e.to_string()))?;
+        } else if incomplete {
+            return Err(etcd_raft_node::Error::Snapshot(
+                "the store's restore from a snapshot image was interrupted and the raft log \
+                 names no snapshot to restore it from"
+                    .into(),
+            ));
+        }
+        let applied = store.consistent_index();
+        let stored = RaftCluster::load(&store).map_err(|e| {
+            etcd_raft_node::Error::Config(format!("cannot read the membership: {e}"))
         })?;
         // Without membership in the store: a member that joined and has not
         // installed the leader's snapshot yet (nothing applied) starts with
@@ -192,18 +249,19 @@ fn restart(
         };
         meta = Some(m);
         cluster = Some(c);
-        Ok(cs)
+        Ok((applied, cs))
     })?;
     let meta = meta.expect("metadata decoded before the log is loaded");
     tracing::info!(
         member = %membership::format_id(meta.member_id),
         cluster = %membership::format_id(meta.cluster_id),
-        applied,
+        applied = store.consistent_index(),
         "restarting member from {}",
         cfg.data_dir.display()
     );
     Ok(Booted {
         store,
+        files,
         storage: opened.storage,
         member_id: meta.member_id,
         cluster_id: meta.cluster_id,

@@ -175,6 +175,50 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The error whose text is `msg` (errors travel between members as
+    /// text, see peer_query.rs); unknown texts become `Internal`.
+    pub(crate) fn from_message(msg: &str) -> Error {
+        use Error::*;
+        let known = [
+            EmptyKey,
+            KeyNotFound,
+            ValueProvided,
+            LeaseProvided,
+            TooManyOps,
+            DuplicateKey,
+            InvalidSortOption,
+            Compacted,
+            FutureRevision,
+            LeaseNotFound,
+            LeaseExist,
+            LeaseTtlTooLarge,
+            RequestTooLarge,
+            NoLeader,
+            LeaderChanged,
+            Timeout,
+            Stopped,
+            NoSpace,
+            MemberNotFound,
+            BadLeaderTransferee,
+            NotLeader,
+            MemberExists,
+            PeerUrlExists,
+            MemberBadUrls,
+            MemberNotLearner,
+            LearnerNotReady,
+            TooManyLearners,
+            NotEnoughStartedMembers,
+            Unhealthy,
+            LeaderTransferTimeout,
+        ];
+        known
+            .into_iter()
+            .find(|e| e.to_string() == msg)
+            .unwrap_or_else(|| Internal(msg.trim_start_matches("etcdserver: ").to_string()))
+    }
+}
+
 impl From<etcd_mvcc::Error> for Error {
     fn from(e: etcd_mvcc::Error) -> Self {
         match e {

@@ -247,10 +247,14 @@ impl Lessor {
     }
 
     /// Rebuilds the leases from their records and the keys' lease fields
-    /// (at start, before anything is applied). A key naming an unknown
-    /// lease is reported and left unattached, as etcd does.
+    /// (at start, and after a snapshot image replaced the store: whatever
+    /// was known before is dropped). A key naming an unknown lease is
+    /// reported and left unattached, as etcd does. A primary stays primary
+    /// and starts the restored leases' clocks afresh.
     pub(crate) fn restore(&self, records: Vec<LeaseRecord>, attached: Vec<(Bytes, i64)>) {
         let mut st = self.state.lock();
+        let primary = st.primary;
+        *st = State::default();
         for r in records {
             st.leases.insert(
                 r.id,
@@ -266,6 +270,10 @@ impl Lessor {
         }
         for (key, id) in attached {
             attach(&mut st, id, key);
+        }
+        drop(st);
+        if primary {
+            self.promote(Duration::ZERO);
         }
     }
 

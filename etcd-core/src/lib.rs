@@ -42,6 +42,7 @@ mod server;
 mod server_cluster;
 #[doc(hidden)]
 pub mod simulation;
+pub mod snapshot;
 mod v3_lease;
 mod v3election;
 mod v3lock;

@@ -1,25 +1,256 @@
-//! Questions a member asks other members over the peer port (etcd asks
-//! them over HTTP: `/members`, `/members/promote`).
+//! Questions a member asks other members over the peer port, where etcd
+//! uses its peer HTTP API (`/members`, `/members/promote/<id>`,
+//! `/leases`, `/leases/internal`):
+//!
+//! - a member joining an existing cluster fetches the cluster id and the
+//!   members from the peers named in `--initial-cluster`;
+//! - a follower forwards MemberPromote to the leader (only the leader knows
+//!   whether the learner caught up);
+//! - a follower forwards lease keepalives and TimeToLive to the leader
+//!   (only the leader's lessor knows the deadlines).
+//!
+//! Transport: [`etcd_raft_node::peer_query`] ("ETRQ" connections).
+//! Payloads (protobuf, this project's own): a [`PeerRequest`] with one
+//! question, answered by a [`PeerResponse`] whose `error` is the text of an
+//! etcd error (mapped back with [`Error::from_message`]) or empty.
 
-use crate::config::Config;
+use crate::config::{peer_addr, Config};
 use crate::error::StartError;
-use crate::membership::Member;
-use crate::pb::etcdserverpb::MemberPromoteResponse;
-use crate::server::Etcd;
+use crate::membership::{self, Member};
+use crate::pb::etcdserverpb::{
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
+};
+use crate::server::{Etcd, Inner};
 use crate::{Error, Result};
+use etcd_raft_node::Role;
+use prost::Message as _;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// One question.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct PeerRequest {
+    #[prost(oneof = "Ask", tags = "1, 2, 3, 4")]
+    pub ask: Option<Ask>,
+}
+
+/// The questions.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub(crate) enum Ask {
+    /// The cluster id and members.
+    #[prost(bool, tag = "1")]
+    Cluster(bool),
+    /// MemberPromote of this id, on the leader.
+    #[prost(uint64, tag = "2")]
+    Promote(u64),
+    /// One keepalive of this lease, on the leader.
+    #[prost(int64, tag = "3")]
+    LeaseRenew(i64),
+    /// LeaseTimeToLive, on the leader.
+    #[prost(message, tag = "4")]
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+}
+
+/// The answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct PeerResponse {
+    /// etcd's error text, or empty.
+    #[prost(string, tag = "1")]
+    pub error: String,
+    #[prost(uint64, tag = "2")]
+    pub cluster_id: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub members: Vec<Member>,
+    #[prost(message, optional, tag = "4")]
+    pub promote: Option<MemberPromoteResponse>,
+    #[prost(int64, tag = "5")]
+    pub ttl: i64,
+    #[prost(message, optional, tag = "6")]
+    pub lease_ttl: Option<LeaseTimeToLiveResponse>,
+}
+
+/// How long one query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs this member's answers on its peer transport.
+pub(crate) fn install(etcd: &Etcd) {
+    let Some(t) = &etcd.inner.transport else {
+        return;
+    };
+    // Weak: the transport belongs to the member it would keep alive.
+    let weak: Weak<Inner> = Arc::downgrade(&etcd.inner);
+    t.set_query_handler(Arc::new(move |req| {
+        let weak = weak.clone();
+        Box::pin(async move {
+            let resp = match weak.upgrade() {
+                Some(inner) => answer(&Etcd { inner }, &req).await,
+                None => error_response(Error::Stopped),
+            };
+            resp.encode_to_vec()
+        })
+    }));
+}
+
+fn error_response(e: Error) -> PeerResponse {
+    PeerResponse {
+        error: e.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn answer(etcd: &Etcd, req: &[u8]) -> PeerResponse {
+    let Ok(PeerRequest { ask: Some(ask) }) = PeerRequest::decode(req) else {
+        return error_response(Error::Internal("unreadable peer request".into()));
+    };
+    let r = match ask {
+        Ask::Cluster(_) => Ok(PeerResponse {
+            cluster_id: etcd.cluster_id(),
+            members: etcd.inner.cluster.read().members(),
+            ..Default::default()
+        }),
+        Ask::Promote(id) => etcd.promote_as_leader(id).await.map(|p| PeerResponse {
+            promote: Some(p),
+            ..Default::default()
+        }),
+        Ask::LeaseRenew(id) => etcd
+            .lease_renew_as_leader(id)
+            .await
+            .map(|ttl| PeerResponse {
+                ttl,
+                ..Default::default()
+            }),
+        Ask::LeaseTimeToLive(r) => {
+            etcd.lease_time_to_live_as_leader(r)
+                .await
+                .map(|t| PeerResponse {
+                    lease_ttl: Some(t),
+                    ..Default::default()
+                })
+        }
+    };
+    r.unwrap_or_else(error_response)
+}
 
 /// Asks the members of `initial` (from --initial-cluster) for the
-/// cluster's id and members.
+/// cluster's id and members (the join path of [`crate::bootstrap`]).
 pub(crate) fn fetch_cluster(
-    _cfg: &Config,
-    _initial: &[Member],
+    cfg: &Config,
+    initial: &[Member],
 ) -> Result<(u64, Vec<Member>), StartError> {
-    Err(StartError::Config(
-        "--initial-cluster-state=existing: joining is not wired yet".into(),
-    ))
+    let req = PeerRequest {
+        ask: Some(Ask::Cluster(true)),
+    }
+    .encode_to_vec();
+    let mut failures = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        failures.clear();
+        for m in initial.iter().filter(|m| m.name != cfg.name) {
+            for url in &m.peer_urls {
+                let attempt = peer_addr(url)
+                    .map_err(|e| e.to_string())
+                    .and_then(|addr| {
+                        etcd_raft_node::peer_query::query(&addr, 0, &req, QUERY_TIMEOUT)
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|bytes| PeerResponse::decode(&bytes[..]).map_err(|e| e.to_string()));
+                match attempt {
+                    Ok(r) if r.error.is_empty() => {
+                        tracing::info!(
+                            from = %url,
+                            cluster = %membership::format_id(r.cluster_id),
+                            members = r.members.len(),
+                            "fetched the cluster's members"
+                        );
+                        return Ok((r.cluster_id, r.members));
+                    }
+                    Ok(r) => failures.push(format!("{url}: {}", r.error)),
+                    Err(e) => failures.push(format!("{url}: {e}")),
+                }
+            }
+        }
+    }
+    Err(StartError::Config(format!(
+        "--initial-cluster-state=existing: cannot fetch the cluster's members from any peer \
+         in --initial-cluster ({})",
+        if failures.is_empty() {
+            "it names no other member".to_string()
+        } else {
+            failures.join("; ")
+        }
+    )))
+}
+
+/// Asks the current leader `ask` (waiting for a leader up to the request
+/// timeout).
+async fn ask_leader(etcd: &Etcd, ask: Ask) -> Result<PeerResponse> {
+    let deadline = tokio::time::Instant::now() + etcd.config().request_timeout();
+    let leader = loop {
+        let st = etcd.raft_status();
+        if st.leader_id != 0 && st.role != Role::Leader {
+            break st.leader_id;
+        }
+        if st.role == Role::Leader {
+            // Leadership came here meanwhile: the caller answers itself.
+            return Err(Error::LeaderChanged);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::NoLeader);
+        }
+        tokio::time::sleep(etcd.config().heartbeat_interval).await;
+    };
+    let addr = etcd
+        .inner
+        .cluster
+        .read()
+        .member(leader)
+        .and_then(|m| m.peer_urls.first().cloned())
+        .ok_or(Error::NoLeader)
+        .and_then(|u| peer_addr(&u).map_err(Error::Internal))?;
+    let cluster_id = etcd.cluster_id();
+    let req = PeerRequest { ask: Some(ask) }.encode_to_vec();
+    let bytes = tokio::task::spawn_blocking(move || {
+        etcd_raft_node::peer_query::query(&addr, cluster_id, &req, QUERY_TIMEOUT)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("query task failed: {e}")))?
+    .map_err(|e| {
+        tracing::warn!(leader = %membership::format_id(leader), "forwarding to the leader failed: {e}");
+        Error::Timeout
+    })?;
+    let r = PeerResponse::decode(&bytes[..])
+        .map_err(|e| Error::Internal(format!("unreadable answer from the leader: {e}")))?;
+    if r.error.is_empty() {
+        Ok(r)
+    } else {
+        Err(Error::from_message(&r.error))
+    }
 }
 
 /// Forwards MemberPromote to the leader.
-pub(crate) async fn forward_promote(_etcd: &Etcd, _id: u64) -> Result<MemberPromoteResponse> {
-    Err(Error::NotLeader)
+pub(crate) async fn forward_promote(etcd: &Etcd, id: u64) -> Result<MemberPromoteResponse> {
+    let r = ask_leader(etcd, Ask::Promote(id)).await?;
+    let mut p = r.promote.unwrap_or_default();
+    etcd.fill(&mut p.header);
+    Ok(p)
+}
+
+/// Forwards one lease keepalive to the leader; returns the TTL.
+pub(crate) async fn forward_lease_renew(etcd: &Etcd, id: i64) -> Result<i64> {
+    Ok(ask_leader(etcd, Ask::LeaseRenew(id)).await?.ttl)
+}
+
+/// Forwards LeaseTimeToLive to the leader.
+pub(crate) async fn forward_lease_time_to_live(
+    etcd: &Etcd,
+    r: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse> {
+    let mut t = ask_leader(etcd, Ask::LeaseTimeToLive(r))
+        .await?
+        .lease_ttl
+        .unwrap_or_default();
+    etcd.fill(&mut t.header);
+    Ok(t)
 }

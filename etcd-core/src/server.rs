@@ -25,12 +25,13 @@ use crate::pb::etcdserverpb::{
 };
 use crate::raft_request::{Op, RaftRequest};
 use crate::request_check;
+use crate::snapshot::StoreSnapshots;
 use crate::wait::Wait;
 use crate::watchable_store::WatchableStore;
 use crate::watcher::WatchStream;
 use crate::{Error, Result};
 use etcd_mvcc::Store;
-use etcd_raft_node::{NodeConfig, RaftNode, TcpTransport, TcpTransportConfig};
+use etcd_raft_node::{NodeConfig, RaftNode, TcpTransport, TcpTransportConfig, TransportHooks};
 use parking_lot::{Mutex, RwLock};
 use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,10 +151,15 @@ impl Etcd {
         // Messages that arrive before the node exists are dropped (raft
         // retransmits).
         let node_slot: Arc<OnceLock<Arc<RaftNode>>> = Arc::new(OnceLock::new());
+        let snapshots = Arc::new(StoreSnapshots {
+            files: booted.files,
+            store: store.clone(),
+        });
         let transport = match peer_listener {
             Some(listener) => {
-                let slot = node_slot.clone();
-                let t = TcpTransport::start(
+                let (deliver, reported, unreachable) =
+                    (node_slot.clone(), node_slot.clone(), node_slot.clone());
+                let t = TcpTransport::start_with(
                     TcpTransportConfig {
                         id: member_id,
                         cluster_id,
@@ -162,10 +168,23 @@ impl Etcd {
                     },
                     listener,
                     Arc::new(move |msg| {
-                        if let Some(node) = slot.get() {
+                        if let Some(node) = deliver.get() {
                             node.step(msg);
                         }
                     }),
+                    TransportHooks {
+                        snapshots: Some(snapshots.clone()),
+                        report_snapshot: Some(Arc::new(move |to, ok| {
+                            if let Some(node) = reported.get() {
+                                node.report_snapshot(to, ok);
+                            }
+                        })),
+                        report_unreachable: Some(Arc::new(move |to| {
+                            if let Some(node) = unreachable.get() {
+                                node.report_unreachable(to);
+                            }
+                        })),
+                    },
                 )?;
                 tracing::info!(address = %t.local_addr(), "listening for peers");
                 Some(t)
@@ -205,6 +224,8 @@ impl Etcd {
             };
             let ctx = ApplyLoop {
                 node: node.clone(),
+                snapshots,
+                watch: watch.clone(),
                 transport: transport.clone(),
                 applied_tx,
                 removed_tx,
@@ -246,6 +267,7 @@ impl Etcd {
                 cfg,
             }),
         };
+        crate::peer_query::install(&etcd);
         let publisher = crate::server_cluster::Publisher::spawn(etcd.clone())?;
         *etcd.inner.publisher.lock() = Some(publisher);
         Ok(etcd)
@@ -555,6 +577,7 @@ impl Etcd {
 fn raft_error(e: etcd_raft_node::Error) -> Error {
     match e {
         etcd_raft_node::Error::ProposalDropped | etcd_raft_node::Error::NoLeader => Error::NoLeader,
+        etcd_raft_node::Error::LeaderChanged => Error::LeaderChanged,
         etcd_raft_node::Error::Stopped => Error::Stopped,
         other => Error::Internal(other.to_string()),
     }
@@ -609,6 +632,8 @@ struct LogCompaction {
 /// and does what applying asks for (peer changes, stopping when removed).
 struct ApplyLoop {
     node: Arc<RaftNode>,
+    snapshots: Arc<StoreSnapshots>,
+    watch: Arc<WatchableStore>,
     transport: Option<Arc<TcpTransport>>,
     applied_tx: watch::Sender<u64>,
     removed_tx: watch::Sender<bool>,
@@ -622,7 +647,15 @@ impl ApplyLoop {
             .as_ref()
             .map(|_| peer_addresses(&applier.cluster.read().members(), applier.member_id))
             .unwrap_or_default();
-        while let Ok(etcd_raft_node::Applied::Entries(entries)) = rx.recv() {
+        while let Ok(applied) = rx.recv() {
+            let entries = match applied {
+                etcd_raft_node::Applied::Entries(entries) => entries,
+                etcd_raft_node::Applied::Snapshot(info) => {
+                    self.install_snapshot(applier, &info);
+                    self.update_peers(applier, &mut peers);
+                    continue;
+                }
+            };
             let Some(last) = entries.last().map(|e| e.index) else {
                 continue;
             };
@@ -646,6 +679,49 @@ impl ApplyLoop {
             }
             self.maybe_compact_log(&applier.store, last);
         }
+    }
+
+    /// Replaces the state machine with the image a leader sent (raft has
+    /// already made the snapshot durable in the WAL, after the image).
+    fn install_snapshot(&mut self, applier: &Applier, info: &etcd_raft_node::SnapshotInfo) {
+        let store = &applier.store;
+        if info.index <= store.consistent_index() {
+            // The store is already at least as new (images can be newer
+            // than their raft index).
+            tracing::info!(
+                index = info.index,
+                applied = store.consistent_index(),
+                "skipping a snapshot image older than the store"
+            );
+        } else {
+            tracing::info!(
+                index = info.index,
+                term = info.term,
+                "installing a snapshot image from the leader"
+            );
+            if let Err(e) = self.snapshots.files.install(store, &info.data) {
+                // The store is now incomplete; a restart re-installs the
+                // retained image (bootstrap.rs). Going on would apply
+                // entries to a store that is not there.
+                panic!(
+                    "cannot install the snapshot image at index {}: {e}",
+                    info.index
+                );
+            }
+        }
+        match RaftCluster::load(store) {
+            Ok(Some(c)) => *applier.cluster.write() = c,
+            Ok(None) => tracing::error!("the snapshot image holds no members"),
+            Err(e) => panic!("cannot read the membership of a snapshot image: {e}"),
+        }
+        if let Err(e) = crate::apply_lease::restore(store, &applier.lessor) {
+            panic!("cannot restore the leases of a snapshot image: {e}");
+        }
+        self.watch.on_restore();
+        let applied = store.consistent_index();
+        self.node.set_applied(applied);
+        self.applied_tx.send_replace(applied);
+        self.log.last = applied;
     }
 
     fn update_peers(&self, applier: &Applier, peers: &mut std::collections::HashMap<u64, String>) {

@@ -139,8 +139,16 @@ impl Etcd {
     /// Cluster.MemberPromote: a learner that caught up becomes a voter.
     pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse> {
         if self.raft_status().role != Role::Leader {
-            return crate::peer_query::forward_promote(self, id).await;
+            match crate::peer_query::forward_promote(self, id).await {
+                Err(Error::LeaderChanged) => {}
+                r => return r,
+            }
         }
+        self.promote_as_leader(id).await
+    }
+
+    /// [`Etcd::member_promote`] on the leader.
+    pub(crate) async fn promote_as_leader(&self, id: u64) -> Result<MemberPromoteResponse> {
         self.check_learner_ready(id).await?;
         if self.inner.cfg.strict_reconfig_check && !self.inner.cluster.read().ready_to_promote() {
             return Err(Error::NotEnoughStartedMembers);
@@ -315,7 +323,7 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
             );
             return;
         }
-        if etcd.inner.cluster.read().member(me).is_some() {
+        if etcd.raft_status().leader_id != 0 && etcd.inner.cluster.read().member(me).is_some() {
             etcd.propose_detached(Op::MemberAttributes(MemberAttributes {
                 id: me,
                 name: cfg.name.clone(),

@@ -1192,7 +1192,8 @@ impl Sim {
     /// - a write some member applied gets the output applying it produced
     ///   (derived from the store revision before and after: every member
     ///   applies the same entries, which [`Sim::ready`] checks), and no
-    ///   return time (it may take effect any time after its call).
+    ///   return time (it may take effect any time after its call); one
+    ///   that changed nothing is left out too.
     ///
     /// Both only add constraints for the checker (a write that changed the
     /// store without being applied, or differently from what applying it
@@ -1211,6 +1212,14 @@ impl Sim {
                 let Some(&(before, after)) = self.applied_requests.get(&i.request) else {
                     continue;
                 };
+                if after == before {
+                    // Applied without changing the store (a failed compare,
+                    // a delete of a missing key): the same as never run.
+                    // Kept, it would have to be placed at exactly that
+                    // revision with nothing forcing it there, and the
+                    // search would backtrack far to find that out.
+                    continue;
+                }
                 let out = match &op.input {
                     Input::Put { .. } if after == before + 1 => Output::Put { revision: after },
                     Input::Delete { .. } if after - before <= 1 => Output::Delete {

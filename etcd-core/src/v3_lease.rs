@@ -5,10 +5,10 @@
 //! served by the primary lessor, i.e. the raft leader, after this member
 //! has applied everything committed when the call arrived (etcd's
 //! `waitAppliedIndex`), so a keepalive right after a grant finds the lease.
-//! On a follower they are to be forwarded to the leader (etcd does it over
-//! the peer HTTP API); multi-member clusters are not built yet, so here a
-//! member that is not the leader waits for leadership up to the request
-//! timeout and then answers "no leader".
+//! A follower forwards them to the leader over the peer port
+//! ([`crate::peer_query`]; etcd uses its peer HTTP API). Without a leader
+//! the member waits for one up to the request timeout and then answers
+//! "no leader".
 
 use crate::apply::Applied;
 use crate::lessor::Renew;
@@ -19,6 +19,7 @@ use crate::pb::etcdserverpb::{
 };
 use crate::raft_request::Op;
 use crate::{Error, Etcd, Result};
+use etcd_raft_node::Role;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -57,6 +58,23 @@ impl Etcd {
     /// `LeaseNotFound` for an unknown lease and for an expired one (once
     /// its revoke is applied, as etcd waits for it).
     pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+        if self.forwards_to_leader() {
+            match crate::peer_query::forward_lease_renew(self, id).await {
+                Err(Error::LeaderChanged) => {}
+                r => return r,
+            }
+        }
+        self.lease_renew_as_leader(id).await
+    }
+
+    /// Whether lease requests go to another member (this one has peers
+    /// and does not lead).
+    fn forwards_to_leader(&self) -> bool {
+        self.inner.transport.is_some() && self.raft_status().role != Role::Leader
+    }
+
+    /// [`Etcd::lease_renew`] on the member that holds the primary lessor.
+    pub(crate) async fn lease_renew_as_leader(&self, id: i64) -> Result<i64> {
         let deadline = Instant::now() + self.config().request_timeout();
         loop {
             self.wait_primary(deadline).await?;
@@ -97,6 +115,21 @@ impl Etcd {
     /// Lease.LeaseTimeToLive; `LeaseNotFound` for an unknown lease (the
     /// gRPC layer answers that with TTL -1, as etcd does).
     pub async fn lease_time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        if self.forwards_to_leader() {
+            match crate::peer_query::forward_lease_time_to_live(self, r.clone()).await {
+                Err(Error::LeaderChanged) => {}
+                r => return r,
+            }
+        }
+        self.lease_time_to_live_as_leader(r).await
+    }
+
+    /// [`Etcd::lease_time_to_live`] on the member that holds the primary
+    /// lessor.
+    pub(crate) async fn lease_time_to_live_as_leader(
         &self,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {

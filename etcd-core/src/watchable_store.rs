@@ -384,6 +384,26 @@ impl WatchableStore {
     }
 
     /// The store's sink: one committed transaction's events.
+    /// The store was restored from a snapshot image: its revision jumped
+    /// without events. Every synced watcher becomes unsynced and catches up
+    /// from the store's history (or is cancelled as compacted, as etcd
+    /// does).
+    pub(crate) fn on_restore(&self) {
+        let mut s = self.state.lock();
+        s.notified_rev = self.store.current_revision();
+        let synced: Vec<(u64, i64)> = s
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.synced)
+            .map(|(gid, w)| (*gid, w.next_rev))
+            .collect();
+        for (gid, next_rev) in synced {
+            s.park(gid, next_rev);
+        }
+        drop(s);
+        let _ = self.kick.try_send(());
+    }
+
     fn notify(&self, rev: i64, evs: &[Event]) {
         let mut s = self.state.lock();
         s.notified_rev = rev;

@@ -335,3 +335,35 @@ async fn membership_changes_apply_on_every_member() {
         assert_eq!(get(c.member(i), "k", false).await.as_deref(), Some("v2"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_forward_lease_keepalives_and_promotes_to_the_leader() {
+    use etcd_core::pb::etcdserverpb::{LeaseGrantRequest, LeaseTimeToLiveRequest};
+    let c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    let f = c.member((leader + 1) % 3);
+    let granted = f
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .unwrap();
+    assert_eq!(f.lease_renew(granted.id).await.unwrap(), 30);
+    let ttl = f
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl, 30);
+    assert!(ttl.ttl > 0 && ttl.ttl <= 30, "{ttl:?}");
+    assert_eq!(f.lease_renew(777).await.unwrap_err(), Error::LeaseNotFound);
+    // MemberPromote on a follower is answered by the leader.
+    assert_eq!(
+        f.member_promote(f.member_id()).await.unwrap_err(),
+        Error::MemberNotLearner
+    );
+    assert_eq!(
+        f.member_promote(4242).await.unwrap_err(),
+        Error::MemberNotFound
+    );
+}

@@ -5,6 +5,7 @@
 //!
 //! - `SIM_SEED=<n>`: run one seed and print its events and totals;
 //! - `SIM_HISTORY=1` with `SIM_SEED`: print the whole history too;
+//! - `SIM_CHECK_STATES=<n>`: the checker's state budget;
 //! - `SIM_SEEDS=<k>`: seeds per cluster size (default 300; long mode e.g.
 //!   `SIM_SEEDS=5000`).
 //!
@@ -29,6 +30,9 @@ fn seeds() -> Vec<u64> {
 fn one(seed: u64, members: u64, tune: impl Fn(&mut SimConfig)) -> Result<Outcome, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = SimConfig::new(seed, members, dir.path());
+    if let Ok(n) = std::env::var("SIM_CHECK_STATES") {
+        cfg.max_check_states = n.parse().expect("SIM_CHECK_STATES is a number");
+    }
     tune(&mut cfg);
     run(&cfg)
 }

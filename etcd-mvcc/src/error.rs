@@ -7,6 +7,12 @@
 //! - [`Error::Storage`]: the backend failed (I/O); the state machine cannot
 //!   continue safely, stop applying.
 //! - [`Error::UnsupportedFormat`]: the data was written by a newer version.
+//! - [`Error::InvalidImage`]: a snapshot image is truncated, corrupted or
+//!   inconsistent; it was refused before anything was applied (fetch it again).
+//! - [`Error::RestoreIncomplete`]: a restore from a snapshot image was
+//!   interrupted (crash, I/O error); the store holds a partial state and
+//!   refuses to open or serve: restore it again from the retained image
+//!   (`Store::open_to_restore`, then `Store::restore`).
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,6 +44,17 @@ pub enum Error {
         /// Highest version this build understands.
         supported: u64,
     },
+    /// A snapshot image was refused (truncated, corrupted, inconsistent);
+    /// nothing of it was applied.
+    #[error("mvcc: invalid snapshot image: {0}")]
+    InvalidImage(String),
+    /// A restore from a snapshot image did not finish: the store's contents
+    /// are partial. Restore again from the image.
+    #[error(
+        "mvcc: an interrupted restore from a snapshot image left the store incomplete; \
+         restore it again from the image"
+    )]
+    RestoreIncomplete,
 }
 
 impl From<std::io::Error> for Error {

@@ -29,7 +29,10 @@ pub struct HashKv {
 pub(crate) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
     // Under the index read lock no compaction can start or advance in the
     // index, so `keep` and the snapshot agree with `compact`.
+    // A restore writes only under the index write lock: the snapshot taken
+    // below is never a half-restored backend.
     let index = inner.index.read();
+    inner.check_complete()?;
     let current = inner.current_rev.load(Ordering::Acquire);
     let compact = inner.compact_rev.load(Ordering::Acquire);
     if rev > current {

@@ -14,6 +14,12 @@
 //! - `current_rev` is published (Release) only after the transaction's batch
 //!   is in the backend; readers load it (Acquire) before taking a backend
 //!   snapshot, so a snapshot holds every revision `<=` the revision they read at.
+//! - A restore from a snapshot image (`kvstore_snapshot`) holds the writer
+//!   mutex, the restore `gate` and the index write lock for its whole write
+//!   phase (lock order: writer, gate, index). Every backend snapshot or read
+//!   is taken under the gate or the index read lock, so none sees a
+//!   half-restored backend; `epoch` counts restores, and a read pinned to a
+//!   snapshot of an earlier epoch re-pins (`kvstore_txn`).
 
 #[cfg(feature = "rocksdb")]
 use std::path::Path;
@@ -27,7 +33,7 @@ use prost::Message;
 
 use crate::backend::{
     check_format, meta_i64, meta_u64, Backend, Cf, WriteBatch, META_CONSISTENT_INDEX,
-    META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
+    META_FINISHED_COMPACT, META_RESTORING, META_SCHEDULED_COMPACT,
 };
 use crate::backend_memory::MemDisk;
 use crate::error::{Error, Result};
@@ -104,6 +110,29 @@ pub(crate) struct Inner {
     pub(crate) opts: StoreOptions,
     /// Receivers of every committed transaction's events (`kvstore_history`).
     pub(crate) subscribers: RwLock<Vec<crate::kvstore_history::EventSink>>,
+    /// Held (write) by a restore for its whole write phase; backend reads
+    /// that are not under the index read lock take it (read) around taking
+    /// their snapshot (see the module doc).
+    pub(crate) gate: RwLock<()>,
+    /// Number of restores from snapshot images so far (changed under the
+    /// writer mutex, the gate and the index write lock).
+    pub(crate) epoch: AtomicU64,
+    /// A restore failed half-way (or the store was opened to be restored):
+    /// the backend holds a partial state; reads and writes fail with
+    /// [`Error::RestoreIncomplete`] until a restore succeeds.
+    pub(crate) incomplete: AtomicBool,
+}
+
+impl Inner {
+    /// Fails with [`Error::RestoreIncomplete`] while the store's contents
+    /// are partial.
+    pub(crate) fn check_complete(&self) -> Result<()> {
+        if self.incomplete.load(Ordering::Acquire) {
+            Err(Error::RestoreIncomplete)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Inner {
@@ -177,7 +206,18 @@ impl Store {
     /// Opens the store on `backend`: checks the format version, rebuilds the
     /// key index from the `key` column family and resumes an unfinished
     /// compaction.
+    ///
+    /// Fails with [`Error::RestoreIncomplete`] if a restore from a snapshot
+    /// image was interrupted (see [`Store::restore`]); recover with
+    /// [`open_with_to_restore`](Self::open_with_to_restore) and `restore`.
     pub fn open_with(backend: Box<dyn Backend>, opts: StoreOptions) -> Result<Store> {
+        if backend.get(Cf::Meta, META_RESTORING)?.is_some() {
+            tracing::error!(
+                backend = %backend.describe(),
+                "mvcc store holds an interrupted restore from a snapshot image"
+            );
+            return Err(Error::RestoreIncomplete);
+        }
         check_format(&*backend)?;
         let consistent_index = meta_u64(&*backend, META_CONSISTENT_INDEX)?.unwrap_or(0);
         // -1 until the first compaction, like etcd's compactMainRev: so
@@ -204,6 +244,32 @@ impl Store {
             "mvcc store opened"
         );
 
+        let store = Store::start(
+            backend,
+            index,
+            current,
+            scheduled,
+            finished,
+            consistent_index,
+            opts,
+        )?;
+        if scheduled > finished {
+            tracing::info!(revision = scheduled, "resuming unfinished compaction");
+            store.inner.compaction.schedule(scheduled);
+        }
+        Ok(store)
+    }
+
+    /// The store over an opened backend and its rebuilt state.
+    pub(crate) fn start(
+        backend: Box<dyn Backend>,
+        index: TreeIndex,
+        current: i64,
+        scheduled: i64,
+        finished: i64,
+        consistent_index: u64,
+        opts: StoreOptions,
+    ) -> Result<Store> {
         let inner = Arc::new(Inner {
             backend,
             index: RwLock::new(index),
@@ -215,12 +281,11 @@ impl Store {
             shutdown: AtomicBool::new(false),
             opts,
             subscribers: RwLock::new(Vec::new()),
+            gate: RwLock::new(()),
+            epoch: AtomicU64::new(0),
+            incomplete: AtomicBool::new(false),
         });
         let compactor = kvstore_compaction::spawn(inner.clone())?;
-        if scheduled > finished {
-            tracing::info!(revision = scheduled, "resuming unfinished compaction");
-            inner.compaction.schedule(scheduled);
-        }
         Ok(Store {
             inner,
             compactor: Some(compactor),
@@ -294,6 +359,7 @@ impl Store {
     pub fn compact(&self, rev: i64, consistent_index: u64) -> Result<CompactWait> {
         let inner = &self.inner;
         let _writer = inner.writer.lock();
+        inner.check_complete()?;
         if rev <= inner.compact_rev.load(Ordering::Acquire) {
             return Err(Error::Compacted);
         }
@@ -343,12 +409,18 @@ impl Store {
 
     /// Reads a record of an auxiliary bucket (committed data only).
     pub fn aux_get(&self, b: Bucket, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let _gate = self.inner.gate.read();
+        self.inner.check_complete()?;
         Ok(self.inner.backend.get(b.cf(), key)?.map(|v| v.to_vec()))
     }
 
     /// All records of an auxiliary bucket, sorted by key.
     pub fn aux_scan(&self, b: Bucket) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let snap = self.inner.backend.snapshot();
+        let snap = {
+            let _gate = self.inner.gate.read();
+            self.inner.check_complete()?;
+            self.inner.backend.snapshot()
+        };
         snap.scan(b.cf(), &[], None)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect()
@@ -380,20 +452,36 @@ impl Drop for Store {
 /// Rebuilds the key index by scanning the `key` column family in revision
 /// order; returns it with the highest stored main revision (0 if none).
 fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64)> {
-    let mut index = TreeIndex::default();
-    let mut max_rev = 0;
+    let mut builder = IndexBuilder::default();
     let snap = b.snapshot();
     for item in snap.scan(Cf::Key, &[], None) {
         let (k, v) = item?;
-        let (rev, tombstone) = Revision::from_key(&k)?;
+        builder.add(&k, &v)?;
+    }
+    Ok((builder.index, builder.max_rev))
+}
+
+/// Builds the key index from the records of the `key` column family, in
+/// revision order (at open, and while a restore streams an image in).
+#[derive(Default)]
+pub(crate) struct IndexBuilder {
+    pub(crate) index: TreeIndex,
+    /// The highest main revision added (0 if none).
+    pub(crate) max_rev: i64,
+}
+
+impl IndexBuilder {
+    pub(crate) fn add(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let (rev, tombstone) = Revision::from_key(k)?;
         let kv = KeyValue::decode(v)
             .map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
         assert!(
-            rev.main >= max_rev,
+            rev.main >= self.max_rev,
             "key column family not in revision order"
         );
-        max_rev = rev.main;
-        index.restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
+        self.max_rev = rev.main;
+        self.index
+            .restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
+        Ok(())
     }
-    Ok((index, max_rev))
 }

@@ -23,6 +23,12 @@
 //!   `scheduled > finished` and runs the compaction again (it is idempotent).
 //! - Jobs are processed in order; if several are pending only the highest
 //!   runs (it covers the lower ones).
+//! - A restore from a snapshot image ([`Store::restore`](crate::Store::restore))
+//!   replaces the history underneath: each job carries the store's restore
+//!   epoch, checked under the writer mutex (index chunks) or the restore
+//!   gate (physical batches, the finished mark), so a job started before a
+//!   restore stops at its next step without touching the restored data;
+//!   [`CompactWait`]s of that epoch return.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -47,6 +53,8 @@ struct State {
     /// Highest compaction revision that failed (waiters give up on it).
     failed: i64,
     shutdown: bool,
+    /// The store's restore epoch: jobs and waiters of an earlier one are void.
+    epoch: u64,
 }
 
 /// Job queue and progress of the compaction thread.
@@ -78,27 +86,45 @@ impl CompactState {
         self.state.lock().finished
     }
 
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state.lock().epoch
+    }
+
+    /// After a restore: a new epoch with the image's finished compaction;
+    /// pending jobs are dropped and every waiter returns.
+    pub(crate) fn reset(&self, finished: i64, epoch: u64) {
+        let mut s = self.state.lock();
+        s.epoch = epoch;
+        s.finished = finished;
+        s.failed = i64::MIN;
+        s.pending = None;
+        self.cond.notify_all();
+    }
+
     pub(crate) fn shutdown(&self) {
         self.state.lock().shutdown = true;
         self.cond.notify_all();
     }
 
-    fn next_job(&self) -> Option<i64> {
+    /// The next job: (revision, epoch).
+    fn next_job(&self) -> Option<(i64, u64)> {
         let mut s = self.state.lock();
         loop {
             if s.shutdown {
                 return None;
             }
             if let Some(rev) = s.pending.take() {
-                return Some(rev);
+                return Some((rev, s.epoch));
             }
             self.cond.wait(&mut s);
         }
     }
 
-    fn done(&self, rev: i64, ok: bool) {
+    fn done(&self, rev: i64, ok: bool, epoch: u64) {
         let mut s = self.state.lock();
-        if ok {
+        if epoch != s.epoch {
+            // a restore replaced the store meanwhile; its waiters returned
+        } else if ok {
             s.finished = s.finished.max(rev);
         } else {
             s.failed = s.failed.max(rev);
@@ -116,9 +142,9 @@ impl CompactState {
         s.shutdown
     }
 
-    fn wait(&self, rev: i64) {
+    fn wait(&self, rev: i64, epoch: u64) {
         let mut s = self.state.lock();
-        while s.finished < rev && s.failed < rev && !s.shutdown {
+        while s.epoch == epoch && s.finished < rev && s.failed < rev && !s.shutdown {
             self.cond.wait(&mut s);
         }
     }
@@ -132,6 +158,7 @@ impl CompactState {
 pub struct CompactWait {
     state: Arc<CompactState>,
     rev: i64,
+    epoch: u64,
 }
 
 impl std::fmt::Debug for CompactWait {
@@ -144,7 +171,8 @@ impl std::fmt::Debug for CompactWait {
 
 impl CompactWait {
     pub(crate) fn new(state: Arc<CompactState>, rev: i64) -> Self {
-        CompactWait { state, rev }
+        let epoch = state.epoch();
+        CompactWait { state, rev, epoch }
     }
 
     /// The compaction revision.
@@ -153,9 +181,10 @@ impl CompactWait {
     }
 
     /// Returns when the physical compaction finished (etcd's
-    /// `Compact{physical: true}`), failed, or the store was closed.
+    /// `Compact{physical: true}`), failed, the store was closed, or a
+    /// restore from a snapshot image replaced the store.
     pub fn wait(self) {
-        self.state.wait(self.rev);
+        self.state.wait(self.rev, self.epoch);
     }
 }
 
@@ -163,26 +192,43 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>> {
     Ok(std::thread::Builder::new()
         .name("mvcc-compaction".into())
         .spawn(move || {
-            while let Some(rev) = inner.compaction.next_job() {
-                match run(&inner, rev) {
-                    Ok(true) => {
+            while let Some((rev, epoch)) = inner.compaction.next_job() {
+                match run(&inner, rev, epoch) {
+                    Ok(Outcome::Finished) => {
                         tracing::info!(revision = rev, "mvcc compaction finished");
-                        inner.compaction.done(rev, true);
+                        inner.compaction.done(rev, true, epoch);
                     }
-                    Ok(false) => return, // shutting down; resumes at next open
+                    Ok(Outcome::Shutdown) => return, // resumes at next open
+                    Ok(Outcome::Restored) => {
+                        tracing::info!(
+                            revision = rev,
+                            "mvcc compaction abandoned: the store was restored from a snapshot"
+                        );
+                        inner.compaction.done(rev, false, epoch);
+                    }
                     Err(e) => {
                         tracing::error!(revision = rev, error = %e, "mvcc compaction failed");
-                        inner.compaction.done(rev, false);
+                        inner.compaction.done(rev, false, epoch);
                     }
                 }
             }
         })?)
 }
 
-/// Runs one compaction; Ok(false) if interrupted by shutdown.
-fn run(inner: &Inner, rev: i64) -> Result<bool> {
+/// How a compaction job ended.
+enum Outcome {
+    Finished,
+    /// The store is closing.
+    Shutdown,
+    /// A restore replaced the store (its epoch changed).
+    Restored,
+}
+
+/// Runs one compaction of the store as of restore epoch `epoch`.
+fn run(inner: &Inner, rev: i64, epoch: u64) -> Result<Outcome> {
     let limit = inner.opts.compaction_batch_limit.max(1);
     let stopping = || inner.shutdown.load(Ordering::Acquire);
+    let restored = || inner.epoch.load(Ordering::Acquire) != epoch;
 
     // 1. key index, in chunks of keys
     // Each chunk's keys are read under the index read lock and compacted
@@ -192,13 +238,16 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
     let mut start: Vec<u8> = Vec::new(); // the empty key: the first
     loop {
         if stopping() {
-            return Ok(false);
+            return Ok(Outcome::Shutdown);
         }
         let chunk = inner.index.read().keys_from(&start, limit);
         let Some(last) = chunk.last() else { break };
         start = last.to_vec();
         start.push(0); // the smallest key after `last`
         let _writer = inner.writer.lock();
+        if restored() {
+            return Ok(Outcome::Restored);
+        }
         inner.index.write().compact_keys(&chunk, rev, &mut keep);
         drop(_writer);
         std::thread::yield_now();
@@ -211,12 +260,18 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
     let mut removed = 0usize;
     loop {
         if stopping() {
-            return Ok(false);
+            return Ok(Outcome::Shutdown);
         }
         let mut batch = WriteBatch::default();
         let mut scanned = 0;
         let mut last: Option<Bytes> = None;
         let mut more = false;
+        // The restore gate from the epoch check to the write: a restore
+        // either finished before (the check fails) or starts after it.
+        let gate = inner.gate.read();
+        if restored() {
+            return Ok(Outcome::Restored);
+        }
         {
             // A fresh snapshot per batch: it sees the previous batch's deletes.
             let snap = b.snapshot();
@@ -239,6 +294,7 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
         if !batch.is_empty() {
             b.write(batch)?;
         }
+        drop(gate);
         if !more {
             break;
         }
@@ -246,19 +302,24 @@ fn run(inner: &Inner, rev: i64) -> Result<bool> {
         next.push(0); // the smallest key after `last`
         start = next;
         if inner.compaction.sleep(inner.opts.compaction_sleep_interval) {
-            return Ok(false);
+            return Ok(Outcome::Shutdown);
         }
     }
 
     // 3. done
+    let gate = inner.gate.read();
+    if restored() {
+        return Ok(Outcome::Restored);
+    }
     let mut batch = WriteBatch::default();
     batch.put(Cf::Meta, META_FINISHED_COMPACT, rev.to_be_bytes());
     b.write(batch)?;
+    drop(gate);
     tracing::debug!(
         revision = rev,
         removed,
         kept = keep.len(),
         "mvcc physical compaction done"
     );
-    Ok(true)
+    Ok(Outcome::Finished)
 }

@@ -30,6 +30,17 @@
 //! compaction revision itself is not kept by compaction, so a replay
 //! starting exactly there may miss that one delete.
 //!
+//! Restores: [`Store::restore`](crate::Store::restore) replaces the whole
+//! history and publishes **no** events: sinks see the revision jump from the
+//! old current revision to the image's without the revisions in between.
+//! [`Store::restore_epoch`](crate::Store::restore_epoch) changes with every
+//! restore. A watch layer must move every watcher to *unsynced* after a
+//! restore and catch up from [`Store::history`] (from the watcher's next
+//! revision: the events are there unless the image was compacted past it,
+//! and then the watcher gets [`History::Compacted`], as etcd cancels it with
+//! the compaction revision). A history read that overlaps a restore returns
+//! the old store's events or the new one's, never a mix.
+//!
 //! Example: puts of `a` at 2 and 3, delete of `a` at 4, `compact(3)`:
 //!
 //! ```
@@ -108,10 +119,15 @@ impl Store {
     pub fn history(&self, from: i64, max_revisions: usize) -> Result<History> {
         let inner = &self.inner;
         let from = from.max(1);
-        // Order matters (module doc): current, snapshot, compaction revision.
-        let current = inner.current_rev.load(Ordering::Acquire);
-        let snap = inner.backend.snapshot();
-        let compact = inner.compact_rev.load(Ordering::Acquire);
+        // Order matters (module doc): current, snapshot, compaction revision;
+        // under the restore gate, so all three belong to one store.
+        let (current, snap, compact) = {
+            let _gate = inner.gate.read();
+            inner.check_complete()?;
+            let current = inner.current_rev.load(Ordering::Acquire);
+            let snap = inner.backend.snapshot();
+            (current, snap, inner.compact_rev.load(Ordering::Acquire))
+        };
         if from < compact {
             return Ok(History::Compacted {
                 compact_revision: compact,

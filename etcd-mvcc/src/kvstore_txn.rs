@@ -26,12 +26,29 @@
 //! caller that stops early (a `limit` reached after filtering) looks up and
 //! fetches no more. A historical read that a compaction overtakes between
 //! two pages fails with `Compacted`, as it would have had it started later.
+//!
+//! Restores ([`Store::restore`](crate::Store::restore)): a restore holds the
+//! writer mutex (so no [`TxnWrite`] is open during it), the restore gate
+//! (so no [`TxnRead`] is created during it: `TxnRead::new` waits) and the
+//! index write lock (so no index lookup runs during it) while it rewrites
+//! the backend. A read transaction created before keeps reading its own
+//! snapshot with the old index until the restore swaps the index; its next
+//! lookup then sees the restore epoch changed. If that lookup is the
+//! range's first (the count), the transaction re-pins to a snapshot of the
+//! restored store, at the same revision: `FutureRevision` if the restored
+//! store is behind it, `Compacted` if the image is compacted past it, else
+//! the restored store's answer (in a raft group the image is a later state
+//! of the same history, so the same answer). If the range had already
+//! counted or returned pages from the old store, it fails with `Compacted`
+//! (as when a compaction overtakes it): a range never mixes the two.
+//! While a failed restore left the store incomplete, reads fail with
+//! `RestoreIncomplete`.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use parking_lot::MutexGuard;
+use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
 
 use crate::backend::{Cf, Snapshot, WriteBatch, META_CONSISTENT_INDEX};
@@ -79,8 +96,9 @@ pub struct RangeHeader {
 
 /// Resolves the read revision, checks it against the current and the
 /// compaction revision, and counts the range.
-fn count_range(
-    inner: &Inner,
+fn count_range<'a>(
+    inner: &'a Inner,
+    src: &Source<'_, 'a>,
     txn_rev: i64,
     key: &[u8],
     end: &[u8],
@@ -91,6 +109,7 @@ fn count_range(
     }
     let rev = if opts.rev <= 0 { txn_rev } else { opts.rev };
     let index = inner.index.read();
+    src.check(inner, rev, true)?;
     if rev < inner.compact_rev.load(Ordering::Acquire) {
         return Err(Error::Compacted);
     }
@@ -102,6 +121,55 @@ fn count_range(
 
 /// The pending changes of a write transaction: its main revision and changes.
 type Pending<'c> = Option<(i64, &'c [Change])>;
+
+/// A read transaction's backend snapshot and the restore epoch it belongs to.
+struct Pinned<'a> {
+    epoch: u64,
+    snap: Box<dyn Snapshot + 'a>,
+}
+
+/// Where a range reads its values from.
+enum Source<'s, 'a> {
+    /// A write transaction's snapshot: no restore runs while it is open.
+    Fixed(&'s dyn Snapshot),
+    /// A read transaction's snapshot, re-pinned after a restore.
+    Pinned(&'s Mutex<Pinned<'a>>),
+}
+
+impl<'a> Source<'_, 'a> {
+    /// Under the index read lock: fails while the store is incomplete, and
+    /// handles a read transaction whose snapshot predates a restore (the
+    /// index now belongs to the restored store): at the range's first
+    /// lookup (`first`) it re-pins, checking `rev` against the restored
+    /// store; later, it fails with `Compacted` (module doc). Taking a
+    /// snapshot here is safe: a restore writes only under the index write
+    /// lock, and changes the epoch after its writes.
+    fn check(&self, inner: &'a Inner, rev: i64, first: bool) -> Result<()> {
+        inner.check_complete()?;
+        if let Source::Pinned(p) = self {
+            let mut p = p.lock();
+            let epoch = inner.epoch.load(Ordering::Acquire);
+            if p.epoch != epoch {
+                if !first {
+                    return Err(Error::Compacted);
+                }
+                p.snap = inner.backend.snapshot();
+                p.epoch = epoch;
+                if rev > inner.current_rev.load(Ordering::Acquire) {
+                    return Err(Error::FutureRevision);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fetch(&self, pairs: &[(Bytes, Revision)], pending: Pending<'_>) -> Result<Vec<KeyValue>> {
+        match self {
+            Source::Fixed(s) => fetch(*s, pairs, pending),
+            Source::Pinned(p) => fetch(&*p.lock().snap, pairs, pending),
+        }
+    }
+}
 
 /// Fetches the values of `pairs` in order: revisions of the pending write
 /// transaction from its changes, the others with one multi-get from `snap`.
@@ -136,10 +204,10 @@ fn fetch(
 
 /// The chunked range shared by both transaction kinds.
 #[allow(clippy::too_many_arguments)]
-fn range_chunks_in<F>(
-    inner: &Inner,
+fn range_chunks_in<'a, F>(
+    inner: &'a Inner,
     txn_rev: i64,
-    snap: &dyn Snapshot,
+    src: Source<'_, 'a>,
     pending: Pending<'_>,
     key: &[u8],
     end: &[u8],
@@ -154,7 +222,7 @@ where
     // read lock, which is released before its values are fetched, so a
     // range over millions of keys neither blocks writers for long nor holds
     // all of its keys at once.
-    let header = count_range(inner, txn_rev, key, end, opts)?;
+    let header = count_range(inner, &src, txn_rev, key, end, opts)?;
     if opts.count_only {
         return Ok(header);
     }
@@ -169,8 +237,10 @@ where
     while left > 0 {
         let pairs = {
             let index = inner.index.read();
+            src.check(inner, rev, false)?;
             if rev < inner.compact_rev.load(Ordering::Acquire) {
-                // A compaction overtook this historical read between pages.
+                // A compaction (or a restore) overtook this historical read
+                // between pages.
                 return Err(Error::Compacted);
             }
             index.revisions_page(&from, end, rev, page.min(left))
@@ -180,7 +250,7 @@ where
         from.push(0); // the smallest key after `last`
         left -= pairs.len();
         let full = pairs.len() == page;
-        if f(fetch(snap, &pairs, pending)?).is_break() || !full || end.is_empty() {
+        if f(src.fetch(&pairs, pending)?).is_break() || !full || end.is_empty() {
             break;
         }
     }
@@ -207,16 +277,23 @@ fn collect(
 pub struct TxnRead<'a> {
     inner: &'a Inner,
     rev: i64,
-    snap: Box<dyn Snapshot + 'a>,
+    pinned: Mutex<Pinned<'a>>,
 }
 
 impl<'a> TxnRead<'a> {
     pub(crate) fn new(inner: &'a Inner) -> Self {
-        // Load the revision first, then snapshot: the snapshot then contains
-        // every batch up to `rev` (published after its write).
+        // Under the restore gate (waits for a running restore): load the
+        // revision first, then snapshot: the snapshot then contains every
+        // batch up to `rev` (published after its write).
+        let _gate = inner.gate.read();
+        let epoch = inner.epoch.load(Ordering::Acquire);
         let rev = inner.current_rev.load(Ordering::Acquire);
         let snap = inner.backend.snapshot();
-        TxnRead { inner, rev, snap }
+        TxnRead {
+            inner,
+            rev,
+            pinned: Mutex::new(Pinned { epoch, snap }),
+        }
     }
 
     /// The revision this transaction reads at.
@@ -248,7 +325,16 @@ impl<'a> TxnRead<'a> {
     where
         F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
     {
-        range_chunks_in(self.inner, self.rev, &*self.snap, None, key, end, opts, f)
+        range_chunks_in(
+            self.inner,
+            self.rev,
+            Source::Pinned(&self.pinned),
+            None,
+            key,
+            end,
+            opts,
+            f,
+        )
     }
 }
 
@@ -337,7 +423,16 @@ impl<'a> TxnWrite<'a> {
         // of old revisions against a concurrent physical compaction.
         let snap = self.inner.backend.snapshot();
         let pending = Some((self.write_rev(), &self.changes[..]));
-        range_chunks_in(self.inner, self.rev(), &*snap, pending, key, end, opts, f)
+        range_chunks_in(
+            self.inner,
+            self.rev(),
+            Source::Fixed(&*snap),
+            pending,
+            key,
+            end,
+            opts,
+            f,
+        )
     }
 
     /// Puts `key = value` with `lease` (0: none); returns the previous
@@ -422,6 +517,7 @@ impl<'a> TxnWrite<'a> {
     ///
     /// On error nothing is committed and the index changes are undone.
     pub fn end(mut self, consistent_index: u64) -> Result<Vec<Event>> {
+        self.inner.check_complete()?; // Drop undoes the index changes
         let rev = self.write_rev();
         let mut batch = WriteBatch::default();
         for (i, c) in self.changes.iter().enumerate() {

@@ -9,6 +9,11 @@
 //! revisions in the background; the raft log is the source of durability
 //! (RocksDB's own WAL is off, see `docs/mvcc.md`).
 //!
+//! Raft snapshots of the state machine: [`Store::export`] streams a
+//! checksummed image of the whole store from one backend snapshot, and
+//! [`Store::restore`] replaces a store's contents with one, in place and
+//! crash-safely (format and protocol in `docs/mvcc.md`, "Snapshot images").
+//!
 //! Cargo feature `rocksdb` (default): the RocksDB backend and
 //! [`Store::open`]. Without it only the in-memory backend exists
 //! ([`Store::open_in_memory`], [`MemDisk`]).
@@ -60,11 +65,15 @@ mod key_index;
 mod kvstore;
 mod kvstore_compaction;
 mod kvstore_history;
+mod kvstore_snapshot;
 mod kvstore_txn;
 mod revision;
+mod snapshot_image;
 
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod fuzzing_image;
 
 /// Generated protobuf types (etcd's `mvccpb` package).
 pub mod pb {
@@ -84,11 +93,18 @@ pub use hash::HashKv;
 pub use kvstore::{Bucket, Store, StoreOptions};
 pub use kvstore_compaction::CompactWait;
 pub use kvstore_history::{EventSink, History, HistoryBatch};
+pub use kvstore_snapshot::ImageExport;
 pub use kvstore_txn::{
     RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
 };
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;
+pub use snapshot_image::{
+    encode_records, verify_image, ImageInfo, BLOCK_TARGET, IMAGE_MAGIC, IMAGE_VERSION,
+    MAX_BLOCK_LEN,
+};
 
+#[cfg(test)]
+mod kvstore_snapshot_tests;
 #[cfg(test)]
 mod tests;

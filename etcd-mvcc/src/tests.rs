@@ -26,7 +26,7 @@ impl Env {
     }
 
     /// A second, empty place of the same kind.
-    fn fresh(&self) -> Env {
+    pub(crate) fn fresh(&self) -> Env {
         match self {
             Env::Memory(_) => Env::memory(),
             #[cfg(feature = "rocksdb")]
@@ -35,7 +35,7 @@ impl Env {
     }
 
     /// The raw backend (the store must be closed).
-    fn backend(&self) -> Box<dyn Backend> {
+    pub(crate) fn backend(&self) -> Box<dyn Backend> {
         match self {
             Env::Memory(disk) => Box::new(disk.backend()),
             #[cfg(feature = "rocksdb")]

@@ -15,12 +15,24 @@ pub enum Error {
     /// There is no leader to serve a ReadIndex request. Retry later.
     #[error("no leader")]
     NoLeader,
+    /// The leader changed while a ReadIndex request was in flight. Retry.
+    #[error("leader changed")]
+    LeaderChanged,
     /// The node has stopped.
     #[error("raft node stopped")]
     Stopped,
+    /// A query to another member failed.
+    #[error("{0}")]
+    Peer(String),
     /// The configuration is invalid.
     #[error("invalid raft node configuration: {0}")]
     Config(String),
+    /// An I/O error, e.g. in a [`SnapshotSink`](crate::SnapshotSink).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Exporting, moving or importing a state machine snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Result alias of this crate.

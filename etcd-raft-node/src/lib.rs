@@ -22,6 +22,15 @@
 //! Only entries that are both committed and locally persisted are ever
 //! handed to the application (raft-rs guarantees this).
 //!
+//! # Snapshots
+//!
+//! When the application compacts the raft log ([`RaftNode::compact_log`]),
+//! a follower behind the compaction point catches up through a state
+//! machine snapshot: the application implements [`SnapshotIo`], transports
+//! move the image out of band, and the follower's application receives an
+//! [`Applied::Snapshot`] before the entries after it. See the `snapshot`
+//! module (`src/snapshot.rs`) for the protocol and the restart rules.
+//!
 //! # Example
 //!
 //! ```
@@ -50,6 +59,8 @@ mod logger;
 mod mem_network;
 mod node;
 mod peer;
+pub mod peer_query;
+mod snapshot;
 mod storage;
 mod tcp_transport;
 mod transport;
@@ -59,9 +70,12 @@ pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
 pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
 pub use peer::{Peer, Progress};
 pub use peer::{ProposeCallback, ReadCallback};
-pub use storage::{Opened, WalStorage};
+pub use peer_query::QueryHandler;
+pub use snapshot::{transfer_inline, SnapshotInfo, SnapshotIo, SnapshotSink, SNAPSHOT_CHUNK_BYTES};
+pub use storage::{Opened, WalRecovery, WalStorage};
 pub use tcp_transport::{
-    fuzzing as tcp_fuzzing, Deliver, PeerStats, TcpTransport, TcpTransportConfig,
+    fuzzing as tcp_fuzzing, Deliver, PeerStats, ReportSnapshot, ReportUnreachable, TcpTransport,
+    TcpTransportConfig, TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};
 

@@ -17,6 +17,13 @@
 //!   [`MemNetwork::heal`] removes every cut. A cut applies when a message is
 //!   sent and again when it is due, so nothing crosses a partition.
 //!
+//! Snapshots: a `MsgSnapshot` carries only raft's metadata here; the
+//! simulation moves the image when it delivers the message (see
+//! [`crate::transfer_inline`]) and reports the outcome to the sender. A lost
+//! `MsgSnapshot` (fault or partition) is remembered so the simulation can
+//! report the failure too ([`MemNetwork::take_failed_snapshots`]), as a real
+//! transport does when its snapshot stream breaks.
+//!
 //! Example: with `max_delay = 2`, a message sent at step 5 is due at step
 //! 5, 6 or 7; `advance()` moving to step 6 returns it if it drew 6 (or 5 and
 //! was not collected yet).
@@ -59,6 +66,8 @@ struct Net {
     seq: u64,
     sent: u64,
     dropped: u64,
+    /// (from, to) of lost snapshot messages, not yet taken.
+    failed_snapshots: Vec<(u64, u64)>,
 }
 
 fn edge(a: u64, b: u64) -> (u64, u64) {
@@ -68,6 +77,13 @@ fn edge(a: u64, b: u64) -> (u64, u64) {
 impl Net {
     fn is_cut(&self, m: &Message) -> bool {
         self.cuts.contains(&edge(m.from, m.to))
+    }
+
+    fn lose(&mut self, m: &Message) {
+        self.dropped += 1;
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            self.failed_snapshots.push((m.from, m.to));
+        }
     }
 }
 
@@ -95,6 +111,7 @@ impl MemNetwork {
                 seq: 0,
                 sent: 0,
                 dropped: 0,
+                failed_snapshots: Vec::new(),
             }),
         })
     }
@@ -150,7 +167,7 @@ impl MemNetwork {
             }
             let (_, m) = net.queue.pop_first().expect("first exists");
             if net.is_cut(&m) {
-                net.dropped += 1;
+                net.lose(&m);
             } else {
                 due.push(m);
             }
@@ -158,6 +175,12 @@ impl MemNetwork {
         let Net { rng, .. } = &mut *net;
         due.shuffle(rng);
         due
+    }
+
+    /// (from, to) of every `MsgSnapshot` lost since the last call, so the
+    /// simulation can report the failures to the senders.
+    pub fn take_failed_snapshots(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.inner.lock().failed_snapshots)
     }
 
     /// Counters so far.
@@ -176,7 +199,7 @@ impl MemNetwork {
             net.sent += 1;
             let f = net.faults;
             if net.is_cut(&m) || net.rng.gen_bool(f.drop) {
-                net.dropped += 1;
+                net.lose(&m);
                 continue;
             }
             let dup = net.rng.gen_bool(f.duplicate);
@@ -289,5 +312,27 @@ mod tests {
         t.send(vec![msg(1, 2, 5)]);
         assert_eq!(net.advance().len(), 1);
         assert_eq!(net.stats().dropped, 3);
+    }
+
+    #[test]
+    fn lost_snapshot_messages_are_remembered() {
+        let net = MemNetwork::new(1);
+        let t = net.transport();
+        let snap = |from, to| {
+            let mut m = msg(from, to, 0);
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m
+        };
+        net.cut(1, 2);
+        t.send(vec![snap(1, 2), msg(1, 2, 1), snap(1, 3)]);
+        // In flight when the cut happens.
+        net.cut(1, 3);
+        assert!(net.advance().is_empty());
+        assert_eq!(net.take_failed_snapshots(), vec![(1, 2), (1, 3)]);
+        assert!(net.take_failed_snapshots().is_empty());
+        net.heal();
+        t.send(vec![snap(2, 3)]);
+        assert_eq!(net.advance().len(), 1);
+        assert!(net.take_failed_snapshots().is_empty());
     }
 }

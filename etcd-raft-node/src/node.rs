@@ -2,6 +2,7 @@
 //! committed entries to the application.
 
 use crate::peer::{Peer, Progress, ProposeCallback, ReadCallback};
+use crate::snapshot::SnapshotInfo;
 use crate::storage::WalStorage;
 use crate::transport::{NoopTransport, Transport};
 use crate::{Error, Result};
@@ -116,6 +117,11 @@ pub struct CommittedEntry {
 pub enum Applied {
     /// Entries to apply, in order.
     Entries(Vec<CommittedEntry>),
+    /// A snapshot raft installed (durable in the WAL): replace the state
+    /// machine with the image its token names, then go on with the entries
+    /// that follow (skipping those at or below the image's applied index).
+    /// See the snapshot module for the restart protocol.
+    Snapshot(SnapshotInfo),
 }
 
 /// A member's role.
@@ -162,6 +168,8 @@ enum Command {
     Read(ReadCallback),
     Step(Box<Message>),
     CompactLog(u64),
+    ReportSnapshot(u64, bool),
+    ReportUnreachable(u64),
     Stop,
 }
 
@@ -273,6 +281,18 @@ impl RaftNode {
         let _ = self.tx.send(Command::CompactLog(index));
     }
 
+    /// Reports whether the snapshot sent to member `to` was installed (see
+    /// [`Peer::report_snapshot`]); transports call it.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.tx.send(Command::ReportSnapshot(to, ok));
+    }
+
+    /// Reports that a message to member `to` could not be sent (see
+    /// [`Peer::report_unreachable`]).
+    pub fn report_unreachable(&self, to: u64) {
+        let _ = self.tx.send(Command::ReportUnreachable(to));
+    }
+
     /// Reports that the state machine applied every entry up to `index`.
     pub fn set_applied(&self, index: u64) {
         self.applied.fetch_max(index, Ordering::AcqRel);
@@ -307,7 +327,7 @@ fn run(
     status: Arc<RwLock<NodeStatus>>,
     applied: Arc<AtomicU64>,
 ) {
-    let mut committed = Vec::new();
+    let mut out = Vec::new();
     loop {
         let mut stop = false;
         select! {
@@ -337,7 +357,7 @@ fn run(
         peer.flush_reads();
         peer.advance_applied(applied.load(Ordering::Acquire));
         loop {
-            match peer.handle_ready(transport.as_ref(), &mut committed) {
+            match peer.handle_ready_applied(transport.as_ref(), &mut out) {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -347,14 +367,12 @@ fn run(
                     return;
                 }
             }
-            if !committed.is_empty()
-                && apply_tx
-                    .send(Applied::Entries(std::mem::take(&mut committed)))
-                    .is_err()
-            {
-                // The application went away.
-                peer.fail_all(|| Error::Stopped);
-                return;
+            for a in out.drain(..) {
+                if apply_tx.send(a).is_err() {
+                    // The application went away.
+                    peer.fail_all(|| Error::Stopped);
+                    return;
+                }
             }
         }
         *status.write() = peer.status();
@@ -384,6 +402,8 @@ fn handle(peer: &mut Peer, cmd: Command) -> bool {
                 tracing::error!(index, error = %e, "compacting the raft log failed");
             }
         }
+        Command::ReportSnapshot(to, ok) => peer.report_snapshot(to, ok),
+        Command::ReportUnreachable(to) => peer.report_unreachable(to),
         Command::Stop => return true,
     }
     false

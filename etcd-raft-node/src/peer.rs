@@ -18,13 +18,14 @@
 //! before writes that completed since (a stale read; found by etcd-core's
 //! cluster simulation) — and two members' reads would collide.
 
-use crate::node::{CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
+use crate::node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
+use crate::snapshot::SnapshotInfo;
 use crate::storage::WalStorage;
 use crate::transport::Transport;
 use crate::{Error, Result};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType};
-use raft::{RawNode, StateRole, INVALID_ID};
+use raft::{RawNode, SnapshotStatus, StateRole, INVALID_ID};
 use std::collections::{HashMap, VecDeque};
 
 /// Called with the read index of a batch, or why the read cannot be served.
@@ -66,6 +67,8 @@ pub struct Peer {
     raw: RawNode<WalStorage>,
     /// Reads queued since the last flush.
     pending_reads: Vec<ReadCallback>,
+    /// Reads that arrived without a leader, with the tick they arrived at.
+    waiting_reads: Vec<(ReadCallback, u64)>,
     /// Read batches sent to raft, by context id.
     inflight_reads: HashMap<u64, Vec<ReadCallback>>,
     next_read_ctx: u64,
@@ -81,20 +84,29 @@ pub struct Peer {
     max_wait_ticks: u64,
     ticks: u64,
     leader: u64,
+    /// What the application reported applied. raft-rs is told
+    /// `min(applied, committed, persisted)`: an installed snapshot image may
+    /// be newer than the log (see the snapshot module).
     applied: u64,
 }
 
 impl Peer {
     /// Creates the member over an opened storage. `cfg.applied` must be the
     /// state machine's durably applied index.
-    pub fn new(cfg: &NodeConfig, storage: WalStorage) -> Result<Peer> {
+    pub fn new(cfg: &NodeConfig, mut storage: WalStorage) -> Result<Peer> {
+        storage.set_applied(cfg.applied);
+        // An image newer than the log (see the snapshot module): raft starts
+        // at the last committed entry it has.
+        let raft_applied = cfg
+            .applied
+            .min(raft::Storage::initial_state(&storage)?.hard_state.commit);
         let rc = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_tick,
             heartbeat_tick: cfg.heartbeat_tick,
             min_election_tick: cfg.min_election_tick,
             max_election_tick: cfg.max_election_tick,
-            applied: cfg.applied,
+            applied: raft_applied,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
             check_quorum: cfg.check_quorum,
@@ -106,6 +118,7 @@ impl Peer {
         Ok(Peer {
             raw,
             pending_reads: Vec::new(),
+            waiting_reads: Vec::new(),
             inflight_reads: HashMap::new(),
             next_read_ctx: 1,
             read_ctx_prefix: {
@@ -141,6 +154,21 @@ impl Peer {
         self.raw.tick();
         self.release_waiting();
         self.release_waiting_conf();
+        if self.raw.raft.leader_id != INVALID_ID {
+            // A leader is known again: the waiting reads go in the next batch.
+            self.pending_reads
+                .extend(self.waiting_reads.drain(..).map(|(cb, _)| cb));
+        } else {
+            let (ticks, max) = (self.ticks, self.max_wait_ticks);
+            let (expired, waiting): (Vec<_>, Vec<_>) = self
+                .waiting_reads
+                .drain(..)
+                .partition(|(_, since)| ticks - since >= max);
+            self.waiting_reads = waiting;
+            for (cb, _) in expired {
+                cb(Err(Error::NoLeader));
+            }
+        }
         for queue in [&mut self.waiting, &mut self.waiting_conf] {
             while let Some(p) = queue.front() {
                 if self.ticks - p.since_tick < self.max_wait_ticks {
@@ -298,14 +326,15 @@ impl Peer {
         if self.pending_reads.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending_reads);
         if self.raw.raft.leader_id == INVALID_ID {
-            // raft-rs silently drops ReadIndex without a leader.
-            for cb in batch {
-                cb(Err(Error::NoLeader));
-            }
+            // raft-rs silently drops ReadIndex without a leader: the reads
+            // wait for one (bounded, see `tick`) instead of failing at once.
+            let since = self.ticks;
+            self.waiting_reads
+                .extend(self.pending_reads.drain(..).map(|cb| (cb, since)));
             return;
         }
+        let batch = std::mem::take(&mut self.pending_reads);
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         let mut bytes = self.read_ctx_prefix.to_vec();
@@ -318,8 +347,41 @@ impl Peer {
     pub fn advance_applied(&mut self, applied: u64) {
         if applied > self.applied {
             self.applied = applied;
-            self.raw.advance_apply_to(applied);
+            let store = self.raw.mut_store();
+            store.set_applied(applied);
+            // Snapshots carry the membership as of the applied index.
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            self.raw.mut_store().set_conf_state(cs);
         }
+        self.sync_raft_applied();
+    }
+
+    /// Moves raft-rs's applied index to what the application applied, as
+    /// far as the log allows (committed and persisted).
+    fn sync_raft_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let target = self.applied.min(log.committed).min(log.persisted);
+        if target > log.applied {
+            self.raw.advance_apply_to(target);
+        }
+    }
+
+    /// Reports whether the snapshot sent to `to` was installed (`ok`) or
+    /// failed, so the leader leaves its Snapshot state for `to` (raft-rs's
+    /// `report_snapshot`). Transports call it when a snapshot stream ends.
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Reports that a message to `to` could not be sent (raft-rs's
+    /// `report_unreachable`: the leader probes `to` again).
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
     }
 
     /// Proposes held membership changes once none is pending. Only between
@@ -345,10 +407,41 @@ impl Peer {
     /// Handles one `Ready`, if any, in etcd's order (see the crate doc).
     /// Committed entries are appended to `committed` for the application.
     /// Returns whether there was a `Ready`.
+    ///
+    /// For members whose leader may send snapshots (raft log compaction),
+    /// use [`Peer::handle_ready_applied`]: this one fails when raft installs
+    /// a snapshot, since it has no way to hand it to the application.
     pub fn handle_ready(
         &mut self,
         transport: &dyn Transport,
         committed: &mut Vec<CommittedEntry>,
+    ) -> Result<bool> {
+        let mut out = Vec::new();
+        let had = self.handle_ready_applied(transport, &mut out)?;
+        for a in out {
+            match a {
+                Applied::Entries(es) => committed.extend(es),
+                Applied::Snapshot(s) => {
+                    return Err(Error::Snapshot(format!(
+                        "raft installed snapshot {} (term {}), which handle_ready cannot hand \
+                         to the application; use handle_ready_applied",
+                        s.index, s.term
+                    )))
+                }
+            }
+        }
+        Ok(had)
+    }
+
+    /// Handles one `Ready`, if any, in etcd's order (see the crate doc), and
+    /// appends what the application must apply to `out`, in order: an
+    /// installed snapshot ([`Applied::Snapshot`], see the snapshot module)
+    /// comes before the committed entries that follow it. Returns whether
+    /// there was a `Ready`.
+    pub fn handle_ready_applied(
+        &mut self,
+        transport: &dyn Transport,
+        out: &mut Vec<Applied>,
     ) -> Result<bool> {
         if !self.raw.has_ready() {
             return Ok(false);
@@ -361,20 +454,33 @@ impl Peer {
         if !rd.messages().is_empty() {
             transport.send(rd.take_messages());
         }
-        if !rd.snapshot().is_empty() {
-            // State machine snapshots arrive with multi-member clusters
-            // (log compaction); a member bootstrapped alone never gets one.
-            return Err(Error::Config(
-                "received a raft snapshot, which this build cannot install yet".into(),
-            ));
-        }
         for rs in rd.take_read_states() {
             self.on_read_state(&rs.request_ctx, rs.index);
         }
-        collect_committed(rd.take_committed_entries(), committed);
-        let must_sync = rd.must_sync();
-        let storage = self.raw.mut_store();
-        storage.persist(rd.entries(), rd.hs(), must_sync)?;
+        let mut committed = Vec::new();
+        collect_committed(rd.take_committed_entries(), &mut committed);
+        push_entries(out, committed);
+        let mut installed = None;
+        if rd.snapshot().is_empty() {
+            let must_sync = rd.must_sync();
+            let storage = self.raw.mut_store();
+            storage.persist(rd.entries(), rd.hs(), must_sync)?;
+        } else {
+            // Snapshot before entries (raft-rs hands no committed entries
+            // with a snapshot); the image behind `data` is already durable.
+            let snap = rd.snapshot().clone();
+            self.raw
+                .mut_store()
+                .apply_snapshot(&snap, rd.entries(), rd.hs())?;
+            let meta = snap.get_metadata();
+            installed = Some(meta.index);
+            out.push(Applied::Snapshot(SnapshotInfo {
+                index: meta.index,
+                term: meta.term,
+                conf_state: meta.get_conf_state().clone(),
+                data: snap.data.clone(),
+            }));
+        }
         if !rd.persisted_messages().is_empty() {
             transport.send(rd.take_persisted_messages());
         }
@@ -382,13 +488,23 @@ impl Peer {
         // applied, but they are applied asynchronously by the application,
         // which reports progress through `advance_applied`.
         let mut light = self.raw.advance_append(rd);
+        if let Some(index) = installed {
+            // raft-rs counts the snapshot as applied (it slices the log from
+            // its applied index, which must not point below the log).
+            if index > self.raw.raft.raft_log.applied {
+                self.raw.advance_apply_to(index);
+            }
+        }
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
         if !light.messages().is_empty() {
             transport.send(light.take_messages());
         }
-        collect_committed(light.take_committed_entries(), committed);
+        let mut committed = Vec::new();
+        collect_committed(light.take_committed_entries(), &mut committed);
+        push_entries(out, committed);
+        self.sync_raft_applied();
         self.release_waiting();
         self.release_waiting_conf();
         Ok(true)
@@ -398,11 +514,17 @@ impl Peer {
         if leader == self.leader {
             return;
         }
+        let had_leader = self.leader != INVALID_ID;
         self.leader = leader;
-        // Read batches sent to the old leader may never be answered.
+        // Read batches sent to the old leader may never be answered (etcd
+        // answers them "leader changed").
         for (_, batch) in self.inflight_reads.drain() {
             for cb in batch {
-                cb(Err(Error::NoLeader));
+                cb(Err(if had_leader {
+                    Error::LeaderChanged
+                } else {
+                    Error::NoLeader
+                }));
             }
         }
     }
@@ -459,9 +581,9 @@ impl Peer {
     }
 
     /// Compacts the raft log up to `index` (see [`WalStorage::compact`]);
-    /// never past what raft itself has applied.
+    /// never past what raft itself, or the application, has applied.
     pub fn compact_log(&mut self, index: u64) -> Result<()> {
-        let index = index.min(self.raw.raft.raft_log.applied);
+        let index = index.min(self.raw.raft.raft_log.applied).min(self.applied);
         self.raw.mut_store().compact(index)
     }
 
@@ -477,7 +599,8 @@ impl Peer {
                 ack(Err(why()));
             }
         }
-        for cb in self.pending_reads.drain(..) {
+        let waiting = self.waiting_reads.drain(..).map(|(cb, _)| cb);
+        for cb in self.pending_reads.drain(..).chain(waiting) {
             cb(Err(why()));
         }
         for (_, batch) in self.inflight_reads.drain() {
@@ -485,6 +608,18 @@ impl Peer {
                 cb(Err(why()));
             }
         }
+    }
+}
+
+/// Appends entries to `out`, joining them with a preceding `Entries`.
+fn push_entries(out: &mut Vec<Applied>, entries: Vec<CommittedEntry>) {
+    if entries.is_empty() {
+        return;
+    }
+    if let Some(Applied::Entries(last)) = out.last_mut() {
+        last.extend(entries);
+    } else {
+        out.push(Applied::Entries(entries));
     }
 }
 
@@ -504,6 +639,80 @@ fn collect_committed(entries: Vec<Entry>, out: &mut Vec<CommittedEntry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft::eraftpb::{ConfState, MessageType};
+
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<Message>>);
+
+    impl Transport for Collect {
+        fn send(&self, msgs: Vec<Message>) {
+            self.0.lock().extend(msgs);
+        }
+    }
+
+    /// A follower installs a snapshot and then, before its application
+    /// reports having installed the image (apply is asynchronous), times
+    /// out and campaigns: raft-rs must already count the snapshot as
+    /// applied, or it would read compacted entries from its applied index.
+    #[test]
+    fn a_follower_installs_a_snapshot_before_the_application_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3];
+        let storage = WalStorage::create(dir.path(), Default::default(), b"", cs.clone()).unwrap();
+        let cfg = NodeConfig {
+            id: 2,
+            voters: vec![1, 2, 3],
+            ..NodeConfig::default()
+        };
+        let mut peer = Peer::new(&cfg, storage).unwrap();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.term = 2;
+        let meta = m.mut_snapshot().mut_metadata();
+        meta.index = 50;
+        meta.term = 2;
+        meta.set_conf_state(cs);
+        m.mut_snapshot().data = bytes::Bytes::from_static(b"token");
+        peer.step(m).unwrap();
+        let t = Collect::default();
+        let mut out = Vec::new();
+        while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+        assert_eq!(out.len(), 1);
+        let Applied::Snapshot(info) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (info.index, info.term, &info.data[..]),
+            (50, 2, &b"token"[..])
+        );
+        assert_eq!(raft::Storage::first_index(peer.storage()).unwrap(), 51);
+        let acks: Vec<u64> =
+            t.0.lock()
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgAppendResponse)
+                .map(|m| m.index)
+                .collect();
+        assert_eq!(acks, vec![50], "the leader learns the follower is at 50");
+        // The application has not installed the image yet (applied 0);
+        // the leader is gone: election timeouts, campaigns.
+        for _ in 0..100 {
+            peer.tick();
+            while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+        }
+        assert_eq!(
+            peer.status().applied_index,
+            0,
+            "what the application reported"
+        );
+        assert_ne!(peer.status().role, Role::Follower, "it campaigned");
+        // The application catches up; nothing below the snapshot is asked for.
+        peer.advance_applied(50);
+        assert_eq!(peer.status().applied_index, 50);
+        assert_eq!(peer.storage().applied(), 50);
+    }
 
     fn peer(id: u64, dir: &std::path::Path) -> Peer {
         let mut cs = ConfState::default();

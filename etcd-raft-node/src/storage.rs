@@ -15,7 +15,7 @@
 //! and term so the WAL can resolve overwritten suffixes without decoding.
 
 use crate::{Error, Result};
-use etcd_wal::{Wal, WalOptions, WriteBatch};
+use etcd_wal::{SnapshotMarker, Wal, WalOptions, WriteBatch};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
@@ -26,6 +26,19 @@ use std::path::Path;
 pub struct WalStorage {
     mem: MemStorage,
     wal: Wal,
+    /// What the application reported applied (see [`WalStorage::set_applied`]).
+    applied: u64,
+}
+
+/// What [`WalStorage::open_with`] found in the WAL, for its `recover` callback.
+#[derive(Clone, Debug)]
+pub struct WalRecovery {
+    /// The opaque metadata given to [`WalStorage::create`].
+    pub metadata: bytes::Bytes,
+    /// The newest snapshot marker: the log starts after `index`. When it is
+    /// above the state machine's applied index, the application must
+    /// re-install the image it retained for (`index`, `term`).
+    pub snapshot: Option<SnapshotMarker>,
 }
 
 /// What opening a WAL-backed storage recovered besides the raft log.
@@ -47,7 +60,11 @@ impl WalStorage {
     ) -> Result<WalStorage> {
         let wal = Wal::create(dir, opts, metadata)?;
         let mem = MemStorage::new_with_conf_state(conf_state);
-        Ok(WalStorage { mem, wal })
+        Ok(WalStorage {
+            mem,
+            wal,
+            applied: 0,
+        })
     }
 
     /// Creates a new WAL in `dir` whose log starts after a snapshot at
@@ -81,7 +98,11 @@ impl WalStorage {
             snap.mut_metadata().set_conf_state(conf_state);
             mem.wl().apply_snapshot(snap)?;
         }
-        Ok(WalStorage { mem, wal })
+        Ok(WalStorage {
+            mem,
+            wal,
+            applied: index,
+        })
     }
 
     /// Opens the WAL in `dir` and replays it into memory.
@@ -89,15 +110,39 @@ impl WalStorage {
     /// `conf_state` derives the membership as of the state machine's
     /// applied index from the WAL's metadata (it is called once, before the
     /// log is loaded), and `applied` is the index of the last entry the
-    /// state machine durably applied.
+    /// state machine durably applied. See [`WalStorage::open_with`] for an
+    /// application that may have to re-install a snapshot image first.
     pub fn open(
         dir: &Path,
         opts: WalOptions,
         applied: u64,
         conf_state: impl FnOnce(&bytes::Bytes) -> Result<ConfState>,
     ) -> Result<Opened> {
+        Self::open_with(dir, opts, |rec| Ok((applied, conf_state(&rec.metadata)?)))
+    }
+
+    /// Opens the WAL in `dir`, replays it, and then calls `recover` with what
+    /// it found *before* checking the state machine against it. `recover`
+    /// returns the state machine's durably applied index and the membership
+    /// as of that index.
+    ///
+    /// This is where the restart protocol of the snapshot module runs: when
+    /// the WAL's snapshot marker is above the state machine's applied index
+    /// (a crash after a received snapshot was recorded and before the
+    /// application installed its image), `recover` installs the image it
+    /// retained for that (index, term) and returns the new applied index.
+    /// An applied index still below the marker is refused: the entries in
+    /// between are gone, so the database does not belong to this WAL.
+    pub fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        recover: impl FnOnce(&WalRecovery) -> Result<(u64, ConfState)>,
+    ) -> Result<Opened> {
         let (wal, rec) = Wal::open(dir, opts)?;
-        let conf_state = conf_state(&rec.metadata)?;
+        let (applied, conf_state) = recover(&WalRecovery {
+            metadata: rec.metadata.clone(),
+            snapshot: rec.snapshot,
+        })?;
         let mem = MemStorage::new();
         {
             let mut core = mem.wl();
@@ -145,10 +190,23 @@ impl WalStorage {
             // Everything applied was committed, so raise it.
             if applied > hs.commit {
                 if applied > last {
-                    return Err(Error::Config(format!(
-                        "state machine applied index {applied} is beyond the last WAL entry {last}: \
-                         the WAL does not belong to this data directory or lost entries"
-                    )));
+                    if let Some(marker) = rec.snapshot {
+                        // A snapshot image is newer than its metadata (the
+                        // leader exported its current state) and the entries
+                        // after the marker have not arrived yet: raft starts
+                        // at the last entry, the application skips replays.
+                        tracing::info!(
+                            applied,
+                            last,
+                            snapshot = marker.index,
+                            "state machine is ahead of the raft log (snapshot image newer than its index)"
+                        );
+                    } else {
+                        return Err(Error::Config(format!(
+                            "state machine applied index {applied} is beyond the last WAL entry {last}: \
+                             the WAL does not belong to this data directory or lost entries"
+                        )));
+                    }
                 }
                 hs.commit = applied;
             }
@@ -160,9 +218,19 @@ impl WalStorage {
             core.set_conf_state(conf_state);
         }
         Ok(Opened {
-            storage: WalStorage { mem, wal },
+            storage: WalStorage { mem, wal, applied },
             metadata: rec.metadata,
         })
+    }
+
+    /// The newest snapshot marker of the WAL in `dir`, if any, for an
+    /// application that wants to know before opening (see the snapshot
+    /// module's restart protocol). Opens and closes the WAL (repairing a torn
+    /// tail); [`WalStorage::open_with`] avoids the second open.
+    pub fn snapshot_marker(dir: &Path, opts: WalOptions) -> Result<Option<SnapshotMarker>> {
+        let (wal, rec) = Wal::open(dir, opts)?;
+        wal.close()?;
+        Ok(rec.snapshot)
     }
 
     /// Persists new entries and/or a hard state. When `sync` is true, returns
@@ -257,11 +325,105 @@ impl WalStorage {
         Ok(())
     }
 
-    /// Records the membership after a configuration change was applied
-    /// (in memory: on restart the application derives it from its state
-    /// machine, which persists membership at its consistent index).
+    /// Installs a snapshot raft accepted (a `Ready`'s `snapshot()`), with the
+    /// `Ready`'s entries and hard state, in etcd's order: one WAL batch holding
+    /// the snapshot marker, then the entries, then the hard state, fsynced;
+    /// then the in-memory log. Log entries after the snapshot index that the
+    /// batch does not overwrite are dropped in the WAL too (an entry at the
+    /// marker's index is written, which replay drops together with every live
+    /// entry), so a restart cannot resurrect a suffix raft discarded. The
+    /// image the snapshot's data names must already be durable.
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<()> {
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let mut batch = WriteBatch::default();
+        batch.snapshot = Some(etcd_wal::SnapshotMarker { index, term });
+        if self.last_index() > index {
+            let mut cut = Entry::default();
+            cut.index = index;
+            cut.term = term;
+            batch.entries.push(etcd_wal::Entry {
+                index,
+                term,
+                data: encode_entry(&cut),
+            });
+        }
+        batch
+            .entries
+            .extend(entries.iter().map(|e| etcd_wal::Entry {
+                index: e.index,
+                term: e.term,
+                data: encode_entry(e),
+            }));
+        batch.hard_state = hs.map(|hs| etcd_wal::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        });
+        self.wal.append_sync(batch)?;
+        let mut meta_only = Snapshot::default();
+        meta_only.set_metadata(snap.get_metadata().clone());
+        let mut core = self.mem.wl();
+        core.apply_snapshot(meta_only)?;
+        core.append(entries)?;
+        if let Some(hs) = hs {
+            core.set_hardstate(hs.clone());
+        }
+        drop(core);
+        let purged = self.wal.purge(index)?;
+        tracing::info!(
+            index,
+            term,
+            purged_segments = purged,
+            "installed a raft snapshot"
+        );
+        Ok(())
+    }
+
+    /// Records that the application applied every entry up to `applied`
+    /// (never moves back). Snapshots sent to followers are cut at this index.
+    pub fn set_applied(&mut self, applied: u64) {
+        self.applied = self.applied.max(applied);
+    }
+
+    /// What the application reported applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Records the membership as of the applied index (snapshots carry it).
     pub fn set_conf_state(&mut self, cs: ConfState) {
-        self.mem.wl().set_conf_state(cs);
+        let changed = Storage::initial_state(&self.mem).map_or(true, |rs| rs.conf_state != cs);
+        if changed {
+            self.mem.wl().set_conf_state(cs);
+        }
+    }
+
+    /// The snapshot metadata a leader sends: at the applied index (see the
+    /// snapshot module), `None` while no consistent answer exists.
+    fn snapshot_metadata(&self, request_index: u64) -> Option<Snapshot> {
+        let first = Storage::first_index(&self.mem).ok()?;
+        let marker = first - 1;
+        let rs = Storage::initial_state(&self.mem).ok()?;
+        // Never above what was applied, nor above the commit index (an image
+        // newer than the log is cut to the log).
+        let index = self.applied.min(rs.hard_state.commit);
+        if index == 0 || index < marker || index < request_index {
+            // The application is still installing an image it received
+            // (its applied index is below the log's snapshot marker).
+            return None;
+        }
+        let term = Storage::term(&self.mem, index).ok()?;
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(rs.conf_state);
+        Some(snap)
     }
 
     /// The last index of the raft log.
@@ -303,7 +465,18 @@ impl Storage for WalStorage {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.mem.snapshot(request_index, to)
+        let snap = self
+            .snapshot_metadata(request_index)
+            .ok_or(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ))?;
+        tracing::debug!(
+            to,
+            index = snap.get_metadata().index,
+            applied = self.applied,
+            "snapshot metadata for a follower"
+        );
+        Ok(snap)
     }
 }
 
@@ -456,5 +629,232 @@ mod tests {
             err.to_string().contains("beyond the last WAL entry"),
             "{err}"
         );
+    }
+
+    fn snapshot_at(index: u64, term: u64, cs: ConfState) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(cs);
+        snap.data = bytes::Bytes::from_static(b"token");
+        snap
+    }
+
+    fn hard_state(term: u64, commit: u64) -> HardState {
+        let mut hs = HardState::default();
+        hs.term = term;
+        hs.commit = commit;
+        hs
+    }
+
+    fn datas(s: &WalStorage, low: u64, high: u64) -> Vec<Vec<u8>> {
+        s.entries(low, high, None, GetEntriesContext::empty(false))
+            .unwrap()
+            .iter()
+            .map(|e| e.data.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_log_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1, 2])).unwrap();
+        // Entries 1..=12 of term 1, only 3 committed: 11 and 12 conflict
+        // with the leader's log, which the snapshot at 10 (term 2) replaces.
+        let ents: Vec<Entry> = (1..=12)
+            .map(|i| entry(i, 1, format!("old{i}").as_bytes()))
+            .collect();
+        s.persist(&ents, Some(&hard_state(1, 3)), true).unwrap();
+        s.apply_snapshot(
+            &snapshot_at(10, 2, voters(&[1, 2, 3])),
+            &[],
+            Some(&hard_state(2, 10)),
+        )
+        .unwrap();
+        assert_eq!(s.first_index().unwrap(), 11);
+        assert_eq!(s.last_index(), 10, "the stale suffix is gone");
+        assert_eq!(s.term(10).unwrap(), 2);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, 10);
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        // The next Ready appends after it.
+        s.persist(&[entry(11, 2, b"new11")], Some(&hard_state(2, 11)), true)
+            .unwrap();
+        drop(s);
+
+        let cs = || Ok(voters(&[1, 2, 3]));
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 10, |_| cs())
+            .unwrap()
+            .storage;
+        assert_eq!(s.first_index().unwrap(), 11);
+        assert_eq!(s.last_index(), 11);
+        assert_eq!(datas(&s, 11, 12), vec![b"new11".to_vec()]);
+        assert_eq!(s.term(10).unwrap(), 2);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 11);
+        drop(s);
+
+        // Without the entry after it, the stale suffix must not come back
+        // either (the WAL still holds "old11" and "old12").
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1])).unwrap();
+        s.persist(&ents, Some(&hard_state(1, 3)), true).unwrap();
+        s.apply_snapshot(&snapshot_at(10, 2, voters(&[1])), &[], None)
+            .unwrap();
+        drop(s);
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 10, |_| Ok(voters(&[1])))
+            .unwrap()
+            .storage;
+        assert_eq!((s.first_index().unwrap(), s.last_index()), (11, 10));
+    }
+
+    #[test]
+    fn a_snapshot_with_entries_in_the_same_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1])).unwrap();
+        s.persist(&[entry(1, 1, b"a")], Some(&hard_state(1, 1)), true)
+            .unwrap();
+        s.apply_snapshot(
+            &snapshot_at(20, 3, voters(&[1])),
+            &[entry(21, 3, b"x"), entry(22, 3, b"y")],
+            Some(&hard_state(3, 20)),
+        )
+        .unwrap();
+        assert_eq!(datas(&s, 21, 23), vec![b"x".to_vec(), b"y".to_vec()]);
+        drop(s);
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 20, |_| Ok(voters(&[1])))
+            .unwrap()
+            .storage;
+        assert_eq!(datas(&s, 21, 23), vec![b"x".to_vec(), b"y".to_vec()]);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 20);
+    }
+
+    /// The restart protocol: a crash after the WAL recorded a received
+    /// snapshot and before the application installed its image.
+    #[test]
+    fn crash_between_the_marker_and_the_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1])).unwrap();
+        s.persist(&[entry(1, 1, b"a")], Some(&hard_state(1, 1)), true)
+            .unwrap();
+        s.apply_snapshot(
+            &snapshot_at(10, 2, voters(&[1])),
+            &[],
+            Some(&hard_state(2, 10)),
+        )
+        .unwrap();
+        drop(s);
+
+        // The application is at 1: the plain open refuses.
+        let err = WalStorage::open(dir.path(), WalOptions::default(), 1, |_| Ok(voters(&[1])))
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("below the WAL's snapshot index 10"),
+            "{err}"
+        );
+        // It can learn the marker without keeping the WAL open...
+        let marker = WalStorage::snapshot_marker(dir.path(), WalOptions::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((marker.index, marker.term), (10, 2));
+        // ...or while opening: it re-installs the image it retained for
+        // (10, 2), whose applied index may be newer (here 12).
+        let mut seen = None;
+        let s = WalStorage::open_with(dir.path(), WalOptions::default(), |rec| {
+            seen = rec.snapshot.map(|m| (m.index, m.term));
+            assert_eq!(&rec.metadata[..], b"m");
+            Ok((12, voters(&[1])))
+        })
+        .unwrap()
+        .storage;
+        assert_eq!(seen, Some((10, 2)));
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 10);
+        assert_eq!(s.applied(), 12);
+        drop(s);
+        // Without a retained image the application stays at 1: refused.
+        let err =
+            WalStorage::open_with(dir.path(), WalOptions::default(), |_| Ok((1, voters(&[1]))))
+                .err()
+                .expect("refused");
+        assert!(err.to_string().contains("below the WAL's snapshot index"));
+    }
+
+    #[test]
+    fn snapshot_metadata_is_never_above_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1, 2])).unwrap();
+        let unavailable = Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ));
+        // Nothing applied yet.
+        assert_eq!(s.snapshot(0, 2), unavailable);
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 5, b"e")).collect();
+        s.persist(&ents, Some(&hard_state(3, 10)), true).unwrap();
+        // Committed up to 10, but the application applied 6 only.
+        s.set_applied(6);
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (6, 2)
+        );
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2]);
+        assert!(snap.data.is_empty(), "the image travels out of band");
+        s.set_applied(5);
+        assert_eq!(s.applied(), 6, "applied never moves back");
+        // A follower asking for a newer one waits.
+        assert_eq!(s.snapshot(8, 2), unavailable);
+        s.compact(4).unwrap();
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 6);
+        // Membership as of the applied index.
+        s.set_conf_state(voters(&[1, 2, 3]));
+        assert_eq!(
+            s.snapshot(0, 2)
+                .unwrap()
+                .get_metadata()
+                .get_conf_state()
+                .voters,
+            vec![1, 2, 3]
+        );
+        // A received snapshot the application has not installed yet: no
+        // consistent answer until it reports.
+        s.apply_snapshot(
+            &snapshot_at(20, 4, voters(&[1, 2, 3])),
+            &[],
+            Some(&hard_state(4, 20)),
+        )
+        .unwrap();
+        assert_eq!(s.snapshot(0, 2), unavailable);
+        // An image newer than the log is cut to the log.
+        s.set_applied(25);
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (20, 4)
+        );
+    }
+
+    #[test]
+    fn an_image_newer_than_the_log_is_accepted_only_with_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s =
+            WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1])).unwrap();
+        s.apply_snapshot(
+            &snapshot_at(10, 2, voters(&[1])),
+            &[],
+            Some(&hard_state(2, 10)),
+        )
+        .unwrap();
+        drop(s);
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 15, |_| Ok(voters(&[1])))
+            .unwrap()
+            .storage;
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 10);
+        assert_eq!(s.last_index(), 10);
     }
 }

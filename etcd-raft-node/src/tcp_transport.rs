@@ -28,6 +28,37 @@
 //! A frame longer than `max_frame_bytes` or that does not decode closes
 //! the connection. The streams are generic over `AsyncRead + AsyncWrite`,
 //! so TLS can wrap the TCP stream without changing the framing.
+//!
+//! # Snapshot streams
+//!
+//! A `MsgSnapshot` never travels on the message stream: the state machine
+//! image behind it can be large. The sender opens a connection of its own,
+//! with the same handshake under the magic "ETRS" (the listener dispatches
+//! on the magic: "ETRP" message stream, "ETRS" snapshot stream), answered
+//! like the message stream's or with 4 (a snapshot from this member is
+//! already being received) or 5 (the listener takes no snapshots). Then:
+//!
+//! ```text
+//! len: u32 BE | the raft `Message` (MsgSnapshot, snapshot.data empty), at most 1 MiB
+//! 1: u8 | len: u32 BE | len bytes of the image      (1 <= len <= 8 MiB; sent: 1 MiB)
+//! ...                                               (as many chunks as needed, maybe none)
+//! 2: u8 | total: u64 BE | crc32c: u32 BE            (end: image length and crc32c)
+//! ```
+//!
+//! answered by one status byte: 0 the image is durable and the message
+//! was delivered, 1 the stream was refused (bad frame, length or checksum:
+//! the image is discarded), 2 the application failed to import it. The
+//! sender reports the outcome to raft (`report_snapshot`), as it does any
+//! failure (no connection, a timeout: `snapshot_timeout` bounds every step).
+//!
+//! The sender reads the image from [`SnapshotIo::export`] on a blocking
+//! thread, one chunk ahead of the socket; the receiver writes chunks into
+//! the [`SnapshotIo::import`] sink on a blocking thread, at most two chunks
+//! behind the socket, so memory stays bounded on both sides. After a
+//! verified end frame the receiver calls `finish`, puts the token into the
+//! message's `snapshot.data`, delivers the message, and answers. One
+//! snapshot is in flight per peer and direction: a second `MsgSnapshot` to
+//! a peer that is still receiving one is dropped and reported failed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,10 +73,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
+use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
 use crate::transport::Transport;
 use crate::{Error, Result};
+use raft::eraftpb::MessageType;
 
+/// Magic of a message stream.
 const MAGIC: &[u8; 4] = b"ETRP";
+/// Magic of a snapshot stream.
+const SNAP_MAGIC: &[u8; 4] = b"ETRS";
 const VERSION: u8 = 1;
 const HANDSHAKE_LEN: usize = 4 + 1 + 8 + 8 + 8;
 
@@ -54,6 +91,18 @@ const ACCEPTED: u8 = 0;
 const CLUSTER_MISMATCH: u8 = 1;
 const WRONG_MEMBER: u8 = 2;
 const BAD_VERSION: u8 = 3;
+const SNAPSHOT_BUSY: u8 = 4;
+const NO_SNAPSHOTS: u8 = 5;
+
+/// Snapshot stream frames and answers.
+const CHUNK_FRAME: u8 = 1;
+const END_FRAME: u8 = 2;
+const SNAPSHOT_OK: u8 = 0;
+const SNAPSHOT_REFUSED: u8 = 1;
+const SNAPSHOT_APP_FAILED: u8 = 2;
+/// Largest chunk a receiver accepts, and largest snapshot message.
+const MAX_CHUNK: usize = 8 << 20;
+const MAX_SNAPSHOT_MSG: usize = 1 << 20;
 
 /// Settings of a [`TcpTransport`].
 #[derive(Clone, Debug)]
@@ -70,6 +119,12 @@ pub struct TcpTransportConfig {
     pub max_frame_bytes: usize,
     /// Wait between two connection attempts to a peer.
     pub retry_interval: Duration,
+    /// Bytes per chunk of a snapshot image sent (at most 8 MiB).
+    pub snapshot_chunk_bytes: usize,
+    /// Limit on every step of a snapshot stream: connecting, each frame
+    /// read or written, and the receiver's answer after the end frame
+    /// (which includes its fsync of the image).
+    pub snapshot_timeout: Duration,
 }
 
 impl Default for TcpTransportConfig {
@@ -81,12 +136,36 @@ impl Default for TcpTransportConfig {
             queue_len: 4096,
             max_frame_bytes: 512 << 20,
             retry_interval: Duration::from_millis(100),
+            snapshot_chunk_bytes: crate::SNAPSHOT_CHUNK_BYTES,
+            snapshot_timeout: Duration::from_secs(60),
         }
     }
 }
 
 /// Called with every message received from a peer.
 pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
+
+/// Called with `(to, ok)` when a snapshot stream to `to` ended
+/// ([`RaftNode::report_snapshot`](crate::RaftNode::report_snapshot)).
+pub type ReportSnapshot = Arc<dyn Fn(u64, bool) + Send + Sync>;
+
+/// Called with a peer whose connection failed
+/// ([`RaftNode::report_unreachable`](crate::RaftNode::report_unreachable)).
+pub type ReportUnreachable = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// What a [`TcpTransport`] calls back into, besides [`Deliver`]. Without
+/// `snapshots` it refuses incoming snapshot streams and drops outgoing
+/// `MsgSnapshot`s (reporting them failed).
+#[derive(Clone, Default)]
+pub struct TransportHooks {
+    /// The application's images: exported for `MsgSnapshot`s sent, imported
+    /// for those received.
+    pub snapshots: Option<Arc<dyn SnapshotIo>>,
+    /// The outcome of every `MsgSnapshot` sent.
+    pub report_snapshot: Option<ReportSnapshot>,
+    /// Every failed connection attempt or broken stream to a peer.
+    pub report_unreachable: Option<ReportUnreachable>,
+}
 
 /// Counters of one peer's outgoing stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,6 +176,10 @@ pub struct PeerStats {
     pub dropped: u64,
     /// Handshakes the peer rejected.
     pub rejected: u64,
+    /// Snapshots the peer confirmed (image durable, message delivered).
+    pub snapshots_sent: u64,
+    /// Snapshots that failed (or were dropped: one already in flight).
+    pub snapshots_failed: u64,
 }
 
 #[derive(Default)]
@@ -104,22 +187,32 @@ struct Counters {
     sent: AtomicU64,
     dropped: AtomicU64,
     rejected: AtomicU64,
+    snapshots_sent: AtomicU64,
+    snapshots_failed: AtomicU64,
 }
 
 struct PeerQueue {
     tx: mpsc::Sender<Message>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
+    addr: String,
+    /// A snapshot stream to this peer is running.
+    snapshot_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Raft messages over TCP (see the module doc).
 pub struct TcpTransport {
     cfg: TcpTransportConfig,
+    hooks: TransportHooks,
     local_addr: SocketAddr,
     peers: Mutex<HashMap<u64, PeerQueue>>,
     rt: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
+    queries: QuerySlot,
 }
+
+/// The handler of "ETRQ" queries, set once the application is ready.
+type QuerySlot = Arc<parking_lot::RwLock<Option<QueryHandler>>>;
 
 impl TcpTransport {
     /// Starts accepting on `listener` (already bound, so tests can use port
@@ -132,6 +225,23 @@ impl TcpTransport {
         listener: std::net::TcpListener,
         deliver: Deliver,
     ) -> Result<Arc<TcpTransport>> {
+        Self::start_with(cfg, listener, deliver, TransportHooks::default())
+    }
+
+    /// [`TcpTransport::start`] with snapshot streams and failure reports
+    /// (see [`TransportHooks`] and the module doc).
+    pub fn start_with(
+        cfg: TcpTransportConfig,
+        listener: std::net::TcpListener,
+        deliver: Deliver,
+        hooks: TransportHooks,
+    ) -> Result<Arc<TcpTransport>> {
+        if cfg.snapshot_chunk_bytes == 0 || cfg.snapshot_chunk_bytes > MAX_CHUNK {
+            return Err(Error::Config(format!(
+                "snapshot chunk of {} bytes: must be within 1..={MAX_CHUNK}",
+                cfg.snapshot_chunk_bytes
+            )));
+        }
         let local_addr = listener.local_addr().map_err(io_err)?;
         listener.set_nonblocking(true).map_err(io_err)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -145,9 +255,21 @@ impl TcpTransport {
             let _guard = rt.enter();
             TcpListener::from_std(listener).map_err(io_err)?
         };
-        let (id, cluster_id, max) = (cfg.id, cfg.cluster_id, cfg.max_frame_bytes);
-        handle.spawn(accept_loop(listener, id, cluster_id, max, deliver));
+        let queries: QuerySlot = Arc::default();
+        let ctx = Arc::new(ServeCtx {
+            queries: queries.clone(),
+            id: cfg.id,
+            cluster_id: cfg.cluster_id,
+            max: cfg.max_frame_bytes,
+            deliver,
+            snapshots: hooks.snapshots.clone(),
+            receiving: Mutex::new(std::collections::HashSet::new()),
+            timeout: cfg.snapshot_timeout,
+        });
+        handle.spawn(accept_loop(listener, ctx));
         let t = Arc::new(TcpTransport {
+            queries,
+            hooks,
             peers: Mutex::new(HashMap::new()),
             rt: Mutex::new(Some(rt)),
             handle,
@@ -162,6 +284,12 @@ impl TcpTransport {
         Ok(t)
     }
 
+    /// Answers "ETRQ" queries with `handler` from now on (see
+    /// [`crate::peer_query`]).
+    pub fn set_query_handler(&self, handler: QueryHandler) {
+        *self.queries.write() = Some(handler);
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -171,6 +299,7 @@ impl TcpTransport {
     pub fn add_peer(&self, peer: u64, addr: String) {
         let (tx, rx) = mpsc::channel(self.cfg.queue_len.max(1));
         let counters = Arc::new(Counters::default());
+        let link_addr = addr.clone();
         let link = Link {
             from: self.cfg.id,
             to: peer,
@@ -179,15 +308,78 @@ impl TcpTransport {
             max_frame: self.cfg.max_frame_bytes,
             retry: self.cfg.retry_interval,
             counters: counters.clone(),
+            unreachable: self.hooks.report_unreachable.clone(),
         };
         let task = self.handle.spawn(link.run(rx));
-        if let Some(old) = self
-            .peers
-            .lock()
-            .insert(peer, PeerQueue { tx, counters, task })
-        {
+        let q = PeerQueue {
+            tx,
+            counters,
+            task,
+            addr: link_addr,
+            snapshot_busy: Default::default(),
+        };
+        if let Some(old) = self.peers.lock().insert(peer, q) {
             old.task.abort();
         }
+    }
+
+    /// Starts a snapshot stream for `m` (see the module doc); the outcome
+    /// goes to the `report_snapshot` hook.
+    fn send_snapshot(&self, peers: &HashMap<u64, PeerQueue>, m: Message) {
+        let to = m.to;
+        let report = self.hooks.report_snapshot.clone();
+        let fail = |why: &str| {
+            tracing::warn!(peer = format!("{to:x}"), "snapshot not sent: {why}");
+            if let Some(r) = &report {
+                r(to, false);
+            }
+        };
+        let Some(io) = self.hooks.snapshots.clone() else {
+            fail("this transport has no SnapshotIo");
+            return;
+        };
+        let Some(q) = peers.get(&to) else {
+            fail("unknown peer");
+            return;
+        };
+        if q.snapshot_busy.swap(true, Ordering::AcqRel) {
+            q.counters.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+            fail("a snapshot to this peer is still in flight");
+            return;
+        }
+        let sender = SnapshotSender {
+            from: self.cfg.id,
+            to,
+            cluster_id: self.cfg.cluster_id,
+            addr: q.addr.clone(),
+            chunk: self.cfg.snapshot_chunk_bytes,
+            timeout: self.cfg.snapshot_timeout,
+        };
+        let busy = q.snapshot_busy.clone();
+        let counters = q.counters.clone();
+        self.handle.spawn(async move {
+            let index = m.get_snapshot().get_metadata().index;
+            let r = sender.send(m, io).await;
+            busy.store(false, Ordering::Release);
+            let ok = r.is_ok();
+            match r {
+                Ok(bytes) => {
+                    counters.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = format!("{to:x}"), index, bytes, "sent a snapshot");
+                }
+                Err(e) => {
+                    counters.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = format!("{to:x}"),
+                        index,
+                        "sending a snapshot failed: {e}"
+                    );
+                }
+            }
+            if let Some(r) = report {
+                r(to, ok);
+            }
+        });
     }
 
     /// Stops the stream to `peer`; its queued messages are dropped.
@@ -203,6 +395,8 @@ impl TcpTransport {
             sent: q.counters.sent.load(Ordering::Relaxed),
             dropped: q.counters.dropped.load(Ordering::Relaxed),
             rejected: q.counters.rejected.load(Ordering::Relaxed),
+            snapshots_sent: q.counters.snapshots_sent.load(Ordering::Relaxed),
+            snapshots_failed: q.counters.snapshots_failed.load(Ordering::Relaxed),
         })
     }
 
@@ -225,6 +419,10 @@ impl Transport for TcpTransport {
     fn send(&self, msgs: Vec<Message>) {
         let peers = self.peers.lock();
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(&peers, m);
+                continue;
+            }
             let Some(q) = peers.get(&m.to) else {
                 tracing::debug!(to = m.to, "dropping a message to an unknown peer");
                 continue;
@@ -249,6 +447,7 @@ struct Link {
     max_frame: usize,
     retry: Duration,
     counters: Arc<Counters>,
+    unreachable: Option<ReportUnreachable>,
 }
 
 impl Link {
@@ -261,8 +460,10 @@ impl Link {
                     if self.pump(stream, &mut rx).await.is_none() {
                         return; // the transport dropped the queue
                     }
+                    self.report_unreachable();
                 }
                 Err(why) => {
+                    self.report_unreachable();
                     if !logged_down {
                         tracing::warn!(peer = format!("{:x}", self.to), addr = %self.addr, "cannot reach peer: {why}");
                         logged_down = true;
@@ -273,40 +474,21 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> std::result::Result<TcpStream, String> {
-        let mut s = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = s.set_nodelay(true);
-        let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
-        hs.extend_from_slice(MAGIC);
-        hs.push(VERSION);
-        hs.extend_from_slice(&self.cluster_id.to_be_bytes());
-        hs.extend_from_slice(&self.from.to_be_bytes());
-        hs.extend_from_slice(&self.to.to_be_bytes());
-        s.write_all(&hs).await.map_err(|e| e.to_string())?;
-        let answer = s.read_u8().await.map_err(|e| e.to_string())?;
-        match answer {
-            ACCEPTED => Ok(s),
-            CLUSTER_MISMATCH => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(format!(
-                    "the member at {} belongs to another cluster (ours is {:016x})",
-                    self.addr, self.cluster_id
-                ))
-            }
-            WRONG_MEMBER => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(format!(
-                    "the member at {} is not member {:016x}",
-                    self.addr, self.to
-                ))
-            }
-            other => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(format!("handshake refused with code {other}"))
-            }
+    fn report_unreachable(&self) {
+        if let Some(r) = &self.unreachable {
+            r(self.to);
         }
+    }
+
+    async fn connect(&self) -> std::result::Result<TcpStream, String> {
+        dial(&self.addr, MAGIC, self.cluster_id, self.from, self.to)
+            .await
+            .map_err(|e| {
+                if e.rejected {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                e.why
+            })
     }
 
     /// Writes queued messages until the connection breaks (`Some`) or the
@@ -341,6 +523,213 @@ impl Link {
                 self.counters.dropped.fetch_add(n, Ordering::Relaxed);
                 return Some(());
             }
+        }
+    }
+}
+
+/// Why a dial failed; `rejected` when the listener refused the handshake.
+struct DialError {
+    why: String,
+    rejected: bool,
+}
+
+/// Connects to `addr` and performs the handshake under `magic`.
+async fn dial(
+    addr: &str,
+    magic: &[u8; 4],
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+) -> std::result::Result<TcpStream, DialError> {
+    let io = |e: std::io::Error| DialError {
+        why: e.to_string(),
+        rejected: false,
+    };
+    let mut s = TcpStream::connect(addr).await.map_err(io)?;
+    let _ = s.set_nodelay(true);
+    let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
+    hs.extend_from_slice(magic);
+    hs.push(VERSION);
+    hs.extend_from_slice(&cluster_id.to_be_bytes());
+    hs.extend_from_slice(&from.to_be_bytes());
+    hs.extend_from_slice(&to.to_be_bytes());
+    s.write_all(&hs).await.map_err(io)?;
+    let answer = s.read_u8().await.map_err(io)?;
+    let why = match answer {
+        ACCEPTED => return Ok(s),
+        CLUSTER_MISMATCH => {
+            format!("the member at {addr} belongs to another cluster (ours is {cluster_id:016x})")
+        }
+        WRONG_MEMBER => format!("the member at {addr} is not member {to:016x}"),
+        SNAPSHOT_BUSY => format!("the member at {addr} is still receiving a snapshot from us"),
+        NO_SNAPSHOTS => format!("the member at {addr} takes no snapshots"),
+        other => format!("handshake refused with code {other}"),
+    };
+    Err(DialError {
+        why,
+        rejected: true,
+    })
+}
+
+/// Bounds one step of a snapshot stream.
+async fn within<T>(
+    limit: Option<Duration>,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match limit {
+        None => f.await,
+        Some(d) => tokio::time::timeout(d, f).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "snapshot stream timed out")
+        })?,
+    }
+}
+
+/// One outgoing snapshot stream.
+struct SnapshotSender {
+    from: u64,
+    to: u64,
+    cluster_id: u64,
+    addr: String,
+    chunk: usize,
+    timeout: Duration,
+}
+
+impl SnapshotSender {
+    /// Sends `m` and the image; returns the image's length once the
+    /// receiver confirmed.
+    async fn send(
+        &self,
+        mut m: Message,
+        io: Arc<dyn SnapshotIo>,
+    ) -> std::result::Result<u64, String> {
+        let t = Some(self.timeout);
+        let index = m.get_snapshot().get_metadata().index;
+        m.mut_snapshot().data = Default::default();
+        let s = tokio::time::timeout(
+            self.timeout,
+            dial(&self.addr, SNAP_MAGIC, self.cluster_id, self.from, self.to),
+        )
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| e.why)?;
+        let mut w = BufWriter::new(s);
+        within(t, write_frame(&mut w, &m, MAX_SNAPSHOT_MSG))
+            .await
+            .map_err(|e| e.to_string())?;
+        // The image is read on a blocking thread, one chunk ahead.
+        let (tx, mut rx) = mpsc::channel::<std::result::Result<Vec<u8>, String>>(1);
+        let chunk = self.chunk;
+        tokio::task::spawn_blocking(move || {
+            let mut r = match io.export(index) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.to_string()));
+                    return;
+                }
+            };
+            loop {
+                let mut buf = vec![0; chunk];
+                match read_full(&mut *r, &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.blocking_send(Ok(buf)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let (mut crc, mut total) = (0u32, 0u64);
+        while let Some(c) = rx.recv().await {
+            let c = c?;
+            crc = crc32c::crc32c_append(crc, &c);
+            total += c.len() as u64;
+            within(t, write_chunk_frame(&mut w, &c))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        within(t, async {
+            write_end_frame(&mut w, total, crc).await?;
+            w.flush().await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let answer = within(t, w.read_u8()).await.map_err(|e| e.to_string())?;
+        match answer {
+            SNAPSHOT_OK => Ok(total),
+            SNAPSHOT_REFUSED => Err("the receiver refused the stream".into()),
+            SNAPSHOT_APP_FAILED => Err("the receiver could not import the image".into()),
+            other => Err(format!("unknown answer {other}")),
+        }
+    }
+}
+
+/// Writes one image chunk frame of a snapshot stream.
+async fn write_chunk_frame<W: AsyncWrite + Unpin>(w: &mut W, c: &[u8]) -> std::io::Result<()> {
+    w.write_u8(CHUNK_FRAME).await?;
+    w.write_u32(c.len() as u32).await?;
+    w.write_all(c).await
+}
+
+/// Writes the end frame of a snapshot stream.
+async fn write_end_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    total: u64,
+    crc: u32,
+) -> std::io::Result<()> {
+    w.write_u8(END_FRAME).await?;
+    w.write_u64(total).await?;
+    w.write_u32(crc).await
+}
+
+/// Reads the image frames of a snapshot stream (after its message),
+/// handing each chunk to `on_chunk`; returns the image's length after a
+/// verified end frame. Each frame read is bounded by `limit`.
+async fn read_image<R, F, Fut>(
+    r: &mut R,
+    max_chunk: usize,
+    limit: Option<Duration>,
+    mut on_chunk: F,
+) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let (mut crc, mut total) = (0u32, 0u64);
+    loop {
+        match within(limit, r.read_u8()).await? {
+            CHUNK_FRAME => {
+                let len = within(limit, r.read_u32()).await? as usize;
+                if len == 0 || len > max_chunk {
+                    return Err(bad(format!("image chunk of {len} bytes")));
+                }
+                let mut buf = vec![0; len];
+                within(limit, r.read_exact(&mut buf)).await?;
+                crc = crc32c::crc32c_append(crc, &buf);
+                total += len as u64;
+                on_chunk(buf).await?;
+            }
+            END_FRAME => {
+                let n = within(limit, r.read_u64()).await?;
+                let c = within(limit, r.read_u32()).await?;
+                if n != total {
+                    return Err(bad(format!("image of {total} bytes, the sender says {n}")));
+                }
+                if c != crc {
+                    return Err(bad(format!(
+                        "image checksum {crc:08x}, the sender says {c:08x}"
+                    )));
+                }
+                return Ok(total);
+            }
+            other => return Err(bad(format!("unknown snapshot frame kind {other}"))),
         }
     }
 }
@@ -386,20 +775,28 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .map_err(|e| std::io::Error::other(format!("undecodable raft message: {e}")))
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the accept loop's connections share.
+struct ServeCtx {
+    /// The handler of "ETRQ" queries (see peer_query.rs).
+    queries: QuerySlot,
     id: u64,
     cluster_id: u64,
     max: usize,
     deliver: Deliver,
-) {
+    snapshots: Option<Arc<dyn SnapshotIo>>,
+    /// Members whose snapshot stream is being received.
+    receiving: Mutex<std::collections::HashSet<u64>>,
+    timeout: Duration,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
     loop {
         match listener.accept().await {
             Ok((s, addr)) => {
                 let _ = s.set_nodelay(true);
-                let deliver = deliver.clone();
+                let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(s, id, cluster_id, max, deliver).await {
+                    if let Err(e) = serve(s, &ctx).await {
                         tracing::debug!(%addr, "peer connection closed: {e}");
                     }
                 });
@@ -412,45 +809,211 @@ async fn accept_loop(
     }
 }
 
-/// Checks a dialer's handshake and delivers its messages.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+/// Checks a dialer's handshake and dispatches on its magic.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut s: S,
-    id: u64,
-    cluster_id: u64,
-    max: usize,
-    deliver: Deliver,
+    ctx: &ServeCtx,
 ) -> std::io::Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
-    s.read_exact(&mut hs).await?;
+    s.read_exact(&mut hs[..4]).await?;
+    if &hs[..4] == QUERY_MAGIC {
+        let handler = ctx.queries.read().clone();
+        return serve_query(s, ctx.cluster_id, handler).await;
+    }
+    s.read_exact(&mut hs[4..]).await?;
     let field = |i: usize| u64::from_be_bytes(hs[i..i + 8].try_into().expect("8 bytes"));
     let (their_cluster, from, to) = (field(5), field(13), field(21));
-    let answer = if &hs[..4] != MAGIC || hs[4] != VERSION {
+    let magic: [u8; 4] = hs[..4].try_into().expect("4 bytes");
+    // A new connection kind: a magic in this list and an arm in the match
+    // below; the handshake and its answers are shared.
+    let known = [MAGIC, SNAP_MAGIC].contains(&&magic);
+    let answer = if !known || hs[4] != VERSION {
         BAD_VERSION
-    } else if their_cluster != cluster_id {
+    } else if their_cluster != ctx.cluster_id {
         tracing::warn!(
             from = format!("{from:x}"),
-            "rejecting a peer of cluster {their_cluster:016x}: this member belongs to cluster {cluster_id:016x}"
+            "rejecting a peer of cluster {their_cluster:016x}: this member belongs to cluster {:016x}",
+            ctx.cluster_id
         );
         CLUSTER_MISMATCH
-    } else if to != id {
+    } else if to != ctx.id {
         WRONG_MEMBER
     } else {
         ACCEPTED
     };
-    s.write_u8(answer).await?;
     if answer != ACCEPTED {
+        s.write_u8(answer).await?;
         return Ok(());
     }
-    while let Some(m) = read_frame(&mut s, max).await? {
+    match &magic {
+        MAGIC => {
+            s.write_u8(ACCEPTED).await?;
+            serve_messages(s, ctx, from).await
+        }
+        SNAP_MAGIC => serve_snapshot(s, ctx, from).await,
+        _ => unreachable!("magic checked above"),
+    }
+}
+
+/// Delivers the messages of an accepted message stream.
+async fn serve_messages<S: AsyncRead + Unpin>(
+    mut s: S,
+    ctx: &ServeCtx,
+    from: u64,
+) -> std::io::Result<()> {
+    let id = ctx.id;
+    while let Some(m) = read_frame(&mut s, ctx.max).await? {
         if m.to != id || m.from != from {
             return Err(std::io::Error::other(format!(
                 "message {}->{} on the stream {from}->{id}",
                 m.from, m.to
             )));
         }
-        deliver(m);
+        (ctx.deliver)(m);
     }
     Ok(())
+}
+
+/// Removes a member from the receiving set when its stream ends.
+struct Receiving<'a> {
+    ctx: &'a ServeCtx,
+    from: u64,
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.ctx.receiving.lock().remove(&self.from);
+    }
+}
+
+/// What the blocking thread writing an incoming image is told.
+enum SinkCmd {
+    Chunk(Vec<u8>),
+    Finish,
+}
+
+/// Receives a snapshot stream (the handshake was checked): the message,
+/// the image into the application's sink, then delivery and the answer.
+async fn serve_snapshot<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut s: S,
+    ctx: &ServeCtx,
+    from: u64,
+) -> std::io::Result<()> {
+    let Some(io) = ctx.snapshots.clone() else {
+        s.write_u8(NO_SNAPSHOTS).await?;
+        return Ok(());
+    };
+    if !ctx.receiving.lock().insert(from) {
+        s.write_u8(SNAPSHOT_BUSY).await?;
+        return Ok(());
+    }
+    let _guard = Receiving { ctx, from };
+    s.write_u8(ACCEPTED).await?;
+    let limit = Some(ctx.timeout);
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let mut m = match within(limit, read_frame(&mut s, MAX_SNAPSHOT_MSG)).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            let _ = s.write_u8(SNAPSHOT_REFUSED).await;
+            return Err(e);
+        }
+    };
+    let (index, term) = {
+        let meta = m.get_snapshot().get_metadata();
+        (meta.index, meta.term)
+    };
+    if m.get_msg_type() != MessageType::MsgSnapshot
+        || m.from != from
+        || m.to != ctx.id
+        || index == 0
+    {
+        let _ = s.write_u8(SNAPSHOT_REFUSED).await;
+        return Err(refuse(format!(
+            "{:?} {}->{} (index {index}) on the snapshot stream {from}->{}",
+            m.get_msg_type(),
+            m.from,
+            m.to,
+            ctx.id
+        )));
+    }
+    // The sink lives on a blocking thread, at most two chunks behind.
+    let (tx, mut rx) = mpsc::channel::<SinkCmd>(2);
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+        let mut sink: Box<dyn SnapshotSink> = io.import(index, term)?;
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                SinkCmd::Chunk(c) => sink.write_chunk(&c)?,
+                SinkCmd::Finish => return sink.finish().map(Some),
+            }
+        }
+        // The stream broke: dropping the sink discards the image.
+        Ok(None)
+    });
+    let got = read_image(&mut s, MAX_CHUNK, limit, |c| {
+        let tx = tx.clone();
+        async move {
+            tx.send(SinkCmd::Chunk(c))
+                .await
+                .map_err(|_| std::io::Error::other("the image sink failed"))
+        }
+    })
+    .await;
+    let total = match got {
+        Ok(total) => {
+            let _ = tx.send(SinkCmd::Finish).await;
+            drop(tx);
+            total
+        }
+        Err(e) => {
+            drop(tx);
+            // An application failure shows as a closed channel: tell which.
+            let answer = match writer.await {
+                Ok(Err(app)) => {
+                    tracing::warn!(
+                        from = format!("{from:x}"),
+                        index,
+                        "importing a snapshot failed: {app}"
+                    );
+                    SNAPSHOT_APP_FAILED
+                }
+                _ => SNAPSHOT_REFUSED,
+            };
+            let _ = s.write_u8(answer).await;
+            return Err(e);
+        }
+    };
+    let token = match writer.await {
+        Ok(Ok(Some(token))) => token,
+        Ok(Ok(None)) => {
+            s.write_u8(SNAPSHOT_APP_FAILED).await?;
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                from = format!("{from:x}"),
+                index,
+                "importing a snapshot failed: {e}"
+            );
+            s.write_u8(SNAPSHOT_APP_FAILED).await?;
+            return Ok(());
+        }
+        Err(e) => {
+            s.write_u8(SNAPSHOT_APP_FAILED).await?;
+            return Err(std::io::Error::other(format!("image sink panicked: {e}")));
+        }
+    };
+    tracing::info!(
+        from = format!("{from:x}"),
+        index,
+        term,
+        bytes = total,
+        "received a snapshot"
+    );
+    m.mut_snapshot().data = token.into();
+    (ctx.deliver)(m);
+    s.write_u8(SNAPSHOT_OK).await?;
+    s.flush().await
 }
 
 #[doc(hidden)]
@@ -469,6 +1032,30 @@ pub mod fuzzing {
                 n += 1;
             }
             n
+        })
+    }
+
+    /// Decodes `data` as a snapshot stream after its handshake: the raft
+    /// message, then image frames up to a verified end frame. Returns the
+    /// image's length, or `None` where the receiver refuses the stream.
+    pub fn decode_snapshot_stream(data: &[u8]) -> Option<u64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut r = data;
+            super::read_frame(&mut r, super::MAX_SNAPSHOT_MSG)
+                .await
+                .ok()??;
+            let mut seen = 0u64;
+            let total = super::read_image(&mut r, super::MAX_CHUNK, None, |c| {
+                seen += c.len() as u64;
+                std::future::ready(Ok(()))
+            })
+            .await
+            .ok()?;
+            assert_eq!(seen, total, "every byte counted went to the sink");
+            Some(total)
         })
     }
 }
@@ -542,5 +1129,104 @@ mod tests {
             let noise: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
             fuzzing::decode_frames(&noise);
         }
+    }
+
+    /// A snapshot stream as the sender writes it (after the handshake).
+    fn snapshot_stream(image: &[u8], chunk: usize) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m.from = 1;
+            m.to = 2;
+            m.mut_snapshot().mut_metadata().index = 10;
+            m.mut_snapshot().mut_metadata().term = 2;
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &m, MAX_SNAPSHOT_MSG).await.unwrap();
+            for c in image.chunks(chunk) {
+                write_chunk_frame(&mut buf, c).await.unwrap();
+            }
+            write_end_frame(&mut buf, image.len() as u64, crc32c::crc32c(image))
+                .await
+                .unwrap();
+            buf
+        })
+    }
+
+    #[test]
+    fn snapshot_streams_round_trip_and_damage_is_refused() {
+        let image: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
+        let good = snapshot_stream(&image, 1000);
+        assert_eq!(fuzzing::decode_snapshot_stream(&good), Some(2500));
+        assert_eq!(
+            fuzzing::decode_snapshot_stream(&snapshot_stream(&[], 1000)),
+            Some(0),
+            "an empty image is a message and an end frame"
+        );
+        let msg_len = 4 + u32::from_be_bytes(good[..4].try_into().unwrap()) as usize;
+        // A flipped image byte: the checksum disagrees.
+        let mut bad = good.clone();
+        bad[msg_len + 5 + 17] ^= 1;
+        assert_eq!(fuzzing::decode_snapshot_stream(&bad), None);
+        // Short streams: cut inside a chunk, or before the end frame.
+        assert_eq!(
+            fuzzing::decode_snapshot_stream(&good[..good.len() - 13]),
+            None
+        );
+        assert_eq!(
+            fuzzing::decode_snapshot_stream(&good[..msg_len + 700]),
+            None
+        );
+        // A lost chunk: the length disagrees.
+        let mut short = good[..msg_len].to_vec();
+        short.extend_from_slice(&good[msg_len + 1005..]);
+        assert_eq!(fuzzing::decode_snapshot_stream(&short), None);
+        // An end frame that claims a different length (checksum kept).
+        let mut long = good.clone();
+        let n = long.len();
+        long[n - 12..n - 4].copy_from_slice(&2501u64.to_be_bytes());
+        assert_eq!(fuzzing::decode_snapshot_stream(&long), None);
+        // Unknown frame kind, empty chunk, oversized chunk.
+        for (kind, len) in [
+            (9u8, 1u32),
+            (CHUNK_FRAME, 0),
+            (CHUNK_FRAME, MAX_CHUNK as u32 + 1),
+        ] {
+            let mut s = good[..msg_len].to_vec();
+            s.push(kind);
+            s.extend_from_slice(&len.to_be_bytes());
+            s.extend_from_slice(&[0; 16]);
+            assert_eq!(
+                fuzzing::decode_snapshot_stream(&s),
+                None,
+                "kind {kind} len {len}"
+            );
+        }
+    }
+
+    /// The snapshot fuzz entry point over mutations of valid streams.
+    #[test]
+    fn decoding_mutated_snapshot_streams_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let image: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let valid = snapshot_stream(&image, 512);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut refused = 0;
+        for _ in 0..3000 {
+            let mut input = valid.clone();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..input.len());
+                input[i] = rng.gen();
+            }
+            if rng.gen_bool(0.3) {
+                input.truncate(rng.gen_range(0..=input.len()));
+            }
+            if fuzzing::decode_snapshot_stream(&input).is_none() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 2500, "damage is caught: {refused}");
     }
 }

@@ -2,17 +2,22 @@
 //! loopback: a leader is elected, proposals made at any member are applied
 //! everywhere in the same order, the cluster survives the loss of its
 //! leader, a restarted member catches up from its WAL, and a member of
-//! another cluster is refused at the handshake.
+//! another cluster is refused at the handshake. With log compaction, a
+//! follower that was down while the leader compacted past it catches up
+//! through a state machine snapshot streamed in 1 MiB chunks, and snapshot
+//! outcomes (installed, refused, failed) reach the sender's report hook.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use etcd_raft_node::eraftpb::ConfState;
 use etcd_raft_node::{
-    Applied, NodeConfig, RaftNode, Role, TcpTransport, TcpTransportConfig, WalStorage,
+    Applied, NodeConfig, RaftNode, Role, SnapshotIo, SnapshotSink, TcpTransport,
+    TcpTransportConfig, TransportHooks, WalStorage,
 };
 use etcd_wal::WalOptions;
 use parking_lot::Mutex;
@@ -237,4 +242,497 @@ fn a_member_of_another_cluster_is_refused() {
     assert_eq!(*got.lock(), 0, "nothing crosses clusters");
     t1.shutdown();
     t2.shutdown();
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots over TCP.
+
+/// Payload entries of 64 KiB: 100 of them make an image of 6.4 MiB.
+const BIG: usize = 64 << 10;
+
+/// A toy state machine: (index, payload) of non-empty entries applied, and
+/// the applied index. Survives a member's restart (as if durable). Images
+/// received are files under `dir`.
+struct Toy {
+    dir: std::path::PathBuf,
+    state: Mutex<ToyState>,
+    /// Chunks written into sinks, and images installed.
+    chunks: AtomicU64,
+    installs: AtomicU64,
+}
+
+#[derive(Default, Clone, PartialEq, Debug)]
+struct ToyState {
+    applied: u64,
+    entries: Vec<(u64, Vec<u8>)>,
+}
+
+impl ToyState {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.applied.to_be_bytes().to_vec();
+        for (i, d) in &self.entries {
+            out.extend_from_slice(&i.to_be_bytes());
+            out.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            out.extend_from_slice(d);
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> ToyState {
+        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap());
+        let mut st = ToyState {
+            applied: u64_at(0),
+            entries: Vec::new(),
+        };
+        let mut at = 8;
+        while at < b.len() {
+            let index = u64_at(at);
+            let len = u32::from_be_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+            st.entries.push((index, b[at + 12..at + 12 + len].to_vec()));
+            at += 12 + len;
+        }
+        st
+    }
+}
+
+struct ToySink {
+    tmp: std::path::PathBuf,
+    done: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    toy: Arc<Toy>,
+}
+
+/// The toy's [`SnapshotIo`].
+struct ToyIo(Arc<Toy>);
+
+impl SnapshotIo for ToyIo {
+    fn export(&self, index: u64) -> etcd_raft_node::Result<Box<dyn std::io::Read + Send>> {
+        let st = self.0.state.lock();
+        if st.applied < index {
+            return Err(etcd_raft_node::Error::Snapshot(format!(
+                "applied {} is below {index}",
+                st.applied
+            )));
+        }
+        Ok(Box::new(std::io::Cursor::new(st.encode())))
+    }
+
+    fn import(&self, index: u64, term: u64) -> etcd_raft_node::Result<Box<dyn SnapshotSink>> {
+        let tmp = self.0.dir.join(format!("{term:016x}-{index:016x}.tmp"));
+        let file = std::fs::File::create(&tmp)?;
+        Ok(Box::new(ToySink {
+            done: tmp.with_extension("img"),
+            tmp,
+            file: Some(file),
+            toy: self.0.clone(),
+        }))
+    }
+}
+
+impl SnapshotSink for ToySink {
+    fn write_chunk(&mut self, chunk: &[u8]) -> etcd_raft_node::Result<()> {
+        use std::io::Write;
+        self.toy.chunks.fetch_add(1, Ordering::Relaxed);
+        self.file.as_mut().unwrap().write_all(chunk)?;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> etcd_raft_node::Result<Vec<u8>> {
+        let f = self.file.take().unwrap();
+        f.sync_all()?;
+        std::fs::rename(&self.tmp, &self.done)?;
+        Ok(self.done.to_str().unwrap().as_bytes().to_vec())
+    }
+}
+
+impl Drop for ToySink {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Toy {
+    fn new(dir: &Path) -> Arc<Toy> {
+        std::fs::create_dir_all(dir).unwrap();
+        Arc::new(Toy {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(ToyState::default()),
+            chunks: AtomicU64::new(0),
+            installs: AtomicU64::new(0),
+        })
+    }
+
+    fn install(&self, token: &[u8]) {
+        let image = std::fs::read(std::str::from_utf8(token).unwrap()).unwrap();
+        *self.state.lock() = ToyState::decode(&image);
+        self.installs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the image the WAL recorded must be installed (the restart
+    /// protocol), and the applied index to open with.
+    fn recover(&self, marker: Option<etcd_wal::SnapshotMarker>) -> u64 {
+        if let Some(m) = marker {
+            if self.state.lock().applied < m.index {
+                let path = self
+                    .dir
+                    .join(format!("{:016x}-{:016x}.img", m.term, m.index));
+                self.install(path.to_str().unwrap().as_bytes());
+            }
+        }
+        self.state.lock().applied
+    }
+}
+
+struct SnapMember {
+    node: Arc<RaftNode>,
+    transport: Arc<TcpTransport>,
+    toy: Arc<Toy>,
+}
+
+fn start_snap_member(
+    id: u64,
+    dir: &Path,
+    listener: std::net::TcpListener,
+    addrs: &HashMap<u64, String>,
+    toy: Arc<Toy>,
+    fresh: bool,
+) -> SnapMember {
+    let mut cs = ConfState::default();
+    cs.voters = IDS.to_vec();
+    let wal_dir = dir.join("wal");
+    let (storage, applied) = if fresh {
+        (
+            WalStorage::create(&wal_dir, wal_options(), b"", cs).unwrap(),
+            0,
+        )
+    } else {
+        let mut applied = 0;
+        let opened = WalStorage::open_with(&wal_dir, wal_options(), |rec| {
+            applied = toy.recover(rec.snapshot);
+            Ok((applied, cs))
+        })
+        .unwrap();
+        (opened.storage, applied)
+    };
+    let slot: Arc<OnceLock<Arc<RaftNode>>> = Arc::new(OnceLock::new());
+    let deliver = {
+        let slot = slot.clone();
+        Arc::new(move |m| {
+            if let Some(n) = slot.get() {
+                n.step(m);
+            }
+        })
+    };
+    let report = {
+        let slot = slot.clone();
+        Arc::new(move |to, ok| {
+            if let Some(n) = slot.get() {
+                n.report_snapshot(to, ok);
+            }
+        })
+    };
+    let unreachable = {
+        let slot = slot.clone();
+        Arc::new(move |to| {
+            if let Some(n) = slot.get() {
+                n.report_unreachable(to);
+            }
+        })
+    };
+    let transport = TcpTransport::start_with(
+        TcpTransportConfig {
+            id,
+            cluster_id: 0x5a,
+            peers: addrs.clone(),
+            retry_interval: Duration::from_millis(50),
+            ..TcpTransportConfig::default()
+        },
+        listener,
+        deliver,
+        TransportHooks {
+            snapshots: Some(Arc::new(ToyIo(toy.clone()))),
+            report_snapshot: Some(report),
+            report_unreachable: Some(unreachable),
+        },
+    )
+    .unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let cfg = NodeConfig {
+        id,
+        voters: IDS.to_vec(),
+        applied,
+        tick_interval: Duration::from_millis(20),
+        ..NodeConfig::default()
+    };
+    let node = Arc::new(RaftNode::start(cfg, storage, Some(transport.clone()), tx).unwrap());
+    slot.set(node.clone()).ok().unwrap();
+    spawn_toy_applier(node.clone(), rx, toy.clone());
+    SnapMember {
+        node,
+        transport,
+        toy,
+    }
+}
+
+/// Applies to the toy, and every 10 entries "flushes" and compacts the raft
+/// log keeping 2 entries.
+fn spawn_toy_applier(node: Arc<RaftNode>, rx: Receiver<Applied>, toy: Arc<Toy>) {
+    std::thread::spawn(move || {
+        let mut compacted = 0;
+        while let Ok(a) = rx.recv() {
+            match a {
+                Applied::Snapshot(info) => {
+                    toy.install(&info.data);
+                    assert!(toy.state.lock().applied >= info.index);
+                }
+                Applied::Entries(es) => {
+                    let mut st = toy.state.lock();
+                    for e in es {
+                        if e.index <= st.applied {
+                            continue; // below the installed image
+                        }
+                        assert_eq!(e.index, st.applied + 1, "applied in order");
+                        st.applied = e.index;
+                        if !e.data.is_empty() {
+                            st.entries.push((e.index, e.data.to_vec()));
+                        }
+                    }
+                }
+            }
+            let applied = toy.state.lock().applied;
+            node.set_applied(applied);
+            if applied >= compacted + 10 {
+                compacted = applied;
+                node.compact_log(applied - 2);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let listeners: HashMap<u64, std::net::TcpListener> = IDS
+        .iter()
+        .map(|&id| (id, std::net::TcpListener::bind("127.0.0.1:0").unwrap()))
+        .collect();
+    let addrs: HashMap<u64, String> = listeners
+        .iter()
+        .map(|(&id, l)| (id, l.local_addr().unwrap().to_string()))
+        .collect();
+    let member_dir = |id: u64| dir.path().join(id.to_string());
+    let mut members: HashMap<u64, SnapMember> = listeners
+        .into_iter()
+        .map(|(id, l)| {
+            let toy = Toy::new(&member_dir(id).join("snap"));
+            (
+                id,
+                start_snap_member(id, &member_dir(id), l, &addrs, toy, true),
+            )
+        })
+        .collect();
+    let leader_of = |members: &HashMap<u64, SnapMember>| {
+        members
+            .iter()
+            .find(|(_, m)| m.node.status().role == Role::Leader)
+            .map(|(id, _)| *id)
+    };
+    wait_for("a leader", Duration::from_secs(10), || {
+        leader_of(&members).is_some()
+    });
+    for i in 0..5 {
+        let l = leader_of(&members).unwrap();
+        members[&l]
+            .node
+            .propose(format!("small{i}").into_bytes(), None);
+    }
+    wait_for("5 entries everywhere", Duration::from_secs(10), || {
+        members
+            .values()
+            .all(|m| m.toy.state.lock().entries.len() >= 5)
+    });
+
+    // Stop a follower; its toy state machine stays (it is "durable").
+    let l = leader_of(&members).unwrap();
+    let f = *IDS.iter().find(|&&id| id != l).unwrap();
+    let gone = members.remove(&f).unwrap();
+    gone.node.stop();
+    gone.transport.shutdown();
+    let f_toy = gone.toy.clone();
+    drop(gone);
+    let f_applied = f_toy.state.lock().applied;
+
+    // 100 entries of 64 KiB: the leader's log is compacted far past the
+    // follower, and the image (6.4 MiB) spans several 1 MiB chunks.
+    for i in 0..100u32 {
+        let mut data = vec![(i % 251) as u8; BIG];
+        data[..4].copy_from_slice(&i.to_be_bytes());
+        members[&l].node.propose(data, None);
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    wait_for(
+        "100 big entries on the two left",
+        Duration::from_secs(30),
+        || {
+            members
+                .values()
+                .all(|m| m.toy.state.lock().entries.len() >= 105)
+        },
+    );
+    assert!(
+        members[&l].toy.state.lock().applied >= f_applied + 100,
+        "the leader moved on"
+    );
+
+    // The follower comes back and catches up by a snapshot.
+    let listener = std::net::TcpListener::bind(&addrs[&f]).unwrap();
+    let back = start_snap_member(f, &member_dir(f), listener, &addrs, f_toy.clone(), false);
+    members.insert(f, back);
+    let leader_state = || members[&l].toy.state.lock().clone();
+    wait_for(
+        "the restarted follower to catch up",
+        Duration::from_secs(30),
+        || f_toy.state.lock().entries == leader_state().entries,
+    );
+    assert!(
+        f_toy.installs.load(Ordering::Relaxed) >= 1,
+        "caught up by a snapshot"
+    );
+    assert!(
+        f_toy.chunks.load(Ordering::Relaxed) >= 7,
+        "the 6.4 MiB image came in 1 MiB chunks: {}",
+        f_toy.chunks.load(Ordering::Relaxed)
+    );
+    let stats = members[&l].transport.peer_stats(f).unwrap();
+    assert!(stats.snapshots_sent >= 1, "{stats:?}");
+    // Writes after the catch-up reach it through the log as usual.
+    members[&l].node.propose(b"after".to_vec(), None);
+    wait_for(
+        "the write after catching up",
+        Duration::from_secs(10),
+        || {
+            members.values().all(|m| {
+                m.toy
+                    .state
+                    .lock()
+                    .entries
+                    .last()
+                    .is_some_and(|e| e.1 == b"after")
+            })
+        },
+    );
+    let states: Vec<Vec<(u64, Vec<u8>)>> = members
+        .values()
+        .map(|m| m.toy.state.lock().entries.clone())
+        .collect();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "all equal");
+    for m in members.values() {
+        m.node.stop();
+        m.transport.shutdown();
+    }
+}
+
+/// An image source that fails on import (or never), to check reports.
+struct FailingIo {
+    fail_import: bool,
+}
+
+impl SnapshotIo for FailingIo {
+    fn export(&self, _index: u64) -> etcd_raft_node::Result<Box<dyn std::io::Read + Send>> {
+        Ok(Box::new(std::io::Cursor::new(vec![7u8; 3 << 20])))
+    }
+
+    fn import(&self, _index: u64, _term: u64) -> etcd_raft_node::Result<Box<dyn SnapshotSink>> {
+        if self.fail_import {
+            return Err(etcd_raft_node::Error::Snapshot("disk full".into()));
+        }
+        struct Count(u64);
+        impl SnapshotSink for Count {
+            fn write_chunk(&mut self, c: &[u8]) -> etcd_raft_node::Result<()> {
+                self.0 += c.len() as u64;
+                Ok(())
+            }
+            fn finish(self: Box<Self>) -> etcd_raft_node::Result<Vec<u8>> {
+                Ok(self.0.to_string().into_bytes())
+            }
+        }
+        Ok(Box::new(Count(0)))
+    }
+}
+
+#[test]
+fn snapshot_outcomes_reach_the_report_hook() {
+    for receiver in ["ok", "import fails", "no snapshots"] {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addrs: HashMap<u64, String> = [
+            (1, a.local_addr().unwrap().to_string()),
+            (2, b.local_addr().unwrap().to_string()),
+        ]
+        .into();
+        let cfg = |id| TcpTransportConfig {
+            id,
+            cluster_id: 9,
+            peers: addrs.clone(),
+            retry_interval: Duration::from_millis(20),
+            ..TcpTransportConfig::default()
+        };
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let hooks1 = TransportHooks {
+            snapshots: Some(Arc::new(FailingIo { fail_import: false })),
+            report_snapshot: Some({
+                let reports = reports.clone();
+                Arc::new(move |to, ok| reports.lock().push((to, ok)))
+            }),
+            report_unreachable: None,
+        };
+        let t1 = TcpTransport::start_with(cfg(1), a, Arc::new(|_| {}), hooks1).unwrap();
+        let hooks2 = TransportHooks {
+            snapshots: match receiver {
+                "no snapshots" => None,
+                r => Some(Arc::new(FailingIo {
+                    fail_import: r == "import fails",
+                }) as Arc<dyn SnapshotIo>),
+            },
+            ..TransportHooks::default()
+        };
+        let deliver = {
+            let got = got.clone();
+            Arc::new(move |m: etcd_raft_node::eraftpb::Message| got.lock().push(m))
+        };
+        let t2 = TcpTransport::start_with(cfg(2), b, deliver, hooks2).unwrap();
+        let mut m = etcd_raft_node::eraftpb::Message::default();
+        m.set_msg_type(etcd_raft_node::eraftpb::MessageType::MsgSnapshot);
+        m.from = 1;
+        m.to = 2;
+        m.mut_snapshot().mut_metadata().index = 42;
+        m.mut_snapshot().mut_metadata().term = 3;
+        use etcd_raft_node::Transport;
+        t1.send(vec![m]);
+        wait_for("the snapshot report", Duration::from_secs(10), || {
+            !reports.lock().is_empty()
+        });
+        let ok = receiver == "ok";
+        assert_eq!(*reports.lock(), vec![(2, ok)], "{receiver}");
+        if ok {
+            let got = got.lock();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].get_snapshot().get_metadata().index, 42);
+            assert_eq!(&got[0].get_snapshot().data[..], b"3145728", "the token");
+        } else {
+            assert!(got.lock().is_empty(), "{receiver}: nothing delivered");
+        }
+        let st = t1.peer_stats(2).unwrap();
+        assert_eq!(
+            (st.snapshots_sent, st.snapshots_failed),
+            (ok as u64, !ok as u64)
+        );
+        t1.shutdown();
+        t2.shutdown();
+    }
 }
