@@ -163,29 +163,22 @@ pub(crate) fn init_store(
     store.flush()
 }
 
-fn restart(
-    cfg: &Config,
-    dir: &DataDir,
+/// Reopens a member's WAL over its opened store (the restart path, shared
+/// with the cluster simulation): re-installs the retained snapshot image
+/// when the WAL recorded a snapshot the store does not hold yet (a crash
+/// between the WAL's marker and the install), and derives the membership
+/// and raft's configuration as of the store's consistent index. Returns the
+/// raft storage, the WAL's metadata and the membership.
+pub(crate) fn reopen_wal(
+    wal_dir: &std::path::Path,
     wal_opts: etcd_wal::WalOptions,
-) -> Result<Booted, StartError> {
-    dir.check_version()?;
-    let files = SnapshotFiles::for_data_dir(dir, RETAINED_IMAGES)?;
-    let (store, incomplete) = match Store::open(&dir.db(), StoreOptions::default()) {
-        Ok(s) => (s, false),
-        Err(etcd_mvcc::Error::RestoreIncomplete) => {
-            tracing::warn!(
-                "the store was being restored from a snapshot image when the member stopped"
-            );
-            (
-                Store::open_to_restore(&dir.db(), StoreOptions::default())?,
-                true,
-            )
-        }
-        Err(e) => return Err(e.into()),
-    };
+    store: &Store,
+    files: &SnapshotFiles,
+    incomplete: bool,
+) -> Result<(WalStorage, WalMetadata, RaftCluster), StartError> {
     let mut meta = None;
     let mut cluster = None;
-    let opened = WalStorage::open_with(&dir.wal(), wal_opts, |rec| {
+    let opened = WalStorage::open_with(wal_dir, wal_opts, |rec| {
         let m = WalMetadata::decode(rec.metadata.clone()).map_err(|e| {
             etcd_raft_node::Error::Config(format!("WAL metadata is not readable: {e}"))
         })?;
@@ -252,6 +245,34 @@ fn restart(
         Ok((applied, cs))
     })?;
     let meta = meta.expect("metadata decoded before the log is loaded");
+    Ok((
+        opened.storage,
+        meta,
+        cluster.expect("set with the metadata"),
+    ))
+}
+
+fn restart(
+    cfg: &Config,
+    dir: &DataDir,
+    wal_opts: etcd_wal::WalOptions,
+) -> Result<Booted, StartError> {
+    dir.check_version()?;
+    let files = SnapshotFiles::for_data_dir(dir, RETAINED_IMAGES)?;
+    let (store, incomplete) = match Store::open(&dir.db(), StoreOptions::default()) {
+        Ok(s) => (s, false),
+        Err(etcd_mvcc::Error::RestoreIncomplete) => {
+            tracing::warn!(
+                "the store was being restored from a snapshot image when the member stopped"
+            );
+            (
+                Store::open_to_restore(&dir.db(), StoreOptions::default())?,
+                true,
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (storage, meta, cluster) = reopen_wal(&dir.wal(), wal_opts, &store, &files, incomplete)?;
     tracing::info!(
         member = %membership::format_id(meta.member_id),
         cluster = %membership::format_id(meta.cluster_id),
@@ -262,10 +283,10 @@ fn restart(
     Ok(Booted {
         store,
         files,
-        storage: opened.storage,
+        storage,
         member_id: meta.member_id,
         cluster_id: meta.cluster_id,
-        cluster: cluster.expect("set with the metadata"),
+        cluster,
     })
 }
 

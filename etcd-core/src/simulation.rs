@@ -73,6 +73,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_mvcc::{MemDisk, Store, StoreOptions};
 use etcd_raft_node::eraftpb::MessageType;
+use etcd_raft_node::{transfer_inline, Applied as RaftApplied, SnapshotInfo};
 use etcd_raft_node::{
     CommittedEntry, EntryKind, Faults, MemNetwork, MemTransport, NodeConfig, Peer, Role, WalStorage,
 };
@@ -97,6 +98,7 @@ use crate::pb::etcdserverpb::{
     TxnRequest,
 };
 use crate::raft_request::{Op, RaftRequest};
+use crate::snapshot::{SnapshotFiles, StoreSnapshots};
 use crate::wait::Wait;
 use crate::Error;
 
@@ -181,6 +183,16 @@ pub struct Stats {
     pub removals: u64,
     /// Store flushes (the store's durable point moved).
     pub flushes: u64,
+    /// Raft log compactions.
+    pub compactions: u64,
+    /// Snapshots sent to followers, and installed by them.
+    pub snapshots_sent: u64,
+    /// See `snapshots_sent`.
+    pub snapshots_installed: u64,
+    /// Members added (started after their addition was applied).
+    pub joins: u64,
+    /// Learners promoted (applied).
+    pub promotions: u64,
     /// Messages sent, and lost to faults or partitions.
     pub messages: u64,
     /// See `messages`.
@@ -326,8 +338,12 @@ fn show(i: &Input) -> String {
 struct Running {
     peer: Peer,
     applier: Applier,
+    /// The store's images, for snapshots sent and received.
+    snapshots: Arc<StoreSnapshots>,
     /// Last index applied (reported to raft).
     applied: u64,
+    /// Applied index at the last raft log compaction.
+    compacted_at: u64,
 }
 
 enum State {
@@ -341,11 +357,35 @@ enum State {
 struct Node {
     id: u64,
     wal_dir: PathBuf,
+    snap_dir: PathBuf,
     disk: MemDisk,
     state: State,
     /// Incremented at each start: requests sent to an earlier incarnation
     /// have unknown outcomes.
     incarnation: u64,
+}
+
+impl Node {
+    fn new(id: u64, dir: &Path) -> Node {
+        Node {
+            id,
+            wal_dir: dir.join(format!("m{id}")),
+            snap_dir: dir.join(format!("m{id}-snap")),
+            disk: MemDisk::new(),
+            state: State::Down(0),
+            incarnation: 0,
+        }
+    }
+}
+
+/// How a member starts.
+enum Boot {
+    /// Bootstraps the initial cluster.
+    New,
+    /// Joins the cluster with this membership (added through raft first).
+    Join(RaftCluster),
+    /// Restarts from its WAL and store.
+    Restart,
 }
 
 /// A client request waiting for its outcome.
@@ -410,7 +450,17 @@ struct Sim {
     applied_requests: HashMap<u64, (i64, i64)>,
     /// A storm: long delays, frequent quick restarts.
     storm: bool,
+    /// Id of the next member added.
+    next_member_id: u64,
 }
+
+/// Applied entries between raft log compactions (etcd's
+/// `--snapshot-count`, small so that followers often need snapshots).
+const SNAPSHOT_COUNT: u64 = 25;
+/// Entries kept below the compaction point.
+const CATCH_UP_ENTRIES: u64 = 3;
+/// Most voters membership changes may grow the cluster to.
+const MAX_VOTERS: usize = 7;
 
 fn wal_options() -> WalOptions {
     WalOptions {
@@ -450,16 +500,7 @@ impl Sim {
         let net = MemNetwork::new(rng.gen());
         let ids: Vec<u64> = (1..=cfg.members).collect();
         let initial = RaftCluster::new(ids.iter().map(|&id| member(id)).collect());
-        let nodes = ids
-            .iter()
-            .map(|&id| Node {
-                id,
-                wal_dir: cfg.dir.join(format!("m{id}")),
-                disk: MemDisk::new(),
-                state: State::Down(0),
-                incarnation: 0,
-            })
-            .collect();
+        let nodes = ids.iter().map(|&id| Node::new(id, &cfg.dir)).collect();
         let clients = (0..cfg.clients as u64)
             .map(|id| Client {
                 id,
@@ -486,10 +527,11 @@ impl Sim {
             log: BTreeMap::new(),
             applied_requests: HashMap::new(),
             storm: false,
+            next_member_id: cfg.members + 1,
             cfg,
         };
         for i in 0..sim.nodes.len() {
-            sim.start(i, true)?;
+            sim.start(i, Boot::New)?;
         }
         Ok(sim)
     }
@@ -498,47 +540,67 @@ impl Sim {
         self.events.push((self.now, e));
     }
 
-    /// Starts member `i`: bootstraps it, or restarts it from its WAL and
-    /// what its store durably holds.
-    fn start(&mut self, i: usize, fresh: bool) -> Result<(), String> {
+    /// Starts member `i`: bootstraps it with the initial members, joins it
+    /// to the cluster whose membership is given (an empty log and store:
+    /// the leader sends a snapshot), or restarts it from its WAL and what
+    /// its store durably holds (`bootstrap::reopen_wal`, the server's
+    /// restart path).
+    fn start(&mut self, i: usize, boot: Boot) -> Result<(), String> {
         let election = self.rng.gen_range(10..20);
         let node = &mut self.nodes[i];
         let id = node.id;
         let store = Store::open_with(Box::new(node.disk.backend()), StoreOptions::default())
             .map_err(|e| format!("member {id}: opening the store: {e}"))?;
-        let (cluster, storage) = if fresh {
-            crate::bootstrap::init_store(&store, &self.initial, crate::bootstrap::BOOTSTRAP_INDEX)
-                .map_err(|e| format!("member {id}: bootstrap: {e}"))?;
-            let meta = WalMetadata {
+        let files = SnapshotFiles::open(&node.snap_dir, 2)
+            .map_err(|e| format!("member {id}: snapshot files: {e}"))?;
+        let meta = |members: Vec<Member>| {
+            WalMetadata {
                 member_id: id,
                 cluster_id: 1,
-                members: self.initial.members(),
+                members,
             }
-            .encode_to_vec();
-            let storage = WalStorage::create_at(
-                &node.wal_dir,
-                wal_options(),
-                &meta,
-                self.initial.conf_state(),
-                crate::bootstrap::BOOTSTRAP_INDEX,
-                1,
-            )
-            .map_err(|e| format!("member {id}: creating the WAL: {e}"))?;
-            (self.initial.clone(), storage)
-        } else {
-            let cluster = RaftCluster::load(&store)
-                .map_err(|e| format!("member {id}: loading the membership: {e}"))?
-                .ok_or_else(|| format!("member {id}: the store lost the membership"))?;
-            let cs = cluster.conf_state();
-            let storage = WalStorage::open(
-                &node.wal_dir,
-                wal_options(),
-                store.consistent_index(),
-                |_| Ok(cs),
-            )
-            .map_err(|e| format!("member {id}: reopening the WAL: {e}"))?
-            .storage;
-            (cluster, storage)
+            .encode_to_vec()
+        };
+        let (cluster, storage) = match boot {
+            Boot::New => {
+                crate::bootstrap::init_store(
+                    &store,
+                    &self.initial,
+                    crate::bootstrap::BOOTSTRAP_INDEX,
+                )
+                .map_err(|e| format!("member {id}: bootstrap: {e}"))?;
+                let storage = WalStorage::create_at(
+                    &node.wal_dir,
+                    wal_options(),
+                    &meta(self.initial.members()),
+                    self.initial.conf_state(),
+                    crate::bootstrap::BOOTSTRAP_INDEX,
+                    1,
+                )
+                .map_err(|e| format!("member {id}: creating the WAL: {e}"))?;
+                (self.initial.clone(), storage)
+            }
+            Boot::Join(cluster) => {
+                let storage = WalStorage::create(
+                    &node.wal_dir,
+                    wal_options(),
+                    &meta(cluster.members()),
+                    etcd_raft_node::eraftpb::ConfState::default(),
+                )
+                .map_err(|e| format!("member {id}: creating the WAL: {e}"))?;
+                (cluster, storage)
+            }
+            Boot::Restart => {
+                let (storage, _, cluster) = crate::bootstrap::reopen_wal(
+                    &node.wal_dir,
+                    wal_options(),
+                    &store,
+                    &files,
+                    false,
+                )
+                .map_err(|e| format!("member {id}: restart: {e}"))?;
+                (cluster, storage)
+            }
         };
         let applied = store.consistent_index();
         let lessor = Lessor::new(Arc::new(FakeClock::new()), 5, Duration::from_secs(300));
@@ -558,17 +620,23 @@ impl Sim {
             storage,
         )
         .map_err(|e| format!("member {id}: starting raft: {e}"))?;
+        let store = Arc::new(store);
         node.incarnation += 1;
         node.state = State::Running(Box::new(Running {
             peer,
+            snapshots: Arc::new(StoreSnapshots {
+                files,
+                store: store.clone(),
+            }),
             applier: Applier {
-                store: Arc::new(store),
+                store,
                 lessor: Arc::new(lessor),
                 wait: Arc::new(Wait::new()),
                 cluster: Arc::new(RwLock::new(cluster)),
                 member_id: id,
             },
             applied,
+            compacted_at: applied,
         }));
         Ok(())
     }
@@ -659,9 +727,40 @@ impl Sim {
     /// One step (see the module doc).
     fn step(&mut self, faults: bool, issue: bool) -> Result<(), String> {
         self.now += 1;
+        for (from, to) in self.net.take_failed_snapshots() {
+            self.report_snapshot(from, to, false);
+        }
         for m in self.net.advance() {
             let Some(i) = self.index_of(m.to) else {
                 continue;
+            };
+            let m = if m.get_msg_type() == MessageType::MsgSnapshot {
+                // The image moves with the message (as the TCP transport's
+                // snapshot stream does), from the sender's current store.
+                let (from, to) = (m.from, m.to);
+                let src = self
+                    .index_of(from)
+                    .and_then(|f| self.running(f))
+                    .map(|r| r.snapshots.clone());
+                let dst = self.running(i).map(|r| r.snapshots.clone());
+                let (Some(src), Some(dst)) = (src, dst) else {
+                    self.report_snapshot(from, to, false);
+                    continue;
+                };
+                match transfer_inline(m, &*src, &*dst) {
+                    Ok(m) => {
+                        self.report_snapshot(from, to, true);
+                        self.stats.snapshots_sent += 1;
+                        m
+                    }
+                    Err(e) => {
+                        self.event(format!("snapshot {from} -> {to} failed: {e}"));
+                        self.report_snapshot(from, to, false);
+                        continue;
+                    }
+                }
+            } else {
+                m
             };
             let copies = if self.cfg.duplicate_proposals
                 && m.get_msg_type() == MessageType::MsgPropose
@@ -693,7 +792,7 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             if matches!(self.nodes[i].state, State::Down(at) if at <= self.now) {
-                self.start(i, false)?;
+                self.start(i, Boot::Restart)?;
                 let id = self.nodes[i].id;
                 self.event(format!("member {id} restarted"));
             }
@@ -711,6 +810,7 @@ impl Sim {
         }
         self.clients_collect()?;
         self.admin_collect();
+        self.start_added()?;
         for i in self.running_indexes() {
             let st = self.running(i).expect("running").peer.status();
             if st.role == Role::Leader {
@@ -732,6 +832,14 @@ impl Sim {
         Ok(())
     }
 
+    fn report_snapshot(&mut self, from: u64, to: u64, ok: bool) {
+        if let Some(f) = self.index_of(from) {
+            if let Some(r) = self.running_mut(f) {
+                r.peer.report_snapshot(to, ok);
+            }
+        }
+    }
+
     /// Handles member `i`'s Ready and applies what was committed.
     fn ready(&mut self, i: usize) -> Result<(), String> {
         let transport = self.transport.clone();
@@ -739,17 +847,34 @@ impl Sim {
         let Some(r) = self.running_mut(i) else {
             return Ok(());
         };
-        let mut committed: Vec<CommittedEntry> = Vec::new();
+        let mut out: Vec<RaftApplied> = Vec::new();
         while r
             .peer
-            .handle_ready(&transport, &mut committed)
+            .handle_ready_applied(&transport, &mut out)
             .map_err(|e| format!("member {id}: ready: {e}"))?
         {}
+        let mut committed: Vec<CommittedEntry> = Vec::new();
+        let mut installed = 0;
+        for a in out {
+            match a {
+                RaftApplied::Entries(es) => committed.extend(es),
+                RaftApplied::Snapshot(info) => {
+                    if !committed.is_empty() {
+                        return Err(format!(
+                            "member {id}: a snapshot at {} after entries in one batch",
+                            info.index
+                        ));
+                    }
+                    install_snapshot(r, &info).map_err(|e| format!("member {id}: {e}"))?;
+                    installed += 1;
+                }
+            }
+        }
         let mut removed = false;
         let mut seen = Vec::with_capacity(committed.len());
         let mut requests = Vec::new();
         for e in committed {
-            if e.index != r.applied + 1 {
+            if e.index > r.applied + 1 {
                 return Err(format!(
                     "member {id} applied index {} after {}",
                     e.index, r.applied
@@ -762,7 +887,7 @@ impl Sim {
             .then(|| RaftRequest::decode(e.data.clone()).ok())
             .flatten();
             let before = r.applier.store.current_revision();
-            r.applied = e.index;
+            r.applied = r.applied.max(e.index);
             if r.applier.apply_entry(e, &mut r.peer) == Effect::RemovedSelf {
                 removed = true;
             }
@@ -772,6 +897,25 @@ impl Sim {
         }
         let applied = r.applied;
         r.peer.advance_applied(applied);
+        // Raft log compaction, as the server's apply loop does it: flush
+        // the store, then cut below its durable consistent index.
+        let mut compacted = false;
+        if applied >= r.compacted_at + SNAPSHOT_COUNT {
+            r.compacted_at = applied;
+            r.applier
+                .store
+                .flush()
+                .map_err(|e| format!("member {id}: flush: {e}"))?;
+            let ci = r.applier.store.consistent_index();
+            r.peer
+                .compact_log(ci.saturating_sub(CATCH_UP_ENTRIES))
+                .map_err(|e| format!("member {id}: compacting the log: {e}"))?;
+            compacted = true;
+        }
+        self.stats.snapshots_installed += installed;
+        if compacted {
+            self.stats.compactions += 1;
+        }
         for (id, revs) in requests {
             self.applied_requests.entry(id).or_insert(revs);
         }
@@ -854,7 +998,7 @@ impl Sim {
                     }
                 }
             }
-            18 => self.propose_removal(),
+            18..=22 => self.propose_membership(),
             _ => {}
         }
         if self.storm && self.rng.gen_bool(0.025) {
@@ -889,22 +1033,49 @@ impl Sim {
         self.event(format!("member {id} crashed for {down_for} steps"));
     }
 
-    fn propose_removal(&mut self) {
+    /// Proposes a membership change at the leader: a removal, an addition
+    /// (voter or learner) or a promotion, one at a time.
+    fn propose_membership(&mut self) {
         if self.admin.is_some() {
             return;
         }
         let Some(l) = self.leader() else { return };
-        let r = self.running(l).expect("leader runs");
-        let voters = r.applier.cluster.read().conf_state().voters;
-        if voters.len() <= self.cfg.min_voters {
-            return;
-        }
-        let victim = *voters.choose(&mut self.rng).expect("voters");
+        let cluster = self
+            .running(l)
+            .expect("leader runs")
+            .applier
+            .cluster
+            .read()
+            .clone();
+        let cs = cluster.conf_state();
+        let change = match self.rng.gen_range(0..3) {
+            0 if cs.voters.len() > self.cfg.min_voters => {
+                Change::Remove(*cs.voters.choose(&mut self.rng).expect("voters"))
+            }
+            1 if cs.voters.len() + cs.learners.len() < MAX_VOTERS => {
+                let id = self.next_member_id;
+                self.next_member_id += 1;
+                let mut m = member(id);
+                m.is_learner = self.rng.gen_bool(0.5);
+                Change::Add(m)
+            }
+            2 if !cs.learners.is_empty() => {
+                Change::Promote(*cs.learners.choose(&mut self.rng).expect("learners"))
+            }
+            _ => return,
+        };
+        let what = match &change {
+            Change::Remove(id) => format!("remove member {id}"),
+            Change::Add(m) if m.is_learner => format!("add learner {}", m.id),
+            Change::Add(m) => format!("add member {}", m.id),
+            Change::Promote(id) => format!("promote learner {id}"),
+            _ => unreachable!("only raft configuration changes"),
+        };
         let req_id = self.next_req_id;
         self.next_req_id += 1;
-        let cc = Change::Remove(victim)
+        let cc = change
             .to_conf_change(req_id)
-            .expect("a removal is a conf change");
+            .expect("a raft configuration change");
         let member = self.nodes[l].id;
         let incarnation = self.nodes[l].incarnation;
         let r = self.running_mut(l).expect("leader runs");
@@ -918,7 +1089,6 @@ impl Sim {
                 }
             })),
         );
-        let what = format!("remove member {victim}");
         self.event(format!("member {member} proposes: {what}"));
         self.admin = Some(AdminOp {
             member,
@@ -928,6 +1098,34 @@ impl Sim {
             deadline: self.now + self.cfg.request_timeout,
             what,
         });
+    }
+
+    /// Starts the members the leader's membership has and no node runs
+    /// yet (as an operator starts a member right after `member add`): an
+    /// empty store and log, the leader sends a snapshot.
+    fn start_added(&mut self) -> Result<(), String> {
+        let Some(l) = self.leader() else {
+            return Ok(());
+        };
+        let cluster = self
+            .running(l)
+            .expect("leader runs")
+            .applier
+            .cluster
+            .read()
+            .clone();
+        for m in cluster.members() {
+            if self.index_of(m.id).is_some() {
+                continue;
+            }
+            self.nodes.push(Node::new(m.id, &self.cfg.dir));
+            let i = self.nodes.len() - 1;
+            self.start(i, Boot::Join(cluster.clone()))?;
+            self.stats.joins += 1;
+            let kind = if m.is_learner { "learner" } else { "member" };
+            self.event(format!("new {kind} {} started", m.id));
+        }
+        Ok(())
     }
 
     fn admin_collect(&mut self) {
@@ -953,7 +1151,12 @@ impl Sim {
             },
         };
         match outcome {
-            Some(o) => self.event(format!("{}: {o}", op.what)),
+            Some(o) => {
+                if o == "applied" && op.what.starts_with("promote") {
+                    self.stats.promotions += 1;
+                }
+                self.event(format!("{}: {o}", op.what));
+            }
             None => self.admin = Some(op),
         }
     }
@@ -989,8 +1192,13 @@ impl Sim {
             if self.clients[c].op.is_some() || !self.rng.gen_bool(0.3) {
                 continue;
             }
-            let running = self.running_indexes();
-            let Some(&i) = running.choose(&mut self.rng) else {
+            // Learners serve no client requests (etcd refuses them).
+            let serving: Vec<usize> = self
+                .running_indexes()
+                .into_iter()
+                .filter(|&i| !self.running(i).is_some_and(|r| r.peer.status().is_learner))
+                .collect();
+            let Some(&i) = serving.choose(&mut self.rng) else {
                 return;
             };
             let input = self.random_input(c);
@@ -1393,6 +1601,29 @@ impl Sim {
             .into_iter()
             .all(|i| self.running(i).is_some_and(|r| r.applied == leader.applied))
     }
+}
+
+/// Replaces member `r`'s state machine with the image a leader sent (the
+/// steps of the server's apply loop: install the image unless the store is
+/// already as new, reload the membership and the leases, report applied).
+fn install_snapshot(r: &mut Running, info: &SnapshotInfo) -> Result<(), String> {
+    let store = &r.applier.store;
+    if info.index > store.consistent_index() {
+        r.snapshots
+            .files
+            .install(store, &info.data)
+            .map_err(|e| format!("installing the image at {}: {e}", info.index))?;
+    }
+    let cluster = RaftCluster::load(store)
+        .map_err(|e| format!("the image's membership: {e}"))?
+        .ok_or("the image holds no members")?;
+    *r.applier.cluster.write() = cluster;
+    crate::apply_lease::restore(store, &r.applier.lessor)
+        .map_err(|e| format!("the image's leases: {e}"))?;
+    // Entries up to the snapshot are covered; the image may be newer.
+    r.applied = r.applied.max(info.index).max(store.consistent_index());
+    r.peer.advance_applied(store.consistent_index());
+    Ok(())
 }
 
 /// The output of an applied write.

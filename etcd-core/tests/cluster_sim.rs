@@ -81,6 +81,11 @@ fn add(total: &mut Stats, s: &Stats) {
     total.transfers += s.transfers;
     total.removals += s.removals;
     total.flushes += s.flushes;
+    total.compactions += s.compactions;
+    total.snapshots_sent += s.snapshots_sent;
+    total.snapshots_installed += s.snapshots_installed;
+    total.joins += s.joins;
+    total.promotions += s.promotions;
     total.messages += s.messages;
     total.messages_lost += s.messages_lost;
 }
@@ -118,7 +123,8 @@ fn check_cluster(members: u64) {
     eprintln!(
         "{members} members, {} seeds in {:.1?}: {} ops ({} ok: {} writes, {} reads; {} unknown), \
          {} raft entries, {} leader terms, {} crashes, {} partitions, {} leader transfers, \
-         {} members removed, {} store flushes, {} of {} messages lost",
+         {} members removed, {} added, {} learners promoted, {} store flushes, {} log compactions, \
+         {} snapshots sent, {} installed, {} of {} messages lost",
         seeds.len(),
         started.elapsed(),
         total.ops,
@@ -132,7 +138,12 @@ fn check_cluster(members: u64) {
         total.partitions,
         total.transfers,
         total.removals,
+        total.joins,
+        total.promotions,
         total.flushes,
+        total.compactions,
+        total.snapshots_sent,
+        total.snapshots_installed,
         total.messages_lost,
         total.messages,
     );
