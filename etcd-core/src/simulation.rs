@@ -490,8 +490,17 @@ fn member(id: u64) -> Member {
 /// linearizability (which is in [`Outcome::verdict`]).
 pub fn run(cfg: &SimConfig) -> Result<Outcome, String> {
     let mut sim = Sim::new(cfg.clone())?;
-    sim.run()
-        .map_err(|e| format!("seed {} ({} members): {e}", cfg.seed, cfg.members))
+    sim.run().map_err(|e| {
+        let mut s = format!(
+            "seed {} ({} members): {e}\nlast events:",
+            cfg.seed, cfg.members
+        );
+        let from = sim.events.len().saturating_sub(40);
+        for (step, ev) in &sim.events[from..] {
+            let _ = write!(s, "\n  step {step}: {ev}");
+        }
+        s
+    })
 }
 
 impl Sim {
