@@ -9,14 +9,17 @@
 //! consistent index (possible right after a state machine snapshot was
 //! installed, whose image is newer than its raft metadata): raft's
 //! configuration still has to hear of it, so it is handed to raft without
-//! touching the store.
+//! touching the store — unless it was refused when first applied (a
+//! refused change changes nothing, not even raft's configuration; the
+//! store records refusals by index, see `cluster::record_refused`, since
+//! the image's membership is the one after the change).
 //!
 //! The applier is shared by the member's apply thread (`server.rs`) and the
 //! deterministic cluster simulation; raft is reached through
 //! [`ConfChanger`] so both can plug in what drives their raft.
 
 use crate::apply::{self, Applied};
-use crate::cluster::{decode_conf_change, Change, RaftCluster};
+use crate::cluster::{decode_conf_change, record_refused, was_refused, Change, RaftCluster};
 use crate::lessor::Lessor;
 use crate::membership::Member;
 use crate::raft_request::{Op, RaftRequest};
@@ -141,9 +144,15 @@ impl Applier {
             )
         });
         if replayed {
-            // The store already holds the change (see the module doc).
-            if let Err(err) = raft.apply_conf_change(cc) {
-                tracing::warn!(index = e.index, "replayed configuration change: {err}");
+            // The store already holds the change (see the module doc);
+            // raft hears of it unless it was refused when first applied.
+            let refused = was_refused(&self.store, e.index).unwrap_or_else(|err| {
+                panic!("cannot read the membership at entry {}: {err}", e.index)
+            });
+            if !refused {
+                if let Err(err) = raft.apply_conf_change(cc) {
+                    tracing::warn!(index = e.index, "replayed configuration change: {err}");
+                }
             }
             return Effect::None;
         }
@@ -164,7 +173,15 @@ impl Applier {
         if let Err(err) = cluster.validate(change) {
             drop(cluster);
             tracing::warn!(index, ?change, "refused membership change: {err}");
-            self.persist_index_only(index, "refused membership change");
+            if raft.is_some() {
+                let mut w = self.store.write();
+                record_refused(&mut w, index);
+                if let Err(e) = w.end(index) {
+                    panic!("cannot persist consistent index {index} (refused change): {e}");
+                }
+            } else {
+                self.persist_index_only(index, "refused membership change");
+            }
             return (Err(err), Effect::None);
         }
         if let Some((cc, raft)) = raft {
@@ -192,5 +209,84 @@ impl Applier {
             _ => Effect::MembersChanged,
         };
         (Ok(Applied::Members(added, members)), effect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lessor::FakeClock;
+    use etcd_mvcc::StoreOptions;
+    use protobuf::Message as _;
+
+    /// Records the raft configuration changes it is handed.
+    #[derive(Default)]
+    struct Raft(Vec<u64>);
+
+    impl ConfChanger for Raft {
+        fn apply_conf_change(&mut self, cc: ConfChange) -> etcd_raft_node::Result<ConfState> {
+            self.0.push(cc.node_id);
+            Ok(ConfState::default())
+        }
+    }
+
+    fn member(id: u64, learner: bool) -> Member {
+        Member {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![format!("http://m{id}:2380")],
+            client_urls: vec![],
+            is_learner: learner,
+        }
+    }
+
+    fn add(index: u64, m: Member) -> CommittedEntry {
+        let cc = Change::Add(m).to_conf_change(0).unwrap();
+        CommittedEntry {
+            index,
+            term: 1,
+            kind: EntryKind::ConfChange,
+            data: cc.write_to_bytes().unwrap().into(),
+        }
+    }
+
+    /// A replayed configuration change (below the consistent index, after
+    /// a snapshot image newer than its raft metadata) reaches raft only if
+    /// it was accepted when first applied. Found by the cluster simulation
+    /// (a learner refused as one too many ended up in raft's configuration
+    /// of a member that had installed such an image).
+    #[test]
+    fn replayed_changes_reach_raft_only_if_accepted() {
+        let store = Arc::new(Store::open_in_memory(StoreOptions::default()).unwrap());
+        let cluster = RaftCluster::new(vec![member(1, false)]);
+        crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
+        let applier = Applier {
+            store: store.clone(),
+            lessor: Arc::new(Lessor::new(
+                Arc::new(FakeClock::new()),
+                5,
+                std::time::Duration::from_secs(300),
+            )),
+            wait: Arc::new(Wait::new()),
+            cluster: Arc::new(RwLock::new(cluster)),
+            member_id: 1,
+        };
+        let mut raft = Raft::default();
+        applier.apply_entry(add(2, member(6, true)), &mut raft);
+        // One learner at most: refused, raft not told.
+        applier.apply_entry(add(3, member(7, true)), &mut raft);
+        assert_eq!(raft.0, vec![6]);
+        assert_eq!(store.consistent_index(), 3);
+        // Replayed (as after installing an image at index 3 whose raft
+        // snapshot was at index 1).
+        let mut replay = Raft::default();
+        applier.apply_entry(add(2, member(6, true)), &mut replay);
+        applier.apply_entry(add(3, member(7, true)), &mut replay);
+        assert_eq!(replay.0, vec![6], "the refused change is not replayed");
+        assert!(RaftCluster::load(&store)
+            .unwrap()
+            .unwrap()
+            .member(7)
+            .is_none());
     }
 }

@@ -107,15 +107,7 @@ pub(crate) fn boot(
     let files = SnapshotFiles::for_data_dir(&dir, RETAINED_IMAGES)?;
     let store = Store::open(&dir.db(), StoreOptions::default())?;
     if let Some(index) = at {
-        if store.consistent_index() < index {
-            let mut w = store.write();
-            cluster.save_all(&mut w);
-            w.end(index)?;
-            // The log starts after this index: the store must hold it
-            // durably before the WAL exists (store writes are otherwise
-            // durable only once flushed; see "Durability" in design.md).
-            store.flush()?;
-        }
+        init_store(&store, &cluster, index)?;
     }
     // The WAL is created last: its existence marks a complete bootstrap.
     let meta = WalMetadata {
@@ -153,29 +145,40 @@ pub(crate) fn boot(
     })
 }
 
-fn restart(
-    cfg: &Config,
-    dir: &DataDir,
+/// Writes the initial membership at consistent index `index` into a new
+/// member's store and makes it durable. The flush matters: the WAL created
+/// next starts after a snapshot marker at `index`, and a store that lost
+/// the bootstrap write in a crash (the MVCC store writes without a log of
+/// its own) would be refused on restart as older than that marker.
+pub(crate) fn init_store(
+    store: &Store,
+    cluster: &RaftCluster,
+    index: u64,
+) -> Result<(), etcd_mvcc::Error> {
+    if store.consistent_index() < index {
+        let mut w = store.write();
+        cluster.save_all(&mut w);
+        w.end(index)?;
+    }
+    store.flush()
+}
+
+/// Reopens a member's WAL over its opened store (the restart path, shared
+/// with the cluster simulation): re-installs the retained snapshot image
+/// when the WAL recorded a snapshot the store does not hold yet (a crash
+/// between the WAL's marker and the install), and derives the membership
+/// and raft's configuration as of the store's consistent index. Returns the
+/// raft storage, the WAL's metadata and the membership.
+pub(crate) fn reopen_wal(
+    wal_dir: &std::path::Path,
     wal_opts: etcd_wal::WalOptions,
-) -> Result<Booted, StartError> {
-    dir.check_version()?;
-    let files = SnapshotFiles::for_data_dir(dir, RETAINED_IMAGES)?;
-    let (store, incomplete) = match Store::open(&dir.db(), StoreOptions::default()) {
-        Ok(s) => (s, false),
-        Err(etcd_mvcc::Error::RestoreIncomplete) => {
-            tracing::warn!(
-                "the store was being restored from a snapshot image when the member stopped"
-            );
-            (
-                Store::open_to_restore(&dir.db(), StoreOptions::default())?,
-                true,
-            )
-        }
-        Err(e) => return Err(e.into()),
-    };
+    store: &Store,
+    files: &SnapshotFiles,
+    incomplete: bool,
+) -> Result<(WalStorage, WalMetadata, RaftCluster), StartError> {
     let mut meta = None;
     let mut cluster = None;
-    let opened = WalStorage::open_with(&dir.wal(), wal_opts, |rec| {
+    let opened = WalStorage::open_with(wal_dir, wal_opts, |rec| {
         let m = WalMetadata::decode(rec.metadata.clone()).map_err(|e| {
             etcd_raft_node::Error::Config(format!("WAL metadata is not readable: {e}"))
         })?;
@@ -242,6 +245,34 @@ fn restart(
         Ok((applied, cs))
     })?;
     let meta = meta.expect("metadata decoded before the log is loaded");
+    Ok((
+        opened.storage,
+        meta,
+        cluster.expect("set with the metadata"),
+    ))
+}
+
+fn restart(
+    cfg: &Config,
+    dir: &DataDir,
+    wal_opts: etcd_wal::WalOptions,
+) -> Result<Booted, StartError> {
+    dir.check_version()?;
+    let files = SnapshotFiles::for_data_dir(dir, RETAINED_IMAGES)?;
+    let (store, incomplete) = match Store::open(&dir.db(), StoreOptions::default()) {
+        Ok(s) => (s, false),
+        Err(etcd_mvcc::Error::RestoreIncomplete) => {
+            tracing::warn!(
+                "the store was being restored from a snapshot image when the member stopped"
+            );
+            (
+                Store::open_to_restore(&dir.db(), StoreOptions::default())?,
+                true,
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (storage, meta, cluster) = reopen_wal(&dir.wal(), wal_opts, &store, &files, incomplete)?;
     tracing::info!(
         member = %membership::format_id(meta.member_id),
         cluster = %membership::format_id(meta.cluster_id),
@@ -252,10 +283,10 @@ fn restart(
     Ok(Booted {
         store,
         files,
-        storage: opened.storage,
+        storage,
         member_id: meta.member_id,
         cluster_id: meta.cluster_id,
-        cluster: cluster.expect("set with the metadata"),
+        cluster,
     })
 }
 
@@ -284,4 +315,26 @@ fn find_self<'a>(cfg: &Config, members: &'a [Member]) -> Result<&'a Member, Star
         )));
     }
     Ok(me)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_mvcc::MemDisk;
+
+    #[test]
+    fn the_bootstrap_write_survives_a_crash() {
+        let disk = MemDisk::new();
+        let store = Store::open_with(Box::new(disk.backend()), StoreOptions::default()).unwrap();
+        let members =
+            membership::parse_initial_cluster("a=http://a:2380,b=http://b:2380", "t").unwrap();
+        let cluster = RaftCluster::new(members);
+        init_store(&store, &cluster, BOOTSTRAP_INDEX).unwrap();
+        // Killed before the store flushed on its own.
+        disk.crash();
+        drop(store);
+        let store = Store::open_with(Box::new(disk.backend()), StoreOptions::default()).unwrap();
+        assert_eq!(store.consistent_index(), BOOTSTRAP_INDEX);
+        assert_eq!(RaftCluster::load(&store).unwrap(), Some(cluster));
+    }
 }

@@ -20,8 +20,10 @@
 //! consistent index of the entry that changed it:
 //!
 //! ```text
-//! "m" | id: u64 BE  ->  Member (protobuf, membership.rs)
-//! "r" | id: u64 BE  ->  empty: the id was removed and may never come back
+//! "m" | id: u64 BE     ->  Member (protobuf, membership.rs)
+//! "r" | id: u64 BE     ->  empty: the id was removed and may never come back
+//! "x" | index: u64 BE  ->  empty: the configuration change entry at this
+//!                          raft index was refused (see `record_refused`)
 //! ```
 //!
 //! Worked example: a 3-member cluster {a, b, c}; an operator removes c and
@@ -39,6 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const MEMBER_PREFIX: u8 = b'm';
 const REMOVED_PREFIX: u8 = b'r';
+const REFUSED_PREFIX: u8 = b'x';
 
 /// Most learners a cluster may have (etcd's default `--max-learners`).
 pub(crate) const MAX_LEARNERS: usize = 1;
@@ -139,6 +142,25 @@ pub(crate) fn decode_conf_change(data: &[u8]) -> Result<(ConfChange, u64, Change
     Ok((cc, ctx.request_id, change))
 }
 
+/// Records, in the same write as its consistent index, that the
+/// configuration change entry at `index` was refused. A member that
+/// installed a snapshot image newer than the snapshot's raft index replays
+/// the entries in between without touching the store, but raft must still
+/// hear of the configuration changes among them — only of those that were
+/// accepted, which the image alone cannot tell (its membership is the one
+/// after them).
+pub(crate) fn record_refused(w: &mut TxnWrite<'_>, index: u64) {
+    w.put_aux(Bucket::Members, &key(REFUSED_PREFIX, index), b"");
+}
+
+/// Whether the configuration change entry at `index` was refused (see
+/// [`record_refused`]).
+pub(crate) fn was_refused(store: &Store, index: u64) -> Result<bool> {
+    Ok(store
+        .aux_get(Bucket::Members, &key(REFUSED_PREFIX, index))?
+        .is_some())
+}
+
 /// The members of the cluster and the ids removed from it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RaftCluster {
@@ -174,6 +196,7 @@ impl RaftCluster {
                 REMOVED_PREFIX => {
                     c.removed.insert(id);
                 }
+                REFUSED_PREFIX => {}
                 _ => return Err(Error::Internal(format!("bad members key {k:?}"))),
             }
         }

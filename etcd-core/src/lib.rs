@@ -40,6 +40,8 @@ mod raft_request;
 mod request_check;
 mod server;
 mod server_cluster;
+#[doc(hidden)]
+pub mod simulation;
 pub mod snapshot;
 mod v3_lease;
 mod v3election;

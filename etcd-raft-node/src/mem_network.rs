@@ -4,7 +4,12 @@
 //!
 //! Faults, all drawn from one seeded RNG so a seed replays the same run:
 //! - loss: each message is dropped with probability `drop`;
-//! - duplication: delivered twice with probability `duplicate`;
+//! - duplication: delivered twice with probability `duplicate`, except
+//!   proposals forwarded to the leader (`MsgPropose`): raft tolerates a
+//!   duplicate of every message of its protocol, but a forwarded proposal
+//!   is not idempotent (the leader appends each copy as a new entry, and
+//!   neither raft nor etcd deduplicates them), and a real transport (a TCP
+//!   stream, which never resends) does not duplicate it;
 //! - delay and reordering: each copy is due `0..=max_delay` steps later;
 //!   messages due at the same step are delivered in a shuffled order;
 //! - partitions: [`MemNetwork::cut`] drops everything between two members
@@ -197,7 +202,12 @@ impl MemNetwork {
                 net.lose(&m);
                 continue;
             }
-            let copies = if net.rng.gen_bool(f.duplicate) { 2 } else { 1 };
+            let dup = net.rng.gen_bool(f.duplicate);
+            let copies = if dup && m.get_msg_type() != MessageType::MsgPropose {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let due = net.now + 1 + net.rng.gen_range(0..=f.max_delay);
                 net.seq += 1;

@@ -33,6 +33,13 @@ pub struct NodeConfig {
     pub election_tick: usize,
     /// Ticks between heartbeats.
     pub heartbeat_tick: usize,
+    /// Range `[min, max)` raft draws its randomized election timeout from,
+    /// in ticks; 0 means raft's default (`election_tick` and twice that).
+    /// raft-rs draws with the thread's RNG: a simulation that must replay
+    /// from a seed sets `max = min + 1` and picks `min` from its own RNG.
+    pub min_election_tick: usize,
+    /// See `min_election_tick`.
+    pub max_election_tick: usize,
     /// Largest append message, in bytes.
     pub max_size_per_msg: u64,
     /// Most append messages in flight per follower.
@@ -52,6 +59,8 @@ impl Default for NodeConfig {
             tick_interval: Duration::from_millis(100),
             election_tick: 10,
             heartbeat_tick: 1,
+            min_election_tick: 0,
+            max_election_tick: 0,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 512,
             check_quorum: true,

@@ -8,6 +8,15 @@
 //! id). When raft reports the read state for that context, every callback of
 //! the batch gets the same index; the caller then waits until it has applied
 //! that index and serves the reads locally.
+//!
+//! Read contexts are unique across members and restarts (like etcd's
+//! request ids): `member id | nonce drawn at start | sequence number`, 24
+//! bytes. The leader keys pending reads by context and ignores a request
+//! whose context it already holds, answering only the first: with
+//! contexts that restart at 1, a restarted member's new read would be
+//! answered with the read index of its previous incarnation's read — from
+//! before writes that completed since (a stale read; found by etcd-core's
+//! cluster simulation) — and two members' reads would collide.
 
 use crate::node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
 use crate::snapshot::SnapshotInfo;
@@ -63,6 +72,9 @@ pub struct Peer {
     /// Read batches sent to raft, by context id.
     inflight_reads: HashMap<u64, Vec<ReadCallback>>,
     next_read_ctx: u64,
+    /// Member id and this incarnation's nonce: the first 16 bytes of every
+    /// read context.
+    read_ctx_prefix: [u8; 16],
     /// Proposals that arrived while there was no leader.
     waiting: VecDeque<WaitingProposal>,
     /// Membership changes that reached this leader while another one was
@@ -92,6 +104,8 @@ impl Peer {
             id: cfg.id,
             election_tick: cfg.election_tick,
             heartbeat_tick: cfg.heartbeat_tick,
+            min_election_tick: cfg.min_election_tick,
+            max_election_tick: cfg.max_election_tick,
             applied: raft_applied,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
@@ -107,6 +121,12 @@ impl Peer {
             waiting_reads: Vec::new(),
             inflight_reads: HashMap::new(),
             next_read_ctx: 1,
+            read_ctx_prefix: {
+                let mut p = [0u8; 16];
+                p[..8].copy_from_slice(&cfg.id.to_be_bytes());
+                p[8..].copy_from_slice(&rand::random::<u64>().to_be_bytes());
+                p
+            },
             waiting: VecDeque::new(),
             waiting_conf: VecDeque::new(),
             max_wait_ticks: (cfg.election_tick * 3) as u64,
@@ -262,6 +282,11 @@ impl Peer {
         out
     }
 
+    /// raft's current configuration (voters and learners).
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
     /// Whether this member leads and a membership change it proposed is
     /// not applied yet.
     fn conf_change_pending(&self) -> bool {
@@ -312,7 +337,9 @@ impl Peer {
         let batch = std::mem::take(&mut self.pending_reads);
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        let mut bytes = self.read_ctx_prefix.to_vec();
+        bytes.extend_from_slice(&ctx.to_be_bytes());
+        self.raw.read_index(bytes);
         self.inflight_reads.insert(ctx, batch);
     }
 
@@ -515,7 +542,10 @@ impl Peer {
     }
 
     fn on_read_state(&mut self, ctx: &[u8], index: u64) {
-        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else {
+        let Some(seq) = ctx.strip_prefix(&self.read_ctx_prefix[..]) else {
+            return;
+        };
+        let Ok(ctx) = <[u8; 8]>::try_from(seq) else {
             return;
         };
         if let Some(batch) = self.inflight_reads.remove(&u64::from_be_bytes(ctx)) {
@@ -682,5 +712,31 @@ mod tests {
         peer.advance_applied(50);
         assert_eq!(peer.status().applied_index, 50);
         assert_eq!(peer.storage().applied(), 50);
+    }
+
+    fn peer(id: u64, dir: &std::path::Path) -> Peer {
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2, 3];
+        let storage = WalStorage::create(dir, Default::default(), b"", cs).unwrap();
+        let cfg = NodeConfig {
+            id,
+            voters: vec![1, 2, 3],
+            ..NodeConfig::default()
+        };
+        Peer::new(&cfg, storage).unwrap()
+    }
+
+    /// A restarted member must not reuse the read contexts of its previous
+    /// incarnation (the leader may still hold one pending and would answer
+    /// the new read with the old index), nor another member's.
+    #[test]
+    fn read_contexts_are_unique_across_members_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = peer(2, &dir.path().join("a"));
+        let restarted = peer(2, &dir.path().join("b"));
+        let other = peer(3, &dir.path().join("c"));
+        assert_ne!(a.read_ctx_prefix, restarted.read_ctx_prefix);
+        assert_ne!(a.read_ctx_prefix[..8], other.read_ctx_prefix[..8]);
+        assert_eq!(a.read_ctx_prefix[..8], 2u64.to_be_bytes());
     }
 }
