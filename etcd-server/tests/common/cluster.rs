@@ -89,6 +89,13 @@ impl Member {
     }
 }
 
+/// Why a member did not come up.
+struct StartError {
+    /// Its log says a port was taken.
+    port_in_use: bool,
+    message: String,
+}
+
 /// A member's `member list` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberInfo {
@@ -127,6 +134,27 @@ impl Cluster {
     /// waits until every member answers `endpoint health` and one leader
     /// is agreed on.
     pub fn start(kind: Kind, n: usize) -> Cluster {
+        // Free ports are found by binding and releasing them, so another
+        // process can take one in between: start again on fresh ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(kind, n) {
+                Ok(c) => return c,
+                Err((c, e)) if e.port_in_use && attempt < 3 => {
+                    eprintln!("{}: a port was taken, starting again", e.message);
+                    drop(c);
+                }
+                Err((c, e)) => {
+                    // `c` is dropped while panicking: its Drop prints the logs.
+                    let _keep = c;
+                    panic!("{}", e.message);
+                }
+            }
+        }
+    }
+
+    fn try_start(kind: Kind, n: usize) -> Result<Cluster, (Cluster, StartError)> {
         let tmp = tempfile::tempdir().unwrap();
         let net = Arc::new(Net::default());
         let mut c = Cluster {
@@ -165,7 +193,9 @@ impl Cluster {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         for i in 0..n {
-            c.wait_serving(i, deadline, true);
+            if let Err(e) = c.try_wait_serving(i, deadline, true) {
+                return Err((c, e));
+            }
         }
         let list = c.member_list();
         for info in &list {
@@ -179,7 +209,7 @@ impl Cluster {
         }
         assert_eq!(list.len(), n, "member list: {list:?}");
         c.wait_leader(Duration::from_secs(30));
-        c
+        Ok(c)
     }
 
     /// Allocates ports, a proxy and a data dir for a new member.
@@ -246,6 +276,17 @@ impl Cluster {
     /// a quorum) or `endpoint status` (just serving), panicking with the
     /// logs at `deadline` or when the process exits.
     fn wait_serving(&mut self, i: usize, deadline: Instant, healthy: bool) {
+        if let Err(e) = self.try_wait_serving(i, deadline, healthy) {
+            panic!("{}", e.message);
+        }
+    }
+
+    fn try_wait_serving(
+        &mut self,
+        i: usize,
+        deadline: Instant,
+        healthy: bool,
+    ) -> Result<(), StartError> {
         loop {
             let exited = self.members[i]
                 .child
@@ -255,7 +296,11 @@ impl Cluster {
                 .unwrap();
             if let Some(status) = exited {
                 self.members[i].child = None;
-                panic!("{:?} member {i} exited during start ({status})", self.kind);
+                let log = self.members[i].log_tail(20).to_lowercase();
+                return Err(StartError {
+                    port_in_use: log.contains("address already in use"),
+                    message: format!("{:?} member {i} exited during start ({status})", self.kind),
+                });
             }
             let args: &[&str] = if healthy {
                 &["endpoint", "health", "--command-timeout=2s"]
@@ -263,14 +308,17 @@ impl Cluster {
                 &["endpoint", "status", "--command-timeout=2s"]
             };
             if self.ctl(i, args).status.success() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{:?} member {i} not {} in time",
-                    self.kind,
-                    if healthy { "healthy" } else { "serving" }
-                );
+                return Err(StartError {
+                    port_in_use: false,
+                    message: format!(
+                        "{:?} member {i} not {} in time",
+                        self.kind,
+                        if healthy { "healthy" } else { "serving" }
+                    ),
+                });
             }
             thread::sleep(Duration::from_millis(100));
         }
