@@ -11,8 +11,9 @@
 //! *to* member `i` therefore crosses proxy `i`; the proxy learns the sender
 //! from the connection's first bytes:
 //!
-//! - our transport's handshake: `"ETRP"|"ETRS"|"ETRQ"`, version u8,
-//!   cluster id u64 BE, `from` u64 BE, `to` u64 BE;
+//! - our transport's handshake: `"ETRP"` (raft messages) or `"ETRS"`
+//!   (snapshots), version u8, cluster id u64 BE, `from` u64 BE, `to` u64 BE
+//!   (`"ETRQ"` queries carry no sender);
 //! - etcd's peer HTTP requests: the `X-Server-From: <hex id>` header (the
 //!   proxy scans the first 64 KiB sent by the client, so the header of a
 //!   later request on a keep-alive connection counts too).
@@ -23,8 +24,11 @@
 //! symmetric: `cut(i, j)` blocks both i -> j and j -> i (etcd's stream
 //! connections carry messages in both directions, ours in one).
 //! Connections whose sender is never identified (etcd's `GET /version`,
-//! `/members`, `/raft/probing`) pass, except to an isolated member: an
-//! isolated member accepts nothing at all.
+//! `/members`, `/raft/probing`, lease forwarding to `/leases`; our "ETRQ"
+//! queries: membership fetch, MemberPromote and lease forwarding) pass,
+//! except to an isolated member: an isolated member accepts nothing at
+//! all, but its own unidentified requests still reach the others. Raft
+//! traffic (messages, snapshots) is always identified.
 //!
 //! Member ids are learnt from `member list` once the cluster is up (and
 //! from `member add` for added members); until then nothing is cut.
@@ -931,8 +935,16 @@ enum Sniffed {
 
 /// The sender of a peer connection from its first bytes.
 fn identify(seen: &[u8]) -> Sniffed {
-    const OURS: [&[u8]; 3] = [b"ETRP", b"ETRS", b"ETRQ"];
+    const OURS: [&[u8]; 2] = [b"ETRP", b"ETRS"];
     let prefix = &seen[..seen.len().min(4)];
+    if b"ETRQ".starts_with(prefix) {
+        // Queries carry no sender: "ETRQ" | version | cluster id | len | request.
+        return if seen.len() < 4 {
+            Sniffed::Pending
+        } else {
+            Sniffed::Unknown
+        };
+    }
     if OURS.iter().any(|m| m.starts_with(prefix)) {
         if seen.len() < 4 + 1 + 8 + 8 {
             return Sniffed::Pending;
