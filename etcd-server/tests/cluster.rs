@@ -472,8 +472,24 @@ fn cut_one_link(kind: Kind) {
     // Past an election timeout: the cut follower got nothing (only the
     // leader could send it entries; the other follower still hears the
     // leader, so it neither campaigns nor votes for the cut one).
+    // On a loaded machine a late heartbeat can still start an election
+    // that moves leadership to the other follower, which then feeds the
+    // cut one legitimately: check only while the term and leader hold.
+    let before = c.status(f2).expect("status of the uncut follower");
     std::thread::sleep(Duration::from_millis(3 * ELECTION_MS));
-    assert_eq!(c.get(f1, "k", true).as_deref(), Some("v0"));
+    let seen = c.get(f1, "k", true);
+    let after = c.status(f2).expect("status of the uncut follower");
+    if after.raft_term == before.raft_term && after.leader == c.id(l) {
+        assert_eq!(
+            seen.as_deref(),
+            Some("v0"),
+            "the cut follower got entries while the leader ({l}) and term held: {before:?} {after:?}"
+        );
+    } else {
+        println!(
+            "{kind:?} cut_one_link: an election happened during the cut ({before:?} -> {after:?}); isolation check skipped"
+        );
+    }
     c.put(f2, "k", "v5");
     c.heal();
     c.wait_value(f1, "k", "v5", SECS_20);

@@ -11,8 +11,9 @@
 //! *to* member `i` therefore crosses proxy `i`; the proxy learns the sender
 //! from the connection's first bytes:
 //!
-//! - our transport's handshake: `"ETRP"|"ETRS"|"ETRQ"`, version u8,
-//!   cluster id u64 BE, `from` u64 BE, `to` u64 BE;
+//! - our transport's handshake: `"ETRP"` (raft messages) or `"ETRS"`
+//!   (snapshots), version u8, cluster id u64 BE, `from` u64 BE, `to` u64 BE
+//!   (`"ETRQ"` queries carry no sender);
 //! - etcd's peer HTTP requests: the `X-Server-From: <hex id>` header (the
 //!   proxy scans the first 64 KiB sent by the client, so the header of a
 //!   later request on a keep-alive connection counts too).
@@ -23,8 +24,11 @@
 //! symmetric: `cut(i, j)` blocks both i -> j and j -> i (etcd's stream
 //! connections carry messages in both directions, ours in one).
 //! Connections whose sender is never identified (etcd's `GET /version`,
-//! `/members`, `/raft/probing`) pass, except to an isolated member: an
-//! isolated member accepts nothing at all.
+//! `/members`, `/raft/probing`, lease forwarding to `/leases`; our "ETRQ"
+//! queries: membership fetch, MemberPromote and lease forwarding) pass,
+//! except to an isolated member: an isolated member accepts nothing at
+//! all, but its own unidentified requests still reach the others. Raft
+//! traffic (messages, snapshots) is always identified.
 //!
 //! Member ids are learnt from `member list` once the cluster is up (and
 //! from `member add` for added members); until then nothing is cut.
@@ -89,6 +93,13 @@ impl Member {
     }
 }
 
+/// Why a member did not come up.
+struct StartError {
+    /// Its log says a port was taken.
+    port_in_use: bool,
+    message: String,
+}
+
 /// A member's `member list` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberInfo {
@@ -127,6 +138,27 @@ impl Cluster {
     /// waits until every member answers `endpoint health` and one leader
     /// is agreed on.
     pub fn start(kind: Kind, n: usize) -> Cluster {
+        // Free ports are found by binding and releasing them, so another
+        // process can take one in between: start again on fresh ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(kind, n) {
+                Ok(c) => return c,
+                Err((c, e)) if e.port_in_use && attempt < 3 => {
+                    eprintln!("{}: a port was taken, starting again", e.message);
+                    drop(c);
+                }
+                Err((c, e)) => {
+                    // `c` is dropped while panicking: its Drop prints the logs.
+                    let _keep = c;
+                    panic!("{}", e.message);
+                }
+            }
+        }
+    }
+
+    fn try_start(kind: Kind, n: usize) -> Result<Cluster, (Cluster, StartError)> {
         let tmp = tempfile::tempdir().unwrap();
         let net = Arc::new(Net::default());
         let mut c = Cluster {
@@ -165,7 +197,9 @@ impl Cluster {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         for i in 0..n {
-            c.wait_serving(i, deadline, true);
+            if let Err(e) = c.try_wait_serving(i, deadline, true) {
+                return Err((c, e));
+            }
         }
         let list = c.member_list();
         for info in &list {
@@ -179,7 +213,7 @@ impl Cluster {
         }
         assert_eq!(list.len(), n, "member list: {list:?}");
         c.wait_leader(Duration::from_secs(30));
-        c
+        Ok(c)
     }
 
     /// Allocates ports, a proxy and a data dir for a new member.
@@ -246,6 +280,17 @@ impl Cluster {
     /// a quorum) or `endpoint status` (just serving), panicking with the
     /// logs at `deadline` or when the process exits.
     fn wait_serving(&mut self, i: usize, deadline: Instant, healthy: bool) {
+        if let Err(e) = self.try_wait_serving(i, deadline, healthy) {
+            panic!("{}", e.message);
+        }
+    }
+
+    fn try_wait_serving(
+        &mut self,
+        i: usize,
+        deadline: Instant,
+        healthy: bool,
+    ) -> Result<(), StartError> {
         loop {
             let exited = self.members[i]
                 .child
@@ -255,7 +300,11 @@ impl Cluster {
                 .unwrap();
             if let Some(status) = exited {
                 self.members[i].child = None;
-                panic!("{:?} member {i} exited during start ({status})", self.kind);
+                let log = self.members[i].log_tail(20).to_lowercase();
+                return Err(StartError {
+                    port_in_use: log.contains("address already in use"),
+                    message: format!("{:?} member {i} exited during start ({status})", self.kind),
+                });
             }
             let args: &[&str] = if healthy {
                 &["endpoint", "health", "--command-timeout=2s"]
@@ -263,14 +312,17 @@ impl Cluster {
                 &["endpoint", "status", "--command-timeout=2s"]
             };
             if self.ctl(i, args).status.success() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{:?} member {i} not {} in time",
-                    self.kind,
-                    if healthy { "healthy" } else { "serving" }
-                );
+                return Err(StartError {
+                    port_in_use: false,
+                    message: format!(
+                        "{:?} member {i} not {} in time",
+                        self.kind,
+                        if healthy { "healthy" } else { "serving" }
+                    ),
+                });
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -883,8 +935,16 @@ enum Sniffed {
 
 /// The sender of a peer connection from its first bytes.
 fn identify(seen: &[u8]) -> Sniffed {
-    const OURS: [&[u8]; 3] = [b"ETRP", b"ETRS", b"ETRQ"];
+    const OURS: [&[u8]; 2] = [b"ETRP", b"ETRS"];
     let prefix = &seen[..seen.len().min(4)];
+    if b"ETRQ".starts_with(prefix) {
+        // Queries carry no sender: "ETRQ" | version | cluster id | len | request.
+        return if seen.len() < 4 {
+            Sniffed::Pending
+        } else {
+            Sniffed::Unknown
+        };
+    }
     if OURS.iter().any(|m| m.starts_with(prefix)) {
         if seen.len() < 4 + 1 + 8 + 8 {
             return Sniffed::Pending;
