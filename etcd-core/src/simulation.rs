@@ -15,17 +15,25 @@
 //! One step of the simulation, all driven from one RNG seeded with
 //! [`SimConfig::seed`]:
 //! 1. the [`MemNetwork`] delivers the messages due (with seeded loss,
-//!    duplication, delay, reordering and partitions);
+//!    duplication, delay, reordering and partitions); a `MsgSnapshot`
+//!    carries the sender's current store image ([`transfer_inline`] over
+//!    the members' snapshot files) and the outcome is reported to raft;
 //! 2. each member ticks with probability 1/2 (clocks drift apart);
 //! 3. faults: partitions (one member isolated, or a random split), healing,
-//!    crashes (the store loses what it had not flushed, the WAL is reopened
-//!    and replayed; the member stays down for a while), leader transfers,
-//!    member removals through raft;
+//!    crashes (the store loses what it had not flushed; the member stays
+//!    down for a while, then restarts through the server's restart path,
+//!    `bootstrap::reopen_wal`), leader transfers, membership changes
+//!    through raft at the leader (remove a voter, add a voter or a learner
+//!    — started at once with an empty store, it catches up from a
+//!    snapshot — promote a learner); one seed in four is a storm (long
+//!    delays, frequent quick restarts);
 //! 4. clients act: each of [`SimConfig::clients`] clients has at most one
 //!    request in flight (put, linearizable get, delete, compare-and-put on
 //!    a few keys) at a random running member;
-//! 5. each member handles its `Ready`, applies the committed entries with
-//!    the [`Applier`] and reports them applied;
+//! 5. each member handles its `Ready`, installs a snapshot it received
+//!    (the apply loop's steps), applies the committed entries with the
+//!    [`Applier`], reports them applied, and every [`SNAPSHOT_COUNT`]
+//!    applied entries flushes its store and compacts its raft log;
 //! 6. clients collect results: from the proposing member's waiter, or, for
 //!    reads, once the member applied the read index. A request whose member
 //!    crashed, or that took more than [`SimConfig::request_timeout`] steps,
@@ -54,8 +62,11 @@
 //! Worked example of an unknown outcome: client 2 proposes `put(k1, v)` at
 //! member 3 at step 400; member 3 crashes at step 404. The entry may have
 //! reached the leader (and commit later) or not: the history records the
-//! call without a return, and the checker may place the put anywhere after
-//! step 400 or leave it out, whichever explains the other operations.
+//! call without a return. Before checking, the simulation resolves it from
+//! the applied log: if no member ever applied the request, the put is left
+//! out; if one did, it gets the output applying it produced (say revision
+//! 57) and no return time, so the checker must place it after step 400 at
+//! revision 57 (see `Sim::resolved_history`; both only add constraints).
 //!
 //! Negative controls, to show the checker finds real bugs:
 //! [`SimConfig::unsafe_local_reads`] is a deliberately broken read path
