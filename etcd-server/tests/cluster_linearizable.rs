@@ -12,127 +12,20 @@
 mod common;
 
 use common::cluster::Cluster;
+use common::history::{random_input, send, KEYS};
 use common::Kind;
-use etcd_core::linearizability::{check, Input, KeyState, KvModel, Output, Recorder, Verdict};
-use etcd_server::rpc::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etcd_core::linearizability::{check, Input, KvModel, Output, Recorder, Verdict};
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
-use etcd_server::rpc::etcdserverpb::{
-    request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
-use prost::bytes::Bytes;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::sleep;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 const CLIENTS: u64 = 6;
-const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 const SECS_20: Duration = Duration::from_secs(20);
-
-fn random_input(rng: &mut impl Rng, client: u64, n: u64) -> Input {
-    let key = KEYS[rng.gen_range(0..KEYS.len())].as_bytes().to_vec();
-    let value = format!("c{client}-{n}").into_bytes();
-    match rng.gen_range(0..10) {
-        0..=3 => Input::Get { key },
-        4..=6 => Input::Put { key, value },
-        7 => Input::Delete { key },
-        _ => Input::PutIfModRev {
-            key,
-            expected_mod: rng.gen_range(0..6),
-            value,
-        },
-    }
-}
-
-/// Sends `input`; `None` when the outcome is unknown.
-async fn send(kv: &mut KvClient<Channel>, input: &Input) -> Option<Output> {
-    let b = |v: &[u8]| Bytes::copy_from_slice(v);
-    let fut = async {
-        Ok::<_, tonic::Status>(match input {
-            Input::Get { key } => {
-                let r = kv
-                    .range(RangeRequest {
-                        key: b(key),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Get {
-                    kv: r.kvs.first().map(|kv| KeyState {
-                        value: kv.value.to_vec(),
-                        create_revision: kv.create_revision,
-                        mod_revision: kv.mod_revision,
-                        version: kv.version,
-                    }),
-                    revision: r.header.expect("header").revision,
-                }
-            }
-            Input::Put { key, value } => {
-                let r = kv
-                    .put(PutRequest {
-                        key: b(key),
-                        value: b(value),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Put {
-                    revision: r.header.expect("header").revision,
-                }
-            }
-            Input::Delete { key } => {
-                let r = kv
-                    .delete_range(DeleteRangeRequest {
-                        key: b(key),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Delete {
-                    deleted: r.deleted,
-                    revision: r.header.expect("header").revision,
-                }
-            }
-            Input::PutIfModRev {
-                key,
-                expected_mod,
-                value,
-            } => {
-                let r = kv
-                    .txn(TxnRequest {
-                        compare: vec![Compare {
-                            result: CompareResult::Equal as i32,
-                            target: CompareTarget::Mod as i32,
-                            key: b(key),
-                            range_end: Bytes::new(),
-                            target_union: Some(TargetUnion::ModRevision(*expected_mod)),
-                        }],
-                        success: vec![RequestOp {
-                            request: Some(request_op::Request::RequestPut(PutRequest {
-                                key: b(key),
-                                value: b(value),
-                                ..Default::default()
-                            })),
-                        }],
-                        failure: vec![],
-                    })
-                    .await?
-                    .into_inner();
-                Output::PutIfModRev {
-                    succeeded: r.succeeded,
-                    revision: r.header.expect("header").revision,
-                }
-            }
-        })
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(out)) => Some(out),
-        _ => None,
-    }
-}
 
 /// Runs one client against one member until `stop`. After an unknown
 /// outcome it goes on under a fresh client id (the unknown request may
@@ -159,10 +52,10 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let input = random_input(&mut rng, id, n);
+        let input = random_input(&mut rng, id, n, 6);
         n += 1;
         let call = rec.call(id, input.clone());
-        match send(&mut kv, &input).await {
+        match send(&mut kv, &input, REQUEST_TIMEOUT).await {
             Some(out) => rec.ret(call, out),
             None => {
                 id = ids.fetch_add(1, Ordering::SeqCst);
@@ -242,7 +135,9 @@ fn histories_under_faults(kind: Kind) {
                 key: key.as_bytes().to_vec(),
             };
             let call = rec.call(u64::MAX, input.clone());
-            let out = send(&mut kv, &input).await.expect("final read");
+            let out = send(&mut kv, &input, REQUEST_TIMEOUT)
+                .await
+                .expect("final read");
             rec.ret(call, out);
         }
     });

@@ -8,130 +8,20 @@
 
 mod common;
 
+use common::history::{random_input, send, KEYS};
 use common::{Kind, Server};
-use etcd_core::linearizability::{
-    check, CallId, Input, KeyState, KvModel, Output, Recorder, Verdict,
-};
-use etcd_server::rpc::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etcd_core::linearizability::{check, CallId, Input, KvModel, Output, Recorder, Verdict};
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
-use etcd_server::rpc::etcdserverpb::{
-    request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
-use prost::bytes::Bytes;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
 const CLIENTS: u64 = 6;
-const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 const CYCLES: usize = 3;
 const RUN_FOR: Duration = Duration::from_millis(1500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn random_input(rng: &mut impl Rng, client: u64, n: u64) -> Input {
-    let key = KEYS[rng.gen_range(0..KEYS.len())].as_bytes().to_vec();
-    let value = format!("c{client}-{n}").into_bytes();
-    match rng.gen_range(0..10) {
-        0..=3 => Input::Get { key },
-        4..=6 => Input::Put { key, value },
-        7 => Input::Delete { key },
-        // A guess of the mod revision: right now and then.
-        _ => Input::PutIfModRev {
-            key,
-            expected_mod: rng.gen_range(0..4),
-            value,
-        },
-    }
-}
-
-/// Sends `input`; `None` when the outcome is unknown.
-async fn send(kv: &mut KvClient<Channel>, input: &Input) -> Option<Output> {
-    let b = |v: &[u8]| Bytes::copy_from_slice(v);
-    let fut = async {
-        Ok::<_, tonic::Status>(match input {
-            Input::Get { key } => {
-                let r = kv
-                    .range(RangeRequest {
-                        key: b(key),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Get {
-                    kv: r.kvs.first().map(|kv| KeyState {
-                        value: kv.value.to_vec(),
-                        create_revision: kv.create_revision,
-                        mod_revision: kv.mod_revision,
-                        version: kv.version,
-                    }),
-                    revision: r.header.expect("header").revision,
-                }
-            }
-            Input::Put { key, value } => {
-                let r = kv
-                    .put(PutRequest {
-                        key: b(key),
-                        value: b(value),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Put {
-                    revision: r.header.expect("header").revision,
-                }
-            }
-            Input::Delete { key } => {
-                let r = kv
-                    .delete_range(DeleteRangeRequest {
-                        key: b(key),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Delete {
-                    deleted: r.deleted,
-                    revision: r.header.expect("header").revision,
-                }
-            }
-            Input::PutIfModRev {
-                key,
-                expected_mod,
-                value,
-            } => {
-                let r = kv
-                    .txn(TxnRequest {
-                        compare: vec![Compare {
-                            result: CompareResult::Equal as i32,
-                            target: CompareTarget::Mod as i32,
-                            key: b(key),
-                            range_end: Bytes::new(),
-                            target_union: Some(TargetUnion::ModRevision(*expected_mod)),
-                        }],
-                        success: vec![RequestOp {
-                            request: Some(request_op::Request::RequestPut(PutRequest {
-                                key: b(key),
-                                value: b(value),
-                                ..Default::default()
-                            })),
-                        }],
-                        failure: vec![],
-                    })
-                    .await?
-                    .into_inner();
-                Output::PutIfModRev {
-                    succeeded: r.succeeded,
-                    revision: r.header.expect("header").revision,
-                }
-            }
-        })
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(out)) => Some(out),
-        _ => None,
-    }
-}
 
 /// Runs one client until `stop`, recording every call. After a failed
 /// call the client gives up for this cycle (the server is gone).
@@ -140,10 +30,10 @@ async fn client(ch: Channel, id: u64, seed: u64, rec: Arc<Recorder>, stop: Arc<A
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
-        let input = random_input(&mut rng, id, n);
+        let input = random_input(&mut rng, id, n, 4);
         n += 1;
         let call: CallId = rec.call(id, input.clone());
-        match send(&mut kv, &input).await {
+        match send(&mut kv, &input, REQUEST_TIMEOUT).await {
             Some(out) => rec.ret(call, out),
             None => return,
         }
@@ -185,7 +75,9 @@ fn histories_across_kill9_are_linearizable() {
                 key: key.as_bytes().to_vec(),
             };
             let call = rec.call(CLIENTS, input.clone());
-            let out = send(&mut kv, &input).await.expect("read after restart");
+            let out = send(&mut kv, &input, REQUEST_TIMEOUT)
+                .await
+                .expect("read after restart");
             rec.ret(call, out);
         }
     });
