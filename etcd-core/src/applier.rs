@@ -23,11 +23,12 @@ use crate::cluster::{decode_conf_change, record_refused, was_refused, Change, Ra
 use crate::lessor::Lessor;
 use crate::membership::Member;
 use crate::raft_request::{Op, RaftRequest};
+use crate::snapshot::SnapshotFiles;
 use crate::wait::Wait;
 use crate::{Error, Result};
 use etcd_mvcc::Store;
 use etcd_raft_node::eraftpb::{ConfChange, ConfState};
-use etcd_raft_node::{CommittedEntry, EntryKind, Peer, RaftNode};
+use etcd_raft_node::{CommittedEntry, EntryKind, Peer, RaftNode, SnapshotInfo};
 use parking_lot::RwLock;
 use prost::Message as _;
 use std::sync::Arc;
@@ -91,6 +92,47 @@ impl Applier {
             }
             EntryKind::Normal => self.apply_normal(&e),
         }
+    }
+
+    /// Replaces the state machine with the image of raft snapshot `info`
+    /// (unless the store is already as new: images can be newer than their
+    /// raft index), then reloads what lives beside the store: the
+    /// membership and the leases. Returns whether the image held members
+    /// (without, the membership is left as it was).
+    pub(crate) fn install_snapshot(
+        &self,
+        files: &SnapshotFiles,
+        info: &SnapshotInfo,
+    ) -> std::result::Result<bool, String> {
+        let store = &self.store;
+        if info.index <= store.consistent_index() {
+            tracing::info!(
+                index = info.index,
+                applied = store.consistent_index(),
+                "skipping a snapshot image older than the store"
+            );
+        } else {
+            tracing::info!(
+                index = info.index,
+                term = info.term,
+                "installing a snapshot image from the leader"
+            );
+            files.install(store, &info.data).map_err(|e| {
+                format!(
+                    "cannot install the snapshot image at index {}: {e}",
+                    info.index
+                )
+            })?;
+        }
+        let members = RaftCluster::load(store)
+            .map_err(|e| format!("cannot read the membership of a snapshot image: {e}"))?;
+        let has_members = members.is_some();
+        if let Some(c) = members {
+            *self.cluster.write() = c;
+        }
+        crate::apply_lease::restore(store, &self.lessor)
+            .map_err(|e| format!("cannot restore the leases of a snapshot image: {e}"))?;
+        Ok(has_members)
     }
 
     fn persist_index_only(&self, index: u64, why: &str) {

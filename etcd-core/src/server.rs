@@ -684,39 +684,15 @@ impl ApplyLoop {
     /// Replaces the state machine with the image a leader sent (raft has
     /// already made the snapshot durable in the WAL, after the image).
     fn install_snapshot(&mut self, applier: &Applier, info: &etcd_raft_node::SnapshotInfo) {
+        match applier.install_snapshot(&self.snapshots.files, info) {
+            Ok(true) => {}
+            Ok(false) => tracing::error!("the snapshot image holds no members"),
+            // The store may now be incomplete; a restart re-installs the
+            // retained image (bootstrap.rs). Going on would apply entries
+            // to a store that is not there.
+            Err(e) => panic!("{e}"),
+        }
         let store = &applier.store;
-        if info.index <= store.consistent_index() {
-            // The store is already at least as new (images can be newer
-            // than their raft index).
-            tracing::info!(
-                index = info.index,
-                applied = store.consistent_index(),
-                "skipping a snapshot image older than the store"
-            );
-        } else {
-            tracing::info!(
-                index = info.index,
-                term = info.term,
-                "installing a snapshot image from the leader"
-            );
-            if let Err(e) = self.snapshots.files.install(store, &info.data) {
-                // The store is now incomplete; a restart re-installs the
-                // retained image (bootstrap.rs). Going on would apply
-                // entries to a store that is not there.
-                panic!(
-                    "cannot install the snapshot image at index {}: {e}",
-                    info.index
-                );
-            }
-        }
-        match RaftCluster::load(store) {
-            Ok(Some(c)) => *applier.cluster.write() = c,
-            Ok(None) => tracing::error!("the snapshot image holds no members"),
-            Err(e) => panic!("cannot read the membership of a snapshot image: {e}"),
-        }
-        if let Err(e) = crate::apply_lease::restore(store, &applier.lessor) {
-            panic!("cannot restore the leases of a snapshot image: {e}");
-        }
         self.watch.on_restore();
         let applied = store.consistent_index();
         self.node.set_applied(applied);

@@ -1627,19 +1627,10 @@ impl Sim {
 /// steps of the server's apply loop: install the image unless the store is
 /// already as new, reload the membership and the leases, report applied).
 fn install_snapshot(r: &mut Running, info: &SnapshotInfo) -> Result<(), String> {
-    let store = &r.applier.store;
-    if info.index > store.consistent_index() {
-        r.snapshots
-            .files
-            .install(store, &info.data)
-            .map_err(|e| format!("installing the image at {}: {e}", info.index))?;
+    if !r.applier.install_snapshot(&r.snapshots.files, info)? {
+        return Err("the image holds no members".into());
     }
-    let cluster = RaftCluster::load(store)
-        .map_err(|e| format!("the image's membership: {e}"))?
-        .ok_or("the image holds no members")?;
-    *r.applier.cluster.write() = cluster;
-    crate::apply_lease::restore(store, &r.applier.lessor)
-        .map_err(|e| format!("the image's leases: {e}"))?;
+    let store = &r.applier.store;
     // Entries up to the snapshot are covered; the image may be newer.
     r.applied = r.applied.max(info.index).max(store.consistent_index());
     r.peer.advance_applied(store.consistent_index());
