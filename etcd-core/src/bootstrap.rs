@@ -290,7 +290,8 @@ fn restart(
     })
 }
 
-fn sorted(urls: &[String]) -> Vec<String> {
+/// `urls` sorted (members are matched by their set of peer URLs).
+pub(crate) fn sorted(urls: &[String]) -> Vec<String> {
     let mut v = urls.to_vec();
     v.sort();
     v

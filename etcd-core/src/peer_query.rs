@@ -156,13 +156,16 @@ pub(crate) fn fetch_cluster(
                             .map_err(|e| e.to_string())
                     })
                     .and_then(|bytes| PeerResponse::decode(&bytes[..]).map_err(|e| e.to_string()));
-                let mine = sorted_urls(&cfg.initial_advertise_peer_urls);
+                let mine = crate::bootstrap::sorted(&cfg.initial_advertise_peer_urls);
                 match attempt {
                     // A member that has not applied our addition yet does
                     // not list us: ask the others, or again.
                     Ok(r)
                         if r.error.is_empty()
-                            && !r.members.iter().any(|m| sorted_urls(&m.peer_urls) == mine) =>
+                            && !r
+                                .members
+                                .iter()
+                                .any(|m| crate::bootstrap::sorted(&m.peer_urls) == mine) =>
                     {
                         failures.push(format!("{url}: does not list this member (yet)"));
                     }
@@ -190,12 +193,6 @@ pub(crate) fn fetch_cluster(
             failures.join("; ")
         }
     )))
-}
-
-fn sorted_urls(urls: &[String]) -> Vec<String> {
-    let mut v = urls.to_vec();
-    v.sort();
-    v
 }
 
 /// Asks the current leader `ask` (waiting for a leader up to the request
