@@ -8,9 +8,15 @@
 //! a lost acknowledged write, a stale read served by a deposed leader or a
 //! minority, or a revision handed out twice fails the test. Runs against
 //! the real etcd too, which validates the test itself.
+//!
+//! Each fault phase lasts a minimum time (so elections happen) and until
+//! [`OPS_PER_PHASE`] operations have completed; clients send at most that
+//! many per phase, so the history's size does not depend on the machine's
+//! speed (a time cap is only a safety net).
 
 mod common;
 
+use common::budget::{OpBudget, IDLE};
 use common::cluster::Cluster;
 use common::history::{random_input, send, KEYS};
 use common::Kind;
@@ -19,13 +25,27 @@ use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::transport::Endpoint;
 
 const CLIENTS: u64 = 6;
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 const SECS_20: Duration = Duration::from_secs(20);
+/// Operations (answered or not) per phase.
+const OPS_PER_PHASE: u64 = 150;
+/// Safety cap on one phase.
+const PHASE_CAP: Duration = Duration::from_secs(60);
+
+/// One phase of the nemesis: allows [`OPS_PER_PHASE`] operations, then
+/// waits at least `min` and until they have completed.
+fn phase(budget: &OpBudget, min: Duration) {
+    let start = Instant::now();
+    budget.refill(OPS_PER_PHASE);
+    budget.wait_done(OPS_PER_PHASE, PHASE_CAP);
+    if let Some(rest) = min.checked_sub(start.elapsed()) {
+        std::thread::sleep(rest);
+    }
+}
 
 /// Runs one client against one member until `stop`. After an unknown
 /// outcome it goes on under a fresh client id (the unknown request may
@@ -37,6 +57,7 @@ async fn client(
     ids: Arc<AtomicU64>,
     rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
+    budget: Arc<OpBudget>,
 ) {
     let ch = Endpoint::from_shared(url)
         .unwrap()
@@ -52,10 +73,16 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
+        if !budget.take() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
         let input = random_input(&mut rng, id, n, 6);
         n += 1;
         let call = rec.call(id, input.clone());
-        match send(&mut kv, &input, REQUEST_TIMEOUT).await {
+        let out = send(&mut kv, &input, REQUEST_TIMEOUT).await;
+        budget.done();
+        match out {
             Some(out) => rec.ret(call, out),
             None => {
                 id = ids.fetch_add(1, Ordering::SeqCst);
@@ -76,24 +103,27 @@ fn histories_under_faults(kind: Kind) {
     let stop = Arc::new(AtomicBool::new(false));
     let ids = Arc::new(AtomicU64::new(0));
     let down: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let budget = Arc::new(OpBudget::new());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|k| {
             let m = (k % 3) as usize;
             let url = c.members[m].client_url.clone();
             let down = down[m].clone();
-            rt.spawn(client(url, down, k, ids.clone(), rec.clone(), stop.clone()))
+            let (ids, rec, stop, budget) = (ids.clone(), rec.clone(), stop.clone(), budget.clone());
+            rt.spawn(client(url, down, k, ids, rec, stop, budget))
         })
         .collect();
+    let ms = Duration::from_millis;
 
     let mut log = Vec::new();
-    sleep(Duration::from_millis(800));
+    phase(&budget, ms(800));
     // 1. The leader is isolated, then healed.
     let l = c.wait_leader(SECS_20);
     c.isolate(l);
     log.push(format!("isolate leader {l}"));
-    sleep(Duration::from_millis(1500));
+    phase(&budget, ms(1500));
     c.heal();
-    sleep(Duration::from_millis(800));
+    phase(&budget, ms(800));
     // 2. The (new) leader is killed and restarted.
     // Its clients stop sending first (requests to a dead process would
     // only add unknown outcomes, which widen the check's search); the
@@ -102,23 +132,23 @@ fn histories_under_faults(kind: Kind) {
     down[l].store(true, Ordering::SeqCst);
     c.kill9(l);
     log.push(format!("kill -9 leader {l}"));
-    sleep(Duration::from_millis(1500));
+    phase(&budget, ms(1500));
     c.restart(l);
     down[l].store(false, Ordering::SeqCst);
-    sleep(Duration::from_millis(800));
+    phase(&budget, ms(800));
     // 3. One link of the leader is cut, then a follower isolated.
     let l = c.wait_leader(SECS_20);
     let f = c.other_than(&[l]);
     c.cut(l, f);
     log.push(format!("cut {l}-{f}"));
-    sleep(Duration::from_millis(1200));
+    phase(&budget, ms(1200));
     c.heal();
     let f = c.other_than(&[c.wait_leader(SECS_20)]);
     c.isolate(f);
     log.push(format!("isolate follower {f}"));
-    sleep(Duration::from_millis(1200));
+    phase(&budget, ms(1200));
     c.heal();
-    sleep(Duration::from_millis(800));
+    phase(&budget, ms(800));
     stop.store(true, Ordering::SeqCst);
     for t in clients {
         rt.block_on(t).expect("client task");

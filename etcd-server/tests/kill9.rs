@@ -8,13 +8,12 @@
 
 mod common;
 
-use common::{Kind, Server};
+use common::budget::{OpBudget, IDLE};
+use common::{range_paged, Kind, Server};
 use etcd_mvcc::pb::mvccpb::KeyValue;
 use etcd_server::rpc::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
-use etcd_server::rpc::etcdserverpb::{
-    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use etcd_server::rpc::etcdserverpb::{request_op, Compare, PutRequest, RequestOp, TxnRequest};
 use prost::bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +25,10 @@ use tonic::transport::Channel;
 /// Concurrent writers (env `KILL9_WRITERS` overrides).
 const WRITERS: usize = 8;
 const CYCLES: usize = 3;
-/// How long the writers run before the SIGKILL.
-const WRITE_FOR: Duration = Duration::from_millis(2500);
+/// Acknowledged writes per cycle before the SIGKILL.
+const WRITES_PER_CYCLE: u64 = 3000;
+/// Safety cap on a cycle's writing (a machine too slow for the count).
+const CYCLE_CAP: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,14 +139,32 @@ async fn writer(
     mut seq: u64,
     cycle: usize,
     killed: Arc<AtomicBool>,
+    budget: Arc<OpBudget>,
 ) -> WriterLog {
     let mut kv = KvClient::new(ch);
     let mut acked = Vec::new();
     loop {
+        if !budget.take() {
+            // Spent: wait for the kill (which ends this writer through the
+            // error of its next request).
+            if killed.load(Ordering::SeqCst) {
+                return WriterLog {
+                    acked,
+                    in_doubt: None,
+                    next_seq: seq,
+                    error_before_kill: None,
+                };
+            }
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
         let w = write_for(mode, id, seq, cycle);
         seq += 1;
         match send(&mut kv, mode, &w).await {
-            Ok(rev) => acked.push((w, rev)),
+            Ok(rev) => {
+                acked.push((w, rev));
+                budget.done();
+            }
             Err(e) => {
                 let error_before_kill = (!killed.load(Ordering::SeqCst)).then(|| {
                     format!(
@@ -164,25 +183,18 @@ async fn writer(
     }
 }
 
-/// Every kv under `prefix`, and the store's revision.
+/// Every kv under `prefix` (read a page at a time), and the store's revision.
 async fn read_all(kv: &mut KvClient<Channel>, prefix: &str) -> (BTreeMap<String, KeyValue>, i64) {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().unwrap() += 1;
-    let r = kv
-        .range(RangeRequest {
-            key: b(prefix),
-            range_end: end.into(),
-            ..Default::default()
-        })
+    let (kvs, rev) = range_paged(kv, prefix.as_bytes(), &end)
         .await
-        .expect("range after restart")
-        .into_inner();
-    let kvs = r
-        .kvs
+        .expect("range after restart");
+    let kvs = kvs
         .into_iter()
         .map(|kv| (String::from_utf8(kv.key.to_vec()).unwrap(), kv))
         .collect();
-    (kvs, r.header.unwrap().revision)
+    (kvs, rev)
 }
 
 /// The accumulated knowledge of the test across cycles.
@@ -279,14 +291,17 @@ fn kill_restart_cycles(mode: Mode) {
     for cycle in 0..CYCLES {
         let log_start = server.log_text().len();
         let killed = Arc::new(AtomicBool::new(false));
+        let budget = Arc::new(OpBudget::new());
+        budget.refill(2 * WRITES_PER_CYCLE);
         let handles: Vec<_> = (0..writers)
             .map(|id| {
                 // One connection per writer.
                 let ch = rt.block_on(server.channel());
-                rt.spawn(writer(ch, mode, id, next_seq[id], cycle, killed.clone()))
+                let (killed, budget) = (killed.clone(), budget.clone());
+                rt.spawn(writer(ch, mode, id, next_seq[id], cycle, killed, budget))
             })
             .collect();
-        std::thread::sleep(WRITE_FOR);
+        let acked_at_kill = budget.wait_done(WRITES_PER_CYCLE, CYCLE_CAP);
         killed.store(true, Ordering::SeqCst);
         server.kill9();
         let mut acked_now = 0;
@@ -311,8 +326,8 @@ fn kill_restart_cycles(mode: Mode) {
             );
         }
         assert!(
-            acked_now > 0,
-            "cycle {cycle}: no write was acknowledged in {WRITE_FOR:?}"
+            acked_at_kill >= WRITES_PER_CYCLE,
+            "cycle {cycle}: only {acked_at_kill} writes acknowledged in {CYCLE_CAP:?}"
         );
         server.restart();
         check_after_restart(&rt, &server, mode, &mut book, cycle);

@@ -4,10 +4,14 @@
 //! Every call and response is recorded (a request that fails has an unknown
 //! outcome) and the whole history is checked with
 //! `etcd_core::linearizability`: a lost acknowledged write, a stale read or
-//! a revision handed out twice makes the check fail.
+//! a revision handed out twice makes the check fail. Each cycle is bounded
+//! by counts (the kill comes after [`OPS_PER_CYCLE`] completed operations,
+//! at most twice that many are sent), so the history's size, and the cost
+//! of checking it, do not depend on the machine's speed.
 
 mod common;
 
+use common::budget::{OpBudget, IDLE};
 use common::history::{random_input, send, KEYS};
 use common::{Kind, Server};
 use etcd_core::linearizability::{check, CallId, Input, KvModel, Output, Recorder, Verdict};
@@ -20,21 +24,39 @@ use tonic::transport::Channel;
 
 const CLIENTS: u64 = 6;
 const CYCLES: usize = 3;
-const RUN_FOR: Duration = Duration::from_millis(1500);
+/// Completed operations per cycle before the SIGKILL.
+const OPS_PER_CYCLE: u64 = 800;
+/// Safety cap on a cycle (a machine too slow for the count).
+const CYCLE_CAP: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one client until `stop`, recording every call. After a failed
-/// call the client gives up for this cycle (the server is gone).
-async fn client(ch: Channel, id: u64, seed: u64, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+/// Runs one client until `stop`, recording every call, while `budget`
+/// allows. After a failed call the client gives up for this cycle (the
+/// server is gone).
+async fn client(
+    ch: Channel,
+    id: u64,
+    seed: u64,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    budget: Arc<OpBudget>,
+) {
     let mut kv = KvClient::new(ch);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
+        if !budget.take() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
         let input = random_input(&mut rng, id, n, 4);
         n += 1;
         let call: CallId = rec.call(id, input.clone());
         match send(&mut kv, &input, REQUEST_TIMEOUT).await {
-            Some(out) => rec.ret(call, out),
+            Some(out) => {
+                rec.ret(call, out);
+                budget.done();
+            }
             None => return,
         }
     }
@@ -51,14 +73,21 @@ fn histories_across_kill9_are_linearizable() {
     let rec = Arc::new(Recorder::new());
     for cycle in 0..CYCLES as u64 {
         let stop = Arc::new(AtomicBool::new(false));
+        let budget = Arc::new(OpBudget::new());
+        budget.refill(2 * OPS_PER_CYCLE);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|id| {
                 let ch = rt.block_on(server.channel());
                 let seed = cycle * 1000 + id;
-                rt.spawn(client(ch, id, seed, rec.clone(), stop.clone()))
+                let (rec, stop, budget) = (rec.clone(), stop.clone(), budget.clone());
+                rt.spawn(client(ch, id, seed, rec, stop, budget))
             })
             .collect();
-        std::thread::sleep(RUN_FOR);
+        let done = budget.wait_done(OPS_PER_CYCLE, CYCLE_CAP);
+        assert!(
+            done >= OPS_PER_CYCLE,
+            "cycle {cycle}: only {done} operations in {CYCLE_CAP:?}"
+        );
         // Kill while requests are in flight; clients see errors and stop.
         server.kill9();
         stop.store(true, Ordering::SeqCst);

@@ -9,7 +9,10 @@
 //! revision (the ground truth); a txn whose answer was lost (the server was
 //! killed) is *ambiguous*: it may or may not have been committed. Watchers
 //! record every response of every stream they open, the revision they
-//! resumed from, and progress responses.
+//! resumed from, and progress responses. The run is bounded by counts:
+//! a compaction after every [`TXNS_PER_STEP`] txns, a kill after every
+//! [`STEPS_PER_ROUND`] steps, and at the end the watchers are given until
+//! they have seen the last acknowledged revision (time only caps each wait).
 //!
 //! Checks, per watcher, over all its streams:
 //! - **atomic**: the events of a revision arrive in one response and equal
@@ -26,6 +29,7 @@
 
 mod common;
 
+use common::budget::{OpBudget, IDLE};
 use common::{Kind, Server};
 use etcd_server::rpc::etcdserverpb::{
     kv_client::KvClient, request_op::Request as Op, watch_client::WatchClient,
@@ -37,6 +41,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
+
+/// Txns (answered or failed) between two compactions.
+const TXNS_PER_STEP: u64 = 60;
+/// Compactions between two kills.
+const STEPS_PER_ROUND: usize = 6;
+/// Safety cap on one step, and on the watchers' final catch-up.
+const CAP: Duration = Duration::from_secs(60);
 
 /// One event as the checker compares it: (is_put, key, value).
 type Ev = (bool, String, String);
@@ -55,6 +66,19 @@ struct Truth {
 struct Record {
     /// (start revision, responses) per stream, in order.
     streams: Vec<(i64, Vec<WatchResponse>)>,
+}
+
+impl Record {
+    /// The highest revision of an event this watcher received.
+    fn highest_seen(&self) -> i64 {
+        self.streams
+            .iter()
+            .flat_map(|(_, rs)| rs)
+            .flat_map(|r| &r.events)
+            .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 fn ev_of(e: &etcd_core::pb::mvccpb::Event) -> Ev {
@@ -304,6 +328,7 @@ async fn writer(
     truth: Arc<Mutex<Truth>>,
     last_put_only: Arc<std::sync::atomic::AtomicI64>,
     stop: Arc<AtomicBool>,
+    budget: Arc<OpBudget>,
 ) {
     let mut seq = 0u64;
     let mut kv = None;
@@ -314,6 +339,10 @@ async fn writer(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        }
+        if !budget.take() {
+            tokio::time::sleep(IDLE).await;
+            continue;
         }
         seq += 1;
         let n = 1 + (seq % 3) as usize;
@@ -338,7 +367,9 @@ async fn writer(
             success: ops,
             ..Default::default()
         };
-        match kv.as_mut().unwrap().txn(req).await {
+        let result = kv.as_mut().unwrap().txn(req).await;
+        budget.done();
+        match result {
             Ok(r) => {
                 let r = r.into_inner();
                 let rev = r.header.unwrap().revision;
@@ -464,6 +495,7 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     let last_put_only = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let stop_watch = Arc::new(AtomicBool::new(false));
+    let budget = Arc::new(OpBudget::new());
     let mut tasks = Vec::new();
     for id in 0..2 {
         tasks.push(tokio::spawn(writer(
@@ -472,6 +504,7 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
             truth.clone(),
             last_put_only.clone(),
             stop.clone(),
+            budget.clone(),
         )));
     }
     let records: Vec<Arc<Mutex<Record>>> = (0..4).map(|_| Arc::default()).collect();
@@ -486,8 +519,9 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     }
     let mut compactions = 0;
     for round in 0..3 {
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..STEPS_PER_ROUND {
+            budget.refill(TXNS_PER_STEP);
+            budget.wait_done_async(TXNS_PER_STEP, CAP).await;
             // Compact to a recent put-only revision (a tombstone at the
             // compaction revision itself is not kept, in etcd too).
             let rev = last_put_only.load(Ordering::Relaxed) - 5;
@@ -506,6 +540,10 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
             }
         }
         if round < 2 {
+            // Writes are in flight: the step's budget is refilled before
+            // the kill.
+            budget.refill(TXNS_PER_STEP);
+            budget.wait_done_async(TXNS_PER_STEP / 2, CAP).await;
             server.kill9();
             tokio::time::sleep(Duration::from_millis(300)).await;
             tokio::task::block_in_place(|| server.restart());
@@ -515,8 +553,22 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     for t in tasks {
         t.await.unwrap();
     }
-    // Let the watchers catch up with the last writes, then stop them.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the watchers catch up with the last acknowledged write, then stop
+    // them.
+    let last = truth
+        .lock()
+        .await
+        .known
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0);
+    let deadline = std::time::Instant::now() + CAP;
+    for r in &records {
+        while std::time::Instant::now() < deadline && r.lock().await.highest_seen() < last {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     stop_watch.store(true, Ordering::Relaxed);
     for w in watchers {
         w.await.unwrap();

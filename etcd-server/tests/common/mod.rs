@@ -3,6 +3,7 @@
 //! loopback ports and drives it with the real `etcdctl`.
 #![allow(dead_code)]
 
+pub mod budget;
 pub mod cluster;
 pub mod history;
 
@@ -265,6 +266,50 @@ impl Server {
             .connect()
             .await
             .unwrap()
+    }
+}
+
+/// Keys a paged read asks for per Range: far below the 4 MiB gRPC message
+/// limit of clients for any value size the tests write.
+pub const PAGE: i64 = 500;
+
+/// Every key-value in `[key, range_end)` at one revision, read a page of
+/// [`PAGE`] keys at a time (a single Range of everything a test wrote can
+/// exceed the client's message limit on a fast machine). Returns the kvs in
+/// key order and the revision read at (the first page's header revision).
+pub async fn range_paged(
+    kv: &mut etcd_server::rpc::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<(Vec<etcd_mvcc::pb::mvccpb::KeyValue>, i64), tonic::Status> {
+    use etcd_server::rpc::etcdserverpb::RangeRequest;
+    let mut out = Vec::new();
+    let mut start = key.to_vec();
+    let mut revision = 0;
+    loop {
+        let r = kv
+            .range(RangeRequest {
+                key: start.clone().into(),
+                range_end: range_end.to_vec().into(),
+                limit: PAGE,
+                revision,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if revision == 0 {
+            revision = r.header.as_ref().expect("range without header").revision;
+        }
+        let more = r.more;
+        if let Some(last) = r.kvs.last() {
+            // The next page starts just after the last key of this one.
+            start = last.key.to_vec();
+            start.push(0);
+        }
+        out.extend(r.kvs);
+        if !more {
+            return Ok((out, revision));
+        }
     }
 }
 
