@@ -20,6 +20,7 @@
 mod applier;
 mod apply;
 mod apply_lease;
+mod apply_loop;
 #[cfg(test)]
 mod apply_range_tests;
 mod bootstrap;

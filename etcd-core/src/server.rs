@@ -11,8 +11,9 @@
 //! reads), wait until the apply thread has applied that index, then run
 //! locally. Read-only txns take the read path too, as in etcd.
 
-use crate::applier::{Applier, Effect};
+use crate::applier::Applier;
 use crate::apply::{self, Applied, View};
+use crate::apply_loop::ApplySteps;
 use crate::cluster::RaftCluster;
 use crate::config::Config;
 use crate::error::StartError;
@@ -222,22 +223,22 @@ impl Etcd {
                 cluster: cluster.clone(),
                 member_id,
             };
+            let steps = ApplySteps::new(
+                applier,
+                snapshots,
+                cfg.snapshot_count,
+                cfg.snapshot_catch_up_entries,
+            );
             let ctx = ApplyLoop {
                 node: node.clone(),
-                snapshots,
                 watch: watch.clone(),
                 transport: transport.clone(),
                 applied_tx,
                 removed_tx,
-                log: LogCompaction {
-                    every: cfg.snapshot_count,
-                    keep: cfg.snapshot_catch_up_entries,
-                    last: applied,
-                },
             };
             std::thread::Builder::new()
                 .name("apply".into())
-                .spawn(move || ctx.run(apply_rx, &applier))?
+                .spawn(move || ctx.run(apply_rx, steps))?
         };
         let start_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -618,58 +619,51 @@ pub(crate) fn peer_addresses(
         .collect()
 }
 
-/// When to compact the raft log (etcd's `--snapshot-count`).
-struct LogCompaction {
-    /// Applied entries between compactions.
-    every: u64,
-    /// Entries kept below the compaction point.
-    keep: u64,
-    /// Applied index at the last compaction (or at start).
-    last: u64,
-}
-
-/// The apply thread: applies committed entries in order until raft stops,
-/// and does what applying asks for (peer changes, stopping when removed).
+/// The apply thread: applies committed entries in order until raft stops
+/// (the steps are `apply_loop::ApplySteps`, shared with the simulation),
+/// and does what only a running member does with the outcome: tell the
+/// peer transport of membership changes, resync watchers after a snapshot,
+/// stop once removed.
 struct ApplyLoop {
     node: Arc<RaftNode>,
-    snapshots: Arc<StoreSnapshots>,
     watch: Arc<WatchableStore>,
     transport: Option<Arc<TcpTransport>>,
     applied_tx: watch::Sender<u64>,
     removed_tx: watch::Sender<bool>,
-    log: LogCompaction,
 }
 
 impl ApplyLoop {
-    fn run(mut self, rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>, applier: &Applier) {
+    fn run(self, rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>, mut steps: ApplySteps) {
         let mut peers = self
             .transport
             .as_ref()
-            .map(|_| peer_addresses(&applier.cluster.read().members(), applier.member_id))
+            .map(|_| {
+                peer_addresses(
+                    &steps.applier.cluster.read().members(),
+                    steps.applier.member_id,
+                )
+            })
             .unwrap_or_default();
-        while let Ok(applied) = rx.recv() {
-            let entries = match applied {
-                etcd_raft_node::Applied::Entries(entries) => entries,
-                etcd_raft_node::Applied::Snapshot(info) => {
-                    self.install_snapshot(applier, &info);
-                    self.update_peers(applier, &mut peers);
-                    continue;
-                }
+        let mut raft = &*self.node;
+        while let Ok(batch) = rx.recv() {
+            let out = match steps.apply(batch, &mut raft, &mut ()) {
+                Ok(out) => out,
+                // The store may now be incomplete; a restart re-installs the
+                // retained image (bootstrap.rs). Going on would apply entries
+                // to a store that is not there.
+                Err(e) => panic!("{e}"),
             };
-            let Some(last) = entries.last().map(|e| e.index) else {
-                continue;
-            };
-            let mut removed = false;
-            for e in entries {
-                match applier.apply_entry(e, &mut &*self.node) {
-                    Effect::None => {}
-                    Effect::MembersChanged => self.update_peers(applier, &mut peers),
-                    Effect::RemovedSelf => removed = true,
-                }
+            if out.snapshot_without_members {
+                tracing::error!("the snapshot image holds no members");
             }
-            self.node.set_applied(last);
-            self.applied_tx.send_replace(last);
-            if removed {
+            if out.snapshot {
+                self.watch.on_restore();
+            }
+            if out.members_changed {
+                self.update_peers(&steps.applier, &mut peers);
+            }
+            self.applied_tx.send_replace(steps.applied());
+            if out.removed {
                 tracing::error!(
                     "this member has been permanently removed from the cluster; stopping"
                 );
@@ -677,27 +671,7 @@ impl ApplyLoop {
                 self.node.stop();
                 return;
             }
-            self.maybe_compact_log(&applier.store, last);
         }
-    }
-
-    /// Replaces the state machine with the image a leader sent (raft has
-    /// already made the snapshot durable in the WAL, after the image).
-    fn install_snapshot(&mut self, applier: &Applier, info: &etcd_raft_node::SnapshotInfo) {
-        match applier.install_snapshot(&self.snapshots.files, info) {
-            Ok(true) => {}
-            Ok(false) => tracing::error!("the snapshot image holds no members"),
-            // The store may now be incomplete; a restart re-installs the
-            // retained image (bootstrap.rs). Going on would apply entries
-            // to a store that is not there.
-            Err(e) => panic!("{e}"),
-        }
-        let store = &applier.store;
-        self.watch.on_restore();
-        let applied = store.consistent_index();
-        self.node.set_applied(applied);
-        self.applied_tx.send_replace(applied);
-        self.log.last = applied;
     }
 
     fn update_peers(&self, applier: &Applier, peers: &mut std::collections::HashMap<u64, String>) {
@@ -714,20 +688,5 @@ impl ApplyLoop {
             }
         }
         *peers = now;
-    }
-
-    fn maybe_compact_log(&mut self, store: &Store, last: u64) {
-        if last - self.log.last < self.log.every {
-            return;
-        }
-        self.log.last = last;
-        // The raft log may only be cut below what the store holds
-        // durably: flush first (docs/design.md, "Durability").
-        match store.flush() {
-            Ok(()) => self
-                .node
-                .compact_log(store.consistent_index().saturating_sub(self.log.keep)),
-            Err(e) => tracing::error!(error = %e, "flushing the store failed; raft log kept"),
-        }
     }
 }

@@ -30,10 +30,11 @@
 //! 4. clients act: each of [`SimConfig::clients`] clients has at most one
 //!    request in flight (put, linearizable get, delete, compare-and-put on
 //!    a few keys) at a random running member;
-//! 5. each member handles its `Ready`, installs a snapshot it received
-//!    (the apply loop's steps), applies the committed entries with the
-//!    [`Applier`], reports them applied, and every [`SNAPSHOT_COUNT`]
-//!    applied entries flushes its store and compacts its raft log;
+//! 5. each member handles its `Ready` and hands each batch to the very
+//!    steps of the server's apply thread ([`ApplySteps`]): install a
+//!    snapshot it received, apply the committed entries with the
+//!    [`Applier`], report them applied, and every [`SNAPSHOT_COUNT`]
+//!    applied entries flush its store and compact its raft log;
 //! 6. clients collect results: from the proposing member's waiter, or, for
 //!    reads, once the member applied the read index. A request whose member
 //!    crashed, or that took more than [`SimConfig::request_timeout`] steps,
@@ -84,7 +85,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_mvcc::{MemDisk, Store, StoreOptions};
 use etcd_raft_node::eraftpb::MessageType;
-use etcd_raft_node::{transfer_inline, Applied as RaftApplied, SnapshotInfo};
+use etcd_raft_node::{transfer_inline, Applied as RaftApplied};
 use etcd_raft_node::{
     CommittedEntry, EntryKind, Faults, MemNetwork, MemTransport, NodeConfig, Peer, Role, WalStorage,
 };
@@ -96,8 +97,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 
-use crate::applier::{Applier, Effect};
+use crate::applier::Applier;
 use crate::apply::{self, Applied, View};
+use crate::apply_loop::{ApplyObserver, ApplySteps};
 use crate::cluster::{Change, RaftCluster};
 use crate::lessor::{FakeClock, Lessor};
 use crate::linearizability::{
@@ -348,13 +350,11 @@ fn show(i: &Input) -> String {
 /// A running member.
 struct Running {
     peer: Peer,
-    applier: Applier,
+    /// The server's apply loop steps (applier, applied index, raft log
+    /// compaction).
+    steps: ApplySteps,
     /// The store's images, for snapshots sent and received.
     snapshots: Arc<StoreSnapshots>,
-    /// Last index applied (reported to raft).
-    applied: u64,
-    /// Applied index at the last raft log compaction.
-    compacted_at: u64,
 }
 
 enum State {
@@ -642,21 +642,21 @@ impl Sim {
         .map_err(|e| format!("member {id}: starting raft: {e}"))?;
         let store = Arc::new(store);
         node.incarnation += 1;
+        let snapshots = Arc::new(StoreSnapshots {
+            files,
+            store: store.clone(),
+        });
+        let applier = Applier {
+            store,
+            lessor: Arc::new(lessor),
+            wait: Arc::new(Wait::new()),
+            cluster: Arc::new(RwLock::new(cluster)),
+            member_id: id,
+        };
         node.state = State::Running(Box::new(Running {
             peer,
-            snapshots: Arc::new(StoreSnapshots {
-                files,
-                store: store.clone(),
-            }),
-            applier: Applier {
-                store,
-                lessor: Arc::new(lessor),
-                wait: Arc::new(Wait::new()),
-                cluster: Arc::new(RwLock::new(cluster)),
-                member_id: id,
-            },
-            applied,
-            compacted_at: applied,
+            steps: ApplySteps::new(applier, snapshots.clone(), SNAPSHOT_COUNT, CATCH_UP_ENTRIES),
+            snapshots,
         }));
         Ok(())
     }
@@ -873,65 +873,40 @@ impl Sim {
             .handle_ready_applied(&transport, &mut out)
             .map_err(|e| format!("member {id}: ready: {e}"))?
         {}
-        let mut committed: Vec<CommittedEntry> = Vec::new();
+        // The server's apply loop steps, batch by batch; the observer
+        // records what each entry was and what each request did.
+        let mut seen = SeenEntries::default();
         let mut installed = 0;
-        for a in out {
-            match a {
-                RaftApplied::Entries(es) => committed.extend(es),
-                RaftApplied::Snapshot(info) => {
-                    if !committed.is_empty() {
-                        return Err(format!(
-                            "member {id}: a snapshot at {} after entries in one batch",
-                            info.index
-                        ));
-                    }
-                    install_snapshot(r, &info).map_err(|e| format!("member {id}: {e}"))?;
-                    installed += 1;
-                }
-            }
-        }
         let mut removed = false;
-        let mut seen = Vec::with_capacity(committed.len());
-        let mut requests = Vec::new();
-        for e in committed {
-            if e.index > r.applied + 1 {
-                return Err(format!(
-                    "member {id} applied index {} after {}",
-                    e.index, r.applied
-                ));
-            }
-            seen.push((e.index, e.term, digest(&e.data)));
-            let request = (e.kind == EntryKind::Normal
-                && !e.data.is_empty()
-                && e.index > r.applier.store.consistent_index())
-            .then(|| RaftRequest::decode(e.data.clone()).ok())
-            .flatten();
-            let before = r.applier.store.current_revision();
-            r.applied = r.applied.max(e.index);
-            if r.applier.apply_entry(e, &mut r.peer) == Effect::RemovedSelf {
-                removed = true;
-            }
-            if let Some(req) = request {
-                requests.push((req.id, (before, r.applier.store.current_revision())));
-            }
-        }
-        let applied = r.applied;
-        r.peer.advance_applied(applied);
-        // Raft log compaction, as the server's apply loop does it: flush
-        // the store, then cut below its durable consistent index.
         let mut compacted = false;
-        if applied >= r.compacted_at + SNAPSHOT_COUNT {
-            r.compacted_at = applied;
-            r.applier
-                .store
-                .flush()
-                .map_err(|e| format!("member {id}: flush: {e}"))?;
-            let ci = r.applier.store.consistent_index();
-            r.peer
-                .compact_log(ci.saturating_sub(CATCH_UP_ENTRIES))
-                .map_err(|e| format!("member {id}: compacting the log: {e}"))?;
-            compacted = true;
+        let mut entries_seen = false;
+        for a in out {
+            if let RaftApplied::Snapshot(info) = &a {
+                if entries_seen {
+                    return Err(format!(
+                        "member {id}: a snapshot at {} after entries in one batch",
+                        info.index
+                    ));
+                }
+            } else {
+                entries_seen = true;
+            }
+            seen.applied = r.steps.applied();
+            let o = r
+                .steps
+                .apply(a, &mut r.peer, &mut seen)
+                .map_err(|e| format!("member {id}: {e}"))?;
+            if let Some(e) = seen.error.take() {
+                return Err(format!("member {id} {e}"));
+            }
+            if o.snapshot_without_members {
+                return Err(format!("member {id}: the image holds no members"));
+            }
+            installed += u64::from(o.snapshot);
+            removed |= o.removed;
+            compacted |= o.log_compacted;
         }
+        let requests = seen.requests;
         self.stats.snapshots_installed += installed;
         if compacted {
             self.stats.compactions += 1;
@@ -939,7 +914,7 @@ impl Sim {
         for (id, revs) in requests {
             self.applied_requests.entry(id).or_insert(revs);
         }
-        for (index, term, d) in seen {
+        for (index, term, d) in seen.entries {
             match self.log.get(&index) {
                 Some(&prev) if prev != (term, d) => {
                     return Err(format!(
@@ -1005,7 +980,7 @@ impl Sim {
             16..=17 => {
                 if let Some(l) = self.leader() {
                     let r = self.running(l).expect("leader runs");
-                    let voters = r.applier.cluster.read().conf_state().voters;
+                    let voters = r.steps.applier.cluster.read().conf_state().voters;
                     let me = self.nodes[l].id;
                     let others: Vec<u64> = voters.into_iter().filter(|&v| v != me).collect();
                     if let Some(&to) = others.choose(&mut self.rng) {
@@ -1032,7 +1007,8 @@ impl Sim {
         for i in 0..self.nodes.len() {
             let flush = self.rng.gen_bool(0.02);
             if let (true, Some(r)) = (flush, self.running(i)) {
-                r.applier
+                r.steps
+                    .applier
                     .store
                     .flush()
                     .map_err(|e| format!("member {}: flush: {e}", self.nodes[i].id))?;
@@ -1063,6 +1039,7 @@ impl Sim {
         let cluster = self
             .running(l)
             .expect("leader runs")
+            .steps
             .applier
             .cluster
             .read()
@@ -1099,8 +1076,8 @@ impl Sim {
         let member = self.nodes[l].id;
         let incarnation = self.nodes[l].incarnation;
         let r = self.running_mut(l).expect("leader runs");
-        let rx = r.applier.wait.register(req_id);
-        let wait = r.applier.wait.clone();
+        let rx = r.steps.applier.wait.register(req_id);
+        let wait = r.steps.applier.wait.clone();
         r.peer.propose_conf_change(
             cc,
             Some(Box::new(move |res| {
@@ -1130,6 +1107,7 @@ impl Sim {
         let cluster = self
             .running(l)
             .expect("leader runs")
+            .steps
             .applier
             .cluster
             .read()
@@ -1164,7 +1142,7 @@ impl Sim {
             Err(TryRecvError::Empty) => match node {
                 None => Some("unknown (member stopped)".to_string()),
                 Some(r) if self.now >= op.deadline => {
-                    r.applier.wait.cancel(op.req_id);
+                    r.steps.applier.wait.cancel(op.req_id);
                     Some("unknown (timed out)".to_string())
                 }
                 Some(_) => None,
@@ -1298,8 +1276,8 @@ impl Sim {
                     op: Some(op),
                 }
                 .encode_to_vec();
-                let rx = r.applier.wait.register(req_id);
-                let wait = r.applier.wait.clone();
+                let rx = r.steps.applier.wait.register(req_id);
+                let wait = r.steps.applier.wait.clone();
                 r.peer.propose(
                     data,
                     Some(Box::new(move |res| {
@@ -1358,11 +1336,11 @@ impl Sim {
                         }
                     }
                     Waiting::Applied(index) => {
-                        if r.applied >= *index {
+                        if r.steps.applied() >= *index {
                             let Input::Get { key } = &op.input else {
                                 unreachable!("only reads wait for an applied index")
                             };
-                            done = Some(read_local(&r.applier.store, key)?);
+                            done = Some(read_local(&r.steps.applier.store, key)?);
                         }
                     }
                 }
@@ -1374,7 +1352,7 @@ impl Sim {
                 self.unknown(op);
             } else if self.now >= op.deadline {
                 if let Waiting::Write { req_id, .. } = op.waiting {
-                    r.applier.wait.cancel(req_id);
+                    r.steps.applier.wait.cancel(req_id);
                 }
                 self.unknown(op);
             } else {
@@ -1502,6 +1480,7 @@ impl Sim {
         let cluster = self
             .running(l)
             .expect("leader")
+            .steps
             .applier
             .cluster
             .read()
@@ -1559,6 +1538,7 @@ impl Sim {
         let want_cluster = self
             .running(l)
             .expect("leader")
+            .steps
             .applier
             .cluster
             .read()
@@ -1569,7 +1549,7 @@ impl Sim {
             let r = self
                 .running(i)
                 .ok_or(format!("member {id} is not running"))?;
-            let cluster = r.applier.cluster.read().clone();
+            let cluster = r.steps.applier.cluster.read().clone();
             if cluster != want_cluster {
                 return Err(format!(
                     "member {id} has membership {cluster:?}, the leader {want_cluster:?}"
@@ -1586,8 +1566,13 @@ impl Sim {
                     "member {id}: raft's configuration {raft_conf:?} differs from the membership {cs:?}"
                 ));
             }
-            let h = r.applier.store.hash_kv(0).map_err(|e| e.to_string())?;
-            let got = (r.applied, h.revision, h.hash);
+            let h = r
+                .steps
+                .applier
+                .store
+                .hash_kv(0)
+                .map_err(|e| e.to_string())?;
+            let got = (r.steps.applied(), h.revision, h.hash);
             match want {
                 None => want = Some(got),
                 Some(w) if w != got => {
@@ -1613,28 +1598,52 @@ impl Sim {
         let Some(l) = self.leader() else { return false };
         let leader = self.running(l).expect("leader runs");
         let st = leader.peer.status();
-        if leader.applied < st.commit_index || st.commit_index < st.last_index {
+        if leader.steps.applied() < st.commit_index || st.commit_index < st.last_index {
             return false;
         }
-        let cluster = leader.applier.cluster.read().clone();
-        self.final_members(&cluster)
-            .into_iter()
-            .all(|i| self.running(i).is_some_and(|r| r.applied == leader.applied))
+        let cluster = leader.steps.applier.cluster.read().clone();
+        self.final_members(&cluster).into_iter().all(|i| {
+            self.running(i)
+                .is_some_and(|r| r.steps.applied() == leader.steps.applied())
+        })
     }
 }
 
-/// Replaces member `r`'s state machine with the image a leader sent (the
-/// steps of the server's apply loop: install the image unless the store is
-/// already as new, reload the membership and the leases, report applied).
-fn install_snapshot(r: &mut Running, info: &SnapshotInfo) -> Result<(), String> {
-    if !r.applier.install_snapshot(&r.snapshots.files, info)? {
-        return Err("the image holds no members".into());
+/// What a member's apply loop applied in one `Ready`: each entry's index,
+/// term and payload digest, and each request's store revision before and
+/// after it was applied (what its output was).
+#[derive(Default)]
+struct SeenEntries {
+    /// The applied index before the entry being applied.
+    applied: u64,
+    entries: Vec<(u64, u64, u64)>,
+    requests: Vec<(u64, (i64, i64))>,
+    /// A request being applied: id and revision before.
+    current: Option<(u64, i64)>,
+    /// An entry applied out of order.
+    error: Option<String>,
+}
+
+impl ApplyObserver for SeenEntries {
+    fn before(&mut self, e: &CommittedEntry, store: &Store) {
+        if e.index > self.applied + 1 && self.error.is_none() {
+            self.error = Some(format!("applied index {} after {}", e.index, self.applied));
+        }
+        self.applied = self.applied.max(e.index);
+        self.entries.push((e.index, e.term, digest(&e.data)));
+        self.current = (e.kind == EntryKind::Normal
+            && !e.data.is_empty()
+            && e.index > store.consistent_index())
+        .then(|| RaftRequest::decode(e.data.clone()).ok())
+        .flatten()
+        .map(|req| (req.id, store.current_revision()));
     }
-    let store = &r.applier.store;
-    // Entries up to the snapshot are covered; the image may be newer.
-    r.applied = r.applied.max(info.index).max(store.consistent_index());
-    r.peer.advance_applied(store.consistent_index());
-    Ok(())
+
+    fn after(&mut self, _index: u64, store: &Store) {
+        if let Some((id, before)) = self.current.take() {
+            self.requests.push((id, (before, store.current_revision())));
+        }
+    }
 }
 
 /// The output of an applied write.
