@@ -183,47 +183,103 @@ impl Error {
     }
 }
 
+/// Errors between members (answers to peer queries, peer_query.rs) travel
+/// as a number plus etcd's text, so the asking member rebuilds the very
+/// error (and so the same gRPC code and message) without parsing text.
+/// The numbers are part of the peer protocol: append, never renumber.
+/// 1 is [`Error::Internal`], whose text is carried beside the number.
+const WIRE_CODES: [(u32, Error); 35] = [
+    (2, Error::EmptyKey),
+    (3, Error::KeyNotFound),
+    (4, Error::ValueProvided),
+    (5, Error::LeaseProvided),
+    (6, Error::TooManyOps),
+    (7, Error::DuplicateKey),
+    (8, Error::InvalidSortOption),
+    (9, Error::Compacted),
+    (10, Error::FutureRevision),
+    (11, Error::LeaseNotFound),
+    (12, Error::LeaseExist),
+    (13, Error::LeaseTtlTooLarge),
+    (14, Error::SessionExpired),
+    (15, Error::MissingLeaderKey),
+    (16, Error::ElectionNotLeader),
+    (17, Error::ElectionNoLeader),
+    (18, Error::RequestTooLarge),
+    (19, Error::NoLeader),
+    (20, Error::LeaderChanged),
+    (21, Error::Timeout),
+    (22, Error::Stopped),
+    (23, Error::NoSpace),
+    (24, Error::MemberNotFound),
+    (25, Error::BadLeaderTransferee),
+    (26, Error::NotLeader),
+    (27, Error::MemberExists),
+    (28, Error::PeerUrlExists),
+    (29, Error::MemberBadUrls),
+    (30, Error::MemberNotLearner),
+    (31, Error::LearnerNotReady),
+    (32, Error::TooManyLearners),
+    (33, Error::NotEnoughStartedMembers),
+    (34, Error::Unhealthy),
+    (35, Error::NotSupportedForLearner),
+    (36, Error::LeaderTransferTimeout),
+];
+
+/// [`Error::Internal`] on the wire.
+const WIRE_INTERNAL: u32 = 1;
+
 impl Error {
-    /// The error whose text is `msg` (errors travel between members as
-    /// text, see peer_query.rs); unknown texts become `Internal`.
-    pub(crate) fn from_message(msg: &str) -> Error {
-        use Error::*;
-        let known = [
-            EmptyKey,
-            KeyNotFound,
-            ValueProvided,
-            LeaseProvided,
-            TooManyOps,
-            DuplicateKey,
-            InvalidSortOption,
-            Compacted,
-            FutureRevision,
-            LeaseNotFound,
-            LeaseExist,
-            LeaseTtlTooLarge,
-            RequestTooLarge,
-            NoLeader,
-            LeaderChanged,
-            Timeout,
-            Stopped,
-            NoSpace,
-            MemberNotFound,
-            BadLeaderTransferee,
-            NotLeader,
-            MemberExists,
-            PeerUrlExists,
-            MemberBadUrls,
-            MemberNotLearner,
-            LearnerNotReady,
-            TooManyLearners,
-            NotEnoughStartedMembers,
-            Unhealthy,
-            LeaderTransferTimeout,
-        ];
-        known
-            .into_iter()
-            .find(|e| e.to_string() == msg)
-            .unwrap_or_else(|| Internal(msg.trim_start_matches("etcdserver: ").to_string()))
+    /// This error's number between members (see [`WIRE_CODES`]).
+    pub(crate) fn wire_code(&self) -> u32 {
+        if matches!(self, Error::Internal(_)) {
+            return WIRE_INTERNAL;
+        }
+        WIRE_CODES
+            .iter()
+            .find(|(_, e)| e == self)
+            .map_or(WIRE_INTERNAL, |(c, _)| *c)
+    }
+
+    /// The error a member sent as `code` with text `message`; an unknown
+    /// number (a newer member) becomes `Internal` with the text.
+    pub(crate) fn from_wire(code: u32, message: &str) -> Error {
+        WIRE_CODES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_else(|| {
+                Error::Internal(message.trim_start_matches("etcdserver: ").to_string())
+            })
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    #[test]
+    fn every_error_round_trips_between_members() {
+        let mut codes: Vec<u32> = WIRE_CODES.iter().map(|(c, _)| *c).collect();
+        codes.push(WIRE_INTERNAL);
+        let n = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), n, "wire codes are unique");
+        for (_, e) in WIRE_CODES.iter() {
+            let back = Error::from_wire(e.wire_code(), &e.to_string());
+            assert_eq!(&back, e);
+            assert_eq!(back.code(), e.code());
+        }
+        let internal = Error::Internal("disk on fire".into());
+        assert_eq!(
+            Error::from_wire(internal.wire_code(), &internal.to_string()),
+            internal
+        );
+        assert_eq!(
+            Error::from_wire(999, "etcdserver: something new"),
+            Error::Internal("something new".into())
+        );
     }
 }
 

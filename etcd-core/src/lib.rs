@@ -29,10 +29,16 @@ mod concurrency;
 mod config;
 mod datadir;
 mod error;
+/// Request decoding and apply from untrusted bytes, for the fuzz target
+/// (test support: `testing` feature; no product build has it).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod lease_ticker;
 pub mod lessor;
+/// A linearizability checker for recorded client histories (test support:
+/// `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub mod linearizability;
 mod membership;
 pub mod pb;
@@ -41,6 +47,8 @@ mod raft_request;
 mod request_check;
 mod server;
 mod server_cluster;
+/// The deterministic cluster simulation (test support: `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod simulation;
 pub mod snapshot;

@@ -12,7 +12,8 @@
 //! Transport: [`etcd_raft_node::peer_query`] ("ETRQ" connections).
 //! Payloads (protobuf, this project's own): a [`PeerRequest`] with one
 //! question, answered by a [`PeerResponse`] whose `error` is the text of an
-//! etcd error (mapped back with [`Error::from_message`]) or empty.
+//! etcd error (with its number in `error_code`, mapped back with
+//! `Error::from_wire`) or empty.
 
 use crate::config::{peer_addr, Config};
 use crate::error::StartError;
@@ -67,6 +68,10 @@ pub(crate) struct PeerResponse {
     pub ttl: i64,
     #[prost(message, optional, tag = "6")]
     pub lease_ttl: Option<LeaseTimeToLiveResponse>,
+    /// The error's number between members (`Error::wire_code`), with
+    /// `error`.
+    #[prost(uint32, tag = "7")]
+    pub error_code: u32,
 }
 
 /// How long one query may take.
@@ -94,6 +99,7 @@ pub(crate) fn install(etcd: &Etcd) {
 fn error_response(e: Error) -> PeerResponse {
     PeerResponse {
         error: e.to_string(),
+        error_code: e.wire_code(),
         ..Default::default()
     }
 }
@@ -237,7 +243,7 @@ async fn ask_leader(etcd: &Etcd, ask: Ask) -> Result<PeerResponse> {
     if r.error.is_empty() {
         Ok(r)
     } else {
-        Err(Error::from_message(&r.error))
+        Err(Error::from_wire(r.error_code, &r.error))
     }
 }
 

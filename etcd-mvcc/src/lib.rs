@@ -70,8 +70,14 @@ mod kvstore_txn;
 mod revision;
 mod snapshot_image;
 
+/// The store against a model, for the fuzz targets and tests (test
+/// support: `testing` feature; no product build has it).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+/// Snapshot image decoding and restore, for the fuzz targets and tests
+/// (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing_image;
 

@@ -56,6 +56,7 @@
 
 mod error;
 mod logger;
+#[cfg(any(test, feature = "testing"))]
 mod mem_network;
 mod node;
 mod peer;
@@ -66,6 +67,9 @@ mod tcp_transport;
 mod transport;
 
 pub use error::{Error, Result};
+/// The seeded in-memory network of simulations (test support: `testing`
+/// feature; no product build has it).
+#[cfg(any(test, feature = "testing"))]
 pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
 pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
 pub use peer::{Peer, Progress};
@@ -73,9 +77,13 @@ pub use peer::{ProposeCallback, ReadCallback};
 pub use peer_query::QueryHandler;
 pub use snapshot::{transfer_inline, SnapshotInfo, SnapshotIo, SnapshotSink, SNAPSHOT_CHUNK_BYTES};
 pub use storage::{Opened, WalRecovery, WalStorage};
+/// Peer frame decoding from untrusted bytes, for the fuzz target
+/// (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub use tcp_transport::fuzzing as tcp_fuzzing;
 pub use tcp_transport::{
-    fuzzing as tcp_fuzzing, Deliver, PeerStats, ReportSnapshot, ReportUnreachable, TcpTransport,
-    TcpTransportConfig, TransportHooks,
+    Deliver, PeerStats, ReportSnapshot, ReportUnreachable, TcpTransport, TcpTransportConfig,
+    TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};
 

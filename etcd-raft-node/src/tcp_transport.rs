@@ -1016,6 +1016,7 @@ async fn serve_snapshot<S: AsyncRead + AsyncWrite + Unpin + Send>(
     s.flush().await
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing {
     //! Fuzz entry point: decode peer frames from untrusted bytes.

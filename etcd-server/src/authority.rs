@@ -322,6 +322,8 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 
 /// Fuzz entry point: runs arbitrary client bytes through the rewriter.
 /// Must never panic (the bytes come from any client that connects).
+/// Test support (`testing` feature).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn fuzz_client_bytes(data: &[u8]) -> Vec<u8> {
     use tokio::io::AsyncReadExt;

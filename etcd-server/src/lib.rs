@@ -4,6 +4,7 @@
 //! The binary only parses flags and calls [`run`]; tests call [`run`] too.
 
 mod authority;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use authority::fuzz_client_bytes;
 pub mod config;

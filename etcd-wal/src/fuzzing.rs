@@ -3,7 +3,7 @@
 //! Not a stable API.
 
 use crate::error::Error;
-use crate::fs::MemFs;
+use crate::mem_fs::MemFs;
 use crate::segment::segment_file_name;
 use crate::types::{Entry, HardState, SnapshotMarker, WalOptions, WriteBatch};
 use crate::wal::Wal;
@@ -90,7 +90,7 @@ pub fn sample_segment(seed: u64) -> Vec<u8> {
         ..WalOptions::default()
     };
     let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts, b"fuzz-meta").expect("create");
-    let mut rng = crate::fs::XorShift(seed.wrapping_mul(31).wrapping_add(7));
+    let mut rng = crate::mem_fs::XorShift(seed.wrapping_mul(31).wrapping_add(7));
     let mut next = 1;
     let mut snap = 0;
     for _ in 0..(1 + rng.upto(6)) {
@@ -136,7 +136,7 @@ pub fn sample_segment(seed: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::XorShift;
+    use crate::mem_fs::XorShift;
 
     #[test]
     fn decode_segment_survives_random_and_mutated_inputs() {

@@ -46,9 +46,13 @@
 
 mod error;
 mod fs;
+/// Entry points of the fuzz targets (test support: `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod log_index;
+#[cfg(any(test, feature = "testing"))]
+mod mem_fs;
 mod metrics;
 mod record;
 mod replay;
@@ -69,8 +73,11 @@ pub use wal::Wal;
 pub use writer::Ticket;
 
 /// The file-system seam and the fault-injecting in-memory file system, for
-/// crash tests. Not a stable API.
+/// crash tests (`testing` feature; no product build has it). Not a stable
+/// API.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::fs::{CrashKeep, DirLock, FileSystem, MemFs, RealFs, WalFile};
+    pub use crate::fs::{DirLock, FileSystem, RealFs, WalFile};
+    pub use crate::mem_fs::{CrashKeep, MemFs};
 }
