@@ -217,6 +217,7 @@ mod tests {
                 &RaftRequest {
                     id: 1,
                     op: Some(op),
+                    header: None,
                 },
             )
         }

@@ -22,6 +22,7 @@ use crate::pb::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
     DeleteRangeRequest, LeaseGrantRequest, RangeRequest, RangeResponse,
 };
+use crate::request_context::RequestContext;
 use crate::{Error, Etcd, Result};
 use bytes::Bytes;
 
@@ -42,15 +43,18 @@ impl Etcd {
 /// The lease of a session: `lease`, or a fresh lease of the default
 /// session TTL (60 s) when 0, as clientv3's `NewSession` does. Like etcd's
 /// servers, nobody keeps the fresh lease alive.
-pub(crate) async fn session_lease(etcd: &Etcd, lease: i64) -> Result<i64> {
+pub(crate) async fn session_lease(etcd: &Etcd, ctx: &RequestContext, lease: i64) -> Result<i64> {
     if lease != 0 {
         return Ok(lease);
     }
     let resp = etcd
-        .lease_grant(LeaseGrantRequest {
-            ttl: DEFAULT_SESSION_TTL,
-            id: 0,
-        })
+        .lease_grant(
+            ctx,
+            LeaseGrantRequest {
+                ttl: DEFAULT_SESSION_TTL,
+                id: 0,
+            },
+        )
         .await?;
     Ok(resp.id)
 }
@@ -110,21 +114,36 @@ pub(crate) fn by_create(
 }
 
 /// A local read of one key.
-pub(crate) async fn get_local(etcd: &Etcd, key: &[u8]) -> Result<RangeResponse> {
-    etcd.range(RangeRequest {
-        key: Bytes::copy_from_slice(key),
-        serializable: true,
-        ..Default::default()
-    })
+pub(crate) async fn get_local(
+    etcd: &Etcd,
+    ctx: &RequestContext,
+    key: &[u8],
+) -> Result<RangeResponse> {
+    etcd.range(
+        ctx,
+        RangeRequest {
+            key: Bytes::copy_from_slice(key),
+            serializable: true,
+            ..Default::default()
+        },
+    )
     .await
 }
 
 /// clientv3's `waitDeletes`: returns once no key under `prefix` has a
 /// create revision at or below `max_create_rev`.
-pub(crate) async fn wait_deletes(etcd: &Etcd, prefix: &[u8], max_create_rev: i64) -> Result<()> {
+pub(crate) async fn wait_deletes(
+    etcd: &Etcd,
+    ctx: &RequestContext,
+    prefix: &[u8],
+    max_create_rev: i64,
+) -> Result<()> {
     loop {
         let resp = etcd
-            .range(by_create(prefix, SortOrder::Descend, max_create_rev, true))
+            .range(
+                ctx,
+                by_create(prefix, SortOrder::Descend, max_create_rev, true),
+            )
             .await?;
         if resp.kvs.is_empty() {
             return Ok(());
@@ -139,13 +158,20 @@ pub(crate) async fn wait_deletes(etcd: &Etcd, prefix: &[u8], max_create_rev: i64
 /// servers do on a cancelled context.
 pub(crate) struct DeleteOnDrop {
     etcd: Etcd,
+    /// The waiter's caller, without its deadline (which may be what ended
+    /// the wait): the delete is made on its behalf.
+    ctx: RequestContext,
     key: Option<Bytes>,
 }
 
 impl DeleteOnDrop {
-    pub(crate) fn new(etcd: &Etcd, key: Bytes) -> DeleteOnDrop {
+    pub(crate) fn new(etcd: &Etcd, ctx: &RequestContext, key: Bytes) -> DeleteOnDrop {
         DeleteOnDrop {
             etcd: etcd.clone(),
+            ctx: RequestContext {
+                timeout: None,
+                ..ctx.clone()
+            },
             key: Some(key),
         }
     }
@@ -163,12 +189,16 @@ impl Drop for DeleteOnDrop {
             return;
         };
         let etcd = self.etcd.clone();
+        let ctx = std::mem::take(&mut self.ctx);
         rt.spawn(async move {
             let r = etcd
-                .delete_range(DeleteRangeRequest {
-                    key,
-                    ..Default::default()
-                })
+                .delete_range(
+                    &ctx,
+                    DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    },
+                )
                 .await;
             if let Err(e) = r {
                 tracing::warn!("cannot delete the key of a cancelled waiter: {e}");

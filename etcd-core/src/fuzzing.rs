@@ -85,6 +85,7 @@ impl RequestFuzzer {
             &RaftRequest {
                 id: 1,
                 op: Some(op),
+                header: None,
             },
         );
         assert_eq!(
@@ -205,6 +206,7 @@ mod tests {
                 _ => RaftRequest {
                     id: i,
                     op: Some(Op::Txn(txn(&mut rng, 0))),
+                    header: None,
                 }
                 .encode(&mut data)
                 .unwrap(),

@@ -108,6 +108,7 @@ fn run_once(
         let data = RaftRequest {
             id: 0,
             op: Some(op),
+            header: None,
         }
         .encode_to_vec();
         node.propose(data, None);

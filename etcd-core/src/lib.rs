@@ -5,10 +5,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use etcd_core::{pb::etcdserverpb::{PutRequest, RangeRequest}, Config, Etcd};
+//! use etcd_core::{pb::etcdserverpb::{PutRequest, RangeRequest}, Config, Etcd, RequestContext};
 //! let etcd = Etcd::start(Config::single("demo", "/tmp/demo.etcd"))?;
-//! etcd.put(PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).await?;
-//! let resp = etcd.range(RangeRequest { key: "k".into(), ..Default::default() }).await?;
+//! // Every call says who asks; the embedding program itself is LOCAL.
+//! let ctx = &RequestContext::LOCAL;
+//! etcd.put(ctx, PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }).await?;
+//! let resp = etcd.range(ctx, RangeRequest { key: "k".into(), ..Default::default() }).await?;
 //! assert_eq!(&resp.kvs[0].value[..], b"v");
 //! etcd.stop();
 //! # Ok(()) }
@@ -45,6 +47,7 @@ pub mod pb;
 mod peer_query;
 mod raft_request;
 mod request_check;
+mod request_context;
 mod server;
 mod server_cluster;
 /// The deterministic cluster simulation (test support: `testing` feature).
@@ -64,5 +67,6 @@ pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
 pub use error::{Code, Error, Result, StartError, WatchError};
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
+pub use request_context::RequestContext;
 pub use server::{Etcd, StartOptions, SERVER_VERSION};
 pub use watcher::WatchStream;

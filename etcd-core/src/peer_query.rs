@@ -21,6 +21,7 @@ use crate::membership::{self, Member};
 use crate::pb::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
 };
+use crate::request_context::RequestContext;
 use crate::server::{Etcd, Inner};
 use crate::{Error, Result};
 use etcd_raft_node::Role;
@@ -114,25 +115,27 @@ async fn answer(etcd: &Etcd, req: &[u8]) -> PeerResponse {
             members: etcd.inner.cluster.read().members(),
             ..Default::default()
         }),
-        Ask::Promote(id) => etcd.promote_as_leader(id).await.map(|p| PeerResponse {
-            promote: Some(p),
-            ..Default::default()
-        }),
+        Ask::Promote(id) => etcd
+            .promote_as_leader(&RequestContext::LOCAL, id)
+            .await
+            .map(|p| PeerResponse {
+                promote: Some(p),
+                ..Default::default()
+            }),
         Ask::LeaseRenew(id) => etcd
-            .lease_renew_as_leader(id)
+            .lease_renew_as_leader(&RequestContext::LOCAL, id)
             .await
             .map(|ttl| PeerResponse {
                 ttl,
                 ..Default::default()
             }),
-        Ask::LeaseTimeToLive(r) => {
-            etcd.lease_time_to_live_as_leader(r)
-                .await
-                .map(|t| PeerResponse {
-                    lease_ttl: Some(t),
-                    ..Default::default()
-                })
-        }
+        Ask::LeaseTimeToLive(r) => etcd
+            .lease_time_to_live_as_leader(&RequestContext::LOCAL, r)
+            .await
+            .map(|t| PeerResponse {
+                lease_ttl: Some(t),
+                ..Default::default()
+            }),
     };
     r.unwrap_or_else(error_response)
 }

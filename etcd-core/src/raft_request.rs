@@ -19,8 +19,10 @@
 //!     etcdserverpb.MemberUpdateRequest member_update = 9;  // new peer URLs
 //!     MemberAttributes member_attributes = 10;              // a member publishes itself
 //!   }
+//!   RequestHeader header = 20;                     // the caller, when identified
 //! }
 //! message MemberAttributes { uint64 id = 1; string name = 2; repeated string client_urls = 3; }
+//! message RequestHeader { string username = 1; uint64 auth_revision = 2; }  // etcd's RequestHeader
 //! ```
 //!
 //! An entry with empty data is a new leader's no-op. Tags 11.. are reserved
@@ -41,6 +43,22 @@ pub struct RaftRequest {
     /// The operation.
     #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
+    /// Who proposed it (`RequestContext`), for permission checks at apply
+    /// time; absent for unidentified callers and the server's own requests.
+    #[prost(message, optional, tag = "20")]
+    pub header: Option<RequestHeader>,
+}
+
+/// The caller of a proposed write (etcd's `RequestHeader` in
+/// `InternalRaftRequest`).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RequestHeader {
+    /// The authenticated user.
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// The auth revision the user was authenticated at.
+    #[prost(uint64, tag = "2")]
+    pub auth_revision: u64,
 }
 
 /// The operation of a [`RaftRequest`].

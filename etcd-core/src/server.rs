@@ -26,6 +26,7 @@ use crate::pb::etcdserverpb::{
 };
 use crate::raft_request::{Op, RaftRequest};
 use crate::request_check;
+use crate::request_context::RequestContext;
 use crate::snapshot::StoreSnapshots;
 use crate::wait::Wait;
 use crate::watchable_store::WatchableStore;
@@ -305,10 +306,10 @@ impl Etcd {
     }
 
     /// KV.Range.
-    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
+    pub async fn range(&self, ctx: &RequestContext, r: RangeRequest) -> Result<RangeResponse> {
         request_check::check_range(&r)?;
         if !r.serializable {
-            self.linearizable_read_notify().await?;
+            self.linearizable_read_notify(ctx).await?;
         }
         let mut resp = apply::range(&View::read(&self.inner.store), &r)?;
         self.fill(&mut resp.header);
@@ -316,10 +317,10 @@ impl Etcd {
     }
 
     /// KV.Put.
-    pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
+    pub async fn put(&self, ctx: &RequestContext, r: PutRequest) -> Result<PutResponse> {
         request_check::check_put(&r)?;
         self.check_quota()?;
-        match self.propose(Op::Put(r)).await? {
+        match self.propose(ctx, Op::Put(r)).await? {
             Applied::Put(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -329,9 +330,13 @@ impl Etcd {
     }
 
     /// KV.DeleteRange.
-    pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub async fn delete_range(
+        &self,
+        ctx: &RequestContext,
+        r: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
         request_check::check_delete(&r)?;
-        match self.propose(Op::DeleteRange(r)).await? {
+        match self.propose(ctx, Op::DeleteRange(r)).await? {
             Applied::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -341,18 +346,18 @@ impl Etcd {
     }
 
     /// KV.Txn.
-    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse> {
+    pub async fn txn(&self, ctx: &RequestContext, r: TxnRequest) -> Result<TxnResponse> {
         request_check::check_txn(&r, self.inner.cfg.max_txn_ops)?;
         if apply::is_read_only(&r) {
             if !is_serializable(&r) {
-                self.linearizable_read_notify().await?;
+                self.linearizable_read_notify(ctx).await?;
             }
             let mut resp = apply::txn(&mut View::read(&self.inner.store), &r)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
         self.check_quota()?;
-        match self.propose(Op::Txn(r)).await? {
+        match self.propose(ctx, Op::Txn(r)).await? {
             Applied::Txn(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -363,9 +368,13 @@ impl Etcd {
 
     /// KV.Compact. With `physical`, returns once the compacted revisions
     /// are removed from the store.
-    pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse> {
+    pub async fn compact(
+        &self,
+        ctx: &RequestContext,
+        r: CompactionRequest,
+    ) -> Result<CompactionResponse> {
         let physical = r.physical;
-        match self.propose(Op::Compaction(r)).await? {
+        match self.propose(ctx, Op::Compaction(r)).await? {
             Applied::Compaction(mut resp, wait) => {
                 if physical {
                     tokio::task::spawn_blocking(move || wait.wait())
@@ -504,19 +513,25 @@ impl Etcd {
         let data = RaftRequest {
             id: 0,
             op: Some(op),
+            header: None,
         }
         .encode_to_vec();
         self.inner.node.propose(data, None);
     }
 
     /// Proposes `op` and waits for its result.
-    pub(crate) async fn propose(&self, op: Op) -> Result<Applied> {
+    pub(crate) async fn propose(&self, ctx: &RequestContext, op: Op) -> Result<Applied> {
         let id = self.next_request_id();
-        let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
+        let data = RaftRequest {
+            id,
+            op: Some(op),
+            header: ctx.raft_header(),
+        }
+        .encode_to_vec();
         if data.len() as u64 > self.inner.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        self.propose_with(id, move |node, ack| node.propose(data, ack))
+        self.propose_with(ctx, id, move |node, ack| node.propose(data, ack))
             .await
     }
 
@@ -524,6 +539,7 @@ impl Etcd {
     /// with `send`, and waits for the applied result.
     pub(crate) async fn propose_with(
         &self,
+        ctx: &RequestContext,
         id: u64,
         send: impl FnOnce(&RaftNode, Option<etcd_raft_node::ProposeCallback>),
     ) -> Result<Applied> {
@@ -538,7 +554,7 @@ impl Etcd {
                 }
             })),
         );
-        match tokio::time::timeout(inner.cfg.request_timeout(), rx).await {
+        match tokio::time::timeout(ctx.wait_limit(inner.cfg.request_timeout()), rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {
@@ -550,13 +566,13 @@ impl Etcd {
 
     /// Waits until this member has applied everything committed before
     /// the call (ReadIndex, batched by the raft thread).
-    pub(crate) async fn linearizable_read_notify(&self) -> Result<()> {
+    pub(crate) async fn linearizable_read_notify(&self, ctx: &RequestContext) -> Result<()> {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
         inner.node.read_index(Box::new(move |r| {
             let _ = tx.send(r);
         }));
-        let timeout = inner.cfg.request_timeout();
+        let timeout = ctx.wait_limit(inner.cfg.request_timeout());
         let index = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(index))) => index,
             Ok(Ok(Err(e))) => return Err(raft_error(e)),

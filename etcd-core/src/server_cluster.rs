@@ -22,6 +22,7 @@ use crate::pb::etcdserverpb::{
     MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderResponse,
 };
 use crate::raft_request::{MemberAttributes, Op};
+use crate::request_context::RequestContext;
 use crate::server::Etcd;
 use crate::{Error, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -65,9 +66,13 @@ impl Etcd {
     }
 
     /// Cluster.MemberList; with `linearizable`, after a ReadIndex round.
-    pub async fn member_list(&self, linearizable: bool) -> Result<MemberListResponse> {
+    pub async fn member_list(
+        &self,
+        ctx: &RequestContext,
+        linearizable: bool,
+    ) -> Result<MemberListResponse> {
         if linearizable {
-            self.linearizable_read_notify().await?;
+            self.linearizable_read_notify(ctx).await?;
         }
         let members = self.inner.cluster.read().members();
         Ok(MemberListResponse {
@@ -77,7 +82,11 @@ impl Etcd {
     }
 
     /// Cluster.MemberAdd: a new voter, or a learner.
-    pub async fn member_add(&self, r: MemberAddRequest) -> Result<MemberAddResponse> {
+    pub async fn member_add(
+        &self,
+        ctx: &RequestContext,
+        r: MemberAddRequest,
+    ) -> Result<MemberAddResponse> {
         check_urls(&r.peer_ur_ls)?;
         let id = loop {
             let id = rand::random::<u64>();
@@ -99,7 +108,7 @@ impl Etcd {
             }
             self.check_all_voters_active().await?;
         }
-        let (added, members) = self.propose_change(Change::Add(m)).await?;
+        let (added, members) = self.propose_change(ctx, Change::Add(m)).await?;
         Ok(MemberAddResponse {
             header: Some(self.header(self.store().current_revision())),
             member: added.map(to_pb),
@@ -108,7 +117,11 @@ impl Etcd {
     }
 
     /// Cluster.MemberRemove.
-    pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse> {
+    pub async fn member_remove(
+        &self,
+        ctx: &RequestContext,
+        id: u64,
+    ) -> Result<MemberRemoveResponse> {
         let is_learner = {
             let c = self.inner.cluster.read();
             match c.member(id) {
@@ -122,7 +135,7 @@ impl Etcd {
             }
             self.check_quorum_after_removing(id).await?;
         }
-        let (_, members) = self.propose_change(Change::Remove(id)).await?;
+        let (_, members) = self.propose_change(ctx, Change::Remove(id)).await?;
         Ok(MemberRemoveResponse {
             header: Some(self.header(self.store().current_revision())),
             members: self.members_pb(members),
@@ -130,9 +143,13 @@ impl Etcd {
     }
 
     /// Cluster.MemberUpdate: new peer URLs for a member.
-    pub async fn member_update(&self, r: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
+    pub async fn member_update(
+        &self,
+        ctx: &RequestContext,
+        r: MemberUpdateRequest,
+    ) -> Result<MemberUpdateResponse> {
         check_urls(&r.peer_ur_ls)?;
-        match self.propose(Op::MemberUpdate(r)).await? {
+        match self.propose(ctx, Op::MemberUpdate(r)).await? {
             Applied::Members(_, members) => Ok(MemberUpdateResponse {
                 header: Some(self.header(self.store().current_revision())),
                 members: self.members_pb(members),
@@ -142,23 +159,31 @@ impl Etcd {
     }
 
     /// Cluster.MemberPromote: a learner that caught up becomes a voter.
-    pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse> {
+    pub async fn member_promote(
+        &self,
+        ctx: &RequestContext,
+        id: u64,
+    ) -> Result<MemberPromoteResponse> {
         if self.raft_status().role != Role::Leader {
             match crate::peer_query::forward_promote(self, id).await {
                 Err(Error::LeaderChanged) => {}
                 r => return r,
             }
         }
-        self.promote_as_leader(id).await
+        self.promote_as_leader(ctx, id).await
     }
 
     /// [`Etcd::member_promote`] on the leader.
-    pub(crate) async fn promote_as_leader(&self, id: u64) -> Result<MemberPromoteResponse> {
+    pub(crate) async fn promote_as_leader(
+        &self,
+        ctx: &RequestContext,
+        id: u64,
+    ) -> Result<MemberPromoteResponse> {
         self.check_learner_ready(id).await?;
         if self.inner.cfg.strict_reconfig_check && !self.inner.cluster.read().ready_to_promote() {
             return Err(Error::NotEnoughStartedMembers);
         }
-        let (_, members) = self.propose_change(Change::Promote(id)).await?;
+        let (_, members) = self.propose_change(ctx, Change::Promote(id)).await?;
         Ok(MemberPromoteResponse {
             header: Some(self.header(self.store().current_revision())),
             members: self.members_pb(members),
@@ -167,7 +192,11 @@ impl Etcd {
 
     /// Maintenance.MoveLeader: hands leadership to the voter `target`;
     /// returns once it leads.
-    pub async fn move_leader(&self, target: u64) -> Result<MoveLeaderResponse> {
+    pub async fn move_leader(
+        &self,
+        ctx: &RequestContext,
+        target: u64,
+    ) -> Result<MoveLeaderResponse> {
         let me = self.inner.member_id;
         if self.raft_status().leader_id != me {
             return Err(Error::NotLeader);
@@ -193,7 +222,8 @@ impl Etcd {
             "transferring leadership"
         );
         self.inner.node.transfer_leader(target);
-        let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout();
+        let deadline =
+            tokio::time::Instant::now() + ctx.wait_limit(self.inner.cfg.request_timeout());
         let tick = self.inner.cfg.heartbeat_interval;
         while self.raft_status().leader_id != target {
             if tokio::time::Instant::now() >= deadline {
@@ -206,13 +236,17 @@ impl Etcd {
     }
 
     /// Proposes a raft configuration change and waits until it applied.
-    async fn propose_change(&self, change: Change) -> Result<(Option<Member>, Vec<Member>)> {
+    async fn propose_change(
+        &self,
+        ctx: &RequestContext,
+        change: Change,
+    ) -> Result<(Option<Member>, Vec<Member>)> {
         let id = self.next_request_id();
         let cc = change
             .to_conf_change(id)
             .expect("only configuration changes are proposed here");
         match self
-            .propose_with(id, |node, ack| node.propose_conf_change(cc, ack))
+            .propose_with(ctx, id, |node, ack| node.propose_conf_change(cc, ack))
             .await?
         {
             Applied::Members(added, members) => Ok((added, members)),

@@ -1274,6 +1274,7 @@ impl Sim {
                 let data = RaftRequest {
                     id: req_id,
                     op: Some(op),
+                    header: None,
                 }
                 .encode_to_vec();
                 let rx = r.steps.applier.wait.register(req_id);

@@ -18,6 +18,7 @@ use crate::pb::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft_request::Op;
+use crate::request_context::RequestContext;
 use crate::{Error, Etcd, Result};
 use etcd_raft_node::Role;
 use std::time::Duration;
@@ -29,12 +30,16 @@ const PRIMARY_POLL: Duration = Duration::from_millis(20);
 impl Etcd {
     /// Lease.LeaseGrant. An id of 0 lets the server choose one (positive);
     /// a TTL below the minimum (1.5 election timeouts) is raised to it.
-    pub async fn lease_grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+    pub async fn lease_grant(
+        &self,
+        ctx: &RequestContext,
+        mut r: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse> {
         while r.id == 0 {
             r.id = (self.next_request_id() & (i64::MAX as u64)) as i64;
         }
         self.check_quota()?;
-        match self.propose(Op::LeaseGrant(r)).await? {
+        match self.propose(ctx, Op::LeaseGrant(r)).await? {
             Applied::LeaseGrant(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -44,8 +49,12 @@ impl Etcd {
     }
 
     /// Lease.LeaseRevoke: deletes the lease and, at one revision, its keys.
-    pub async fn lease_revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        match self.propose(Op::LeaseRevoke(r)).await? {
+    pub async fn lease_revoke(
+        &self,
+        ctx: &RequestContext,
+        r: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse> {
+        match self.propose(ctx, Op::LeaseRevoke(r)).await? {
             Applied::LeaseRevoke(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -57,14 +66,14 @@ impl Etcd {
     /// One keepalive of Lease.LeaseKeepAlive: the lease's TTL, or
     /// `LeaseNotFound` for an unknown lease and for an expired one (once
     /// its revoke is applied, as etcd waits for it).
-    pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+    pub async fn lease_renew(&self, ctx: &RequestContext, id: i64) -> Result<i64> {
         if self.forwards_to_leader() {
             match crate::peer_query::forward_lease_renew(self, id).await {
                 Err(Error::LeaderChanged) => {}
                 r => return r,
             }
         }
-        self.lease_renew_as_leader(id).await
+        self.lease_renew_as_leader(ctx, id).await
     }
 
     /// Whether lease requests go to another member (this one has peers
@@ -74,8 +83,8 @@ impl Etcd {
     }
 
     /// [`Etcd::lease_renew`] on the member that holds the primary lessor.
-    pub(crate) async fn lease_renew_as_leader(&self, id: i64) -> Result<i64> {
-        let deadline = Instant::now() + self.config().request_timeout();
+    pub(crate) async fn lease_renew_as_leader(&self, ctx: &RequestContext, id: i64) -> Result<i64> {
+        let deadline = Instant::now() + ctx.wait_limit(self.config().request_timeout());
         loop {
             self.wait_primary(deadline).await?;
             match self.lessor().renew(id) {
@@ -116,6 +125,7 @@ impl Etcd {
     /// gRPC layer answers that with TTL -1, as etcd does).
     pub async fn lease_time_to_live(
         &self,
+        ctx: &RequestContext,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
         if self.forwards_to_leader() {
@@ -124,16 +134,17 @@ impl Etcd {
                 r => return r,
             }
         }
-        self.lease_time_to_live_as_leader(r).await
+        self.lease_time_to_live_as_leader(ctx, r).await
     }
 
     /// [`Etcd::lease_time_to_live`] on the member that holds the primary
     /// lessor.
     pub(crate) async fn lease_time_to_live_as_leader(
         &self,
+        ctx: &RequestContext,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
-        let deadline = Instant::now() + self.config().request_timeout();
+        let deadline = Instant::now() + ctx.wait_limit(self.config().request_timeout());
         self.wait_primary(deadline).await?;
         let st = self
             .lessor()
@@ -155,7 +166,7 @@ impl Etcd {
     }
 
     /// Lease.LeaseLeases: every lease this member knows.
-    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
+    pub async fn lease_leases(&self, _ctx: &RequestContext) -> Result<LeaseLeasesResponse> {
         let mut resp = LeaseLeasesResponse {
             header: None,
             leases: self

@@ -23,6 +23,7 @@ use crate::pb::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
 };
+use crate::request_context::RequestContext;
 use crate::v3lock::{create_rev_is, op, range_of};
 use crate::{Error, Etcd, Result};
 use tokio::sync::mpsc;
@@ -30,24 +31,31 @@ use tokio::sync::mpsc;
 impl Etcd {
     /// Election.Campaign: blocks until `lease` (a fresh 60 s lease when 0)
     /// leads election `name` with `value`.
-    pub async fn campaign(&self, r: CampaignRequest) -> Result<CampaignResponse> {
-        let lease = session_lease(self, r.lease).await?;
+    pub async fn campaign(
+        &self,
+        ctx: &RequestContext,
+        r: CampaignRequest,
+    ) -> Result<CampaignResponse> {
+        let lease = session_lease(self, ctx, r.lease).await?;
         let pfx = key_prefix(&r.name);
         let key = session_key(&pfx, lease);
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![create_rev_is(&key, 0)],
-                success: vec![op(request_op::Request::RequestPut(PutRequest {
-                    key: key.clone(),
-                    value: r.value.clone(),
-                    lease,
-                    ..Default::default()
-                }))],
-                failure: vec![op(request_op::Request::RequestRange(RangeRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                }))],
-            })
+            .txn(
+                ctx,
+                TxnRequest {
+                    compare: vec![create_rev_is(&key, 0)],
+                    success: vec![op(request_op::Request::RequestPut(PutRequest {
+                        key: key.clone(),
+                        value: r.value.clone(),
+                        lease,
+                        ..Default::default()
+                    }))],
+                    failure: vec![op(request_op::Request::RequestRange(RangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    }))],
+                },
+            )
             .await?;
         let mut rev = resp.header.as_ref().map_or(0, |h| h.revision);
         let leader = |rev| LeaderKey {
@@ -63,23 +71,29 @@ impl Etcd {
             rev = kv.create_revision;
             if kv.value != r.value {
                 let proclaimed = self
-                    .proclaim(ProclaimRequest {
-                        leader: Some(leader(rev)),
-                        value: r.value.clone(),
-                    })
+                    .proclaim(
+                        ctx,
+                        ProclaimRequest {
+                            leader: Some(leader(rev)),
+                            value: r.value.clone(),
+                        },
+                    )
                     .await;
                 if let Err(e) = proclaimed {
                     let _ = self
-                        .resign(ResignRequest {
-                            leader: Some(leader(rev)),
-                        })
+                        .resign(
+                            ctx,
+                            ResignRequest {
+                                leader: Some(leader(rev)),
+                            },
+                        )
                         .await;
                     return Err(e);
                 }
             }
         }
-        let guard = DeleteOnDrop::new(self, key.clone());
-        wait_deletes(self, &pfx, rev - 1).await?;
+        let guard = DeleteOnDrop::new(self, ctx, key.clone());
+        wait_deletes(self, ctx, &pfx, rev - 1).await?;
         guard.disarm();
         Ok(CampaignResponse {
             header: resp.header,
@@ -88,19 +102,26 @@ impl Etcd {
     }
 
     /// Election.Proclaim: the leader publishes a new value.
-    pub async fn proclaim(&self, r: ProclaimRequest) -> Result<ProclaimResponse> {
+    pub async fn proclaim(
+        &self,
+        ctx: &RequestContext,
+        r: ProclaimRequest,
+    ) -> Result<ProclaimResponse> {
         let l = r.leader.ok_or(Error::MissingLeaderKey)?;
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![create_rev_is(&l.key, l.rev)],
-                success: vec![op(request_op::Request::RequestPut(PutRequest {
-                    key: l.key.clone(),
-                    value: r.value,
-                    lease: l.lease,
-                    ..Default::default()
-                }))],
-                failure: vec![],
-            })
+            .txn(
+                ctx,
+                TxnRequest {
+                    compare: vec![create_rev_is(&l.key, l.rev)],
+                    success: vec![op(request_op::Request::RequestPut(PutRequest {
+                        key: l.key.clone(),
+                        value: r.value,
+                        lease: l.lease,
+                        ..Default::default()
+                    }))],
+                    failure: vec![],
+                },
+            )
             .await?;
         if !resp.succeeded {
             return Err(Error::ElectionNotLeader);
@@ -111,19 +132,22 @@ impl Etcd {
     }
 
     /// Election.Resign: gives leadership (or candidacy) up.
-    pub async fn resign(&self, r: ResignRequest) -> Result<ResignResponse> {
+    pub async fn resign(&self, ctx: &RequestContext, r: ResignRequest) -> Result<ResignResponse> {
         let l = r.leader.ok_or(Error::MissingLeaderKey)?;
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![create_rev_is(&l.key, l.rev)],
-                success: vec![op(request_op::Request::RequestDeleteRange(
-                    DeleteRangeRequest {
-                        key: l.key.clone(),
-                        ..Default::default()
-                    },
-                ))],
-                failure: vec![],
-            })
+            .txn(
+                ctx,
+                TxnRequest {
+                    compare: vec![create_rev_is(&l.key, l.rev)],
+                    success: vec![op(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: l.key.clone(),
+                            ..Default::default()
+                        },
+                    ))],
+                    failure: vec![],
+                },
+            )
             .await?;
         Ok(ResignResponse {
             header: resp.header,
@@ -131,10 +155,10 @@ impl Etcd {
     }
 
     /// Election.Leader: the current leader's key and value.
-    pub async fn leader(&self, r: LeaderRequest) -> Result<LeaderResponse> {
+    pub async fn leader(&self, ctx: &RequestContext, r: LeaderRequest) -> Result<LeaderResponse> {
         let pfx = key_prefix(&r.name);
         let resp = self
-            .range(by_create(&pfx, SortOrder::Ascend, 0, false))
+            .range(ctx, by_create(&pfx, SortOrder::Ascend, 0, false))
             .await?;
         let kv = resp.kvs.into_iter().next().ok_or(Error::ElectionNoLeader)?;
         Ok(LeaderResponse {
@@ -145,13 +169,22 @@ impl Etcd {
 
     /// Election.Observe: the leader's values in order, until the receiver
     /// is dropped or the member stops.
-    pub fn observe(&self, r: LeaderRequest) -> mpsc::Receiver<Result<LeaderResponse>> {
+    pub fn observe(
+        &self,
+        ctx: &RequestContext,
+        r: LeaderRequest,
+    ) -> mpsc::Receiver<Result<LeaderResponse>> {
         let (tx, rx) = mpsc::channel(16);
         let etcd = self.clone();
+        // The stream lives until the client goes: no per-read deadline.
+        let ctx = RequestContext {
+            timeout: None,
+            ..ctx.clone()
+        };
         tokio::spawn(async move {
             let closed = tx.clone();
             tokio::select! {
-                r = observe(&etcd, &r.name, &tx) => {
+                r = observe(&etcd, &ctx, &r.name, &tx) => {
                     if let Err(e) = r {
                         let _ = tx.send(Err(e)).await;
                     }
@@ -173,12 +206,12 @@ async fn send(tx: &Sender, header: &Option<ResponseHeader>, kv: KeyValue) -> Res
     tx.send(Ok(resp)).await.map_err(|_| Error::Stopped)
 }
 
-async fn observe(etcd: &Etcd, name: &[u8], tx: &Sender) -> Result<()> {
+async fn observe(etcd: &Etcd, ctx: &RequestContext, name: &[u8], tx: &Sender) -> Result<()> {
     let pfx = key_prefix(name);
     let mut serializable = false;
     loop {
         let resp = etcd
-            .range(by_create(&pfx, SortOrder::Ascend, 0, serializable))
+            .range(ctx, by_create(&pfx, SortOrder::Ascend, 0, serializable))
             .await?;
         serializable = true;
         let seen = resp.header.as_ref().map_or(0, |h| h.revision);
@@ -190,7 +223,7 @@ async fn observe(etcd: &Etcd, name: &[u8], tx: &Sender) -> Result<()> {
         let mut seen = seen;
         loop {
             etcd.wait_revision_above(seen).await?;
-            let now = get_local(etcd, &last.key).await?;
+            let now = get_local(etcd, ctx, &last.key).await?;
             seen = now.header.as_ref().map_or(seen, |h| h.revision);
             let Some(cur) = now.kvs.into_iter().next() else {
                 break; // the leader key is gone: find the next leader
@@ -206,12 +239,15 @@ async fn observe(etcd: &Etcd, name: &[u8], tx: &Sender) -> Result<()> {
             let mut at = cur.mod_revision;
             loop {
                 let older = etcd
-                    .range(RangeRequest {
-                        key: last.key.clone(),
-                        revision: at - 1,
-                        serializable: true,
-                        ..Default::default()
-                    })
+                    .range(
+                        ctx,
+                        RangeRequest {
+                            key: last.key.clone(),
+                            revision: at - 1,
+                            serializable: true,
+                            ..Default::default()
+                        },
+                    )
                     .await;
                 let Some(kv) = older.ok().and_then(|r| r.kvs.into_iter().next()) else {
                     break; // compacted away: send what is left

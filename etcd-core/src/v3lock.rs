@@ -21,6 +21,7 @@ use crate::pb::etcdserverpb::{
     PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use crate::pb::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use crate::request_context::RequestContext;
 use crate::{Error, Etcd, Result};
 use bytes::Bytes;
 
@@ -54,8 +55,8 @@ pub(crate) fn range_of(
 impl Etcd {
     /// Lock.Lock: blocks until the lock `name` is held with `lease` (a
     /// fresh 60 s lease when 0); returns the ownership key.
-    pub async fn lock(&self, r: LockRequest) -> Result<LockResponse> {
-        let lease = session_lease(self, r.lease).await?;
+    pub async fn lock(&self, ctx: &RequestContext, r: LockRequest) -> Result<LockResponse> {
+        let lease = session_lease(self, ctx, r.lease).await?;
         let pfx = key_prefix(&r.name);
         let my_key = session_key(&pfx, lease);
         let owner = op(request_op::Request::RequestRange(by_create(
@@ -65,24 +66,27 @@ impl Etcd {
             false,
         )));
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![create_rev_is(&my_key, 0)],
-                success: vec![
-                    op(request_op::Request::RequestPut(PutRequest {
-                        key: my_key.clone(),
-                        lease,
-                        ..Default::default()
-                    })),
-                    owner.clone(),
-                ],
-                failure: vec![
-                    op(request_op::Request::RequestRange(RangeRequest {
-                        key: my_key.clone(),
-                        ..Default::default()
-                    })),
-                    owner,
-                ],
-            })
+            .txn(
+                ctx,
+                TxnRequest {
+                    compare: vec![create_rev_is(&my_key, 0)],
+                    success: vec![
+                        op(request_op::Request::RequestPut(PutRequest {
+                            key: my_key.clone(),
+                            lease,
+                            ..Default::default()
+                        })),
+                        owner.clone(),
+                    ],
+                    failure: vec![
+                        op(request_op::Request::RequestRange(RangeRequest {
+                            key: my_key.clone(),
+                            ..Default::default()
+                        })),
+                        owner,
+                    ],
+                },
+            )
             .await?;
         let header_rev = resp.header.as_ref().map_or(0, |h| h.revision);
         let my_rev = if resp.succeeded {
@@ -101,10 +105,10 @@ impl Etcd {
                 key: my_key,
             });
         }
-        let guard = DeleteOnDrop::new(self, my_key.clone());
+        let guard = DeleteOnDrop::new(self, ctx, my_key.clone());
         // Errors while waiting drop the guard, which releases the key.
-        wait_deletes(self, &pfx, my_rev - 1).await?;
-        let got = get_local(self, &my_key).await?;
+        wait_deletes(self, ctx, &pfx, my_rev - 1).await?;
+        let got = get_local(self, ctx, &my_key).await?;
         guard.disarm();
         if got.kvs.is_empty() {
             return Err(Error::SessionExpired);
@@ -116,12 +120,15 @@ impl Etcd {
     }
 
     /// Lock.Unlock: deletes the ownership key.
-    pub async fn unlock(&self, r: UnlockRequest) -> Result<UnlockResponse> {
+    pub async fn unlock(&self, ctx: &RequestContext, r: UnlockRequest) -> Result<UnlockResponse> {
         let resp = self
-            .delete_range(DeleteRangeRequest {
-                key: r.key,
-                ..Default::default()
-            })
+            .delete_range(
+                ctx,
+                DeleteRangeRequest {
+                    key: r.key,
+                    ..Default::default()
+                },
+            )
             .await?;
         Ok(UnlockResponse {
             header: resp.header,

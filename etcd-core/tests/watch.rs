@@ -8,6 +8,7 @@ use etcd_core::pb::etcdserverpb::{
     TxnRequest, WatchCreateRequest, WatchResponse,
 };
 use etcd_core::pb::mvccpb::event::EventType;
+use etcd_core::RequestContext;
 use etcd_core::{Config, Etcd, WatchStream};
 use std::time::Duration;
 
@@ -20,11 +21,14 @@ fn start(dir: &std::path::Path) -> Etcd {
 }
 
 async fn put(e: &Etcd, k: &str, v: &str) -> i64 {
-    e.put(PutRequest {
-        key: k.as_bytes().to_vec().into(),
-        value: v.as_bytes().to_vec().into(),
-        ..Default::default()
-    })
+    e.put(
+        &RequestContext::LOCAL,
+        PutRequest {
+            key: k.as_bytes().to_vec().into(),
+            value: v.as_bytes().to_vec().into(),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap()
     .header
@@ -111,30 +115,33 @@ async fn live_history_filters_prev_kv_and_ids() {
     assert_eq!(recv(&mut w).await.watch_id, 1);
 
     // One txn touching a and b: one response per watcher, both events.
-    e.txn(TxnRequest {
-        success: vec![
-            etcd_core::pb::etcdserverpb::RequestOp {
-                request: Some(
-                    etcd_core::pb::etcdserverpb::request_op::Request::RequestPut(PutRequest {
-                        key: "a".into(),
-                        value: "2".into(),
-                        ..Default::default()
-                    }),
-                ),
-            },
-            etcd_core::pb::etcdserverpb::RequestOp {
-                request: Some(
-                    etcd_core::pb::etcdserverpb::request_op::Request::RequestDeleteRange(
-                        DeleteRangeRequest {
-                            key: "b".into(),
+    e.txn(
+        &RequestContext::LOCAL,
+        TxnRequest {
+            success: vec![
+                etcd_core::pb::etcdserverpb::RequestOp {
+                    request: Some(
+                        etcd_core::pb::etcdserverpb::request_op::Request::RequestPut(PutRequest {
+                            key: "a".into(),
+                            value: "2".into(),
                             ..Default::default()
-                        },
+                        }),
                     ),
-                ),
-            },
-        ],
-        ..Default::default()
-    })
+                },
+                etcd_core::pb::etcdserverpb::RequestOp {
+                    request: Some(
+                        etcd_core::pb::etcdserverpb::request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: "b".into(),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                },
+            ],
+            ..Default::default()
+        },
+    )
     .await
     .unwrap(); // rev 4
     let mut got = std::collections::HashMap::new();
@@ -177,10 +184,13 @@ async fn compacted_start_and_progress_notify() {
     for i in 0..5 {
         put(&e, "k", &i.to_string()).await; // revs 2..=6
     }
-    e.compact(CompactionRequest {
-        revision: 4,
-        physical: true,
-    })
+    e.compact(
+        &RequestContext::LOCAL,
+        CompactionRequest {
+            revision: 4,
+            physical: true,
+        },
+    )
     .await
     .unwrap();
     let mut w = e.watch();

@@ -51,7 +51,7 @@ async fn health(etcd: &Etcd) -> Response {
         key: "health".into(),
         ..Default::default()
     };
-    match etcd.range(probe).await {
+    match etcd.range(&etcd_core::RequestContext::LOCAL, probe).await {
         Ok(_) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
         Err(e) => {
             let reason = e.to_string().replace('"', "'");

@@ -9,6 +9,7 @@ mod authority;
 pub use authority::fuzz_client_bytes;
 pub mod config;
 mod http;
+mod request_context;
 pub mod rpc;
 mod services;
 mod status;

@@ -26,27 +26,47 @@ impl Kv for KvService {
         if !req.get_ref().serializable {
             learner_guard(&self.0)?;
         }
-        reply(self.0.range(req.into_inner()).await)
+        reply(
+            self.0
+                .range(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Reply<PutResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.put(req.into_inner()).await)
+        reply(
+            self.0
+                .put(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Reply<DeleteRangeResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.delete_range(req.into_inner()).await)
+        reply(
+            self.0
+                .delete_range(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Reply<TxnResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.txn(req.into_inner()).await)
+        reply(
+            self.0
+                .txn(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Reply<CompactionResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.compact(req.into_inner()).await)
+        reply(
+            self.0
+                .compact(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 }
 
@@ -104,7 +124,14 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.move_leader(req.into_inner().target_id).await)
+        reply(
+            self.0
+                .move_leader(
+                    &crate::request_context::of(&req),
+                    req.into_inner().target_id,
+                )
+                .await,
+        )
     }
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {
@@ -121,7 +148,11 @@ pub struct ClusterService(pub Etcd);
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.member_add(req.into_inner()).await)
+        reply(
+            self.0
+                .member_add(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn member_remove(
@@ -129,7 +160,11 @@ impl Cluster for ClusterService {
         req: Request<MemberRemoveRequest>,
     ) -> Reply<MemberRemoveResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.member_remove(req.into_inner().id).await)
+        reply(
+            self.0
+                .member_remove(&crate::request_context::of(&req), req.into_inner().id)
+                .await,
+        )
     }
 
     async fn member_update(
@@ -137,12 +172,23 @@ impl Cluster for ClusterService {
         req: Request<MemberUpdateRequest>,
     ) -> Reply<MemberUpdateResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.member_update(req.into_inner()).await)
+        reply(
+            self.0
+                .member_update(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn member_list(&self, req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.member_list(req.into_inner().linearizable).await)
+        reply(
+            self.0
+                .member_list(
+                    &crate::request_context::of(&req),
+                    req.into_inner().linearizable,
+                )
+                .await,
+        )
     }
 
     async fn member_promote(
@@ -150,6 +196,10 @@ impl Cluster for ClusterService {
         req: Request<MemberPromoteRequest>,
     ) -> Reply<MemberPromoteResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.member_promote(req.into_inner().id).await)
+        reply(
+            self.0
+                .member_promote(&crate::request_context::of(&req), req.into_inner().id)
+                .await,
+        )
     }
 }

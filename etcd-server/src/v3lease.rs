@@ -25,7 +25,7 @@ impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Reply<LeaseGrantResponse> {
         learner_guard(&self.0)?;
         self.0
-            .lease_grant(req.into_inner())
+            .lease_grant(&crate::request_context::of(&req), req.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -34,7 +34,7 @@ impl Lease for LeaseService {
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {
         learner_guard(&self.0)?;
         self.0
-            .lease_revoke(req.into_inner())
+            .lease_revoke(&crate::request_context::of(&req), req.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -48,13 +48,14 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Reply<Self::LeaseKeepAliveStream> {
         learner_guard(&self.0)?;
+        let ctx = crate::request_context::of(&req);
         let mut input = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let etcd = self.0.clone();
         tokio::spawn(async move {
             while let Some(r) = input.next().await {
                 let out = match r {
-                    Ok(r) => match etcd.lease_renew(r.id).await {
+                    Ok(r) => match etcd.lease_renew(&ctx, r.id).await {
                         Ok(ttl) => Ok(keepalive(&etcd, r.id, ttl)),
                         Err(Error::LeaseNotFound) => Ok(keepalive(&etcd, r.id, 0)),
                         Err(e) => Err(to_status(e)),
@@ -77,9 +78,10 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Reply<LeaseTimeToLiveResponse> {
         learner_guard(&self.0)?;
+        let ctx = crate::request_context::of(&req);
         let r = req.into_inner();
         let id = r.id;
-        match self.0.lease_time_to_live(r).await {
+        match self.0.lease_time_to_live(&ctx, r).await {
             Ok(resp) => Ok(Response::new(resp)),
             Err(Error::LeaseNotFound) => Ok(Response::new(LeaseTimeToLiveResponse {
                 header: Some(self.0.header(self.0.store().current_revision())),
@@ -92,10 +94,10 @@ impl Lease for LeaseService {
         }
     }
 
-    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Reply<LeaseLeasesResponse> {
+    async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Reply<LeaseLeasesResponse> {
         learner_guard(&self.0)?;
         self.0
-            .lease_leases()
+            .lease_leases(&crate::request_context::of(&req))
             .await
             .map(Response::new)
             .map_err(to_status)

@@ -30,12 +30,20 @@ pub struct LockService(pub Etcd);
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Reply<LockResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.lock(req.into_inner()).await)
+        reply(
+            self.0
+                .lock(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Reply<UnlockResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.unlock(req.into_inner()).await)
+        reply(
+            self.0
+                .unlock(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 }
 
@@ -47,24 +55,38 @@ pub struct ElectionService(pub Etcd);
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Reply<CampaignResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.campaign(req.into_inner()).await)
+        reply(
+            self.0
+                .campaign(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Reply<ProclaimResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.proclaim(req.into_inner()).await)
+        reply(
+            self.0
+                .proclaim(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Reply<LeaderResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.leader(req.into_inner()).await)
+        reply(
+            self.0
+                .leader(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
         learner_guard(&self.0)?;
-        let rx = self.0.observe(req.into_inner());
+        let rx = self
+            .0
+            .observe(&crate::request_context::of(&req), req.into_inner());
         let stream =
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map_err(concurrency_status)
@@ -74,6 +96,10 @@ impl Election for ElectionService {
 
     async fn resign(&self, req: Request<ResignRequest>) -> Reply<ResignResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.resign(req.into_inner()).await)
+        reply(
+            self.0
+                .resign(&crate::request_context::of(&req), req.into_inner())
+                .await,
+        )
     }
 }
