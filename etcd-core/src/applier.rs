@@ -130,7 +130,7 @@ impl Applier {
         if let Some(c) = members {
             *self.cluster.write() = c;
         }
-        crate::apply_lease::restore(store, &self.lessor)
+        crate::apply::lease::restore(store, &self.lessor)
             .map_err(|e| format!("cannot restore the leases of a snapshot image: {e}"))?;
         Ok(has_members)
     }

@@ -21,7 +21,6 @@
 
 mod applier;
 mod apply;
-mod apply_lease;
 mod apply_loop;
 #[cfg(test)]
 mod apply_range_tests;

@@ -147,7 +147,7 @@ impl Etcd {
             min_lease_ttl(cfg.election_timeout),
             cfg.lease_checkpoint_interval,
         ));
-        crate::apply_lease::restore(&store, &lessor)
+        crate::apply::lease::restore(&store, &lessor)
             .map_err(|e| StartError::Config(format!("cannot restore leases: {e}")))?;
         let cluster = Arc::new(RwLock::new(booted.cluster));
         // Messages that arrive before the node exists are dropped (raft
@@ -389,7 +389,7 @@ impl Etcd {
     }
 
     /// Maintenance.Status.
-    pub fn status(&self) -> StatusResponse {
+    pub fn status(&self, _ctx: &RequestContext) -> StatusResponse {
         let st = self.inner.node.status();
         let store = &self.inner.store;
         StatusResponse {
@@ -408,7 +408,7 @@ impl Etcd {
 
     /// Maintenance.Alarm with action GET: the active alarms (none can be
     /// raised yet: quota overruns are refused per request).
-    pub fn alarm_list(&self) -> AlarmResponse {
+    pub fn alarm_list(&self, _ctx: &RequestContext) -> AlarmResponse {
         AlarmResponse {
             header: Some(self.header(self.inner.store.current_revision())),
             alarms: Vec::<AlarmMember>::new(),
@@ -417,7 +417,7 @@ impl Etcd {
 
     /// Maintenance.Defragment: compacts the store's files. Online: reads
     /// and writes continue meanwhile. Blocking; call from a blocking context.
-    pub fn defragment(&self) -> Result<DefragmentResponse> {
+    pub fn defragment(&self, _ctx: &RequestContext) -> Result<DefragmentResponse> {
         self.inner.store.defragment()?;
         Ok(DefragmentResponse {
             header: Some(self.header(self.inner.store.current_revision())),
@@ -426,7 +426,7 @@ impl Etcd {
 
     /// Maintenance.HashKV: a hash of every key revision up to `revision`
     /// (0 = current), equal on members with the same history.
-    pub fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {
+    pub fn hash_kv(&self, _ctx: &RequestContext, revision: i64) -> Result<HashKvResponse> {
         let h = self.inner.store.hash_kv(revision)?;
         Ok(HashKvResponse {
             header: Some(self.header(h.revision)),
@@ -439,7 +439,7 @@ impl Etcd {
     /// Opens a watch stream (the gRPC Watch stream's equivalent): create
     /// watchers, cancel them, request progress, receive responses. Needs a
     /// tokio runtime with the time driver.
-    pub fn watch(&self) -> WatchStream {
+    pub fn watch(&self, _ctx: &RequestContext) -> WatchStream {
         let etcd = self.clone();
         WatchStream::new(
             self.inner.watch.clone(),

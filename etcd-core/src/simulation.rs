@@ -624,7 +624,7 @@ impl Sim {
         };
         let applied = store.consistent_index();
         let lessor = Lessor::new(Arc::new(FakeClock::new()), 5, Duration::from_secs(300));
-        crate::apply_lease::restore(&store, &lessor)
+        crate::apply::lease::restore(&store, &lessor)
             .map_err(|e| format!("member {id}: restoring leases: {e}"))?;
         let peer = Peer::new(
             &NodeConfig {

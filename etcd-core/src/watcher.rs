@@ -27,7 +27,7 @@
 //! ```no_run
 //! # async fn demo(etcd: etcd_core::Etcd) {
 //! use etcd_core::pb::etcdserverpb::WatchCreateRequest;
-//! let mut w = etcd.watch();
+//! let mut w = etcd.watch(&etcd_core::RequestContext::LOCAL);
 //! w.create(WatchCreateRequest { key: "a".into(), range_end: "b".into(), ..Default::default() });
 //! let created = w.recv().await.unwrap();
 //! assert!(created.created);

@@ -92,7 +92,7 @@ impl Cluster {
                 .members
                 .iter()
                 .flatten()
-                .map(|m| m.status().leader)
+                .map(|m| m.status(&RequestContext::LOCAL).leader)
                 .collect();
             if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
                 if let Some(i) = self
@@ -258,7 +258,12 @@ async fn three_members_bootstrap_replicate_and_survive_leader_loss() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let hashes: Vec<u32> = (0..3)
-        .map(|i| c.member(i).hash_kv(rev2).unwrap().hash)
+        .map(|i| {
+            c.member(i)
+                .hash_kv(&RequestContext::LOCAL, rev2)
+                .unwrap()
+                .hash
+        })
         .collect();
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
 }
@@ -549,9 +554,13 @@ async fn lagging_and_new_members_catch_up_through_snapshots() {
     let rev = put(&joined, "from-new", "x").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut hashes = vec![joined.hash_kv(rev).map(|h| h.hash)];
+        let mut hashes = vec![joined.hash_kv(&RequestContext::LOCAL, rev).map(|h| h.hash)];
         for i in 0..3 {
-            hashes.push(c.member(i).hash_kv(rev).map(|h| h.hash));
+            hashes.push(
+                c.member(i)
+                    .hash_kv(&RequestContext::LOCAL, rev)
+                    .map(|h| h.hash),
+            );
         }
         if hashes.iter().all(|h| h.is_ok() && *h == hashes[0]) {
             break;

@@ -77,7 +77,7 @@ async fn live_history_filters_prev_kv_and_ids() {
     let e = start(dir.path());
     put(&e, "a", "1").await; // rev 2
     put(&e, "b", "1").await; // rev 3
-    let mut w = e.watch();
+    let mut w = e.watch(&RequestContext::LOCAL);
     // Server-assigned ids start at 0; a client id in use is refused.
     w.create(create("a", "c", 0));
     let c = recv(&mut w).await;
@@ -193,7 +193,7 @@ async fn compacted_start_and_progress_notify() {
     )
     .await
     .unwrap();
-    let mut w = e.watch();
+    let mut w = e.watch(&RequestContext::LOCAL);
     w.create(create("k", "", 3));
     let c = recv(&mut w).await;
     assert!(c.created && !c.canceled);
@@ -236,10 +236,10 @@ async fn compacted_start_and_progress_notify() {
 async fn slow_consumer_is_parked_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let e = start(dir.path());
-    let mut slow = e.watch();
+    let mut slow = e.watch(&RequestContext::LOCAL);
     slow.create(create("k", "", 0));
     assert!(recv(&mut slow).await.created);
-    let mut fast = e.watch();
+    let mut fast = e.watch(&RequestContext::LOCAL);
     fast.create(create("k", "", 0));
     assert!(recv(&mut fast).await.created);
     let n = 3000;

@@ -78,40 +78,51 @@ pub struct MaintenanceService(pub Etcd);
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
         learner_guard(&self.0)?;
+        let ctx = crate::request_context::of(&req);
         let req = req.into_inner();
         if req.action == alarm_request::AlarmAction::Activate as i32 {
             return Err(unsupported("activating alarms by request"));
         }
         // GET lists the alarms; DEACTIVATE of an alarm that is not raised
         // changes nothing and also answers with the (empty) list.
-        Ok(Response::new(self.0.alarm_list()))
+        Ok(Response::new(self.0.alarm_list(&ctx)))
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusResponse> {
-        Ok(Response::new(self.0.status()))
+    async fn status(&self, req: Request<StatusRequest>) -> Reply<StatusResponse> {
+        Ok(Response::new(
+            self.0.status(&crate::request_context::of(&req)),
+        ))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
         learner_guard(&self.0)?;
+        let ctx = crate::request_context::of(&req);
         let etcd = self.0.clone();
         tracing::info!("defragmenting the store (online: reads and writes continue)");
-        let r = tokio::task::spawn_blocking(move || etcd.defragment())
+        let r = tokio::task::spawn_blocking(move || etcd.defragment(&ctx))
             .await
             .map_err(|e| Status::internal(format!("defragment task failed: {e}")))?;
         reply(r)
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
+    async fn hash(&self, req: Request<HashRequest>) -> Reply<HashResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.hash_kv(0).map(|r| HashResponse {
-            header: r.header,
-            hash: r.hash,
-        }))
+        reply(
+            self.0
+                .hash_kv(&crate::request_context::of(&req), 0)
+                .map(|r| HashResponse {
+                    header: r.header,
+                    hash: r.hash,
+                }),
+        )
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
         learner_guard(&self.0)?;
-        reply(self.0.hash_kv(req.into_inner().revision))
+        reply(
+            self.0
+                .hash_kv(&crate::request_context::of(&req), req.into_inner().revision),
+        )
     }
 
     type SnapshotStream =

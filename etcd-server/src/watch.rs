@@ -31,8 +31,9 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         learner_guard(&self.0)?;
+        let ws_ctx = crate::request_context::of(&req);
         let mut inbound = req.into_inner();
-        let mut ws = self.0.watch();
+        let mut ws = self.0.watch(&ws_ctx);
         let (tx, rx) = tokio::sync::mpsc::channel(SEND_BUFFER);
         tokio::spawn(async move {
             let mut reading = true;

@@ -12,126 +12,29 @@
 //! Headers: only the revision is set here. A nested response gets a header
 //! with its revision (a nested txn's header stays empty, as in etcd); the
 //! caller fills the top-level header's cluster, member and term.
+//!
+//! Files: `view.rs` (the transaction requests run in, and what applying
+//! produces), this file (dispatch and the KV requests), `lease.rs` (lease
+//! grant, revoke and checkpoint, and restoring the lessor from the store).
+//! Both depend on `view.rs`, not on each other.
 
-use crate::apply_lease;
+pub(crate) mod lease;
+mod view;
+
+pub(crate) use view::{Applied, View};
+
 use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::pb::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse};
 use crate::pb::mvccpb::KeyValue;
 use crate::raft_request::{Op, RaftRequest};
 use crate::{Error, Result};
-use etcd_mvcc::{CompactWait, RangeHeader, RangeOptions, RangeResult, Store, TxnRead, TxnWrite};
+use etcd_mvcc::{RangeOptions, Store};
 use std::cmp::Ordering;
 use std::ops::ControlFlow;
-
-/// What applying one raft entry produced for its waiter.
-pub(crate) enum Applied {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compaction(CompactionResponse, CompactWait),
-    LeaseGrant(LeaseGrantResponse),
-    LeaseRevoke(LeaseRevokeResponse),
-    /// Nobody waits for a checkpoint.
-    LeaseCheckpoint,
-    /// A membership change: the member added (MemberAdd) and the members
-    /// after the change.
-    Members(
-        Option<crate::membership::Member>,
-        Vec<crate::membership::Member>,
-    ),
-}
-
-/// A read or write transaction over the store.
-pub(crate) struct View<'a> {
-    txn: Txn<'a>,
-    /// The store's compaction revision when the view was opened.
-    compact_rev: i64,
-    /// The leases puts are checked against (none: every lease is unknown).
-    lessor: Option<&'a Lessor>,
-}
-
-enum Txn<'a> {
-    Read(TxnRead<'a>),
-    Write(TxnWrite<'a>),
-}
-
-impl<'a> View<'a> {
-    /// A read-only view at the current revision.
-    pub(crate) fn read(store: &'a Store) -> View<'a> {
-        View {
-            compact_rev: store.compact_revision(),
-            txn: Txn::Read(store.read()),
-            lessor: None,
-        }
-    }
-
-    /// A write transaction (the only one at a time).
-    pub(crate) fn write(store: &'a Store) -> View<'a> {
-        View {
-            compact_rev: store.compact_revision(),
-            txn: Txn::Write(store.write()),
-            lessor: None,
-        }
-    }
-
-    /// The same view, checking leases against `lessor`.
-    pub(crate) fn with_lessor(mut self, lessor: &'a Lessor) -> View<'a> {
-        self.lessor = Some(lessor);
-        self
-    }
-
-    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
-        Ok(match &self.txn {
-            Txn::Read(t) => t.range(key, end, opts)?,
-            Txn::Write(t) => t.range(key, end, opts)?,
-        })
-    }
-
-    /// The store's chunked range (see `range`).
-    fn range_chunks<F>(
-        &self,
-        key: &[u8],
-        end: &[u8],
-        opts: RangeOptions,
-        f: F,
-    ) -> Result<RangeHeader>
-    where
-        F: FnMut(Vec<KeyValue>) -> ControlFlow<()>,
-    {
-        Ok(match &self.txn {
-            Txn::Read(t) => t.range_chunks(key, end, opts, f)?,
-            Txn::Write(t) => t.range_chunks(key, end, opts, f)?,
-        })
-    }
-
-    /// The revision reads see (the pending one once a write txn changed something).
-    pub(crate) fn rev(&self) -> i64 {
-        match &self.txn {
-            Txn::Read(t) => t.rev(),
-            Txn::Write(t) => t.rev(),
-        }
-    }
-
-    pub(crate) fn write_txn(&mut self) -> &mut TxnWrite<'a> {
-        match &mut self.txn {
-            Txn::Write(t) => t,
-            Txn::Read(_) => unreachable!("write op in a read-only txn"),
-        }
-    }
-
-    /// Commits a write view at raft index `index`; returns its events.
-    fn end(self, index: u64) -> Result<Vec<etcd_mvcc::Event>> {
-        match self.txn {
-            Txn::Write(t) => Ok(t.end(index)?),
-            Txn::Read(_) => unreachable!("only write views are committed"),
-        }
-    }
-}
 
 /// Applies a committed request at raft index `index`. The consistent index
 /// is persisted whatever the outcome, so replay after a crash is idempotent.
@@ -160,14 +63,14 @@ pub(crate) fn apply(
         Op::MemberUpdate(_) | Op::MemberAttributes(_) => Err(Error::Internal(
             "a membership request reached the KV applier".into(),
         )),
-        Op::LeaseGrant(g) => apply_lease::grant(&mut view, lessor, g),
-        Op::LeaseRevoke(r) => apply_lease::revoke(&mut view, lessor, r),
-        Op::LeaseCheckpoint(c) => apply_lease::checkpoint(&mut view, lessor, c),
+        Op::LeaseGrant(g) => lease::grant(&mut view, lessor, g),
+        Op::LeaseRevoke(r) => lease::revoke(&mut view, lessor, r),
+        Op::LeaseCheckpoint(c) => lease::checkpoint(&mut view, lessor, c),
     };
     match out {
         Ok(applied) => {
             let events = view.end(index)?;
-            apply_lease::after_commit(lessor, op, &events);
+            lease::after_commit(lessor, op, &events);
             Ok(applied)
         }
         Err(e) => {

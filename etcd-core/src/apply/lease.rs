@@ -14,7 +14,7 @@
 //! key, a put without a lease frees it, and `ignore_lease` (which re-puts
 //! the previous lease) keeps it.
 
-use crate::apply::{Applied, View};
+use super::view::{Applied, View};
 use crate::lessor::{record_key, LeaseRecord, Lessor, MAX_LEASE_TTL};
 use crate::pb::etcdserverpb::{
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
