@@ -26,9 +26,10 @@
 //! compacted up to 27; the next compaction comes at 55 or later.
 
 use crate::applier::{Applier, ConfChanger, Effect};
-use crate::snapshot::SnapshotFiles;
+use crate::snapshot::StoreSnapshots;
 use etcd_mvcc::Store;
 use etcd_raft_node::{CommittedEntry, Peer, RaftNode};
+use std::sync::Arc;
 
 /// What the apply loop needs from raft.
 pub(crate) trait RaftHandle: ConfChanger {
@@ -70,13 +71,13 @@ impl ApplyObserver for () {}
 
 /// When to compact the raft log (etcd's `--snapshot-count`).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct LogCompaction {
+struct LogCompaction {
     /// Applied entries between compactions.
-    pub(crate) every: u64,
+    every: u64,
     /// Entries kept below the compaction point.
-    pub(crate) keep: u64,
+    keep: u64,
     /// Applied index at the last compaction (or at start).
-    pub(crate) last: u64,
+    last: u64,
 }
 
 /// What applying one batch did, for the caller to act on.
@@ -94,13 +95,14 @@ pub(crate) struct BatchOutcome {
     pub(crate) log_compacted: bool,
 }
 
-/// A member's apply loop state: the applier, the snapshot files images are
-/// installed from, the applied index and the log compaction schedule.
+/// A member's apply loop state: the applier, the store's snapshot images
+/// (received images are installed from them), the applied index and the
+/// log compaction schedule.
 pub(crate) struct ApplySteps {
     pub(crate) applier: Applier,
-    /// Where received images are kept (the server's and simulation's
-    /// `StoreSnapshots::files`).
-    files: std::sync::Arc<crate::snapshot::StoreSnapshots>,
+    /// The store's images (shared with the transport that sends and
+    /// receives them).
+    snapshots: Arc<StoreSnapshots>,
     /// Last index applied (reported to raft).
     applied: u64,
     log: LogCompaction,
@@ -110,14 +112,14 @@ impl ApplySteps {
     /// Starts at the store's consistent index.
     pub(crate) fn new(
         applier: Applier,
-        snapshots: std::sync::Arc<crate::snapshot::StoreSnapshots>,
+        snapshots: Arc<StoreSnapshots>,
         every: u64,
         keep: u64,
     ) -> ApplySteps {
         let applied = applier.store.consistent_index();
         ApplySteps {
             applier,
-            files: snapshots,
+            snapshots,
             applied,
             log: LogCompaction {
                 every,
@@ -132,8 +134,9 @@ impl ApplySteps {
         self.applied
     }
 
-    fn files(&self) -> &SnapshotFiles {
-        &self.files.files
+    /// The store's snapshot images.
+    pub(crate) fn snapshots(&self) -> &Arc<StoreSnapshots> {
+        &self.snapshots
     }
 
     /// Applies one batch from raft. An error means the state machine can
@@ -147,7 +150,9 @@ impl ApplySteps {
     ) -> Result<BatchOutcome, String> {
         match batch {
             etcd_raft_node::Applied::Snapshot(info) => {
-                let has_members = self.applier.install_snapshot(self.files(), &info)?;
+                let has_members = self
+                    .applier
+                    .install_snapshot(&self.snapshots.files, &info)?;
                 // Entries up to the snapshot are covered; the image may be
                 // newer (it is cut at the leader's applied index).
                 let ci = self.applier.store.consistent_index();

@@ -232,9 +232,7 @@ const WIRE_INTERNAL: u32 = 1;
 impl Error {
     /// This error's number between members (see [`WIRE_CODES`]).
     pub(crate) fn wire_code(&self) -> u32 {
-        if matches!(self, Error::Internal(_)) {
-            return WIRE_INTERNAL;
-        }
+        // `Internal` is not in the table: it falls through to its number.
         WIRE_CODES
             .iter()
             .find(|(_, e)| e == self)

@@ -350,11 +350,9 @@ fn show(i: &Input) -> String {
 /// A running member.
 struct Running {
     peer: Peer,
-    /// The server's apply loop steps (applier, applied index, raft log
-    /// compaction).
+    /// The server's apply loop steps (applier, the store's images for
+    /// snapshots sent and received, applied index, raft log compaction).
     steps: ApplySteps,
-    /// The store's images, for snapshots sent and received.
-    snapshots: Arc<StoreSnapshots>,
 }
 
 enum State {
@@ -655,8 +653,7 @@ impl Sim {
         };
         node.state = State::Running(Box::new(Running {
             peer,
-            steps: ApplySteps::new(applier, snapshots.clone(), SNAPSHOT_COUNT, CATCH_UP_ENTRIES),
-            snapshots,
+            steps: ApplySteps::new(applier, snapshots, SNAPSHOT_COUNT, CATCH_UP_ENTRIES),
         }));
         Ok(())
     }
@@ -761,8 +758,8 @@ impl Sim {
                 let src = self
                     .index_of(from)
                     .and_then(|f| self.running(f))
-                    .map(|r| r.snapshots.clone());
-                let dst = self.running(i).map(|r| r.snapshots.clone());
+                    .map(|r| r.steps.snapshots().clone());
+                let dst = self.running(i).map(|r| r.steps.snapshots().clone());
                 let (Some(src), Some(dst)) = (src, dst) else {
                     self.report_snapshot(from, to, false);
                     continue;
