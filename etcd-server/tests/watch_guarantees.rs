@@ -326,7 +326,6 @@ async fn writer(
     url: String,
     id: usize,
     truth: Arc<Mutex<Truth>>,
-    last_put_only: Arc<std::sync::atomic::AtomicI64>,
     stop: Arc<AtomicBool>,
     budget: Arc<OpBudget>,
 ) {
@@ -388,9 +387,6 @@ async fn writer(
                         t.known.insert(rev, evs.clone()).is_none(),
                         "two txns acknowledged at revision {rev}"
                     );
-                }
-                if !with_delete {
-                    last_put_only.fetch_max(rev, Ordering::Relaxed);
                 }
             }
             Err(_) => {
@@ -492,7 +488,6 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     let mut server = Server::start(Kind::Ours);
     let url = server.client_url.clone();
     let truth = Arc::new(Mutex::new(Truth::default()));
-    let last_put_only = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let stop_watch = Arc::new(AtomicBool::new(false));
     let budget = Arc::new(OpBudget::new());
@@ -502,7 +497,6 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
             url.clone(),
             id,
             truth.clone(),
-            last_put_only.clone(),
             stop.clone(),
             budget.clone(),
         )));
@@ -522,9 +516,19 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
         for _ in 0..STEPS_PER_ROUND {
             budget.refill(TXNS_PER_STEP);
             budget.wait_done_async(TXNS_PER_STEP, CAP).await;
-            // Compact to a recent put-only revision (a tombstone at the
-            // compaction revision itself is not kept, in etcd too).
-            let rev = last_put_only.load(Ordering::Relaxed) - 5;
+            // Compact to a recent acknowledged put-only revision, a few
+            // back (a tombstone at the compaction revision itself is not
+            // kept, in etcd too; a revision a few below a put-only one may
+            // well hold a delete).
+            let rev = truth
+                .lock()
+                .await
+                .known
+                .iter()
+                .rev()
+                .filter(|(_, evs)| evs.iter().all(|e| e.0))
+                .nth(5)
+                .map_or(0, |(r, _)| *r);
             if rev > 1 {
                 if let Some(ch) = connect(&url).await {
                     let r = KvClient::new(ch)
