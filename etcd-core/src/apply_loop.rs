@@ -134,7 +134,8 @@ impl ApplySteps {
         self.applied
     }
 
-    /// The store's snapshot images.
+    /// The store's snapshot images (the simulation's network carries them).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn snapshots(&self) -> &Arc<StoreSnapshots> {
         &self.snapshots
     }

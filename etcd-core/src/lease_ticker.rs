@@ -19,53 +19,37 @@
 //! `EXPIRED_LEASE_RETRY`; a revoke of a lease already gone applies as
 //! "lease not found" and changes nothing.
 
+use crate::background::Background;
 use crate::config::Config;
 use crate::lessor::{Lessor, LEASE_REVOKE_RATE, MAX_CHECKPOINT_BATCH};
 use crate::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use crate::raft_request::{Op, RaftRequest};
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::RecvTimeoutError;
 use etcd_raft_node::{RaftNode, Role};
 use prost::Message as _;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A running ticker; [`Ticker::stop`] ends it.
-pub(crate) struct Ticker {
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Ticker {
-    pub(crate) fn spawn(
-        node: Arc<RaftNode>,
-        lessor: Arc<Lessor>,
-        cfg: &Config,
-    ) -> std::io::Result<Ticker> {
-        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let tick = cfg
-            .heartbeat_interval
-            .clamp(Duration::from_millis(10), Duration::from_millis(500));
-        let extend = cfg.election_timeout;
-        let thread = std::thread::Builder::new()
-            .name("lease-ticker".into())
-            .spawn(move || {
-                let mut promote_at = None;
-                loop {
-                    match stop_rx.recv_timeout(tick) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    run_once(&node, &lessor, tick, extend, &mut promote_at);
-                }
-            })?;
-        Ok(Ticker { stop, thread })
-    }
-
-    pub(crate) fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
-    }
+/// Starts the ticker thread; stopping the returned [`Background`] ends it.
+pub(crate) fn spawn(
+    node: Arc<RaftNode>,
+    lessor: Arc<Lessor>,
+    cfg: &Config,
+) -> std::io::Result<Background> {
+    let tick = cfg
+        .heartbeat_interval
+        .clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let extend = cfg.election_timeout;
+    Background::spawn("lease-ticker", move |stop| {
+        let mut promote_at = None;
+        loop {
+            match stop.recv_timeout(tick) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            run_once(&node, &lessor, tick, extend, &mut promote_at);
+        }
+    })
 }
 
 /// Most revokes proposed per tick of length `tick`.

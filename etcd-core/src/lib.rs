@@ -24,6 +24,7 @@ mod apply;
 mod apply_loop;
 #[cfg(test)]
 mod apply_range_tests;
+mod background;
 mod bootstrap;
 mod cluster;
 mod concurrency;
@@ -43,12 +44,10 @@ pub mod lessor;
 pub mod linearizability;
 mod membership;
 pub mod pb;
-mod peer_query;
 mod raft_request;
 mod request_check;
 mod request_context;
 mod server;
-mod server_cluster;
 /// The deterministic cluster simulation (test support: `testing` feature).
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]

@@ -6,7 +6,7 @@
 //! has applied everything committed when the call arrived (etcd's
 //! `waitAppliedIndex`), so a keepalive right after a grant finds the lease.
 //! A follower forwards them to the leader over the peer port
-//! ([`crate::peer_query`]; etcd uses its peer HTTP API). Without a leader
+//! ([`crate::server`]'s peer queries; etcd uses its peer HTTP API). Without a leader
 //! the member waits for one up to the request timeout and then answers
 //! "no leader".
 
@@ -68,7 +68,7 @@ impl Etcd {
     /// its revoke is applied, as etcd waits for it).
     pub async fn lease_renew(&self, ctx: &RequestContext, id: i64) -> Result<i64> {
         if self.forwards_to_leader() {
-            match crate::peer_query::forward_lease_renew(self, id).await {
+            match crate::server::forward_lease_renew(self, id).await {
                 Err(Error::LeaderChanged) => {}
                 r => return r,
             }
@@ -79,7 +79,7 @@ impl Etcd {
     /// Whether lease requests go to another member (this one has peers
     /// and does not lead).
     fn forwards_to_leader(&self) -> bool {
-        self.inner.transport.is_some() && self.raft_status().role != Role::Leader
+        self.transport().is_some() && self.raft_status().role != Role::Leader
     }
 
     /// [`Etcd::lease_renew`] on the member that holds the primary lessor.
@@ -129,7 +129,7 @@ impl Etcd {
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
         if self.forwards_to_leader() {
-            match crate::peer_query::forward_lease_time_to_live(self, r.clone()).await {
+            match crate::server::forward_lease_time_to_live(self, r.clone()).await {
                 Err(Error::LeaderChanged) => {}
                 r => return r,
             }

@@ -205,7 +205,7 @@ pub(crate) const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
 /// `meta` key: the latest compaction revision whose physical removal finished (i64 BE).
 pub(crate) const META_FINISHED_COMPACT: &[u8] = b"finished_compact_rev";
 /// `meta` key: present while a restore from a snapshot image is replacing
-/// the store's contents (written first, removed last; see `kvstore_snapshot`).
+/// the store's contents (written first, removed last; see `kvstore::snapshot`).
 pub(crate) const META_RESTORING: &[u8] = b"restore_in_progress";
 /// `meta` key: on-disk format version (u64 BE).
 pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";

@@ -58,15 +58,10 @@ mod backend_memory;
 #[cfg(feature = "rocksdb")]
 mod backend_rocksdb;
 mod error;
-mod hash;
 mod index;
 mod index_chunk;
 mod key_index;
 mod kvstore;
-mod kvstore_compaction;
-mod kvstore_history;
-mod kvstore_snapshot;
-mod kvstore_txn;
 mod revision;
 mod snapshot_image;
 
@@ -95,13 +90,9 @@ pub use backend_memory::{MemBackend, MemDisk};
 #[cfg(feature = "rocksdb")]
 pub use backend_rocksdb::RocksBackend;
 pub use error::{Error, Result};
-pub use hash::HashKv;
-pub use kvstore::{Bucket, Store, StoreOptions};
-pub use kvstore_compaction::CompactWait;
-pub use kvstore_history::{EventSink, History, HistoryBatch};
-pub use kvstore_snapshot::ImageExport;
-pub use kvstore_txn::{
-    RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
+pub use kvstore::{
+    Bucket, CompactWait, EventSink, HashKv, History, HistoryBatch, ImageExport, RangeHeader,
+    RangeOptions, RangeResult, Store, StoreOptions, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
 };
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;
@@ -109,8 +100,3 @@ pub use snapshot_image::{
     encode_records, verify_image, ImageInfo, BLOCK_TARGET, IMAGE_MAGIC, IMAGE_VERSION,
     MAX_BLOCK_LEN,
 };
-
-#[cfg(test)]
-mod kvstore_snapshot_tests;
-#[cfg(test)]
-mod tests;

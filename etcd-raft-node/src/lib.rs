@@ -54,6 +54,7 @@
 //! node.stop();
 //! ```
 
+mod config;
 mod error;
 mod logger;
 #[cfg(any(test, feature = "testing"))]
@@ -65,13 +66,15 @@ mod snapshot;
 mod storage;
 mod tcp_transport;
 mod transport;
+mod types;
 
+pub use config::NodeConfig;
 pub use error::{Error, Result};
 /// The seeded in-memory network of simulations (test support: `testing`
 /// feature; no product build has it).
 #[cfg(any(test, feature = "testing"))]
 pub use mem_network::{Faults, MemNetwork, MemTransport, NetStats};
-pub use node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, RaftNode, Role};
+pub use node::RaftNode;
 pub use peer::{Peer, Progress};
 pub use peer::{ProposeCallback, ReadCallback};
 pub use peer_query::QueryHandler;
@@ -86,6 +89,7 @@ pub use tcp_transport::{
     TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};
+pub use types::{Applied, CommittedEntry, EntryKind, NodeStatus, Role};
 
 /// Re-exported raft message types, for transports.
 pub use raft::eraftpb;

@@ -1,10 +1,11 @@
 //! The raft thread: owns a [`Peer`], feeds it commands and ticks, and hands
 //! committed entries to the application.
 
+use crate::config::NodeConfig;
 use crate::peer::{Peer, Progress, ProposeCallback, ReadCallback};
-use crate::snapshot::SnapshotInfo;
 use crate::storage::WalStorage;
 use crate::transport::{NoopTransport, Transport};
+use crate::types::{Applied, NodeStatus};
 use crate::{Error, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::RwLock;
@@ -12,152 +13,6 @@ use raft::eraftpb::{ConfChange, ConfState, Message};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-/// Settings of one raft member. Public fields, [`Default`] and
-/// [`NodeConfig::validate`], like raft-rs's `Config`.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// This member's id (non-zero).
-    pub id: u64,
-    /// Voting members of a cluster being bootstrapped. When it is exactly
-    /// `[id]`, the member campaigns at once instead of waiting for an
-    /// election timeout.
-    pub voters: Vec<u64>,
-    /// Index of the last entry the state machine durably applied.
-    pub applied: u64,
-    /// Wall time of one tick (etcd's --heartbeat-interval).
-    pub tick_interval: Duration,
-    /// Ticks without a leader before an election (etcd's
-    /// --election-timeout divided by --heartbeat-interval).
-    pub election_tick: usize,
-    /// Ticks between heartbeats.
-    pub heartbeat_tick: usize,
-    /// Range `[min, max)` raft draws its randomized election timeout from,
-    /// in ticks; 0 means raft's default (`election_tick` and twice that).
-    /// raft-rs draws with the thread's RNG: a simulation that must replay
-    /// from a seed sets `max = min + 1` and picks `min` from its own RNG.
-    pub min_election_tick: usize,
-    /// See `min_election_tick`.
-    pub max_election_tick: usize,
-    /// Largest append message, in bytes.
-    pub max_size_per_msg: u64,
-    /// Most append messages in flight per follower.
-    pub max_inflight_msgs: usize,
-    /// Leader steps down when it loses contact with a quorum.
-    pub check_quorum: bool,
-    /// Pre-vote: a partitioned member does not disrupt the cluster on return.
-    pub pre_vote: bool,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            id: 1,
-            voters: vec![1],
-            applied: 0,
-            tick_interval: Duration::from_millis(100),
-            election_tick: 10,
-            heartbeat_tick: 1,
-            min_election_tick: 0,
-            max_election_tick: 0,
-            max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 512,
-            check_quorum: true,
-            pre_vote: true,
-        }
-    }
-}
-
-impl NodeConfig {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.id == 0 {
-            return Err(Error::Config("member id must not be 0".into()));
-        }
-        if self.tick_interval.is_zero() {
-            return Err(Error::Config("tick interval must be positive".into()));
-        }
-        if self.election_tick <= self.heartbeat_tick {
-            return Err(Error::Config(format!(
-                "election tick ({}) must be greater than heartbeat tick ({})",
-                self.election_tick, self.heartbeat_tick
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// The kind of a committed entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// An application payload (empty for a new leader's no-op entry).
-    Normal,
-    /// A membership change (raft `ConfChange`).
-    ConfChange,
-    /// A membership change (raft `ConfChangeV2`).
-    ConfChangeV2,
-}
-
-/// A committed, locally durable log entry for the application to apply.
-#[derive(Clone, Debug)]
-pub struct CommittedEntry {
-    /// Log index.
-    pub index: u64,
-    /// Term of the leader that created it.
-    pub term: u64,
-    /// What the payload is.
-    pub kind: EntryKind,
-    /// The payload as proposed.
-    pub data: bytes::Bytes,
-}
-
-/// What the raft thread hands to the application, in log order.
-#[derive(Debug)]
-pub enum Applied {
-    /// Entries to apply, in order.
-    Entries(Vec<CommittedEntry>),
-    /// A snapshot raft installed (durable in the WAL): replace the state
-    /// machine with the image its token names, then go on with the entries
-    /// that follow (skipping those at or below the image's applied index).
-    /// See the snapshot module for the restart protocol.
-    Snapshot(SnapshotInfo),
-}
-
-/// A member's role.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Role {
-    /// Following a leader (or waiting for one).
-    #[default]
-    Follower,
-    /// Asking for votes.
-    Candidate,
-    /// Checking whether an election could be won (pre-vote).
-    PreCandidate,
-    /// Leading.
-    Leader,
-}
-
-/// A snapshot of the member's raft status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// This member.
-    pub id: u64,
-    /// The leader this member knows of, 0 if none.
-    pub leader_id: u64,
-    /// Current term.
-    pub term: u64,
-    /// Highest committed index.
-    pub commit_index: u64,
-    /// Highest index applied by the state machine.
-    pub applied_index: u64,
-    /// Last index in the log.
-    pub last_index: u64,
-    /// Role.
-    pub role: Role,
-    /// Whether this member is a learner.
-    pub is_learner: bool,
-}
 
 enum Command {
     Propose(Vec<u8>, Option<ProposeCallback>),

@@ -18,10 +18,11 @@
 //! before writes that completed since (a stale read; found by etcd-core's
 //! cluster simulation) — and two members' reads would collide.
 
-use crate::node::{Applied, CommittedEntry, EntryKind, NodeConfig, NodeStatus, Role};
+use crate::config::NodeConfig;
 use crate::snapshot::SnapshotInfo;
 use crate::storage::WalStorage;
 use crate::transport::Transport;
+use crate::types::{Applied, CommittedEntry, EntryKind, NodeStatus, Role};
 use crate::{Error, Result};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType};

@@ -55,9 +55,9 @@
 //! New read transactions, history reads, `aux_get` / `aux_scan` and exports
 //! wait for it (they take the restore gate). Read transactions created
 //! before it finish on their own snapshot while it runs and re-pin to the
-//! restored store at their next index lookup (`kvstore_txn`). A compaction
-//! running in the background is abandoned (`kvstore_compaction`). Watch
-//! sinks receive no events for it (`kvstore_history`: resync from history
+//! restored store at their next index lookup (`kvstore::txn`). A compaction
+//! running in the background is abandoned (`kvstore::compaction`). Watch
+//! sinks receive no events for it (`kvstore::history`: resync from history
 //! after [`Store::restore_epoch`] changed).
 
 use std::io::{Read, Seek, SeekFrom};
@@ -65,10 +65,12 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
+use super::inner::{IndexBuilder, Inner};
+use super::options::StoreOptions;
+use super::store::Store;
 use crate::backend::{Backend, Cf, WriteBatch, META_CONSISTENT_INDEX, META_RESTORING};
 use crate::error::{Error, Result};
 use crate::index::TreeIndex;
-use crate::kvstore::{IndexBuilder, Inner, Store, StoreOptions};
 use crate::snapshot_image::{verify_image, Decoder, Encoder, ImageInfo, BLOCK_TARGET};
 
 /// Deletes per batch when a restore removes the store's old contents.
@@ -220,7 +222,7 @@ impl Store {
     }
 
     /// Replaces the whole store, in place, with a snapshot image (see the
-    /// module doc of `kvstore_snapshot` for the protocol): afterwards the
+    /// module doc of `kvstore::snapshot` for the protocol): afterwards the
     /// store is exactly as if it had applied the image's history: same
     /// ranges at every uncompacted revision, same `hash_kv`, compaction
     /// revision, consistent index and auxiliary buckets; the key index is
@@ -286,7 +288,7 @@ impl Store {
 
     /// Number of restores this store went through since it was opened: a
     /// watch layer compares it to notice a restore (module doc of
-    /// `kvstore_history`).
+    /// `kvstore::history`).
     pub fn restore_epoch(&self) -> u64 {
         self.inner.epoch.load(Ordering::Acquire)
     }

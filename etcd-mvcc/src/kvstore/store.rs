@@ -1,177 +1,34 @@
-//! The MVCC store (etcd's `kvstore.go`): open/restore, revisions, compaction
-//! scheduling, auxiliary buckets and maintenance.
-//!
-//! Invariants:
-//! - `current_rev` is the main revision of the last committed write
-//!   transaction with changes (1 for an empty store). Every revision in the
-//!   `key` column family is `<= current_rev`; the key index may hold higher
-//!   ones only while a [`TxnWrite`] is open.
-//! - `compact_rev <= current_rev`; it only grows, and is changed while
-//!   holding the key index write lock, so a reader that checks it under the
-//!   read lock sees an index that is consistent with it.
-//! - At most one [`TxnWrite`] exists at a time (the `writer` mutex); it is
-//!   also held by `compact` and by each chunk of key-index compaction.
-//! - `current_rev` is published (Release) only after the transaction's batch
-//!   is in the backend; readers load it (Acquire) before taking a backend
-//!   snapshot, so a snapshot holds every revision `<=` the revision they read at.
-//! - A restore from a snapshot image (`kvstore_snapshot`) holds the writer
-//!   mutex, the restore `gate` and the index write lock for its whole write
-//!   phase (lock order: writer, gate, index). Every backend snapshot or read
-//!   is taken under the gate or the index read lock, so none sees a
-//!   half-restored backend; `epoch` counts restores, and a read pinned to a
-//!   snapshot of an earlier epoch re-pins (`kvstore_txn`).
+//! [`Store`]: open, revisions, compaction scheduling, auxiliary buckets and
+//! maintenance (etcd's `kvstore.go`).
 
 #[cfg(feature = "rocksdb")]
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use prost::Message;
 
+use super::compact_state::{CompactState, CompactWait};
+use super::compaction;
+use super::hash::{self, HashKv};
+use super::inner::{IndexBuilder, Inner};
+use super::options::{Bucket, StoreOptions};
+use super::txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
 use crate::backend::{
     check_format, meta_i64, meta_u64, Backend, Cf, WriteBatch, META_CONSISTENT_INDEX,
     META_FINISHED_COMPACT, META_RESTORING, META_SCHEDULED_COMPACT,
 };
 use crate::backend_memory::MemDisk;
 use crate::error::{Error, Result};
-use crate::hash::{self, HashKv};
 use crate::index::TreeIndex;
-use crate::kvstore_compaction::{self, CompactState, CompactWait};
-use crate::kvstore_txn::{RangeOptions, RangeResult, TxnRead, TxnWrite, RANGE_CHUNK_SIZE};
-use crate::pb::mvccpb::KeyValue;
-use crate::revision::Revision;
-
-/// Options of [`Store::open`].
-///
-/// `Default` gives etcd's defaults: batches of 1000 revisions, 10 ms pause
-/// between compaction batches; ranges read in chunks of
-/// [`RANGE_CHUNK_SIZE`] keys.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// Maximum number of revisions (or keys, for the in-memory index) handled
-    /// per compaction batch. 0 is treated as 1.
-    pub compaction_batch_limit: usize,
-    /// Pause between two physical compaction batches, so that compaction
-    /// never competes with writers for long.
-    pub compaction_sleep_interval: Duration,
-    /// Maximum number of key-values a range fetches and hands over at once
-    /// (see [`TxnRead::range_chunks`]). 0 is treated as 1.
-    pub range_chunk_size: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            compaction_batch_limit: 1000,
-            compaction_sleep_interval: Duration::from_millis(10),
-            range_chunk_size: RANGE_CHUNK_SIZE,
-        }
-    }
-}
-
-/// Auxiliary column families owned by upper layers; their changes are
-/// written in the same backend batch as the key changes of a [`TxnWrite`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Bucket {
-    /// Leases (`lease` column family).
-    Lease,
-    /// Users, roles, auth settings (`auth` column family).
-    Auth,
-    /// Cluster members (`members` column family).
-    Members,
-    /// Alarms (`alarm` column family).
-    Alarm,
-}
-
-impl Bucket {
-    pub(crate) fn cf(self) -> Cf {
-        match self {
-            Bucket::Lease => Cf::Lease,
-            Bucket::Auth => Cf::Auth,
-            Bucket::Members => Cf::Members,
-            Bucket::Alarm => Cf::Alarm,
-        }
-    }
-}
-
-/// State shared by the store, its transactions and the compaction thread.
-pub(crate) struct Inner {
-    pub(crate) backend: Box<dyn Backend>,
-    pub(crate) index: RwLock<TreeIndex>,
-    pub(crate) writer: Mutex<()>,
-    pub(crate) current_rev: AtomicI64,
-    pub(crate) compact_rev: AtomicI64,
-    pub(crate) consistent_index: AtomicU64,
-    pub(crate) compaction: Arc<CompactState>,
-    pub(crate) shutdown: AtomicBool,
-    pub(crate) opts: StoreOptions,
-    /// Receivers of every committed transaction's events (`kvstore_history`).
-    pub(crate) subscribers: RwLock<Vec<crate::kvstore_history::EventSink>>,
-    /// Held (write) by a restore for its whole write phase; backend reads
-    /// that are not under the index read lock take it (read) around taking
-    /// their snapshot (see the module doc).
-    pub(crate) gate: RwLock<()>,
-    /// Number of restores from snapshot images so far (changed under the
-    /// writer mutex, the gate and the index write lock).
-    pub(crate) epoch: AtomicU64,
-    /// A restore failed half-way (or the store was opened to be restored):
-    /// the backend holds a partial state; reads and writes fail with
-    /// [`Error::RestoreIncomplete`] until a restore succeeds.
-    pub(crate) incomplete: AtomicBool,
-}
-
-impl Inner {
-    /// Fails with [`Error::RestoreIncomplete`] while the store's contents
-    /// are partial.
-    pub(crate) fn check_complete(&self) -> Result<()> {
-        if self.incomplete.load(Ordering::Acquire) {
-            Err(Error::RestoreIncomplete)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl Inner {
-    /// Reads and decodes the stored key-value of `rev` (latest revisions
-    /// only: no snapshot needed because they cannot be compacted away).
-    pub(crate) fn get_kv(&self, key: &[u8], rev: Revision) -> Result<KeyValue> {
-        let v = self.backend.get(Cf::Key, &rev.to_bytes())?;
-        decode_kv(key, rev, v.as_deref())
-    }
-}
-
-/// Decodes a stored key-value, checking it belongs to `key`.
-pub(crate) fn decode_kv(key: &[u8], rev: Revision, v: Option<&[u8]>) -> Result<KeyValue> {
-    let v = v.ok_or_else(|| {
-        Error::Corruption(format!(
-            "revision {}/{} of key {:?} is in the index but not in the backend",
-            rev.main,
-            rev.sub,
-            String::from_utf8_lossy(key)
-        ))
-    })?;
-    let kv = KeyValue::decode(v)
-        .map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
-    if kv.key != key {
-        return Err(Error::Corruption(format!(
-            "revision {rev:?} holds key {:?}, the index says {:?}",
-            String::from_utf8_lossy(&kv.key),
-            String::from_utf8_lossy(key)
-        )));
-    }
-    Ok(kv)
-}
 
 /// A revision-indexed MVCC key-value store on a [`Backend`] (RocksDB, or in
 /// memory). `Send + Sync`: share it with `Arc`. Dropping it stops the
 /// compaction thread (an unfinished compaction resumes at the next open) and
 /// flushes the backend.
 pub struct Store {
-    pub(crate) inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     compactor: Option<JoinHandle<()>>,
 }
 
@@ -261,7 +118,7 @@ impl Store {
     }
 
     /// The store over an opened backend and its rebuilt state.
-    pub(crate) fn start(
+    pub(super) fn start(
         backend: Box<dyn Backend>,
         index: TreeIndex,
         current: i64,
@@ -285,7 +142,7 @@ impl Store {
             epoch: AtomicU64::new(0),
             incomplete: AtomicBool::new(false),
         });
-        let compactor = kvstore_compaction::spawn(inner.clone())?;
+        let compactor = compaction::spawn(inner.clone())?;
         Ok(Store {
             inner,
             compactor: Some(compactor),
@@ -459,29 +316,4 @@ fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64)> {
         builder.add(&k, &v)?;
     }
     Ok((builder.index, builder.max_rev))
-}
-
-/// Builds the key index from the records of the `key` column family, in
-/// revision order (at open, and while a restore streams an image in).
-#[derive(Default)]
-pub(crate) struct IndexBuilder {
-    pub(crate) index: TreeIndex,
-    /// The highest main revision added (0 if none).
-    pub(crate) max_rev: i64,
-}
-
-impl IndexBuilder {
-    pub(crate) fn add(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
-        let (rev, tombstone) = Revision::from_key(k)?;
-        let kv = KeyValue::decode(v)
-            .map_err(|e| Error::Corruption(format!("undecodable key-value at {rev:?}: {e}")))?;
-        assert!(
-            rev.main >= self.max_rev,
-            "key column family not in revision order"
-        );
-        self.max_rev = rev.main;
-        self.index
-            .restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
-        Ok(())
-    }
 }

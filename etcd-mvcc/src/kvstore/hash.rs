@@ -10,9 +10,9 @@
 
 use std::sync::atomic::Ordering;
 
+use super::inner::Inner;
 use crate::backend::Cf;
 use crate::error::{Error, Result};
-use crate::kvstore::Inner;
 use crate::revision::Revision;
 
 /// Result of [`Store::hash_kv`](crate::Store::hash_kv).
@@ -26,7 +26,7 @@ pub struct HashKv {
     pub revision: i64,
 }
 
-pub(crate) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
+pub(super) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
     // Under the index read lock no compaction can start or advance in the
     // index, so `keep` and the snapshot agree with `compact`.
     // A restore writes only under the index write lock: the snapshot taken

@@ -1,6 +1,6 @@
 //! The Cluster API and leadership operations of a member (etcd's
 //! `AddMember`, `RemoveMember`, `UpdateMember`, `PromoteMember`,
-//! `MoveLeader` and `publish` in `server.go`).
+//! `MoveLeader` in `server.go`).
 //!
 //! Checks made before proposing, as etcd makes them with
 //! `--strict-reconfig-check` (the default):
@@ -10,10 +10,12 @@
 //!   and (on the leader) enough active voters left;
 //! - promoting needs the learner's replicated index within 90% of the
 //!   leader's. Only the leader knows that; other members ask it
-//!   ([`crate::peer_query`]).
+//!   ([`peer_client`](super::peer_client)).
 //!
 //! The change itself is validated again when applied (cluster.rs).
 
+use super::etcd::Etcd;
+use super::peer_client;
 use crate::apply::Applied;
 use crate::cluster::Change;
 use crate::membership::{self, Member};
@@ -21,13 +23,10 @@ use crate::pb::etcdserverpb::{
     self as pb, MemberAddRequest, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
     MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderResponse,
 };
-use crate::raft_request::{MemberAttributes, Op};
+use crate::raft_request::Op;
 use crate::request_context::RequestContext;
-use crate::server::Etcd;
 use crate::{Error, Result};
-use crossbeam_channel::{Receiver, Sender};
 use etcd_raft_node::Role;
-use std::time::Duration;
 
 /// A learner may be promoted once it has replicated this share of the
 /// leader's log (etcd's `readyPercent`).
@@ -165,7 +164,7 @@ impl Etcd {
         id: u64,
     ) -> Result<MemberPromoteResponse> {
         if self.raft_status().role != Role::Leader {
-            match crate::peer_query::forward_promote(self, id).await {
+            match peer_client::forward_promote(self, id).await {
                 Err(Error::LeaderChanged) => {}
                 r => return r,
             }
@@ -319,75 +318,4 @@ fn check_urls(urls: &[String]) -> Result<()> {
         return Err(Error::MemberBadUrls);
     }
     Ok(())
-}
-
-/// Publishes this member's name and client URLs through raft until they
-/// are applied (etcd's `publish`), so that other members list it as
-/// started.
-pub(crate) struct Publisher {
-    stop: Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Publisher {
-    pub(crate) fn spawn(etcd: Etcd) -> std::io::Result<Publisher> {
-        let (stop, stopped) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("publish".into())
-            .spawn(move || publish(&etcd, &stopped))?;
-        Ok(Publisher { stop, thread })
-    }
-
-    pub(crate) fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
-    }
-}
-
-fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
-    let cfg = &etcd.inner.cfg;
-    let me = etcd.inner.member_id;
-    let retry = cfg.election_timeout * 2;
-    loop {
-        let done = match etcd.inner.cluster.read().member(me) {
-            // Not a member (yet, or any more): nothing to publish now.
-            None => false,
-            Some(m) => m.name == cfg.name && m.client_urls == cfg.advertise_client_urls,
-        };
-        if done {
-            tracing::info!(
-                name = %cfg.name,
-                client_urls = ?cfg.advertise_client_urls,
-                "published local member to the cluster"
-            );
-            return;
-        }
-        if etcd.raft_status().leader_id != 0 && etcd.inner.cluster.read().member(me).is_some() {
-            etcd.propose_detached(Op::MemberAttributes(MemberAttributes {
-                id: me,
-                name: cfg.name.clone(),
-                client_urls: cfg.advertise_client_urls.clone(),
-            }));
-        }
-        match stopped.recv_timeout(Duration::from_millis(50).max(retry / 10)) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        // Give the proposal time to apply before proposing again.
-        for _ in 0..9 {
-            if etcd
-                .inner
-                .cluster
-                .read()
-                .member(me)
-                .is_some_and(|m| m.name == cfg.name)
-            {
-                break;
-            }
-            match stopped.recv_timeout(retry / 10) {
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-        }
-    }
 }

@@ -64,22 +64,15 @@
 //! ```
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use prost::Message;
 
+use super::events::EventSink;
+use super::store::Store;
 use crate::backend::Cf;
 use crate::error::{Error, Result};
-use crate::kvstore::Store;
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::revision::Revision;
-
-/// Receives the events of every committed transaction: `(revision, events)`.
-///
-/// Called on the writing thread while the store's writer mutex is held: it
-/// must be quick and must not start a write transaction or a compaction
-/// (that would deadlock). Reads are fine.
-pub type EventSink = Arc<dyn Fn(i64, &[Event]) + Send + Sync>;
 
 /// One read of the history.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -176,18 +169,12 @@ impl Store {
     }
 }
 
-/// Calls the subscribers with a committed transaction's events.
-pub(crate) fn publish(subscribers: &[EventSink], rev: i64, events: &[Event]) {
-    for s in subscribers {
-        s(rev, events);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::StoreOptions;
     use parking_lot::Mutex;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn put(s: &Store, kvs: &[(&str, &str)]) -> i64 {

@@ -51,15 +51,13 @@ use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
 
+use super::events;
+use super::inner::{decode_kv, Inner};
+use super::options::Bucket;
 use crate::backend::{Cf, Snapshot, WriteBatch, META_CONSISTENT_INDEX};
 use crate::error::{Error, Result};
-use crate::kvstore::{decode_kv, Bucket, Inner};
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::revision::Revision;
-
-/// Default [`StoreOptions::range_chunk_size`](crate::StoreOptions): key-values
-/// fetched and handed over per chunk of a range.
-pub const RANGE_CHUNK_SIZE: usize = 1000;
 
 /// Options of a range read.
 #[derive(Clone, Copy, Debug, Default)]
@@ -281,7 +279,7 @@ pub struct TxnRead<'a> {
 }
 
 impl<'a> TxnRead<'a> {
-    pub(crate) fn new(inner: &'a Inner) -> Self {
+    pub(super) fn new(inner: &'a Inner) -> Self {
         // Under the restore gate (waits for a running restore): load the
         // revision first, then snapshot: the snapshot then contains every
         // batch up to `rev` (published after its write).
@@ -360,7 +358,7 @@ pub struct TxnWrite<'a> {
 }
 
 impl<'a> TxnWrite<'a> {
-    pub(crate) fn new(inner: &'a Inner) -> Self {
+    pub(super) fn new(inner: &'a Inner) -> Self {
         let writer = inner.writer.lock();
         let begin_rev = inner.current_rev.load(Ordering::Acquire);
         TxnWrite {
@@ -573,7 +571,7 @@ impl<'a> TxnWrite<'a> {
             .collect();
         if !events.is_empty() {
             // Still under the writer mutex: subscribers see revisions in order.
-            crate::kvstore_history::publish(&self.inner.subscribers.read(), rev, &events);
+            events::publish(&self.inner.subscribers.read(), rev, &events);
         }
         Ok(events)
     }

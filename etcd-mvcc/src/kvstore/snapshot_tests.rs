@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::tests::{raw_revisions, Env};
+use super::tests::{raw_revisions, Env};
 use crate::*;
 
 macro_rules! on_both_backends {

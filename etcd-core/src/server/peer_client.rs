@@ -1,144 +1,19 @@
-//! Questions a member asks other members over the peer port, where etcd
-//! uses its peer HTTP API (`/members`, `/members/promote/<id>`,
-//! `/leases`, `/leases/internal`):
-//!
-//! - a member joining an existing cluster fetches the cluster id and the
-//!   members from the peers named in `--initial-cluster`;
-//! - a follower forwards MemberPromote to the leader (only the leader knows
-//!   whether the learner caught up);
-//! - a follower forwards lease keepalives and TimeToLive to the leader
-//!   (only the leader's lessor knows the deadlines).
-//!
-//! Transport: [`etcd_raft_node::peer_query`] ("ETRQ" connections).
-//! Payloads (protobuf, this project's own): a [`PeerRequest`] with one
-//! question, answered by a [`PeerResponse`] whose `error` is the text of an
-//! etcd error (with its number in `error_code`, mapped back with
-//! `Error::from_wire`) or empty.
+//! Asking other members (etcd's `cluster_util.go` and `leasehttp`
+//! clients): the cluster when joining, and the leader for promotes and
+//! lease keepalives; the questions are in [`peer_query`](super::peer_query).
 
+use super::etcd::Etcd;
+use super::peer_query::{Ask, PeerRequest, PeerResponse, QUERY_TIMEOUT};
 use crate::config::{peer_addr, Config};
 use crate::error::StartError;
 use crate::membership::{self, Member};
 use crate::pb::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
 };
-use crate::request_context::RequestContext;
-use crate::server::{Etcd, Inner};
 use crate::{Error, Result};
 use etcd_raft_node::Role;
 use prost::Message as _;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
-
-/// One question.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct PeerRequest {
-    #[prost(oneof = "Ask", tags = "1, 2, 3, 4")]
-    pub ask: Option<Ask>,
-}
-
-/// The questions.
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub(crate) enum Ask {
-    /// The cluster id and members.
-    #[prost(bool, tag = "1")]
-    Cluster(bool),
-    /// MemberPromote of this id, on the leader.
-    #[prost(uint64, tag = "2")]
-    Promote(u64),
-    /// One keepalive of this lease, on the leader.
-    #[prost(int64, tag = "3")]
-    LeaseRenew(i64),
-    /// LeaseTimeToLive, on the leader.
-    #[prost(message, tag = "4")]
-    LeaseTimeToLive(LeaseTimeToLiveRequest),
-}
-
-/// The answer.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct PeerResponse {
-    /// etcd's error text, or empty.
-    #[prost(string, tag = "1")]
-    pub error: String,
-    #[prost(uint64, tag = "2")]
-    pub cluster_id: u64,
-    #[prost(message, repeated, tag = "3")]
-    pub members: Vec<Member>,
-    #[prost(message, optional, tag = "4")]
-    pub promote: Option<MemberPromoteResponse>,
-    #[prost(int64, tag = "5")]
-    pub ttl: i64,
-    #[prost(message, optional, tag = "6")]
-    pub lease_ttl: Option<LeaseTimeToLiveResponse>,
-    /// The error's number between members (`Error::wire_code`), with
-    /// `error`.
-    #[prost(uint32, tag = "7")]
-    pub error_code: u32,
-}
-
-/// How long one query may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Installs this member's answers on its peer transport.
-pub(crate) fn install(etcd: &Etcd) {
-    let Some(t) = &etcd.inner.transport else {
-        return;
-    };
-    // Weak: the transport belongs to the member it would keep alive.
-    let weak: Weak<Inner> = Arc::downgrade(&etcd.inner);
-    t.set_query_handler(Arc::new(move |req| {
-        let weak = weak.clone();
-        Box::pin(async move {
-            let resp = match weak.upgrade() {
-                Some(inner) => answer(&Etcd { inner }, &req).await,
-                None => error_response(Error::Stopped),
-            };
-            resp.encode_to_vec()
-        })
-    }));
-}
-
-fn error_response(e: Error) -> PeerResponse {
-    PeerResponse {
-        error: e.to_string(),
-        error_code: e.wire_code(),
-        ..Default::default()
-    }
-}
-
-async fn answer(etcd: &Etcd, req: &[u8]) -> PeerResponse {
-    let Ok(PeerRequest { ask: Some(ask) }) = PeerRequest::decode(req) else {
-        return error_response(Error::Internal("unreadable peer request".into()));
-    };
-    let r = match ask {
-        Ask::Cluster(_) => Ok(PeerResponse {
-            cluster_id: etcd.cluster_id(),
-            members: etcd.inner.cluster.read().members(),
-            ..Default::default()
-        }),
-        Ask::Promote(id) => etcd
-            .promote_as_leader(&RequestContext::LOCAL, id)
-            .await
-            .map(|p| PeerResponse {
-                promote: Some(p),
-                ..Default::default()
-            }),
-        Ask::LeaseRenew(id) => etcd
-            .lease_renew_as_leader(&RequestContext::LOCAL, id)
-            .await
-            .map(|ttl| PeerResponse {
-                ttl,
-                ..Default::default()
-            }),
-        Ask::LeaseTimeToLive(r) => etcd
-            .lease_time_to_live_as_leader(&RequestContext::LOCAL, r)
-            .await
-            .map(|t| PeerResponse {
-                lease_ttl: Some(t),
-                ..Default::default()
-            }),
-    };
-    r.unwrap_or_else(error_response)
-}
 
 /// Asks the members of `initial` (from --initial-cluster) for the
 /// cluster's id and members (the join path of [`crate::bootstrap`]).

@@ -1,0 +1,240 @@
+//! [`Etcd`], the handle of a running member, and what every API file builds
+//! on: the shared state, response headers, proposing through raft and
+//! waiting for the result, and linearizable reads.
+
+use crate::apply::Applied;
+use crate::background::Background;
+use crate::cluster::RaftCluster;
+use crate::config::Config;
+use crate::lessor::Lessor;
+use crate::pb::etcdserverpb::ResponseHeader;
+use crate::raft_request::{Op, RaftRequest};
+use crate::request_context::RequestContext;
+use crate::wait::Wait;
+use crate::watchable_store::WatchableStore;
+use crate::{Error, Result};
+use etcd_mvcc::Store;
+use etcd_raft_node::{RaftNode, TcpTransport};
+use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, watch};
+
+/// The API version this engine implements (reported by Status).
+pub const SERVER_VERSION: &str = "3.5.0";
+
+/// A running member. Cheap to clone; all clones share the member.
+#[derive(Clone)]
+pub struct Etcd {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(super) cfg: Config,
+    pub(super) member_id: u64,
+    pub(super) cluster_id: u64,
+    pub(super) cluster: Arc<RwLock<RaftCluster>>,
+    pub(super) transport: Option<Arc<TcpTransport>>,
+    pub(super) removed: watch::Receiver<bool>,
+    pub(super) store: Arc<Store>,
+    pub(super) node: Arc<RaftNode>,
+    pub(super) wait: Arc<Wait<Result<Applied>>>,
+    pub(super) next_id: AtomicU64,
+    pub(super) applied: watch::Receiver<u64>,
+    pub(super) apply_thread: Mutex<Option<JoinHandle<()>>>,
+    pub(super) watch: Arc<WatchableStore>,
+    pub(super) lessor: Arc<Lessor>,
+    /// Threads to stop first in [`Etcd::stop`] (publisher, lease ticker),
+    /// in the order they are stopped.
+    pub(super) background: Mutex<Vec<Background>>,
+}
+
+impl Etcd {
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.inner.member_id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    /// The configuration the member runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.member_id,
+            revision,
+            raft_term: self.inner.node.status().term,
+        }
+    }
+
+    pub(crate) fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map(|h| h.revision).filter(|r| *r != 0);
+        *h = Some(self.header(rev.unwrap_or_else(|| self.inner.store.current_revision())));
+    }
+
+    /// The MVCC store, for maintenance operations.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Stops the member: raft, then the apply thread. Pending requests fail
+    /// with "server stopped". Idempotent.
+    pub fn stop(&self) {
+        let background = std::mem::take(&mut *self.inner.background.lock());
+        for task in background {
+            task.stop();
+        }
+        self.inner.node.stop();
+        if let Some(t) = self.inner.apply_thread.lock().take() {
+            let _ = t.join();
+        }
+        self.inner.watch.stop();
+        if let Some(t) = &self.inner.transport {
+            t.shutdown();
+        }
+    }
+
+    /// Becomes true when this member learns it was removed from the
+    /// cluster; it has stopped serving (etcd exits then).
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.inner.removed.clone()
+    }
+
+    pub(crate) fn check_quota(&self) -> Result<()> {
+        if self.inner.store.db_size() >= self.inner.cfg.quota_bytes() {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// The cluster's members as this member last applied them.
+    pub(crate) fn members(&self) -> Vec<crate::membership::Member> {
+        self.inner.cluster.read().members()
+    }
+
+    /// The peer transport (None for a member without peers).
+    pub(crate) fn transport(&self) -> Option<&Arc<TcpTransport>> {
+        self.inner.transport.as_ref()
+    }
+
+    /// The lease manager.
+    pub(crate) fn lessor(&self) -> &Lessor {
+        &self.inner.lessor
+    }
+
+    /// The applied raft index, updated after every applied batch.
+    pub(crate) fn applied_index(&self) -> watch::Receiver<u64> {
+        self.inner.applied.clone()
+    }
+
+    /// Raft status of this member.
+    pub(crate) fn raft_status(&self) -> etcd_raft_node::NodeStatus {
+        self.inner.node.status()
+    }
+
+    /// A fresh request id (etcd's idutil).
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Proposes `op` without waiting for it (request id 0: no waiter).
+    pub(crate) fn propose_detached(&self, op: Op) {
+        let data = RaftRequest {
+            id: 0,
+            op: Some(op),
+            header: None,
+        }
+        .encode_to_vec();
+        self.inner.node.propose(data, None);
+    }
+
+    /// Proposes `op` and waits for its result.
+    pub(crate) async fn propose(&self, ctx: &RequestContext, op: Op) -> Result<Applied> {
+        let id = self.next_request_id();
+        let data = RaftRequest {
+            id,
+            op: Some(op),
+            header: ctx.raft_header(),
+        }
+        .encode_to_vec();
+        if data.len() as u64 > self.inner.cfg.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        self.propose_with(ctx, id, move |node, ack| node.propose(data, ack))
+            .await
+    }
+
+    /// Registers a waiter for request `id`, hands the proposal to raft
+    /// with `send`, and waits for the applied result.
+    pub(crate) async fn propose_with(
+        &self,
+        ctx: &RequestContext,
+        id: u64,
+        send: impl FnOnce(&RaftNode, Option<etcd_raft_node::ProposeCallback>),
+    ) -> Result<Applied> {
+        let inner = &self.inner;
+        let rx = inner.wait.register(id);
+        let wait = inner.wait.clone();
+        send(
+            &inner.node,
+            Some(Box::new(move |r| {
+                if let Err(e) = r {
+                    wait.trigger(id, Err(raft_error(e)));
+                }
+            })),
+        );
+        match tokio::time::timeout(ctx.wait_limit(inner.cfg.request_timeout()), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                inner.wait.cancel(id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Waits until this member has applied everything committed before
+    /// the call (ReadIndex, batched by the raft thread).
+    pub(crate) async fn linearizable_read_notify(&self, ctx: &RequestContext) -> Result<()> {
+        let inner = &self.inner;
+        let (tx, rx) = oneshot::channel();
+        inner.node.read_index(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        let timeout = ctx.wait_limit(inner.cfg.request_timeout());
+        let index = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(index))) => index,
+            Ok(Ok(Err(e))) => return Err(raft_error(e)),
+            Ok(Err(_)) => return Err(Error::Stopped),
+            Err(_) => return Err(Error::Timeout),
+        };
+        let mut applied = inner.applied.clone();
+        let waited = tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index))
+            .await
+            .map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+fn raft_error(e: etcd_raft_node::Error) -> Error {
+    match e {
+        etcd_raft_node::Error::ProposalDropped | etcd_raft_node::Error::NoLeader => Error::NoLeader,
+        etcd_raft_node::Error::LeaderChanged => Error::LeaderChanged,
+        etcd_raft_node::Error::Stopped => Error::Stopped,
+        other => Error::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,62 @@
+//! Publishing this member's attributes (etcd's `publishV3` in `server.go`).
+
+use super::etcd::Etcd;
+use crate::background::Background;
+use crate::raft_request::{MemberAttributes, Op};
+use crossbeam_channel::Receiver;
+use std::time::Duration;
+
+/// Publishes this member's name and client URLs through raft until they
+/// are applied (etcd's `publish`), so that other members list it as
+/// started.
+pub(super) fn spawn(etcd: Etcd) -> std::io::Result<Background> {
+    Background::spawn("publish", move |stopped| publish(&etcd, &stopped))
+}
+
+fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
+    let cfg = &etcd.inner.cfg;
+    let me = etcd.inner.member_id;
+    let retry = cfg.election_timeout * 2;
+    loop {
+        let done = match etcd.inner.cluster.read().member(me) {
+            // Not a member (yet, or any more): nothing to publish now.
+            None => false,
+            Some(m) => m.name == cfg.name && m.client_urls == cfg.advertise_client_urls,
+        };
+        if done {
+            tracing::info!(
+                name = %cfg.name,
+                client_urls = ?cfg.advertise_client_urls,
+                "published local member to the cluster"
+            );
+            return;
+        }
+        if etcd.raft_status().leader_id != 0 && etcd.inner.cluster.read().member(me).is_some() {
+            etcd.propose_detached(Op::MemberAttributes(MemberAttributes {
+                id: me,
+                name: cfg.name.clone(),
+                client_urls: cfg.advertise_client_urls.clone(),
+            }));
+        }
+        match stopped.recv_timeout(Duration::from_millis(50).max(retry / 10)) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        // Give the proposal time to apply before proposing again.
+        for _ in 0..9 {
+            if etcd
+                .inner
+                .cluster
+                .read()
+                .member(me)
+                .is_some_and(|m| m.name == cfg.name)
+            {
+                break;
+            }
+            match stopped.recv_timeout(retry / 10) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    }
+}

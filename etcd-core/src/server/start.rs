@@ -1,0 +1,319 @@
+//! Starting a member (etcd's `NewServer` and `EtcdServer.Start`): bind the
+//! peer port, boot or restart from the data directory, start raft, the
+//! apply thread, the peer transport and the background threads.
+
+use super::etcd::{Etcd, Inner};
+use super::{peer_client, peer_serve, publish};
+use crate::applier::Applier;
+use crate::apply_loop::ApplySteps;
+use crate::config::Config;
+use crate::error::StartError;
+use crate::lessor::{min_lease_ttl, Clock, Lessor, MonotonicClock};
+use crate::membership;
+use crate::snapshot::StoreSnapshots;
+use crate::wait::Wait;
+use crate::watchable_store::WatchableStore;
+use etcd_raft_node::{NodeConfig, RaftNode, TcpTransport, TcpTransportConfig, TransportHooks};
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+
+/// How a member is started, beyond its [`Config`].
+pub struct StartOptions {
+    /// The monotonic clock lease deadlines are measured on.
+    pub clock: Arc<dyn Clock>,
+    /// An already bound listener for peer traffic (tests bind port 0);
+    /// without one, the first of `listen_peer_urls` is bound.
+    pub peer_listener: Option<std::net::TcpListener>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            clock: Arc::new(MonotonicClock::new()),
+            peer_listener: None,
+        }
+    }
+}
+
+impl Etcd {
+    /// Starts a member: bootstraps a new cluster from the `initial_*`
+    /// settings in an empty data directory, joins an existing one
+    /// (`initial_cluster_state = Existing`), or restarts from what the data
+    /// directory holds (ignoring the `initial_*` settings, as etcd does).
+    ///
+    /// Threads are started here; the async API needs a tokio runtime with
+    /// the time driver.
+    pub fn start(cfg: Config) -> Result<Etcd, StartError> {
+        Self::start_with(cfg, StartOptions::default())
+    }
+
+    /// Like [`Etcd::start`], with the monotonic clock lease deadlines are
+    /// measured on.
+    pub fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Etcd, StartError> {
+        Self::start_with(
+            cfg,
+            StartOptions {
+                clock,
+                ..StartOptions::default()
+            },
+        )
+    }
+
+    /// Like [`Etcd::start`], with [`StartOptions`].
+    pub fn start_with(cfg: Config, opts: StartOptions) -> Result<Etcd, StartError> {
+        cfg.validate()?;
+        let peer_listener = match opts.peer_listener {
+            Some(l) => Some(l),
+            None => match cfg.listen_peer_urls.first() {
+                Some(url) => {
+                    let addr = crate::config::peer_addr(url).map_err(StartError::Config)?;
+                    Some(std::net::TcpListener::bind(&addr).map_err(|e| {
+                        StartError::Config(format!("cannot listen for peers on {url}: {e}"))
+                    })?)
+                }
+                None => None,
+            },
+        };
+        let booted =
+            crate::bootstrap::boot(&cfg, |initial| peer_client::fetch_cluster(&cfg, initial))?;
+        let member_id = booted.member_id;
+        let cluster_id = booted.cluster_id;
+        let voters = booted.cluster.conf_state().voters;
+        if voters.len() > 1 && peer_listener.is_none() {
+            return Err(StartError::Config(format!(
+                "the cluster has {} voting members but no --listen-peer-urls to talk to them",
+                voters.len()
+            )));
+        }
+        let store = Arc::new(booted.store);
+        // Subscribed before the apply thread starts: it sees every revision.
+        let watch = WatchableStore::start(store.clone())?;
+        let applied = store.consistent_index();
+        let lessor = Arc::new(Lessor::new(
+            opts.clock,
+            min_lease_ttl(cfg.election_timeout),
+            cfg.lease_checkpoint_interval,
+        ));
+        crate::apply::lease::restore(&store, &lessor)
+            .map_err(|e| StartError::Config(format!("cannot restore leases: {e}")))?;
+        let cluster = Arc::new(RwLock::new(booted.cluster));
+        // Messages that arrive before the node exists are dropped (raft
+        // retransmits).
+        let node_slot: Arc<OnceLock<Arc<RaftNode>>> = Arc::new(OnceLock::new());
+        let snapshots = Arc::new(StoreSnapshots {
+            files: booted.files,
+            store: store.clone(),
+        });
+        let transport = match peer_listener {
+            Some(listener) => {
+                let (deliver, reported, unreachable) =
+                    (node_slot.clone(), node_slot.clone(), node_slot.clone());
+                let t = TcpTransport::start_with(
+                    TcpTransportConfig {
+                        id: member_id,
+                        cluster_id,
+                        peers: peer_addresses(&cluster.read().members(), member_id),
+                        ..TcpTransportConfig::default()
+                    },
+                    listener,
+                    Arc::new(move |msg| {
+                        if let Some(node) = deliver.get() {
+                            node.step(msg);
+                        }
+                    }),
+                    TransportHooks {
+                        snapshots: Some(snapshots.clone()),
+                        report_snapshot: Some(Arc::new(move |to, ok| {
+                            if let Some(node) = reported.get() {
+                                node.report_snapshot(to, ok);
+                            }
+                        })),
+                        report_unreachable: Some(Arc::new(move |to| {
+                            if let Some(node) = unreachable.get() {
+                                node.report_unreachable(to);
+                            }
+                        })),
+                    },
+                )?;
+                tracing::info!(address = %t.local_addr(), "listening for peers");
+                Some(t)
+            }
+            None => None,
+        };
+        let tick = cfg.heartbeat_interval;
+        let node_cfg = NodeConfig {
+            id: member_id,
+            voters,
+            applied,
+            tick_interval: tick,
+            election_tick: (cfg.election_timeout.as_millis() / tick.as_millis()).max(2) as usize,
+            heartbeat_tick: 1,
+            ..NodeConfig::default()
+        };
+        let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
+        let node = Arc::new(RaftNode::start(
+            node_cfg,
+            booted.storage,
+            transport
+                .clone()
+                .map(|t| t as Arc<dyn etcd_raft_node::Transport>),
+            apply_tx,
+        )?);
+        let _ = node_slot.set(node.clone());
+        let wait = Arc::new(Wait::new());
+        let (applied_tx, applied_rx) = watch::channel(applied);
+        let (removed_tx, removed_rx) = watch::channel(false);
+        let apply_thread = {
+            let applier = Applier {
+                store: store.clone(),
+                lessor: lessor.clone(),
+                wait: wait.clone(),
+                cluster: cluster.clone(),
+                member_id,
+            };
+            let steps = ApplySteps::new(
+                applier,
+                snapshots,
+                cfg.snapshot_count,
+                cfg.snapshot_catch_up_entries,
+            );
+            let ctx = ApplyLoop {
+                node: node.clone(),
+                watch: watch.clone(),
+                transport: transport.clone(),
+                applied_tx,
+                removed_tx,
+            };
+            std::thread::Builder::new()
+                .name("apply".into())
+                .spawn(move || ctx.run(apply_rx, steps))?
+        };
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let lease_ticker = crate::lease_ticker::spawn(node.clone(), lessor.clone(), &cfg)?;
+        let etcd = Etcd {
+            inner: Arc::new(Inner {
+                member_id,
+                cluster_id,
+                cluster,
+                transport,
+                store,
+                node,
+                wait,
+                // etcd's idutil: member id's low 16 bits, then a time-based counter.
+                next_id: AtomicU64::new(
+                    ((member_id & 0xffff) << 48) | ((start_ms & 0xff_ffff_ffff) << 8),
+                ),
+                applied: applied_rx,
+                removed: removed_rx,
+                apply_thread: Mutex::new(Some(apply_thread)),
+                watch,
+                background: Mutex::new(vec![lease_ticker]),
+                lessor,
+                cfg,
+            }),
+        };
+        peer_serve::install(&etcd);
+        // Stopped before the lease ticker: it proposes through raft.
+        let publisher = publish::spawn(etcd.clone())?;
+        etcd.inner.background.lock().insert(0, publisher);
+        Ok(etcd)
+    }
+}
+
+/// Peers' addresses (first peer URL of each member but `me`).
+pub(crate) fn peer_addresses(
+    members: &[crate::membership::Member],
+    me: u64,
+) -> std::collections::HashMap<u64, String> {
+    members
+        .iter()
+        .filter(|m| m.id != me)
+        .filter_map(|m| {
+            let url = m.peer_urls.first()?;
+            match crate::config::peer_addr(url) {
+                Ok(a) => Some((m.id, a)),
+                Err(e) => {
+                    tracing::warn!(member = %membership::format_id(m.id), "unusable peer URL: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The apply thread: applies committed entries in order until raft stops
+/// (the steps are `apply_loop::ApplySteps`, shared with the simulation),
+/// and does what only a running member does with the outcome: tell the
+/// peer transport of membership changes, resync watchers after a snapshot,
+/// stop once removed.
+struct ApplyLoop {
+    node: Arc<RaftNode>,
+    watch: Arc<WatchableStore>,
+    transport: Option<Arc<TcpTransport>>,
+    applied_tx: watch::Sender<u64>,
+    removed_tx: watch::Sender<bool>,
+}
+
+impl ApplyLoop {
+    fn run(self, rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>, mut steps: ApplySteps) {
+        let mut peers = self
+            .transport
+            .as_ref()
+            .map(|_| {
+                peer_addresses(
+                    &steps.applier.cluster.read().members(),
+                    steps.applier.member_id,
+                )
+            })
+            .unwrap_or_default();
+        let mut raft = &*self.node;
+        while let Ok(batch) = rx.recv() {
+            let out = match steps.apply(batch, &mut raft, &mut ()) {
+                Ok(out) => out,
+                // The store may now be incomplete; a restart re-installs the
+                // retained image (bootstrap.rs). Going on would apply entries
+                // to a store that is not there.
+                Err(e) => panic!("{e}"),
+            };
+            if out.snapshot_without_members {
+                tracing::error!("the snapshot image holds no members");
+            }
+            if out.snapshot {
+                self.watch.on_restore();
+            }
+            if out.members_changed {
+                self.update_peers(&steps.applier, &mut peers);
+            }
+            self.applied_tx.send_replace(steps.applied());
+            if out.removed {
+                tracing::error!(
+                    "this member has been permanently removed from the cluster; stopping"
+                );
+                self.removed_tx.send_replace(true);
+                self.node.stop();
+                return;
+            }
+        }
+    }
+
+    fn update_peers(&self, applier: &Applier, peers: &mut std::collections::HashMap<u64, String>) {
+        let Some(t) = &self.transport else { return };
+        let now = peer_addresses(&applier.cluster.read().members(), applier.member_id);
+        for (id, addr) in &now {
+            if peers.get(id) != Some(addr) {
+                t.add_peer(*id, addr.clone());
+            }
+        }
+        for id in peers.keys() {
+            if !now.contains_key(id) {
+                t.remove_peer(*id);
+            }
+        }
+        *peers = now;
+    }
+}
