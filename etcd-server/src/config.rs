@@ -132,6 +132,55 @@ pub struct Flags {
     /// Where to write logs: 'default', 'stderr' or 'stdout'.
     #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
     pub log_outputs: String,
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file (requires client certificates).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication.
+    #[arg(
+        long,
+        env = "ETCD_CLIENT_CERT_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub client_cert_auth: bool,
+    /// Path to the client certificate revocation list file.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Allowed TLS hostname for client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
+    /// Client TLS using generated certificates.
+    #[arg(
+        long,
+        env = "ETCD_AUTO_TLS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub auto_tls: bool,
+    /// The validity period of the self-signed certificate, in years.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
+    /// Comma-separated list of supported TLS cipher suites between client/server and peers.
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+    /// Minimum TLS version supported by etcd (TLS1.2 or TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+    /// Maximum TLS version supported by etcd (TLS1.2 or TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
     /// Print the version and exit.
     #[arg(long)]
     pub version: bool,
@@ -142,12 +191,25 @@ pub struct Flags {
 pub struct ServerConfig {
     /// The engine's settings.
     pub core: etcd_core::Config,
-    /// Addresses to serve clients on, with the URL each came from.
-    pub client_listeners: Vec<(String, SocketAddr)>,
+    /// Where to serve clients.
+    pub client_listeners: Vec<ClientListener>,
+    /// Client TLS (`--cert-file` ...), when any TLS flag is set.
+    pub client_tls: Option<crate::tls::TlsSettings>,
     /// `--log-level`, as a tracing filter directive.
     pub log_level: String,
     /// Log to stdout instead of stderr.
     pub log_to_stdout: bool,
+}
+
+/// One `--listen-client-urls` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientListener {
+    /// The URL as given.
+    pub url: String,
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// `https://`: TLS with the client TLS settings.
+    pub tls: bool,
 }
 
 /// What the command line asked for.
@@ -216,7 +278,12 @@ where
         .collect();
     // clap would read the process environment itself; the environment is
     // applied here instead, from `env`, so parsing depends only on inputs.
-    let command = || Flags::command().mut_args(|a| a.env(clap::builder::Resettable::Reset));
+    // A flag given twice: the last one counts, as with Go's flag package.
+    let command = || {
+        Flags::command()
+            .args_override_self(true)
+            .mut_args(|a| a.env(clap::builder::Resettable::Reset))
+    };
     let longs: Vec<String> = command()
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_string))
@@ -248,12 +315,22 @@ where
         .map_err(|e| e.to_string())?;
     let mut warnings = Vec::new();
     for (k, v) in &env {
-        if !vars.iter().any(|(_, _, var)| var == k)
-            && k != "ETCD_VERSION"
-            && k != "ETCD_UNSUPPORTED_ARCH"
+        if vars.iter().any(|(_, _, var)| var == k)
+            || k == "ETCD_VERSION"
+            || k == "ETCD_UNSUPPORTED_ARCH"
         {
-            warnings.push(format!("unrecognized environment variable {k}={v}"));
+            continue;
         }
+        let flag = k["ETCD_".len()..].to_ascii_lowercase().replace('_', "-");
+        if ETCD_FLAGS.contains(&flag.as_str()) {
+            // An etcd setting this server would not honour: refusing to
+            // start beats silently running without it.
+            return Err(format!(
+                "{k}={v}: etcd's --{flag} is not supported by this server; unset {k} to start"
+            ));
+        }
+        // Like etcd: a variable that is no etcd flag at all is only reported.
+        warnings.push(format!("unrecognized environment variable {k}={v}"));
     }
     let flags = Flags::from_arg_matches(&matches).map_err(|e| e.to_string())?;
     if flags.version {
@@ -261,6 +338,113 @@ where
     }
     Ok((Command::Run(Box::new(flags.into_config()?)), warnings))
 }
+
+/// Every flag of etcd 3.4 (`etcd --help`) and the 3.5 flags operators
+/// carry over: an `ETCD_*` variable naming one this server does not
+/// define is a startup error, not a silent ignore.
+const ETCD_FLAGS: &[&str] = &[
+    "advertise-client-urls",
+    "auth-token",
+    "auth-token-ttl",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "auto-tls",
+    "backend-batch-interval",
+    "backend-batch-limit",
+    "bcrypt-cost",
+    "cert-file",
+    "cipher-suites",
+    "client-cert-allowed-hostname",
+    "client-cert-auth",
+    "client-crl-file",
+    "config-file",
+    "cors",
+    "data-dir",
+    "debug",
+    "discovery",
+    "discovery-fallback",
+    "discovery-proxy",
+    "discovery-srv",
+    "discovery-srv-name",
+    "election-timeout",
+    "enable-grpc-gateway",
+    "enable-log-rotation",
+    "enable-pprof",
+    "enable-v2",
+    "experimental-backend-bbolt-freelist-type",
+    "experimental-compact-hash-check-enabled",
+    "experimental-compact-hash-check-time",
+    "experimental-compaction-batch-limit",
+    "experimental-compaction-sleep-interval",
+    "experimental-corrupt-check-time",
+    "experimental-downgrade-check-time",
+    "experimental-enable-distributed-tracing",
+    "experimental-enable-lease-checkpoint",
+    "experimental-enable-lease-checkpoint-persist",
+    "experimental-enable-v2v3",
+    "experimental-initial-corrupt-check",
+    "experimental-lease-checkpoint-interval",
+    "experimental-memory-mlock",
+    "experimental-peer-skip-client-san-verification",
+    "experimental-snapshot-catchup-entries",
+    "experimental-txn-mode-write-with-shared-buffer",
+    "experimental-warning-apply-duration",
+    "experimental-warning-unary-request-duration",
+    "experimental-watch-progress-notify-interval",
+    "force-new-cluster",
+    "grpc-keepalive-interval",
+    "grpc-keepalive-min-time",
+    "grpc-keepalive-timeout",
+    "heartbeat-interval",
+    "host-whitelist",
+    "initial-advertise-peer-urls",
+    "initial-cluster",
+    "initial-cluster-state",
+    "initial-cluster-token",
+    "initial-election-tick-advance",
+    "key-file",
+    "listen-client-http-urls",
+    "listen-client-urls",
+    "listen-metrics-urls",
+    "listen-peer-urls",
+    "log-level",
+    "log-outputs",
+    "log-package-levels",
+    "log-rotation-config-json",
+    "logger",
+    "max-concurrent-streams",
+    "max-request-bytes",
+    "max-snapshots",
+    "max-txn-ops",
+    "max-wals",
+    "metrics",
+    "name",
+    "peer-auto-tls",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "peer-cert-file",
+    "peer-client-cert-auth",
+    "peer-crl-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "pre-vote",
+    "proxy",
+    "proxy-dial-timeout",
+    "proxy-failure-wait",
+    "proxy-read-timeout",
+    "proxy-refresh-interval",
+    "proxy-write-timeout",
+    "quota-backend-bytes",
+    "self-signed-cert-validity",
+    "snapshot-count",
+    "socket-reuse-address",
+    "socket-reuse-port",
+    "strict-reconfig-check",
+    "tls-max-version",
+    "tls-min-version",
+    "unsafe-no-fsync",
+    "wal-dir",
+];
 
 /// Go's flag package accepts `-name`; clap wants `--name`.
 fn single_dash_to_double(arg: OsString, longs: &[String]) -> OsString {
@@ -296,14 +480,13 @@ fn split_urls(flag: &str, s: &str) -> Result<Vec<String>, String> {
     Ok(urls)
 }
 
-/// Resolves an `http://host:port` URL to the address to bind.
+/// Resolves an `http://host:port` or `https://host:port` URL to the
+/// address to bind.
 fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
-    if url.starts_with("https://") {
-        return Err(format!(
-            "--{flag}: {url}: TLS (https) client URLs are not supported by this build yet; use http://"
-        ));
-    }
-    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let hostport = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     if hostport.contains('/') {
         return Err(format!("--{flag}: URL {url:?} must not have a path"));
     }
@@ -318,6 +501,77 @@ fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("--{flag}: {url:?} resolves to no address"))
+}
+
+/// The client TLS settings, or None when no listener uses https (etcd
+/// then ignores the TLS files, with a warning).
+#[allow(clippy::too_many_arguments)]
+fn client_tls(
+    cert_file: &Option<PathBuf>,
+    key_file: &Option<PathBuf>,
+    trusted_ca_file: &Option<PathBuf>,
+    client_cert_auth: bool,
+    crl_file: &Option<PathBuf>,
+    allowed_hostname: &Option<String>,
+    auto_tls: bool,
+    validity_years: u32,
+    cipher_suites: &Option<String>,
+    min_version: &Option<String>,
+    max_version: &Option<String>,
+    listeners: &[ClientListener],
+    data_dir: &std::path::Path,
+) -> Result<Option<crate::tls::TlsSettings>, String> {
+    let auto = (auto_tls && cert_file.is_none()).then(|| crate::tls::AutoTls {
+        dir: data_dir.join("fixtures").join("client"),
+        hosts: listeners
+            .iter()
+            .map(|l| l.addr.ip().to_string())
+            .chain(["localhost".to_string()])
+            .collect(),
+        validity_years,
+    });
+    if auto_tls && cert_file.is_some() {
+        tracing::warn!("ignoring client auto TLS since certs given");
+    }
+    let settings = crate::tls::TlsSettings {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        trusted_ca_file: trusted_ca_file.clone(),
+        client_cert_auth,
+        crl_file: crl_file.clone(),
+        allowed_hostname: allowed_hostname.clone(),
+        auto_tls: auto,
+        cipher_suites: cipher_suites
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        min_version: min_version.clone(),
+        max_version: max_version.clone(),
+    };
+    settings.validate()?;
+    let https: Vec<&str> = listeners
+        .iter()
+        .filter(|l| l.tls)
+        .map(|l| l.url.as_str())
+        .collect();
+    if https.is_empty() {
+        if settings != crate::tls::TlsSettings::default() && settings.has_server_cert() {
+            tracing::warn!(
+                "client TLS settings are given but no --listen-client-urls is https://; serving plain HTTP only"
+            );
+        }
+        return Ok(None);
+    }
+    if !settings.has_server_cert() {
+        return Err(format!(
+            "--listen-client-urls: {} needs TLS: give --cert-file and --key-file (or --auto-tls)",
+            https.join(",")
+        ));
+    }
+    Ok(Some(settings))
 }
 
 impl Flags {
@@ -361,7 +615,13 @@ impl Flags {
         let listen = split_urls("listen-client-urls", &self.listen_client_urls)?;
         let client_listeners = listen
             .iter()
-            .map(|u| listen_addr("listen-client-urls", u).map(|a| (u.clone(), a)))
+            .map(|u| {
+                listen_addr("listen-client-urls", u).map(|addr| ClientListener {
+                    url: u.clone(),
+                    addr,
+                    tls: u.starts_with("https://"),
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let advertise_client_urls =
             split_urls("advertise-client-urls", &self.advertise_client_urls)?;
@@ -381,6 +641,21 @@ impl Flags {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let client_tls = client_tls(
+            &self.cert_file,
+            &self.key_file,
+            &self.trusted_ca_file,
+            self.client_cert_auth,
+            &self.client_crl_file,
+            &self.client_cert_allowed_hostname,
+            self.auto_tls,
+            self.self_signed_cert_validity,
+            &self.cipher_suites,
+            &self.tls_min_version,
+            &self.tls_max_version,
+            &client_listeners,
+            &data_dir,
+        )?;
         let core = etcd_core::Config {
             name: self.name,
             data_dir,
@@ -405,6 +680,7 @@ impl Flags {
         Ok(ServerConfig {
             core,
             client_listeners,
+            client_tls,
             log_level: log_level.into(),
             log_to_stdout,
         })
@@ -496,6 +772,89 @@ mod tests {
     }
 
     #[test]
+    fn an_etcd_setting_we_do_not_honour_is_a_startup_error() {
+        // The operator who sets it must not silently run without it.
+        let err = run(&[], &[("ETCD_PEER_CLIENT_CERT_AUTH", "true")])
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("ETCD_PEER_CLIENT_CERT_AUTH") && err.contains("--peer-client-cert-auth"),
+            "{err}"
+        );
+        let err = run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1")])
+            .err()
+            .unwrap();
+        assert!(err.contains("not supported"), "{err}");
+        // Flags this server has are honoured from the environment.
+        let c = config(
+            &[],
+            &[
+                ("ETCD_CLIENT_CERT_AUTH", "true"),
+                ("ETCD_TRUSTED_CA_FILE", "/ca.pem"),
+                ("ETCD_CERT_FILE", "/c.pem"),
+                ("ETCD_KEY_FILE", "/k.pem"),
+                ("ETCD_LISTEN_CLIENT_URLS", "https://127.0.0.1:2379"),
+            ],
+        );
+        let tls = c.client_tls.unwrap();
+        assert!(tls.client_cert_auth);
+        assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(c.client_listeners[0].tls);
+    }
+
+    #[test]
+    fn tls_flags_are_checked() {
+        for (args, want) in [
+            (
+                &["--listen-client-urls", "https://127.0.0.1:2379"][..],
+                "needs TLS",
+            ),
+            (&["--cert-file", "/c.pem"][..], "--key-file"),
+            (
+                &[
+                    "--client-cert-auth",
+                    "--cert-file",
+                    "/c",
+                    "--key-file",
+                    "/k",
+                ][..],
+                "--trusted-ca-file",
+            ),
+            (&["--tls-min-version", "TLS1.1"][..], "below 1.2"),
+            (
+                &["--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"][..],
+                "above",
+            ),
+            (
+                &["--cipher-suites", "TLS_RSA_WITH_RC4_128_SHA"][..],
+                "not supported",
+            ),
+        ] {
+            let err = run(args, &[]).err().unwrap();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        // Both schemes side by side; --auto-tls makes the certificate.
+        let c = config(
+            &[
+                "--listen-client-urls",
+                "http://127.0.0.1:2379,https://127.0.0.1:2381",
+                "--auto-tls",
+                "--data-dir",
+                "/d",
+            ],
+            &[],
+        );
+        assert_eq!(
+            c.client_listeners.iter().map(|l| l.tls).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let auto = c.client_tls.unwrap().auto_tls.unwrap();
+        assert_eq!(auto.dir, PathBuf::from("/d/fixtures/client"));
+        // No https listener: no TLS.
+        assert!(config(&["--auto-tls"], &[]).client_tls.is_none());
+    }
+
+    #[test]
     fn bad_values_are_explained() {
         for (args, want) in [
             (
@@ -506,7 +865,7 @@ mod tests {
             (&["--listen-client-urls", "localhost:2379"][..], "http://"),
             (
                 &["--listen-client-urls", "https://localhost:2379"][..],
-                "TLS",
+                "needs TLS",
             ),
             (&["--election-timeout", "100"][..], "at least as 5 times"),
         ] {

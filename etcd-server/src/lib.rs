@@ -13,6 +13,7 @@ mod request_context;
 pub mod rpc;
 mod services;
 mod status;
+pub mod tls;
 mod v3lease;
 mod v3lock;
 mod watch;
@@ -33,6 +34,7 @@ use rpc::etcdserverpb::{
 use rpc::v3electionpb::election_server::ElectionServer;
 use rpc::v3lockpb::lock_server::LockServer;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// gRPC framing headroom above --max-request-bytes (etcd allows 512 KiB).
@@ -41,12 +43,26 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Starts the member, serves clients until `shutdown` completes, then stops
 /// gracefully (in-flight requests finish, the member closes its stores).
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let tls = match &cfg.client_tls {
+        Some(settings) => Some(Arc::new(
+            tls::TlsReloader::new(settings.clone())
+                .map_err(|e| anyhow::anyhow!("client TLS: {e}"))?,
+        )),
+        None => None,
+    };
     let mut listeners = Vec::new();
-    for (url, addr) in &cfg.client_listeners {
-        let l = TcpListener::bind(addr)
+    for l in &cfg.client_listeners {
+        let listener = TcpListener::bind(l.addr)
             .await
-            .with_context(|| format!("cannot listen on {url} ({addr})"))?;
-        listeners.push((url.clone(), l));
+            .with_context(|| format!("cannot listen on {} ({})", l.url, l.addr))?;
+        let tls = if l.tls { tls.clone() } else { None };
+        if l.tls && tls.is_none() {
+            anyhow::bail!(
+                "{}: https needs --cert-file/--key-file or --auto-tls",
+                l.url
+            );
+        }
+        listeners.push((l.url.clone(), listener, tls));
     }
     let core = cfg.core.clone();
     let etcd = tokio::task::spawn_blocking(move || Etcd::start(core))
@@ -56,9 +72,14 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     let max_recv = cfg.core.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for (url, listener) in listeners {
+    for (url, listener, tls) in listeners {
         let local = listener.local_addr()?;
-        tracing::info!(%url, address = %local, "serving client traffic insecurely (no TLS)");
+        match &tls {
+            Some(_) => tracing::info!(%url, address = %local, "serving client traffic over TLS"),
+            None => {
+                tracing::info!(%url, address = %local, "serving client traffic insecurely (no TLS)")
+            }
+        }
         let mut grpc = tonic::service::Routes::builder();
         grpc.add_service(
             KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
@@ -81,19 +102,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .add_routes(tonic::service::Routes::from(routes));
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |conn| {
-                    conn.map(|tcp| {
-                        // Like Go's default: small gRPC frames go out at once
-                        // (otherwise Nagle + delayed ACK add ~40 ms).
-                        if let Err(e) = tcp.set_nodelay(true) {
-                            tracing::warn!("cannot set TCP_NODELAY: {e}");
-                        }
-                        authority::AuthorityFix::new(tcp)
-                    })
-                },
-            );
+            let incoming = accept_loop(listener, tls);
             router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -133,4 +142,56 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         anyhow::bail!("the member has been permanently removed from the cluster");
     }
     Ok(())
+}
+
+/// Accepts connections on `listener` (TLS handshakes each on a task of
+/// its own, so a slow client delays no other) and yields them to the
+/// gRPC/HTTP server. Ends when the server stops reading.
+fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<tls::TlsReloader>>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tls::ClientConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: etcd's listener
+                    // backs off and goes on too.
+                    tracing::warn!("accepting a client connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Like Go's default: small gRPC frames go out at once
+            // (otherwise Nagle + delayed ACK add ~40 ms).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY: {e}");
+            }
+            match &tls {
+                None => {
+                    if tx
+                        .send(Ok(tls::ClientConn::plain(tcp, remote)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let (tls, tx) = (tls.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(conn) = tls.accept(tcp, remote).await {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                    });
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

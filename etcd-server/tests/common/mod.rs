@@ -29,6 +29,8 @@ pub struct Server {
     pub client_url: String,
     pub peer_url: String,
     pub extra_args: Vec<String>,
+    /// Flags every etcdctl call gets (`--cacert`, `--cert`, `--key` ...).
+    pub ctl_args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -84,15 +86,32 @@ impl Server {
 
     /// Like [`Server::start`] with extra flags.
     pub fn start_with(kind: Kind, extra: &[&str]) -> Server {
+        Self::start_custom(kind, "http", extra, &[])
+    }
+
+    /// A server whose client URL has `scheme` (`https` with TLS flags in
+    /// `extra`), driven by etcdctl with `ctl_args` on every call.
+    pub fn start_custom(kind: Kind, scheme: &str, extra: &[&str], ctl_args: &[&str]) -> Server {
+        Self::start_at(
+            kind,
+            &format!("{scheme}://127.0.0.1:{}", free_port()),
+            extra,
+            ctl_args,
+        )
+    }
+
+    /// Like [`Server::start_custom`], serving (and driven) at `client_url`.
+    pub fn start_at(kind: Kind, client_url: &str, extra: &[&str], ctl_args: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data.etcd");
         let mut s = Server {
             kind,
             name: "default".into(),
             data_dir,
-            client_url: format!("http://127.0.0.1:{}", free_port()),
+            client_url: client_url.to_string(),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: tmp.path().join("server.log"),
             _tmp: Some(tmp),
@@ -176,6 +195,7 @@ impl Server {
             .env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(&self.client_url)
+            .args(&self.ctl_args)
             .args(args)
             .output()
             .expect("cannot run etcdctl")
@@ -188,6 +208,7 @@ impl Server {
             .env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(&self.client_url)
+            .args(&self.ctl_args)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
