@@ -731,8 +731,8 @@ mod tests {
         assert_eq!(c.core.data_dir, PathBuf::from("default.etcd"));
         assert_eq!(c.core.initial_cluster, "default=http://localhost:2380");
         assert_eq!(c.core.max_request_bytes, 1572864);
-        assert_eq!(c.client_listeners[0].1.port(), 2379);
-        assert!(c.client_listeners[0].1.ip().is_loopback());
+        assert_eq!(c.client_listeners[0].addr.port(), 2379);
+        assert!(c.client_listeners[0].addr.ip().is_loopback());
     }
 
     #[test]

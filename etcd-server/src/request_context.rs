@@ -1,10 +1,12 @@
 //! The engine's [`RequestContext`] of a gRPC request, from its metadata.
 //!
 //! Today that is the caller's deadline (`grpc-timeout`, which clientv3
-//! sends for a context with a deadline, e.g. `etcdctl --command-timeout`);
-//! the auth token's user and auth revision and the client certificate's
-//! common name join it once auth and client TLS are built.
+//! sends for a context with a deadline, e.g. `etcdctl --command-timeout`)
+//! and the common name of the client's verified TLS certificate (from the
+//! connection, [`ClientConnInfo`]); the auth token's user and auth revision
+//! join it once auth is built.
 
+use crate::tls::ClientConnInfo;
 use etcd_core::RequestContext;
 use std::time::Duration;
 
@@ -16,6 +18,10 @@ pub fn of<T>(req: &tonic::Request<T>) -> RequestContext {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout),
+        cert_common_name: req
+            .extensions()
+            .get::<ClientConnInfo>()
+            .and_then(|c| c.common_name.clone()),
         ..RequestContext::default()
     }
 }
@@ -61,5 +67,12 @@ mod tests {
             .insert("grpc-timeout", "250m".parse().unwrap());
         assert_eq!(of(&req).timeout, Some(Duration::from_millis(250)));
         assert_eq!(of(&tonic::Request::new(())), RequestContext::LOCAL);
+        // The verified client certificate's common name, from the connection.
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(ClientConnInfo {
+            remote: None,
+            common_name: Some("root".into()),
+        });
+        assert_eq!(of(&req).cert_common_name.as_deref(), Some("root"));
     }
 }
