@@ -160,17 +160,17 @@ impl Config {
     }
 }
 
-/// The `host:port` of a peer URL (`http://host:port`). TLS peer URLs
-/// (`https://`) are refused until peer TLS is built.
+/// The `host:port` of a peer URL (`http://host:port` or
+/// `https://host:port`; whether peer traffic is TLS is the transport's
+/// setting, [`StartOptions::peer_tls`](crate::StartOptions::peer_tls)).
 pub(crate) fn peer_addr(url: &str) -> Result<String, String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
+    let rest = if let Some(r) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    {
         r
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: TLS between peers is not supported by this build yet; use http://"
-        ));
     } else {
-        return Err(format!("{url:?} must start with http://"));
+        return Err(format!("{url:?} must start with http:// or https://"));
     };
     let hostport = rest.split('/').next().unwrap_or_default();
     if hostport.is_empty() || !hostport.contains(':') {

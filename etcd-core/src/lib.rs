@@ -64,6 +64,8 @@ mod watcher_group;
 pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
 pub use error::{Code, Error, Result, StartError, WatchError};
+/// TLS for peer connections (see [`StartOptions::peer_tls`]).
+pub use etcd_raft_node::{PeerTls, PeerTlsHandle};
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
 pub use request_context::RequestContext;
 pub use server::{Etcd, StartOptions, SERVER_VERSION};

@@ -62,6 +62,7 @@ mod mem_network;
 mod node;
 mod peer;
 pub mod peer_query;
+mod peer_tls;
 mod snapshot;
 mod storage;
 mod tcp_transport;
@@ -78,6 +79,7 @@ pub use node::RaftNode;
 pub use peer::{Peer, Progress};
 pub use peer::{ProposeCallback, ReadCallback};
 pub use peer_query::QueryHandler;
+pub use peer_tls::{PeerTls, PeerTlsHandle};
 pub use snapshot::{transfer_inline, SnapshotInfo, SnapshotIo, SnapshotSink, SNAPSHOT_CHUNK_BYTES};
 pub use storage::{Opened, WalRecovery, WalStorage};
 /// Peer frame decoding from untrusted bytes, for the fuzz target

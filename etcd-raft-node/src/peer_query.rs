@@ -76,19 +76,33 @@ pub(crate) async fn serve_query<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Asks the member listening at `addr` (`host:port`) one question;
-/// `cluster_id` 0 when the asker does not know it yet. Blocking.
-pub fn query(addr: &str, cluster_id: u64, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Asks the member listening at `addr` (`host:port`) one question, in
+/// TLS with `tls`; `cluster_id` 0 when the asker does not know it yet.
+/// Blocking.
+pub fn query(
+    addr: &str,
+    tls: Option<&crate::PeerTlsHandle>,
+    cluster_id: u64,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>> {
     let fail = |why: String| Error::Peer(format!("query to {addr}: {why}"));
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| fail(e.to_string()))?
         .next()
         .ok_or_else(|| fail("no address".into()))?;
-    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| fail(e.to_string()))?;
-    s.set_read_timeout(Some(timeout))
-        .and_then(|()| s.set_write_timeout(Some(timeout)))
+    let tcp = TcpStream::connect_timeout(&sock, timeout).map_err(|e| fail(e.to_string()))?;
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
         .map_err(|e| fail(e.to_string()))?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        Some(tls) => Box::new(crate::peer_tls::connect_blocking(tls, addr, tcp).map_err(fail)?),
+        None => Box::new(tcp),
+    };
     let mut out = Vec::with_capacity(17 + request.len());
     out.extend_from_slice(QUERY_MAGIC);
     out.push(VERSION);

@@ -26,8 +26,9 @@
 //! ```
 //!
 //! A frame longer than `max_frame_bytes` or that does not decode closes
-//! the connection. The streams are generic over `AsyncRead + AsyncWrite`,
-//! so TLS can wrap the TCP stream without changing the framing.
+//! the connection. With [`TcpTransportConfig::tls`] every connection (in
+//! both directions, and the queries of `peer_query`) is a TLS stream first
+//! (see `peer_tls`); the bytes above are what travels inside it.
 //!
 //! # Snapshot streams
 //!
@@ -74,6 +75,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
+use crate::peer_tls::PeerStream;
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
 use crate::transport::Transport;
 use crate::{Error, Result};
@@ -125,6 +127,9 @@ pub struct TcpTransportConfig {
     /// read or written, and the receiver's answer after the end frame
     /// (which includes its fsync of the image).
     pub snapshot_timeout: Duration,
+    /// TLS for every peer connection (etcd's `--peer-*` flags); None:
+    /// plain TCP.
+    pub tls: Option<crate::PeerTlsHandle>,
 }
 
 impl Default for TcpTransportConfig {
@@ -138,6 +143,7 @@ impl Default for TcpTransportConfig {
             retry_interval: Duration::from_millis(100),
             snapshot_chunk_bytes: crate::SNAPSHOT_CHUNK_BYTES,
             snapshot_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -265,6 +271,7 @@ impl TcpTransport {
             snapshots: hooks.snapshots.clone(),
             receiving: Mutex::new(std::collections::HashSet::new()),
             timeout: cfg.snapshot_timeout,
+            tls: cfg.tls.clone(),
         });
         handle.spawn(accept_loop(listener, ctx));
         let t = Arc::new(TcpTransport {
@@ -290,6 +297,11 @@ impl TcpTransport {
         *self.queries.write() = Some(handler);
     }
 
+    /// The TLS settings of peer connections, if any.
+    pub fn tls(&self) -> Option<crate::PeerTlsHandle> {
+        self.cfg.tls.clone()
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -309,6 +321,7 @@ impl TcpTransport {
             retry: self.cfg.retry_interval,
             counters: counters.clone(),
             unreachable: self.hooks.report_unreachable.clone(),
+            tls: self.cfg.tls.clone(),
         };
         let task = self.handle.spawn(link.run(rx));
         let q = PeerQueue {
@@ -354,6 +367,7 @@ impl TcpTransport {
             addr: q.addr.clone(),
             chunk: self.cfg.snapshot_chunk_bytes,
             timeout: self.cfg.snapshot_timeout,
+            tls: self.cfg.tls.clone(),
         };
         let busy = q.snapshot_busy.clone();
         let counters = q.counters.clone();
@@ -448,6 +462,7 @@ struct Link {
     retry: Duration,
     counters: Arc<Counters>,
     unreachable: Option<ReportUnreachable>,
+    tls: Option<crate::PeerTlsHandle>,
 }
 
 impl Link {
@@ -480,15 +495,22 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> std::result::Result<TcpStream, String> {
-        dial(&self.addr, MAGIC, self.cluster_id, self.from, self.to)
-            .await
-            .map_err(|e| {
-                if e.rejected {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                }
-                e.why
-            })
+    async fn connect(&self) -> std::result::Result<PeerStream, String> {
+        dial(
+            &self.addr,
+            &self.tls,
+            MAGIC,
+            self.cluster_id,
+            self.from,
+            self.to,
+        )
+        .await
+        .map_err(|e| {
+            if e.rejected {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            e.why
+        })
     }
 
     /// Writes queued messages until the connection breaks (`Some`) or the
@@ -533,20 +555,31 @@ struct DialError {
     rejected: bool,
 }
 
-/// Connects to `addr` and performs the handshake under `magic`.
+/// Connects to `addr` (in TLS with `tls`) and performs the handshake
+/// under `magic`.
 async fn dial(
     addr: &str,
+    tls: &Option<crate::PeerTlsHandle>,
     magic: &[u8; 4],
     cluster_id: u64,
     from: u64,
     to: u64,
-) -> std::result::Result<TcpStream, DialError> {
+) -> std::result::Result<PeerStream, DialError> {
     let io = |e: std::io::Error| DialError {
         why: e.to_string(),
         rejected: false,
     };
-    let mut s = TcpStream::connect(addr).await.map_err(io)?;
-    let _ = s.set_nodelay(true);
+    let tcp = TcpStream::connect(addr).await.map_err(io)?;
+    let _ = tcp.set_nodelay(true);
+    let mut s: PeerStream = match tls {
+        Some(tls) => crate::peer_tls::connect(tls, addr, tcp)
+            .await
+            .map_err(|why| DialError {
+                why,
+                rejected: true,
+            })?,
+        None => Box::new(tcp),
+    };
     let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
     hs.extend_from_slice(magic);
     hs.push(VERSION);
@@ -592,6 +625,7 @@ struct SnapshotSender {
     addr: String,
     chunk: usize,
     timeout: Duration,
+    tls: Option<crate::PeerTlsHandle>,
 }
 
 impl SnapshotSender {
@@ -607,7 +641,14 @@ impl SnapshotSender {
         m.mut_snapshot().data = Default::default();
         let s = tokio::time::timeout(
             self.timeout,
-            dial(&self.addr, SNAP_MAGIC, self.cluster_id, self.from, self.to),
+            dial(
+                &self.addr,
+                &self.tls,
+                SNAP_MAGIC,
+                self.cluster_id,
+                self.from,
+                self.to,
+            ),
         )
         .await
         .map_err(|_| "connecting timed out".to_string())?
@@ -787,6 +828,8 @@ struct ServeCtx {
     /// Members whose snapshot stream is being received.
     receiving: Mutex<std::collections::HashSet<u64>>,
     timeout: Duration,
+    /// TLS on accepted connections, checked before anything is read.
+    tls: Option<crate::PeerTlsHandle>,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
@@ -796,6 +839,24 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
                 let _ = s.set_nodelay(true);
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
+                    let s: PeerStream = match &ctx.tls {
+                        None => Box::new(s),
+                        Some(tls) => {
+                            match tokio::time::timeout(ctx.timeout, crate::peer_tls::accept(tls, s))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(why)) => {
+                                    tracing::warn!(%addr, "rejected peer connection: {why}");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::warn!(%addr, "rejected peer connection: TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     if let Err(e) = serve(s, &ctx).await {
                         tracing::debug!(%addr, "peer connection closed: {e}");
                     }

@@ -181,6 +181,35 @@ pub struct Flags {
     /// Maximum TLS version supported by etcd (TLS1.2 or TLS1.3).
     #[arg(long, env = "ETCD_TLS_MAX_VERSION")]
     pub tls_max_version: Option<String>,
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(
+        long,
+        env = "ETCD_PEER_CLIENT_CERT_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub peer_client_cert_auth: bool,
+    /// Path to the peer certificate revocation list file.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Allowed CN for inter peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Allowed TLS hostname for inter peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// Print the version and exit.
     #[arg(long)]
     pub version: bool,
@@ -195,6 +224,8 @@ pub struct ServerConfig {
     pub client_listeners: Vec<ClientListener>,
     /// Client TLS (`--cert-file` ...), when any TLS flag is set.
     pub client_tls: Option<crate::tls::TlsSettings>,
+    /// Peer TLS (`--peer-cert-file` ...), when the peer URLs are https.
+    pub peer_tls: Option<crate::tls::PeerTlsSettings>,
     /// `--log-level`, as a tracing filter directive.
     pub log_level: String,
     /// Log to stdout instead of stderr.
@@ -656,6 +687,41 @@ impl Flags {
             &client_listeners,
             &data_dir,
         )?;
+        let peer_https = listen_peer_urls
+            .iter()
+            .chain(&peer_urls)
+            .any(|u| u.starts_with("https://"));
+        let peer_tls = crate::tls::PeerTlsSettings {
+            files: crate::tls::TlsSettings {
+                cert_file: self.peer_cert_file,
+                key_file: self.peer_key_file,
+                trusted_ca_file: self.peer_trusted_ca_file,
+                client_cert_auth: self.peer_client_cert_auth,
+                crl_file: self.peer_crl_file,
+                cipher_suites: client_tls
+                    .as_ref()
+                    .map(|t| t.cipher_suites.clone())
+                    .unwrap_or_default(),
+                min_version: client_tls.as_ref().and_then(|t| t.min_version.clone()),
+                max_version: client_tls.as_ref().and_then(|t| t.max_version.clone()),
+                ..Default::default()
+            },
+            allowed_cn: self.peer_cert_allowed_cn,
+            allowed_hostname: self.peer_cert_allowed_hostname,
+        };
+        let peer_tls = if peer_https {
+            peer_tls.validate().map_err(|e| {
+                format!("--listen-peer-urls/--initial-advertise-peer-urls are https: {e}")
+            })?;
+            Some(peer_tls)
+        } else {
+            if peer_tls != crate::tls::PeerTlsSettings::default() {
+                return Err(
+                    "--peer-* TLS flags are set but the peer URLs are http://; use https://".into(),
+                );
+            }
+            None
+        };
         let core = etcd_core::Config {
             name: self.name,
             data_dir,
@@ -681,6 +747,7 @@ impl Flags {
             core,
             client_listeners,
             client_tls,
+            peer_tls,
             log_level: log_level.into(),
             log_to_stdout,
         })

@@ -64,8 +64,16 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         }
         listeners.push((l.url.clone(), listener, tls));
     }
+    let peer_tls = match &cfg.peer_tls {
+        Some(settings) => Some(etcd_raft_node_tls(settings)?),
+        None => None,
+    };
     let core = cfg.core.clone();
-    let etcd = tokio::task::spawn_blocking(move || Etcd::start(core))
+    let opts = etcd_core::StartOptions {
+        peer_tls,
+        ..etcd_core::StartOptions::default()
+    };
+    let etcd = tokio::task::spawn_blocking(move || Etcd::start_with(core, opts))
         .await
         .context("start task failed")?
         .context("cannot start the member")?;
@@ -194,4 +202,11 @@ fn accept_loop(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The peer TLS provider the engine's transport uses.
+fn etcd_raft_node_tls(settings: &tls::PeerTlsSettings) -> anyhow::Result<etcd_core::PeerTlsHandle> {
+    let files =
+        tls::PeerTlsFiles::new(settings.clone()).map_err(|e| anyhow::anyhow!("peer TLS: {e}"))?;
+    Ok(etcd_core::PeerTlsHandle(Arc::new(files)))
 }

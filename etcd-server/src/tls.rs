@@ -218,15 +218,7 @@ fn build(s: &TlsSettings) -> Result<ServerConfig, String> {
         (None, None, Some(auto)) => self_signed(auto)?,
         _ => return Err("no server certificate (--cert-file/--key-file or --auto-tls)".into()),
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate in it", cert_file.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_file)
-        .map_err(|e| format!("{}: no usable private key: {e}", key_file.display()))?;
+    let (chain, key) = read_pair(&cert_file, &key_file)?;
     let provider = Arc::new(cipher_suites(&s.cipher_suites)?);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&protocol_versions(s)?)
@@ -235,18 +227,7 @@ fn build(s: &TlsSettings) -> Result<ServerConfig, String> {
         // etcd: a trusted CA file (or --client-cert-auth) requires and
         // verifies a client certificate.
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in
-                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
-            {
-                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{}: unusable CA certificate: {e}", ca.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no CA certificate in it", ca.display()));
-            }
+            let roots = read_roots(ca)?;
             let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             if let Some(crl) = &s.crl_file {
                 v = v.with_crls(read_crls(crl)?);
@@ -265,6 +246,38 @@ fn build(s: &TlsSettings) -> Result<ServerConfig, String> {
     // HTTP/1.1 on the same port, as etcd does.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// A PEM certificate chain (leaf first) and its private key.
+fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("{}: no usable private key: {e}", key_file.display()))?;
+    Ok((chain, key))
+}
+
+/// The CA certificates of a PEM bundle.
+fn read_roots(ca: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CA certificate in it", ca.display()));
+    }
+    Ok(roots)
 }
 
 /// CRLs from a PEM file (any number) or a single DER one.
@@ -451,7 +464,7 @@ fn parse_leaf(der: &[u8], allowed_hostname: Option<&str>) -> Result<Option<Strin
         }
         if !names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
             return Err(format!(
-                "client certificate is not valid for {host:?} (--client-cert-allowed-hostname); it names {names:?}"
+                "certificate is not valid for the allowed hostname {host:?} (--client-cert-allowed-hostname / --peer-cert-allowed-hostname); it names {names:?}"
             ));
         }
     }
@@ -575,6 +588,127 @@ impl AsyncWrite for ClientConn {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Peer TLS from etcd's `--peer-*` flags (the same files and rules as the
+/// client side, plus `--peer-cert-allowed-cn` and
+/// `--peer-cert-allowed-hostname`). A member verifies the members it dials
+/// against `--peer-trusted-ca-file` and presents its own certificate to
+/// them; the listener requires a certificate from that CA (as etcd does
+/// when a trusted CA file is given). Files are re-read for new connections.
+pub struct PeerTlsFiles {
+    /// The listener's side.
+    server: TlsReloader,
+    /// The dialer's configuration and what its files looked like.
+    client: parking_lot::Mutex<(Stamp, Arc<rustls::ClientConfig>)>,
+    /// The files (to rebuild the dialer's configuration).
+    settings: TlsSettings,
+    /// `--peer-cert-allowed-cn`.
+    allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-hostname`.
+    allowed_hostname: Option<String>,
+}
+
+/// The peer TLS flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerTlsSettings {
+    /// Files, CRL, suites and versions, as for clients (`allowed_hostname`
+    /// and `auto_tls` unused).
+    pub files: TlsSettings,
+    /// `--peer-cert-allowed-cn`.
+    pub allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-hostname`.
+    pub allowed_hostname: Option<String>,
+}
+
+impl PeerTlsSettings {
+    /// Checks the combination of flags.
+    pub fn validate(&self) -> Result<(), String> {
+        let f = &self.files;
+        if f.cert_file.is_none() || f.key_file.is_none() {
+            return Err("peer TLS needs --peer-cert-file and --peer-key-file".into());
+        }
+        if f.trusted_ca_file.is_none() {
+            return Err(
+                "peer TLS needs --peer-trusted-ca-file (to verify the other members' certificates)"
+                    .into(),
+            );
+        }
+        if self.allowed_cn.is_some() && self.allowed_hostname.is_some() {
+            return Err(
+                "--peer-cert-allowed-cn and --peer-cert-allowed-hostname cannot both be set".into(),
+            );
+        }
+        f.validate()
+    }
+}
+
+/// The dialer's configuration: verify members against the trusted CA,
+/// present this member's certificate.
+fn build_client(s: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    let (Some(cert), Some(key), Some(ca)) = (&s.cert_file, &s.key_file, &s.trusted_ca_file) else {
+        return Err("peer TLS needs a certificate, a key and a trusted CA file".into());
+    };
+    let (chain, key_der) = read_pair(cert, key)?;
+    let provider = Arc::new(cipher_suites(&s.cipher_suites)?);
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&protocol_versions(s)?)
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(read_roots(ca)?)
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))
+}
+
+impl PeerTlsFiles {
+    /// Loads the peer certificates; an error stops the server from starting.
+    pub fn new(settings: PeerTlsSettings) -> Result<PeerTlsFiles, String> {
+        settings.validate()?;
+        let mut files = settings.files.clone();
+        files.allowed_hostname = None;
+        files.auto_tls = None;
+        let st = stamp(&files.files());
+        let client = Arc::new(build_client(&files)?);
+        Ok(PeerTlsFiles {
+            server: TlsReloader::new(files.clone())?,
+            client: parking_lot::Mutex::new((st, client)),
+            settings: files,
+            allowed_cn: settings.allowed_cn,
+            allowed_hostname: settings.allowed_hostname,
+        })
+    }
+}
+
+impl etcd_core::PeerTls for PeerTlsFiles {
+    fn server(&self) -> Arc<ServerConfig> {
+        self.server.config()
+    }
+
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        let now = stamp(&self.settings.files());
+        let mut cur = self.client.lock();
+        if now != cur.0 {
+            match build_client(&self.settings) {
+                Ok(c) => *cur = (now, Arc::new(c)),
+                Err(e) => {
+                    tracing::error!("peer TLS files changed but do not load ({e}); keeping the previous certificates");
+                    cur.0 = now;
+                }
+            }
+        }
+        cur.1.clone()
+    }
+
+    fn check_peer(&self, leaf: &[u8]) -> Result<(), String> {
+        let cn = parse_leaf(leaf, self.allowed_hostname.as_deref())?;
+        if let Some(want) = &self.allowed_cn {
+            if cn.as_deref() != Some(want.as_str()) {
+                return Err(format!(
+                    "peer certificate has common name {cn:?}, --peer-cert-allowed-cn is {want:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 /// cluster's id and members (the join path of [`crate::bootstrap`]).
 pub(crate) fn fetch_cluster(
     cfg: &Config,
+    tls: Option<&etcd_raft_node::PeerTlsHandle>,
     initial: &[Member],
 ) -> Result<(u64, Vec<Member>), StartError> {
     let req = PeerRequest {
@@ -36,7 +37,7 @@ pub(crate) fn fetch_cluster(
                 let attempt = peer_addr(url)
                     .map_err(|e| e.to_string())
                     .and_then(|addr| {
-                        etcd_raft_node::peer_query::query(&addr, 0, &req, QUERY_TIMEOUT)
+                        etcd_raft_node::peer_query::query(&addr, tls, 0, &req, QUERY_TIMEOUT)
                             .map_err(|e| e.to_string())
                     })
                     .and_then(|bytes| PeerResponse::decode(&bytes[..]).map_err(|e| e.to_string()));
@@ -107,8 +108,9 @@ async fn ask_leader(etcd: &Etcd, ask: Ask) -> Result<PeerResponse> {
         .and_then(|u| peer_addr(&u).map_err(Error::Internal))?;
     let cluster_id = etcd.cluster_id();
     let req = PeerRequest { ask: Some(ask) }.encode_to_vec();
+    let tls = etcd.transport().and_then(|t| t.tls());
     let bytes = tokio::task::spawn_blocking(move || {
-        etcd_raft_node::peer_query::query(&addr, cluster_id, &req, QUERY_TIMEOUT)
+        etcd_raft_node::peer_query::query(&addr, tls.as_ref(), cluster_id, &req, QUERY_TIMEOUT)
     })
     .await
     .map_err(|e| Error::Internal(format!("query task failed: {e}")))?

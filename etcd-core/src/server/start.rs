@@ -26,6 +26,9 @@ pub struct StartOptions {
     /// An already bound listener for peer traffic (tests bind port 0);
     /// without one, the first of `listen_peer_urls` is bound.
     pub peer_listener: Option<std::net::TcpListener>,
+    /// TLS for all peer traffic (etcd's `--peer-*` flags); None: plain
+    /// TCP, and `https://` peer URLs are refused.
+    pub peer_tls: Option<etcd_raft_node::PeerTlsHandle>,
 }
 
 impl Default for StartOptions {
@@ -33,6 +36,7 @@ impl Default for StartOptions {
         StartOptions {
             clock: Arc::new(MonotonicClock::new()),
             peer_listener: None,
+            peer_tls: None,
         }
     }
 }
@@ -64,6 +68,25 @@ impl Etcd {
     /// Like [`Etcd::start`], with [`StartOptions`].
     pub fn start_with(cfg: Config, opts: StartOptions) -> Result<Etcd, StartError> {
         cfg.validate()?;
+        let https = cfg
+            .listen_peer_urls
+            .iter()
+            .chain(&cfg.initial_advertise_peer_urls)
+            .find(|u| u.starts_with("https://"));
+        match (https, &opts.peer_tls) {
+            (Some(u), None) => {
+                return Err(StartError::Config(format!(
+                    "peer URL {u}: https needs peer TLS (--peer-cert-file and --peer-key-file, or --peer-auto-tls)"
+                )))
+            }
+            (None, Some(_)) if !cfg.listen_peer_urls.is_empty() => {
+                return Err(StartError::Config(
+                    "peer TLS is configured but the peer URLs are http://; use https://".into(),
+                ))
+            }
+            _ => {}
+        }
+        let peer_tls = opts.peer_tls.clone();
         let peer_listener = match opts.peer_listener {
             Some(l) => Some(l),
             None => match cfg.listen_peer_urls.first() {
@@ -76,8 +99,9 @@ impl Etcd {
                 None => None,
             },
         };
-        let booted =
-            crate::bootstrap::boot(&cfg, |initial| peer_client::fetch_cluster(&cfg, initial))?;
+        let booted = crate::bootstrap::boot(&cfg, |initial| {
+            peer_client::fetch_cluster(&cfg, peer_tls.as_ref(), initial)
+        })?;
         let member_id = booted.member_id;
         let cluster_id = booted.cluster_id;
         let voters = booted.cluster.conf_state().voters;
@@ -115,6 +139,7 @@ impl Etcd {
                         id: member_id,
                         cluster_id,
                         peers: peer_addresses(&cluster.read().members(), member_id),
+                        tls: opts.peer_tls.clone(),
                         ..TcpTransportConfig::default()
                     },
                     listener,
