@@ -3,7 +3,7 @@
 //! shared by the server's apply thread (`server.rs`) and the deterministic
 //! cluster simulation, so that the simulation runs the code that ships.
 //!
-//! One batch, as raft hands it over ([`etcd_raft_node::Applied`]):
+//! One batch, as raft hands it over ([`etcd_raft_node::ToApply`]):
 //! - a snapshot: the leader's store image replaces the state machine
 //!   ([`Applier::install_snapshot`]) and raft hears that everything up to
 //!   the store's consistent index is applied;
@@ -145,12 +145,12 @@ impl ApplySteps {
     /// must stop, and a restart re-installs the retained image.
     pub(crate) fn apply<R: RaftHandle>(
         &mut self,
-        batch: etcd_raft_node::Applied,
+        batch: etcd_raft_node::ToApply,
         raft: &mut R,
         observer: &mut dyn ApplyObserver,
     ) -> Result<BatchOutcome, String> {
         match batch {
-            etcd_raft_node::Applied::Snapshot(info) => {
+            etcd_raft_node::ToApply::Snapshot(info) => {
                 let has_members = self
                     .applier
                     .install_snapshot(&self.snapshots.files, &info)?;
@@ -167,7 +167,7 @@ impl ApplySteps {
                     ..BatchOutcome::default()
                 })
             }
-            etcd_raft_node::Applied::Entries(entries) => {
+            etcd_raft_node::ToApply::Entries(entries) => {
                 self.apply_entries(entries, raft, observer)
             }
         }

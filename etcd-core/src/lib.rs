@@ -53,8 +53,8 @@ mod server;
 #[doc(hidden)]
 pub mod simulation;
 pub mod snapshot;
-mod v3_lease;
 mod v3election;
+mod v3lease;
 mod v3lock;
 mod wait;
 mod watchable_store;

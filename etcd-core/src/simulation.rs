@@ -25,8 +25,9 @@
 //!    `bootstrap::reopen_wal`), leader transfers, membership changes
 //!    through raft at the leader (remove a voter, add a voter or a learner
 //!    — started at once with an empty store, it catches up from a
-//!    snapshot — promote a learner); one seed in four is a storm (long
-//!    delays, frequent quick restarts);
+//!    snapshot — promote a learner), MVCC compactions through raft (a few
+//!    revisions below the leader's current one); one seed in four is a
+//!    storm (long delays, frequent quick restarts);
 //! 4. clients act: each of [`SimConfig::clients`] clients has at most one
 //!    request in flight (put, linearizable get, delete, compare-and-put on
 //!    a few keys) at a random running member;
@@ -85,7 +86,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_mvcc::{MemDisk, Store, StoreOptions};
 use etcd_raft_node::eraftpb::MessageType;
-use etcd_raft_node::{transfer_inline, Applied as RaftApplied};
+use etcd_raft_node::{transfer_inline, ToApply};
 use etcd_raft_node::{
     CommittedEntry, EntryKind, Faults, MemNetwork, MemTransport, NodeConfig, Peer, Role, WalStorage,
 };
@@ -198,6 +199,8 @@ pub struct Stats {
     pub flushes: u64,
     /// Raft log compactions.
     pub compactions: u64,
+    /// MVCC compactions proposed (KV Compact through raft, as a client's).
+    pub mvcc_compactions: u64,
     /// Snapshots sent to followers, and installed by them.
     pub snapshots_sent: u64,
     /// See `snapshots_sent`.
@@ -864,7 +867,7 @@ impl Sim {
         let Some(r) = self.running_mut(i) else {
             return Ok(());
         };
-        let mut out: Vec<RaftApplied> = Vec::new();
+        let mut out: Vec<ToApply> = Vec::new();
         while r
             .peer
             .handle_ready_applied(&transport, &mut out)
@@ -878,7 +881,7 @@ impl Sim {
         let mut compacted = false;
         let mut entries_seen = false;
         for a in out {
-            if let RaftApplied::Snapshot(info) = &a {
+            if let ToApply::Snapshot(info) = &a {
                 if entries_seen {
                     return Err(format!(
                         "member {id}: a snapshot at {} after entries in one batch",
@@ -991,6 +994,7 @@ impl Sim {
                 }
             }
             18..=22 => self.propose_membership(),
+            23..=27 => self.propose_mvcc_compaction(),
             _ => {}
         }
         if self.storm && self.rng.gen_bool(0.025) {
@@ -1024,6 +1028,39 @@ impl Sim {
         self.stats.crashes += 1;
         let id = node.id;
         self.event(format!("member {id} crashed for {down_for} steps"));
+    }
+
+    /// Proposes an MVCC compaction at the leader, at a revision a few
+    /// below its current one (a request nobody waits for: the outcome is
+    /// checked by the final HashKV comparison, which covers the
+    /// compaction revision, and by the reads that follow it).
+    fn propose_mvcc_compaction(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let store = &self.running(l).expect("leader runs").steps.applier.store;
+        let (current, compacted) = (store.current_revision(), store.compact_revision());
+        let low = (compacted + 1).max(current - 10).max(1);
+        if low > current {
+            return;
+        }
+        let revision = self.rng.gen_range(low..=current);
+        let data = RaftRequest {
+            id: 0,
+            op: Some(Op::Compaction(crate::pb::etcdserverpb::CompactionRequest {
+                revision,
+                physical: false,
+            })),
+            header: None,
+        }
+        .encode_to_vec();
+        self.running_mut(l)
+            .expect("leader runs")
+            .peer
+            .propose(data, None);
+        self.stats.mvcc_compactions += 1;
+        let id = self.nodes[l].id;
+        self.event(format!(
+            "member {id} proposes: compact at revision {revision}"
+        ));
     }
 
     /// Proposes a membership change at the leader: a removal, an addition

@@ -82,6 +82,7 @@ fn add(total: &mut Stats, s: &Stats) {
     total.removals += s.removals;
     total.flushes += s.flushes;
     total.compactions += s.compactions;
+    total.mvcc_compactions += s.mvcc_compactions;
     total.snapshots_sent += s.snapshots_sent;
     total.snapshots_installed += s.snapshots_installed;
     total.joins += s.joins;
@@ -124,7 +125,7 @@ fn check_cluster(members: u64) {
         "{members} members, {} seeds in {:.1?}: {} ops ({} ok: {} writes, {} reads; {} unknown), \
          {} raft entries, {} leader terms, {} crashes, {} partitions, {} leader transfers, \
          {} members removed, {} added, {} learners promoted, {} store flushes, {} log compactions, \
-         {} snapshots sent, {} installed, {} of {} messages lost",
+         {} MVCC compactions, {} snapshots sent, {} installed, {} of {} messages lost",
         seeds.len(),
         started.elapsed(),
         total.ops,
@@ -142,6 +143,7 @@ fn check_cluster(members: u64) {
         total.promotions,
         total.flushes,
         total.compactions,
+        total.mvcc_compactions,
         total.snapshots_sent,
         total.snapshots_installed,
         total.messages_lost,

@@ -28,13 +28,13 @@
 //! a follower behind the compaction point catches up through a state
 //! machine snapshot: the application implements [`SnapshotIo`], transports
 //! move the image out of band, and the follower's application receives an
-//! [`Applied::Snapshot`] before the entries after it. See the `snapshot`
+//! [`ToApply::Snapshot`] before the entries after it. See the `snapshot`
 //! module (`src/snapshot.rs`) for the protocol and the restart rules.
 //!
 //! # Example
 //!
 //! ```
-//! use etcd_raft_node::{eraftpb::ConfState, Applied, NodeConfig, RaftNode, WalStorage};
+//! use etcd_raft_node::{eraftpb::ConfState, ToApply, NodeConfig, RaftNode, WalStorage};
 //! let dir = tempfile::tempdir().unwrap();
 //! let mut voters = ConfState::default();
 //! voters.voters = vec![1];
@@ -47,7 +47,7 @@
 //! // The first committed entries are the empty entry of the new leader and
 //! // then our proposal.
 //! loop {
-//!     let Applied::Entries(entries) = apply_rx.recv().unwrap() else { continue };
+//!     let ToApply::Entries(entries) = apply_rx.recv().unwrap() else { continue };
 //!     node.set_applied(entries.last().unwrap().index);
 //!     if entries.iter().any(|e| &e.data[..] == b"hello") { break; }
 //! }
@@ -87,11 +87,11 @@ pub use storage::{Opened, WalRecovery, WalStorage};
 #[cfg(any(test, feature = "testing"))]
 pub use tcp_transport::fuzzing as tcp_fuzzing;
 pub use tcp_transport::{
-    Deliver, PeerStats, ReportSnapshot, ReportUnreachable, TcpTransport, TcpTransportConfig,
-    TransportHooks,
+    Deliver, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot, ReportUnreachable,
+    TcpTransport, TcpTransportConfig, TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};
-pub use types::{Applied, CommittedEntry, EntryKind, NodeStatus, Role};
+pub use types::{CommittedEntry, EntryKind, NodeStatus, Role, ToApply};
 
 /// Re-exported raft message types, for transports.
 pub use raft::eraftpb;

@@ -5,7 +5,7 @@ use crate::config::NodeConfig;
 use crate::peer::{Peer, Progress, ProposeCallback, ReadCallback};
 use crate::storage::WalStorage;
 use crate::transport::{NoopTransport, Transport};
-use crate::types::{Applied, NodeStatus};
+use crate::types::{NodeStatus, ToApply};
 use crate::{Error, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 use parking_lot::RwLock;
@@ -43,7 +43,7 @@ impl RaftNode {
         cfg: NodeConfig,
         storage: WalStorage,
         transport: Option<Arc<dyn Transport>>,
-        apply_tx: Sender<Applied>,
+        apply_tx: Sender<ToApply>,
     ) -> Result<RaftNode> {
         cfg.validate()?;
         let mut peer = Peer::new(&cfg, storage)?;
@@ -178,7 +178,7 @@ fn run(
     rx: Receiver<Command>,
     ticker: Receiver<std::time::Instant>,
     transport: Arc<dyn Transport>,
-    apply_tx: Sender<Applied>,
+    apply_tx: Sender<ToApply>,
     status: Arc<RwLock<NodeStatus>>,
     applied: Arc<AtomicU64>,
 ) {

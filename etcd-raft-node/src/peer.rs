@@ -22,7 +22,7 @@ use crate::config::NodeConfig;
 use crate::snapshot::SnapshotInfo;
 use crate::storage::WalStorage;
 use crate::transport::Transport;
-use crate::types::{Applied, CommittedEntry, EntryKind, NodeStatus, Role};
+use crate::types::{CommittedEntry, EntryKind, NodeStatus, Role, ToApply};
 use crate::{Error, Result};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType};
@@ -421,8 +421,8 @@ impl Peer {
         let had = self.handle_ready_applied(transport, &mut out)?;
         for a in out {
             match a {
-                Applied::Entries(es) => committed.extend(es),
-                Applied::Snapshot(s) => {
+                ToApply::Entries(es) => committed.extend(es),
+                ToApply::Snapshot(s) => {
                     return Err(Error::Snapshot(format!(
                         "raft installed snapshot {} (term {}), which handle_ready cannot hand \
                          to the application; use handle_ready_applied",
@@ -436,13 +436,13 @@ impl Peer {
 
     /// Handles one `Ready`, if any, in etcd's order (see the crate doc), and
     /// appends what the application must apply to `out`, in order: an
-    /// installed snapshot ([`Applied::Snapshot`], see the snapshot module)
+    /// installed snapshot ([`ToApply::Snapshot`], see the snapshot module)
     /// comes before the committed entries that follow it. Returns whether
     /// there was a `Ready`.
     pub fn handle_ready_applied(
         &mut self,
         transport: &dyn Transport,
-        out: &mut Vec<Applied>,
+        out: &mut Vec<ToApply>,
     ) -> Result<bool> {
         if !self.raw.has_ready() {
             return Ok(false);
@@ -475,7 +475,7 @@ impl Peer {
                 .apply_snapshot(&snap, rd.entries(), rd.hs())?;
             let meta = snap.get_metadata();
             installed = Some(meta.index);
-            out.push(Applied::Snapshot(SnapshotInfo {
+            out.push(ToApply::Snapshot(SnapshotInfo {
                 index: meta.index,
                 term: meta.term,
                 conf_state: meta.get_conf_state().clone(),
@@ -613,14 +613,14 @@ impl Peer {
 }
 
 /// Appends entries to `out`, joining them with a preceding `Entries`.
-fn push_entries(out: &mut Vec<Applied>, entries: Vec<CommittedEntry>) {
+fn push_entries(out: &mut Vec<ToApply>, entries: Vec<CommittedEntry>) {
     if entries.is_empty() {
         return;
     }
-    if let Some(Applied::Entries(last)) = out.last_mut() {
+    if let Some(ToApply::Entries(last)) = out.last_mut() {
         last.extend(entries);
     } else {
-        out.push(Applied::Entries(entries));
+        out.push(ToApply::Entries(entries));
     }
 }
 
@@ -682,7 +682,7 @@ mod tests {
         let mut out = Vec::new();
         while peer.handle_ready_applied(&t, &mut out).unwrap() {}
         assert_eq!(out.len(), 1);
-        let Applied::Snapshot(info) = &out[0] else {
+        let ToApply::Snapshot(info) = &out[0] else {
             panic!("{out:?}")
         };
         assert_eq!(

@@ -27,7 +27,7 @@
 //! - **Follower.** When raft accepts the snapshot, [`Peer`](crate::Peer)
 //!   writes the WAL snapshot marker (index, term) with the hard state (and
 //!   drops any log entries after it), fsyncs, applies it to the in-memory
-//!   log, and hands the application an [`Applied::Snapshot`](crate::Applied)
+//!   log, and hands the application an [`ToApply::Snapshot`](crate::ToApply)
 //!   carrying a [`SnapshotInfo`] (the token included) *before* any committed
 //!   entry that follows it. raft-rs is then told the snapshot index is
 //!   applied; the application installs the image (atomically setting its

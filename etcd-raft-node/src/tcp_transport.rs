@@ -17,9 +17,13 @@
 //! ```
 //!
 //! answered by one status byte: 0 accepted, 1 cluster id mismatch, 2 `to`
-//! is not the listener's member id, 3 unsupported version. A rejected dialer
-//! logs why (naming both cluster ids) and retries later; the listener closes
-//! the connection. After acceptance the dialer sends frames:
+//! is not the listener's member id, 3 unsupported version, 6 `from` was
+//! removed from the cluster, 7 `from` is not a member (yet): the listener
+//! asks [`TransportHooks::member_status`], so a host that is not a member
+//! gets no raft message in. A rejected dialer logs why (naming both
+//! cluster ids) and retries later; one told it was removed reports it
+//! ([`TransportHooks::report_removed`]: the member stops, as etcd's does
+//! when its peers answer `410 Gone`); the listener closes the connection. After acceptance the dialer sends frames:
 //!
 //! ```text
 //! len: u32 BE | a raft `Message` in protobuf encoding (len bytes)
@@ -95,6 +99,8 @@ const WRONG_MEMBER: u8 = 2;
 const BAD_VERSION: u8 = 3;
 const SNAPSHOT_BUSY: u8 = 4;
 const NO_SNAPSHOTS: u8 = 5;
+const REMOVED: u8 = 6;
+const NOT_MEMBER: u8 = 7;
 
 /// Snapshot stream frames and answers.
 const CHUNK_FRAME: u8 = 1;
@@ -171,7 +177,26 @@ pub struct TransportHooks {
     pub report_snapshot: Option<ReportSnapshot>,
     /// Every failed connection attempt or broken stream to a peer.
     pub report_unreachable: Option<ReportUnreachable>,
+    /// Whether a dialing member may send to this one; None: everyone
+    /// with the right cluster id may.
+    pub member_status: Option<MemberStatusFn>,
+    /// A peer answered that this member was removed from the cluster.
+    pub report_removed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
+
+/// What a member is to the listener's cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberStatus {
+    /// In the membership the listener has applied.
+    Member,
+    /// Removed, for good.
+    Removed,
+    /// Neither (not added yet, or never).
+    Unknown,
+}
+
+/// Looks up a member's status by id (see [`TransportHooks::member_status`]).
+pub type MemberStatusFn = Arc<dyn Fn(u64) -> MemberStatus + Send + Sync>;
 
 /// Counters of one peer's outgoing stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -269,6 +294,7 @@ impl TcpTransport {
             max: cfg.max_frame_bytes,
             deliver,
             snapshots: hooks.snapshots.clone(),
+            member_status: hooks.member_status.clone(),
             receiving: Mutex::new(std::collections::HashSet::new()),
             timeout: cfg.snapshot_timeout,
             tls: cfg.tls.clone(),
@@ -322,6 +348,7 @@ impl TcpTransport {
             counters: counters.clone(),
             unreachable: self.hooks.report_unreachable.clone(),
             tls: self.cfg.tls.clone(),
+            removed: self.hooks.report_removed.clone(),
         };
         let task = self.handle.spawn(link.run(rx));
         let q = PeerQueue {
@@ -463,6 +490,8 @@ struct Link {
     counters: Arc<Counters>,
     unreachable: Option<ReportUnreachable>,
     tls: Option<crate::PeerTlsHandle>,
+    /// Called when the peer says this member was removed.
+    removed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Link {
@@ -509,6 +538,11 @@ impl Link {
             if e.rejected {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             }
+            if e.removed {
+                if let Some(r) = &self.removed {
+                    r();
+                }
+            }
             e.why
         })
     }
@@ -553,6 +587,8 @@ impl Link {
 struct DialError {
     why: String,
     rejected: bool,
+    /// The peer says this member was removed.
+    removed: bool,
 }
 
 /// Connects to `addr` (in TLS with `tls`) and performs the handshake
@@ -568,6 +604,7 @@ async fn dial(
     let io = |e: std::io::Error| DialError {
         why: e.to_string(),
         rejected: false,
+        removed: false,
     };
     let tcp = TcpStream::connect(addr).await.map_err(io)?;
     let _ = tcp.set_nodelay(true);
@@ -577,6 +614,7 @@ async fn dial(
             .map_err(|why| DialError {
                 why,
                 rejected: true,
+                removed: false,
             })?,
         None => Box::new(tcp),
     };
@@ -596,11 +634,20 @@ async fn dial(
         WRONG_MEMBER => format!("the member at {addr} is not member {to:016x}"),
         SNAPSHOT_BUSY => format!("the member at {addr} is still receiving a snapshot from us"),
         NO_SNAPSHOTS => format!("the member at {addr} takes no snapshots"),
+        REMOVED => {
+            return Err(DialError {
+                why: format!("the member at {addr} says this member was removed from the cluster"),
+                rejected: true,
+                removed: true,
+            })
+        }
+        NOT_MEMBER => format!("the member at {addr} does not know this member (yet)"),
         other => format!("handshake refused with code {other}"),
     };
     Err(DialError {
         why,
         rejected: true,
+        removed: false,
     })
 }
 
@@ -825,6 +872,8 @@ struct ServeCtx {
     max: usize,
     deliver: Deliver,
     snapshots: Option<Arc<dyn SnapshotIo>>,
+    /// Who may send (see [`TransportHooks::member_status`]).
+    member_status: Option<MemberStatusFn>,
     /// Members whose snapshot stream is being received.
     receiving: Mutex<std::collections::HashSet<u64>>,
     timeout: Duration,
@@ -900,7 +949,23 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     } else if to != ctx.id {
         WRONG_MEMBER
     } else {
-        ACCEPTED
+        match ctx.member_status.as_ref().map(|f| f(from)) {
+            Some(MemberStatus::Removed) => {
+                tracing::warn!(
+                    from = format!("{from:x}"),
+                    "refusing a removed member's connection"
+                );
+                REMOVED
+            }
+            Some(MemberStatus::Unknown) => {
+                tracing::warn!(
+                    from = format!("{from:x}"),
+                    "refusing a connection from a member not in the cluster"
+                );
+                NOT_MEMBER
+            }
+            Some(MemberStatus::Member) | None => ACCEPTED,
+        }
     };
     if answer != ACCEPTED {
         s.write_u8(answer).await?;

@@ -31,7 +31,7 @@ pub struct CommittedEntry {
 
 /// What the raft thread hands to the application, in log order.
 #[derive(Debug)]
-pub enum Applied {
+pub enum ToApply {
     /// Entries to apply, in order.
     Entries(Vec<CommittedEntry>),
     /// A snapshot raft installed (durable in the WAL): replace the state

@@ -33,8 +33,8 @@ use std::sync::Arc;
 
 use etcd_raft_node::eraftpb::{ConfState, Message, MessageType};
 use etcd_raft_node::{
-    transfer_inline, Applied, CommittedEntry, EntryKind, Faults, MemNetwork, MemTransport,
-    NodeConfig, Peer, Role, SnapshotInfo, SnapshotIo, SnapshotSink, WalStorage,
+    transfer_inline, CommittedEntry, EntryKind, Faults, MemNetwork, MemTransport, NodeConfig, Peer,
+    Role, SnapshotInfo, SnapshotIo, SnapshotSink, ToApply, WalStorage,
 };
 use etcd_wal::WalOptions;
 use parking_lot::Mutex;
@@ -335,19 +335,19 @@ impl Sim {
             if n.is_multiple_of(2) {
                 peer.tick();
             }
-            let mut out: Vec<Applied> = Vec::new();
+            let mut out: Vec<ToApply> = Vec::new();
             while peer
                 .handle_ready_applied(&self.transport, &mut out)
                 .expect("ready")
             {}
             for a in out {
                 match a {
-                    Applied::Entries(es) => {
+                    ToApply::Entries(es) => {
                         for e in es {
                             self.apply(i, e);
                         }
                     }
-                    Applied::Snapshot(info) => {
+                    ToApply::Snapshot(info) => {
                         if self.crash_on_snapshot && self.rng.gen_bool(0.2) {
                             // Crash between the WAL marker and the install:
                             // the rest of this Ready is lost too.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use etcd_raft_node::eraftpb::ConfState;
 use etcd_raft_node::{
-    Applied, NodeConfig, RaftNode, Role, SnapshotIo, SnapshotSink, TcpTransport,
-    TcpTransportConfig, TransportHooks, WalStorage,
+    NodeConfig, RaftNode, Role, SnapshotIo, SnapshotSink, TcpTransport, TcpTransportConfig,
+    ToApply, TransportHooks, WalStorage,
 };
 use etcd_wal::WalOptions;
 use parking_lot::Mutex;
@@ -94,9 +94,9 @@ fn start_member(
     }
 }
 
-fn spawn_applier(node: Arc<RaftNode>, rx: Receiver<Applied>, out: Arc<Mutex<Vec<Vec<u8>>>>) {
+fn spawn_applier(node: Arc<RaftNode>, rx: Receiver<ToApply>, out: Arc<Mutex<Vec<Vec<u8>>>>) {
     std::thread::spawn(move || {
-        while let Ok(Applied::Entries(es)) = rx.recv() {
+        while let Ok(ToApply::Entries(es)) = rx.recv() {
             for e in &es {
                 if !e.data.is_empty() {
                     out.lock().push(e.data.to_vec());
@@ -455,6 +455,7 @@ fn start_snap_member(
             snapshots: Some(Arc::new(ToyIo(toy.clone()))),
             report_snapshot: Some(report),
             report_unreachable: Some(unreachable),
+            ..TransportHooks::default()
         },
     )
     .unwrap();
@@ -478,16 +479,16 @@ fn start_snap_member(
 
 /// Applies to the toy, and every 10 entries "flushes" and compacts the raft
 /// log keeping 2 entries.
-fn spawn_toy_applier(node: Arc<RaftNode>, rx: Receiver<Applied>, toy: Arc<Toy>) {
+fn spawn_toy_applier(node: Arc<RaftNode>, rx: Receiver<ToApply>, toy: Arc<Toy>) {
     std::thread::spawn(move || {
         let mut compacted = 0;
         while let Ok(a) = rx.recv() {
             match a {
-                Applied::Snapshot(info) => {
+                ToApply::Snapshot(info) => {
                     toy.install(&info.data);
                     assert!(toy.state.lock().applied >= info.index);
                 }
-                Applied::Entries(es) => {
+                ToApply::Entries(es) => {
                     let mut st = toy.state.lock();
                     for e in es {
                         if e.index <= st.applied {
@@ -690,6 +691,7 @@ fn snapshot_outcomes_reach_the_report_hook() {
                 Arc::new(move |to, ok| reports.lock().push((to, ok)))
             }),
             report_unreachable: None,
+            ..TransportHooks::default()
         };
         let t1 = TcpTransport::start_with(cfg(1), a, Arc::new(|_| {}), hooks1).unwrap();
         let hooks2 = TransportHooks {
@@ -732,6 +734,69 @@ fn snapshot_outcomes_reach_the_report_hook() {
             (st.snapshots_sent, st.snapshots_failed),
             (ok as u64, !ok as u64)
         );
+        t1.shutdown();
+        t2.shutdown();
+    }
+}
+
+/// The listener lets only members in (`member_status`): a sender it does
+/// not know is refused, one it removed is told so (`report_removed`).
+#[test]
+fn only_members_may_send_and_a_removed_member_is_told() {
+    use etcd_raft_node::{MemberStatus, Transport};
+    for (status, removed_reported) in [
+        (MemberStatus::Member, false),
+        (MemberStatus::Unknown, false),
+        (MemberStatus::Removed, true),
+    ] {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addrs: HashMap<u64, String> = [
+            (1, a.local_addr().unwrap().to_string()),
+            (2, b.local_addr().unwrap().to_string()),
+        ]
+        .into();
+        let cfg = |id| TcpTransportConfig {
+            id,
+            cluster_id: 9,
+            peers: addrs.clone(),
+            retry_interval: Duration::from_millis(20),
+            ..TcpTransportConfig::default()
+        };
+        let told = Arc::new(Mutex::new(0u32));
+        let hooks1 = TransportHooks {
+            report_removed: Some({
+                let told = told.clone();
+                Arc::new(move || *told.lock() += 1)
+            }),
+            ..TransportHooks::default()
+        };
+        let t1 = TcpTransport::start_with(cfg(1), a, Arc::new(|_| {}), hooks1).unwrap();
+        let got = Arc::new(Mutex::new(0u32));
+        let hooks2 = TransportHooks {
+            member_status: Some(Arc::new(move |id| {
+                assert_eq!(id, 1, "the dialer's id");
+                status
+            })),
+            ..TransportHooks::default()
+        };
+        let deliver = {
+            let got = got.clone();
+            Arc::new(move |_m: etcd_raft_node::eraftpb::Message| *got.lock() += 1)
+        };
+        let t2 = TcpTransport::start_with(cfg(2), b, deliver, hooks2).unwrap();
+        let mut m = etcd_raft_node::eraftpb::Message::default();
+        m.set_msg_type(etcd_raft_node::eraftpb::MessageType::MsgHeartbeat);
+        m.from = 1;
+        m.to = 2;
+        // Until the stream is up (or refused a few times).
+        wait_for("a delivery or refusals", Duration::from_secs(10), || {
+            t1.send(vec![m.clone()]);
+            *got.lock() > 0 || t1.peer_stats(2).unwrap().rejected >= 3
+        });
+        let delivered = *got.lock() > 0;
+        assert_eq!(delivered, status == MemberStatus::Member, "{status:?}");
+        assert_eq!(*told.lock() > 0, removed_reported, "{status:?}");
         t1.shutdown();
         t2.shutdown();
     }

@@ -841,11 +841,9 @@ mod tests {
     #[test]
     fn an_etcd_setting_we_do_not_honour_is_a_startup_error() {
         // The operator who sets it must not silently run without it.
-        let err = run(&[], &[("ETCD_PEER_CLIENT_CERT_AUTH", "true")])
-            .err()
-            .unwrap();
+        let err = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).err().unwrap();
         assert!(
-            err.contains("ETCD_PEER_CLIENT_CERT_AUTH") && err.contains("--peer-client-cert-auth"),
+            err.contains("ETCD_PEER_AUTO_TLS") && err.contains("--peer-auto-tls"),
             "{err}"
         );
         let err = run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1")])

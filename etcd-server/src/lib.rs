@@ -147,7 +147,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .context("stop task failed")?;
     tracing::info!("stopped");
     if removed_from_cluster {
-        anyhow::bail!("the member has been permanently removed from the cluster");
+        // etcd 3.4 exits with status 0 here: a supervisor's
+        // Restart=on-failure must not start a removed member again.
+        tracing::error!("the member has been permanently removed from the cluster; exiting");
     }
     Ok(())
 }

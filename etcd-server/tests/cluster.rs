@@ -47,6 +47,11 @@ macro_rules! both {
 both!(bootstrap, real_bootstrap, ours_bootstrap);
 both!(kill_leader, real_kill_leader, ours_kill_leader);
 both!(replace_member, real_replace_member, ours_replace_member);
+both!(
+    removed_member_stops,
+    real_removed_member_stops,
+    ours_removed_member_stops
+);
 both!(move_leader, real_move_leader, ours_move_leader);
 both!(learner, real_learner, ours_learner);
 both!(
@@ -229,6 +234,30 @@ fn replace_member(kind: Kind) {
         std::thread::sleep(Duration::from_millis(100));
     }
     c.assert_hash_kv_equal(SECS_20);
+}
+
+/// A member removed while it was down learns it when it comes back (its
+/// peers refuse it as removed: etcd's `410 Gone`) and exits (status 0, as
+/// etcd), while the others go on.
+fn removed_member_stops(kind: Kind) {
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    let f = c.other_than(&[l]);
+    let fid = c.id(f);
+    c.kill9(f);
+    c.remove_member(fid);
+    c.put(l, "after", "removal");
+    c.spawn_only(f);
+    let st = c.wait_exit(f, Duration::from_secs(30));
+    let log = c.log(f);
+    // etcd 3.4 exits with status 0 (so Restart=on-failure leaves it down).
+    assert!(
+        matches!(st, Some(st) if st.success()),
+        "{kind:?}: the removed member did not exit cleanly ({st:?}); log:\n{log}"
+    );
+    assert!(log.contains("removed"), "{log}");
+    let l = c.wait_leader(SECS_20);
+    c.put(l, "still", "serving");
 }
 
 /// `move-leader` through the leader hands leadership to the target.

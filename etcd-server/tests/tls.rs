@@ -439,7 +439,7 @@ fn tls_member(
     peer_port: u16,
     initial_cluster: &str,
     state: &str,
-    p: &Pki,
+    c: &Certs,
     peer: &(PathBuf, PathBuf),
     peer_ca: &Path,
 ) -> TlsMember {
@@ -463,8 +463,8 @@ fn tls_member(
         .args(["--initial-cluster-state", state])
         .args(["--initial-cluster-token", "tls-cluster"])
         .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-        .args(["--cert-file", s(&p.server.0), "--key-file", s(&p.server.1)])
-        .args(["--trusted-ca-file", s(&p.ca), "--client-cert-auth"])
+        .args(["--cert-file", s(&c.server.0), "--key-file", s(&c.server.1)])
+        .args(["--trusted-ca-file", s(&c.ca), "--client-cert-auth"])
         .args([
             "--peer-cert-file",
             s(&peer.0),
@@ -490,15 +490,94 @@ fn tls_member(
     }
 }
 
-fn client_flags(p: &Pki) -> Vec<&str> {
+/// A CA, a server (and peer) certificate and a client certificate.
+struct Certs {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+impl Pki {
+    fn certs(&self) -> Certs {
+        Certs {
+            ca: self.ca.clone(),
+            server: self.server.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+fn client_flags(c: &Certs) -> Vec<&str> {
     vec![
         "--cacert",
-        s(&p.ca),
+        s(&c.ca),
         "--cert",
-        s(&p.client.0),
+        s(&c.client.0),
         "--key",
-        s(&p.client.1),
+        s(&c.client.1),
     ]
+}
+
+/// Starts three members with client and peer TLS from `c` (ports for a
+/// fourth in `ports[3]`), checks them with etcdctl and returns them.
+fn tls_cluster(
+    kind: Kind,
+    dir: &Path,
+    ports: &[(u16, u16)],
+    c: &Certs,
+) -> (Vec<TlsMember>, String) {
+    let initial = (0..3)
+        .map(|i| format!("m{i}=https://127.0.0.1:{}", ports[i].1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let members: Vec<TlsMember> = (0..3)
+        .map(|i| {
+            tls_member(
+                kind,
+                dir,
+                &format!("m{i}"),
+                ports[i].0,
+                ports[i].1,
+                &initial,
+                "new",
+                c,
+                &c.server,
+                &c.ca,
+            )
+        })
+        .collect();
+    let tls = client_flags(c);
+    for m in &members {
+        assert!(
+            eventually(150, || ctl(&m.client_url, &tls, &["endpoint", "health"])
+                .status
+                .success()),
+            "{kind:?} {}: not healthy; log:\n{}",
+            m.client_url,
+            std::fs::read_to_string(&m.log).unwrap_or_default()
+        );
+    }
+    let list = ctl(&members[0].client_url, &tls, &["member", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert_eq!(list.lines().count(), 3, "{kind:?}: {list}");
+    assert!(
+        list.lines().all(|l| l.contains("https://127.0.0.1:")),
+        "{list}"
+    );
+    assert!(ctl(&members[0].client_url, &tls, &["put", "peer", "tls"])
+        .status
+        .success());
+    let got = ctl(
+        &members[2].client_url,
+        &tls,
+        &["get", "peer", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "tls",
+        "{kind:?}"
+    );
+    (members, initial)
 }
 
 /// Polls `f` every 200 ms, at most `tries` times.
@@ -529,57 +608,9 @@ fn three_members_with_peer_tls() {
         let ports: Vec<(u16, u16)> = (0..4)
             .map(|_| (common::free_port(), common::free_port()))
             .collect();
-        let initial = (0..3)
-            .map(|i| format!("m{i}=https://127.0.0.1:{}", ports[i].1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let members: Vec<TlsMember> = (0..3)
-            .map(|i| {
-                tls_member(
-                    kind,
-                    dir.path(),
-                    &format!("m{i}"),
-                    ports[i].0,
-                    ports[i].1,
-                    &initial,
-                    "new",
-                    &p,
-                    &p.server,
-                    &p.ca,
-                )
-            })
-            .collect();
-        let tls = client_flags(&p);
-        for m in &members {
-            assert!(
-                eventually(150, || ctl(&m.client_url, &tls, &["endpoint", "health"])
-                    .status
-                    .success()),
-                "{kind:?} {}: not healthy; log:\n{}",
-                m.client_url,
-                std::fs::read_to_string(&m.log).unwrap_or_default()
-            );
-        }
-        let list = ctl(&members[0].client_url, &tls, &["member", "list"]);
-        let list = String::from_utf8_lossy(&list.stdout).to_string();
-        assert_eq!(list.lines().count(), 3, "{kind:?}: {list}");
-        assert!(
-            list.lines().all(|l| l.contains("https://127.0.0.1:")),
-            "{list}"
-        );
-        assert!(ctl(&members[0].client_url, &tls, &["put", "peer", "tls"])
-            .status
-            .success());
-        let got = ctl(
-            &members[2].client_url,
-            &tls,
-            &["get", "peer", "--print-value-only"],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&got.stdout).trim(),
-            "tls",
-            "{kind:?}"
-        );
+        let certs = p.certs();
+        let (members, initial) = tls_cluster(kind, dir.path(), &ports, &certs);
+        let tls = client_flags(&certs);
 
         if kind == Kind::Ours {
             // An intruder: added as a member, started with a peer
@@ -610,7 +641,7 @@ fn three_members_with_peer_tls() {
                 pp,
                 &format!("{initial},m3={url}"),
                 "existing",
-                &p,
+                &certs,
                 &other_peer,
                 &p.other_ca,
             );
@@ -633,4 +664,167 @@ fn three_members_with_peer_tls() {
         }
         drop(members);
     }
+}
+
+/// The guides' workflow with Debian's cfssl (`cfssl gencert -initca`, RSA
+/// 2048, a server certificate listing the members' IPs): a 3-member TLS
+/// cluster of ours, driven with etcdctl.
+#[test]
+fn cfssl_certificates_from_the_guides() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let run = |args: &[&str], json: &str, out: &str| {
+        let gen = Command::new("cfssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("cfssl not found: apt-get install golang-cfssl (scripts/test does it)");
+        assert!(
+            gen.status.success(),
+            "cfssl {args:?}: {}",
+            String::from_utf8_lossy(&gen.stderr)
+        );
+        let _ = json;
+        let mut save = Command::new("cfssljson")
+            .args(["-bare", out])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        save.stdin.take().unwrap().write_all(&gen.stdout).unwrap();
+        assert!(save.wait().unwrap().success());
+    };
+    std::fs::write(
+        dir.join("ca-csr.json"),
+        r#"{"CN": "etcd-ca", "key": {"algo": "rsa", "size": 2048}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ca-config.json"),
+        r#"{"signing": {"default": {"expiry": "8760h"}, "profiles": {
+  "server": {"expiry": "8760h", "usages": ["signing", "key encipherment", "server auth", "client auth"]},
+  "client": {"expiry": "8760h", "usages": ["signing", "key encipherment", "client auth"]}}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("server-csr.json"),
+        r#"{"CN": "etcd", "key": {"algo": "rsa", "size": 2048}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client-csr.json"),
+        r#"{"CN": "root", "key": {"algo": "rsa", "size": 2048}}"#,
+    )
+    .unwrap();
+    run(&["gencert", "-initca", "ca-csr.json"], "", "ca");
+    run(
+        &[
+            "gencert",
+            "-ca=ca.pem",
+            "-ca-key=ca-key.pem",
+            "-config=ca-config.json",
+            "-profile=server",
+            "-hostname=127.0.0.1,localhost",
+            "server-csr.json",
+        ],
+        "",
+        "server",
+    );
+    run(
+        &[
+            "gencert",
+            "-ca=ca.pem",
+            "-ca-key=ca-key.pem",
+            "-config=ca-config.json",
+            "-profile=client",
+            "client-csr.json",
+        ],
+        "",
+        "client",
+    );
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        server: (dir.join("server.pem"), dir.join("server-key.pem")),
+        client: (dir.join("client.pem"), dir.join("client-key.pem")),
+    };
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (common::free_port(), common::free_port()))
+        .collect();
+    let (members, _) = tls_cluster(Kind::Ours, dir, &ports, &certs);
+    // Without a client certificate: refused.
+    assert!(!ctl(
+        &members[0].client_url,
+        &["--cacert", s(&certs.ca)],
+        &["get", "peer"]
+    )
+    .status
+    .success());
+}
+
+/// The certificates Debian ships with etcd's Go sources
+/// (`golang-etcd-server-dev`, `integration/fixtures`): server.crt serves,
+/// server2.crt is a client, server-revoked.crt is in revoke.crl. Ours and
+/// the real etcd 3.4 decide alike.
+#[test]
+fn debian_etcd_fixtures() {
+    let f = Path::new("/usr/share/gocode/src/go.etcd.io/etcd/integration/fixtures");
+    assert!(
+        f.join("ca.crt").exists(),
+        "apt-get install golang-etcd-server-dev (scripts/test does it)"
+    );
+    let fx = |n: &str| f.join(n).to_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    for kind in [Kind::Ours, Kind::Real] {
+        let srv = Server::start_custom(
+            kind,
+            "https",
+            &[
+                "--cert-file",
+                &fx("server.crt"),
+                "--key-file",
+                &fx("server.key.insecure"),
+                "--trusted-ca-file",
+                &fx("ca.crt"),
+                "--client-cert-auth",
+                "--client-crl-file",
+                &fx("revoke.crl"),
+            ],
+            &[
+                "--cacert",
+                &fx("ca.crt"),
+                "--cert",
+                &fx("server2.crt"),
+                "--key",
+                &fx("server2.key.insecure"),
+            ],
+        );
+        srv.ctl_ok(&["put", "fixture", "ok"]);
+        let revoked = ctl(
+            &srv.client_url,
+            &[
+                "--cacert",
+                &fx("ca.crt"),
+                "--cert",
+                &fx("server-revoked.crt"),
+                "--key",
+                &fx("server-revoked.key.insecure"),
+            ],
+            &["get", "fixture"],
+        );
+        let ecdsa = ctl(
+            &srv.client_url,
+            &[
+                "--cacert",
+                &fx("ca.crt"),
+                "--cert",
+                &fx("server-ecdsa.crt"),
+                "--key",
+                &fx("server-ecdsa.key.insecure"),
+            ],
+            &["get", "fixture", "--print-value-only"],
+        );
+        seen.push((kind, revoked.status.success(), ecdsa.status.success()));
+    }
+    assert_eq!(seen, [(Kind::Ours, false, true), (Kind::Real, false, true)]);
 }

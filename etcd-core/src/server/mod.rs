@@ -17,7 +17,7 @@
 //! - `peer_query`: the messages members exchange besides raft;
 //! - `peer_client`: asking other members (joining, forwarding to the leader);
 //! - `kv`, `maintenance`, `cluster`: the APIs, as `impl Etcd` blocks
-//!   (the lease, lock and election APIs are `v3_lease`, `v3lock`,
+//!   (the lease, lock and election APIs are `v3lease`, `v3lock`,
 //!   `v3election` beside this directory);
 //! - `peer_serve`: answering other members;
 //! - `publish`: publishing this member's attributes;

@@ -13,7 +13,9 @@ use crate::membership;
 use crate::snapshot::StoreSnapshots;
 use crate::wait::Wait;
 use crate::watchable_store::WatchableStore;
-use etcd_raft_node::{NodeConfig, RaftNode, TcpTransport, TcpTransportConfig, TransportHooks};
+use etcd_raft_node::{
+    MemberStatus, NodeConfig, RaftNode, TcpTransport, TcpTransportConfig, TransportHooks,
+};
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
@@ -130,8 +132,12 @@ impl Etcd {
             files: booted.files,
             store: store.clone(),
         });
+        let (removed_tx, removed_rx) = watch::channel(false);
+        let removed_tx = Arc::new(removed_tx);
         let transport = match peer_listener {
             Some(listener) => {
+                let members = cluster.clone();
+                let told_removed = removed_tx.clone();
                 let (deliver, reported, unreachable) =
                     (node_slot.clone(), node_slot.clone(), node_slot.clone());
                 let t = TcpTransport::start_with(
@@ -158,6 +164,28 @@ impl Etcd {
                         report_unreachable: Some(Arc::new(move |to| {
                             if let Some(node) = unreachable.get() {
                                 node.report_unreachable(to);
+                            }
+                        })),
+                        // Only members (as this member last applied the
+                        // membership) may send raft traffic.
+                        member_status: Some(Arc::new(move |id| {
+                            let c = members.read();
+                            if c.member(id).is_some() {
+                                MemberStatus::Member
+                            } else if c.is_removed(id) {
+                                MemberStatus::Removed
+                            } else {
+                                MemberStatus::Unknown
+                            }
+                        })),
+                        // etcd's peers answer a removed member `410 Gone`
+                        // and it stops; the server exits on `removed`.
+                        report_removed: Some(Arc::new(move || {
+                            if !*told_removed.borrow() {
+                                tracing::error!(
+                                    "a peer says this member was removed from the cluster"
+                                );
+                                told_removed.send_replace(true);
                             }
                         })),
                     },
@@ -189,7 +217,6 @@ impl Etcd {
         let _ = node_slot.set(node.clone());
         let wait = Arc::new(Wait::new());
         let (applied_tx, applied_rx) = watch::channel(applied);
-        let (removed_tx, removed_rx) = watch::channel(false);
         let apply_thread = {
             let applier = Applier {
                 store: store.clone(),
@@ -281,11 +308,11 @@ struct ApplyLoop {
     watch: Arc<WatchableStore>,
     transport: Option<Arc<TcpTransport>>,
     applied_tx: watch::Sender<u64>,
-    removed_tx: watch::Sender<bool>,
+    removed_tx: Arc<watch::Sender<bool>>,
 }
 
 impl ApplyLoop {
-    fn run(self, rx: crossbeam_channel::Receiver<etcd_raft_node::Applied>, mut steps: ApplySteps) {
+    fn run(self, rx: crossbeam_channel::Receiver<etcd_raft_node::ToApply>, mut steps: ApplySteps) {
         let mut peers = self
             .transport
             .as_ref()

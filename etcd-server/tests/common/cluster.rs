@@ -566,6 +566,34 @@ impl Cluster {
         self.wait_serving(i, Instant::now() + Duration::from_secs(30), false);
     }
 
+    /// Starts member `i`'s process again without waiting for anything.
+    pub fn spawn_only(&mut self, i: usize) {
+        assert!(!self.members[i].running(), "kill member {i} first");
+        self.spawn(i);
+    }
+
+    /// Waits (at most `timeout`) for member `i`'s process to exit; its
+    /// status, or None if it still runs.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.members[i].child.as_mut()?;
+            if let Some(st) = c.try_wait().unwrap() {
+                self.members[i].child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Member `i`'s whole log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+    }
+
     /// `etcdctl member add <name> --peer-urls <new proxy> [--learner]`
     /// through a running member (retrying while etcd refuses with
     /// "unhealthy cluster", which it does during the first 5 s after a
