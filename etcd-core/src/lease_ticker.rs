@@ -25,7 +25,7 @@ use crate::lessor::{Lessor, LEASE_REVOKE_RATE, MAX_CHECKPOINT_BATCH};
 use crate::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use crate::raft_request::{Op, RaftRequest};
 use crossbeam_channel::RecvTimeoutError;
-use etcd_raft_node::{RaftNode, Role};
+use etcd_raft_node::{NodeStatus, RaftNode, Role};
 use prost::Message as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub(crate) fn spawn(
                 Err(RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
-            run_once(&node, &lessor, tick, extend, &mut promote_at);
+            run_once(&mut &*node, &lessor, tick, extend, &mut promote_at);
         }
     })
 }
@@ -57,10 +57,38 @@ pub(crate) fn revoke_limit(tick: Duration) -> usize {
     ((LEASE_REVOKE_RATE as f64 * tick.as_secs_f64()).ceil() as usize).max(1)
 }
 
+/// What a tick needs from raft: a running member's [`RaftNode`], or the
+/// cluster simulation's `Peer` (so the simulation runs this very code).
+pub(crate) trait TickerRaft {
+    /// The member's raft status.
+    fn status(&self) -> NodeStatus;
+    /// Proposes `data`; nobody waits for the outcome.
+    fn propose(&mut self, data: Vec<u8>);
+}
+
+impl TickerRaft for &RaftNode {
+    fn status(&self) -> NodeStatus {
+        RaftNode::status(self)
+    }
+    fn propose(&mut self, data: Vec<u8>) {
+        RaftNode::propose(self, data, None);
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl TickerRaft for etcd_raft_node::Peer {
+    fn status(&self) -> NodeStatus {
+        etcd_raft_node::Peer::status(self)
+    }
+    fn propose(&mut self, data: Vec<u8>) {
+        etcd_raft_node::Peer::propose(self, data, None);
+    }
+}
+
 /// One tick. `promote_at`: the log index to apply before promoting, set
 /// when leadership was first seen.
-fn run_once(
-    node: &RaftNode,
+pub(crate) fn run_once(
+    node: &mut impl TickerRaft,
     lessor: &Lessor,
     tick: Duration,
     extend: Duration,
@@ -88,14 +116,14 @@ fn run_once(
         );
         lessor.promote(extend);
     }
-    let propose = |op: Op| {
+    let mut propose = |op: Op| {
         let data = RaftRequest {
             id: 0,
             op: Some(op),
             header: None,
         }
         .encode_to_vec();
-        node.propose(data, None);
+        node.propose(data);
     };
     for id in lessor.find_expired(revoke_limit(tick)) {
         tracing::debug!(lease = %format!("{id:x}"), "lease expired: proposing its revoke");

@@ -44,6 +44,10 @@ pub enum Input {
         expected_mod: i64,
         value: Vec<u8>,
     },
+    /// Writes outside the checked keys (lease-attached keys, lease
+    /// revokes) that moved the store revision by `changes`: recorded so
+    /// the revisions they took are accounted for.
+    Foreign { changes: i64 },
 }
 
 /// A key's state as a client sees it.
@@ -63,6 +67,7 @@ pub enum Output {
     Get { kv: Option<KeyState>, revision: i64 },
     Delete { deleted: i64, revision: i64 },
     PutIfModRev { succeeded: bool, revision: i64 },
+    Foreign { revision: i64 },
 }
 
 /// One recorded operation. `ret == None`: the outcome is unknown.
@@ -125,6 +130,12 @@ impl KvModel {
                 }
                 Output::PutIfModRev {
                     succeeded,
+                    revision: next.revision,
+                }
+            }
+            Input::Foreign { changes } => {
+                next.revision += changes;
+                Output::Foreign {
                     revision: next.revision,
                 }
             }
@@ -293,7 +304,13 @@ impl<'a> Search<'a> {
             seen: HashSet::new(),
             claimed: ops
                 .iter()
-                .filter_map(|o| match &o.ret {
+                .flat_map(|o| match (&o.input, &o.ret) {
+                    (Input::Foreign { changes }, Some((_, Output::Foreign { revision }))) => {
+                        (revision - changes + 1..=*revision).collect()
+                    }
+                    _ => Vec::new(),
+                })
+                .chain(ops.iter().filter_map(|o| match &o.ret {
                     Some((_, Output::Put { revision }))
                     | Some((
                         _,
@@ -310,7 +327,7 @@ impl<'a> Search<'a> {
                         },
                     )) => Some(*revision),
                     _ => None,
-                })
+                }))
                 .collect(),
             max_states,
             deepest: 0,
@@ -730,7 +747,42 @@ mod tests {
             Output::Put { revision }
             | Output::Get { revision, .. }
             | Output::Delete { revision, .. }
-            | Output::PutIfModRev { revision, .. } => revision,
+            | Output::PutIfModRev { revision, .. }
+            | Output::Foreign { revision } => revision,
         }
+    }
+
+    #[test]
+    fn foreign_writes_account_for_the_revisions_they_took() {
+        // put(x) at 2, a lease key write took 3, get(x) reads revision 3.
+        let ops = vec![
+            op(
+                1,
+                0,
+                Some(1),
+                put("x", "1"),
+                Some(Output::Put { revision: 2 }),
+            ),
+            Operation {
+                client: 9,
+                call: 2,
+                ret: Some((3, Output::Foreign { revision: 3 })),
+                input: Input::Foreign { changes: 1 },
+            },
+            op(
+                2,
+                4,
+                Some(5),
+                get("x"),
+                Some(Output::Get {
+                    kv: kv("1", 2, 2, 1),
+                    revision: 3,
+                }),
+            ),
+        ];
+        assert!(check(&ops, &KvModel::new(), 1000).is_linearizable());
+        // Without the foreign write, revision 3 is unexplained.
+        let without: Vec<Operation> = [ops[0].clone(), ops[2].clone()].into();
+        assert!(!check(&without, &KvModel::new(), 1000).is_linearizable());
     }
 }

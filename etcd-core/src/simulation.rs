@@ -201,6 +201,15 @@ pub struct Stats {
     pub compactions: u64,
     /// MVCC compactions proposed (KV Compact through raft, as a client's).
     pub mvcc_compactions: u64,
+    /// Leases granted, and keepalives answered by the leader's lessor.
+    pub lease_grants: u64,
+    /// See `lease_grants`.
+    pub lease_keepalives: u64,
+    /// Writes to lease keys applied: puts with a lease, and revokes (by the
+    /// lease client or on expiry) that deleted keys.
+    pub lease_key_writes: u64,
+    /// Leases that expired after the faults (all of them must).
+    pub leases_expired: u64,
     /// Snapshots sent to followers, and installed by them.
     pub snapshots_sent: u64,
     /// See `snapshots_sent`.
@@ -271,6 +280,8 @@ impl Outcome {
             | Input::Get { key }
             | Input::Delete { key }
             | Input::PutIfModRev { key, .. } => key.clone(),
+            // Revisions only: listed with every key's operations.
+            Input::Foreign { .. } => Vec::new(),
         };
         let keys: BTreeSet<Vec<u8>> = stuck.iter().map(|&i| key(&self.history[i].input)).collect();
         let first_call = stuck
@@ -347,12 +358,19 @@ fn show(i: &Input) -> String {
             s(key),
             s(value)
         ),
+        Input::Foreign { changes } => {
+            format!("{changes} change(s) outside the checked keys (lease keys, revokes)")
+        }
     }
 }
 
 /// A running member.
 struct Running {
     peer: Peer,
+    /// The lessor's clock: moves one [`SIM_TICK`] per raft tick.
+    clock: Arc<FakeClock>,
+    /// The lease ticker's state (`lease_ticker::run_once`).
+    promote_at: Option<u64>,
     /// The server's apply loop steps (applier, the store's images for
     /// snapshots sent and received, applied index, raft log compaction).
     steps: ApplySteps,
@@ -464,6 +482,10 @@ struct Sim {
     storm: bool,
     /// Id of the next member added.
     next_member_id: u64,
+    /// Leases the lease client granted (or tried to).
+    leases: Vec<i64>,
+    /// Indexes of the entries recorded as `Input::Foreign` operations.
+    foreign_seen: BTreeSet<u64>,
 }
 
 /// Applied entries between raft log compactions (etcd's
@@ -473,6 +495,16 @@ const SNAPSHOT_COUNT: u64 = 25;
 const CATCH_UP_ENTRIES: u64 = 3;
 /// Most voters membership changes may grow the cluster to.
 const MAX_VOTERS: usize = 7;
+/// Simulated time of one raft tick (election timeout: 10 ticks).
+const SIM_TICK: Duration = Duration::from_millis(100);
+/// What a new primary lessor extends leases by (the election timeout).
+const LEASE_EXTEND: Duration = Duration::from_secs(1);
+/// Lease checkpoints every 2 s of simulated time, so they happen (and
+/// cross leader changes) within a run.
+const LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// Keys the lease client attaches to leases (never touched by the checked
+/// clients).
+const LEASE_KEYS: usize = 3;
 
 fn wal_options() -> WalOptions {
     WalOptions {
@@ -549,6 +581,8 @@ impl Sim {
             applied_requests: HashMap::new(),
             storm: false,
             next_member_id: cfg.members + 1,
+            leases: Vec::new(),
+            foreign_seen: BTreeSet::new(),
             cfg,
         };
         for i in 0..sim.nodes.len() {
@@ -624,7 +658,10 @@ impl Sim {
             }
         };
         let applied = store.consistent_index();
-        let lessor = Lessor::new(Arc::new(FakeClock::new()), 5, Duration::from_secs(300));
+        // A restarted member's clock starts again at zero, as a process's
+        // monotonic clock does; its lessor is not primary until it leads.
+        let clock = Arc::new(FakeClock::new());
+        let lessor = Lessor::new(clock.clone(), 5, LEASE_CHECKPOINT_INTERVAL);
         crate::apply::lease::restore(&store, &lessor)
             .map_err(|e| format!("member {id}: restoring leases: {e}"))?;
         let peer = Peer::new(
@@ -656,6 +693,8 @@ impl Sim {
         };
         node.state = State::Running(Box::new(Running {
             peer,
+            clock,
+            promote_at: None,
             steps: ApplySteps::new(applier, snapshots, SNAPSHOT_COUNT, CATCH_UP_ENTRIES),
         }));
         Ok(())
@@ -717,6 +756,7 @@ impl Sim {
         }
         self.calm_down()?;
         let final_hash = self.converge()?;
+        self.expire_leases()?;
         let st = self.net.stats();
         self.stats.messages = st.sent;
         self.stats.messages_lost = st.dropped;
@@ -804,11 +844,26 @@ impl Sim {
             if let Some(r) = self.running_mut(i) {
                 if tick {
                     r.peer.tick();
+                    // The lessor's time and the server's lease ticker
+                    // (promote/demote with leadership, revoke expired
+                    // leases, propose checkpoints): the same function.
+                    r.clock.advance(SIM_TICK);
+                    let lessor = r.steps.applier.lessor.clone();
+                    crate::lease_ticker::run_once(
+                        &mut r.peer,
+                        &lessor,
+                        SIM_TICK,
+                        LEASE_EXTEND,
+                        &mut r.promote_at,
+                    );
                 }
             }
         }
         if faults {
             self.inject_faults()?;
+            if issue {
+                self.lease_client();
+            }
         }
         for i in 0..self.nodes.len() {
             if matches!(self.nodes[i].state, State::Down(at) if at <= self.now) {
@@ -907,6 +962,26 @@ impl Sim {
             compacted |= o.log_compacted;
         }
         let requests = seen.requests;
+        for (index, before, after) in seen.foreign {
+            if self.foreign_seen.insert(index) {
+                // A point in real time: applied (so committed) now, and
+                // not before any member applied it (see the module doc).
+                let call = self.rec.call(
+                    u64::MAX,
+                    Input::Foreign {
+                        changes: after - before,
+                    },
+                );
+                self.rec.ret(call, Output::Foreign { revision: after });
+                self.info.push(OpInfo {
+                    member: id,
+                    call_step: self.now,
+                    ret_step: Some(self.now),
+                    request: 0,
+                });
+                self.stats.lease_key_writes += 1;
+            }
+        }
         self.stats.snapshots_installed += installed;
         if compacted {
             self.stats.compactions += 1;
@@ -1028,6 +1103,98 @@ impl Sim {
         self.stats.crashes += 1;
         let id = node.id;
         self.event(format!("member {id} crashed for {down_for} steps"));
+    }
+
+    /// The lease client: grants leases (TTL 5..8 s), attaches keys
+    /// `lease/0..` to them, keeps some alive at the leader's lessor (what
+    /// `LeaseKeepAlive` does there) and revokes others, through random
+    /// members. Nobody waits for these requests: their effects are checked
+    /// at the end (the same lease records on every member; every lease
+    /// expires once nobody keeps it alive, and its keys go with it).
+    fn lease_client(&mut self) {
+        use crate::pb::etcdserverpb::{
+            LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest,
+        };
+        if !self.rng.gen_bool(0.1) {
+            return;
+        }
+        let running = self.running_indexes();
+        let Some(&i) = running.choose(&mut self.rng) else {
+            return;
+        };
+        let mut i = i;
+        let op = match self.rng.gen_range(0..10) {
+            0..=2 => {
+                let id = 0x1000 + self.leases.len() as i64;
+                self.leases.push(id);
+                self.stats.lease_grants += 1;
+                Op::LeaseGrant(LeaseGrantRequest {
+                    ttl: self.rng.gen_range(5..=8),
+                    id,
+                })
+            }
+            3..=5 => {
+                let Some(&lease) = self.leases.choose(&mut self.rng) else {
+                    return;
+                };
+                let k = self.rng.gen_range(0..LEASE_KEYS);
+                Op::Put(PutRequest {
+                    key: format!("lease/{k}").into_bytes().into(),
+                    value: format!("v{}", self.now).into_bytes().into(),
+                    lease,
+                    ..Default::default()
+                })
+            }
+            6..=8 => {
+                // A keepalive is answered by the leader's lessor (followers
+                // forward it there); renewing a lease that had a remaining
+                // TTL checkpointed proposes a checkpoint clearing it.
+                let Some(l) = self.leader() else { return };
+                let Some(&id) = self.leases.choose(&mut self.rng) else {
+                    return;
+                };
+                let lessor = self
+                    .running(l)
+                    .expect("leader")
+                    .steps
+                    .applier
+                    .lessor
+                    .clone();
+                match lessor.renew(id) {
+                    crate::lessor::Renew::Renewed {
+                        clear_checkpoint, ..
+                    } => {
+                        self.stats.lease_keepalives += 1;
+                        if !clear_checkpoint {
+                            return;
+                        }
+                        i = l;
+                        Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                            checkpoints: vec![LeaseCheckpoint {
+                                id,
+                                remaining_ttl: 0,
+                            }],
+                        })
+                    }
+                    _ => return,
+                }
+            }
+            _ => {
+                let Some(&id) = self.leases.choose(&mut self.rng) else {
+                    return;
+                };
+                Op::LeaseRevoke(LeaseRevokeRequest { id })
+            }
+        };
+        let data = RaftRequest {
+            id: 0,
+            op: Some(op),
+            header: None,
+        }
+        .encode_to_vec();
+        if let Some(r) = self.running_mut(i) {
+            r.peer.propose(data, None);
+        }
     }
 
     /// Proposes an MVCC compaction at the leader, at a revision a few
@@ -1300,6 +1467,7 @@ impl Sim {
                 }],
                 failure: vec![],
             })),
+            Input::Foreign { .. } => unreachable!("clients send no foreign writes"),
         };
         let waiting = match op {
             Err(w) => w,
@@ -1607,7 +1775,19 @@ impl Sim {
                 .store
                 .hash_kv(0)
                 .map_err(|e| e.to_string())?;
-            let got = (r.steps.applied(), h.revision, h.hash);
+            let leases = r
+                .steps
+                .applier
+                .store
+                .aux_scan(etcd_mvcc::Bucket::Lease)
+                .map_err(|e| e.to_string())?;
+            let h = (
+                h.revision,
+                h.hash
+                    ^ u32::try_from(digest(&format!("{leases:?}").into_bytes()) & 0xffff_ffff)
+                        .expect("masked"),
+            );
+            let got = (r.steps.applied(), h.0, h.1);
             match want {
                 None => want = Some(got),
                 Some(w) if w != got => {
@@ -1620,6 +1800,78 @@ impl Sim {
         }
         let (_, rev, hash) = want.ok_or("no member left")?;
         Ok((rev, hash))
+    }
+
+    /// Once nobody keeps leases alive, every lease must expire on the
+    /// leader's lessor, be revoked through raft, and disappear everywhere
+    /// with its keys (expiry across crashes, restarts, leader changes and
+    /// checkpoints).
+    fn expire_leases(&mut self) -> Result<(), String> {
+        // Members of the final membership (a removed member that never
+        // learnt it keeps its stale state, as a real one would until told).
+        let members = |sim: &Sim| -> Vec<usize> {
+            let Some(l) = sim.leader() else {
+                return sim.running_indexes();
+            };
+            let cluster = sim
+                .running(l)
+                .expect("leader")
+                .steps
+                .applier
+                .cluster
+                .read()
+                .clone();
+            sim.final_members(&cluster)
+                .into_iter()
+                .filter(|&i| sim.running(i).is_some())
+                .collect()
+        };
+        let live = |sim: &Sim| -> usize {
+            members(sim)
+                .into_iter()
+                .map(|i| {
+                    let a = &sim.running(i).expect("running").steps.applier;
+                    let keys = a
+                        .store
+                        .range(b"lease/", b"lease0", etcd_mvcc::RangeOptions::default())
+                        .map_or(usize::MAX, |r| r.kvs.len());
+                    a.lessor.len() + keys
+                })
+                .sum()
+        };
+        let before: usize = self
+            .running_indexes()
+            .into_iter()
+            .map(|i| self.running(i).expect("running").steps.applier.lessor.len())
+            .max()
+            .unwrap_or(0);
+        // TTLs are at most 8 s: 80 ticks, about 160 steps; leader changes
+        // extend them by an election timeout.
+        for _ in 0..self.cfg.calm_steps {
+            if live(self) == 0 && self.converged() {
+                break;
+            }
+            self.step(false, false)?;
+        }
+        if live(self) != 0 {
+            let left: Vec<String> = members(self)
+                .into_iter()
+                .map(|i| {
+                    let r = self.running(i).expect("running");
+                    format!(
+                        "member {}: leases {:?} (primary: {})",
+                        self.nodes[i].id,
+                        r.steps.applier.lessor.leases(),
+                        r.steps.applier.lessor.is_primary()
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "leases or their keys outlived their TTL with nobody keeping them alive: {left:?}"
+            ));
+        }
+        self.stats.leases_expired = before as u64;
+        Ok(())
     }
 
     /// Indexes of the nodes that are members of `cluster`.
@@ -1655,6 +1907,9 @@ struct SeenEntries {
     requests: Vec<(u64, (i64, i64))>,
     /// A request being applied: id and revision before.
     current: Option<(u64, i64)>,
+    /// Entries without a waiter (id 0: the lease client, expiry revokes,
+    /// compactions) that moved the revision: (index, before, after).
+    foreign: Vec<(u64, i64, i64)>,
     /// An entry applied out of order.
     error: Option<String>,
 }
@@ -1674,9 +1929,16 @@ impl ApplyObserver for SeenEntries {
         .map(|req| (req.id, store.current_revision()));
     }
 
-    fn after(&mut self, _index: u64, store: &Store) {
+    fn after(&mut self, index: u64, store: &Store) {
         if let Some((id, before)) = self.current.take() {
-            self.requests.push((id, (before, store.current_revision())));
+            let after = store.current_revision();
+            if id == 0 {
+                if after != before {
+                    self.foreign.push((index, before, after));
+                }
+            } else {
+                self.requests.push((id, (before, after)));
+            }
         }
     }
 }

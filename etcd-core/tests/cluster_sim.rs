@@ -83,6 +83,10 @@ fn add(total: &mut Stats, s: &Stats) {
     total.flushes += s.flushes;
     total.compactions += s.compactions;
     total.mvcc_compactions += s.mvcc_compactions;
+    total.lease_grants += s.lease_grants;
+    total.lease_keepalives += s.lease_keepalives;
+    total.lease_key_writes += s.lease_key_writes;
+    total.leases_expired += s.leases_expired;
     total.snapshots_sent += s.snapshots_sent;
     total.snapshots_installed += s.snapshots_installed;
     total.joins += s.joins;
@@ -125,7 +129,8 @@ fn check_cluster(members: u64) {
         "{members} members, {} seeds in {:.1?}: {} ops ({} ok: {} writes, {} reads; {} unknown), \
          {} raft entries, {} leader terms, {} crashes, {} partitions, {} leader transfers, \
          {} members removed, {} added, {} learners promoted, {} store flushes, {} log compactions, \
-         {} MVCC compactions, {} snapshots sent, {} installed, {} of {} messages lost",
+         {} MVCC compactions, {} leases granted, {} keepalives, {} lease key writes, \
+         {} leases expired at the end, {} snapshots sent, {} installed, {} of {} messages lost",
         seeds.len(),
         started.elapsed(),
         total.ops,
@@ -144,6 +149,10 @@ fn check_cluster(members: u64) {
         total.flushes,
         total.compactions,
         total.mvcc_compactions,
+        total.lease_grants,
+        total.lease_keepalives,
+        total.lease_key_writes,
+        total.leases_expired,
         total.snapshots_sent,
         total.snapshots_installed,
         total.messages_lost,

@@ -39,6 +39,7 @@ pub async fn send(kv: &mut KvClient<Channel>, input: &Input, timeout: Duration) 
     let b = |v: &[u8]| Bytes::copy_from_slice(v);
     let fut = async {
         Ok::<_, tonic::Status>(match input {
+            Input::Foreign { .. } => unreachable!("clients send no foreign writes"),
             Input::Get { key } => {
                 let r = kv
                     .range(RangeRequest {
