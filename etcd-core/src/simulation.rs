@@ -51,13 +51,29 @@
 //! its own, keeps only what was flushed: the simulation flushes a member's
 //! store now and then (RocksDB flushing its memtables on its own).
 //!
+//! Leases and watches run as in the server: each member's lessor is on a
+//! clock that moves 100 ms with each of its raft ticks, and the server's
+//! lease ticker code (`lease_ticker::run_once`) promotes/demotes it with
+//! leadership, revokes expired leases and proposes checkpoints; a lease
+//! client grants leases, attaches keys `lease/*` to them, keeps some alive
+//! at the leader's lessor and revokes others (their revisions enter the
+//! history as `Input::Foreign`). Each member start opens the server's
+//! watch hub (`WatchableStore`) with a watcher on every key from a random
+//! revision (next, recent, or below the compaction revision); a snapshot
+//! install resyncs it as the server's apply loop does.
+//!
 //! Checked, per seed:
 //! - at every step: at most one leader per term; every member applies the
-//!   same entry (term and payload) at each index;
+//!   same entry (term and payload) at each index; every member's store
+//!   publishes the same events at each revision, and each watcher gets
+//!   every revision from its start once, in order, whole and equal to the
+//!   store's (or a cancel naming the compaction revision);
 //! - after the faults stop and the network heals: a new write succeeds, and
 //!   every member of the final membership applies the same log and ends
 //!   with the same MVCC hash (HashKV) at the same revision, the same
-//!   membership, and a raft configuration that matches it;
+//!   lease records, the same membership, and a raft configuration that
+//!   matches it; then, with nobody keeping them alive, every lease expires
+//!   and disappears from every member with its keys;
 //! - the whole client history is linearizable
 //!   ([`crate::linearizability::check`]).
 //!
@@ -114,6 +130,8 @@ use crate::pb::etcdserverpb::{
 use crate::raft_request::{Op, RaftRequest};
 use crate::snapshot::{SnapshotFiles, StoreSnapshots};
 use crate::wait::Wait;
+use crate::watchable_store::{StreamQueue, WatchSpec, WatchableStore};
+use crate::watcher_group::KeyRange;
 use crate::Error;
 
 /// What a simulation run does.
@@ -255,6 +273,8 @@ pub struct Outcome {
     pub stats: Stats,
     /// The final store revision and HashKV every member agrees on.
     pub final_hash: (i64, u32),
+    /// What the watchers received (outside the digest).
+    pub watch: WatchStats,
     /// A digest of the history, the events and the final state: the same
     /// seed gives the same digest.
     pub digest: u64,
@@ -371,9 +391,27 @@ struct Running {
     clock: Arc<FakeClock>,
     /// The lease ticker's state (`lease_ticker::run_once`).
     promote_at: Option<u64>,
+    /// The member's watch hub, as the server has it, with one stream of
+    /// one watcher on every key (started at a random revision).
+    watch: Arc<WatchableStore>,
+    /// That stream's responses.
+    queue: Arc<StreamQueue>,
+    /// The revision the watcher must deliver next (revisions are dense:
+    /// each one from 2 on has events); None once canceled (compaction).
+    watch_next: Option<i64>,
+    /// What the store's event sink published, not yet compared:
+    /// (revision, digest of its events).
+    published: Arc<Mutex<Vec<(i64, u64)>>>,
     /// The server's apply loop steps (applier, the store's images for
     /// snapshots sent and received, applied index, raft log compaction).
     steps: ApplySteps,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A crash or a removal ends the member's watchers with it.
+        self.watch.stop();
+    }
 }
 
 enum State {
@@ -486,6 +524,26 @@ struct Sim {
     leases: Vec<i64>,
     /// Indexes of the entries recorded as `Input::Foreign` operations.
     foreign_seen: BTreeSet<u64>,
+    /// The events of each revision (digest), as the first member to
+    /// publish it did: every member's store and watcher must agree.
+    revision_events: BTreeMap<i64, u64>,
+    /// Watch totals (not part of the replay digest: unsynced watchers
+    /// catch up on a thread of their own, as in the server).
+    watch_stats: WatchStats,
+}
+
+/// What the members' watchers received.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Events delivered, checked against the store's.
+    pub events: u64,
+    /// Watchers created (one per member start).
+    pub watchers: u64,
+    /// Watchers canceled because their start was compacted.
+    pub compacted: u64,
+    /// Revisions at the compaction revision a watcher did not get (a
+    /// delete there is compacted away; etcd behaves the same).
+    pub skipped_at_compaction: u64,
 }
 
 /// Applied entries between raft log compactions (etcd's
@@ -583,6 +641,8 @@ impl Sim {
             next_member_id: cfg.members + 1,
             leases: Vec::new(),
             foreign_seen: BTreeSet::new(),
+            revision_events: BTreeMap::new(),
+            watch_stats: WatchStats::default(),
             cfg,
         };
         for i in 0..sim.nodes.len() {
@@ -691,10 +751,56 @@ impl Sim {
             cluster: Arc::new(RwLock::new(cluster)),
             member_id: id,
         };
+        // The watch hub, then a watcher on every key from a random start:
+        // the next revision, a recent one (replayed from history), or one
+        // below the compaction revision (which must cancel it).
+        let store = applier.store.clone();
+        let watch = WatchableStore::start(store.clone())
+            .map_err(|e| format!("member {id}: watch hub: {e}"))?;
+        let published = Arc::new(Mutex::new(Vec::new()));
+        {
+            let p = published.clone();
+            store.subscribe(Arc::new(move |rev, evs| {
+                p.lock().push((rev, events_digest(evs)))
+            }));
+        }
+        let (stream, queue) = watch.new_stream();
+        let (current, compacted) = (store.current_revision(), store.compact_revision());
+        // (Starting exactly at the compaction revision is allowed, as in
+        // etcd, but its events may be gone: a delete there is compacted
+        // away. Not drawn.)
+        let start_rev = match self.rng.gen_range(0..10) {
+            0 if compacted > 2 => compacted - 1,
+            1..=5 => self.rng.gen_range((compacted + 1).max(1)..=current + 1),
+            _ => 0,
+        };
+        watch.watch(
+            WatchSpec {
+                id: 0,
+                stream,
+                range: KeyRange::FromKey(Bytes::from_static(b"\0")),
+                start_rev,
+                no_put: false,
+                no_delete: false,
+                prev_kv: false,
+            },
+            &queue,
+        );
+        self.watch_stats.watchers += 1;
+        let watch_next = Some(if start_rev == 0 {
+            current + 1
+        } else {
+            start_rev.max(2)
+        });
+        let node = &mut self.nodes[i];
         node.state = State::Running(Box::new(Running {
             peer,
             clock,
             promote_at: None,
+            watch,
+            queue,
+            watch_next,
+            published,
             steps: ApplySteps::new(applier, snapshots, SNAPSHOT_COUNT, CATCH_UP_ENTRIES),
         }));
         Ok(())
@@ -780,6 +886,7 @@ impl Sim {
             events: std::mem::take(&mut self.events),
             stats: self.stats.clone(),
             final_hash,
+            watch: self.watch_stats.clone(),
             digest: h.finish(),
         })
     }
@@ -958,10 +1065,16 @@ impl Sim {
                 return Err(format!("member {id}: the image holds no members"));
             }
             installed += u64::from(o.snapshot);
+            if o.snapshot {
+                // As the server's apply loop: watchers resync from the
+                // restored store.
+                r.watch.on_restore();
+            }
             removed |= o.removed;
             compacted |= o.log_compacted;
         }
         let requests = seen.requests;
+        self.check_watch(i)?;
         for (index, before, after) in seen.foreign {
             if self.foreign_seen.insert(index) {
                 // A point in real time: applied (so committed) now, and
@@ -1802,6 +1915,104 @@ impl Sim {
         Ok((rev, hash))
     }
 
+    /// Checks what member `i`'s store published and what its watcher
+    /// received since the last call: every member publishes the same
+    /// events at each revision; the watcher gets every revision from its
+    /// start, once, in order, each whole and as the store published it
+    /// (etcd's ordered, unique, reliable and atomic guarantees), or a
+    /// cancel naming the compaction revision when its start was compacted.
+    /// One exception, etcd's: revisions at or below the compaction
+    /// revision that compaction removed (a watcher at exactly the
+    /// compaction revision is not canceled).
+    fn check_watch(&mut self, i: usize) -> Result<(), String> {
+        let id = self.nodes[i].id;
+        let Some(r) = self.running(i) else {
+            return Ok(());
+        };
+        let published: Vec<(i64, u64)> = std::mem::take(&mut *r.published.lock());
+        let mut responses = Vec::new();
+        while let Some(resp) = r.queue.try_pop() {
+            responses.push(resp);
+        }
+        for (rev, d) in published {
+            match self.revision_events.entry(rev) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(d);
+                }
+                std::collections::btree_map::Entry::Occupied(o) if *o.get() != d => {
+                    return Err(format!(
+                        "member {id} published other events at revision {rev} than another member"
+                    ));
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            }
+        }
+        let mut next = self.running(i).expect("running").watch_next;
+        for resp in responses {
+            if resp.created {
+                continue;
+            }
+            let Some(want) = next else {
+                return Err(format!("member {id}: a watch response after its cancel"));
+            };
+            if resp.canceled {
+                if resp.compact_revision < want {
+                    return Err(format!(
+                        "member {id}: watcher canceled with compact revision {} while it needed {want}",
+                        resp.compact_revision
+                    ));
+                }
+                self.watch_stats.compacted += 1;
+                next = None;
+                continue;
+            }
+            let mut k = 0;
+            while k < resp.events.len() {
+                let rev = resp.events[k].kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                let end = resp.events[k..]
+                    .iter()
+                    .position(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision) != rev)
+                    .map_or(resp.events.len(), |p| k + p);
+                let want = next.expect("not canceled");
+                let compacted = self
+                    .running(i)
+                    .map_or(0, |r| r.steps.applier.store.compact_revision());
+                // etcd's quirk, kept: a watcher whose next revision is the
+                // compaction revision itself is not canceled, but a delete
+                // at that revision is compacted away with its key. So a
+                // skipped revision at or below the compaction revision is
+                // allowed; one above it is a lost event.
+                if rev < want || (rev > want && rev - 1 > compacted) {
+                    return Err(format!(
+                        "member {id}: watcher got revision {rev}, expected {want} (a gap, a repeat or a reordering; compaction revision {compacted})"
+                    ));
+                }
+                if rev > want {
+                    self.watch_stats.skipped_at_compaction += (rev - want) as u64;
+                }
+                let d = events_digest(&resp.events[k..end]);
+                match self.revision_events.get(&rev) {
+                    Some(&p) if p != d => {
+                        return Err(format!(
+                            "member {id}: watcher got other events at revision {rev} than the store published"
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.revision_events.insert(rev, d);
+                    }
+                }
+                self.watch_stats.events += (end - k) as u64;
+                next = Some(rev + 1);
+                k = end;
+            }
+        }
+        if let Some(r) = self.running_mut(i) {
+            r.watch_next = next;
+        }
+        Ok(())
+    }
+
     /// Once nobody keeps leases alive, every lease must expire on the
     /// leader's lessor, be revoked through raft, and disappear everywhere
     /// with its keys (expiry across crashes, restarts, leader changes and
@@ -1941,6 +2152,21 @@ impl ApplyObserver for SeenEntries {
             }
         }
     }
+}
+
+/// A digest of one revision's events as a watcher sees them (without
+/// `prev_kv`, which watchers get only on request).
+fn events_digest(evs: &[crate::pb::mvccpb::Event]) -> u64 {
+    let mut text = String::new();
+    for e in evs {
+        let kv = e.kv.as_ref().expect("events carry a kv");
+        let _ = write!(
+            text,
+            "{}|{:?}|{:?}|{}|{}|{}|{};",
+            e.r#type, kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease
+        );
+    }
+    digest(text.as_bytes())
 }
 
 /// The output of an applied write.

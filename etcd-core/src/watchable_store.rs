@@ -109,29 +109,43 @@ impl StreamQueue {
     /// The next response; None once closed and drained.
     pub(crate) async fn pop(&self) -> Option<WatchResponse> {
         loop {
-            {
-                let mut s = self.state.lock();
-                if let Some((counted, r)) = s.items.pop_front() {
-                    if counted {
-                        if s.events == STREAM_BUF_LEN {
-                            // Parked watchers of this stream can resume.
-                            let _ = self.kick.try_send(());
-                        }
-                        s.events -= 1;
-                    }
-                    return Some(r);
-                }
-                if s.closed {
-                    return None;
-                }
+            match self.take() {
+                Ok(r) => return r,
+                Err(()) => self.ready.notified().await,
             }
-            self.ready.notified().await;
         }
+    }
+
+    /// The next response (`Ok(None)` once closed and drained), or `Err`
+    /// when there is none yet.
+    fn take(&self) -> Result<Option<WatchResponse>, ()> {
+        let mut s = self.state.lock();
+        if let Some((counted, r)) = s.items.pop_front() {
+            if counted {
+                if s.events == STREAM_BUF_LEN {
+                    // Parked watchers of this stream can resume.
+                    let _ = self.kick.try_send(());
+                }
+                s.events -= 1;
+            }
+            return Ok(Some(r));
+        }
+        if s.closed {
+            return Ok(None);
+        }
+        Err(())
     }
 
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
         self.ready.notify_one();
+    }
+
+    /// The next response if one is queued (the simulation's synchronous
+    /// consumer; [`StreamQueue::pop`] without waiting).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn try_pop(&self) -> Option<WatchResponse> {
+        self.take().ok().flatten()
     }
 }
 

@@ -101,8 +101,13 @@ fn check_cluster(members: u64) {
     let started = std::time::Instant::now();
     let (outcomes, mut failures) = run_seeds(&seeds, members, &|_| {});
     let mut total = Stats::default();
+    let (mut watchers, mut watch_events, mut watch_compacted, mut skipped) = (0, 0, 0, 0);
     for o in &outcomes {
         add(&mut total, &o.stats);
+        watchers += o.watch.watchers;
+        watch_events += o.watch.events;
+        watch_compacted += o.watch.compacted;
+        skipped += o.watch.skipped_at_compaction;
         if verbose {
             for (step, e) in &o.events {
                 eprintln!("step {step}: {e}");
@@ -130,7 +135,9 @@ fn check_cluster(members: u64) {
          {} raft entries, {} leader terms, {} crashes, {} partitions, {} leader transfers, \
          {} members removed, {} added, {} learners promoted, {} store flushes, {} log compactions, \
          {} MVCC compactions, {} leases granted, {} keepalives, {} lease key writes, \
-         {} leases expired at the end, {} snapshots sent, {} installed, {} of {} messages lost",
+         {} leases expired at the end, {} watchers ({} events checked, {} canceled by compaction, \
+         {} revisions at the compaction revision skipped), \
+         {} snapshots sent, {} installed, {} of {} messages lost",
         seeds.len(),
         started.elapsed(),
         total.ops,
@@ -153,6 +160,10 @@ fn check_cluster(members: u64) {
         total.lease_keepalives,
         total.lease_key_writes,
         total.leases_expired,
+        watchers,
+        watch_events,
+        watch_compacted,
+        skipped,
         total.snapshots_sent,
         total.snapshots_installed,
         total.messages_lost,
