@@ -90,10 +90,12 @@ impl Clock for MonotonicClock {
     }
 }
 
-/// A clock that only moves when told to (tests).
+/// A clock that only moves when told to (test support: `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Default)]
 pub struct FakeClock(Mutex<Duration>);
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeClock {
     /// A fake clock at time zero.
     pub fn new() -> FakeClock {
@@ -106,6 +108,7 @@ impl FakeClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for FakeClock {
     fn now(&self) -> Duration {
         *self.0.lock()
