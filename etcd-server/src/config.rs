@@ -204,6 +204,17 @@ pub struct Flags {
     /// Path to the peer certificate revocation list file.
     #[arg(long, env = "ETCD_PEER_CRL_FILE")]
     pub peer_crl_file: Option<PathBuf>,
+    /// Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided.
+    #[arg(
+        long,
+        env = "ETCD_PEER_AUTO_TLS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub peer_auto_tls: bool,
     /// Allowed CN for inter peer authentication.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
@@ -511,6 +522,21 @@ fn split_urls(flag: &str, s: &str) -> Result<Vec<String>, String> {
     Ok(urls)
 }
 
+/// The host of a URL (`scheme://host:port/...`), brackets removed.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split("://").nth(1)?;
+    let hostport = rest.split('/').next()?;
+    let host = match hostport.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => hostport,
+    };
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
 /// Resolves an `http://host:port` or `https://host:port` URL to the
 /// address to bind.
 fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
@@ -704,6 +730,16 @@ impl Flags {
                     .unwrap_or_default(),
                 min_version: client_tls.as_ref().and_then(|t| t.min_version.clone()),
                 max_version: client_tls.as_ref().and_then(|t| t.max_version.clone()),
+                auto_tls: self.peer_auto_tls.then(|| crate::tls::AutoTls {
+                    dir: data_dir.join("fixtures").join("peer"),
+                    hosts: listen_peer_urls
+                        .iter()
+                        .chain(&peer_urls)
+                        .filter_map(|u| url_host(u))
+                        .chain(["localhost".to_string()])
+                        .collect(),
+                    validity_years: self.self_signed_cert_validity,
+                }),
                 ..Default::default()
             },
             allowed_cn: self.peer_cert_allowed_cn,
@@ -841,9 +877,9 @@ mod tests {
     #[test]
     fn an_etcd_setting_we_do_not_honour_is_a_startup_error() {
         // The operator who sets it must not silently run without it.
-        let err = run(&[], &[("ETCD_PEER_AUTO_TLS", "true")]).err().unwrap();
+        let err = run(&[], &[("ETCD_AUTH_TOKEN", "simple")]).err().unwrap();
         assert!(
-            err.contains("ETCD_PEER_AUTO_TLS") && err.contains("--peer-auto-tls"),
+            err.contains("ETCD_AUTH_TOKEN") && err.contains("--auth-token"),
             "{err}"
         );
         let err = run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1")])

@@ -614,7 +614,7 @@ pub struct PeerTlsFiles {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerTlsSettings {
     /// Files, CRL, suites and versions, as for clients (`allowed_hostname`
-    /// and `auto_tls` unused).
+    /// unused; `auto_tls`: `--peer-auto-tls`, in `<data-dir>/fixtures/peer`).
     pub files: TlsSettings,
     /// `--peer-cert-allowed-cn`.
     pub allowed_cn: Option<String>,
@@ -626,6 +626,10 @@ impl PeerTlsSettings {
     /// Checks the combination of flags.
     pub fn validate(&self) -> Result<(), String> {
         let f = &self.files;
+        if f.cert_file.is_none() && f.key_file.is_none() && f.auto_tls.is_some() {
+            // --peer-auto-tls: encryption only, as etcd (no verification).
+            return Ok(());
+        }
         if f.cert_file.is_none() || f.key_file.is_none() {
             return Err("peer TLS needs --peer-cert-file and --peer-key-file".into());
         }
@@ -647,6 +651,19 @@ impl PeerTlsSettings {
 /// The dialer's configuration: verify members against the trusted CA,
 /// present this member's certificate.
 fn build_client(s: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    if s.cert_file.is_none() && s.auto_tls.is_some() {
+        // --peer-auto-tls: etcd's InsecureSkipVerify. The handshake's
+        // signatures are still checked; the certificate is not.
+        let provider = Arc::new(cipher_suites(&s.cipher_suites)?);
+        return Ok(
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&protocol_versions(s)?)
+                .map_err(|e| format!("TLS versions: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+                .with_no_client_auth(),
+        );
+    }
     let (Some(cert), Some(key), Some(ca)) = (&s.cert_file, &s.key_file, &s.trusted_ca_file) else {
         return Err("peer TLS needs a certificate, a key and a trusted CA file".into());
     };
@@ -660,13 +677,65 @@ fn build_client(s: &TlsSettings) -> Result<rustls::ClientConfig, String> {
         .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))
 }
 
+/// `--peer-auto-tls`'s verifier: any certificate (etcd's
+/// `InsecureSkipVerify`), with the handshake signatures still verified.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 impl PeerTlsFiles {
     /// Loads the peer certificates; an error stops the server from starting.
     pub fn new(settings: PeerTlsSettings) -> Result<PeerTlsFiles, String> {
         settings.validate()?;
         let mut files = settings.files.clone();
         files.allowed_hostname = None;
-        files.auto_tls = None;
+        if files.cert_file.is_some() {
+            files.auto_tls = None;
+        }
         let st = stamp(&files.files());
         let client = Arc::new(build_client(&files)?);
         Ok(PeerTlsFiles {

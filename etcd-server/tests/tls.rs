@@ -828,3 +828,81 @@ fn debian_etcd_fixtures() {
     }
     assert_eq!(seen, [(Kind::Ours, false, true), (Kind::Real, false, true)]);
 }
+
+/// `--peer-auto-tls`: three members encrypt peer traffic with certificates
+/// they made themselves; ours and the real etcd 3.4 form the cluster alike.
+#[test]
+fn peer_auto_tls_cluster() {
+    for kind in [Kind::Ours, Kind::Real] {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| (common::free_port(), common::free_port()))
+            .collect();
+        let initial = (0..3)
+            .map(|i| format!("m{i}=https://127.0.0.1:{}", ports[i].1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let bin = match kind {
+            Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
+            Kind::Real => common::real_etcd_path().to_string(),
+        };
+        let members: Vec<TlsMember> = (0..3)
+            .map(|i| {
+                let client_url = format!("http://127.0.0.1:{}", ports[i].0);
+                let peer_url = format!("https://127.0.0.1:{}", ports[i].1);
+                let log = dir.path().join(format!("m{i}.log"));
+                let out = std::fs::File::create(&log).unwrap();
+                let child = Command::new(&bin)
+                    .args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("m{i}.etcd")))
+                    .args(["--listen-client-urls", &client_url])
+                    .args(["--advertise-client-urls", &client_url])
+                    .args(["--listen-peer-urls", &peer_url])
+                    .args(["--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &initial])
+                    .args(["--initial-cluster-token", "auto-tls"])
+                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                    .arg("--peer-auto-tls")
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .spawn()
+                    .unwrap();
+                TlsMember {
+                    child,
+                    client_url,
+                    log,
+                }
+            })
+            .collect();
+        for m in &members {
+            assert!(
+                eventually(150, || ctl(&m.client_url, &[], &["endpoint", "health"])
+                    .status
+                    .success()),
+                "{kind:?} {}: not healthy; log:\n{}",
+                m.client_url,
+                std::fs::read_to_string(&m.log).unwrap_or_default()
+            );
+        }
+        assert!(ctl(&members[0].client_url, &[], &["put", "auto", "peer"])
+            .status
+            .success());
+        let got = ctl(
+            &members[2].client_url,
+            &[],
+            &["get", "auto", "--print-value-only"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            "peer",
+            "{kind:?}"
+        );
+        if kind == Kind::Ours {
+            assert!(dir.path().join("m0.etcd/fixtures/peer/cert.pem").exists());
+        }
+    }
+}
