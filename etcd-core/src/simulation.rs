@@ -1792,15 +1792,7 @@ impl Sim {
         }
         // Liveness: a write after healing, to a member of the cluster,
         // must succeed.
-        let l = self.leader().ok_or("no leader after healing")?;
-        let cluster = self
-            .running(l)
-            .expect("leader")
-            .steps
-            .applier
-            .cluster
-            .read()
-            .clone();
+        let cluster = self.leader_membership().ok_or("no leader after healing")?;
         let members: Vec<usize> = self
             .final_members(&cluster)
             .into_iter()
@@ -2021,17 +2013,9 @@ impl Sim {
         // Members of the final membership (a removed member that never
         // learnt it keeps its stale state, as a real one would until told).
         let members = |sim: &Sim| -> Vec<usize> {
-            let Some(l) = sim.leader() else {
+            let Some(cluster) = sim.leader_membership() else {
                 return sim.running_indexes();
             };
-            let cluster = sim
-                .running(l)
-                .expect("leader")
-                .steps
-                .applier
-                .cluster
-                .read()
-                .clone();
             sim.final_members(&cluster)
                 .into_iter()
                 .filter(|&i| sim.running(i).is_some())
@@ -2083,6 +2067,13 @@ impl Sim {
         }
         self.stats.leases_expired = before as u64;
         Ok(())
+    }
+
+    /// The membership the current leader applied.
+    fn leader_membership(&self) -> Option<RaftCluster> {
+        let l = self.leader()?;
+        let r = self.running(l).expect("the leader runs");
+        Some(r.steps.applier.cluster.read().clone())
     }
 
     /// Indexes of the nodes that are members of `cluster`.

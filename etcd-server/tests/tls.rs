@@ -427,7 +427,53 @@ impl Drop for TlsMember {
     }
 }
 
-/// Flags of a member whose client and peer traffic is TLS with `peer`'s
+/// Starts a member process of `kind` serving clients at `client_url` and
+/// peers at `peer_url`, with `extra` flags (TLS).
+#[allow(clippy::too_many_arguments)]
+fn spawn_member(
+    kind: Kind,
+    dir: &Path,
+    name: &str,
+    client_url: String,
+    peer_url: &str,
+    initial_cluster: &str,
+    state: &str,
+    extra: &[&str],
+) -> TlsMember {
+    let bin = match kind {
+        Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
+        Kind::Real => common::real_etcd_path().to_string(),
+    };
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(bin)
+        .args(["--name", name])
+        .arg("--data-dir")
+        .arg(dir.join(format!("{name}.etcd")))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-state", state])
+        .args(["--initial-cluster-token", "tls-cluster"])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    TlsMember {
+        child,
+        client_url,
+        log,
+    }
+}
+
+/// A member whose client and peer traffic is TLS with `peer`'s
 /// certificate (the server certificate doubles as the peer one, as in the
 /// guides' cfssl setup).
 #[allow(clippy::too_many_arguments)]
@@ -443,51 +489,31 @@ fn tls_member(
     peer: &(PathBuf, PathBuf),
     peer_ca: &Path,
 ) -> TlsMember {
-    let bin = match kind {
-        Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
-        Kind::Real => common::real_etcd_path().to_string(),
-    };
-    let client_url = format!("https://127.0.0.1:{client_port}");
-    let peer_url = format!("https://127.0.0.1:{peer_port}");
-    let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(bin)
-        .args(["--name", name])
-        .arg("--data-dir")
-        .arg(dir.join(format!("{name}.etcd")))
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", initial_cluster])
-        .args(["--initial-cluster-state", state])
-        .args(["--initial-cluster-token", "tls-cluster"])
-        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-        .args(["--cert-file", s(&c.server.0), "--key-file", s(&c.server.1)])
-        .args(["--trusted-ca-file", s(&c.ca), "--client-cert-auth"])
-        .args([
+    spawn_member(
+        kind,
+        dir,
+        name,
+        format!("https://127.0.0.1:{client_port}"),
+        &format!("https://127.0.0.1:{peer_port}"),
+        initial_cluster,
+        state,
+        &[
+            "--cert-file",
+            s(&c.server.0),
+            "--key-file",
+            s(&c.server.1),
+            "--trusted-ca-file",
+            s(&c.ca),
+            "--client-cert-auth",
             "--peer-cert-file",
             s(&peer.0),
             "--peer-key-file",
             s(&peer.1),
-        ])
-        .args([
             "--peer-trusted-ca-file",
             s(peer_ca),
             "--peer-client-cert-auth",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    TlsMember {
-        child,
-        client_url,
-        log,
-    }
+        ],
+    )
 }
 
 /// A CA, a server (and peer) certificate and a client certificate.
@@ -842,40 +868,18 @@ fn peer_auto_tls_cluster() {
             .map(|i| format!("m{i}=https://127.0.0.1:{}", ports[i].1))
             .collect::<Vec<_>>()
             .join(",");
-        let bin = match kind {
-            Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
-            Kind::Real => common::real_etcd_path().to_string(),
-        };
         let members: Vec<TlsMember> = (0..3)
             .map(|i| {
-                let client_url = format!("http://127.0.0.1:{}", ports[i].0);
-                let peer_url = format!("https://127.0.0.1:{}", ports[i].1);
-                let log = dir.path().join(format!("m{i}.log"));
-                let out = std::fs::File::create(&log).unwrap();
-                let child = Command::new(&bin)
-                    .args(["--name", &format!("m{i}")])
-                    .arg("--data-dir")
-                    .arg(dir.path().join(format!("m{i}.etcd")))
-                    .args(["--listen-client-urls", &client_url])
-                    .args(["--advertise-client-urls", &client_url])
-                    .args(["--listen-peer-urls", &peer_url])
-                    .args(["--initial-advertise-peer-urls", &peer_url])
-                    .args(["--initial-cluster", &initial])
-                    .args(["--initial-cluster-token", "auto-tls"])
-                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                    .arg("--peer-auto-tls")
-                    .env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default())
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone().unwrap())
-                    .stderr(out)
-                    .spawn()
-                    .unwrap();
-                TlsMember {
-                    child,
-                    client_url,
-                    log,
-                }
+                spawn_member(
+                    kind,
+                    dir.path(),
+                    &format!("m{i}"),
+                    format!("http://127.0.0.1:{}", ports[i].0),
+                    &format!("https://127.0.0.1:{}", ports[i].1),
+                    &initial,
+                    "new",
+                    &["--peer-auto-tls"],
+                )
             })
             .collect();
         for m in &members {
