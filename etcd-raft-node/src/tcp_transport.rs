@@ -442,17 +442,36 @@ impl TcpTransport {
     }
 
     /// Closes the listener and every stream. Idempotent.
+    ///
+    /// Blocks (at most 5 s) until the transport's tasks are dropped: they
+    /// hold the application's hooks (its store, through the snapshot
+    /// hook), and a process that exits while another thread still releases
+    /// them can abort in the store's teardown. Call it from a thread that
+    /// may block (not from an async task).
     pub fn shutdown(&self) {
         self.peers.lock().clear();
         if let Some(rt) = self.rt.lock().take() {
-            rt.shutdown_background();
+            // On a thread of its own: this one may belong to another runtime.
+            let t = std::thread::Builder::new()
+                .name("peer-net-stop".into())
+                .spawn(move || rt.shutdown_timeout(Duration::from_secs(5)));
+            match t {
+                Ok(t) => {
+                    let _ = t.join();
+                }
+                Err(e) => tracing::warn!("cannot wait for the peer transport to stop: {e}"),
+            }
         }
     }
 }
 
 impl Drop for TcpTransport {
     fn drop(&mut self) {
-        self.shutdown();
+        // Possibly inside an async task: no waiting here (`shutdown` waits).
+        self.peers.get_mut().clear();
+        if let Some(rt) = self.rt.get_mut().take() {
+            rt.shutdown_background();
+        }
     }
 }
 
