@@ -560,78 +560,68 @@ fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--{flag}: {url:?} resolves to no address"))
 }
 
-/// The client TLS settings, or None when no listener uses https (etcd
-/// then ignores the TLS files, with a warning).
-#[allow(clippy::too_many_arguments)]
-fn client_tls(
-    cert_file: &Option<PathBuf>,
-    key_file: &Option<PathBuf>,
-    trusted_ca_file: &Option<PathBuf>,
-    client_cert_auth: bool,
-    crl_file: &Option<PathBuf>,
-    allowed_hostname: &Option<String>,
-    auto_tls: bool,
-    validity_years: u32,
-    cipher_suites: &Option<String>,
-    min_version: &Option<String>,
-    max_version: &Option<String>,
-    listeners: &[ClientListener],
-    data_dir: &std::path::Path,
-) -> Result<Option<crate::tls::TlsSettings>, String> {
-    let auto = (auto_tls && cert_file.is_none()).then(|| crate::tls::AutoTls {
-        dir: data_dir.join("fixtures").join("client"),
-        hosts: listeners
-            .iter()
-            .map(|l| l.addr.ip().to_string())
-            .chain(["localhost".to_string()])
-            .collect(),
-        validity_years,
-    });
-    if auto_tls && cert_file.is_some() {
-        tracing::warn!("ignoring client auto TLS since certs given");
-    }
-    let settings = crate::tls::TlsSettings {
-        cert_file: cert_file.clone(),
-        key_file: key_file.clone(),
-        trusted_ca_file: trusted_ca_file.clone(),
-        client_cert_auth,
-        crl_file: crl_file.clone(),
-        allowed_hostname: allowed_hostname.clone(),
-        auto_tls: auto,
-        cipher_suites: cipher_suites
-            .iter()
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        min_version: min_version.clone(),
-        max_version: max_version.clone(),
-    };
-    settings.validate()?;
-    let https: Vec<&str> = listeners
-        .iter()
-        .filter(|l| l.tls)
-        .map(|l| l.url.as_str())
-        .collect();
-    if https.is_empty() {
-        if settings != crate::tls::TlsSettings::default() && settings.has_server_cert() {
-            tracing::warn!(
-                "client TLS settings are given but no --listen-client-urls is https://; serving plain HTTP only"
-            );
-        }
-        return Ok(None);
-    }
-    if !settings.has_server_cert() {
-        return Err(format!(
-            "--listen-client-urls: {} needs TLS: give --cert-file and --key-file (or --auto-tls)",
-            https.join(",")
-        ));
-    }
-    Ok(Some(settings))
-}
-
 impl Flags {
+    /// The client TLS settings, or None when no listener uses https (etcd
+    /// then ignores the TLS files, with a warning).
+    fn client_tls(
+        &self,
+        listeners: &[ClientListener],
+        data_dir: &std::path::Path,
+    ) -> Result<Option<crate::tls::TlsSettings>, String> {
+        let auto = (self.auto_tls && self.cert_file.is_none()).then(|| crate::tls::AutoTls {
+            dir: data_dir.join("fixtures").join("client"),
+            hosts: listeners
+                .iter()
+                .map(|l| l.addr.ip().to_string())
+                .chain(["localhost".to_string()])
+                .collect(),
+            validity_years: self.self_signed_cert_validity,
+        });
+        if self.auto_tls && self.cert_file.is_some() {
+            tracing::warn!("ignoring client auto TLS since certs given");
+        }
+        let settings = crate::tls::TlsSettings {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            crl_file: self.client_crl_file.clone(),
+            allowed_hostname: self.client_cert_allowed_hostname.clone(),
+            auto_tls: auto,
+            cipher_suites: self
+                .cipher_suites
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            min_version: self.tls_min_version.clone(),
+            max_version: self.tls_max_version.clone(),
+        };
+        settings.validate()?;
+        let https: Vec<&str> = listeners
+            .iter()
+            .filter(|l| l.tls)
+            .map(|l| l.url.as_str())
+            .collect();
+        if https.is_empty() {
+            if settings.has_server_cert() {
+                tracing::warn!(
+                    "client TLS settings are given but no --listen-client-urls is https://; serving plain HTTP only"
+                );
+            }
+            return Ok(None);
+        }
+        if !settings.has_server_cert() {
+            return Err(format!(
+                "--listen-client-urls: {} needs TLS: give --cert-file and --key-file (or --auto-tls)",
+                https.join(",")
+            ));
+        }
+        Ok(Some(settings))
+    }
+
     /// Checks the flags and derives the server settings.
     pub fn into_config(self) -> Result<ServerConfig, String> {
         let log_level = match self.log_level.as_str() {
@@ -680,6 +670,11 @@ impl Flags {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let client_tls = self.client_tls(&client_listeners, &data_dir)?;
         let advertise_client_urls =
             split_urls("advertise-client-urls", &self.advertise_client_urls)?;
         let listen_peer_urls = split_urls("listen-peer-urls", &self.listen_peer_urls)?;
@@ -695,24 +690,7 @@ impl Flags {
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        let data_dir = self
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
-        let client_tls = client_tls(
-            &self.cert_file,
-            &self.key_file,
-            &self.trusted_ca_file,
-            self.client_cert_auth,
-            &self.client_crl_file,
-            &self.client_cert_allowed_hostname,
-            self.auto_tls,
-            self.self_signed_cert_validity,
-            &self.cipher_suites,
-            &self.tls_min_version,
-            &self.tls_max_version,
-            &client_listeners,
-            &data_dir,
-        )?;
+
         let peer_https = listen_peer_urls
             .iter()
             .chain(&peer_urls)

@@ -345,11 +345,63 @@ fn stamp(files: &[PathBuf]) -> Stamp {
         .collect()
 }
 
-/// The current TLS configuration, rebuilt when its files change.
-pub struct TlsReloader {
-    settings: TlsSettings,
+/// A value built from certificate files, rebuilt for the next caller when
+/// one of them changed (modification time or size); when the new files do
+/// not load, the previous value stays and the error is logged once.
+struct Reloading<T> {
+    /// What is reloaded, for the logs ("client TLS", "peer TLS").
+    what: &'static str,
     files: Vec<PathBuf>,
-    current: parking_lot::Mutex<(Stamp, Arc<ServerConfig>)>,
+    build: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
+    current: parking_lot::Mutex<(Stamp, Arc<T>)>,
+}
+
+impl<T> Reloading<T> {
+    /// Builds the first value; an error here stops the server from starting.
+    fn new(
+        what: &'static str,
+        files: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Reloading<T>, String> {
+        let st = stamp(&files);
+        let first = Arc::new(build()?);
+        Ok(Reloading {
+            what,
+            files,
+            build: Box::new(build),
+            current: parking_lot::Mutex::new((st, first)),
+        })
+    }
+
+    /// The current value, rebuilt first if a file changed.
+    fn get(&self) -> Arc<T> {
+        let now = stamp(&self.files);
+        let mut cur = self.current.lock();
+        if now != cur.0 {
+            match (self.build)() {
+                Ok(v) => {
+                    tracing::info!(files = ?self.files, "{} certificate files changed: reloaded", self.what);
+                    *cur = (now, Arc::new(v));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{} certificate files changed but do not load ({e}); keeping the previous certificates",
+                        self.what
+                    );
+                    // Do not retry on every connection until they change again.
+                    cur.0 = now;
+                }
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+/// The client listeners' TLS configuration, rebuilt when its files change.
+pub struct TlsReloader {
+    /// `--client-cert-allowed-hostname`, checked after each handshake.
+    allowed_hostname: Option<String>,
+    config: Reloading<ServerConfig>,
 }
 
 impl TlsReloader {
@@ -357,35 +409,18 @@ impl TlsReloader {
     /// starting (etcd refuses to start with unreadable certificates).
     pub fn new(settings: TlsSettings) -> Result<TlsReloader, String> {
         settings.validate()?;
+        let allowed_hostname = settings.allowed_hostname.clone();
         let files = settings.files();
-        let st = stamp(&files);
-        let cfg = Arc::new(build(&settings)?);
+        let config = Reloading::new("client TLS", files, move || build(&settings))?;
         Ok(TlsReloader {
-            settings,
-            files,
-            current: parking_lot::Mutex::new((st, cfg)),
+            allowed_hostname,
+            config,
         })
     }
 
-    /// The configuration for a new connection: re-read when a file
-    /// changed; kept (with a logged error) when the new files do not load.
+    /// The configuration for a new connection (see [`Reloading`]).
     pub fn config(&self) -> Arc<ServerConfig> {
-        let now = stamp(&self.files);
-        let mut cur = self.current.lock();
-        if now != cur.0 {
-            match build(&self.settings) {
-                Ok(cfg) => {
-                    tracing::info!(files = ?self.files, "TLS certificate files changed: reloaded");
-                    *cur = (now, Arc::new(cfg));
-                }
-                Err(e) => {
-                    tracing::error!("TLS certificate files changed but do not load ({e}); keeping the previous certificates");
-                    // Do not retry on every connection until they change again.
-                    cur.0 = now;
-                }
-            }
-        }
-        cur.1.clone()
+        self.config.get()
     }
 
     /// Runs the TLS handshake of an accepted connection; None (logged)
@@ -410,7 +445,7 @@ impl TlsReloader {
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec());
         let common_name = match &leaf {
-            Some(der) => match parse_leaf(der, self.settings.allowed_hostname.as_deref()) {
+            Some(der) => match parse_leaf(der, self.allowed_hostname.as_deref()) {
                 Ok(cn) => cn,
                 Err(e) => {
                     tracing::warn!(%remote, "rejected connection: {e}");
@@ -598,12 +633,8 @@ impl AsyncWrite for ClientConn {
 /// them; the listener requires a certificate from that CA (as etcd does
 /// when a trusted CA file is given). Files are re-read for new connections.
 pub struct PeerTlsFiles {
-    /// The listener's side.
-    server: TlsReloader,
-    /// The dialer's configuration and what its files looked like.
-    client: parking_lot::Mutex<(Stamp, Arc<rustls::ClientConfig>)>,
-    /// The files (to rebuild the dialer's configuration).
-    settings: TlsSettings,
+    /// The listener's and the dialer's configurations, rebuilt together.
+    configs: Reloading<(Arc<ServerConfig>, Arc<rustls::ClientConfig>)>,
     /// `--peer-cert-allowed-cn`.
     allowed_cn: Option<String>,
     /// `--peer-cert-allowed-hostname`.
@@ -736,12 +767,13 @@ impl PeerTlsFiles {
         if files.cert_file.is_some() {
             files.auto_tls = None;
         }
-        let st = stamp(&files.files());
-        let client = Arc::new(build_client(&files)?);
+        files.validate()?;
+        let watched = files.files();
+        let configs = Reloading::new("peer TLS", watched, move || {
+            Ok((Arc::new(build(&files)?), Arc::new(build_client(&files)?)))
+        })?;
         Ok(PeerTlsFiles {
-            server: TlsReloader::new(files.clone())?,
-            client: parking_lot::Mutex::new((st, client)),
-            settings: files,
+            configs,
             allowed_cn: settings.allowed_cn,
             allowed_hostname: settings.allowed_hostname,
         })
@@ -750,22 +782,11 @@ impl PeerTlsFiles {
 
 impl etcd_core::PeerTls for PeerTlsFiles {
     fn server(&self) -> Arc<ServerConfig> {
-        self.server.config()
+        self.configs.get().0.clone()
     }
 
     fn client(&self) -> Arc<rustls::ClientConfig> {
-        let now = stamp(&self.settings.files());
-        let mut cur = self.client.lock();
-        if now != cur.0 {
-            match build_client(&self.settings) {
-                Ok(c) => *cur = (now, Arc::new(c)),
-                Err(e) => {
-                    tracing::error!("peer TLS files changed but do not load ({e}); keeping the previous certificates");
-                    cur.0 = now;
-                }
-            }
-        }
-        cur.1.clone()
+        self.configs.get().1.clone()
     }
 
     fn check_peer(&self, leaf: &[u8]) -> Result<(), String> {

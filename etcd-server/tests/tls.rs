@@ -107,6 +107,11 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// etcdctl's flags to trust `ca` and present the certificate `cert`.
+fn tls_flags<'a>(ca: &'a Path, cert: &'a (PathBuf, PathBuf)) -> [&'a str; 6] {
+    ["--cacert", s(ca), "--cert", s(&cert.0), "--key", s(&cert.1)]
+}
+
 /// etcdctl against `endpoint` with exactly `tls` as its TLS flags.
 fn ctl(endpoint: &str, tls: &[&str], args: &[&str]) -> Output {
     Command::new(etcdctl_path())
@@ -165,14 +170,7 @@ fn outcomes(kind: Kind, p: &Pki) -> Vec<(&'static str, bool)> {
         "--client-crl-file",
         s(&p.crl),
     ];
-    let good = [
-        "--cacert",
-        s(&p.ca),
-        "--cert",
-        s(&p.client.0),
-        "--key",
-        s(&p.client.1),
-    ];
+    let good = tls_flags(&p.ca, &p.client);
     let srv = Server::start_custom(kind, "https", &server_flags, &good);
     let url = srv.client_url.clone();
     srv.ctl_ok(&["put", "tls-key", "over-tls"]);
@@ -181,20 +179,9 @@ fn outcomes(kind: Kind, p: &Pki) -> Vec<(&'static str, bool)> {
         "over-tls"
     );
     let with = |cert: &(PathBuf, PathBuf), cacert: &Path| {
-        ctl(
-            &url,
-            &[
-                "--cacert",
-                s(cacert),
-                "--cert",
-                s(&cert.0),
-                "--key",
-                s(&cert.1),
-            ],
-            &["get", "tls-key"],
-        )
-        .status
-        .success()
+        ctl(&url, &tls_flags(cacert, cert), &["get", "tls-key"])
+            .status
+            .success()
     };
     let plain = url.replacen("https://", "http://", 1);
     vec![
@@ -311,14 +298,7 @@ fn certificates_rotate_without_a_restart_and_no_request_fails() {
         std::fs::read_to_string(&p.ca).unwrap() + &std::fs::read_to_string(&ca3_file).unwrap(),
     )
     .unwrap();
-    let client = [
-        "--cacert",
-        s(&bundle),
-        "--cert",
-        s(&p.client.0),
-        "--key",
-        s(&p.client.1),
-    ];
+    let client = tls_flags(&bundle, &p.client);
     let srv = Server::start_custom(
         Kind::Ours,
         "https",
@@ -333,20 +313,10 @@ fn certificates_rotate_without_a_restart_and_no_request_fails() {
         ],
         &client,
     );
-    let only = |ca: &Path| {
-        [
-            "--cacert".to_string(),
-            s(ca).to_string(),
-            "--cert".into(),
-            s(&p.client.0).into(),
-            "--key".into(),
-            s(&p.client.1).into(),
-        ]
-    };
     let run_only = |ca: &Path, args: &[&str]| {
-        let f = only(ca);
-        let f: Vec<&str> = f.iter().map(String::as_str).collect();
-        ctl(&srv.client_url, &f, args).status.success()
+        ctl(&srv.client_url, &tls_flags(ca, &p.client), args)
+            .status
+            .success()
     };
     assert!(run_only(&p.ca, &["get", "x"]));
     assert!(!run_only(&ca3_file, &["get", "x"]));
@@ -533,15 +503,8 @@ impl Pki {
     }
 }
 
-fn client_flags(c: &Certs) -> Vec<&str> {
-    vec![
-        "--cacert",
-        s(&c.ca),
-        "--cert",
-        s(&c.client.0),
-        "--key",
-        s(&c.client.1),
-    ]
+fn client_flags(c: &Certs) -> [&str; 6] {
+    tls_flags(&c.ca, &c.client)
 }
 
 /// Starts three members with client and peer TLS from `c` (ports for a
@@ -800,6 +763,14 @@ fn debian_etcd_fixtures() {
         "apt-get install golang-etcd-server-dev (scripts/test does it)"
     );
     let fx = |n: &str| f.join(n).to_str().unwrap().to_string();
+    // A fixture's certificate and its key (`<name>.crt`, `<name>.key.insecure`).
+    let pair = |n: &str| {
+        (
+            f.join(format!("{n}.crt")),
+            f.join(format!("{n}.key.insecure")),
+        )
+    };
+    let ca = f.join("ca.crt");
     let mut seen = Vec::new();
     for kind in [Kind::Ours, Kind::Real] {
         let srv = Server::start_custom(
@@ -816,38 +787,17 @@ fn debian_etcd_fixtures() {
                 "--client-crl-file",
                 &fx("revoke.crl"),
             ],
-            &[
-                "--cacert",
-                &fx("ca.crt"),
-                "--cert",
-                &fx("server2.crt"),
-                "--key",
-                &fx("server2.key.insecure"),
-            ],
+            &tls_flags(&ca, &pair("server2")),
         );
         srv.ctl_ok(&["put", "fixture", "ok"]);
         let revoked = ctl(
             &srv.client_url,
-            &[
-                "--cacert",
-                &fx("ca.crt"),
-                "--cert",
-                &fx("server-revoked.crt"),
-                "--key",
-                &fx("server-revoked.key.insecure"),
-            ],
+            &tls_flags(&ca, &pair("server-revoked")),
             &["get", "fixture"],
         );
         let ecdsa = ctl(
             &srv.client_url,
-            &[
-                "--cacert",
-                &fx("ca.crt"),
-                "--cert",
-                &fx("server-ecdsa.crt"),
-                "--key",
-                &fx("server-ecdsa.key.insecure"),
-            ],
+            &tls_flags(&ca, &pair("server-ecdsa")),
             &["get", "fixture", "--print-value-only"],
         );
         seen.push((kind, revoked.status.success(), ecdsa.status.success()));
