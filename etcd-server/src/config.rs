@@ -561,6 +561,17 @@ fn listen_addr(flag: &str, url: &str) -> Result<SocketAddr, String> {
 }
 
 impl Flags {
+    /// `--cipher-suites`, split at commas.
+    fn cipher_suite_list(&self) -> Vec<String> {
+        self.cipher_suites
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The client TLS settings, or None when no listener uses https (etcd
     /// then ignores the TLS files, with a warning).
     fn client_tls(
@@ -588,14 +599,7 @@ impl Flags {
             crl_file: self.client_crl_file.clone(),
             allowed_hostname: self.client_cert_allowed_hostname.clone(),
             auto_tls: auto,
-            cipher_suites: self
-                .cipher_suites
-                .iter()
-                .flat_map(|s| s.split(','))
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
+            cipher_suites: self.cipher_suite_list(),
             min_version: self.tls_min_version.clone(),
             max_version: self.tls_max_version.clone(),
         };
@@ -675,6 +679,7 @@ impl Flags {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         let client_tls = self.client_tls(&client_listeners, &data_dir)?;
+        let cipher_suites = self.cipher_suite_list();
         let advertise_client_urls =
             split_urls("advertise-client-urls", &self.advertise_client_urls)?;
         let listen_peer_urls = split_urls("listen-peer-urls", &self.listen_peer_urls)?;
@@ -702,12 +707,11 @@ impl Flags {
                 trusted_ca_file: self.peer_trusted_ca_file,
                 client_cert_auth: self.peer_client_cert_auth,
                 crl_file: self.peer_crl_file,
-                cipher_suites: client_tls
-                    .as_ref()
-                    .map(|t| t.cipher_suites.clone())
-                    .unwrap_or_default(),
-                min_version: client_tls.as_ref().and_then(|t| t.min_version.clone()),
-                max_version: client_tls.as_ref().and_then(|t| t.max_version.clone()),
+                // Shared with the client side, as in etcd, whether or not
+                // any client URL is https.
+                cipher_suites,
+                min_version: self.tls_min_version.clone(),
+                max_version: self.tls_max_version.clone(),
                 auto_tls: self.peer_auto_tls.then(|| crate::tls::AutoTls {
                     dir: data_dir.join("fixtures").join("peer"),
                     hosts: listen_peer_urls
@@ -931,6 +935,34 @@ mod tests {
         assert_eq!(auto.dir, PathBuf::from("/d/fixtures/client"));
         // No https listener: no TLS.
         assert!(config(&["--auto-tls"], &[]).client_tls.is_none());
+        // Peers get --cipher-suites and the TLS versions even when every
+        // client URL is plain http.
+        let c = config(
+            &[
+                "--listen-peer-urls",
+                "https://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "https://127.0.0.1:2380",
+                "--peer-cert-file",
+                "/p.pem",
+                "--peer-key-file",
+                "/pk.pem",
+                "--peer-trusted-ca-file",
+                "/ca.pem",
+                "--cipher-suites",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "--tls-max-version",
+                "TLS1.2",
+            ],
+            &[],
+        );
+        assert!(c.client_tls.is_none());
+        let peer = c.peer_tls.unwrap().files;
+        assert_eq!(
+            peer.cipher_suites,
+            ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        );
+        assert_eq!(peer.max_version.as_deref(), Some("TLS1.2"));
     }
 
     #[test]
