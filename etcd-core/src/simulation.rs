@@ -1415,17 +1415,9 @@ impl Sim {
     /// yet (as an operator starts a member right after `member add`): an
     /// empty store and log, the leader sends a snapshot.
     fn start_added(&mut self) -> Result<(), String> {
-        let Some(l) = self.leader() else {
+        let Some(cluster) = self.leader_membership() else {
             return Ok(());
         };
-        let cluster = self
-            .running(l)
-            .expect("leader runs")
-            .steps
-            .applier
-            .cluster
-            .read()
-            .clone();
         for m in cluster.members() {
             if self.index_of(m.id).is_some() {
                 continue;
@@ -1842,15 +1834,7 @@ impl Sim {
                 .collect();
             return Err(format!("members did not converge: {states:?}"));
         }
-        let l = self.leader().expect("converged with a leader");
-        let want_cluster = self
-            .running(l)
-            .expect("leader")
-            .steps
-            .applier
-            .cluster
-            .read()
-            .clone();
+        let want_cluster = self.leader_membership().expect("converged with a leader");
         let mut want: Option<(u64, i64, u32)> = None;
         for i in self.final_members(&want_cluster) {
             let id = self.nodes[i].id;
