@@ -19,6 +19,8 @@
 //! [`ConfChanger`] so both can plug in what drives their raft.
 
 use crate::apply::{self, Applied};
+use crate::apply_auth;
+use crate::auth::AuthStore;
 use crate::cluster::{decode_conf_change, record_refused, was_refused, Change, RaftCluster};
 use crate::lessor::Lessor;
 use crate::membership::Member;
@@ -69,6 +71,10 @@ pub(crate) struct Applier {
     pub(crate) wait: Arc<Wait<Result<Applied>>>,
     pub(crate) cluster: Arc<RwLock<RaftCluster>>,
     pub(crate) member_id: u64,
+    /// Auth state: changed by Auth entries, consulted by every checked one.
+    pub(crate) auth: Arc<AuthStore>,
+    /// `--bcrypt-cost`, for a password a proposer did not hash.
+    pub(crate) bcrypt_cost: u32,
 }
 
 impl Applier {
@@ -132,6 +138,9 @@ impl Applier {
         }
         crate::apply::lease::restore(store, &self.lessor)
             .map_err(|e| format!("cannot restore the leases of a snapshot image: {e}"))?;
+        self.auth
+            .load(store)
+            .map_err(|e| format!("cannot load the auth state of a snapshot image: {e}"))?;
         Ok(has_members)
     }
 
@@ -161,16 +170,28 @@ impl Applier {
                 };
                 self.change_members(e.index, &change, None)
             }
-            _ => (
-                apply::apply(&self.store, &self.lessor, e.index, &req),
-                Effect::None,
-            ),
+            _ => (self.apply_checked(e.index, &req), Effect::None),
         };
         if let Err(Error::Internal(msg)) = &result {
             tracing::error!(index = e.index, "applying entry failed: {msg}");
         }
         self.wait.trigger(req.id, result);
         effect
+    }
+
+    /// A KV, lease or auth request: permission check (with the caller in
+    /// the entry's header), then the request.
+    fn apply_checked(&self, index: u64, req: &RaftRequest) -> Result<Applied> {
+        if let Err(e) = apply_auth::check(&self.auth, &self.lessor, req) {
+            self.persist_index_only(index, "request refused by auth");
+            return Err(e);
+        }
+        match &req.op {
+            Some(op) if apply_auth::is_auth_op(op) => {
+                apply_auth::apply(&self.auth, &self.store, index, op, self.bcrypt_cost)
+            }
+            _ => apply::apply(&self.store, &self.lessor, index, req),
+        }
     }
 
     fn apply_conf_change(
@@ -312,6 +333,13 @@ mod tests {
             wait: Arc::new(Wait::new()),
             cluster: Arc::new(RwLock::new(cluster)),
             member_id: 1,
+            auth: Arc::new(AuthStore::new(crate::auth::Tokens::Simple(
+                crate::auth::SimpleTokens::new(
+                    Arc::new(FakeClock::new()),
+                    std::time::Duration::from_secs(300),
+                ),
+            ))),
+            bcrypt_cost: 4,
         };
         let mut raft = Raft::default();
         applier.apply_entry(add(2, member(6, true)), &mut raft);

@@ -61,6 +61,14 @@ pub struct Config {
     /// `--experimental-lease-checkpoint-interval`: how often the leader
     /// records leases' remaining TTLs through raft (zero: never).
     pub lease_checkpoint_interval: Duration,
+    /// `--auth-token`: the tokens Authenticate issues (`simple`, or
+    /// `jwt,...` with keys read at start).
+    pub auth_token: crate::auth::TokenOptions,
+    /// `--auth-token-ttl`: how long a simple token lives past its last use
+    /// (etcd: 300 s).
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost`: cost of the password hashes (etcd: 10; 4..=31).
+    pub bcrypt_cost: u32,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -87,6 +95,9 @@ impl Default for Config {
             snapshot_catch_up_entries: 5_000,
             quota_backend_bytes: 0,
             lease_checkpoint_interval: crate::lessor::DEFAULT_CHECKPOINT_INTERVAL,
+            auth_token: crate::auth::TokenOptions::Simple,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
         }
     }
 }
@@ -136,6 +147,15 @@ impl Config {
         if self.max_txn_ops == 0 {
             return bad("--max-txn-ops must be positive".into());
         }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return bad(format!(
+                "--bcrypt-cost {} is out of range (4 to 31)",
+                self.bcrypt_cost
+            ));
+        }
+        if self.auth_token_ttl.is_zero() {
+            return bad("--auth-token-ttl must be positive".into());
+        }
         for u in &self.listen_peer_urls {
             if let Err(e) = peer_addr(u) {
                 return bad(format!("--listen-peer-urls: {e}"));
@@ -177,4 +197,41 @@ pub(crate) fn peer_addr(url: &str) -> Result<String, String> {
         return Err(format!("{url:?} must name a host and a port"));
     }
     Ok(hostport.to_string())
+}
+
+/// Parses a Go `time.Duration` string as etcd's flags take them: a
+/// sequence of decimal numbers with units `ns`, `us`/`µs`, `ms`, `s`, `m`,
+/// `h` (e.g. `10m`, `1m30s`, `1.5s`, `250ms`); a bare `0` is zero.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (examples: 10m, 1m30s, 500ms)");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * secs;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
 }

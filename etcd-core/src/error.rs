@@ -15,6 +15,8 @@ pub enum Code {
     InvalidArgument,
     /// 5
     NotFound,
+    /// 7
+    PermissionDenied,
     /// 8
     ResourceExhausted,
     /// 9
@@ -29,6 +31,8 @@ pub enum Code {
     Unavailable,
     /// 15
     DataLoss,
+    /// 16
+    Unauthenticated,
 }
 
 /// An error returned by the engine's API.
@@ -143,6 +147,60 @@ pub enum Error {
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
     /// Storage failed underneath; the server cannot go on safely.
+    /// `auth enable` without a user named root.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// `auth enable` while the root user lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// UserAdd of an existing user.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// A request without credentials while auth is enabled (or UserAdd without a name).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// A user management request naming an unknown user.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of an existing role.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// A request naming an unknown role.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// RoleAdd without a name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// Authenticate with a wrong user or password.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// Authenticate of a user added with `--no-password` (etcd sends this text with code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// The user lacks the permission a request needs.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not have.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Authenticate while auth is disabled.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that is unknown, expired or badly signed.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Removing root or its root role while auth is enabled.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// The auth state changed after the caller's token was checked: authenticate again.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// Authenticate with a JWT provider that only has a public key.
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
     #[error("etcdserver: {0}")]
     Internal(String),
 }
@@ -178,6 +236,15 @@ impl Error {
             | Unhealthy
             | LeaderTransferTimeout
             | NotSupportedForLearner => Code::Unavailable,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => {
+                Code::InvalidArgument
+            }
+            NoPasswordUser | VerifyOnly => Code::Unknown,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             Internal(_) => Code::Internal,
         }
     }
@@ -188,7 +255,7 @@ impl Error {
 /// error (and so the same gRPC code and message) without parsing text.
 /// The numbers are part of the peer protocol: append, never renumber.
 /// 1 is [`Error::Internal`], whose text is carried beside the number.
-const WIRE_CODES: [(u32, Error); 35] = [
+const WIRE_CODES: [(u32, Error); 53] = [
     (2, Error::EmptyKey),
     (3, Error::KeyNotFound),
     (4, Error::ValueProvided),
@@ -224,6 +291,24 @@ const WIRE_CODES: [(u32, Error); 35] = [
     (34, Error::Unhealthy),
     (35, Error::NotSupportedForLearner),
     (36, Error::LeaderTransferTimeout),
+    (37, Error::RootUserNotExist),
+    (38, Error::RootRoleNotExist),
+    (39, Error::UserAlreadyExist),
+    (40, Error::UserEmpty),
+    (41, Error::UserNotFound),
+    (42, Error::RoleAlreadyExist),
+    (43, Error::RoleNotFound),
+    (44, Error::RoleEmpty),
+    (45, Error::AuthFailed),
+    (46, Error::NoPasswordUser),
+    (47, Error::PermissionDenied),
+    (48, Error::RoleNotGranted),
+    (49, Error::PermissionNotGranted),
+    (50, Error::AuthNotEnabled),
+    (51, Error::InvalidAuthToken),
+    (52, Error::InvalidAuthMgmt),
+    (53, Error::AuthOldRevision),
+    (54, Error::VerifyOnly),
 ];
 
 /// [`Error::Internal`] on the wire.

@@ -21,9 +21,11 @@
 
 mod applier;
 mod apply;
+mod apply_auth;
 mod apply_loop;
 #[cfg(test)]
 mod apply_range_tests;
+pub mod auth;
 mod background;
 mod bootstrap;
 mod cluster;
@@ -61,7 +63,7 @@ mod watchable_store;
 mod watcher;
 mod watcher_group;
 
-pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
+pub use config::{parse_go_duration, ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
 pub use error::{Code, Error, Result, StartError, WatchError};
 /// TLS for peer connections (see [`StartOptions::peer_tls`]).

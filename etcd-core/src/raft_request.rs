@@ -18,20 +18,41 @@
 //!     etcdserverpb.LeaseCheckpointRequest lease_checkpoint = 8;
 //!     etcdserverpb.MemberUpdateRequest member_update = 9;  // new peer URLs
 //!     MemberAttributes member_attributes = 10;              // a member publishes itself
+//!     // 11: reserved for alarms
+//!     etcdserverpb.AuthEnableRequest auth_enable = 12;
+//!     etcdserverpb.AuthDisableRequest auth_disable = 13;
+//!     InternalAuthenticateRequest authenticate = 14;       // password already checked
+//!     etcdserverpb.AuthUserAddRequest user_add = 15;        // hashedPassword set, password empty
+//!     etcdserverpb.AuthUserDeleteRequest user_delete = 16;
+//!     etcdserverpb.AuthUserChangePasswordRequest user_change_password = 17;  // hashed, as user_add
+//!     etcdserverpb.AuthUserGrantRoleRequest user_grant_role = 18;
+//!     etcdserverpb.AuthUserRevokeRoleRequest user_revoke_role = 19;
+//!     etcdserverpb.AuthRoleAddRequest role_add = 21;
+//!     etcdserverpb.AuthRoleDeleteRequest role_delete = 22;
+//!     etcdserverpb.AuthRoleGrantPermissionRequest role_grant_permission = 23;
+//!     etcdserverpb.AuthRoleRevokePermissionRequest role_revoke_permission = 24;
 //!   }
 //!   RequestHeader header = 20;                     // the caller, when identified
 //! }
 //! message MemberAttributes { uint64 id = 1; string name = 2; repeated string client_urls = 3; }
 //! message RequestHeader { string username = 1; uint64 auth_revision = 2; }  // etcd's RequestHeader
+//! message InternalAuthenticateRequest { string name = 1; string simple_token = 2; }  // etcd's
 //! ```
 //!
-//! An entry with empty data is a new leader's no-op. Tags 11.. are reserved
-//! for alarms and auth. Membership changes that change raft's configuration
+//! `header` is absent for the server's own requests (lease expiry,
+//! checkpoints, publishing), which no permission check applies to, and
+//! present (possibly empty) for every client request.
+//!
+//! An entry with empty data is a new leader's no-op. Passwords never reach
+//! the log: the proposer hashes them (bcrypt) and checks them. Membership changes that change raft's configuration
 //! travel as raft `ConfChange` entries instead (cluster.rs).
 
 use crate::pb::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, LeaseCheckpointRequest, LeaseGrantRequest,
-    LeaseRevokeRequest, MemberUpdateRequest, PutRequest, TxnRequest,
+    AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
+    AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest, AuthUserAddRequest,
+    AuthUserChangePasswordRequest, AuthUserDeleteRequest, AuthUserGrantRoleRequest,
+    AuthUserRevokeRoleRequest, CompactionRequest, DeleteRangeRequest, LeaseCheckpointRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, MemberUpdateRequest, PutRequest, TxnRequest,
 };
 
 /// A write proposed through raft.
@@ -41,7 +62,10 @@ pub struct RaftRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The operation.
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(
+        oneof = "Op",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22, 23, 24"
+    )]
     pub op: Option<Op>,
     /// Who proposed it (`RequestContext`), for permission checks at apply
     /// time; absent for unidentified callers and the server's own requests.
@@ -91,6 +115,54 @@ pub enum Op {
     /// A started member's name and client URLs.
     #[prost(message, tag = "10")]
     MemberAttributes(MemberAttributes),
+    /// Auth.AuthEnable
+    #[prost(message, tag = "12")]
+    AuthEnable(AuthEnableRequest),
+    /// Auth.AuthDisable
+    #[prost(message, tag = "13")]
+    AuthDisable(AuthDisableRequest),
+    /// Auth.Authenticate, after the proposer checked the password.
+    #[prost(message, tag = "14")]
+    Authenticate(InternalAuthenticateRequest),
+    /// Auth.UserAdd (password hashed by the proposer).
+    #[prost(message, tag = "15")]
+    UserAdd(AuthUserAddRequest),
+    /// Auth.UserDelete
+    #[prost(message, tag = "16")]
+    UserDelete(AuthUserDeleteRequest),
+    /// Auth.UserChangePassword (password hashed by the proposer).
+    #[prost(message, tag = "17")]
+    UserChangePassword(AuthUserChangePasswordRequest),
+    /// Auth.UserGrantRole
+    #[prost(message, tag = "18")]
+    UserGrantRole(AuthUserGrantRoleRequest),
+    /// Auth.UserRevokeRole
+    #[prost(message, tag = "19")]
+    UserRevokeRole(AuthUserRevokeRoleRequest),
+    /// Auth.RoleAdd
+    #[prost(message, tag = "21")]
+    RoleAdd(AuthRoleAddRequest),
+    /// Auth.RoleDelete
+    #[prost(message, tag = "22")]
+    RoleDelete(AuthRoleDeleteRequest),
+    /// Auth.RoleGrantPermission
+    #[prost(message, tag = "23")]
+    RoleGrantPermission(AuthRoleGrantPermissionRequest),
+    /// Auth.RoleRevokePermission
+    #[prost(message, tag = "24")]
+    RoleRevokePermission(AuthRoleRevokePermissionRequest),
+}
+
+/// Authenticate as applied (etcd's `InternalAuthenticateRequest`): the
+/// password was checked by the proposing member and is not in the log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InternalAuthenticateRequest {
+    /// The user.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The random prefix of the simple token (empty for JWTs).
+    #[prost(string, tag = "2")]
+    pub simple_token: String,
 }
 
 /// What a member publishes about itself once it runs (etcd's `publish`).

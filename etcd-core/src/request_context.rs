@@ -2,63 +2,53 @@
 //! engine call, the way etcd passes a `context.Context` carrying the
 //! caller's token and deadline to `EtcdServer`.
 //!
-//! The gRPC layer (`etcd-server`) fills it from the request's metadata
-//! (`grpc-timeout` today; the auth token and the client certificate's
-//! common name once TLS and auth are built); a program embedding the
-//! engine passes [`RequestContext::LOCAL`], which is what an etcd server's
-//! own internal requests are: no user, no deadline beyond the server's.
+//! The gRPC layer (`etcd-server`) fills it from the request: the deadline
+//! (`grpc-timeout`), the auth token (metadata `token`) and, under
+//! `--client-cert-auth`, the common name of the client's verified TLS
+//! certificate. The engine turns the credentials into a user and an auth
+//! revision ([`crate::auth::AuthInfo`]) and checks permissions with them.
+//! A program embedding the engine passes [`RequestContext::LOCAL`]: trusted,
+//! as etcd's own internal requests are, so nothing is checked.
 //!
 //! A write carries the user and auth revision into its raft entry
 //! ([`crate::raft_request::RaftRequest::header`], etcd's `RequestHeader`
-//! of `InternalRaftRequest`), so that permissions can be checked when the
+//! of `InternalRaftRequest`), so that permissions are checked when the
 //! entry is applied, against the auth state of that moment, as etcd does.
 
 use std::time::Duration;
 
-/// The caller of one engine call.
+/// The caller of one engine call. [`Default`] is a caller from the network
+/// without credentials; [`RequestContext::LOCAL`] is the embedding program.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestContext {
-    /// The authenticated user; empty for an unauthenticated caller and for
-    /// the embedding program itself.
-    pub user: String,
-    /// The auth store revision the user's credentials were checked at
-    /// (etcd's `RequestHeader.auth_revision`); 0 without auth.
-    pub auth_revision: u64,
-    /// Common name of the client's verified TLS certificate, when the
-    /// connection presented one (etcd's identity under
-    /// `--client-cert-auth` when no token is sent).
+    /// The auth token from Authenticate (gRPC metadata `token`).
+    pub token: Option<String>,
+    /// Common name of the client's verified TLS certificate: its identity
+    /// when no token is sent (set only under `--client-cert-auth`, as
+    /// etcd uses it only then).
     pub cert_common_name: Option<String>,
     /// How long the caller waits at most (gRPC's `grpc-timeout`); the
     /// engine also never waits longer than its own request timeout.
     pub timeout: Option<Duration>,
+    /// The embedding program or the server itself: no credentials needed,
+    /// no permission checked. Never set for a request from the network.
+    pub trusted: bool,
 }
 
 impl RequestContext {
-    /// The embedding program (or the server itself): no user, no deadline
+    /// The embedding program (or the server itself): trusted, no deadline
     /// of its own.
     pub const LOCAL: RequestContext = RequestContext {
-        user: String::new(),
-        auth_revision: 0,
+        token: None,
         cert_common_name: None,
         timeout: None,
+        trusted: true,
     };
 
     /// The time the engine waits for this request: the caller's timeout,
     /// capped by the engine's own `limit`.
     pub fn wait_limit(&self, limit: Duration) -> Duration {
         self.timeout.map_or(limit, |t| t.min(limit))
-    }
-
-    /// What travels in the raft entry of a write (None when there is
-    /// nothing to carry, so entries of unauthenticated callers stay as
-    /// small as before).
-    pub(crate) fn raft_header(&self) -> Option<crate::raft_request::RequestHeader> {
-        (!self.user.is_empty() || self.auth_revision != 0).then(|| {
-            crate::raft_request::RequestHeader {
-                username: self.user.clone(),
-                auth_revision: self.auth_revision,
-            }
-        })
     }
 }
 
@@ -83,14 +73,8 @@ mod tests {
     }
 
     #[test]
-    fn only_an_identified_caller_adds_a_header_to_raft_entries() {
-        assert_eq!(RequestContext::LOCAL.raft_header(), None);
-        let alice = RequestContext {
-            user: "alice".into(),
-            auth_revision: 4,
-            ..RequestContext::default()
-        };
-        let h = alice.raft_header().unwrap();
-        assert_eq!((h.username.as_str(), h.auth_revision), ("alice", 4));
+    fn only_the_embedding_program_is_trusted() {
+        assert!(RequestContext::LOCAL.trusted);
+        assert!(!RequestContext::default().trusted);
     }
 }

@@ -750,7 +750,15 @@ impl Sim {
             wait: Arc::new(Wait::new()),
             cluster: Arc::new(RwLock::new(cluster)),
             member_id: id,
+            auth: Arc::new(crate::auth::AuthStore::new(crate::auth::Tokens::Simple(
+                crate::auth::SimpleTokens::new(clock.clone(), Duration::from_secs(300)),
+            ))),
+            bcrypt_cost: 4,
         };
+        applier
+            .auth
+            .load(&applier.store)
+            .map_err(|e| format!("member {id}: loading auth: {e}"))?;
         // The watch hub, then a watcher on every key from a random start:
         // the next revision, a recent one (replayed from history), or one
         // below the compaction revision (which must cancel it).

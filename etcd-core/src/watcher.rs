@@ -70,6 +70,27 @@ pub struct WatchStream {
     ticker: tokio::time::Interval,
     out: VecDeque<WatchResponse>,
     max_request_bytes: usize,
+    /// Whether the stream's caller may read a range (auth); None: anyone.
+    permit: Option<Permit>,
+}
+
+/// Checks READ permission on `[key, range_end)` for a new watcher.
+pub(crate) type Permit = Box<dyn Fn(&[u8], &[u8]) -> crate::Result<()> + Send + Sync>;
+
+/// The cancel reason etcd sends for a watcher refused by auth: the text of
+/// its gRPC error (`rpctypes.ErrGRPC*.Error()`).
+fn auth_cancel_reason(e: &Error) -> String {
+    let code = match e {
+        Error::InvalidAuthToken => "Unauthenticated",
+        Error::AuthOldRevision | Error::UserEmpty => "InvalidArgument",
+        _ => {
+            return format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                Error::PermissionDenied
+            )
+        }
+    };
+    format!("rpc error: code = {code} desc = {e}")
 }
 
 impl std::fmt::Debug for WatchStream {
@@ -87,6 +108,7 @@ impl WatchStream {
         header: Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>,
         progress_interval: Duration,
         max_request_bytes: usize,
+        permit: Option<Permit>,
     ) -> WatchStream {
         let (stream, queue) = hub.new_stream();
         let period = progress_interval.max(Duration::from_millis(1));
@@ -102,6 +124,7 @@ impl WatchStream {
             ticker,
             out: VecDeque::new(),
             max_request_bytes,
+            permit,
         }
     }
 
@@ -132,14 +155,22 @@ impl WatchStream {
     /// Creates a watcher; its `created` (or refusal) response comes from
     /// [`recv`](Self::recv).
     pub fn create(&mut self, c: WatchCreateRequest) {
-        if c.start_revision < 0 {
-            return self.refuse(Error::Compacted.to_string());
-        }
         let key = if c.key.is_empty() {
             Bytes::from_static(&[0])
         } else {
             Bytes::from(c.key)
         };
+        // First, as etcd's recvLoop: whether the caller may read the range.
+        // (etcd 3.4 checks a from-key watch as if it were on the key alone;
+        // this checks the whole range.)
+        if let Some(permit) = &self.permit {
+            if let Err(e) = permit(&key, &c.range_end) {
+                return self.refuse(auth_cancel_reason(&e));
+            }
+        }
+        if c.start_revision < 0 {
+            return self.refuse(Error::Compacted.to_string());
+        }
         let range = match &c.range_end[..] {
             [] => KeyRange::Single(key),
             [0] => KeyRange::FromKey(key),

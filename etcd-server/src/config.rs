@@ -88,7 +88,7 @@ pub struct Flags {
         long,
         env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
         default_value = "10m",
-        value_parser = parse_go_duration
+        value_parser = etcd_core::parse_go_duration
     )]
     pub experimental_watch_progress_notify_interval: Duration,
     /// Number of committed transactions to trigger a raft log compaction.
@@ -115,12 +115,22 @@ pub struct Flags {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
+    /// Specify auth token specific options: 'simple', or
+    /// 'jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,ttl=<duration>'.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// The lifetime in seconds of a simple auth token (extended by every use).
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// Specify bcrypt algorithm cost factor for auth password hashing (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Interval of lease remaining-TTL checkpoints through raft (Go duration, e.g. 5m0s).
     #[arg(
         long,
         env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
         default_value = "5m0s",
-        value_parser = parse_go_duration
+        value_parser = etcd_core::parse_go_duration
     )]
     pub experimental_lease_checkpoint_interval: Duration,
     /// Configures log level: debug, info, warn, error, panic, or fatal.
@@ -260,43 +270,6 @@ pub enum Command {
     Run(Box<ServerConfig>),
     /// Print the version and exit.
     Version,
-}
-
-/// Parses a Go `time.Duration` string as etcd's flags take them: a
-/// sequence of decimal numbers with units `ns`, `us`/`µs`, `ms`, `s`, `m`,
-/// `h` (e.g. `10m`, `1m30s`, `1.5s`, `250ms`); a bare `0` is zero.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?} (examples: 10m, 1m30s, 500ms)");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += n * secs;
-        rest = &rest[unit_len..];
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 /// Parses arguments (without the program name handling: `args` includes
@@ -759,6 +732,9 @@ impl Flags {
             snapshot_count: self.snapshot_count,
             snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
             quota_backend_bytes: self.quota_backend_bytes,
+            auth_token: etcd_core::auth::TokenOptions::parse(&self.auth_token)?,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost,
         };
         core.validate().map_err(|e| e.to_string())?;
         Ok(ServerConfig {
@@ -775,6 +751,7 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etcd_core::parse_go_duration;
 
     #[test]
     fn go_durations() {
@@ -859,9 +836,9 @@ mod tests {
     #[test]
     fn an_etcd_setting_we_do_not_honour_is_a_startup_error() {
         // The operator who sets it must not silently run without it.
-        let err = run(&[], &[("ETCD_AUTH_TOKEN", "simple")]).err().unwrap();
+        let err = run(&[], &[("ETCD_DISCOVERY", "https://x")]).err().unwrap();
         assert!(
-            err.contains("ETCD_AUTH_TOKEN") && err.contains("--auth-token"),
+            err.contains("ETCD_DISCOVERY") && err.contains("--discovery"),
             "{err}"
         );
         let err = run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1")])
@@ -883,6 +860,41 @@ mod tests {
         assert!(tls.client_cert_auth);
         assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
         assert!(c.client_listeners[0].tls);
+    }
+
+    #[test]
+    fn auth_flags() {
+        let c = config(&[], &[]);
+        assert_eq!(c.core.auth_token, etcd_core::auth::TokenOptions::Simple);
+        assert_eq!(c.core.auth_token_ttl, Duration::from_secs(300));
+        assert_eq!(c.core.bcrypt_cost, 10);
+        let c = config(
+            &["--auth-token-ttl", "20", "--bcrypt-cost", "4"],
+            &[(
+                "ETCD_AUTH_TOKEN",
+                "jwt,pub-key=/p.pem,priv-key=/k.pem,sign-method=RS256,ttl=10m",
+            )],
+        );
+        assert_eq!(
+            c.core.auth_token,
+            etcd_core::auth::TokenOptions::Jwt {
+                sign_method: "RS256".into(),
+                pub_key: Some("/p.pem".into()),
+                priv_key: Some("/k.pem".into()),
+                ttl: Duration::from_secs(600),
+            }
+        );
+        assert_eq!(c.core.auth_token_ttl, Duration::from_secs(20));
+        assert_eq!(c.core.bcrypt_cost, 4);
+        for (args, want) in [
+            (&["--auth-token", "jwt"][..], "sign-method"),
+            (&["--auth-token", "tls"][..], "unknown token type"),
+            (&["--bcrypt-cost", "3"][..], "--bcrypt-cost"),
+            (&["--auth-token-ttl", "0"][..], "--auth-token-ttl"),
+        ] {
+            let err = run(args, &[]).err().unwrap();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! The binary only parses flags and calls [`run`]; tests call [`run`] too.
 
+mod auth;
 mod authority;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
@@ -18,6 +19,7 @@ mod v3lease;
 mod v3lock;
 mod watch;
 
+pub use auth::AuthService;
 pub use config::{Command, Flags, ServerConfig};
 pub use services::{ClusterService, KvService, MaintenanceService};
 pub use status::to_status;
@@ -28,8 +30,8 @@ pub use watch::WatchService;
 use anyhow::Context as _;
 use etcd_core::Etcd;
 use rpc::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use rpc::v3electionpb::election_server::ElectionServer;
 use rpc::v3lockpb::lock_server::LockServer;
@@ -94,6 +96,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         )
         .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
         .add_service(ClusterServer::new(ClusterService(etcd.clone())))
+        .add_service(AuthServer::new(AuthService(etcd.clone())))
         .add_service(
             WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
         )

@@ -1,10 +1,11 @@
 //! The engine's [`RequestContext`] of a gRPC request, from its metadata.
 //!
-//! Today that is the caller's deadline (`grpc-timeout`, which clientv3
-//! sends for a context with a deadline, e.g. `etcdctl --command-timeout`)
-//! and the common name of the client's verified TLS certificate (from the
-//! connection, [`ClientConnInfo`]); the auth token's user and auth revision
-//! join it once auth is built.
+//! The caller's deadline (`grpc-timeout`, which clientv3 sends for a
+//! context with a deadline, e.g. `etcdctl --command-timeout`), its auth
+//! token (metadata `token`, as clientv3 sends it after Authenticate) and
+//! the common name of its verified TLS certificate (from the connection,
+//! [`ClientConnInfo`], set only under `--client-cert-auth`). The engine
+//! resolves the token and checks permissions.
 
 use crate::tls::ClientConnInfo;
 use etcd_core::RequestContext;
@@ -18,11 +19,16 @@ pub fn of<T>(req: &tonic::Request<T>) -> RequestContext {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout),
+        token: req
+            .metadata()
+            .get("token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         cert_common_name: req
             .extensions()
             .get::<ClientConnInfo>()
             .and_then(|c| c.common_name.clone()),
-        ..RequestContext::default()
+        trusted: false,
     }
 }
 
@@ -66,7 +72,11 @@ mod tests {
         req.metadata_mut()
             .insert("grpc-timeout", "250m".parse().unwrap());
         assert_eq!(of(&req).timeout, Some(Duration::from_millis(250)));
-        assert_eq!(of(&tonic::Request::new(())), RequestContext::LOCAL);
+        assert_eq!(of(&tonic::Request::new(())), RequestContext::default());
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert("token", "abc.12".parse().unwrap());
+        assert_eq!(of(&req).token.as_deref(), Some("abc.12"));
         // The verified client certificate's common name, from the connection.
         let mut req = tonic::Request::new(());
         req.extensions_mut().insert(ClientConnInfo {

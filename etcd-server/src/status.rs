@@ -18,6 +18,8 @@ pub fn to_status(e: Error) -> Status {
         Code::Internal => tonic::Code::Internal,
         Code::Unavailable => tonic::Code::Unavailable,
         Code::DataLoss => tonic::Code::DataLoss,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
     };
     Status::new(code, e.to_string())
 }

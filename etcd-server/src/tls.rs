@@ -401,6 +401,9 @@ impl<T> Reloading<T> {
 pub struct TlsReloader {
     /// `--client-cert-allowed-hostname`, checked after each handshake.
     allowed_hostname: Option<String>,
+    /// `--client-cert-auth`: only then is a certificate's common name the
+    /// caller's identity for auth (as in etcd).
+    cert_identity: bool,
     config: Reloading<ServerConfig>,
 }
 
@@ -410,10 +413,12 @@ impl TlsReloader {
     pub fn new(settings: TlsSettings) -> Result<TlsReloader, String> {
         settings.validate()?;
         let allowed_hostname = settings.allowed_hostname.clone();
+        let cert_identity = settings.client_cert_auth;
         let files = settings.files();
         let config = Reloading::new("client TLS", files, move || build(&settings))?;
         Ok(TlsReloader {
             allowed_hostname,
+            cert_identity,
             config,
         })
     }
@@ -458,7 +463,7 @@ impl TlsReloader {
             stream: AuthorityFix::new(Stream::Tls(Box::new(tls))),
             info: ClientConnInfo {
                 remote: Some(remote),
-                common_name,
+                common_name: common_name.filter(|_| self.cert_identity),
             },
         })
     }
@@ -512,7 +517,8 @@ fn parse_leaf(der: &[u8], allowed_hostname: Option<&str>) -> Result<Option<Strin
 pub struct ClientConnInfo {
     /// The client's address.
     pub remote: Option<SocketAddr>,
-    /// Common name of its verified TLS certificate.
+    /// Common name of its verified TLS certificate, under
+    /// `--client-cert-auth` (the caller's identity for auth then).
     pub common_name: Option<String>,
 }
 

@@ -63,6 +63,20 @@ pub(crate) fn apply(
         Op::MemberUpdate(_) | Op::MemberAttributes(_) => Err(Error::Internal(
             "a membership request reached the KV applier".into(),
         )),
+        Op::AuthEnable(_)
+        | Op::AuthDisable(_)
+        | Op::Authenticate(_)
+        | Op::UserAdd(_)
+        | Op::UserDelete(_)
+        | Op::UserChangePassword(_)
+        | Op::UserGrantRole(_)
+        | Op::UserRevokeRole(_)
+        | Op::RoleAdd(_)
+        | Op::RoleDelete(_)
+        | Op::RoleGrantPermission(_)
+        | Op::RoleRevokePermission(_) => Err(Error::Internal(
+            "an auth request reached the KV applier".into(),
+        )),
         Op::LeaseGrant(g) => lease::grant(&mut view, lessor, g),
         Op::LeaseRevoke(r) => lease::revoke(&mut view, lessor, r),
         Op::LeaseCheckpoint(c) => lease::checkpoint(&mut view, lessor, c),

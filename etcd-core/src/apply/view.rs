@@ -23,6 +23,10 @@ pub(crate) enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// Nobody waits for a checkpoint.
     LeaseCheckpoint,
+    /// An auth change (its response has only a header).
+    Auth,
+    /// Authenticate: the token.
+    AuthToken(String),
     /// A membership change: the member added (MemberAdd) and the members
     /// after the change.
     Members(

@@ -86,6 +86,7 @@ impl Etcd {
         ctx: &RequestContext,
         r: MemberAddRequest,
     ) -> Result<MemberAddResponse> {
+        self.check_admin(ctx).await?;
         check_urls(&r.peer_ur_ls)?;
         let id = loop {
             let id = rand::random::<u64>();
@@ -121,6 +122,7 @@ impl Etcd {
         ctx: &RequestContext,
         id: u64,
     ) -> Result<MemberRemoveResponse> {
+        self.check_admin(ctx).await?;
         let is_learner = {
             let c = self.inner.cluster.read();
             match c.member(id) {
@@ -147,6 +149,7 @@ impl Etcd {
         ctx: &RequestContext,
         r: MemberUpdateRequest,
     ) -> Result<MemberUpdateResponse> {
+        self.check_admin(ctx).await?;
         check_urls(&r.peer_ur_ls)?;
         match self.propose(ctx, Op::MemberUpdate(r)).await? {
             Applied::Members(_, members) => Ok(MemberUpdateResponse {
@@ -163,6 +166,7 @@ impl Etcd {
         ctx: &RequestContext,
         id: u64,
     ) -> Result<MemberPromoteResponse> {
+        self.check_admin(ctx).await?;
         if self.raft_status().role != Role::Leader {
             match peer_client::forward_promote(self, id).await {
                 Err(Error::LeaderChanged) => {}

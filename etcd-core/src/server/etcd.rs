@@ -3,12 +3,13 @@
 //! waiting for the result, and linearizable reads.
 
 use crate::apply::Applied;
+use crate::auth::{AuthInfo, AuthStore};
 use crate::background::Background;
 use crate::cluster::RaftCluster;
 use crate::config::Config;
 use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::ResponseHeader;
-use crate::raft_request::{Op, RaftRequest};
+use crate::raft_request::{Op, RaftRequest, RequestHeader};
 use crate::request_context::RequestContext;
 use crate::wait::Wait;
 use crate::watchable_store::WatchableStore;
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     pub(super) apply_thread: Mutex<Option<JoinHandle<()>>>,
     pub(super) watch: Arc<WatchableStore>,
     pub(super) lessor: Arc<Lessor>,
+    /// Users, roles and tokens; checked by every API call.
+    pub(super) auth: Arc<AuthStore>,
     /// Threads to stop first in [`Etcd::stop`] (publisher, lease ticker),
     /// in the order they are stopped.
     pub(super) background: Mutex<Vec<Background>>,
@@ -158,13 +161,84 @@ impl Etcd {
         self.inner.node.propose(data, None);
     }
 
+    /// Who is calling (etcd's `AuthInfoFromCtx`): None for a trusted
+    /// caller; a token's user (after waiting until this member applied the
+    /// Authenticate entry of a simple token, as etcd does); else, under
+    /// `--client-cert-auth`, the certificate's common name; else nobody
+    /// (the default [`AuthInfo`]).
+    pub(crate) async fn caller(&self, ctx: &RequestContext) -> Result<Option<AuthInfo>> {
+        if let Some(index) = ctx
+            .token
+            .as_deref()
+            .filter(|_| !ctx.trusted)
+            .and_then(|t| self.inner.auth.token_index(t))
+        {
+            let mut applied = self.inner.applied.clone();
+            let limit = ctx.wait_limit(self.inner.cfg.request_timeout());
+            if !matches!(
+                tokio::time::timeout(limit, applied.wait_for(|a| *a >= index)).await,
+                Ok(Ok(_))
+            ) {
+                return Err(Error::InvalidAuthToken);
+            }
+        }
+        self.caller_now(ctx)
+    }
+
+    /// [`Etcd::caller`] without waiting: a simple token made at an index
+    /// this member has not applied yet is invalid.
+    pub(crate) fn caller_now(&self, ctx: &RequestContext) -> Result<Option<AuthInfo>> {
+        if ctx.trusted {
+            return Ok(None);
+        }
+        let auth = &self.inner.auth;
+        if let Some(token) = &ctx.token {
+            return auth
+                .token_info(token)
+                .map(Some)
+                .ok_or(Error::InvalidAuthToken);
+        }
+        Ok(Some(match &ctx.cert_common_name {
+            Some(cn) => auth.cert_info(cn),
+            None => AuthInfo::default(),
+        }))
+    }
+
+    /// Fails unless the caller has the root role (or auth is off, or the
+    /// caller is trusted): etcd's check for Snapshot, Defragment, Hash,
+    /// HashKV and membership changes.
+    pub async fn check_admin(&self, ctx: &RequestContext) -> Result<()> {
+        match self.caller(ctx).await? {
+            Some(ai) => self.inner.auth.is_admin_permitted(&ai),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Etcd::check_admin`] from a blocking context (see
+    /// [`Etcd::caller_now`]).
+    pub(crate) fn check_admin_now(&self, ctx: &RequestContext) -> Result<()> {
+        match self.caller_now(ctx)? {
+            Some(ai) => self.inner.auth.is_admin_permitted(&ai),
+            None => Ok(()),
+        }
+    }
+
+    /// The auth state.
+    pub(crate) fn auth(&self) -> &AuthStore {
+        &self.inner.auth
+    }
+
     /// Proposes `op` and waits for its result.
     pub(crate) async fn propose(&self, ctx: &RequestContext, op: Op) -> Result<Applied> {
+        let header = self.caller(ctx).await?.map(|ai| RequestHeader {
+            username: ai.username,
+            auth_revision: ai.revision,
+        });
         let id = self.next_request_id();
         let data = RaftRequest {
             id,
             op: Some(op),
-            header: ctx.raft_header(),
+            header,
         }
         .encode_to_vec();
         if data.len() as u64 > self.inner.cfg.max_request_bytes {

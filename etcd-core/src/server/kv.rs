@@ -3,6 +3,8 @@
 
 use super::etcd::Etcd;
 use crate::apply::{self, Applied, View};
+use crate::apply_auth;
+use crate::auth::AuthInfo;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -20,7 +22,12 @@ impl Etcd {
         if !r.serializable {
             self.linearizable_read_notify(ctx).await?;
         }
+        let caller = self.caller(ctx).await?;
+        if let Some(ai) = &caller {
+            apply_auth::check_range(self.auth(), ai, &r.key, &r.range_end)?;
+        }
         let mut resp = apply::range(&View::read(&self.inner.store), &r)?;
+        self.check_still_current(caller.as_ref())?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
@@ -61,7 +68,12 @@ impl Etcd {
             if !is_serializable(&r) {
                 self.linearizable_read_notify(ctx).await?;
             }
+            let caller = self.caller(ctx).await?;
+            if let Some(ai) = &caller {
+                apply_auth::check_txn(self.auth(), ai, &r)?;
+            }
             let mut resp = apply::txn(&mut View::read(&self.inner.store), &r)?;
+            self.check_still_current(caller.as_ref())?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
@@ -100,7 +112,14 @@ impl Etcd {
     /// Opens a watch stream (the gRPC Watch stream's equivalent): create
     /// watchers, cancel them, request progress, receive responses. Needs a
     /// tokio runtime with the time driver.
-    pub fn watch(&self, _ctx: &RequestContext) -> WatchStream {
+    pub fn watch(&self, ctx: &RequestContext) -> WatchStream {
+        let permit: crate::watcher::Permit = {
+            let (etcd, ctx) = (self.clone(), ctx.clone());
+            Box::new(move |key, end| match etcd.caller_now(&ctx)? {
+                Some(ai) => apply_auth::check_range(etcd.auth(), &ai, key, end),
+                None => Ok(()),
+            })
+        };
         let etcd = self.clone();
         WatchStream::new(
             self.inner.watch.clone(),
@@ -109,7 +128,22 @@ impl Etcd {
             // etcd fragments above --max-request-bytes plus its gRPC
             // overhead allowance (512 KiB).
             self.inner.cfg.max_request_bytes as usize + 512 * 1024,
+            Some(permit),
         )
+    }
+}
+
+impl Etcd {
+    /// etcd's `doSerialize` tail: a read checked at an auth revision that
+    /// changed while it ran is refused ("revision of auth store is old"),
+    /// so a revoked permission never lets a read through.
+    fn check_still_current(&self, caller: Option<&AuthInfo>) -> Result<()> {
+        match caller {
+            Some(ai) if ai.revision != 0 && ai.revision != self.auth().revision() => {
+                Err(Error::AuthOldRevision)
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -16,13 +16,14 @@
 //! - `etcd`: [`Etcd`], its shared state, proposing and linearizable reads;
 //! - `peer_query`: the messages members exchange besides raft;
 //! - `peer_client`: asking other members (joining, forwarding to the leader);
-//! - `kv`, `maintenance`, `cluster`: the APIs, as `impl Etcd` blocks
+//! - `kv`, `maintenance`, `cluster`, `auth`: the APIs, as `impl Etcd` blocks
 //!   (the lease, lock and election APIs are `v3lease`, `v3lock`,
 //!   `v3election` beside this directory);
 //! - `peer_serve`: answering other members;
 //! - `publish`: publishing this member's attributes;
 //! - `start`: [`Etcd::start`], wiring all of the above together.
 
+mod auth;
 mod cluster;
 mod etcd;
 mod kv;

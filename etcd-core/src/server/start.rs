@@ -31,6 +31,9 @@ pub struct StartOptions {
     /// TLS for all peer traffic (etcd's `--peer-*` flags); None: plain
     /// TCP, and `https://` peer URLs are refused.
     pub peer_tls: Option<etcd_raft_node::PeerTlsHandle>,
+    /// The wall clock JWT expiry is measured on (JWTs carry absolute
+    /// times).
+    pub unix_clock: crate::auth::UnixClock,
 }
 
 impl Default for StartOptions {
@@ -39,6 +42,7 @@ impl Default for StartOptions {
             clock: Arc::new(MonotonicClock::new()),
             peer_listener: None,
             peer_tls: None,
+            unix_clock: crate::auth::system_unix_clock(),
         }
     }
 }
@@ -117,6 +121,12 @@ impl Etcd {
         // Subscribed before the apply thread starts: it sees every revision.
         let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();
+        let auth = Arc::new(crate::auth::AuthStore::new(
+            crate::auth::Tokens::new(&cfg, opts.clock.clone(), opts.unix_clock.clone())
+                .map_err(StartError::Config)?,
+        ));
+        auth.load(&store)
+            .map_err(|e| StartError::Config(format!("cannot load the auth state: {e}")))?;
         let lessor = Arc::new(Lessor::new(
             opts.clock,
             min_lease_ttl(cfg.election_timeout),
@@ -224,6 +234,8 @@ impl Etcd {
                 wait: wait.clone(),
                 cluster: cluster.clone(),
                 member_id,
+                auth: auth.clone(),
+                bcrypt_cost: cfg.bcrypt_cost,
             };
             let steps = ApplySteps::new(
                 applier,
@@ -266,6 +278,7 @@ impl Etcd {
                 watch,
                 background: Mutex::new(vec![lease_ticker]),
                 lessor,
+                auth,
                 cfg,
             }),
         };
