@@ -1,8 +1,14 @@
 //! In-process clusters of embedded members over the TCP peer transport on
 //! loopback: static bootstrap, writes through any member, linearizable
-//! reads everywhere, leader loss, leader transfer and membership changes.
+//! reads everywhere, leader loss, leader transfer, membership changes, and
+//! the auth state reaching every member (log, restart, snapshots).
 
-use etcd_core::pb::etcdserverpb::{MemberAddRequest, PutRequest, RangeRequest};
+use etcd_core::pb::authpb::{permission::Type as PermType, Permission};
+use etcd_core::pb::etcdserverpb::{
+    AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, AuthUserRevokeRoleRequest, AuthenticateRequest, MemberAddRequest,
+    PutRequest, RangeRequest,
+};
 use etcd_core::RequestContext;
 use etcd_core::{Config, Error, Etcd, StartOptions};
 use std::net::TcpListener;
@@ -32,6 +38,8 @@ fn config(name: &str, dir: &Path, initial: &str, url: &str) -> Config {
         // join) are sent snapshots.
         snapshot_count: 50,
         snapshot_catch_up_entries: 10,
+        // Cheap password hashes: these tests are not about bcrypt.
+        bcrypt_cost: 4,
         ..Config::default()
     }
 }
@@ -578,4 +586,159 @@ async fn lagging_and_new_members_catch_up_through_snapshots() {
         .collect();
     assert_eq!(sorted(&names), ["m0", "m1", "m2", "m3"]);
     std::thread::spawn(move || joined.stop()).join().unwrap();
+}
+
+/// A caller presenting `token`.
+fn with_token(token: &str) -> RequestContext {
+    RequestContext {
+        token: Some(token.into()),
+        ..RequestContext::default()
+    }
+}
+
+async fn login(e: &Etcd, user: &str, password: &str) -> RequestContext {
+    let r = AuthenticateRequest {
+        name: user.into(),
+        password: password.into(),
+    };
+    with_token(
+        &e.authenticate(&RequestContext::default(), r)
+            .await
+            .unwrap()
+            .token,
+    )
+}
+
+async fn put_as(e: &Etcd, ctx: &RequestContext, k: &str) -> Result<(), Error> {
+    let p = PutRequest {
+        key: k.as_bytes().to_vec().into(),
+        value: b"v".to_vec().into(),
+        ..Default::default()
+    };
+    e.put(ctx, p).await.map(|_| ())
+}
+
+/// A linearizable get: it sees every change committed before it.
+async fn get_as(e: &Etcd, ctx: &RequestContext, k: &str) -> Result<(), Error> {
+    let r = RangeRequest {
+        key: k.as_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    e.range(ctx, r).await.map(|_| ())
+}
+
+/// Users, roles and permissions are raft state: a token made on one member
+/// works on the others (each waits until it applied the Authenticate
+/// entry), a revoked role stops the user everywhere, and a member that was
+/// down while it happened learns it from a snapshot and keeps it across a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_state_reaches_every_member() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    let (a, b) = (leader, (leader + 1) % 3);
+    let lagging = (leader + 2) % 3;
+    let admin = &RequestContext::LOCAL;
+    let m = c.member(a);
+    for (user, pw) in [("root", "rootpw"), ("alice", "alicepw")] {
+        let r = AuthUserAddRequest {
+            name: user.into(),
+            password: pw.into(),
+            ..Default::default()
+        };
+        m.user_add(admin, r).await.unwrap();
+    }
+    for (user, role) in [("root", "root"), ("alice", "reader")] {
+        if role != "root" {
+            let r = AuthRoleAddRequest { name: role.into() };
+            m.role_add(admin, r).await.unwrap();
+        }
+        let r = AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        };
+        m.user_grant_role(admin, r).await.unwrap();
+    }
+    let grant = AuthRoleGrantPermissionRequest {
+        name: "reader".into(),
+        perm: Some(Permission {
+            perm_type: PermType::Read as i32,
+            key: b"a".to_vec().into(),
+            range_end: b"c".to_vec().into(),
+        }),
+    };
+    m.role_grant_permission(admin, grant).await.unwrap();
+    m.auth_enable(admin).await.unwrap();
+
+    // Tokens made on `a`, used on `b` right away.
+    let root = login(m, "root", "rootpw").await;
+    let alice = login(m, "alice", "alicepw").await;
+    put_as(c.member(b), &root, "b1").await.unwrap();
+    get_as(c.member(b), &alice, "b1").await.unwrap();
+    assert_eq!(
+        put_as(c.member(b), &alice, "b1").await,
+        Err(Error::PermissionDenied)
+    );
+    assert_eq!(
+        put_as(c.member(b), &RequestContext::default(), "b1").await,
+        Err(Error::UserEmpty)
+    );
+    assert_eq!(
+        get_as(c.member(b), &with_token("bogus.1"), "b1").await,
+        Err(Error::InvalidAuthToken)
+    );
+    let wrong = AuthenticateRequest {
+        name: "alice".into(),
+        password: "nope".into(),
+    };
+    assert_eq!(
+        m.authenticate(&RequestContext::default(), wrong)
+            .await
+            .map(|_| ()),
+        Err(Error::AuthFailed)
+    );
+
+    // While `lagging` is down: alice loses her role, and enough writes
+    // follow that `lagging` can only catch up from a snapshot.
+    c.stop(lagging);
+    let revoke = AuthUserRevokeRoleRequest {
+        name: "alice".into(),
+        role: "reader".into(),
+    };
+    c.member(a).user_revoke_role(&root, revoke).await.unwrap();
+    assert_eq!(
+        get_as(c.member(b), &alice, "b1").await,
+        Err(Error::PermissionDenied)
+    );
+    for i in 0..120 {
+        put(c.member(a), &format!("fill{i}"), "x").await.unwrap();
+    }
+    c.restart(lagging);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(c.member(lagging), "fill119", true).await.is_none() {
+        assert!(Instant::now() < deadline, "lagging member did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice = login(c.member(lagging), "alice", "alicepw").await;
+    assert_eq!(
+        get_as(c.member(lagging), &alice, "b1").await,
+        Err(Error::PermissionDenied)
+    );
+    let root = login(c.member(lagging), "root", "rootpw").await;
+    get_as(c.member(lagging), &root, "b1").await.unwrap();
+    // And across a restart of every member.
+    for i in 0..3 {
+        c.stop(i);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let leader = c.wait_leader().await;
+    let m = c.member(leader);
+    assert_eq!(
+        put_as(m, &RequestContext::default(), "x").await,
+        Err(Error::UserEmpty)
+    );
+    let root = login(m, "root", "rootpw").await;
+    put_as(m, &root, "x").await.unwrap();
 }
