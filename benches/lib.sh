@@ -15,18 +15,20 @@ build_bins() {
 
 # start_server KIND PORT [FLAG...]: starts `ours` or `real` single-member on
 # client PORT (peer PORT+1) with a fresh data dir; prints the pid once the
-# server answers `endpoint health`.
+# server answers `endpoint health`. With SCHEME=https the client URL is
+# https (pass the TLS flags) and CTL_TLS holds etcdctl's TLS flags.
 start_server() {
-    local kind=$1 port=$2 dir="$WORK/$1-$2"
+    local kind=$1 port=$2 dir="$WORK/$1-$2" scheme="${SCHEME:-http}"
     shift 2
     local bin=$OURS; [ "$kind" = real ] && bin=$REAL
     "$bin" --name bench --data-dir "$dir" \
-        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-client-urls "$scheme://127.0.0.1:$port" --advertise-client-urls "$scheme://127.0.0.1:$port" \
         --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
         --initial-cluster "bench=http://127.0.0.1:$((port + 1))" "$@" >"$dir.log" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do
-        ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && { echo $pid; return 0; }
+        # shellcheck disable=SC2086
+        ETCDCTL_API=3 etcdctl --endpoints "$scheme://127.0.0.1:$port" ${CTL_TLS:-} endpoint health >/dev/null 2>&1 && { echo $pid; return 0; }
         sleep 0.1
     done
     echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1

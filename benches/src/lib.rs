@@ -59,14 +59,56 @@ pub fn key(n: u64, size: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// Client TLS for `https://` endpoints, as etcdctl's `--cacert --cert
+/// --key` (PEM files).
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    /// CA certificates that signed the server's certificate.
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate, sent when the server asks for one.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    fn config(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let mut c = ClientTlsConfig::new();
+        if let Some(ca) = &self.cacert {
+            c = c.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            c = c.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(c)
+    }
+}
+
 /// Opens `conns` (at least one) gRPC connections, spread round-robin over
 /// the comma-separated client URLs in `endpoints`.
 pub async fn connect(endpoints: &str, conns: usize) -> anyhow::Result<Vec<Channel>> {
+    connect_with(endpoints, conns, &TlsFiles::default()).await
+}
+
+/// [`connect`], with `tls` for `https://` endpoints.
+pub async fn connect_with(
+    endpoints: &str,
+    conns: usize,
+    tls: &TlsFiles,
+) -> anyhow::Result<Vec<Channel>> {
     let urls: Vec<&str> = endpoints.split(',').collect();
     let mut channels = Vec::with_capacity(conns.max(1));
     for i in 0..conns.max(1) {
         let url = urls[i % urls.len()];
-        let ch = Endpoint::from_shared(url.to_string())?
+        let mut ep = Endpoint::from_shared(url.to_string())?;
+        if url.starts_with("https://") {
+            ep = ep.tls_config(tls.config()?)?;
+        }
+        let ch = ep
             .connect()
             .await
             .with_context(|| format!("cannot connect to {url}"))?;

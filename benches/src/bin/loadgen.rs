@@ -6,18 +6,22 @@
 //! loadgen --endpoints http://127.0.0.1:2379 --conns 1 --clients 1 \
 //!     --total 10000 --key-size 8 --val-size 256 put
 //! loadgen --endpoints http://127.0.0.1:2379 --clients 16 --total 10000 range --consistency s
+//! loadgen --endpoints https://127.0.0.1:2379 --cacert ca.pem --cert c.pem --key c-key.pem \
+//!     --user root:pw --clients 16 put
 //! ```
 //! Prints `name: value` lines: requests, errors, qps and latency percentiles.
 
 use benches::{key, ClientResult};
 use clap::{Parser, Subcommand};
-use etcd_core::pb::etcdserverpb::{PutRequest, RangeRequest};
+use etcd_core::pb::etcdserverpb::{AuthenticateRequest, PutRequest, RangeRequest};
+use etcd_server::rpc::etcdserverpb::auth_client::AuthClient;
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
@@ -50,6 +54,19 @@ struct Args {
     /// Seed of the key choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// CA certificate file for https:// endpoints (etcdctl's --cacert).
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate file (etcdctl's --cert).
+    #[arg(long)]
+    cert: Option<std::path::PathBuf>,
+    /// Client key file (etcdctl's --key).
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    /// `user:password`: authenticate once, then send the token with every
+    /// request (etcdctl's --user).
+    #[arg(long)]
+    user: Option<String>,
     #[command(subcommand)]
     op: Op,
 }
@@ -69,7 +86,25 @@ enum Op {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let channels = benches::connect(&args.endpoints, args.conns).await?;
+    let tls = benches::TlsFiles {
+        cacert: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
+    let channels = benches::connect_with(&args.endpoints, args.conns, &tls).await?;
+    let token = match &args.user {
+        Some(u) => {
+            let (name, password) = u.split_once(':').unwrap_or((u, ""));
+            let r = AuthClient::new(channels[0].clone())
+                .authenticate(AuthenticateRequest {
+                    name: name.into(),
+                    password: password.into(),
+                })
+                .await?;
+            Some(r.into_inner().token.parse::<MetadataValue<Ascii>>()?)
+        }
+        None => None,
+    };
     let next = Arc::new(AtomicU64::new(0));
     let value = vec![b'v'; args.val_size];
     let start = Instant::now();
@@ -77,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     for c in 0..args.clients.max(1) {
         let client = KvClient::new(channels[c % channels.len()].clone())
             .max_decoding_message_size(usize::MAX);
-        let (next, value) = (next.clone(), value.clone());
+        let (next, value, token) = (next.clone(), value.clone(), token.clone());
         let (total, key_size, space, seq, op) = (
             args.total,
             args.key_size,
@@ -87,7 +122,10 @@ async fn main() -> anyhow::Result<()> {
         );
         let seed = args.seed.wrapping_add(c as u64);
         tasks.push(tokio::spawn(async move {
-            run_client(client, next, total, key_size, space, seq, seed, op, value).await
+            run_client(
+                client, next, total, key_size, space, seq, seed, op, value, token,
+            )
+            .await
         }));
     }
     let summary = benches::join_clients(tasks, start).await?;
@@ -106,6 +144,7 @@ async fn run_client(
     seed: u64,
     op: Op,
     value: Vec<u8>,
+    token: Option<MetadataValue<Ascii>>,
 ) -> ClientResult {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut hist = Histogram::<u64>::new(3)?;
@@ -127,19 +166,25 @@ async fn run_client(
         let t = Instant::now();
         let r = match op {
             Op::Put => client
-                .put(PutRequest {
-                    key: k,
-                    value: value.clone(),
-                    ..Default::default()
-                })
+                .put(with_token(
+                    PutRequest {
+                        key: k,
+                        value: value.clone(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
                 .await
                 .map(|_| ()),
             Op::Range { consistency } => client
-                .range(RangeRequest {
-                    key: k,
-                    serializable: consistency == 's',
-                    ..Default::default()
-                })
+                .range(with_token(
+                    RangeRequest {
+                        key: k,
+                        serializable: consistency == 's',
+                        ..Default::default()
+                    },
+                    &token,
+                ))
                 .await
                 .map(|_| ()),
         };
@@ -157,4 +202,13 @@ async fn run_client(
         }
     }
     Ok((hist, ok, errors))
+}
+
+/// `m` with the auth token, as clientv3 sends it (metadata `token`).
+fn with_token<T>(m: T, token: &Option<MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.clone());
+    }
+    r
 }

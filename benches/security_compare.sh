@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# What TLS and auth cost, side by side: this project's etcd-server and
+# Debian's etcd 3.4, single member, same certificates (cfssl, as in
+# docs/security.md), same flags, driven by the same `loadgen` in one run.
+# Modes per scenario: plain HTTP; TLS with client certificates
+# (--client-cert-auth); TLS plus auth (simple tokens, a non-root user whose
+# role grants readwrite on the benchmark's keys, so every request goes
+# through the permission check). Each scenario runs REPEAT times per server,
+# alternating servers; medians are printed as a Markdown table.
+#
+#   bash benches/security_compare.sh            # REPEAT=3 TOTAL=20000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPEAT="${REPEAT:-3}"
+TOTAL="${TOTAL:-20000}"
+WORK="$(mktemp -d /var/tmp/etcd-security.XXXXXX)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+. benches/lib.sh
+build_bins loadgen
+LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
+
+# Certificates: the guides' cfssl workflow (RSA 2048).
+C="$WORK/certs"; mkdir -p "$C"
+(
+    cd "$C"
+    echo '{"CN": "etcd-ca", "key": {"algo": "rsa", "size": 2048}}' > ca-csr.json
+    cat > ca-config.json <<'JSON'
+{"signing": {"default": {"expiry": "8760h"}, "profiles": {
+  "server": {"expiry": "8760h", "usages": ["signing", "key encipherment", "server auth", "client auth"]},
+  "client": {"expiry": "8760h", "usages": ["signing", "key encipherment", "client auth"]}}}}
+JSON
+    cfssl gencert -initca ca-csr.json 2>/dev/null | cfssljson -bare ca
+    echo '{"CN": "etcd", "key": {"algo": "rsa", "size": 2048}}' > server-csr.json
+    cfssl gencert -ca=ca.pem -ca-key=ca-key.pem -config=ca-config.json -profile=server \
+        -hostname=127.0.0.1,localhost server-csr.json 2>/dev/null | cfssljson -bare server
+    echo '{"CN": "client", "key": {"algo": "rsa", "size": 2048}}' > client-csr.json
+    cfssl gencert -ca=ca.pem -ca-key=ca-key.pem -config=ca-config.json -profile=client \
+        client-csr.json 2>/dev/null | cfssljson -bare client
+)
+SERVER_TLS=(--cert-file "$C/server.pem" --key-file "$C/server-key.pem"
+    --trusted-ca-file "$C/ca.pem" --client-cert-auth)
+TLS_FILES="--cacert $C/ca.pem --cert $C/client.pem --key $C/client-key.pem"
+
+# enable_auth ENDPOINT: root, and user `bench` with readwrite on the keys
+# loadgen uses (zero-padded numbers: prefix "0").
+enable_auth() {
+    local ctl=(etcdctl --endpoints "$1")
+    # shellcheck disable=SC2206
+    ctl+=($TLS_FILES)
+    export ETCDCTL_API=3
+    "${ctl[@]}" user add root:rootpw >/dev/null
+    "${ctl[@]}" user add bench:benchpw >/dev/null
+    "${ctl[@]}" role add bench >/dev/null
+    "${ctl[@]}" role grant-permission bench readwrite --prefix 0 >/dev/null
+    "${ctl[@]}" user grant-role bench bench >/dev/null
+    # (etcdctl adds the root role on its own; it logs the first refusal)
+    "${ctl[@]}" auth enable >/dev/null 2>&1
+}
+
+# scenario name | mode (plain, tls, auth) | loadgen arguments
+SCENARIOS=(
+    "put, 16 clients, plain|plain|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
+    "put, 16 clients, TLS|tls|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
+    "put, 16 clients, TLS + auth|auth|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
+    "get linearizable, 16 clients, plain|plain|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
+    "get linearizable, 16 clients, TLS|tls|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
+    "get linearizable, 16 clients, TLS + auth|auth|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
+)
+
+echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|"
+port=33000
+declare -A results
+for s in "${SCENARIOS[@]}"; do
+    name="${s%%|*}"; rest="${s#*|}"; mode="${rest%%|*}"; args="${rest#*|}"
+    for kind in ours real; do : > "$WORK/$kind.qps"; : > "$WORK/$kind.p50"; : > "$WORK/$kind.p99"; done
+    for r in $(seq "$REPEAT"); do
+        for kind in ours real; do
+            port=$((port + 2))
+            lg=("$LOADGEN")
+            if [ "$mode" = plain ]; then
+                pid=$(SCHEME=http CTL_TLS="" start_server "$kind" "$port")
+                ep="http://127.0.0.1:$port"
+            else
+                pid=$(SCHEME=https CTL_TLS="$TLS_FILES" start_server "$kind" "$port" "${SERVER_TLS[@]}")
+                ep="https://127.0.0.1:$port"
+                # shellcheck disable=SC2206
+                lg+=($TLS_FILES)
+            fi
+            if [ "$mode" = auth ]; then
+                enable_auth "$ep"
+                lg+=(--user bench:benchpw)
+            fi
+            # Reads need data: fill the key space first.
+            case "$args" in *range*) "${lg[@]}" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
+                --key-space-size 100000 --sequential-keys put >/dev/null ;; esac
+            # shellcheck disable=SC2086
+            out=$("${lg[@]}" --endpoints "$ep" $args)
+            kill "$pid"; wait "$pid" 2>/dev/null || true
+            echo "$out" | awk '/^qps:/ {print $2}' >> "$WORK/$kind.qps"
+            echo "$out" | awk '/^latency_ms_p50:/ {print $2}' >> "$WORK/$kind.p50"
+            echo "$out" | awk '/^latency_ms_p99:/ {print $2}' >> "$WORK/$kind.p99"
+            errs=$(echo "$out" | awk '/^errors:/ {print $2}')
+            [ "$errs" = 0 ] || echo "warning: $kind $name run $r had $errs errors" >&2
+        done
+    done
+    for kind in ours real; do
+        label=$(server_label "$kind")
+        q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
+        results[$kind]=$q
+        echo "| $name | $label | $q | $p50 | $p99 |"
+    done
+    awk -v a="${results[ours]}" -v b="${results[real]}" -v n="$name" \
+        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | | |\n", n, a / b }'
+done
