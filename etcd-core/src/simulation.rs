@@ -219,6 +219,9 @@ pub struct Stats {
     pub compactions: u64,
     /// MVCC compactions proposed (KV Compact through raft, as a client's).
     pub mvcc_compactions: u64,
+    /// Auth changes proposed (users, roles, permissions; many are refused
+    /// as etcd refuses them, which is part of what members must agree on).
+    pub auth_changes: u64,
     /// Leases granted, and keepalives answered by the leader's lessor.
     pub lease_grants: u64,
     /// See `lease_grants`.
@@ -1191,6 +1194,7 @@ impl Sim {
             }
             18..=22 => self.propose_membership(),
             23..=27 => self.propose_mvcc_compaction(),
+            28..=31 => self.propose_auth_change(),
             _ => {}
         }
         if self.storm && self.rng.gen_bool(0.025) {
@@ -1349,6 +1353,64 @@ impl Sim {
         self.event(format!(
             "member {id} proposes: compact at revision {revision}"
         ));
+    }
+
+    /// Proposes a random auth change at the leader (users u0..u2, roles
+    /// r0..r2, permissions on small ranges), as the server's own request
+    /// (no header). Outcomes are checked at the end: every member must hold
+    /// the same auth state, on disk and in memory (`converge`).
+    fn propose_auth_change(&mut self) {
+        use crate::pb::authpb::Permission;
+        use crate::pb::etcdserverpb::*;
+        let Some(l) = self.leader() else { return };
+        let user = format!("u{}", self.rng.gen_range(0..3));
+        let role = format!("r{}", self.rng.gen_range(0..3));
+        let lo = self.rng.gen_range(b'a'..=b'y');
+        let (key, range_end) = match self.rng.gen_range(0..3) {
+            0 => (vec![lo], vec![]),
+            1 => (vec![lo], vec![self.rng.gen_range(lo + 1..=b'z')]),
+            _ => (vec![lo], vec![0]),
+        };
+        let op = match self.rng.gen_range(0..8) {
+            0 => Op::UserAdd(AuthUserAddRequest {
+                name: user,
+                // The proposer hashes; nothing here checks the password.
+                hashed_password: "$2a$04$stand-in".into(),
+                ..Default::default()
+            }),
+            1 => Op::UserDelete(AuthUserDeleteRequest { name: user }),
+            2 => Op::RoleAdd(AuthRoleAddRequest { name: role }),
+            3 => Op::RoleDelete(AuthRoleDeleteRequest { role }),
+            4 => Op::UserGrantRole(AuthUserGrantRoleRequest { user, role }),
+            5 => Op::UserRevokeRole(AuthUserRevokeRoleRequest { name: user, role }),
+            6 => Op::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: role,
+                perm: Some(Permission {
+                    perm_type: self.rng.gen_range(0..3),
+                    key: key.into(),
+                    range_end: range_end.into(),
+                }),
+            }),
+            _ => Op::RoleRevokePermission(AuthRoleRevokePermissionRequest {
+                role,
+                key: key.into(),
+                range_end: range_end.into(),
+            }),
+        };
+        let text = format!("{op:?}");
+        let data = RaftRequest {
+            id: 0,
+            op: Some(op),
+            header: None,
+        }
+        .encode_to_vec();
+        self.running_mut(l)
+            .expect("leader runs")
+            .peer
+            .propose(data, None);
+        self.stats.auth_changes += 1;
+        let id = self.nodes[l].id;
+        self.event(format!("member {id} proposes: {text}"));
     }
 
     /// Proposes a membership change at the leader: a removal, an addition
@@ -1878,11 +1940,30 @@ impl Sim {
                 .store
                 .aux_scan(etcd_mvcc::Bucket::Lease)
                 .map_err(|e| e.to_string())?;
+            // The auth state, as stored and as the member holds it in
+            // memory (a member that installed an image must have reloaded).
+            let auth = &r.steps.applier.auth;
+            let auth_state = (
+                r.steps
+                    .applier
+                    .store
+                    .aux_scan(etcd_mvcc::Bucket::Auth)
+                    .map_err(|e| e.to_string())?,
+                auth.revision(),
+                auth.user_list(),
+                auth.role_list(),
+                auth.user_list()
+                    .iter()
+                    .map(|u| auth.user_get(u).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            );
             let h = (
                 h.revision,
                 h.hash
-                    ^ u32::try_from(digest(&format!("{leases:?}").into_bytes()) & 0xffff_ffff)
-                        .expect("masked"),
+                    ^ u32::try_from(
+                        digest(&format!("{leases:?}{auth_state:?}").into_bytes()) & 0xffff_ffff,
+                    )
+                    .expect("masked"),
             );
             let got = (r.steps.applied(), h.0, h.1);
             match want {
