@@ -278,3 +278,130 @@ async fn slow_consumer_is_parked_and_loses_nothing() {
     assert!(responses < n, "{responses} responses");
     e.stop();
 }
+
+/// With auth enabled, a watcher needs READ on its whole range: refused
+/// ones get etcd's canceled response (created, canceled, watch id -1, the
+/// gRPC error text as reason); permitted ones see events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_need_read_permission() {
+    use etcd_core::pb::authpb::{permission::Type as PermType, Permission};
+    use etcd_core::pb::etcdserverpb::{
+        AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest, AuthenticateRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::single("w", dir.path().join("data"));
+    cfg.bcrypt_cost = 4;
+    let e = Etcd::start(cfg).unwrap();
+    let local = &RequestContext::LOCAL;
+    for u in ["root", "alice"] {
+        let r = AuthUserAddRequest {
+            name: u.into(),
+            password: "pw".into(),
+            ..Default::default()
+        };
+        e.user_add(local, r).await.unwrap();
+    }
+    let r = AuthRoleAddRequest {
+        name: "reader".into(),
+    };
+    e.role_add(local, r).await.unwrap();
+    let grant = AuthRoleGrantPermissionRequest {
+        name: "reader".into(),
+        perm: Some(Permission {
+            perm_type: PermType::Read as i32,
+            key: b"a".to_vec().into(),
+            range_end: b"c".to_vec().into(),
+        }),
+    };
+    e.role_grant_permission(local, grant).await.unwrap();
+    for (user, role) in [("root", "root"), ("alice", "reader")] {
+        let r = AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        };
+        e.user_grant_role(local, r).await.unwrap();
+    }
+    e.auth_enable(local).await.unwrap();
+    let login = AuthenticateRequest {
+        name: "alice".into(),
+        password: "pw".into(),
+    };
+    let token = e
+        .authenticate(&RequestContext::default(), login)
+        .await
+        .unwrap()
+        .token;
+    let alice = RequestContext {
+        token: Some(token),
+        ..RequestContext::default()
+    };
+    let refusals = [
+        (
+            RequestContext::default(),
+            create("a", "", 0),
+            "rpc error: code = InvalidArgument desc = etcdserver: user name is empty",
+        ),
+        (
+            alice.clone(),
+            create("a", "d", 0),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+        ),
+        (
+            alice.clone(),
+            create("b", "\0", 0),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+        ),
+        (
+            RequestContext {
+                token: Some("nope.1".into()),
+                ..RequestContext::default()
+            },
+            create("a", "", 0),
+            "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token",
+        ),
+    ];
+    for (ctx, c, reason) in refusals {
+        let mut w = e.watch(&ctx);
+        w.create(c);
+        let r = recv(&mut w).await;
+        assert!(r.created && r.canceled, "{r:?}");
+        assert_eq!((r.watch_id, r.cancel_reason.as_str()), (-1, reason));
+    }
+    let mut w = e.watch(&alice);
+    w.create(create("a", "c", 0));
+    let r = recv(&mut w).await;
+    assert!(r.created && !r.canceled, "{r:?}");
+    let root_token = e
+        .authenticate(
+            &RequestContext::default(),
+            AuthenticateRequest {
+                name: "root".into(),
+                password: "pw".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .token;
+    let root = RequestContext {
+        token: Some(root_token),
+        ..RequestContext::default()
+    };
+    let rev = e
+        .put(
+            &root,
+            PutRequest {
+                key: b"b".to_vec().into(),
+                value: b"1".to_vec().into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    let r = recv(&mut w).await;
+    assert_eq!(evs(&r), vec![("PUT", "b".to_string(), rev)]);
+    std::thread::spawn(move || e.stop()).join().unwrap();
+}
