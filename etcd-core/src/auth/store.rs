@@ -701,6 +701,25 @@ mod tests {
         assert_eq!(b.user_get(ROOT).unwrap(), vec![ROOT.to_string()]);
     }
 
+    /// A hash made by Go's `x/crypto/bcrypt` (the vector of its own tests,
+    /// Debian's golang-golang-x-crypto-dev), as etcd stores it: users moved
+    /// from an etcd data file keep their passwords.
+    #[test]
+    fn go_bcrypt_hashes_verify() {
+        let (store, a) = setup();
+        let go_hash = "$2a$10$XajjQvNhvvRt5GSeFk1xFeyqRrsxkhBkUiQeg0dt.wU1qD4aFDcga";
+        let r = AuthUserAddRequest {
+            name: ROOT.into(),
+            hashed_password: go_hash.into(),
+            ..Default::default()
+        };
+        at(&store, 1, |w| a.user_add(w, &r, 4)).unwrap();
+        at(&store, 2, |w| a.user_grant_role(w, ROOT, ROOT)).unwrap();
+        at(&store, 3, |w| a.enable(w)).unwrap();
+        assert!(a.check_password(ROOT, "allmine").is_ok());
+        assert_eq!(a.check_password(ROOT, "allmine!"), Err(Error::AuthFailed));
+    }
+
     #[test]
     fn permissions_revisions_and_errors() {
         let (store, a) = setup();
