@@ -201,6 +201,11 @@ pub enum Error {
     /// Authenticate with a JWT provider that only has a public key.
     #[error("auth: token signing attempted with verify-only key")]
     VerifyOnly,
+    /// An error etcd sends as is, with code Unknown: the auth errors of the
+    /// Maintenance admin checks (`auth: permission denied`, ...), which
+    /// etcd's `authMaintenanceServer` returns without translating.
+    #[error("{0}")]
+    Unknown(String),
     #[error("etcdserver: {0}")]
     Internal(String),
 }
@@ -242,7 +247,7 @@ impl Error {
             UserEmpty | RoleEmpty | AuthFailed | InvalidAuthMgmt | AuthOldRevision => {
                 Code::InvalidArgument
             }
-            NoPasswordUser | VerifyOnly => Code::Unknown,
+            NoPasswordUser | VerifyOnly | Unknown(_) => Code::Unknown,
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
             Internal(_) => Code::Internal,

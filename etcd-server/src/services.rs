@@ -128,8 +128,11 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
         learner_guard(&self.0)?;
+        self.0
+            .check_maintenance_admin(&crate::request_context::of(&req))
+            .map_err(to_status)?;
         Err(unsupported("snapshot"))
     }
 

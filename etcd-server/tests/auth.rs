@@ -128,10 +128,17 @@ impl Side {
         let header = &v[0]["Status"]["header"];
         let member = header["member_id"].as_u64().expect("member_id");
         let cluster = header["cluster_id"].as_u64().expect("cluster_id");
-        side.learn(&format!("{member:x}"), "<MEMBER-ID>");
-        side.learn(&format!("{cluster:x}"), "<CLUSTER-ID>");
+        side.learn_id(member, "<MEMBER-ID>");
+        side.learn_id(cluster, "<CLUSTER-ID>");
         side.ids = vec![(member, "<MEMBER-ID>"), (cluster, "<CLUSTER-ID>")];
         side
+    }
+
+    /// An id in hex, and as etcdctl's `%16x` prints it (space-padded to 16:
+    /// ids are random, so one side's may have a leading zero digit).
+    fn learn_id(&mut self, id: u64, placeholder: &str) {
+        self.learn(&format!("{id:16x}"), placeholder);
+        self.learn(&format!("{id:x}"), placeholder);
     }
 
     fn learn(&mut self, actual: &str, placeholder: &str) {
@@ -614,13 +621,15 @@ impl Pair {
             }
             let s = String::from_utf8_lossy(&o.stdout).to_string();
             let w: Vec<&str> = s.split_whitespace().collect();
-            (w.len() > 2 && w[0] == "Member" && w[2] == "added").then(|| w[1].to_string())
+            (w.len() > 2 && w[0] == "Member" && w[2] == "added")
+                .then(|| u64::from_str_radix(w[1], 16).ok())
+                .flatten()
         };
         if let (Some(x), Some(y)) = (member(a), member(b)) {
             self.members += 1;
             let ph = format!("<NEW-MEMBER-{}>", self.members);
-            self.sides[0].learn(&x, &ph);
-            self.sides[1].learn(&y, &ph);
+            self.sides[0].learn_id(x, &ph);
+            self.sides[1].learn_id(y, &ph);
         }
     }
 

@@ -64,6 +64,12 @@ impl Etcd {
             .collect()
     }
 
+    /// The header of Cluster responses: etcd's `ClusterServer.header()`
+    /// sets no revision.
+    fn cluster_header(&self) -> crate::pb::etcdserverpb::ResponseHeader {
+        self.header(0)
+    }
+
     /// Cluster.MemberList; with `linearizable`, after a ReadIndex round.
     pub async fn member_list(
         &self,
@@ -75,7 +81,7 @@ impl Etcd {
         }
         let members = self.inner.cluster.read().members();
         Ok(MemberListResponse {
-            header: Some(self.header(self.store().current_revision())),
+            header: Some(self.cluster_header()),
             members: self.members_pb(members),
         })
     }
@@ -110,7 +116,7 @@ impl Etcd {
         }
         let (added, members) = self.propose_change(ctx, Change::Add(m)).await?;
         Ok(MemberAddResponse {
-            header: Some(self.header(self.store().current_revision())),
+            header: Some(self.cluster_header()),
             member: added.map(to_pb),
             members: self.members_pb(members),
         })
@@ -138,7 +144,7 @@ impl Etcd {
         }
         let (_, members) = self.propose_change(ctx, Change::Remove(id)).await?;
         Ok(MemberRemoveResponse {
-            header: Some(self.header(self.store().current_revision())),
+            header: Some(self.cluster_header()),
             members: self.members_pb(members),
         })
     }
@@ -153,7 +159,7 @@ impl Etcd {
         check_urls(&r.peer_ur_ls)?;
         match self.propose(ctx, Op::MemberUpdate(r)).await? {
             Applied::Members(_, members) => Ok(MemberUpdateResponse {
-                header: Some(self.header(self.store().current_revision())),
+                header: Some(self.cluster_header()),
                 members: self.members_pb(members),
             }),
             _ => unreachable!("a member update applies as a membership change"),
@@ -188,7 +194,7 @@ impl Etcd {
         }
         let (_, members) = self.propose_change(ctx, Change::Promote(id)).await?;
         Ok(MemberPromoteResponse {
-            header: Some(self.header(self.store().current_revision())),
+            header: Some(self.cluster_header()),
             members: self.members_pb(members),
         })
     }
@@ -213,9 +219,8 @@ impl Etcd {
         if !voter {
             return Err(Error::BadLeaderTransferee);
         }
-        let response = || MoveLeaderResponse {
-            header: Some(self.header(self.store().current_revision())),
-        };
+        // etcd answers an empty MoveLeaderResponse (no header).
+        let response = || MoveLeaderResponse { header: None };
         if target == me {
             return Ok(response());
         }

@@ -214,13 +214,27 @@ impl Etcd {
         }
     }
 
-    /// [`Etcd::check_admin`] from a blocking context (see
-    /// [`Etcd::caller_now`]).
-    pub(crate) fn check_admin_now(&self, ctx: &RequestContext) -> Result<()> {
-        match self.caller_now(ctx)? {
-            Some(ai) => self.inner.auth.is_admin_permitted(&ai),
-            None => Ok(()),
-        }
+    /// The admin check of Defragment, Hash, HashKV and Snapshot, from a
+    /// blocking context (see [`Etcd::caller_now`]). Its errors are etcd's
+    /// raw auth errors with code Unknown (`auth: permission denied`, ...):
+    /// etcd's `authMaintenanceServer` does not translate them.
+    pub fn check_maintenance_admin(&self, ctx: &RequestContext) -> Result<()> {
+        let checked = match self.caller_now(ctx) {
+            Ok(Some(ai)) => self.inner.auth.is_admin_permitted(&ai),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        checked.map_err(|e| {
+            Error::Unknown(
+                match e {
+                    Error::UserEmpty => "auth: user name is empty",
+                    Error::UserNotFound => "auth: user not found",
+                    Error::InvalidAuthToken => "auth: invalid auth token",
+                    _ => "auth: permission denied",
+                }
+                .into(),
+            )
+        })
     }
 
     /// The auth state.

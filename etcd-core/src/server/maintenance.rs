@@ -39,7 +39,7 @@ impl Etcd {
     /// Maintenance.Defragment: compacts the store's files. Online: reads
     /// and writes continue meanwhile. Blocking; call from a blocking context.
     pub fn defragment(&self, ctx: &RequestContext) -> Result<DefragmentResponse> {
-        self.check_admin_now(ctx)?;
+        self.check_maintenance_admin(ctx)?;
         self.inner.store.defragment()?;
         Ok(DefragmentResponse {
             header: Some(self.header(self.inner.store.current_revision())),
@@ -49,7 +49,7 @@ impl Etcd {
     /// Maintenance.HashKV: a hash of every key revision up to `revision`
     /// (0 = current), equal on members with the same history.
     pub fn hash_kv(&self, ctx: &RequestContext, revision: i64) -> Result<HashKvResponse> {
-        self.check_admin_now(ctx)?;
+        self.check_maintenance_admin(ctx)?;
         let h = self.inner.store.hash_kv(revision)?;
         Ok(HashKvResponse {
             header: Some(self.header(h.revision)),
