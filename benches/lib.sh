@@ -40,3 +40,33 @@ server_label() {
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Per-scenario results of `ours` and `real` runs, in $WORK/KIND.{qps,p50,p99}.
+# reset_runs: forget the previous scenario's runs.
+reset_runs() {
+    for kind in ours real; do : > "$WORK/$kind.qps"; : > "$WORK/$kind.p50"; : > "$WORK/$kind.p99"; done
+}
+
+# record_run KIND NAME RUN OUTPUT: keeps one loadgen report; warns on errors.
+record_run() {
+    local kind=$1 name=$2 run=$3 out=$4 errs
+    echo "$out" | awk '/^qps:/ {print $2}' >> "$WORK/$kind.qps"
+    echo "$out" | awk '/^latency_ms_p50:/ {print $2}' >> "$WORK/$kind.p50"
+    echo "$out" | awk '/^latency_ms_p99:/ {print $2}' >> "$WORK/$kind.p99"
+    errs=$(echo "$out" | awk '/^errors:/ {print $2}')
+    [ "$errs" = 0 ] || echo "warning: $kind $name run $run had $errs errors" >&2
+}
+
+# print_rows NAME: the Markdown rows of a scenario (medians per server, and
+# the QPS ratio).
+print_rows() {
+    local name=$1 kind q p50 p99
+    declare -A qps
+    for kind in ours real; do
+        q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
+        qps[$kind]=$q
+        echo "| $name | $(server_label "$kind") | $q | $p50 | $p99 |"
+    done
+    awk -v a="${qps[ours]}" -v b="${qps[real]}" -v n="$name" \
+        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | | |\n", n, a / b }'
+}

@@ -70,10 +70,9 @@ SCENARIOS=(
 echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"
 port=33000
-declare -A results
 for s in "${SCENARIOS[@]}"; do
     name="${s%%|*}"; rest="${s#*|}"; mode="${rest%%|*}"; args="${rest#*|}"
-    for kind in ours real; do : > "$WORK/$kind.qps"; : > "$WORK/$kind.p50"; : > "$WORK/$kind.p99"; done
+    reset_runs
     for r in $(seq "$REPEAT"); do
         for kind in ours real; do
             port=$((port + 2))
@@ -97,19 +96,8 @@ for s in "${SCENARIOS[@]}"; do
             # shellcheck disable=SC2086
             out=$("${lg[@]}" --endpoints "$ep" $args)
             kill "$pid"; wait "$pid" 2>/dev/null || true
-            echo "$out" | awk '/^qps:/ {print $2}' >> "$WORK/$kind.qps"
-            echo "$out" | awk '/^latency_ms_p50:/ {print $2}' >> "$WORK/$kind.p50"
-            echo "$out" | awk '/^latency_ms_p99:/ {print $2}' >> "$WORK/$kind.p99"
-            errs=$(echo "$out" | awk '/^errors:/ {print $2}')
-            [ "$errs" = 0 ] || echo "warning: $kind $name run $r had $errs errors" >&2
+            record_run "$kind" "$name" "$r" "$out"
         done
     done
-    for kind in ours real; do
-        label=$(server_label "$kind")
-        q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
-        results[$kind]=$q
-        echo "| $name | $label | $q | $p50 | $p99 |"
-    done
-    awk -v a="${results[ours]}" -v b="${results[real]}" -v n="$name" \
-        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | | |\n", n, a / b }'
+    print_rows "$name"
 done

@@ -38,6 +38,7 @@ mod error;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod go_duration;
 mod lease_ticker;
 pub mod lessor;
 /// A linearizability checker for recorded client histories (test support:
@@ -63,11 +64,12 @@ mod watchable_store;
 mod watcher;
 mod watcher_group;
 
-pub use config::{parse_go_duration, ClusterState, Config, DEFAULT_QUOTA_BYTES};
+pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
 pub use error::{Code, Error, Result, StartError, WatchError};
 /// TLS for peer connections (see [`StartOptions::peer_tls`]).
 pub use etcd_raft_node::{PeerTls, PeerTlsHandle};
+pub use go_duration::parse_go_duration;
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
 pub use request_context::RequestContext;
 pub use server::{Etcd, StartOptions, SERVER_VERSION};

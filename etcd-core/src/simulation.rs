@@ -1335,24 +1335,29 @@ impl Sim {
             return;
         }
         let revision = self.rng.gen_range(low..=current);
+        let op = Op::Compaction(crate::pb::etcdserverpb::CompactionRequest {
+            revision,
+            physical: false,
+        });
+        self.propose_unwaited(l, op, format!("compact at revision {revision}"));
+        self.stats.mvcc_compactions += 1;
+    }
+
+    /// Proposes `op` at member `l` as the server's own request (no waiter,
+    /// no header), and records `what` in the event log.
+    fn propose_unwaited(&mut self, l: usize, op: Op, what: String) {
         let data = RaftRequest {
             id: 0,
-            op: Some(Op::Compaction(crate::pb::etcdserverpb::CompactionRequest {
-                revision,
-                physical: false,
-            })),
+            op: Some(op),
             header: None,
         }
         .encode_to_vec();
         self.running_mut(l)
-            .expect("leader runs")
+            .expect("member runs")
             .peer
             .propose(data, None);
-        self.stats.mvcc_compactions += 1;
         let id = self.nodes[l].id;
-        self.event(format!(
-            "member {id} proposes: compact at revision {revision}"
-        ));
+        self.event(format!("member {id} proposes: {what}"));
     }
 
     /// Proposes a random auth change at the leader (users u0..u2, roles
@@ -1398,19 +1403,8 @@ impl Sim {
             }),
         };
         let text = format!("{op:?}");
-        let data = RaftRequest {
-            id: 0,
-            op: Some(op),
-            header: None,
-        }
-        .encode_to_vec();
-        self.running_mut(l)
-            .expect("leader runs")
-            .peer
-            .propose(data, None);
+        self.propose_unwaited(l, op, text);
         self.stats.auth_changes += 1;
-        let id = self.nodes[l].id;
-        self.event(format!("member {id} proposes: {text}"));
     }
 
     /// Proposes a membership change at the leader: a removal, an addition

@@ -60,26 +60,16 @@ pub(crate) fn apply(
         Op::DeleteRange(d) => delete_range(&mut view, d).map(Applied::DeleteRange),
         Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
         Op::Compaction(_) => unreachable!("handled above"),
+        // Membership and auth requests have appliers of their own.
         Op::MemberUpdate(_) | Op::MemberAttributes(_) => Err(Error::Internal(
             "a membership request reached the KV applier".into(),
-        )),
-        Op::AuthEnable(_)
-        | Op::AuthDisable(_)
-        | Op::Authenticate(_)
-        | Op::UserAdd(_)
-        | Op::UserDelete(_)
-        | Op::UserChangePassword(_)
-        | Op::UserGrantRole(_)
-        | Op::UserRevokeRole(_)
-        | Op::RoleAdd(_)
-        | Op::RoleDelete(_)
-        | Op::RoleGrantPermission(_)
-        | Op::RoleRevokePermission(_) => Err(Error::Internal(
-            "an auth request reached the KV applier".into(),
         )),
         Op::LeaseGrant(g) => lease::grant(&mut view, lessor, g),
         Op::LeaseRevoke(r) => lease::revoke(&mut view, lessor, r),
         Op::LeaseCheckpoint(c) => lease::checkpoint(&mut view, lessor, c),
+        _ => Err(Error::Internal(format!(
+            "an auth request reached the KV applier: {op:?}"
+        ))),
     };
     match out {
         Ok(applied) => {

@@ -59,7 +59,7 @@ impl TokenOptions {
                         "sign-method" => sign_method = Some(v.to_string()),
                         "pub-key" => pub_key = Some(PathBuf::from(v)),
                         "priv-key" => priv_key = Some(PathBuf::from(v)),
-                        "ttl" => match crate::config::parse_go_duration(v) {
+                        "ttl" => match crate::go_duration::parse_go_duration(v) {
                             Ok(d) => ttl = d,
                             Err(e) => return bad(format!("ttl: {e}")),
                         },

@@ -26,7 +26,8 @@
 //! "roles/" + name    -> authpb.Role   (permissions sorted by key)
 //! ```
 
-use super::jwt::JwtTokens;
+use super::jwt::{JwtTokens, UnixClock};
+use super::options::TokenOptions;
 use super::range_perm_cache::UnifiedPerms;
 use super::simple_token::{self, SimpleTokens};
 use crate::pb::authpb::{permission::Type as PermType, Permission, Role, User, UserAddOptions};
@@ -64,15 +65,17 @@ pub(crate) enum Tokens {
 }
 
 impl Tokens {
-    /// The provider `--auth-token` names (JWT keys are read here).
+    /// The provider `--auth-token` names (JWT keys are read here); simple
+    /// tokens live `simple_ttl` (`--auth-token-ttl`) past their last use.
     pub(crate) fn new(
-        cfg: &crate::Config,
+        opts: &TokenOptions,
+        simple_ttl: std::time::Duration,
         clock: std::sync::Arc<dyn crate::lessor::Clock>,
-        unix_clock: super::UnixClock,
+        unix_clock: UnixClock,
     ) -> std::result::Result<Tokens, String> {
-        Ok(match cfg.auth_token.jwt(unix_clock)? {
+        Ok(match opts.jwt(unix_clock)? {
             Some(j) => Tokens::Jwt(j),
-            None => Tokens::Simple(SimpleTokens::new(clock, cfg.auth_token_ttl)),
+            None => Tokens::Simple(SimpleTokens::new(clock, simple_ttl)),
         })
     }
 }

@@ -37,6 +37,14 @@ impl Etcd {
             .map_err(|e| Error::Internal(format!("password task failed: {e}")))?
     }
 
+    /// The bcrypt hash of a password to propose, made only for an admin
+    /// (whom the entry needs anyway).
+    async fn hash_for_proposal(&self, ctx: &RequestContext, password: &str) -> Result<String> {
+        self.check_admin(ctx).await?;
+        let (password, cost) = (password.to_string(), self.config().bcrypt_cost);
+        self.blocking(move || hash_password(&password, cost)).await
+    }
+
     /// Auth.AuthEnable: needs a user `root` with the role `root`.
     pub async fn auth_enable(&self, ctx: &RequestContext) -> Result<AuthEnableResponse> {
         let header = self
@@ -115,25 +123,11 @@ impl Etcd {
     ) -> Result<AuthUserAddResponse> {
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         if !no_password && r.hashed_password.is_empty() {
-            self.check_admin(ctx).await?;
-            let (password, cost) = (std::mem::take(&mut r.password), self.config().bcrypt_cost);
-            r.hashed_password = self
-                .blocking(move || hash_password(&password, cost))
-                .await?;
+            r.hashed_password = self.hash_for_proposal(ctx, &r.password).await?;
         }
         r.password.clear();
         let header = self.propose_auth(ctx, Op::UserAdd(r)).await?;
         Ok(AuthUserAddResponse { header })
-    }
-
-    /// Auth.UserDelete.
-    pub async fn user_delete(
-        &self,
-        ctx: &RequestContext,
-        r: AuthUserDeleteRequest,
-    ) -> Result<AuthUserDeleteResponse> {
-        let header = self.propose_auth(ctx, Op::UserDelete(r)).await?;
-        Ok(AuthUserDeleteResponse { header })
     }
 
     /// Auth.UserChangePassword.
@@ -143,75 +137,11 @@ impl Etcd {
         mut r: AuthUserChangePasswordRequest,
     ) -> Result<AuthUserChangePasswordResponse> {
         if r.hashed_password.is_empty() {
-            self.check_admin(ctx).await?;
-            let (password, cost) = (std::mem::take(&mut r.password), self.config().bcrypt_cost);
-            r.hashed_password = self
-                .blocking(move || hash_password(&password, cost))
-                .await?;
+            r.hashed_password = self.hash_for_proposal(ctx, &r.password).await?;
         }
         r.password.clear();
         let header = self.propose_auth(ctx, Op::UserChangePassword(r)).await?;
         Ok(AuthUserChangePasswordResponse { header })
-    }
-
-    /// Auth.UserGrantRole.
-    pub async fn user_grant_role(
-        &self,
-        ctx: &RequestContext,
-        r: AuthUserGrantRoleRequest,
-    ) -> Result<AuthUserGrantRoleResponse> {
-        let header = self.propose_auth(ctx, Op::UserGrantRole(r)).await?;
-        Ok(AuthUserGrantRoleResponse { header })
-    }
-
-    /// Auth.UserRevokeRole.
-    pub async fn user_revoke_role(
-        &self,
-        ctx: &RequestContext,
-        r: AuthUserRevokeRoleRequest,
-    ) -> Result<AuthUserRevokeRoleResponse> {
-        let header = self.propose_auth(ctx, Op::UserRevokeRole(r)).await?;
-        Ok(AuthUserRevokeRoleResponse { header })
-    }
-
-    /// Auth.RoleAdd.
-    pub async fn role_add(
-        &self,
-        ctx: &RequestContext,
-        r: AuthRoleAddRequest,
-    ) -> Result<AuthRoleAddResponse> {
-        let header = self.propose_auth(ctx, Op::RoleAdd(r)).await?;
-        Ok(AuthRoleAddResponse { header })
-    }
-
-    /// Auth.RoleDelete.
-    pub async fn role_delete(
-        &self,
-        ctx: &RequestContext,
-        r: AuthRoleDeleteRequest,
-    ) -> Result<AuthRoleDeleteResponse> {
-        let header = self.propose_auth(ctx, Op::RoleDelete(r)).await?;
-        Ok(AuthRoleDeleteResponse { header })
-    }
-
-    /// Auth.RoleGrantPermission.
-    pub async fn role_grant_permission(
-        &self,
-        ctx: &RequestContext,
-        r: AuthRoleGrantPermissionRequest,
-    ) -> Result<AuthRoleGrantPermissionResponse> {
-        let header = self.propose_auth(ctx, Op::RoleGrantPermission(r)).await?;
-        Ok(AuthRoleGrantPermissionResponse { header })
-    }
-
-    /// Auth.RoleRevokePermission.
-    pub async fn role_revoke_permission(
-        &self,
-        ctx: &RequestContext,
-        r: AuthRoleRevokePermissionRequest,
-    ) -> Result<AuthRoleRevokePermissionResponse> {
-        let header = self.propose_auth(ctx, Op::RoleRevokePermission(r)).await?;
-        Ok(AuthRoleRevokePermissionResponse { header })
     }
 
     /// The caller of an auth read, after a ReadIndex round (etcd sends
@@ -280,4 +210,37 @@ impl Etcd {
             roles: self.auth().role_list(),
         })
     }
+}
+
+/// The auth changes proposed as they come (no password to hash): each is
+/// `pub async fn name(&self, ctx, request) -> Result<response>`.
+macro_rules! auth_changes {
+    ($($(#[$doc:meta])* $name:ident($req:ident) => $op:ident, $resp:ident;)*) => {
+        impl Etcd {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self, ctx: &RequestContext, r: $req) -> Result<$resp> {
+                    let header = self.propose_auth(ctx, Op::$op(r)).await?;
+                    Ok($resp { header })
+                }
+            )*
+        }
+    };
+}
+
+auth_changes! {
+    /// Auth.UserDelete.
+    user_delete(AuthUserDeleteRequest) => UserDelete, AuthUserDeleteResponse;
+    /// Auth.UserGrantRole.
+    user_grant_role(AuthUserGrantRoleRequest) => UserGrantRole, AuthUserGrantRoleResponse;
+    /// Auth.UserRevokeRole.
+    user_revoke_role(AuthUserRevokeRoleRequest) => UserRevokeRole, AuthUserRevokeRoleResponse;
+    /// Auth.RoleAdd.
+    role_add(AuthRoleAddRequest) => RoleAdd, AuthRoleAddResponse;
+    /// Auth.RoleDelete.
+    role_delete(AuthRoleDeleteRequest) => RoleDelete, AuthRoleDeleteResponse;
+    /// Auth.RoleGrantPermission.
+    role_grant_permission(AuthRoleGrantPermissionRequest) => RoleGrantPermission, AuthRoleGrantPermissionResponse;
+    /// Auth.RoleRevokePermission.
+    role_revoke_permission(AuthRoleRevokePermissionRequest) => RoleRevokePermission, AuthRoleRevokePermissionResponse;
 }

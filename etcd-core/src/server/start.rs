@@ -122,8 +122,13 @@ impl Etcd {
         let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();
         let auth = Arc::new(crate::auth::AuthStore::new(
-            crate::auth::Tokens::new(&cfg, opts.clock.clone(), opts.unix_clock.clone())
-                .map_err(StartError::Config)?,
+            crate::auth::Tokens::new(
+                &cfg.auth_token,
+                cfg.auth_token_ttl,
+                opts.clock.clone(),
+                opts.unix_clock.clone(),
+            )
+            .map_err(StartError::Config)?,
         ));
         auth.load(&store)
             .map_err(|e| StartError::Config(format!("cannot load the auth state: {e}")))?;
