@@ -18,12 +18,14 @@
 //! deterministic cluster simulation; raft is reached through
 //! [`ConfChanger`] so both can plug in what drives their raft.
 
+use crate::alarms::AlarmStore;
 use crate::apply::{self, Applied};
 use crate::apply_auth;
 use crate::auth::AuthStore;
 use crate::cluster::{decode_conf_change, record_refused, was_refused, Change, RaftCluster};
 use crate::lessor::Lessor;
 use crate::membership::Member;
+use crate::pb::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
 use crate::raft_request::{Op, RaftRequest};
 use crate::snapshot::SnapshotFiles;
 use crate::wait::Wait;
@@ -34,6 +36,28 @@ use etcd_raft_node::{CommittedEntry, EntryKind, Peer, RaftNode, SnapshotInfo};
 use parking_lot::RwLock;
 use prost::Message as _;
 use std::sync::Arc;
+
+/// Whether applying `op` needs space: refused while a NOSPACE alarm is
+/// active (etcd's `applierV3Capped`: puts, txns with a put — nested ones
+/// too, which etcd 3.4 lets through — and lease grants).
+fn needs_space(op: &Op) -> bool {
+    fn txn_puts(t: &crate::pb::etcdserverpb::TxnRequest) -> bool {
+        use crate::pb::etcdserverpb::request_op::Request;
+        t.success
+            .iter()
+            .chain(&t.failure)
+            .any(|o| match &o.request {
+                Some(Request::RequestPut(_)) => true,
+                Some(Request::RequestTxn(t)) => txn_puts(t),
+                _ => false,
+            })
+    }
+    match op {
+        Op::Put(_) | Op::LeaseGrant(_) => true,
+        Op::Txn(t) => txn_puts(t),
+        _ => false,
+    }
+}
 
 /// Hands committed configuration changes to raft.
 pub(crate) trait ConfChanger {
@@ -75,6 +99,8 @@ pub(crate) struct Applier {
     pub(crate) auth: Arc<AuthStore>,
     /// `--bcrypt-cost`, for a password a proposer did not hash.
     pub(crate) bcrypt_cost: u32,
+    /// Active alarms: changed by Alarm entries; NOSPACE caps writes.
+    pub(crate) alarms: Arc<AlarmStore>,
 }
 
 impl Applier {
@@ -141,6 +167,9 @@ impl Applier {
         self.auth
             .load(store)
             .map_err(|e| format!("cannot load the auth state of a snapshot image: {e}"))?;
+        self.alarms
+            .load(store)
+            .map_err(|e| format!("cannot load the alarms of a snapshot image: {e}"))?;
         Ok(has_members)
     }
 
@@ -190,7 +219,38 @@ impl Applier {
             Some(op) if apply_auth::is_auth_op(op) => {
                 apply_auth::apply(&self.auth, &self.store, index, op, self.bcrypt_cost)
             }
+            Some(Op::Alarm(a)) => Ok(Applied::Alarm(self.apply_alarm(index, a))),
+            Some(op) if self.alarms.no_space() && needs_space(op) => {
+                self.persist_index_only(index, "write refused: NOSPACE alarm");
+                Err(Error::NoSpace)
+            }
             _ => apply::apply(&self.store, &self.lessor, index, req),
+        }
+    }
+
+    /// etcd's `applierV3backend.Alarm` (GET goes through raft too, so it
+    /// answers the alarms as of its place in the log).
+    fn apply_alarm(&self, index: u64, a: &AlarmRequest) -> AlarmResponse {
+        use crate::pb::etcdserverpb::alarm_request::AlarmAction;
+        let mut w = self.store.write();
+        let alarms = match AlarmAction::try_from(a.action) {
+            Ok(AlarmAction::Get) => self.alarms.get(a.alarm),
+            Ok(AlarmAction::Activate) if a.alarm != AlarmType::None as i32 => {
+                vec![self.alarms.activate(&mut w, a.member_id, a.alarm)]
+            }
+            Ok(AlarmAction::Deactivate) => self
+                .alarms
+                .deactivate(&mut w, a.member_id, a.alarm)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Err(e) = w.end(index) {
+            panic!("cannot persist the alarm change at index {index}: {e}");
+        }
+        AlarmResponse {
+            header: None,
+            alarms,
         }
     }
 
@@ -340,6 +400,7 @@ mod tests {
                 ),
             ))),
             bcrypt_cost: 4,
+            alarms: Arc::new(AlarmStore::default()),
         };
         let mut raft = Raft::default();
         applier.apply_entry(add(2, member(6, true)), &mut raft);

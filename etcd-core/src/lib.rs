@@ -19,6 +19,7 @@
 //! Layers underneath: `etcd-raft-node` (raft-rs over `etcd-wal`) and
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
+mod alarms;
 mod applier;
 mod apply;
 mod apply_auth;
@@ -47,6 +48,7 @@ pub mod lessor;
 pub mod linearizability;
 mod membership;
 pub mod pb;
+mod quota;
 mod raft_request;
 mod request_check;
 mod request_context;

@@ -18,7 +18,7 @@
 //!     etcdserverpb.LeaseCheckpointRequest lease_checkpoint = 8;
 //!     etcdserverpb.MemberUpdateRequest member_update = 9;  // new peer URLs
 //!     MemberAttributes member_attributes = 10;              // a member publishes itself
-//!     // 11: reserved for alarms
+//!     etcdserverpb.AlarmRequest alarm = 11;                // GET, ACTIVATE, DEACTIVATE
 //!     etcdserverpb.AuthEnableRequest auth_enable = 12;
 //!     etcdserverpb.AuthDisableRequest auth_disable = 13;
 //!     InternalAuthenticateRequest authenticate = 14;       // password already checked
@@ -48,7 +48,7 @@
 //! travel as raft `ConfChange` entries instead (cluster.rs).
 
 use crate::pb::etcdserverpb::{
-    AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
+    AlarmRequest, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
     AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest, AuthUserAddRequest,
     AuthUserChangePasswordRequest, AuthUserDeleteRequest, AuthUserGrantRoleRequest,
     AuthUserRevokeRoleRequest, CompactionRequest, DeleteRangeRequest, LeaseCheckpointRequest,
@@ -64,7 +64,7 @@ pub struct RaftRequest {
     /// The operation.
     #[prost(
         oneof = "Op",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22, 23, 24"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22, 23, 24"
     )]
     pub op: Option<Op>,
     /// Who proposed it (`RequestContext`), for permission checks at apply
@@ -115,6 +115,9 @@ pub enum Op {
     /// A started member's name and client URLs.
     #[prost(message, tag = "10")]
     MemberAttributes(MemberAttributes),
+    /// Maintenance.Alarm (and a member raising NOSPACE at its quota).
+    #[prost(message, tag = "11")]
+    Alarm(AlarmRequest),
     /// Auth.AuthEnable
     #[prost(message, tag = "12")]
     AuthEnable(AuthEnableRequest),

@@ -45,6 +45,15 @@ impl RequestContext {
         trusted: true,
     };
 
+    /// [`RequestContext::LOCAL`] with `ctx`'s deadline: the server acting
+    /// on its own while serving `ctx`.
+    pub fn with_timeout(&self, ctx: &RequestContext) -> RequestContext {
+        RequestContext {
+            timeout: ctx.timeout,
+            ..self.clone()
+        }
+    }
+
     /// The time the engine waits for this request: the caller's timeout,
     /// capped by the engine's own `limit`.
     pub fn wait_limit(&self, limit: Duration) -> Duration {

@@ -222,6 +222,8 @@ pub struct Stats {
     /// Auth changes proposed (users, roles, permissions; many are refused
     /// as etcd refuses them, which is part of what members must agree on).
     pub auth_changes: u64,
+    /// CORRUPT alarms raised or disarmed (through raft).
+    pub alarm_changes: u64,
     /// Leases granted, and keepalives answered by the leader's lessor.
     pub lease_grants: u64,
     /// See `lease_grants`.
@@ -757,11 +759,16 @@ impl Sim {
                 crate::auth::SimpleTokens::new(clock.clone(), Duration::from_secs(300)),
             ))),
             bcrypt_cost: 4,
+            alarms: Arc::new(crate::alarms::AlarmStore::default()),
         };
         applier
             .auth
             .load(&applier.store)
             .map_err(|e| format!("member {id}: loading auth: {e}"))?;
+        applier
+            .alarms
+            .load(&applier.store)
+            .map_err(|e| format!("member {id}: loading alarms: {e}"))?;
         // The watch hub, then a watcher on every key from a random start:
         // the next revision, a recent one (replayed from history), or one
         // below the compaction revision (which must cancel it).
@@ -1195,6 +1202,7 @@ impl Sim {
             18..=22 => self.propose_membership(),
             23..=27 => self.propose_mvcc_compaction(),
             28..=31 => self.propose_auth_change(),
+            32 => self.propose_alarm_change(),
             _ => {}
         }
         if self.storm && self.rng.gen_bool(0.025) {
@@ -1405,6 +1413,28 @@ impl Sim {
         let text = format!("{op:?}");
         self.propose_unwaited(l, op, text);
         self.stats.auth_changes += 1;
+    }
+
+    /// Proposes raising or disarming a CORRUPT alarm of a random member at
+    /// the leader (CORRUPT changes nothing else here, unlike NOSPACE, which
+    /// would refuse the checked clients' writes). Every member must end
+    /// with the same alarms (`converge`).
+    fn propose_alarm_change(&mut self) {
+        use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        let Some(l) = self.leader() else { return };
+        let member_id = self.nodes[self.rng.gen_range(0..self.nodes.len())].id;
+        let action = if self.rng.gen_bool(0.5) {
+            AlarmAction::Activate
+        } else {
+            AlarmAction::Deactivate
+        };
+        let op = Op::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id,
+            alarm: AlarmType::Corrupt as i32,
+        });
+        self.propose_unwaited(l, op, format!("{action:?} CORRUPT of {member_id}"));
+        self.stats.alarm_changes += 1;
     }
 
     /// Proposes a membership change at the leader: a removal, an addition
@@ -1950,6 +1980,16 @@ impl Sim {
                     .iter()
                     .map(|u| auth.user_get(u).unwrap_or_default())
                     .collect::<Vec<_>>(),
+                // And the alarms, stored and in memory.
+                r.steps
+                    .applier
+                    .store
+                    .aux_scan(etcd_mvcc::Bucket::Alarm)
+                    .map_err(|e| e.to_string())?,
+                r.steps
+                    .applier
+                    .alarms
+                    .get(crate::pb::etcdserverpb::AlarmType::None as i32),
             );
             let h = (
                 h.revision,

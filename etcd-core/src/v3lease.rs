@@ -38,7 +38,8 @@ impl Etcd {
         while r.id == 0 {
             r.id = (self.next_request_id() & (i64::MAX as u64)) as i64;
         }
-        self.check_quota()?;
+        self.check_quota(ctx, crate::quota::Cost::LeaseGrant)
+            .await?;
         match self.propose(ctx, Op::LeaseGrant(r)).await? {
             Applied::LeaseGrant(mut resp) => {
                 self.fill(&mut resp.header);

@@ -84,6 +84,7 @@ fn add(total: &mut Stats, s: &Stats) {
     total.compactions += s.compactions;
     total.mvcc_compactions += s.mvcc_compactions;
     total.auth_changes += s.auth_changes;
+    total.alarm_changes += s.alarm_changes;
     total.lease_grants += s.lease_grants;
     total.lease_keepalives += s.lease_keepalives;
     total.lease_key_writes += s.lease_key_writes;
@@ -135,7 +136,7 @@ fn check_cluster(members: u64) {
         "{members} members, {} seeds in {:.1?}: {} ops ({} ok: {} writes, {} reads; {} unknown), \
          {} raft entries, {} leader terms, {} crashes, {} partitions, {} leader transfers, \
          {} members removed, {} added, {} learners promoted, {} store flushes, {} log compactions, \
-         {} MVCC compactions, {} auth changes, {} leases granted, {} keepalives, {} lease key writes, \
+         {} MVCC compactions, {} auth changes, {} alarm changes, {} leases granted, {} keepalives, {} lease key writes, \
          {} leases expired at the end, {} watchers ({} events checked, {} canceled by compaction, \
          {} revisions at the compaction revision skipped), \
          {} snapshots sent, {} installed, {} of {} messages lost",
@@ -158,6 +159,7 @@ fn check_cluster(members: u64) {
         total.compactions,
         total.mvcc_compactions,
         total.auth_changes,
+        total.alarm_changes,
         total.lease_grants,
         total.lease_keepalives,
         total.lease_key_writes,

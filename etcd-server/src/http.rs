@@ -47,6 +47,15 @@ fn json(status: StatusCode, body: String) -> Response {
 }
 
 async fn health(etcd: &Etcd) -> Response {
+    // etcd: any active alarm makes the member unhealthy.
+    if let Some(a) = etcd.active_alarms().first() {
+        let name = etcd_core::pb::etcdserverpb::AlarmType::try_from(a.alarm)
+            .map_or("UNKNOWN", |t| t.as_str_name());
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"health":"false","reason":"ALARM {name}"}}"#),
+        );
+    }
     let probe = RangeRequest {
         key: "health".into(),
         ..Default::default()

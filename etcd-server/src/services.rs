@@ -79,13 +79,7 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
         learner_guard(&self.0)?;
         let ctx = crate::request_context::of(&req);
-        let req = req.into_inner();
-        if req.action == alarm_request::AlarmAction::Activate as i32 {
-            return Err(unsupported("activating alarms by request"));
-        }
-        // GET lists the alarms; DEACTIVATE of an alarm that is not raised
-        // changes nothing and also answers with the (empty) list.
-        Ok(Response::new(self.0.alarm_list(&ctx)))
+        reply(self.0.alarm(&ctx, req.into_inner()).await)
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Reply<StatusResponse> {

@@ -27,6 +27,8 @@ pub(crate) enum Applied {
     Auth,
     /// Authenticate: the token.
     AuthToken(String),
+    /// An Alarm request's response.
+    Alarm(crate::pb::etcdserverpb::AlarmResponse),
     /// A membership change: the member added (MemberAdd) and the members
     /// after the change.
     Members(

@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub(super) lessor: Arc<Lessor>,
     /// Users, roles and tokens; checked by every API call.
     pub(super) auth: Arc<AuthStore>,
+    /// Active alarms (NOSPACE caps writes).
+    pub(super) alarms: Arc<crate::alarms::AlarmStore>,
     /// Threads to stop first in [`Etcd::stop`] (publisher, lease ticker),
     /// in the order they are stopped.
     pub(super) background: Mutex<Vec<Background>>,
@@ -113,11 +115,33 @@ impl Etcd {
         self.inner.removed.clone()
     }
 
-    pub(crate) fn check_quota(&self) -> Result<()> {
-        if self.inner.store.db_size() >= self.inner.cfg.quota_bytes() {
-            return Err(Error::NoSpace);
+    /// etcd's `quotaAlarmer.check`: a write costing `cost` fits under the
+    /// quota, or this member raises NOSPACE (through raft, waited for; its
+    /// own failure is not the caller's) and the write is refused.
+    pub(crate) async fn check_quota(
+        &self,
+        ctx: &RequestContext,
+        cost: crate::quota::Cost<'_>,
+    ) -> Result<()> {
+        let size = self.inner.store.db_size();
+        if crate::quota::available(size, cost.bytes(), self.inner.cfg.quota_bytes()) {
+            return Ok(());
         }
-        Ok(())
+        tracing::warn!(
+            db_size = size,
+            quota = self.inner.cfg.quota_bytes(),
+            "the store reached --quota-backend-bytes: raising NOSPACE; free space with \
+             compact and defrag, then run `etcdctl alarm disarm`"
+        );
+        let raise = crate::pb::etcdserverpb::AlarmRequest {
+            action: crate::pb::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.inner.member_id,
+            alarm: crate::pb::etcdserverpb::AlarmType::Nospace as i32,
+        };
+        let _ = self
+            .propose(&RequestContext::LOCAL.with_timeout(ctx), Op::Alarm(raise))
+            .await;
+        Err(Error::NoSpace)
     }
 
     /// The cluster's members as this member last applied them.

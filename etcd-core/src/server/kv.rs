@@ -9,6 +9,7 @@ use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
+use crate::quota::Cost;
 use crate::raft_request::Op;
 use crate::request_check;
 use crate::request_context::RequestContext;
@@ -35,7 +36,7 @@ impl Etcd {
     /// KV.Put.
     pub async fn put(&self, ctx: &RequestContext, r: PutRequest) -> Result<PutResponse> {
         request_check::check_put(&r)?;
-        self.check_quota()?;
+        self.check_quota(ctx, Cost::Put(&r)).await?;
         match self.propose(ctx, Op::Put(r)).await? {
             Applied::Put(mut resp) => {
                 self.fill(&mut resp.header);
@@ -77,7 +78,7 @@ impl Etcd {
             self.fill(&mut resp.header);
             return Ok(resp);
         }
-        self.check_quota()?;
+        self.check_quota(ctx, Cost::Txn(&r)).await?;
         match self.propose(ctx, Op::Txn(r)).await? {
             Applied::Txn(mut resp) => {
                 self.fill(&mut resp.header);

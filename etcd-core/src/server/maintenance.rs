@@ -2,11 +2,13 @@
 //! Status, Alarm, Defragment, HashKV.
 
 use super::etcd::{Etcd, SERVER_VERSION};
+use crate::apply::Applied;
 use crate::pb::etcdserverpb::{
-    AlarmMember, AlarmResponse, DefragmentResponse, HashKvResponse, StatusResponse,
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvResponse, StatusResponse,
 };
+use crate::raft_request::Op;
 use crate::request_context::RequestContext;
-use crate::Result;
+use crate::{Error, Result};
 
 impl Etcd {
     /// Maintenance.Status.
@@ -21,18 +23,38 @@ impl Etcd {
             raft_index: st.commit_index,
             raft_term: st.term,
             raft_applied_index: *self.inner.applied.borrow(),
-            errors: Vec::new(),
+            // etcd: no leader, then every active alarm.
+            errors: (st.leader_id == 0)
+                .then(|| Error::NoLeader.to_string())
+                .into_iter()
+                .chain(
+                    self.inner
+                        .alarms
+                        .get(AlarmType::None as i32)
+                        .iter()
+                        .map(crate::alarms::status_text),
+                )
+                .collect(),
             db_size_in_use: store.db_size_in_use() as i64,
             is_learner: st.is_learner,
         }
     }
 
-    /// Maintenance.Alarm with action GET: the active alarms (none can be
-    /// raised yet: quota overruns are refused per request).
-    pub fn alarm_list(&self, _ctx: &RequestContext) -> AlarmResponse {
-        AlarmResponse {
-            header: Some(self.header(self.inner.store.current_revision())),
-            alarms: Vec::<AlarmMember>::new(),
+    /// The active alarms as this member applied them (for `/health`).
+    pub fn active_alarms(&self) -> Vec<crate::pb::etcdserverpb::AlarmMember> {
+        self.inner.alarms.get(AlarmType::None as i32)
+    }
+
+    /// Maintenance.Alarm: GET lists the active alarms, ACTIVATE raises
+    /// one, DEACTIVATE disarms one (`etcdctl alarm disarm` sends one per
+    /// active alarm). Through raft, as in etcd.
+    pub async fn alarm(&self, ctx: &RequestContext, r: AlarmRequest) -> Result<AlarmResponse> {
+        match self.propose(ctx, Op::Alarm(r)).await? {
+            Applied::Alarm(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => unreachable!("an alarm request applies as one"),
         }
     }
 

@@ -132,6 +132,10 @@ impl Etcd {
         ));
         auth.load(&store)
             .map_err(|e| StartError::Config(format!("cannot load the auth state: {e}")))?;
+        let alarms = Arc::new(crate::alarms::AlarmStore::default());
+        alarms
+            .load(&store)
+            .map_err(|e| StartError::Config(format!("cannot load the alarms: {e}")))?;
         let lessor = Arc::new(Lessor::new(
             opts.clock,
             min_lease_ttl(cfg.election_timeout),
@@ -241,6 +245,7 @@ impl Etcd {
                 member_id,
                 auth: auth.clone(),
                 bcrypt_cost: cfg.bcrypt_cost,
+                alarms: alarms.clone(),
             };
             let steps = ApplySteps::new(
                 applier,
@@ -284,6 +289,7 @@ impl Etcd {
                 background: Mutex::new(vec![lease_ticker]),
                 lessor,
                 auth,
+                alarms,
                 cfg,
             }),
         };

@@ -138,12 +138,17 @@ impl Cluster {
     /// waits until every member answers `endpoint health` and one leader
     /// is agreed on.
     pub fn start(kind: Kind, n: usize) -> Cluster {
+        Self::start_with(kind, n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` flags for every member.
+    pub fn start_with(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
         // Free ports are found by binding and releasing them, so another
         // process can take one in between: start again on fresh ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::try_start(kind, n) {
+            match Self::try_start(kind, n, extra) {
                 Ok(c) => return c,
                 Err((c, e)) if e.port_in_use && attempt < 3 => {
                     eprintln!("{}: a port was taken, starting again", e.message);
@@ -158,7 +163,7 @@ impl Cluster {
         }
     }
 
-    fn try_start(kind: Kind, n: usize) -> Result<Cluster, (Cluster, StartError)> {
+    fn try_start(kind: Kind, n: usize, extra: &[&str]) -> Result<Cluster, (Cluster, StartError)> {
         let tmp = tempfile::tempdir().unwrap();
         let net = Arc::new(Net::default());
         let mut c = Cluster {
@@ -191,6 +196,7 @@ impl Cluster {
                 "--initial-cluster-state".into(),
                 "new".into(),
             ];
+            m.args.extend(extra.iter().map(|a| a.to_string()));
         }
         for i in 0..n {
             c.spawn(i);
