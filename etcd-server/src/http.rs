@@ -1,10 +1,12 @@
 //! etcd's plain HTTP endpoints, served on the client port beside gRPC
 //! (HTTP/1.1 or HTTP/2):
 //!
-//! - `GET /health`: `{"health":"true","reason":""}` with 200 when the member
-//!   has a leader and can serve a linearizable read; otherwise
-//!   `{"health":"false","reason":"..."}` with 503. (etcd's check is a quorum
-//!   read too.)
+//! - `GET /health`: `{"health":"true","reason":""}` with 200 when no alarm
+//!   is active and the member has a leader and can serve a linearizable
+//!   read; otherwise `{"health":"false","reason":"..."}` with 503. (etcd's
+//!   check is a quorum read too.) `?exclude=NOSPACE` (repeatable) ignores
+//!   an alarm type, as etcd 3.4; `?serializable=true` reads locally, so a
+//!   member without a leader can still be healthy, as etcd 3.5.
 //! - `GET /version`: `{"etcdserver":"...","etcdcluster":"..."}`;
 //! - any other path: 404 (gRPC requests: `Unimplemented`).
 
@@ -19,9 +21,9 @@ pub fn routes(etcd: Etcd) -> axum::Router {
     axum::Router::new()
         .route(
             "/health",
-            get(move || {
+            get(move |uri: axum::http::Uri| {
                 let etcd = etcd.clone();
-                async move { health(&etcd).await }
+                async move { health(&etcd, uri.query().unwrap_or_default()).await }
             }),
         )
         .route("/version", get(version))
@@ -46,18 +48,26 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn health(etcd: &Etcd) -> Response {
-    // etcd: any active alarm makes the member unhealthy.
-    if let Some(a) = etcd.active_alarms().first() {
+async fn health(etcd: &Etcd, query: &str) -> Response {
+    let params: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+    let excluded = |name: &str| params.iter().any(|&(k, v)| k == "exclude" && v == name);
+    let serializable = params
+        .iter()
+        .any(|&(k, v)| k == "serializable" && v == "true");
+    // etcd: an active alarm (not excluded) makes the member unhealthy.
+    for a in etcd.active_alarms() {
         let name = etcd_core::pb::etcdserverpb::AlarmType::try_from(a.alarm)
             .map_or("UNKNOWN", |t| t.as_str_name());
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(r#"{{"health":"false","reason":"ALARM {name}"}}"#),
-        );
+        if !excluded(name) {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(r#"{{"health":"false","reason":"ALARM {name}"}}"#),
+            );
+        }
     }
     let probe = RangeRequest {
         key: "health".into(),
+        serializable,
         ..Default::default()
     };
     match etcd.range(&etcd_core::RequestContext::LOCAL, probe).await {
