@@ -102,7 +102,10 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         )
         .add_service(LeaseServer::new(LeaseService(etcd.clone())))
         .add_service(LockServer::new(LockService(etcd.clone())))
-        .add_service(ElectionServer::new(ElectionService(etcd.clone())));
+        .add_service(ElectionServer::new(ElectionService(etcd.clone())))
+        // grpc.health.v1.Health: the server ("") is SERVING, as etcd
+        // registers it.
+        .add_service(tonic_health::server::health_reporter().1);
         let routes = grpc
             .routes()
             .into_axum_router()

@@ -340,3 +340,38 @@ fn raft_log_compaction_keeps_data_across_kill_9() {
     assert_eq!(j["count"], 150);
     assert_eq!(j["header"]["revision"], 151);
 }
+
+/// grpc.health.v1.Health answers SERVING for the server (""), as etcd's
+/// does (gRPC health probes, load balancers); an unknown service is
+/// NOT_FOUND on both.
+#[test]
+fn grpc_health_service_is_serving() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut answers = Vec::new();
+    for kind in [Kind::Ours, Kind::Real] {
+        let s = Server::start(kind);
+        answers.push(rt.block_on(async {
+            let mut h = HealthClient::new(s.channel().await);
+            let all = h
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            let other = h
+                .check(HealthCheckRequest {
+                    service: "no.such.Service".into(),
+                })
+                .await
+                .map_err(|e| e.code());
+            (
+                all.map_err(|e| e.code()),
+                other.map(|r| r.into_inner().status),
+            )
+        }));
+    }
+    assert_eq!(answers[0], answers[1], "ours vs etcd 3.4");
+    assert_eq!(answers[1].0, Ok(1), "SERVING");
+    assert_eq!(answers[1].1, Err(tonic::Code::NotFound));
+}
