@@ -56,7 +56,8 @@ pub struct Config {
     /// followers that lag (etcd keeps 5000).
     pub snapshot_catch_up_entries: u64,
     /// `--quota-backend-bytes`: writes fail with "database space exceeded"
-    /// once the database is this large (0 = the default, 2 GiB).
+    /// once the database is this large (0 = the default, 2 GiB;
+    /// `u64::MAX` = no quota, what etcd's negative values mean).
     pub quota_backend_bytes: u64,
     /// `--experimental-lease-checkpoint-interval`: how often the leader
     /// records leases' remaining TTLs through raft (zero: never).
@@ -70,6 +71,9 @@ pub struct Config {
     /// `--bcrypt-cost`: cost of the password hashes (etcd: 10; 4..=31).
     pub bcrypt_cost: u32,
 }
+
+/// The largest quota etcd recommends (8 GiB): above it, a warning at start.
+pub const MAX_QUOTA_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;

@@ -43,7 +43,7 @@ impl Cost<'_> {
 
 /// etcd's `backendQuota.Available`.
 pub(crate) fn available(db_size: u64, cost: u64, quota: u64) -> bool {
-    db_size + cost < quota
+    db_size.saturating_add(cost) < quota
 }
 
 #[cfg(test)]

@@ -112,9 +112,14 @@ pub struct Flags {
         default_missing_value = "true"
     )]
     pub strict_reconfig_check: bool,
-    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
-    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
-    pub quota_backend_bytes: u64,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB; negative disables the quota).
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
     /// Specify auth token specific options: 'simple', or
     /// 'jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,ttl=<duration>'.
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
@@ -731,7 +736,8 @@ impl Flags {
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             snapshot_count: self.snapshot_count,
             snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
-            quota_backend_bytes: self.quota_backend_bytes,
+            // etcd: negative disables the quota.
+            quota_backend_bytes: u64::try_from(self.quota_backend_bytes).unwrap_or(u64::MAX),
             auth_token: etcd_core::auth::TokenOptions::parse(&self.auth_token)?,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
@@ -860,6 +866,15 @@ mod tests {
         assert!(tls.client_cert_auth);
         assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
         assert!(c.client_listeners[0].tls);
+    }
+
+    #[test]
+    fn quota_flag() {
+        assert_eq!(config(&[], &[]).core.quota_bytes(), 2 << 30);
+        let c = config(&["--quota-backend-bytes", "-1"], &[]);
+        assert_eq!(c.core.quota_bytes(), u64::MAX, "negative: no quota");
+        let c = config(&[], &[("ETCD_QUOTA_BACKEND_BYTES", "16777216")]);
+        assert_eq!(c.core.quota_bytes(), 16 << 20);
     }
 
     #[test]

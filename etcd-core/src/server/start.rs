@@ -74,6 +74,15 @@ impl Etcd {
     /// Like [`Etcd::start`], with [`StartOptions`].
     pub fn start_with(cfg: Config, opts: StartOptions) -> Result<Etcd, StartError> {
         cfg.validate()?;
+        match cfg.quota_bytes() {
+            u64::MAX => tracing::warn!("disabling backend quota (--quota-backend-bytes < 0)"),
+            q if q > crate::config::MAX_QUOTA_BYTES => tracing::warn!(
+                quota = q,
+                max = crate::config::MAX_QUOTA_BYTES,
+                "backend quota exceeds the maximum recommended quota"
+            ),
+            _ => {}
+        }
         let https = cfg
             .listen_peer_urls
             .iter()
