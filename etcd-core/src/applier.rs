@@ -37,10 +37,11 @@ use parking_lot::RwLock;
 use prost::Message as _;
 use std::sync::Arc;
 
-/// Whether applying `op` needs space: refused while a NOSPACE alarm is
-/// active (etcd's `applierV3Capped`: puts, txns with a put — nested ones
-/// too, which etcd 3.4 lets through — and lease grants).
-fn needs_space(op: &Op) -> bool {
+/// What applying `op` costs when it needs space (None: it does not):
+/// refused while a NOSPACE alarm is active (etcd's `applierV3Capped`:
+/// puts, txns with a put — nested ones too, which etcd 3.4 lets through —
+/// and lease grants).
+fn needs_space(op: &Op) -> Option<crate::quota::Cost<'_>> {
     fn txn_puts(t: &crate::pb::etcdserverpb::TxnRequest) -> bool {
         use crate::pb::etcdserverpb::request_op::Request;
         t.success
@@ -53,9 +54,10 @@ fn needs_space(op: &Op) -> bool {
             })
     }
     match op {
-        Op::Put(_) | Op::LeaseGrant(_) => true,
-        Op::Txn(t) => txn_puts(t),
-        _ => false,
+        Op::Put(p) => Some(crate::quota::Cost::Put(p)),
+        Op::LeaseGrant(_) => Some(crate::quota::Cost::LeaseGrant),
+        Op::Txn(t) if txn_puts(t) => Some(crate::quota::Cost::Txn(t)),
+        _ => None,
     }
 }
 
@@ -86,6 +88,10 @@ pub(crate) enum Effect {
     MembersChanged,
     /// This member was removed from the cluster: it must stop.
     RemovedSelf,
+    /// A write took this member's store over its quota while no NOSPACE
+    /// alarm is active: the member must raise one (etcd's
+    /// `quotaApplierV3`).
+    OverQuota,
 }
 
 /// Applies committed entries (see the module doc).
@@ -101,6 +107,9 @@ pub(crate) struct Applier {
     pub(crate) bcrypt_cost: u32,
     /// Active alarms: changed by Alarm entries; NOSPACE caps writes.
     pub(crate) alarms: Arc<AlarmStore>,
+    /// This member's `--quota-backend-bytes` (`Config::quota_bytes`),
+    /// checked again when applying writes.
+    pub(crate) quota: u64,
 }
 
 impl Applier {
@@ -199,7 +208,7 @@ impl Applier {
                 };
                 self.change_members(e.index, &change, None)
             }
-            _ => (self.apply_checked(e.index, &req), Effect::None),
+            _ => self.apply_checked(e.index, &req),
         };
         if let Err(Error::Internal(msg)) = &result {
             tracing::error!(index = e.index, "applying entry failed: {msg}");
@@ -208,24 +217,39 @@ impl Applier {
         effect
     }
 
-    /// A KV, lease or auth request: permission check (with the caller in
-    /// the entry's header), then the request.
-    fn apply_checked(&self, index: u64, req: &RaftRequest) -> Result<Applied> {
+    /// A KV, lease, alarm or auth request: permission check (with the
+    /// caller in the entry's header), then the request. A write that
+    /// needs space is refused while NOSPACE is active (etcd's
+    /// `applierV3Capped`); otherwise, one that takes this member's store
+    /// over its quota is applied and asks for a NOSPACE alarm (etcd's
+    /// `quotaApplierV3`, which also answers the writer with an error
+    /// although the write was applied; here the writer gets the result).
+    fn apply_checked(&self, index: u64, req: &RaftRequest) -> (Result<Applied>, Effect) {
         if let Err(e) = apply_auth::check(&self.auth, &self.lessor, req) {
             self.persist_index_only(index, "request refused by auth");
-            return Err(e);
+            return (Err(e), Effect::None);
         }
-        match &req.op {
+        let applied = match &req.op {
             Some(op) if apply_auth::is_auth_op(op) => {
                 apply_auth::apply(&self.auth, &self.store, index, op, self.bcrypt_cost)
             }
             Some(Op::Alarm(a)) => Ok(Applied::Alarm(self.apply_alarm(index, a))),
-            Some(op) if self.alarms.no_space() && needs_space(op) => {
-                self.persist_index_only(index, "write refused: NOSPACE alarm");
-                Err(Error::NoSpace)
+            Some(op) if needs_space(op).is_some() => {
+                if self.alarms.no_space() {
+                    self.persist_index_only(index, "write refused: NOSPACE alarm");
+                    return (Err(Error::NoSpace), Effect::None);
+                }
+                let cost = needs_space(op).map_or(0, |c| c.bytes());
+                let fits = crate::quota::available(self.store.db_size(), cost, self.quota);
+                let r = apply::apply(&self.store, &self.lessor, index, req);
+                if r.is_ok() && !fits {
+                    return (r, Effect::OverQuota);
+                }
+                r
             }
             _ => apply::apply(&self.store, &self.lessor, index, req),
-        }
+        };
+        (applied, Effect::None)
     }
 
     /// etcd's `applierV3backend.Alarm` (GET goes through raft too, so it
@@ -401,6 +425,7 @@ mod tests {
             ))),
             bcrypt_cost: 4,
             alarms: Arc::new(AlarmStore::default()),
+            quota: u64::MAX,
         };
         let mut raft = Raft::default();
         applier.apply_entry(add(2, member(6, true)), &mut raft);
@@ -419,5 +444,95 @@ mod tests {
             .unwrap()
             .member(7)
             .is_none());
+    }
+
+    fn normal(index: u64, op: Op) -> CommittedEntry {
+        let data = RaftRequest {
+            id: 0,
+            op: Some(op),
+            header: None,
+        };
+        CommittedEntry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: prost::Message::encode_to_vec(&data).into(),
+        }
+    }
+
+    /// A write that takes the store over this member's quota is applied
+    /// and asks for a NOSPACE alarm; once the alarm is applied, writes
+    /// needing space are refused (the index still advances), deletes are
+    /// not, and disarming lifts the cap.
+    #[test]
+    fn quota_and_the_nospace_cap() {
+        use crate::pb::etcdserverpb::{alarm_request::AlarmAction, DeleteRangeRequest, PutRequest};
+        let store = Arc::new(Store::open_in_memory(StoreOptions::default()).unwrap());
+        let cluster = RaftCluster::new(vec![member(1, false)]);
+        crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
+        let applier = Applier {
+            store: store.clone(),
+            lessor: Arc::new(Lessor::new(
+                Arc::new(FakeClock::new()),
+                5,
+                std::time::Duration::from_secs(300),
+            )),
+            wait: Arc::new(Wait::new()),
+            cluster: Arc::new(RwLock::new(cluster)),
+            member_id: 1,
+            auth: Arc::new(AuthStore::new(crate::auth::Tokens::Simple(
+                crate::auth::SimpleTokens::new(
+                    Arc::new(FakeClock::new()),
+                    std::time::Duration::from_secs(300),
+                ),
+            ))),
+            bcrypt_cost: 4,
+            alarms: Arc::new(AlarmStore::default()),
+            quota: store.db_size() + 1000,
+        };
+        let put = |k: &str, n: usize| {
+            Op::Put(PutRequest {
+                key: k.as_bytes().to_vec().into(),
+                value: vec![b'v'; n].into(),
+                ..Default::default()
+            })
+        };
+        let mut raft = Raft::default();
+        assert_eq!(
+            applier.apply_entry(normal(2, put("small", 10)), &mut raft),
+            Effect::None
+        );
+        assert_eq!(
+            applier.apply_entry(normal(3, put("big", 5000)), &mut raft),
+            Effect::OverQuota
+        );
+        assert_eq!(
+            store.current_revision(),
+            3,
+            "the write that went over is applied"
+        );
+        let alarm = |index, action: AlarmAction| {
+            normal(
+                index,
+                Op::Alarm(AlarmRequest {
+                    action: action as i32,
+                    member_id: 1,
+                    alarm: AlarmType::Nospace as i32,
+                }),
+            )
+        };
+        applier.apply_entry(alarm(4, AlarmAction::Activate), &mut raft);
+        assert!(applier.alarms.no_space());
+        applier.apply_entry(normal(5, put("more", 1)), &mut raft);
+        assert_eq!(store.current_revision(), 3, "capped: not applied");
+        assert_eq!(store.consistent_index(), 5);
+        let del = Op::DeleteRange(DeleteRangeRequest {
+            key: b"big".to_vec().into(),
+            ..Default::default()
+        });
+        applier.apply_entry(normal(6, del), &mut raft);
+        assert_eq!(store.current_revision(), 4, "deletes still apply");
+        applier.apply_entry(alarm(7, AlarmAction::Deactivate), &mut raft);
+        assert!(!applier.alarms.no_space());
     }
 }

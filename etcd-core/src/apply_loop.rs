@@ -93,6 +93,8 @@ pub(crate) struct BatchOutcome {
     pub(crate) removed: bool,
     /// The raft log was compacted.
     pub(crate) log_compacted: bool,
+    /// A write took the store over its quota: raise NOSPACE.
+    pub(crate) over_quota: bool,
 }
 
 /// A member's apply loop state: the applier, the store's snapshot images
@@ -190,6 +192,7 @@ impl ApplySteps {
                 Effect::None => {}
                 Effect::MembersChanged => out.members_changed = true,
                 Effect::RemovedSelf => out.removed = true,
+                Effect::OverQuota => out.over_quota = true,
             }
             observer.after(index, &self.applier.store);
         }

@@ -760,6 +760,7 @@ impl Sim {
             ))),
             bcrypt_cost: 4,
             alarms: Arc::new(crate::alarms::AlarmStore::default()),
+            quota: u64::MAX,
         };
         applier
             .auth

@@ -255,6 +255,7 @@ impl Etcd {
                 auth: auth.clone(),
                 bcrypt_cost: cfg.bcrypt_cost,
                 alarms: alarms.clone(),
+                quota: cfg.quota_bytes(),
             };
             let steps = ApplySteps::new(
                 applier,
@@ -374,6 +375,9 @@ impl ApplyLoop {
             if out.members_changed {
                 self.update_peers(&steps.applier, &mut peers);
             }
+            if out.over_quota {
+                self.raise_nospace(steps.applier.member_id);
+            }
             self.applied_tx.send_replace(steps.applied());
             if out.removed {
                 tracing::error!(
@@ -384,6 +388,24 @@ impl ApplyLoop {
                 return;
             }
         }
+    }
+
+    /// A write took this member's store over its quota: raise NOSPACE
+    /// for it (not waited for: this is the apply thread).
+    fn raise_nospace(&self, member_id: u64) {
+        use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        tracing::warn!("a write took the store over --quota-backend-bytes; raising NOSPACE");
+        let data = crate::raft_request::RaftRequest {
+            id: 0,
+            op: Some(crate::raft_request::Op::Alarm(AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id,
+                alarm: AlarmType::Nospace as i32,
+            })),
+            header: None,
+        };
+        self.node
+            .propose(prost::Message::encode_to_vec(&data), None);
     }
 
     fn update_peers(&self, applier: &Applier, peers: &mut std::collections::HashMap<u64, String>) {
