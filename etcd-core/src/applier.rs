@@ -397,20 +397,17 @@ mod tests {
         }
     }
 
-    /// A replayed configuration change (below the consistent index, after
-    /// a snapshot image newer than its raft metadata) reaches raft only if
-    /// it was accepted when first applied. Found by the cluster simulation
-    /// (a learner refused as one too many ended up in raft's configuration
-    /// of a member that had installed such an image).
-    #[test]
-    fn replayed_changes_reach_raft_only_if_accepted() {
+    /// An applier of member 1, alone in its cluster, over a fresh
+    /// in-memory store, with the quota `quota(store)`.
+    fn single_member_applier(quota: impl Fn(&Store) -> u64) -> (Arc<Store>, Applier) {
         let store = Arc::new(Store::open_in_memory(StoreOptions::default()).unwrap());
         let cluster = RaftCluster::new(vec![member(1, false)]);
         crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
+        let clock = Arc::new(FakeClock::new());
         let applier = Applier {
             store: store.clone(),
             lessor: Arc::new(Lessor::new(
-                Arc::new(FakeClock::new()),
+                clock.clone(),
                 5,
                 std::time::Duration::from_secs(300),
             )),
@@ -418,15 +415,23 @@ mod tests {
             cluster: Arc::new(RwLock::new(cluster)),
             member_id: 1,
             auth: Arc::new(AuthStore::new(crate::auth::Tokens::Simple(
-                crate::auth::SimpleTokens::new(
-                    Arc::new(FakeClock::new()),
-                    std::time::Duration::from_secs(300),
-                ),
+                crate::auth::SimpleTokens::new(clock, std::time::Duration::from_secs(300)),
             ))),
             bcrypt_cost: 4,
             alarms: Arc::new(AlarmStore::default()),
-            quota: u64::MAX,
+            quota: quota(&store),
         };
+        (store, applier)
+    }
+
+    /// A replayed configuration change (below the consistent index, after
+    /// a snapshot image newer than its raft metadata) reaches raft only if
+    /// it was accepted when first applied. Found by the cluster simulation
+    /// (a learner refused as one too many ended up in raft's configuration
+    /// of a member that had installed such an image).
+    #[test]
+    fn replayed_changes_reach_raft_only_if_accepted() {
+        let (store, applier) = single_member_applier(|_| u64::MAX);
         let mut raft = Raft::default();
         applier.apply_entry(add(2, member(6, true)), &mut raft);
         // One learner at most: refused, raft not told.
@@ -467,29 +472,7 @@ mod tests {
     #[test]
     fn quota_and_the_nospace_cap() {
         use crate::pb::etcdserverpb::{alarm_request::AlarmAction, DeleteRangeRequest, PutRequest};
-        let store = Arc::new(Store::open_in_memory(StoreOptions::default()).unwrap());
-        let cluster = RaftCluster::new(vec![member(1, false)]);
-        crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
-        let applier = Applier {
-            store: store.clone(),
-            lessor: Arc::new(Lessor::new(
-                Arc::new(FakeClock::new()),
-                5,
-                std::time::Duration::from_secs(300),
-            )),
-            wait: Arc::new(Wait::new()),
-            cluster: Arc::new(RwLock::new(cluster)),
-            member_id: 1,
-            auth: Arc::new(AuthStore::new(crate::auth::Tokens::Simple(
-                crate::auth::SimpleTokens::new(
-                    Arc::new(FakeClock::new()),
-                    std::time::Duration::from_secs(300),
-                ),
-            ))),
-            bcrypt_cost: 4,
-            alarms: Arc::new(AlarmStore::default()),
-            quota: store.db_size() + 1000,
-        };
+        let (store, applier) = single_member_applier(|store| store.db_size() + 1000);
         let put = |k: &str, n: usize| {
             Op::Put(PutRequest {
                 key: k.as_bytes().to_vec().into(),
