@@ -109,13 +109,19 @@ impl AlarmStore {
     }
 }
 
-/// etcd's name of an alarm type.
-pub(crate) fn alarm_name(alarm: i32) -> &'static str {
-    match AlarmType::try_from(alarm) {
-        Ok(AlarmType::Nospace) => "NOSPACE",
-        Ok(AlarmType::Corrupt) => "CORRUPT",
-        _ => "NONE",
-    }
+/// etcd's name of an alarm type (`NOSPACE`, `CORRUPT`).
+pub fn alarm_name(alarm: i32) -> &'static str {
+    AlarmType::try_from(alarm).map_or("NONE", |t| t.as_str_name())
+}
+
+/// The Alarm entry by which `member` raises NOSPACE (when a write it
+/// serves would exceed its quota, or one it applied did).
+pub(crate) fn raise_nospace(member: u64) -> crate::raft_request::Op {
+    crate::raft_request::Op::Alarm(crate::pb::etcdserverpb::AlarmRequest {
+        action: crate::pb::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+        member_id: member,
+        alarm: AlarmType::Nospace as i32,
+    })
 }
 
 /// An alarm as etcd prints it in `Status.errors` (gogo-protobuf's text

@@ -234,20 +234,23 @@ impl Applier {
                 apply_auth::apply(&self.auth, &self.store, index, op, self.bcrypt_cost)
             }
             Some(Op::Alarm(a)) => Ok(Applied::Alarm(self.apply_alarm(index, a))),
-            Some(op) if needs_space(op).is_some() => {
-                if self.alarms.no_space() {
+            Some(op) => match needs_space(op) {
+                Some(_) if self.alarms.no_space() => {
                     self.persist_index_only(index, "write refused: NOSPACE alarm");
                     return (Err(Error::NoSpace), Effect::None);
                 }
-                let cost = needs_space(op).map_or(0, |c| c.bytes());
-                let fits = crate::quota::available(self.store.db_size(), cost, self.quota);
-                let r = apply::apply(&self.store, &self.lessor, index, req);
-                if r.is_ok() && !fits {
-                    return (r, Effect::OverQuota);
+                Some(cost) => {
+                    let fits =
+                        crate::quota::available(self.store.db_size(), cost.bytes(), self.quota);
+                    let r = apply::apply(&self.store, &self.lessor, index, req);
+                    if r.is_ok() && !fits {
+                        return (r, Effect::OverQuota);
+                    }
+                    r
                 }
-                r
-            }
-            _ => apply::apply(&self.store, &self.lessor, index, req),
+                None => apply::apply(&self.store, &self.lessor, index, req),
+            },
+            None => apply::apply(&self.store, &self.lessor, index, req),
         };
         (applied, Effect::None)
     }

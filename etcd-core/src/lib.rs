@@ -19,7 +19,7 @@
 //! Layers underneath: `etcd-raft-node` (raft-rs over `etcd-wal`) and
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
-mod alarms;
+pub mod alarms;
 mod applier;
 mod apply;
 mod apply_auth;

@@ -56,8 +56,7 @@ async fn health(etcd: &Etcd, query: &str) -> Response {
         .any(|&(k, v)| k == "serializable" && v == "true");
     // etcd: an active alarm (not excluded) makes the member unhealthy.
     for a in etcd.active_alarms() {
-        let name = etcd_core::pb::etcdserverpb::AlarmType::try_from(a.alarm)
-            .map_or("UNKNOWN", |t| t.as_str_name());
+        let name = etcd_core::alarms::alarm_name(a.alarm);
         if !excluded(name) {
             return json(
                 StatusCode::SERVICE_UNAVAILABLE,

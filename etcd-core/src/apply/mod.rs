@@ -60,7 +60,7 @@ pub(crate) fn apply(
         Op::DeleteRange(d) => delete_range(&mut view, d).map(Applied::DeleteRange),
         Op::Txn(t) => txn(&mut view, t).map(Applied::Txn),
         Op::Compaction(_) => unreachable!("handled above"),
-        // Membership and auth requests have appliers of their own.
+        // Membership, auth and alarm requests have appliers of their own.
         Op::MemberUpdate(_) | Op::MemberAttributes(_) => Err(Error::Internal(
             "a membership request reached the KV applier".into(),
         )),
@@ -68,7 +68,7 @@ pub(crate) fn apply(
         Op::LeaseRevoke(r) => lease::revoke(&mut view, lessor, r),
         Op::LeaseCheckpoint(c) => lease::checkpoint(&mut view, lessor, c),
         _ => Err(Error::Internal(format!(
-            "an auth request reached the KV applier: {op:?}"
+            "an auth or alarm request reached the KV applier: {op:?}"
         ))),
     };
     match out {

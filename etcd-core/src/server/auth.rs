@@ -172,9 +172,7 @@ impl Etcd {
 
     /// Auth.UserList: admins only.
     pub async fn user_list(&self, ctx: &RequestContext) -> Result<AuthUserListResponse> {
-        if let Some(ai) = self.auth_reader(ctx).await? {
-            self.auth().is_admin_permitted(&ai)?;
-        }
+        self.admin(self.auth_reader(ctx).await?)?;
         Ok(AuthUserListResponse {
             header: Some(self.header(self.store().current_revision())),
             users: self.auth().user_list(),
@@ -202,9 +200,7 @@ impl Etcd {
 
     /// Auth.RoleList: admins only.
     pub async fn role_list(&self, ctx: &RequestContext) -> Result<AuthRoleListResponse> {
-        if let Some(ai) = self.auth_reader(ctx).await? {
-            self.auth().is_admin_permitted(&ai)?;
-        }
+        self.admin(self.auth_reader(ctx).await?)?;
         Ok(AuthRoleListResponse {
             header: Some(self.header(self.store().current_revision())),
             roles: self.auth().role_list(),

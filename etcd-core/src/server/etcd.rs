@@ -133,13 +133,9 @@ impl Etcd {
             "the store reached --quota-backend-bytes: raising NOSPACE; free space with \
              compact and defrag, then run `etcdctl alarm disarm`"
         );
-        let raise = crate::pb::etcdserverpb::AlarmRequest {
-            action: crate::pb::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
-            member_id: self.inner.member_id,
-            alarm: crate::pb::etcdserverpb::AlarmType::Nospace as i32,
-        };
+        let raise = crate::alarms::raise_nospace(self.inner.member_id);
         let _ = self
-            .propose(&RequestContext::LOCAL.with_timeout(ctx), Op::Alarm(raise))
+            .propose(&RequestContext::LOCAL.with_timeout(ctx), raise)
             .await;
         Err(Error::NoSpace)
     }
@@ -232,10 +228,12 @@ impl Etcd {
     /// caller is trusted): etcd's check for Snapshot, Defragment, Hash,
     /// HashKV and membership changes.
     pub async fn check_admin(&self, ctx: &RequestContext) -> Result<()> {
-        match self.caller(ctx).await? {
-            Some(ai) => self.inner.auth.is_admin_permitted(&ai),
-            None => Ok(()),
-        }
+        self.admin(self.caller(ctx).await?)
+    }
+
+    /// etcd's `IsAdminPermitted` for a resolved caller (None: trusted).
+    pub(crate) fn admin(&self, caller: Option<AuthInfo>) -> Result<()> {
+        caller.map_or(Ok(()), |ai| self.inner.auth.is_admin_permitted(&ai))
     }
 
     /// The admin check of Defragment, Hash, HashKV and Snapshot, from a
@@ -243,22 +241,19 @@ impl Etcd {
     /// raw auth errors with code Unknown (`auth: permission denied`, ...):
     /// etcd's `authMaintenanceServer` does not translate them.
     pub fn check_maintenance_admin(&self, ctx: &RequestContext) -> Result<()> {
-        let checked = match self.caller_now(ctx) {
-            Ok(Some(ai)) => self.inner.auth.is_admin_permitted(&ai),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        checked.map_err(|e| {
-            Error::Unknown(
-                match e {
-                    Error::UserEmpty => "auth: user name is empty",
-                    Error::UserNotFound => "auth: user not found",
-                    Error::InvalidAuthToken => "auth: invalid auth token",
-                    _ => "auth: permission denied",
-                }
-                .into(),
-            )
-        })
+        self.caller_now(ctx)
+            .and_then(|c| self.admin(c))
+            .map_err(|e| {
+                Error::Unknown(
+                    match e {
+                        Error::UserEmpty => "auth: user name is empty",
+                        Error::UserNotFound => "auth: user not found",
+                        Error::InvalidAuthToken => "auth: invalid auth token",
+                        _ => "auth: permission denied",
+                    }
+                    .into(),
+                )
+            })
     }
 
     /// The auth state.

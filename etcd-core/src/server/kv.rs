@@ -4,7 +4,7 @@
 use super::etcd::Etcd;
 use crate::apply::{self, Applied, View};
 use crate::apply_auth;
-use crate::auth::AuthInfo;
+use crate::auth::{AuthInfo, AuthStore};
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -23,12 +23,13 @@ impl Etcd {
         if !r.serializable {
             self.linearizable_read_notify(ctx).await?;
         }
-        let caller = self.caller(ctx).await?;
-        if let Some(ai) = &caller {
-            apply_auth::check_range(self.auth(), ai, &r.key, &r.range_end)?;
-        }
-        let mut resp = apply::range(&View::read(&self.inner.store), &r)?;
-        self.check_still_current(caller.as_ref())?;
+        let mut resp = self
+            .serialize(
+                ctx,
+                |auth, ai| apply_auth::check_range(auth, ai, &r.key, &r.range_end),
+                || apply::range(&View::read(&self.inner.store), &r),
+            )
+            .await?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
@@ -69,12 +70,13 @@ impl Etcd {
             if !is_serializable(&r) {
                 self.linearizable_read_notify(ctx).await?;
             }
-            let caller = self.caller(ctx).await?;
-            if let Some(ai) = &caller {
-                apply_auth::check_txn(self.auth(), ai, &r)?;
-            }
-            let mut resp = apply::txn(&mut View::read(&self.inner.store), &r)?;
-            self.check_still_current(caller.as_ref())?;
+            let mut resp = self
+                .serialize(
+                    ctx,
+                    |auth, ai| apply_auth::check_txn(auth, ai, &r),
+                    || apply::txn(&mut View::read(&self.inner.store), &r),
+                )
+                .await?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
@@ -135,15 +137,26 @@ impl Etcd {
 }
 
 impl Etcd {
-    /// etcd's `doSerialize` tail: a read checked at an auth revision that
+    /// etcd's `doSerialize`: a local read by the caller of `ctx`, after
+    /// `check` passed for it; a read checked at an auth revision that
     /// changed while it ran is refused ("revision of auth store is old"),
     /// so a revoked permission never lets a read through.
-    fn check_still_current(&self, caller: Option<&AuthInfo>) -> Result<()> {
+    async fn serialize<T>(
+        &self,
+        ctx: &RequestContext,
+        check: impl FnOnce(&AuthStore, &AuthInfo) -> Result<()>,
+        read: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let caller = self.caller(ctx).await?;
+        if let Some(ai) = &caller {
+            check(self.auth(), ai)?;
+        }
+        let out = read()?;
         match caller {
             Some(ai) if ai.revision != 0 && ai.revision != self.auth().revision() => {
                 Err(Error::AuthOldRevision)
             }
-            _ => Ok(()),
+            _ => Ok(out),
         }
     }
 }

@@ -393,15 +393,10 @@ impl ApplyLoop {
     /// A write took this member's store over its quota: raise NOSPACE
     /// for it (not waited for: this is the apply thread).
     fn raise_nospace(&self, member_id: u64) {
-        use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
         tracing::warn!("a write took the store over --quota-backend-bytes; raising NOSPACE");
         let data = crate::raft_request::RaftRequest {
             id: 0,
-            op: Some(crate::raft_request::Op::Alarm(AlarmRequest {
-                action: AlarmAction::Activate as i32,
-                member_id,
-                alarm: AlarmType::Nospace as i32,
-            })),
+            op: Some(crate::alarms::raise_nospace(member_id)),
             header: None,
         };
         self.node
