@@ -133,6 +133,23 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `i` has applied the addition of member `id`.
+    async fn wait_lists(&self, i: usize, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .member(i)
+            .member_list(&RequestContext::LOCAL, false)
+            .await
+            .unwrap()
+            .members
+            .iter()
+            .any(|m| m.id == id)
+        {
+            assert!(Instant::now() < deadline, "member {id:x} not listed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn stop(&mut self, i: usize) {
         let m = self.members[i].take().expect("running");
         std::thread::spawn(move || m.stop()).join().unwrap();
@@ -333,6 +350,10 @@ async fn membership_changes_apply_on_every_member() {
     let learner = added.member.unwrap();
     assert!(learner.is_learner && learner.name.is_empty());
     assert_eq!(added.members.len(), 4);
+    // The add returned once `m` applied it; the leader judges readiness from
+    // its raft progress, which lists the learner only once the leader has
+    // applied the change too (as etcd's isLearnerReady).
+    c.wait_lists(leader, learner.id).await;
     assert_eq!(
         c.member(leader)
             .member_promote(&RequestContext::LOCAL, learner.id)
