@@ -70,6 +70,10 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// `--bcrypt-cost`: cost of the password hashes (etcd: 10; 4..=31).
     pub bcrypt_cost: u32,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`: how much
+    /// history the leader keeps when it compacts on its own (`None`: never,
+    /// etcd's default).
+    pub auto_compaction: Option<crate::AutoCompaction>,
 }
 
 /// The largest quota etcd recommends (8 GiB): above it, a warning at start.
@@ -102,6 +106,7 @@ impl Default for Config {
             auth_token: crate::auth::TokenOptions::Simple,
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
+            auto_compaction: None,
         }
     }
 }

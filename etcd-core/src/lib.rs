@@ -30,6 +30,7 @@ pub mod auth;
 mod background;
 mod bootstrap;
 mod cluster;
+mod compactor;
 mod concurrency;
 mod config;
 mod datadir;
@@ -66,6 +67,7 @@ mod watchable_store;
 mod watcher;
 mod watcher_group;
 
+pub use compactor::{AutoCompaction, REVISION_INTERVAL as AUTO_COMPACTION_REVISION_INTERVAL};
 pub use config::{ClusterState, Config, DEFAULT_QUOTA_BYTES};
 pub use datadir::{DataDir, FORMAT_VERSION};
 pub use error::{Code, Error, Result, StartError, WatchError};

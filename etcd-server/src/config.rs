@@ -130,6 +130,16 @@ pub struct Flags {
     /// Specify bcrypt algorithm cost factor for auth password hashing (4 to 31).
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
+    /// Interpret 'auto-compaction-retention' one of: periodic|revision.
+    /// 'periodic' for duration based retention, defaulting to hours if no
+    /// time unit is provided (e.g. '5m'). 'revision' for revision number
+    /// based retention.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention for mvcc key value store. 0 means disable
+    /// auto compaction.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Interval of lease remaining-TTL checkpoints through raft (Go duration, e.g. 5m0s).
     #[arg(
         long,
@@ -741,6 +751,10 @@ impl Flags {
             auth_token: etcd_core::auth::TokenOptions::parse(&self.auth_token)?,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
+            auto_compaction: etcd_core::AutoCompaction::parse(
+                &self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )?,
         };
         core.validate().map_err(|e| e.to_string())?;
         Ok(ServerConfig {
@@ -875,6 +889,41 @@ mod tests {
         assert_eq!(c.core.quota_bytes(), u64::MAX, "negative: no quota");
         let c = config(&[], &[("ETCD_QUOTA_BACKEND_BYTES", "16777216")]);
         assert_eq!(c.core.quota_bytes(), 16 << 20);
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        use etcd_core::AutoCompaction;
+        assert_eq!(
+            config(&[], &[]).core.auto_compaction,
+            None,
+            "etcd's default: off"
+        );
+        let c = config(&["--auto-compaction-retention", "1"], &[]);
+        assert_eq!(
+            c.core.auto_compaction,
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        let c = config(
+            &[],
+            &[
+                ("ETCD_AUTO_COMPACTION_MODE", "revision"),
+                ("ETCD_AUTO_COMPACTION_RETENTION", "1000"),
+            ],
+        );
+        assert_eq!(c.core.auto_compaction, Some(AutoCompaction::Revision(1000)));
+        let err = run(
+            &[
+                "--auto-compaction-mode",
+                "hourly",
+                "--auto-compaction-retention",
+                "1",
+            ],
+            &[],
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("unknown auto-compaction-mode"), "{err}");
     }
 
     #[test]

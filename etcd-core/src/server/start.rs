@@ -307,6 +307,11 @@ impl Etcd {
         // Stopped before the lease ticker: it proposes through raft.
         let publisher = publish::spawn(etcd.clone())?;
         etcd.inner.background.lock().insert(0, publisher);
+        if let Some(mode) = etcd.inner.cfg.auto_compaction {
+            let clock = Arc::new(crate::lessor::MonotonicClock::new());
+            let compactor = crate::compactor::spawn(etcd.clone(), mode, clock)?;
+            etcd.inner.background.lock().insert(0, compactor);
+        }
         Ok(etcd)
     }
 }
