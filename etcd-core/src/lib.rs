@@ -48,6 +48,7 @@ pub mod lessor;
 #[cfg(any(test, feature = "testing"))]
 pub mod linearizability;
 mod membership;
+mod metrics;
 pub mod pb;
 mod quota;
 mod raft_request;
@@ -75,6 +76,7 @@ pub use error::{Code, Error, Result, StartError, WatchError};
 pub use etcd_raft_node::{PeerTls, PeerTlsHandle};
 pub use go_duration::parse_go_duration;
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
+pub use metrics::Metrics;
 pub use request_context::RequestContext;
 pub use server::{Etcd, StartOptions, SERVER_VERSION};
 pub use watcher::WatchStream;

@@ -31,6 +31,8 @@ enum Command {
 /// Handle to a running raft member. Cheap to share behind an `Arc`.
 pub struct RaftNode {
     tx: Sender<Command>,
+    /// The WAL's metrics, read by `/metrics` while the raft thread owns it.
+    wal_metrics: etcd_wal::WalMetricsReader,
     status: Arc<RwLock<NodeStatus>>,
     applied: Arc<AtomicU64>,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
@@ -46,13 +48,18 @@ impl RaftNode {
         apply_tx: Sender<ToApply>,
     ) -> Result<RaftNode> {
         cfg.validate()?;
+        let wal_metrics = storage.wal().metrics_reader();
         let mut peer = Peer::new(&cfg, storage)?;
         if cfg.voters == [cfg.id] {
             peer.campaign()?;
         }
         let transport = transport.unwrap_or_else(|| Arc::new(NoopTransport));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let status = Arc::new(RwLock::new(peer.status()));
+        let status = Arc::new(RwLock::new(NodeStatus {
+            leader_id: 0,
+            ..peer.status()
+        }));
+        publish_status(&status, &peer);
         let applied = Arc::new(AtomicU64::new(cfg.applied));
         let ticker = crossbeam_channel::tick(cfg.tick_interval);
         let thread = {
@@ -65,6 +72,7 @@ impl RaftNode {
         };
         Ok(RaftNode {
             tx,
+            wal_metrics,
             status,
             applied,
             thread: parking_lot::Mutex::new(Some(thread)),
@@ -153,6 +161,11 @@ impl RaftNode {
         self.applied.fetch_max(index, Ordering::AcqRel);
     }
 
+    /// The metrics of the member's WAL (fsync latencies, bytes written).
+    pub fn wal_metrics(&self) -> etcd_wal::WalMetrics {
+        self.wal_metrics.read()
+    }
+
     /// The member's raft status as of the last handled `Ready`.
     pub fn status(&self) -> NodeStatus {
         *self.status.read()
@@ -218,7 +231,7 @@ fn run(
                 Err(e) => {
                     tracing::error!(error = %e, "raft node failed; stopping");
                     peer.fail_all(|| Error::Stopped);
-                    *status.write() = peer.status();
+                    publish_status(&status, &peer);
                     return;
                 }
             }
@@ -230,8 +243,18 @@ fn run(
                 }
             }
         }
-        *status.write() = peer.status();
+        publish_status(&status, &peer);
     }
+}
+
+/// Publishes `peer`'s status, counting leader changes as etcd does (a
+/// known leader different from the one before).
+fn publish_status(status: &RwLock<NodeStatus>, peer: &Peer) {
+    let mut new = peer.status();
+    let mut s = status.write();
+    new.leader_changes =
+        s.leader_changes + u64::from(new.leader_id != 0 && new.leader_id != s.leader_id);
+    *s = new;
 }
 
 /// Returns true when the node must stop.

@@ -572,6 +572,7 @@ impl Peer {
                 StateRole::PreCandidate => Role::PreCandidate,
                 StateRole::Leader => Role::Leader,
             },
+            leader_changes: 0,
             is_learner: raft
                 .prs()
                 .conf()

@@ -74,4 +74,10 @@ pub struct NodeStatus {
     pub role: Role,
     /// Whether this member is a learner.
     pub is_learner: bool,
+    /// Times this member saw a new leader since it started (etcd's
+    /// `etcd_server_leader_changes_seen_total`); kept by [`RaftNode`]
+    /// (zero in a bare `Peer`'s status).
+    ///
+    /// [`RaftNode`]: crate::RaftNode
+    pub leader_changes: u64,
 }

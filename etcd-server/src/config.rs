@@ -130,6 +130,13 @@ pub struct Flags {
     /// Specify bcrypt algorithm cost factor for auth password hashing (4 to 31).
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
+    /// Set level of detail for exported metrics, specify 'extensive' to
+    /// include server side grpc histogram metrics.
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
+    pub metrics: String,
+    /// List of URLs to listen on for the metrics and health endpoints.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
     /// Interpret 'auto-compaction-retention' one of: periodic|revision.
     /// 'periodic' for duration based retention, defaulting to hours if no
     /// time unit is provided (e.g. '5m'). 'revision' for revision number
@@ -266,6 +273,8 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Log to stdout instead of stderr.
     pub log_to_stdout: bool,
+    /// `--metrics extensive`: also `grpc_server_handling_seconds`.
+    pub metrics_extensive: bool,
 }
 
 /// One `--listen-client-urls` URL.
@@ -277,6 +286,8 @@ pub struct ClientListener {
     pub addr: SocketAddr,
     /// `https://`: TLS with the client TLS settings.
     pub tls: bool,
+    /// A `--listen-metrics-urls` URL: serves `/metrics` and `/health` only.
+    pub metrics_only: bool,
 }
 
 /// What the command line asked for.
@@ -659,9 +670,30 @@ impl Flags {
                     url: u.clone(),
                     addr,
                     tls: u.starts_with("https://"),
+                    metrics_only: false,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut client_listeners = client_listeners;
+        if !self.listen_metrics_urls.is_empty() {
+            for u in split_urls("listen-metrics-urls", &self.listen_metrics_urls)? {
+                client_listeners.push(ClientListener {
+                    addr: listen_addr("listen-metrics-urls", &u)?,
+                    tls: u.starts_with("https://"),
+                    url: u,
+                    metrics_only: true,
+                });
+            }
+        }
+        let metrics_extensive = match self.metrics.as_str() {
+            "basic" => false,
+            "extensive" => true,
+            other => {
+                return Err(format!(
+                    "--metrics={other:?}: must be 'basic' or 'extensive'"
+                ))
+            }
+        };
         let data_dir = self
             .data_dir
             .clone()
@@ -760,6 +792,7 @@ impl Flags {
         Ok(ServerConfig {
             core,
             client_listeners,
+            metrics_extensive,
             client_tls,
             peer_tls,
             log_level: log_level.into(),

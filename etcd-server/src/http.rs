@@ -8,6 +8,7 @@
 //!   an alarm type, as etcd 3.4; `?serializable=true` reads locally, so a
 //!   member without a leader can still be healthy, as etcd 3.5.
 //! - `GET /version`: `{"etcdserver":"...","etcdcluster":"..."}`;
+//! - `GET /metrics`: Prometheus text format (`metrics.rs`);
 //! - any other path: 404 (gRPC requests: `Unimplemented`).
 
 use axum::http::{header, StatusCode};
@@ -19,14 +20,23 @@ use etcd_core::Etcd;
 /// The HTTP routes, to merge with the gRPC router.
 pub fn routes(etcd: Etcd) -> axum::Router {
     axum::Router::new()
+        .route("/version", get(version))
+        .merge(metrics_routes(etcd))
+}
+
+/// What a `--listen-metrics-urls` listener serves (etcd: `/metrics` and
+/// `/health`); part of [`routes`] too.
+pub fn metrics_routes(etcd: Etcd) -> axum::Router {
+    let health_etcd = etcd.clone();
+    axum::Router::new()
+        .route("/metrics", get(move || crate::metrics::serve(etcd.clone())))
         .route(
             "/health",
             get(move |uri: axum::http::Uri| {
-                let etcd = etcd.clone();
+                let etcd = health_etcd.clone();
                 async move { health(&etcd, uri.query().unwrap_or_default()).await }
             }),
         )
-        .route("/version", get(version))
 }
 
 /// What an unknown path gets: gRPC callers an `Unimplemented` status (as

@@ -10,6 +10,7 @@ mod authority;
 pub use authority::fuzz_client_bytes;
 pub mod config;
 mod http;
+mod metrics;
 mod request_context;
 pub mod rpc;
 mod services;
@@ -64,7 +65,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
                 l.url
             );
         }
-        listeners.push((l.url.clone(), listener, tls));
+        listeners.push((l.url.clone(), listener, tls, l.metrics_only));
     }
     let peer_tls = match &cfg.peer_tls {
         Some(settings) => Some(etcd_raft_node_tls(settings)?),
@@ -82,14 +83,38 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     let max_recv = cfg.core.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    for (url, listener, tls) in listeners {
+    let grpc_metrics =
+        metrics::GrpcMetrics::register(etcd.metrics().registry(), cfg.metrics_extensive);
+    for (url, listener, tls, metrics_only) in listeners {
         let local = listener.local_addr()?;
+        let what = if metrics_only {
+            "metrics"
+        } else {
+            "client traffic"
+        };
         match &tls {
-            Some(_) => tracing::info!(%url, address = %local, "serving client traffic over TLS"),
+            Some(_) => tracing::info!(%url, address = %local, "serving {what} over TLS"),
             None => {
-                tracing::info!(%url, address = %local, "serving client traffic insecurely (no TLS)")
+                tracing::info!(%url, address = %local, "serving {what} insecurely (no TLS)")
             }
         }
+        if metrics_only {
+            let router = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(tonic::service::Routes::from(
+                    http::metrics_routes(etcd.clone()).fallback(http::fallback),
+                ));
+            let mut stop = stop_rx.clone();
+            servers.spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(accept_loop(listener, tls), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            });
+            continue;
+        }
+        let counted = grpc_metrics.clone();
         let mut grpc = tonic::service::Routes::builder();
         grpc.add_service(
             KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
@@ -109,6 +134,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         let routes = grpc
             .routes()
             .into_axum_router()
+            .layer(axum::middleware::from_fn(move |req, next| {
+                metrics::count_grpc(counted.clone(), req, next)
+            }))
             .merge(http::routes(etcd.clone()))
             .fallback(http::fallback);
         let router = tonic::transport::Server::builder()

@@ -69,7 +69,7 @@ pub use types::{
     Entry, HardState, Recovered, RecoveryMode, SnapshotMarker, WalOptions, WriteBatch,
     MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
-pub use wal::Wal;
+pub use wal::{Wal, WalMetricsReader};
 pub use writer::Ticket;
 
 /// The file-system seam and the fault-injecting in-memory file system, for

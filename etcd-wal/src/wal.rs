@@ -310,6 +310,12 @@ impl Wal {
         self.shared.metrics.snapshot()
     }
 
+    /// A handle that reads [`Wal::metrics`] from elsewhere (a metrics
+    /// exporter), while the WAL itself is owned by its writer.
+    pub fn metrics_reader(&self) -> WalMetricsReader {
+        WalMetricsReader(self.shared.clone())
+    }
+
     /// The WAL directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
@@ -429,5 +435,16 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<Wal>();
         check::<Ticket>();
+    }
+}
+
+/// Reads a [`Wal`]'s metrics (see [`Wal::metrics_reader`]).
+#[derive(Clone)]
+pub struct WalMetricsReader(Arc<Shared>);
+
+impl WalMetricsReader {
+    /// The WAL's metrics now.
+    pub fn read(&self) -> WalMetrics {
+        self.0.metrics.snapshot()
     }
 }

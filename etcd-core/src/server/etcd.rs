@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     pub(super) auth: Arc<AuthStore>,
     /// Active alarms (NOSPACE caps writes).
     pub(super) alarms: Arc<crate::alarms::AlarmStore>,
+    /// `/metrics`: this member's Prometheus series.
+    pub(super) metrics: crate::metrics::Metrics,
     /// Threads to stop first in [`Etcd::stop`] (publisher, lease ticker),
     /// in the order they are stopped.
     pub(super) background: Mutex<Vec<Background>>,
@@ -85,6 +87,24 @@ impl Etcd {
     pub(crate) fn fill(&self, h: &mut Option<ResponseHeader>) {
         let rev = h.as_ref().map(|h| h.revision).filter(|r| *r != 0);
         *h = Some(self.header(rev.unwrap_or_else(|| self.inner.store.current_revision())));
+    }
+
+    /// This member's metrics (the server registers its gRPC series in
+    /// their registry).
+    pub fn metrics(&self) -> &crate::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Every series of this member now, for `/metrics` (encode with
+    /// `prometheus::TextEncoder`).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let inner = &self.inner;
+        inner.metrics.gather(
+            &inner.node.status(),
+            *inner.applied.borrow(),
+            &inner.store,
+            &inner.node.wal_metrics(),
+        )
     }
 
     /// The MVCC store, for maintenance operations.
@@ -290,20 +310,27 @@ impl Etcd {
         send: impl FnOnce(&RaftNode, Option<etcd_raft_node::ProposeCallback>),
     ) -> Result<Applied> {
         let inner = &self.inner;
+        let _pending = crate::metrics::Pending::new(&inner.metrics.proposals_pending);
         let rx = inner.wait.register(id);
         let wait = inner.wait.clone();
+        let failed = inner.metrics.proposals_failed.clone();
         send(
             &inner.node,
             Some(Box::new(move |r| {
                 if let Err(e) = r {
+                    failed.inc();
                     wait.trigger(id, Err(raft_error(e)));
                 }
             })),
         );
         match tokio::time::timeout(ctx.wait_limit(inner.cfg.request_timeout()), rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Stopped),
+            Ok(Err(_)) => {
+                inner.metrics.proposals_failed.inc();
+                Err(Error::Stopped)
+            }
             Err(_) => {
+                inner.metrics.proposals_failed.inc();
                 inner.wait.cancel(id);
                 Err(Error::Timeout)
             }

@@ -20,6 +20,7 @@ impl Etcd {
     /// KV.Range.
     pub async fn range(&self, ctx: &RequestContext, r: RangeRequest) -> Result<RangeResponse> {
         request_check::check_range(&r)?;
+        self.inner.metrics.ranges.inc();
         if !r.serializable {
             self.linearizable_read_notify(ctx).await?;
         }
@@ -37,6 +38,7 @@ impl Etcd {
     /// KV.Put.
     pub async fn put(&self, ctx: &RequestContext, r: PutRequest) -> Result<PutResponse> {
         request_check::check_put(&r)?;
+        self.inner.metrics.puts.inc();
         self.check_quota(ctx, Cost::Put(&r)).await?;
         match self.propose(ctx, Op::Put(r)).await? {
             Applied::Put(mut resp) => {
@@ -54,6 +56,7 @@ impl Etcd {
         r: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse> {
         request_check::check_delete(&r)?;
+        self.inner.metrics.deletes.inc();
         match self.propose(ctx, Op::DeleteRange(r)).await? {
             Applied::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
@@ -66,6 +69,7 @@ impl Etcd {
     /// KV.Txn.
     pub async fn txn(&self, ctx: &RequestContext, r: TxnRequest) -> Result<TxnResponse> {
         request_check::check_txn(&r, self.inner.cfg.max_txn_ops)?;
+        self.inner.metrics.txns.inc();
         if apply::is_read_only(&r) {
             if !is_serializable(&r) {
                 self.linearizable_read_notify(ctx).await?;

@@ -127,6 +127,8 @@ impl Etcd {
             )));
         }
         let store = Arc::new(booted.store);
+        let metrics =
+            crate::metrics::Metrics::new(member_id, cfg.quota_bytes(), store.commit_duration());
         // Subscribed before the apply thread starts: it sees every revision.
         let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();
@@ -300,6 +302,7 @@ impl Etcd {
                 lessor,
                 auth,
                 alarms,
+                metrics,
                 cfg,
             }),
         };

@@ -41,6 +41,9 @@ pub(super) struct Inner {
     /// the backend holds a partial state; reads and writes fail with
     /// [`Error::RestoreIncomplete`] until a restore succeeds.
     pub(super) incomplete: AtomicBool,
+    /// Time of each transaction's backend write (etcd's
+    /// `etcd_disk_backend_commit_duration_seconds`), for `/metrics`.
+    pub(super) commit_seconds: prometheus::Histogram,
 }
 
 impl Inner {

@@ -141,6 +141,7 @@ impl Store {
             gate: RwLock::new(()),
             epoch: AtomicU64::new(0),
             incomplete: AtomicBool::new(false),
+            commit_seconds: commit_histogram(),
         });
         let compactor = compaction::spawn(inner.clone())?;
         Ok(Store {
@@ -253,6 +254,18 @@ impl Store {
         self.inner.backend.size()
     }
 
+    /// The histogram of backend write times (`/metrics`' etcd
+    /// `etcd_disk_backend_commit_duration_seconds`; a handle to the live one).
+    pub fn commit_duration(&self) -> prometheus::Histogram {
+        self.inner.commit_seconds.clone()
+    }
+
+    /// Keys in the index (deleted ones until compacted), etcd's
+    /// `etcd_debugging_mvcc_keys_total`.
+    pub fn key_count(&self) -> usize {
+        self.inner.index.read().len()
+    }
+
     /// Live bytes (RocksDB: estimated live SST data plus memtables).
     pub fn db_size_in_use(&self) -> u64 {
         self.inner.backend.size_in_use()
@@ -316,4 +329,14 @@ fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64)> {
         builder.add(&k, &v)?;
     }
     Ok((builder.index, builder.max_rev))
+}
+
+/// etcd's backend commit histogram: 0.001 s * 2^n, n = 0..13.
+fn commit_histogram() -> prometheus::Histogram {
+    let opts = prometheus::HistogramOpts::new(
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+    )
+    .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"));
+    prometheus::Histogram::with_opts(opts).expect("valid histogram")
 }

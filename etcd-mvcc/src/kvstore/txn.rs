@@ -538,7 +538,9 @@ impl<'a> TxnWrite<'a> {
             META_CONSISTENT_INDEX,
             consistent_index.to_be_bytes(),
         );
+        let timer = self.inner.commit_seconds.start_timer();
         self.inner.backend.write(batch)?; // on error, Drop undoes the index changes
+        timer.observe_duration();
         self.done = true;
         if !self.changes.is_empty() {
             self.inner.current_rev.store(rev, Ordering::Release);

@@ -1,0 +1,259 @@
+//! The Prometheus metrics of one member, under etcd's names, types and
+//! help texts (etcd's `etcdserver/metrics.go`, `mvcc/metrics.go`,
+//! `wal/metrics.go`, `mvcc/backend/metrics.go`), so that etcd's Grafana
+//! dashboard and etcd-mixin's alerts work unchanged.
+//!
+//! Each member has its own [`Registry`] (an embedding program may run
+//! several members in one process, so nothing is global). Three kinds of
+//! series:
+//! - counted as things happen: proposals pending and failed, and the KV
+//!   request counters (counted on the member that served the request);
+//! - read from the member's state at scrape time ([`Etcd::gather`](crate::Etcd::gather)):
+//!   leader, leader changes, commit and applied indexes, database sizes,
+//!   keys, quota;
+//! - histograms owned by the layers below: the WAL's fsync latencies
+//!   (`etcd-wal` keeps its own buckets, published here as a family) and the
+//!   backend commit latencies (a histogram of `etcd-mvcc`'s store).
+//!
+//! The server adds its gRPC series (`grpc_server_*`, client bytes) to the
+//! same registry through [`Metrics::registry`]; `process_*` come from the
+//! prometheus crate's process collector.
+
+use crate::SERVER_VERSION;
+use etcd_mvcc::Store;
+use etcd_raft_node::{NodeStatus, Role};
+use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// One member's metrics.
+pub struct Metrics {
+    /// Everything below, plus what the server registers.
+    registry: Registry,
+    /// `etcd_server_proposals_pending`: proposals waiting to be applied.
+    pub(crate) proposals_pending: IntGauge,
+    /// `etcd_server_proposals_failed_total`: proposals that raft dropped or
+    /// that timed out.
+    pub(crate) proposals_failed: IntCounter,
+    /// `etcd_mvcc_range_total`.
+    pub(crate) ranges: IntCounter,
+    /// `etcd_mvcc_put_total`.
+    pub(crate) puts: IntCounter,
+    /// `etcd_mvcc_delete_total`.
+    pub(crate) deletes: IntCounter,
+    /// `etcd_mvcc_txn_total`.
+    pub(crate) txns: IntCounter,
+    /// Set at scrape time, see [`Metrics::gather`].
+    has_leader: IntGauge,
+    is_leader: IntGauge,
+    leader_changes: IntCounter,
+    proposals_committed: IntGauge,
+    proposals_applied: IntGauge,
+    db_total_size: IntGauge,
+    db_in_use: IntGauge,
+    keys: IntGauge,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid gauge");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+/// A gauge of value 1 whose label says something (etcd's
+/// `etcd_server_version{server_version="3.5.0"}`).
+fn info(r: &Registry, name: &str, help: &str, label: &str, value: &str) {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid gauge");
+    g.with_label_values(&[value]).set(1);
+    r.register(Box::new(g)).expect("registered once");
+}
+
+impl Metrics {
+    /// The metrics of a member with id `member_id`, quota `quota_bytes` and
+    /// backend commit histogram `commit_duration`.
+    pub(crate) fn new(
+        member_id: u64,
+        quota_bytes: u64,
+        commit_duration: prometheus::Histogram,
+    ) -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
+        r.register(Box::new(commit_duration))
+            .expect("registered once");
+        let quota = gauge(
+            &r,
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
+        );
+        quota.set(i64::try_from(quota_bytes).unwrap_or(i64::MAX));
+        info(
+            &r,
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            "server_version",
+            SERVER_VERSION,
+        );
+        info(
+            &r,
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            "server_id",
+            &format!("{member_id:x}"),
+        );
+        Metrics {
+            proposals_pending: gauge(
+                &r,
+                "etcd_server_proposals_pending",
+                "The current number of pending proposals to commit.",
+            ),
+            proposals_failed: counter(
+                &r,
+                "etcd_server_proposals_failed_total",
+                "The total number of failed proposals seen.",
+            ),
+            ranges: counter(
+                &r,
+                "etcd_mvcc_range_total",
+                "Total number of ranges seen by this member.",
+            ),
+            puts: counter(
+                &r,
+                "etcd_mvcc_put_total",
+                "Total number of puts seen by this member.",
+            ),
+            deletes: counter(
+                &r,
+                "etcd_mvcc_delete_total",
+                "Total number of deletes seen by this member.",
+            ),
+            txns: counter(
+                &r,
+                "etcd_mvcc_txn_total",
+                "Total number of txns seen by this member.",
+            ),
+            has_leader: gauge(
+                &r,
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            is_leader: gauge(
+                &r,
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            leader_changes: counter(
+                &r,
+                "etcd_server_leader_changes_seen_total",
+                "The number of leader changes seen.",
+            ),
+            proposals_committed: gauge(
+                &r,
+                "etcd_server_proposals_committed_total",
+                "The total number of consensus proposals committed.",
+            ),
+            proposals_applied: gauge(
+                &r,
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            db_total_size: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ),
+            db_in_use: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Total size of the underlying database logically in use in bytes.",
+            ),
+            keys: gauge(
+                &r,
+                "etcd_debugging_mvcc_keys_total",
+                "Total number of keys.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The registry, for the server to add its own series (gRPC).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// Counts a pending proposal until dropped.
+pub(crate) struct Pending<'a>(&'a IntGauge);
+
+impl<'a> Pending<'a> {
+    pub(crate) fn new(g: &'a IntGauge) -> Self {
+        g.inc();
+        Pending(g)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Every series now: the scrape-time ones are set from raft's status
+    /// `st`, the applied index, the store and the WAL's metrics first.
+    pub(crate) fn gather(
+        &self,
+        st: &NodeStatus,
+        applied: u64,
+        store: &Store,
+        wal: &etcd_wal::WalMetrics,
+    ) -> Vec<MetricFamily> {
+        self.has_leader.set(i64::from(st.leader_id != 0));
+        self.is_leader.set(i64::from(st.role == Role::Leader));
+        self.leader_changes
+            .inc_by(st.leader_changes.saturating_sub(self.leader_changes.get()));
+        self.proposals_committed.set(st.commit_index as i64);
+        self.proposals_applied.set(applied as i64);
+        self.db_total_size.set(store.db_size() as i64);
+        self.db_in_use.set(store.db_size_in_use() as i64);
+        self.keys.set(store.key_count() as i64);
+        let mut families = self.registry.gather();
+        families.push(wal_fsync_family(wal));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        families
+    }
+}
+
+/// `etcd_disk_wal_fsync_duration_seconds` from the WAL's own buckets.
+fn wal_fsync_family(w: &etcd_wal::WalMetrics) -> MetricFamily {
+    let mut h = Histogram::default();
+    h.set_sample_count(w.fsync_count);
+    h.set_sample_sum(w.fsync_duration_sum_seconds);
+    h.set_bucket(
+        w.fsync_duration_buckets
+            .iter()
+            .map(|&(le, count)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(le);
+                b.set_cumulative_count(count);
+                b
+            })
+            .collect(),
+    );
+    let mut metric = Metric::default();
+    metric.set_histogram(h);
+    let mut f = MetricFamily::default();
+    f.set_name("etcd_disk_wal_fsync_duration_seconds".into());
+    f.set_help("The latency distributions of fsync called by WAL.".into());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(vec![metric]);
+    f
+}

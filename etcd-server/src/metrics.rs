@@ -1,0 +1,445 @@
+//! `GET /metrics` and the gRPC series etcd exports through
+//! go-grpc-prometheus, with its names, labels and semantics:
+//!
+//! - `grpc_server_started_total`, `grpc_server_handled_total` (by
+//!   `grpc_code`), `grpc_server_msg_received_total`,
+//!   `grpc_server_msg_sent_total`, labelled `grpc_type`, `grpc_service`,
+//!   `grpc_method`; pre-created at 0 for every method etcd registers (and
+//!   every code, for `handled`), as `grpc_prometheus.Register` does;
+//! - `grpc_server_handling_seconds` with `--metrics extensive` only;
+//! - `etcd_network_client_grpc_{received,sent}_bytes_total`: gRPC message
+//!   bytes (the 5-byte length prefixes included).
+//!
+//! A middleware on the gRPC routes counts a call when it starts, counts
+//! messages and bytes as request and response bodies stream through, and
+//! counts it handled with the status from the `grpc-status` header
+//! (trailers-only errors) or trailer; a response body dropped before its
+//! trailers (client gone) counts as `Canceled`. The member's own series
+//! come from [`etcd_core::Etcd::gather`].
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Buf;
+use etcd_core::Etcd;
+use http_body::Frame;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Every method etcd registers: (service, method, type).
+const METHODS: &[(&str, &str, &str)] = &[
+    ("etcdserverpb.KV", "Compact", "unary"),
+    ("etcdserverpb.KV", "DeleteRange", "unary"),
+    ("etcdserverpb.KV", "Put", "unary"),
+    ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "Txn", "unary"),
+    ("etcdserverpb.Watch", "Watch", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseGrant", "unary"),
+    ("etcdserverpb.Lease", "LeaseLeases", "unary"),
+    ("etcdserverpb.Lease", "LeaseRevoke", "unary"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", "unary"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", "bidi_stream"),
+    ("etcdserverpb.Cluster", "MemberAdd", "unary"),
+    ("etcdserverpb.Cluster", "MemberList", "unary"),
+    ("etcdserverpb.Cluster", "MemberPromote", "unary"),
+    ("etcdserverpb.Cluster", "MemberRemove", "unary"),
+    ("etcdserverpb.Cluster", "MemberUpdate", "unary"),
+    ("etcdserverpb.Maintenance", "Alarm", "unary"),
+    ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
+    ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("etcdserverpb.Maintenance", "Status", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
+    ("etcdserverpb.Auth", "AuthDisable", "unary"),
+    ("etcdserverpb.Auth", "AuthEnable", "unary"),
+    ("etcdserverpb.Auth", "Authenticate", "unary"),
+    ("etcdserverpb.Auth", "RoleAdd", "unary"),
+    ("etcdserverpb.Auth", "RoleDelete", "unary"),
+    ("etcdserverpb.Auth", "RoleGet", "unary"),
+    ("etcdserverpb.Auth", "RoleGrantPermission", "unary"),
+    ("etcdserverpb.Auth", "RoleList", "unary"),
+    ("etcdserverpb.Auth", "RoleRevokePermission", "unary"),
+    ("etcdserverpb.Auth", "UserAdd", "unary"),
+    ("etcdserverpb.Auth", "UserChangePassword", "unary"),
+    ("etcdserverpb.Auth", "UserDelete", "unary"),
+    ("etcdserverpb.Auth", "UserGet", "unary"),
+    ("etcdserverpb.Auth", "UserGrantRole", "unary"),
+    ("etcdserverpb.Auth", "UserList", "unary"),
+    ("etcdserverpb.Auth", "UserRevokeRole", "unary"),
+    ("grpc.health.v1.Health", "Check", "unary"),
+    ("grpc.health.v1.Health", "Watch", "server_stream"),
+    ("v3electionpb.Election", "Campaign", "unary"),
+    ("v3electionpb.Election", "Proclaim", "unary"),
+    ("v3electionpb.Election", "Leader", "unary"),
+    ("v3electionpb.Election", "Observe", "server_stream"),
+    ("v3electionpb.Election", "Resign", "unary"),
+    ("v3lockpb.Lock", "Lock", "unary"),
+    ("v3lockpb.Lock", "Unlock", "unary"),
+];
+
+/// gRPC status code names as go-grpc-prometheus writes them, by number.
+const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The gRPC series of one client server.
+pub struct GrpcMetrics {
+    started: IntCounterVec,
+    handled: IntCounterVec,
+    msg_received: IntCounterVec,
+    msg_sent: IntCounterVec,
+    /// `--metrics extensive` only (etcd's `EnableHandlingTimeHistogram`).
+    handling: Option<HistogramVec>,
+    received_bytes: IntCounter,
+    sent_bytes: IntCounter,
+}
+
+const LABELS: [&str; 3] = ["grpc_type", "grpc_service", "grpc_method"];
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl GrpcMetrics {
+    /// Registers the gRPC series in `registry` (the member's), every
+    /// method's at 0.
+    pub fn register(registry: &Registry, extensive: bool) -> Arc<GrpcMetrics> {
+        let r = registry;
+        let handled_labels = ["grpc_type", "grpc_service", "grpc_method", "grpc_code"];
+        let m = GrpcMetrics {
+            started: counter_vec(
+                r,
+                "grpc_server_started_total",
+                "Total number of RPCs started on the server.",
+                &LABELS,
+            ),
+            handled: counter_vec(
+                r,
+                "grpc_server_handled_total",
+                "Total number of RPCs completed on the server, regardless of success or failure.",
+                &handled_labels,
+            ),
+            msg_received: counter_vec(
+                r,
+                "grpc_server_msg_received_total",
+                "Total number of RPC stream messages received on the server.",
+                &LABELS,
+            ),
+            msg_sent: counter_vec(
+                r,
+                "grpc_server_msg_sent_total",
+                "Total number of gRPC stream messages sent by the server.",
+                &LABELS,
+            ),
+            handling: extensive.then(|| {
+                let opts = HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+                let h = HistogramVec::new(opts, &LABELS).expect("valid histogram");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            }),
+            received_bytes: counter(
+                r,
+                "etcd_network_client_grpc_received_bytes_total",
+                "The total number of bytes received from grpc clients.",
+            ),
+            sent_bytes: counter(
+                r,
+                "etcd_network_client_grpc_sent_bytes_total",
+                "The total number of bytes sent to grpc clients.",
+            ),
+        };
+        for (service, method, kind) in METHODS {
+            let l = [*kind, *service, *method];
+            m.started.with_label_values(&l);
+            m.msg_received.with_label_values(&l);
+            m.msg_sent.with_label_values(&l);
+            if let Some(h) = &m.handling {
+                h.with_label_values(&l);
+            }
+            for code in CODES {
+                m.handled
+                    .with_label_values(&[*kind, *service, *method, code]);
+            }
+        }
+        Arc::new(m)
+    }
+}
+
+/// One call being counted.
+struct Call {
+    metrics: Arc<GrpcMetrics>,
+    labels: [String; 3],
+    started: Instant,
+}
+
+impl Call {
+    fn labels(&self) -> [&str; 3] {
+        [&self.labels[0], &self.labels[1], &self.labels[2]]
+    }
+
+    fn handled(&self, code: usize) {
+        let [t, s, m] = self.labels();
+        let name = CODES.get(code).copied().unwrap_or("Unknown");
+        self.metrics
+            .handled
+            .with_label_values(&[t, s, m, name])
+            .inc();
+        if let Some(h) = &self.metrics.handling {
+            h.with_label_values(&self.labels())
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The middleware counting gRPC calls (see the module doc).
+pub async fn count_grpc(metrics: Arc<GrpcMetrics>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().trim_start_matches('/');
+    let Some((service, method)) = path.split_once('/') else {
+        return next.run(req).await;
+    };
+    let kind = METHODS
+        .iter()
+        .find(|(s, m, _)| *s == service && *m == method)
+        .map_or("unary", |(_, _, k)| *k);
+    let call = Arc::new(Call {
+        metrics: metrics.clone(),
+        labels: [kind.to_string(), service.to_string(), method.to_string()],
+        started: Instant::now(),
+    });
+    metrics.started.with_label_values(&call.labels()).inc();
+    let (parts, body) = req.into_parts();
+    let body = Body::new(Counted {
+        inner: body,
+        call: call.clone(),
+        messages: Messages::default(),
+        direction: Direction::Received,
+        done: true,
+    });
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    let (parts, body) = resp.into_parts();
+    if let Some(code) = grpc_status(&parts.headers) {
+        // Trailers-only: the call ended here.
+        call.handled(code);
+        return Response::from_parts(parts, body);
+    }
+    let body = Body::new(Counted {
+        inner: body,
+        call,
+        messages: Messages::default(),
+        direction: Direction::Sent,
+        done: false,
+    });
+    Response::from_parts(parts, body)
+}
+
+fn grpc_status(h: &HeaderMap) -> Option<usize> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Counts whole gRPC messages in a byte stream (5-byte prefix: flag and
+/// big-endian length, then the message).
+#[derive(Default)]
+struct Messages {
+    /// Bytes of the current prefix seen so far (0..5).
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Message bytes still to come.
+    remaining: u64,
+}
+
+impl Messages {
+    /// Feeds `data`; returns the number of messages completed.
+    fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut done = 0;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = (self.remaining as usize).min(data.len());
+                self.remaining -= n as u64;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    done += 1;
+                }
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]);
+                self.remaining = u64::from(len);
+                if len == 0 {
+                    done += 1;
+                }
+            }
+        }
+        done
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Received,
+    Sent,
+}
+
+/// A request or response body whose messages and bytes are counted; a
+/// response body also counts the call handled at its trailers (or as
+/// Canceled if dropped before them).
+struct Counted {
+    inner: Body,
+    call: Arc<Call>,
+    messages: Messages,
+    direction: Direction,
+    /// The call was counted handled (always true for request bodies).
+    done: bool,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let m = &this.call.metrics;
+            if let Some(data) = frame.data_ref() {
+                let n = this.messages.feed(data.chunk());
+                let labels = this.call.labels();
+                match this.direction {
+                    Direction::Received => {
+                        m.received_bytes.inc_by(data.len() as u64);
+                        m.msg_received.with_label_values(&labels).inc_by(n);
+                    }
+                    Direction::Sent => {
+                        m.sent_bytes.inc_by(data.len() as u64);
+                        m.msg_sent.with_label_values(&labels).inc_by(n);
+                    }
+                }
+            } else if let Some(trailers) = frame.trailers_ref() {
+                if !this.done {
+                    this.done = true;
+                    this.call.handled(grpc_status(trailers).unwrap_or(2));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away before the status (gRPC's Canceled).
+            self.call.handled(1);
+        }
+    }
+}
+
+/// `GET /metrics`: every series of the member, Prometheus text format.
+pub async fn serve(etcd: Etcd) -> Response {
+    let families = tokio::task::spawn_blocking(move || etcd.gather()).await;
+    let Ok(families) = families else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics gathering failed\n",
+        )
+            .into_response();
+    };
+    let mut text = String::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut text) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_messages_across_chunks() {
+        let mut m = Messages::default();
+        // Two messages (3 bytes, then empty) split at awkward places.
+        let bytes = [0, 0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0];
+        assert_eq!(m.feed(&bytes[..2]), 0);
+        assert_eq!(m.feed(&bytes[2..6]), 0);
+        assert_eq!(m.feed(&bytes[6..10]), 1);
+        assert_eq!(m.feed(&bytes[10..]), 1);
+        assert_eq!(m.feed(&bytes), 2, "both in one chunk");
+    }
+
+    #[test]
+    fn every_method_starts_at_zero() {
+        let r = Registry::new();
+        GrpcMetrics::register(&r, false);
+        let families = r.gather();
+        let handled = families
+            .iter()
+            .find(|f| f.name() == "grpc_server_handled_total")
+            .unwrap();
+        assert_eq!(handled.get_metric().len(), METHODS.len() * CODES.len());
+        assert!(families
+            .iter()
+            .all(|f| f.name() != "grpc_server_handling_seconds"));
+    }
+}
