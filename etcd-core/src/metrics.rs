@@ -23,7 +23,7 @@ use crate::SERVER_VERSION;
 use etcd_mvcc::Store;
 use etcd_raft_node::{NodeStatus, Role};
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// One member's metrics.
 pub struct Metrics {
@@ -51,6 +51,30 @@ pub struct Metrics {
     db_total_size: IntGauge,
     db_in_use: IntGauge,
     keys: IntGauge,
+    peer_sent: IntCounterVec,
+    peer_received: IntCounterVec,
+    peer_failures: IntCounterVec,
+}
+
+/// Traffic with the other members, read from the peer transport at scrape
+/// time.
+#[derive(Default)]
+pub(crate) struct PeerTraffic {
+    /// `(to, bytes sent, messages or snapshots that failed)`.
+    pub(crate) sent: Vec<(u64, u64, u64)>,
+    /// `(from, bytes received)`.
+    pub(crate) received: Vec<(u64, u64)>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+/// Raises counter `c` to `total` (a count kept elsewhere).
+fn catch_up(c: &IntCounter, total: u64) {
+    c.inc_by(total.saturating_sub(c.get()));
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -180,6 +204,24 @@ impl Metrics {
                 "etcd_debugging_mvcc_keys_total",
                 "Total number of keys.",
             ),
+            peer_sent: counter_vec(
+                &r,
+                "etcd_network_peer_sent_bytes_total",
+                "The total number of bytes sent to peers.",
+                "To",
+            ),
+            peer_received: counter_vec(
+                &r,
+                "etcd_network_peer_received_bytes_total",
+                "The total number of bytes received from peers.",
+                "From",
+            ),
+            peer_failures: counter_vec(
+                &r,
+                "etcd_network_peer_sent_failures_total",
+                "The total number of send failures from peers.",
+                "To",
+            ),
             registry: r,
         }
     }
@@ -215,11 +257,26 @@ impl Metrics {
         applied: u64,
         store: &Store,
         wal: &etcd_wal::WalMetrics,
+        peers: &PeerTraffic,
     ) -> Vec<MetricFamily> {
+        for (to, bytes, failures) in &peers.sent {
+            let to = format!("{to:x}");
+            catch_up(&self.peer_sent.with_label_values(&[&to]), *bytes);
+            if *failures > 0 {
+                catch_up(&self.peer_failures.with_label_values(&[&to]), *failures);
+            }
+        }
+        for (from, bytes) in &peers.received {
+            catch_up(
+                &self
+                    .peer_received
+                    .with_label_values(&[&format!("{from:x}")]),
+                *bytes,
+            );
+        }
         self.has_leader.set(i64::from(st.leader_id != 0));
         self.is_leader.set(i64::from(st.role == Role::Leader));
-        self.leader_changes
-            .inc_by(st.leader_changes.saturating_sub(self.leader_changes.get()));
+        catch_up(&self.leader_changes, st.leader_changes);
         self.proposals_committed.set(st.commit_index as i64);
         self.proposals_applied.set(applied as i64);
         self.db_total_size.set(store.db_size() as i64);
@@ -227,10 +284,33 @@ impl Metrics {
         self.keys.set(store.key_count() as i64);
         let mut families = self.registry.gather();
         families.push(wal_fsync_family(wal));
+        // etcd 3.4's names of series 3.5 renamed (3.4-era dashboards).
+        let aliases: Vec<MetricFamily> = families
+            .iter()
+            .filter_map(|f| {
+                let old = ALIASES.iter().find(|(new, _)| *new == f.name())?.1;
+                let mut f = f.clone();
+                f.set_name(old.into());
+                Some(f)
+            })
+            .collect();
+        families.extend(aliases);
         families.sort_by(|a, b| a.name().cmp(b.name()));
         families
     }
 }
+
+/// (3.5 name, 3.4 name) of series exported under both.
+const ALIASES: [(&str, &str); 5] = [
+    ("etcd_mvcc_put_total", "etcd_debugging_mvcc_put_total"),
+    ("etcd_mvcc_range_total", "etcd_debugging_mvcc_range_total"),
+    ("etcd_mvcc_delete_total", "etcd_debugging_mvcc_delete_total"),
+    ("etcd_mvcc_txn_total", "etcd_debugging_mvcc_txn_total"),
+    (
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_debugging_mvcc_db_total_size_in_bytes",
+    ),
+];
 
 /// `etcd_disk_wal_fsync_duration_seconds` from the WAL's own buckets.
 fn wal_fsync_family(w: &etcd_wal::WalMetrics) -> MetricFamily {

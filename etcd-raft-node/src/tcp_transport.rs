@@ -211,6 +211,8 @@ pub struct PeerStats {
     pub snapshots_sent: u64,
     /// Snapshots that failed (or were dropped: one already in flight).
     pub snapshots_failed: u64,
+    /// Bytes of messages written (frames with their length prefixes).
+    pub sent_bytes: u64,
 }
 
 #[derive(Default)]
@@ -220,6 +222,7 @@ struct Counters {
     rejected: AtomicU64,
     snapshots_sent: AtomicU64,
     snapshots_failed: AtomicU64,
+    sent_bytes: AtomicU64,
 }
 
 struct PeerQueue {
@@ -240,6 +243,8 @@ pub struct TcpTransport {
     rt: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     queries: QuerySlot,
+    /// What the accepted connections share (received-bytes counters).
+    serve: Arc<ServeCtx>,
 }
 
 /// The handler of "ETRQ" queries, set once the application is ready.
@@ -296,11 +301,13 @@ impl TcpTransport {
             snapshots: hooks.snapshots.clone(),
             member_status: hooks.member_status.clone(),
             receiving: Mutex::new(std::collections::HashSet::new()),
+            received: Mutex::new(HashMap::new()),
             timeout: cfg.snapshot_timeout,
             tls: cfg.tls.clone(),
         });
-        handle.spawn(accept_loop(listener, ctx));
+        handle.spawn(accept_loop(listener, ctx.clone()));
         let t = Arc::new(TcpTransport {
+            serve: ctx,
             queries,
             hooks,
             peers: Mutex::new(HashMap::new()),
@@ -438,7 +445,22 @@ impl TcpTransport {
             rejected: q.counters.rejected.load(Ordering::Relaxed),
             snapshots_sent: q.counters.snapshots_sent.load(Ordering::Relaxed),
             snapshots_failed: q.counters.snapshots_failed.load(Ordering::Relaxed),
+            sent_bytes: q.counters.sent_bytes.load(Ordering::Relaxed),
         })
+    }
+
+    /// Bytes of messages received, by sending member (frames with their
+    /// length prefixes).
+    pub fn received_bytes(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .serve
+            .received
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Closes the listener and every stream. Idempotent.
@@ -585,15 +607,20 @@ impl Link {
             }
             let n = batch.len() as u64;
             let mut ok = true;
+            let mut bytes = 0;
             for m in &batch {
-                if let Err(e) = write_frame(&mut w, m, self.max_frame).await {
-                    tracing::debug!(peer = format!("{:x}", self.to), "peer stream broke: {e}");
-                    ok = false;
-                    break;
+                match write_frame(&mut w, m, self.max_frame).await {
+                    Ok(len) => bytes += 4 + len as u64,
+                    Err(e) => {
+                        tracing::debug!(peer = format!("{:x}", self.to), "peer stream broke: {e}");
+                        ok = false;
+                        break;
+                    }
                 }
             }
             if ok && w.flush().await.is_ok() {
                 self.counters.sent.fetch_add(n, Ordering::Relaxed);
+                self.counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
             } else {
                 self.counters.dropped.fetch_add(n, Ordering::Relaxed);
                 return Some(());
@@ -722,7 +749,8 @@ impl SnapshotSender {
         let mut w = BufWriter::new(s);
         within(t, write_frame(&mut w, &m, MAX_SNAPSHOT_MSG))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+            .map(drop)?;
         // The image is read on a blocking thread, one chunk ahead.
         let (tx, mut rx) = mpsc::channel::<std::result::Result<Vec<u8>, String>>(1);
         let chunk = self.chunk;
@@ -846,7 +874,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     m: &Message,
     max: usize,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     let bytes = m
         .write_to_bytes()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -857,7 +885,8 @@ async fn write_frame<W: AsyncWrite + Unpin>(
         )));
     }
     w.write_u32(bytes.len() as u32).await?;
-    w.write_all(&bytes).await
+    w.write_all(&bytes).await?;
+    Ok(bytes.len())
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
@@ -895,6 +924,8 @@ struct ServeCtx {
     member_status: Option<MemberStatusFn>,
     /// Members whose snapshot stream is being received.
     receiving: Mutex<std::collections::HashSet<u64>>,
+    /// Bytes of messages received per sending member (`/metrics`).
+    received: Mutex<HashMap<u64, u64>>,
     timeout: Duration,
     /// TLS on accepted connections, checked before anything is read.
     tls: Option<crate::PeerTlsHandle>,
@@ -1014,6 +1045,8 @@ async fn serve_messages<S: AsyncRead + Unpin>(
                 m.from, m.to
             )));
         }
+        let len = 4 + u64::from(m.compute_size());
+        *ctx.received.lock().entry(from).or_default() += len;
         (ctx.deliver)(m);
     }
     Ok(())

@@ -99,11 +99,22 @@ impl Etcd {
     /// `prometheus::TextEncoder`).
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         let inner = &self.inner;
+        let mut peers = crate::metrics::PeerTraffic::default();
+        if let Some(t) = &inner.transport {
+            for m in self.members() {
+                if let Some(s) = t.peer_stats(m.id) {
+                    let failures = s.dropped + s.snapshots_failed;
+                    peers.sent.push((m.id, s.sent_bytes, failures));
+                }
+            }
+            peers.received = t.received_bytes();
+        }
         inner.metrics.gather(
             &inner.node.status(),
             *inner.applied.borrow(),
             &inner.store,
             &inner.node.wal_metrics(),
+            &peers,
         )
     }
 
