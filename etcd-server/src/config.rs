@@ -894,7 +894,7 @@ mod tests {
             err.contains("ETCD_DISCOVERY") && err.contains("--discovery"),
             "{err}"
         );
-        let err = run(&[], &[("ETCD_AUTO_COMPACTION_RETENTION", "1")])
+        let err = run(&[], &[("ETCD_ENABLE_V2", "true")])
             .err()
             .unwrap();
         assert!(err.contains("not supported"), "{err}");
