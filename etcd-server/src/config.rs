@@ -24,6 +24,10 @@ use std::time::Duration;
     disable_version_flag = true
 )]
 pub struct Flags {
+    /// Path to the server configuration file (YAML, etcd's keys). Other
+    /// command-line flags and environment variables are then ignored.
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<String>,
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
@@ -350,6 +354,7 @@ where
         }
         with_env.push(OsString::from(format!("--{long}={value}")));
     }
+    let program = args[..1.min(args.len())].to_vec();
     with_env.extend(args.into_iter().skip(1));
     let matches = command()
         .try_get_matches_from(with_env)
@@ -363,6 +368,10 @@ where
             continue;
         }
         let flag = k["ETCD_".len()..].to_ascii_lowercase().replace('_', "-");
+        if unsupported_default(&flag) == Some(v.as_str()) {
+            warnings.push(format!("{k}={v}: etcd's default; nothing to do"));
+            continue;
+        }
         if ETCD_FLAGS.contains(&flag.as_str()) {
             // An etcd setting this server would not honour: refusing to
             // start beats silently running without it.
@@ -377,7 +386,74 @@ where
     if flags.version {
         return Ok((Command::Version, warnings));
     }
+    if let Some(path) = &flags.config_file {
+        return parse_config_file(path, &program, &longs);
+    }
     Ok((Command::Run(Box::new(flags.into_config()?)), warnings))
+}
+
+/// `--config-file`: the file's settings alone (see `config_file.rs`).
+fn parse_config_file(
+    path: &str,
+    program: &[OsString],
+    longs: &[String],
+) -> Result<(Command, Vec<String>), String> {
+    let mut warnings = vec![format!(
+        "loading server configuration from {path:?}; other configuration command line \
+         flags and environment variables will be ignored if provided"
+    )];
+    let mut args = program.to_vec();
+    for arg in crate::config_file::args(path)? {
+        let s = arg.to_string_lossy().into_owned();
+        let (flag, value) = s[2..].split_once('=').expect("--flag=value");
+        if longs.iter().any(|l| l == flag) {
+            args.push(arg);
+        } else if unsupported_default(flag) == Some(value) {
+            warnings.push(format!("{flag}: {value} is etcd's default; nothing to do"));
+        } else if ETCD_FLAGS.contains(&flag) {
+            return Err(format!(
+                "--config-file {path}: {flag}: etcd's --{flag} is not supported by this server; \
+                 remove it to start"
+            ));
+        } else {
+            return Err(format!("--config-file {path}: unknown key {flag:?}"));
+        }
+    }
+    let (command, more) = parse(args, std::iter::empty())?;
+    warnings.extend(more);
+    Ok((command, warnings))
+}
+
+/// etcd's default value of an etcd flag this server does not have, for
+/// the flags whose default asks for nothing (no proxy, no discovery, no
+/// pprof ...): setting one of them to its default (as etcd's sample config
+/// file does) is accepted.
+pub(crate) fn unsupported_default(flag: &str) -> Option<&'static str> {
+    const DEFAULTS: &[(&str, &str)] = &[
+        ("wal-dir", ""),
+        ("max-snapshots", "5"),
+        ("max-wals", "5"),
+        ("cors", ""),
+        ("discovery", ""),
+        ("discovery-fallback", "proxy"),
+        ("discovery-proxy", ""),
+        ("discovery-srv", ""),
+        ("discovery-srv-name", ""),
+        ("enable-pprof", "false"),
+        ("proxy", "off"),
+        ("proxy-failure-wait", "5000"),
+        ("proxy-refresh-interval", "30000"),
+        ("proxy-dial-timeout", "1000"),
+        ("proxy-write-timeout", "5000"),
+        ("proxy-read-timeout", "0"),
+        ("force-new-cluster", "false"),
+        ("debug", "false"),
+        ("enable-v2", "false"),
+        ("log-package-levels", ""),
+        ("unsafe-no-fsync", "false"),
+        ("experimental-initial-corrupt-check", "false"),
+    ];
+    DEFAULTS.iter().find(|(f, _)| *f == flag).map(|(_, d)| *d)
 }
 
 /// Every flag of etcd 3.4 (`etcd --help`) and the 3.5 flags operators
@@ -753,7 +829,13 @@ impl Flags {
             })?;
             Some(peer_tls)
         } else {
-            if peer_tls != crate::tls::PeerTlsSettings::default() {
+            // The cipher and version flags are shared with the client side:
+            // they alone do not ask for peer TLS.
+            let mut peer_only = peer_tls.clone();
+            peer_only.files.cipher_suites = Default::default();
+            peer_only.files.min_version = None;
+            peer_only.files.max_version = None;
+            if peer_only != crate::tls::PeerTlsSettings::default() {
                 return Err(
                     "--peer-* TLS flags are set but the peer URLs are http://; use https://".into(),
                 );
@@ -894,9 +976,7 @@ mod tests {
             err.contains("ETCD_DISCOVERY") && err.contains("--discovery"),
             "{err}"
         );
-        let err = run(&[], &[("ETCD_ENABLE_V2", "true")])
-            .err()
-            .unwrap();
+        let err = run(&[], &[("ETCD_ENABLE_V2", "true")]).err().unwrap();
         assert!(err.contains("not supported"), "{err}");
         // Flags this server has are honoured from the environment.
         let c = config(
@@ -922,6 +1002,82 @@ mod tests {
         assert_eq!(c.core.quota_bytes(), u64::MAX, "negative: no quota");
         let c = config(&[], &[("ETCD_QUOTA_BACKEND_BYTES", "16777216")]);
         assert_eq!(c.core.quota_bytes(), 16 << 20);
+    }
+
+    /// A config file and the flags it stands for give the same settings;
+    /// the file wins over flags and environment; etcd's sample file (with
+    /// pprof off) is accepted.
+    #[test]
+    fn config_file_is_equivalent_to_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.conf.yml");
+        std::fs::write(
+            &path,
+            "name: infra1\n\
+             data-dir: /var/lib/etcd\n\
+             listen-client-urls: https://127.0.0.1:2379\n\
+             advertise-client-urls: https://127.0.0.1:2379\n\
+             initial-cluster: infra1=http://127.0.0.1:2380\n\
+             heartbeat-interval: 200\n\
+             election-timeout: 2000\n\
+             quota-backend-bytes: 4294967296\n\
+             auto-compaction-retention: \"1\"\n\
+             log-outputs: [stderr]\n\
+             proxy: 'off'\n\
+             max-wals: 5\n\
+             client-transport-security:\n  cert-file: /c.pem\n  key-file: /k.pem\n  \
+             client-cert-auth: true\n  trusted-ca-file: /ca.pem\n",
+        )
+        .unwrap();
+        let flags = config(
+            &[
+                "--name=infra1",
+                "--data-dir=/var/lib/etcd",
+                "--listen-client-urls=https://127.0.0.1:2379",
+                "--advertise-client-urls=https://127.0.0.1:2379",
+                "--initial-cluster=infra1=http://127.0.0.1:2380",
+                "--heartbeat-interval=200",
+                "--election-timeout=2000",
+                "--quota-backend-bytes=4294967296",
+                "--auto-compaction-retention=1",
+                "--log-outputs=stderr",
+                "--cert-file=/c.pem",
+                "--key-file=/k.pem",
+                "--client-cert-auth",
+                "--trusted-ca-file=/ca.pem",
+            ],
+            &[],
+        );
+        let p = path.to_str().unwrap();
+        let file = config(
+            &["--config-file", p, "--name=ignored"],
+            &[("ETCD_DATA_DIR", "/x")],
+        );
+        assert_eq!(format!("{file:?}"), format!("{flags:?}"));
+        let env = config(&[], &[("ETCD_CONFIG_FILE", p)]);
+        assert_eq!(format!("{env:?}"), format!("{flags:?}"));
+        // etcd's sample, as shipped but for pprof.
+        let sample = include_str!("../tests/fixtures/etcd.conf.yml.sample");
+        std::fs::write(&path, sample).unwrap();
+        let err = run(&["--config-file", p], &[]).err().unwrap();
+        assert!(err.contains("enable-pprof"), "{err}");
+        std::fs::write(
+            &path,
+            sample.replace("enable-pprof: true", "enable-pprof: false"),
+        )
+        .unwrap();
+        let c = config(&["--config-file", p], &[]);
+        assert_eq!(
+            c.core.auto_compaction,
+            Some(etcd_core::AutoCompaction::Periodic(Duration::from_secs(
+                3600
+            )))
+        );
+        assert_eq!(c.core.snapshot_count, 10000);
+        // Unsupported etcd settings at their default are fine in the
+        // environment too.
+        config(&[], &[("ETCD_PROXY", "off"), ("ETCD_MAX_WALS", "5")]);
+        assert!(run(&[], &[("ETCD_PROXY", "on")]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod authority;
 #[doc(hidden)]
 pub use authority::fuzz_client_bytes;
 pub mod config;
+mod config_file;
 mod http;
 mod metrics;
 mod request_context;
