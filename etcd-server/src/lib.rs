@@ -159,6 +159,15 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         cluster = %etcd_core::format_id(etcd.cluster_id()),
         "ready to serve client requests"
     );
+    // systemd Type=notify: READY=1 once the member is published (etcd
+    // notifies after ReadyNotify, i.e. after joining with a quorum).
+    let ready = etcd.clone();
+    tokio::spawn(async move {
+        while !ready.is_published() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        notify_systemd(sd_notify::NotifyState::Ready, "READY=1");
+    });
     let mut removed = etcd.removed();
     let mut removed_from_cluster = false;
     tokio::select! {
@@ -171,6 +180,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             tracing::error!("a client listener stopped unexpectedly: {r:?}");
         }
     }
+    notify_systemd(sd_notify::NotifyState::Stopping, "STOPPING=1");
     let _ = stop_tx.send(true);
     while let Some(r) = servers.join_next().await {
         if let Ok(Err(e)) = r {
@@ -187,6 +197,17 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         tracing::error!("the member has been permanently removed from the cluster; exiting");
     }
     Ok(())
+}
+
+/// Tells systemd (when `$NOTIFY_SOCKET` is set) about `state`.
+fn notify_systemd(state: sd_notify::NotifyState, what: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    match sd_notify::notify(false, &[state]) {
+        Ok(()) => tracing::info!("notified systemd: {what}"),
+        Err(e) => tracing::warn!("cannot notify systemd ({what}): {e}"),
+    }
 }
 
 /// Accepts connections on `listener` (TLS handshakes each on a task of

@@ -13,6 +13,19 @@ pub(super) fn spawn(etcd: Etcd) -> std::io::Result<Background> {
     Background::spawn("publish", move |stopped| publish(&etcd, &stopped))
 }
 
+impl Etcd {
+    /// Whether the cluster lists this member with its name and client URLs
+    /// (etcd's `ReadyNotify`: the member has joined and can serve).
+    pub fn is_published(&self) -> bool {
+        let cfg = &self.inner.cfg;
+        self.inner
+            .cluster
+            .read()
+            .member(self.inner.member_id)
+            .is_some_and(|m| m.name == cfg.name && m.client_urls == cfg.advertise_client_urls)
+    }
+}
+
 fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
     let cfg = &etcd.inner.cfg;
     let me = etcd.inner.member_id;
