@@ -41,9 +41,10 @@ impl Cost<'_> {
     }
 }
 
-/// etcd's `backendQuota.Available`.
+/// etcd's `backendQuota.Available`: a request that adds nothing (a txn
+/// of deletes and reads) always passes.
 pub(crate) fn available(db_size: u64, cost: u64, quota: u64) -> bool {
-    db_size.saturating_add(cost) < quota
+    cost == 0 || db_size.saturating_add(cost) < quota
 }
 
 #[cfg(test)]
@@ -70,5 +71,6 @@ mod tests {
         assert_eq!(Cost::LeaseGrant.bytes(), 64);
         assert!(available(100, 267, 368));
         assert!(!available(101, 267, 368));
+        assert!(available(1000, 0, 368), "nothing added: no quota check");
     }
 }

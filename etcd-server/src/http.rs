@@ -9,6 +9,10 @@
 //!   member without a leader can still be healthy, as etcd 3.5.
 //! - `GET /version`: `{"etcdserver":"...","etcdcluster":"..."}`;
 //! - `GET /metrics`: Prometheus text format (`metrics.rs`);
+//! - `GET /livez` (a serializable read works) and `GET /readyz` (no
+//!   CORRUPT alarm, serializable and linearizable reads work), as etcd
+//!   3.5.11+: `ok`, or 503 with `[-]<check> failed: <why>` lines;
+//!   `?verbose` lists every check, `?exclude=<check>` skips one;
 //! - any other path: 404 (gRPC requests: `Unimplemented`).
 
 use axum::http::{header, StatusCode};
@@ -28,6 +32,7 @@ pub fn routes(etcd: Etcd) -> axum::Router {
 /// `/health`); part of [`routes`] too.
 pub fn metrics_routes(etcd: Etcd) -> axum::Router {
     let health_etcd = etcd.clone();
+    let (live_etcd, ready_etcd) = (etcd.clone(), etcd.clone());
     axum::Router::new()
         .route("/metrics", get(move || crate::metrics::serve(etcd.clone())))
         .route(
@@ -37,6 +42,29 @@ pub fn metrics_routes(etcd: Etcd) -> axum::Router {
                 async move { health(&etcd, uri.query().unwrap_or_default()).await }
             }),
         )
+        .route(
+            "/livez",
+            probe_route(live_etcd, "/livez", &["serializable_read"]),
+        )
+        .route(
+            "/readyz",
+            probe_route(
+                ready_etcd,
+                "/readyz",
+                &["data_corruption", "serializable_read", "linearizable_read"],
+            ),
+        )
+}
+
+fn probe_route(
+    etcd: Etcd,
+    path: &'static str,
+    checks: &'static [&'static str],
+) -> axum::routing::MethodRouter {
+    get(move |uri: axum::http::Uri| {
+        let etcd = etcd.clone();
+        async move { probe(&etcd, path, checks, uri.query().unwrap_or_default()).await }
+    })
 }
 
 /// What an unknown path gets: gRPC callers an `Unimplemented` status (as
@@ -88,6 +116,90 @@ async fn health(etcd: &Etcd, query: &str) -> Response {
                 format!(r#"{{"health":"false","reason":"{reason}"}}"#),
             )
         }
+    }
+}
+
+/// A check of `/livez` and `/readyz` (etcd 3.5.11+, after Kubernetes'
+/// healthz): its name and whether it passed (else why not).
+async fn run_check(etcd: &Etcd, name: &str) -> Result<(), String> {
+    let read = |serializable| {
+        let etcd = etcd.clone();
+        async move {
+            let probe = RangeRequest {
+                key: "health".into(),
+                keys_only: true,
+                limit: 1,
+                serializable,
+                ..Default::default()
+            };
+            etcd.range(&etcd_core::RequestContext::LOCAL, probe)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    };
+    match name {
+        "data_corruption" => {
+            let corrupt = etcd
+                .active_alarms()
+                .iter()
+                .any(|a| etcd_core::alarms::alarm_name(a.alarm) == "CORRUPT");
+            if corrupt {
+                Err("alarm activated: CORRUPT".into())
+            } else {
+                Ok(())
+            }
+        }
+        "serializable_read" => read(true).await,
+        "linearizable_read" => read(false).await,
+        other => Err(format!("unknown check {other}")),
+    }
+}
+
+/// `GET /livez` and `/readyz` (`path`), with `?verbose` and
+/// `?exclude=<check>`: 200 `ok`, or 503 listing the failed checks.
+async fn probe(etcd: &Etcd, path: &str, checks: &[&str], query: &str) -> Response {
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    let verbose = params.iter().any(|&(k, _)| k == "verbose");
+    let mut lines = String::new();
+    let mut failed = false;
+    for name in checks {
+        if params.iter().any(|&(k, v)| k == "exclude" && v == *name) {
+            lines.push_str(&format!("[+]{name} excluded: ok\n"));
+            continue;
+        }
+        match run_check(etcd, name).await {
+            Ok(()) => lines.push_str(&format!("[+]{name} ok\n")),
+            Err(why) => {
+                failed = true;
+                lines.push_str(&format!("[-]{name} failed: {why}\n"));
+            }
+        }
+    }
+    let text = |status, body: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    };
+    if failed {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{lines}{} check failed\n", &path[1..]),
+        );
+    }
+    if verbose {
+        text(
+            StatusCode::OK,
+            format!("{lines}{} check passed\n", &path[1..]),
+        )
+    } else {
+        text(StatusCode::OK, "ok".into())
     }
 }
 
