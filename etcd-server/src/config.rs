@@ -134,6 +134,27 @@ pub struct Flags {
     /// Specify bcrypt algorithm cost factor for auth password hashing (4 to 31).
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
+    /// Maximum concurrent streams that each client can open at a time.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+    /// Frequency duration of server-to-client ping to check if a connection
+    /// is alive (0 to disable).
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_INTERVAL",
+        default_value = "2h",
+        value_parser = etcd_core::parse_go_duration
+    )]
+    pub grpc_keepalive_interval: Duration,
+    /// Additional duration of wait before closing a non-responsive
+    /// connection (0 to disable).
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = etcd_core::parse_go_duration
+    )]
+    pub grpc_keepalive_timeout: Duration,
     /// Set level of detail for exported metrics, specify 'extensive' to
     /// include server side grpc histogram metrics.
     #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
@@ -279,6 +300,14 @@ pub struct ServerConfig {
     pub log_to_stdout: bool,
     /// `--metrics extensive`: also `grpc_server_handling_seconds`.
     pub metrics_extensive: bool,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval`: server pings an idle connection this
+    /// often (None: never).
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// `--grpc-keepalive-timeout`: and closes it when the ping is not
+    /// answered within this long.
+    pub grpc_keepalive_timeout: Option<Duration>,
 }
 
 /// One `--listen-client-urls` URL.
@@ -875,6 +904,11 @@ impl Flags {
             core,
             client_listeners,
             metrics_extensive,
+            max_concurrent_streams: self.max_concurrent_streams,
+            grpc_keepalive_interval: (!self.grpc_keepalive_interval.is_zero())
+                .then_some(self.grpc_keepalive_interval),
+            grpc_keepalive_timeout: (!self.grpc_keepalive_timeout.is_zero())
+                .then_some(self.grpc_keepalive_timeout),
             client_tls,
             peer_tls,
             log_level: log_level.into(),

@@ -142,6 +142,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .fallback(http::fallback);
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .http2_keepalive_interval(cfg.grpc_keepalive_interval)
+            .http2_keepalive_timeout(cfg.grpc_keepalive_timeout)
             .add_routes(tonic::service::Routes::from(routes));
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
