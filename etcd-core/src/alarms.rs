@@ -99,6 +99,15 @@ impl AlarmStore {
             .collect()
     }
 
+    /// Whether a CORRUPT alarm is active on some member (writes, compaction
+    /// and lease grants/revokes are refused, as etcd's `applierV3Corrupt`).
+    pub(crate) fn corrupt(&self) -> bool {
+        self.active
+            .read()
+            .iter()
+            .any(|(a, _)| *a == AlarmType::Corrupt as i32)
+    }
+
     /// Whether writes that need space are refused (a NOSPACE alarm is
     /// active on some member).
     pub(crate) fn no_space(&self) -> bool {
@@ -117,10 +126,20 @@ pub fn alarm_name(alarm: i32) -> &'static str {
 /// The Alarm entry by which `member` raises NOSPACE (when a write it
 /// serves would exceed its quota, or one it applied did).
 pub(crate) fn raise_nospace(member: u64) -> crate::raft_request::Op {
+    raise(member, AlarmType::Nospace)
+}
+
+/// The entry raising CORRUPT (etcd 3.4 raises it with member id 0, not the
+/// member found corrupt).
+pub(crate) fn raise_corrupt() -> crate::raft_request::Op {
+    raise(0, AlarmType::Corrupt)
+}
+
+fn raise(member: u64, alarm: AlarmType) -> crate::raft_request::Op {
     crate::raft_request::Op::Alarm(crate::pb::etcdserverpb::AlarmRequest {
         action: crate::pb::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
         member_id: member,
-        alarm: AlarmType::Nospace as i32,
+        alarm: alarm as i32,
     })
 }
 

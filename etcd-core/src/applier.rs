@@ -41,6 +41,20 @@ use std::sync::Arc;
 /// refused while a NOSPACE alarm is active (etcd's `applierV3Capped`:
 /// puts, txns with a put — nested ones too, which etcd 3.4 lets through —
 /// and lease grants).
+/// What etcd's `applierV3Corrupt` refuses (reads are served outside the
+/// log, so every range and txn reaching here writes or compares-and-writes).
+fn refused_while_corrupt(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Put(_)
+            | Op::DeleteRange(_)
+            | Op::Txn(_)
+            | Op::Compaction(_)
+            | Op::LeaseGrant(_)
+            | Op::LeaseRevoke(_)
+    )
+}
+
 fn needs_space(op: &Op) -> Option<crate::quota::Cost<'_>> {
     fn txn_puts(t: &crate::pb::etcdserverpb::TxnRequest) -> bool {
         use crate::pb::etcdserverpb::request_op::Request;
@@ -234,6 +248,10 @@ impl Applier {
                 apply_auth::apply(&self.auth, &self.store, index, op, self.bcrypt_cost)
             }
             Some(Op::Alarm(a)) => Ok(Applied::Alarm(self.apply_alarm(index, a))),
+            Some(op) if refused_while_corrupt(op) && self.alarms.corrupt() => {
+                self.persist_index_only(index, "request refused: CORRUPT alarm");
+                return (Err(Error::Corrupt), Effect::None);
+            }
             Some(op) => match needs_space(op) {
                 Some(_) if self.alarms.no_space() => {
                     self.persist_index_only(index, "write refused: NOSPACE alarm");

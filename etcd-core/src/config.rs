@@ -74,6 +74,12 @@ pub struct Config {
     /// history the leader keeps when it compacts on its own (`None`: never,
     /// etcd's default).
     pub auto_compaction: Option<crate::AutoCompaction>,
+    /// `--experimental-initial-corrupt-check`: compare this member's
+    /// HashKV with its peers' before serving; a mismatch fails the start.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares
+    /// HashKVs and raises CORRUPT on a mismatch (zero: never).
+    pub corrupt_check_time: Duration,
 }
 
 /// The largest quota etcd recommends (8 GiB): above it, a warning at start.
@@ -107,6 +113,8 @@ impl Default for Config {
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
             auto_compaction: None,
+            initial_corrupt_check: false,
+            corrupt_check_time: Duration::ZERO,
         }
     }
 }

@@ -105,6 +105,9 @@ pub enum Error {
     /// The database reached --quota-backend-bytes.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is active: writes are refused.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// A member id that is not in the cluster.
     #[error("etcdserver: member not found")]
     MemberNotFound,
@@ -225,6 +228,7 @@ impl Error {
                 Code::Unknown
             }
             NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
             BadLeaderTransferee => Code::FailedPrecondition,
             NotLeader => Code::FailedPrecondition,
             MemberExists
@@ -260,7 +264,7 @@ impl Error {
 /// error (and so the same gRPC code and message) without parsing text.
 /// The numbers are part of the peer protocol: append, never renumber.
 /// 1 is [`Error::Internal`], whose text is carried beside the number.
-const WIRE_CODES: [(u32, Error); 53] = [
+const WIRE_CODES: [(u32, Error); 54] = [
     (2, Error::EmptyKey),
     (3, Error::KeyNotFound),
     (4, Error::ValueProvided),
@@ -314,6 +318,7 @@ const WIRE_CODES: [(u32, Error); 53] = [
     (52, Error::InvalidAuthMgmt),
     (53, Error::AuthOldRevision),
     (54, Error::VerifyOnly),
+    (55, Error::Corrupt),
 ];
 
 /// [`Error::Internal`] on the wire.

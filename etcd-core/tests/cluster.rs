@@ -46,6 +46,11 @@ fn config(name: &str, dir: &Path, initial: &str, url: &str) -> Config {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Self::start_tweaked(n, |_| {})
+    }
+
+    /// A cluster whose members' configs are changed by `tweak`.
+    fn start_tweaked(n: usize, tweak: fn(&mut Config)) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -70,7 +75,8 @@ impl Cluster {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                let cfg = config(&names[i], &dirs[i], &initial, &urls[i]);
+                let mut cfg = config(&names[i], &dirs[i], &initial, &urls[i]);
+                tweak(&mut cfg);
                 let opts = StartOptions {
                     peer_listener: Some(l),
                     ..StartOptions::default()
@@ -156,7 +162,17 @@ impl Cluster {
     }
 
     fn restart(&mut self, i: usize) {
-        let cfg = config(&self.names[i], &self.dirs[i], &self.initial, &self.urls[i]);
+        self.members[i] = Some(self.try_restart(i, |_| {}).unwrap());
+    }
+
+    /// Starts member `i` again with its config changed by `tweak`.
+    fn try_restart(
+        &mut self,
+        i: usize,
+        tweak: fn(&mut Config),
+    ) -> Result<Etcd, etcd_core::StartError> {
+        let mut cfg = config(&self.names[i], &self.dirs[i], &self.initial, &self.urls[i]);
+        tweak(&mut cfg);
         let addr = self.urls[i].trim_start_matches("http://").to_string();
         // The port was ours a moment ago; retry while the old socket closes.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -174,7 +190,7 @@ impl Cluster {
             peer_listener: Some(listener),
             ..StartOptions::default()
         };
-        self.members[i] = Some(Etcd::start_with(cfg, opts).unwrap());
+        Etcd::start_with(cfg, opts)
     }
 }
 
@@ -762,4 +778,90 @@ async fn auth_state_reaches_every_member() {
     );
     let root = login(m, "root", "rootpw").await;
     put_as(m, &root, "x").await.unwrap();
+}
+
+/// Gives member `m` one revision nobody else has, behind raft's back (what
+/// a corrupted store looks like to its peers).
+fn corrupt(m: &Etcd) {
+    let store = m.store();
+    let mut w = store.write();
+    w.put(b"evil", b"x", 0).unwrap();
+    w.end(store.consistent_index()).unwrap();
+}
+
+/// Waits until member `i` serves `k` = `v` locally.
+async fn wait_value(c: &Cluster, i: usize, k: &str, v: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(c.member(i), k, true).await.as_deref() != Some(v) {
+        assert!(Instant::now() < deadline, "member {i}: {k} != {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_check_raises_corrupt_and_stops_writes() {
+    let c = Cluster::start_tweaked(3, |cfg| {
+        cfg.corrupt_check_time = Duration::from_millis(100);
+    });
+    let leader = c.wait_leader().await;
+    put(c.member(leader), "k", "v").await.unwrap();
+    let f = (leader + 1) % 3;
+    wait_value(&c, f, "k", "v").await;
+    corrupt(c.member(f));
+    // The leader's next pass finds the follower ahead of it: CORRUPT,
+    // applied by every member.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..3).all(|i| {
+        c.member(i)
+            .active_alarms()
+            .iter()
+            .any(|a| a.alarm == etcd_core::pb::etcdserverpb::AlarmType::Corrupt as i32)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no CORRUPT alarm on every member"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        c.member(leader).active_alarms()[0].member_id,
+        0,
+        "etcd 3.4 raises it as member 0"
+    );
+    let err = put(c.member(leader), "k", "w").await.unwrap_err();
+    assert_eq!(err, Error::Corrupt);
+    assert_eq!(err.code(), etcd_core::Code::DataLoss);
+    assert_eq!(err.to_string(), "etcdserver: corrupt cluster");
+    // Reads go on.
+    assert_eq!(
+        get(c.member(leader), "k", false).await.as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_corrupt_check_refuses_a_diverged_cluster() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader().await;
+    put(c.member(leader), "k", "v").await.unwrap();
+    let f = (leader + 1) % 3;
+    wait_value(&c, f, "k", "v").await;
+    // The follower's next revision differs from everyone else's.
+    corrupt(c.member(f));
+    put(c.member(leader), "k2", "v2").await.unwrap();
+    wait_value(&c, f, "k2", "v2").await;
+    let h = (leader + 2) % 3;
+    wait_value(&c, h, "k2", "v2").await;
+    c.stop(h);
+    let err = c
+        .try_restart(h, |cfg| cfg.initial_corrupt_check = true)
+        .err()
+        .expect("the check refuses to start");
+    assert!(
+        err.to_string()
+            .contains("found data inconsistency with peers"),
+        "{err}"
+    );
+    // Without the check the member starts (etcd's default).
+    c.restart(h);
 }

@@ -155,6 +155,25 @@ pub struct Flags {
         value_parser = etcd_core::parse_go_duration
     )]
     pub grpc_keepalive_timeout: Duration,
+    /// Enable to check data corruption before serving any client/peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub experimental_initial_corrupt_check: bool,
+    /// Duration of time between cluster corruption check passes (0s: off).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = etcd_core::parse_go_duration
+    )]
+    pub experimental_corrupt_check_time: Duration,
     /// Set level of detail for exported metrics, specify 'extensive' to
     /// include server side grpc histogram metrics.
     #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
@@ -480,7 +499,6 @@ pub(crate) fn unsupported_default(flag: &str) -> Option<&'static str> {
         ("enable-v2", "false"),
         ("log-package-levels", ""),
         ("unsafe-no-fsync", "false"),
-        ("experimental-initial-corrupt-check", "false"),
     ];
     DEFAULTS.iter().find(|(f, _)| *f == flag).map(|(_, d)| *d)
 }
@@ -894,6 +912,8 @@ impl Flags {
             auth_token: etcd_core::auth::TokenOptions::parse(&self.auth_token)?,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
+            initial_corrupt_check: self.experimental_initial_corrupt_check,
+            corrupt_check_time: self.experimental_corrupt_check_time,
             auto_compaction: etcd_core::AutoCompaction::parse(
                 &self.auto_compaction_mode,
                 &self.auto_compaction_retention,

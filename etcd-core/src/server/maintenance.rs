@@ -74,7 +74,8 @@ impl Etcd {
         self.check_maintenance_admin(ctx)?;
         let h = self.inner.store.hash_kv(revision)?;
         Ok(HashKvResponse {
-            header: Some(self.header(h.revision)),
+            // etcd: the store's current revision, not the one asked for.
+            header: Some(self.header(h.current_revision)),
             hash: h.hash,
             compact_revision: h.compact_revision,
             ..Default::default()

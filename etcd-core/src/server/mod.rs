@@ -25,6 +25,7 @@
 
 mod auth;
 mod cluster;
+mod corrupt;
 mod etcd;
 mod kv;
 mod maintenance;

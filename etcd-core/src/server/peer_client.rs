@@ -8,7 +8,7 @@ use crate::config::{peer_addr, Config};
 use crate::error::StartError;
 use crate::membership::{self, Member};
 use crate::pb::etcdserverpb::{
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
+    HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
 };
 use crate::{Error, Result};
 use etcd_raft_node::Role;
@@ -78,6 +78,50 @@ pub(crate) fn fetch_cluster(
             failures.join("; ")
         }
     )))
+}
+
+/// Asks every other member for its HashKV at `rev` (blocking; one
+/// query per member, each bounded by the query timeout): (member, answer).
+pub(crate) fn peer_hash_kvs(etcd: &Etcd, rev: i64) -> Vec<(u64, Result<HashKvResponse>)> {
+    let req = PeerRequest {
+        ask: Some(Ask::HashKv(rev)),
+    }
+    .encode_to_vec();
+    let tls = etcd.transport().and_then(|t| t.tls());
+    let me = etcd.member_id();
+    etcd.members()
+        .into_iter()
+        .filter(|m| m.id != me)
+        .map(|m| {
+            let answer = m
+                .peer_urls
+                .first()
+                .ok_or_else(|| Error::Internal("no peer URL".into()))
+                .and_then(|u| peer_addr(u).map_err(Error::Internal))
+                .and_then(|addr| {
+                    etcd_raft_node::peer_query::query(
+                        &addr,
+                        tls.as_ref(),
+                        etcd.cluster_id(),
+                        &req,
+                        QUERY_TIMEOUT,
+                    )
+                    .map_err(|e| Error::Internal(e.to_string()))
+                })
+                .and_then(|bytes| {
+                    PeerResponse::decode(&bytes[..])
+                        .map_err(|e| Error::Internal(format!("unreadable answer: {e}")))
+                })
+                .and_then(|r| {
+                    if r.error.is_empty() {
+                        Ok(r.hash_kv.unwrap_or_default())
+                    } else {
+                        Err(Error::from_wire(r.error_code, &r.error))
+                    }
+                });
+            (m.id, answer)
+        })
+        .collect()
 }
 
 /// Asks the current leader `ask` (waiting for a leader up to the request

@@ -7,7 +7,9 @@
 //! - a follower forwards MemberPromote to the leader (only the leader knows
 //!   whether the learner caught up);
 //! - a follower forwards lease keepalives and TimeToLive to the leader
-//!   (only the leader's lessor knows the deadlines).
+//!   (only the leader's lessor knows the deadlines);
+//! - the corruption checks ask every peer for its HashKV at a revision
+//!   (etcd's `/members/hashkv`).
 //!
 //! Transport: [`etcd_raft_node::peer_query`] ("ETRQ" connections).
 //! Payloads (protobuf, this project's own): a [`PeerRequest`] with one
@@ -17,14 +19,14 @@
 
 use crate::membership::Member;
 use crate::pb::etcdserverpb::{
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
+    HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
 };
 use std::time::Duration;
 
 /// One question.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct PeerRequest {
-    #[prost(oneof = "Ask", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Ask", tags = "1, 2, 3, 4, 5")]
     pub ask: Option<Ask>,
 }
 
@@ -43,6 +45,9 @@ pub(super) enum Ask {
     /// LeaseTimeToLive, on the leader.
     #[prost(message, tag = "4")]
     LeaseTimeToLive(LeaseTimeToLiveRequest),
+    /// HashKV at this revision (0: the current one).
+    #[prost(int64, tag = "5")]
+    HashKv(i64),
 }
 
 /// The answer.
@@ -65,6 +70,8 @@ pub(super) struct PeerResponse {
     /// `error`.
     #[prost(uint32, tag = "7")]
     pub error_code: u32,
+    #[prost(message, optional, tag = "8")]
+    pub hash_kv: Option<HashKvResponse>,
 }
 
 /// How long one query may take.

@@ -60,6 +60,12 @@ async fn answer(etcd: &Etcd, req: &[u8]) -> PeerResponse {
                 ttl,
                 ..Default::default()
             }),
+        Ask::HashKv(rev) => etcd
+            .hash_kv(&RequestContext::LOCAL, rev)
+            .map(|h| PeerResponse {
+                hash_kv: Some(h),
+                ..Default::default()
+            }),
         Ask::LeaseTimeToLive(r) => etcd
             .lease_time_to_live_as_leader(&RequestContext::LOCAL, r)
             .await

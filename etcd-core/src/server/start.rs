@@ -310,6 +310,17 @@ impl Etcd {
         // Stopped before the lease ticker: it proposes through raft.
         let publisher = publish::spawn(etcd.clone())?;
         etcd.inner.background.lock().insert(0, publisher);
+        if !etcd.inner.cfg.corrupt_check_time.is_zero() {
+            let monitor =
+                super::corrupt::spawn_monitor(etcd.clone(), etcd.inner.cfg.corrupt_check_time)?;
+            etcd.inner.background.lock().insert(0, monitor);
+        }
+        if etcd.inner.cfg.initial_corrupt_check && etcd.members().len() > 1 {
+            if let Err(e) = super::corrupt::check_initial_hash_kv(&etcd) {
+                etcd.stop();
+                return Err(e);
+            }
+        }
         if let Some(mode) = etcd.inner.cfg.auto_compaction {
             let clock = Arc::new(crate::lessor::MonotonicClock::new());
             let compactor = crate::compactor::spawn(etcd.clone(), mode, clock)?;

@@ -24,6 +24,9 @@ pub struct HashKv {
     pub compact_revision: i64,
     /// The revision the hash covers (the requested one, or the current one).
     pub revision: i64,
+    /// The store's current revision when the hash was computed (what etcd
+    /// reports in HashKV's header, whatever revision was asked for).
+    pub current_revision: i64,
 }
 
 pub(super) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
@@ -61,5 +64,6 @@ pub(super) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
         hash: h.finalize(),
         compact_revision: compact,
         revision: rev,
+        current_revision: current,
     })
 }
