@@ -202,10 +202,12 @@ pub struct Flags {
     /// Configures log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Logger: only 'zap' (etcd's default) is accepted; logs are text on stderr.
+    /// Logger: 'zap' (JSON lines, etcd 3.5's default) or 'capnslog' (etcd
+    /// 3.4's text lines).
     #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
     pub logger: String,
-    /// Where to write logs: 'default', 'stderr' or 'stdout'.
+    /// Where to write logs: comma-separated 'default', 'stderr', 'stdout'
+    /// or file paths.
     #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
     pub log_outputs: String,
     /// Path to the client server TLS cert file.
@@ -313,10 +315,8 @@ pub struct ServerConfig {
     pub client_tls: Option<crate::tls::TlsSettings>,
     /// Peer TLS (`--peer-cert-file` ...), when the peer URLs are https.
     pub peer_tls: Option<crate::tls::PeerTlsSettings>,
-    /// `--log-level`, as a tracing filter directive.
-    pub log_level: String,
-    /// Log to stdout instead of stderr.
-    pub log_to_stdout: bool,
+    /// `--logger`, `--log-level`, `--log-outputs`.
+    pub log: crate::logging::LogSettings,
     /// `--metrics extensive`: also `grpc_server_handling_seconds`.
     pub metrics_extensive: bool,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
@@ -750,32 +750,8 @@ impl Flags {
 
     /// Checks the flags and derives the server settings.
     pub fn into_config(self) -> Result<ServerConfig, String> {
-        let log_level = match self.log_level.as_str() {
-            "debug" => "debug",
-            "info" => "info",
-            "warn" => "warn",
-            "error" | "dpanic" | "panic" | "fatal" => "error",
-            other => {
-                return Err(format!(
-                    "--log-level={other:?}: must be one of debug, info, warn, error, panic, fatal"
-                ))
-            }
-        };
-        if self.logger != "zap" {
-            return Err(format!(
-                "--logger={:?}: only 'zap' is supported",
-                self.logger
-            ));
-        }
-        let log_to_stdout = match self.log_outputs.as_str() {
-            "default" | "stderr" => false,
-            "stdout" => true,
-            other => {
-                return Err(format!(
-                    "--log-outputs={other:?}: use default, stderr or stdout"
-                ))
-            }
-        };
+        let log =
+            crate::logging::LogSettings::parse(&self.logger, &self.log_level, &self.log_outputs)?;
         let initial_cluster_state = match self.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -931,8 +907,7 @@ impl Flags {
                 .then_some(self.grpc_keepalive_timeout),
             client_tls,
             peer_tls,
-            log_level: log_level.into(),
-            log_to_stdout,
+            log,
         })
     }
 }

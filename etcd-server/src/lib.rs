@@ -11,6 +11,7 @@ pub use authority::fuzz_client_bytes;
 pub mod config;
 mod config_file;
 mod http;
+pub mod logging;
 mod metrics;
 mod request_context;
 pub mod rpc;

@@ -20,21 +20,9 @@ fn main() -> ExitCode {
         }
         Command::Run(cfg) => *cfg,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // Colors only on a terminal: logs in files or journald stay plain text.
-    if cfg.log_to_stdout {
-        builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .with_writer(std::io::stdout)
-            .init();
-    } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .init();
+    if let Err(e) = cfg.log.init() {
+        eprintln!("etcd-server: {e}");
+        return ExitCode::from(2);
     }
     for w in warnings {
         tracing::warn!("{w}");
