@@ -80,6 +80,10 @@ pub struct Config {
     /// `--experimental-corrupt-check-time`: how often the leader compares
     /// HashKVs and raises CORRUPT on a mismatch (zero: never).
     pub corrupt_check_time: Duration,
+    /// `--auto-disarm-nospace` (beyond etcd, off by default): a member
+    /// whose store a defragmentation took back under 80% of its quota
+    /// disarms the NOSPACE alarm it raised.
+    pub auto_disarm_nospace: bool,
 }
 
 /// The largest quota etcd recommends (8 GiB): above it, a warning at start.
@@ -115,6 +119,7 @@ impl Default for Config {
             auto_compaction: None,
             initial_corrupt_check: false,
             corrupt_check_time: Duration::ZERO,
+            auto_disarm_nospace: false,
         }
     }
 }

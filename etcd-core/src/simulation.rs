@@ -1416,10 +1416,32 @@ impl Sim {
         self.stats.auth_changes += 1;
     }
 
+    /// Proposes, at the leader, disarming every alarm it has applied (a
+    /// CORRUPT alarm refuses writes, as in etcd, until disarmed).
+    fn disarm_alarms(&mut self) {
+        use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        let Some(l) = self.leader() else { return };
+        let Some(r) = self.running(l) else { return };
+        let active = r.steps.applier.alarms.get(AlarmType::None as i32);
+        for a in active {
+            let op = Op::Alarm(AlarmRequest {
+                action: AlarmAction::Deactivate as i32,
+                member_id: a.member_id,
+                alarm: a.alarm,
+            });
+            self.propose_unwaited(
+                l,
+                op,
+                format!("calm: disarm alarm {} of {}", a.alarm, a.member_id),
+            );
+        }
+    }
+
     /// Proposes raising or disarming a CORRUPT alarm of a random member at
-    /// the leader (CORRUPT changes nothing else here, unlike NOSPACE, which
-    /// would refuse the checked clients' writes). Every member must end
-    /// with the same alarms (`converge`).
+    /// the leader. While one is active every member refuses the clients'
+    /// writes (definite failures); `calm_down` disarms them before its
+    /// liveness write. Every member must end with the same alarms
+    /// (`converge`).
     fn propose_alarm_change(&mut self) {
         use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
         let Some(l) = self.leader() else { return };
@@ -1869,6 +1891,7 @@ impl Sim {
         for _ in 0..half {
             self.step(false, true)?;
         }
+        self.disarm_alarms();
         let mut left = self.cfg.calm_steps - half;
         while self.clients.iter().any(|c| c.op.is_some()) && left > 0 {
             self.step(false, false)?;

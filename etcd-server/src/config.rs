@@ -174,6 +174,19 @@ pub struct Flags {
         value_parser = etcd_core::parse_go_duration
     )]
     pub experimental_corrupt_check_time: Duration,
+    /// Beyond etcd: a member whose store a defragmentation takes back under
+    /// 80% of --quota-backend-bytes disarms its own NOSPACE alarm (etcd
+    /// waits for `etcdctl alarm disarm`).
+    #[arg(
+        long,
+        env = "ETCD_AUTO_DISARM_NOSPACE",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub auto_disarm_nospace: bool,
     /// Set level of detail for exported metrics, specify 'extensive' to
     /// include server side grpc histogram metrics.
     #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
@@ -889,6 +902,7 @@ impl Flags {
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
+            auto_disarm_nospace: self.auto_disarm_nospace,
             corrupt_check_time: self.experimental_corrupt_check_time,
             auto_compaction: etcd_core::AutoCompaction::parse(
                 &self.auto_compaction_mode,

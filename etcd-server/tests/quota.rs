@@ -139,3 +139,39 @@ fn nospace_recovery_as_the_guides_do_it() {
     assert_eq!(find("m1: ").1, "\"false\"", "unhealthy with the alarm");
     assert_eq!(find("m1: ?exclude=NOSPACE").1, "\"true\"");
 }
+
+/// Beyond etcd, `--auto-disarm-nospace`: after `compact` and `defrag` take
+/// the store back under 80% of its quota, the member disarms its own
+/// NOSPACE alarm; writes come back without `alarm disarm`.
+#[test]
+fn auto_disarm_nospace_after_defrag() {
+    let c = Cluster::start_with(
+        Kind::Ours,
+        1,
+        &["--quota-backend-bytes", QUOTA, "--auto-disarm-nospace"],
+    );
+    let value = "x".repeat(100_000);
+    let refused = (0..200).any(|i| {
+        !c.ctl(0, &["put", &format!("k{}", i % 5), &value])
+            .status
+            .success()
+    });
+    assert!(refused, "the quota never refused a put");
+    assert!(c.ctl_ok(0, &["alarm", "list"]).contains("alarm:NOSPACE"));
+    c.ctl_ok(0, &["del", "k", "--prefix"]);
+    let rev = c.ctl_ok(0, &["endpoint", "status", "-w", "json"]);
+    let rev: serde_json::Value = serde_json::from_str(&rev).unwrap();
+    let rev = rev[0]["Status"]["header"]["revision"].to_string();
+    c.ctl_ok(0, &["compact", &rev, "--physical"]);
+    c.ctl_ok(0, &["defrag"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.ctl_ok(0, &["alarm", "list"]).contains("NOSPACE") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "NOSPACE still active:\n{}",
+            c.log_tails(20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    c.ctl_ok(0, &["put", "after", "v"]);
+}

@@ -10,6 +10,12 @@ use crate::raft_request::Op;
 use crate::request_context::RequestContext;
 use crate::{Error, Result};
 
+/// With `--auto-disarm-nospace`, the share of its quota a member's store
+/// must fall below (after a defragmentation) for the member to disarm its
+/// own NOSPACE alarm: headroom so the alarm does not flap on the next
+/// writes.
+pub const AUTO_DISARM_FRACTION: f64 = 0.8;
+
 impl Etcd {
     /// Maintenance.Status.
     pub fn status(&self, _ctx: &RequestContext) -> StatusResponse {
@@ -63,9 +69,52 @@ impl Etcd {
     pub fn defragment(&self, ctx: &RequestContext) -> Result<DefragmentResponse> {
         self.check_maintenance_admin(ctx)?;
         self.inner.store.defragment()?;
+        self.disarm_own_nospace_if_room();
         Ok(DefragmentResponse {
             header: Some(self.header(self.inner.store.current_revision())),
         })
+    }
+
+    /// `--auto-disarm-nospace` (beyond etcd): after a defragmentation that
+    /// took this member's store below [`AUTO_DISARM_FRACTION`] of its
+    /// quota, it disarms the NOSPACE alarm it raised itself, instead of
+    /// waiting for an operator's `alarm disarm`.
+    fn disarm_own_nospace_if_room(&self) {
+        let me = self.inner.member_id;
+        if !self.inner.cfg.auto_disarm_nospace
+            || !self
+                .inner
+                .alarms
+                .get(AlarmType::Nospace as i32)
+                .iter()
+                .any(|a| a.member_id == me)
+        {
+            return;
+        }
+        let size = self.inner.store.db_size();
+        let quota = self.inner.cfg.quota_bytes();
+        if (size as f64) < quota as f64 * AUTO_DISARM_FRACTION {
+            tracing::warn!(
+                db_size = size,
+                quota,
+                "store back under {}% of --quota-backend-bytes after defragmentation: \
+                 disarming this member's NOSPACE alarm (--auto-disarm-nospace)",
+                (AUTO_DISARM_FRACTION * 100.0) as u32
+            );
+            self.propose_detached(Op::Alarm(AlarmRequest {
+                action: crate::pb::etcdserverpb::alarm_request::AlarmAction::Deactivate as i32,
+                member_id: me,
+                alarm: AlarmType::Nospace as i32,
+            }));
+        } else {
+            tracing::warn!(
+                db_size = size,
+                quota,
+                "NOSPACE stays: the store is still above {}% of its quota after \
+                 defragmentation; compact more history and defragment again",
+                (AUTO_DISARM_FRACTION * 100.0) as u32
+            );
+        }
     }
 
     /// Maintenance.HashKV: a hash of every key revision up to `revision`
