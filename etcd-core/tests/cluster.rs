@@ -124,34 +124,36 @@ impl Cluster {
 
     /// Waits until member `i` sees every member published (started).
     async fn wait_published(&self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self
-            .member(i)
-            .member_list(&RequestContext::LOCAL, false)
-            .await
-            .unwrap()
-            .members
-            .iter()
-            .any(|m| m.name.is_empty())
-        {
-            assert!(Instant::now() < deadline, "members did not publish");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_list(i, "members did not publish", |ms| {
+            ms.iter().all(|m| !m.name.is_empty())
+        })
+        .await;
     }
 
     /// Waits until member `i` has applied the addition of member `id`.
     async fn wait_lists(&self, i: usize, id: u64) {
+        self.wait_list(i, "member not listed", |ms| ms.iter().any(|m| m.id == id))
+            .await;
+    }
+
+    /// Waits until member `i`'s local member list satisfies `done`.
+    async fn wait_list(
+        &self,
+        i: usize,
+        what: &str,
+        done: impl Fn(&[etcd_core::pb::etcdserverpb::Member]) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self
-            .member(i)
-            .member_list(&RequestContext::LOCAL, false)
-            .await
-            .unwrap()
-            .members
-            .iter()
-            .any(|m| m.id == id)
-        {
-            assert!(Instant::now() < deadline, "member {id:x} not listed");
+        loop {
+            let list = self
+                .member(i)
+                .member_list(&RequestContext::LOCAL, false)
+                .await
+                .unwrap();
+            if done(&list.members) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -202,6 +202,16 @@ impl Visit for Fields {
     }
 }
 
+/// `2026-12-03`.
+fn date(t: &time::OffsetDateTime) -> String {
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
+/// `14:48:19` (UTC).
+fn clock(t: &time::OffsetDateTime) -> String {
+    format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+}
+
 /// etcd's line formats (see the module doc).
 struct EtcdFormat(Logger);
 
@@ -228,16 +238,7 @@ where
                     Level::INFO => "info",
                     _ => "debug",
                 };
-                let ts = format!(
-                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                    now.year(),
-                    u8::from(now.month()),
-                    now.day(),
-                    now.hour(),
-                    now.minute(),
-                    now.second(),
-                    now.millisecond()
-                );
+                let ts = format!("{}T{}.{:03}Z", date(&now), clock(&now), now.millisecond());
                 // zap's key order: level, ts, caller, msg, then the fields.
                 let s = |v: &str| serde_json::Value::from(v).to_string();
                 let mut line = format!(
@@ -258,13 +259,9 @@ where
                     _ => 'D',
                 };
                 let mut line = format!(
-                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06} {level} | {}: {}",
-                    now.year(),
-                    u8::from(now.month()),
-                    now.day(),
-                    now.hour(),
-                    now.minute(),
-                    now.second(),
+                    "{} {}.{:06} {level} | {}: {}",
+                    date(&now),
+                    clock(&now),
                     now.microsecond(),
                     meta.target(),
                     f.msg
