@@ -25,18 +25,11 @@
 //! physical removal).
 //!
 //! The timing decisions are [`Compactor`], a state machine driven with the
-//! time from an injected [`Clock`]; [`spawn`] runs it on a thread.
+//! time from an injected clock; `server/auto_compaction.rs` runs it on a
+//! thread of a running member.
 
-use crate::background::Background;
 use crate::error::Error;
-use crate::lessor::Clock;
-use crate::pb::etcdserverpb::CompactionRequest;
-use crate::server::Etcd;
-use crate::RequestContext;
-use crossbeam_channel::RecvTimeoutError;
-use etcd_raft_node::Role;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// etcd's `revInterval`: how often revision mode checks.
@@ -183,7 +176,7 @@ impl Compactor {
         }
     }
 
-    fn log_start(&self, rev: i64) {
+    pub(crate) fn log_start(&self, rev: i64) {
         match self {
             Compactor::Periodic { period, .. } => tracing::info!(
                 revision = rev,
@@ -198,7 +191,7 @@ impl Compactor {
         }
     }
 
-    fn log_result(&self, rev: i64, took: Duration, result: &Result<(), Error>) {
+    pub(crate) fn log_result(&self, rev: i64, took: Duration, result: &Result<(), Error>) {
         let (mode, what) = match self {
             Compactor::Periodic { period, .. } => {
                 ("periodic", format!("compact-period={period:?}"))
@@ -220,48 +213,6 @@ impl Compactor {
             ),
         }
     }
-}
-
-/// Runs auto-compaction for `etcd` on a thread until stopped.
-pub(crate) fn spawn(
-    etcd: Etcd,
-    mode: AutoCompaction,
-    clock: Arc<dyn Clock>,
-) -> std::io::Result<Background> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    tracing::info!(?mode, "auto compaction enabled");
-    Background::spawn("compactor", move |stop| {
-        let mut c = Compactor::new(mode, clock.now());
-        loop {
-            c.record(etcd.store().current_revision());
-            match stop.recv_timeout(c.interval()) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-            if etcd.raft_status().role != Role::Leader {
-                continue;
-            }
-            let Some(rev) = c.due(clock.now(), etcd.store().current_revision()) else {
-                continue;
-            };
-            c.log_start(rev);
-            let started = clock.now();
-            let request = CompactionRequest {
-                revision: rev,
-                physical: false,
-            };
-            let result = match runtime.block_on(etcd.compact(&RequestContext::LOCAL, request)) {
-                Ok(_) | Err(Error::Compacted) => Ok(()),
-                Err(e) => Err(e),
-            };
-            c.log_result(rev, clock.now().saturating_sub(started), &result);
-            if result.is_ok() {
-                c.succeeded(clock.now(), rev);
-            }
-        }
-    })
 }
 
 #[cfg(test)]

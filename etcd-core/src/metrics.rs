@@ -23,7 +23,9 @@ use crate::SERVER_VERSION;
 use etcd_mvcc::Store;
 use etcd_raft_node::{NodeStatus, Role};
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// One member's metrics.
 pub struct Metrics {
@@ -54,6 +56,9 @@ pub struct Metrics {
     peer_sent: IntCounterVec,
     peer_received: IntCounterVec,
     peer_failures: IntCounterVec,
+    /// `etcd_network_peer_round_trip_time_seconds{To}`, observed by the
+    /// prober (`server/prober.rs`).
+    peer_rtt: HistogramVec,
 }
 
 /// Traffic with the other members, read from the peer transport at scrape
@@ -222,8 +227,28 @@ impl Metrics {
                 "The total number of send failures from peers.",
                 "To",
             ),
+            peer_rtt: {
+                // etcd: 0.0001 s * 2^n, n = 0..15.
+                let buckets = prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid");
+                let opts = HistogramOpts::new(
+                    "etcd_network_peer_round_trip_time_seconds",
+                    "Round-Trip-Time histogram between peers",
+                )
+                .buckets(buckets);
+                let h = HistogramVec::new(opts, &["To"]).expect("valid histogram");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
             registry: r,
         }
+    }
+
+    /// Records a round trip time to member `to` (the prober's smoothed
+    /// value, as etcd observes it).
+    pub(crate) fn observe_peer_rtt(&self, to: u64, rtt: std::time::Duration) {
+        self.peer_rtt
+            .with_label_values(&[&format!("{to:x}")])
+            .observe(rtt.as_secs_f64());
     }
 
     /// The registry, for the server to add its own series (gRPC).

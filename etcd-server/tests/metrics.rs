@@ -3,8 +3,8 @@
 //! Prometheus text-format parser: every series etcd-mixin's alerts and
 //! dashboard query (docs/metrics-reference.md §4) exists in ours with the
 //! same type, the same label names and, for histograms, the same buckets.
-//! Not built yet, so not compared: `etcd_network_peer_round_trip_time_seconds`
-//! (etcd's prober).
+//! The prober's round trip histogram appears once the first probes are
+//! reported (5 s after start, on both): the scrape waits for it.
 
 mod common;
 
@@ -29,6 +29,7 @@ const MIXIN: &[&str] = &[
     "etcd_disk_backend_commit_duration_seconds",
     "etcd_network_peer_sent_bytes_total",
     "etcd_network_peer_received_bytes_total",
+    "etcd_network_peer_round_trip_time_seconds",
     "etcd_network_client_grpc_sent_bytes_total",
     "etcd_network_client_grpc_received_bytes_total",
     "grpc_server_started_total",
@@ -67,12 +68,24 @@ fn scrape(kind: Kind) -> (BTreeMap<String, Family>, Scrape) {
     let id = lease.split_whitespace().nth(1).unwrap().to_string();
     c.ctl_ok(0, &["lease", "keep-alive", "--once", &id]);
     let url = format!("{}/metrics", c.members[0].client_url);
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-f", &url])
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "{kind:?}: GET /metrics failed");
-    let text = String::from_utf8(out.stdout).unwrap();
+    // The prober reports its first round trips 5 s after start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-f", &url])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{kind:?}: GET /metrics failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        if text.contains("etcd_network_peer_round_trip_time_seconds_bucket") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind:?}: no round trip times after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
     for s in &parsed.samples {

@@ -24,6 +24,7 @@
 //! - `start`: [`Etcd::start`], wiring all of the above together.
 
 mod auth;
+mod auto_compaction;
 mod cluster;
 mod corrupt;
 mod etcd;
@@ -32,6 +33,7 @@ mod maintenance;
 mod peer_client;
 mod peer_query;
 mod peer_serve;
+mod prober;
 mod publish;
 mod start;
 

@@ -80,6 +80,25 @@ pub(crate) fn fetch_cluster(
     )))
 }
 
+/// One round trip to member `m` (blocking): how long an empty question
+/// took to be answered.
+pub(crate) fn probe(etcd: &Etcd, m: &Member) -> Result<Duration> {
+    let req = PeerRequest {
+        ask: Some(Ask::Probe(true)),
+    }
+    .encode_to_vec();
+    let addr = m
+        .peer_urls
+        .first()
+        .ok_or_else(|| Error::Internal("no peer URL".into()))
+        .and_then(|u| peer_addr(u).map_err(Error::Internal))?;
+    let tls = etcd.transport().and_then(|t| t.tls());
+    let started = std::time::Instant::now();
+    etcd_raft_node::peer_query::query(&addr, tls.as_ref(), etcd.cluster_id(), &req, QUERY_TIMEOUT)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(started.elapsed())
+}
+
 /// Asks every other member for its HashKV at `rev` (blocking; one
 /// query per member, each bounded by the query timeout): (member, answer).
 pub(crate) fn peer_hash_kvs(etcd: &Etcd, rev: i64) -> Vec<(u64, Result<HashKvResponse>)> {

@@ -9,7 +9,9 @@
 //! - a follower forwards lease keepalives and TimeToLive to the leader
 //!   (only the leader's lessor knows the deadlines);
 //! - the corruption checks ask every peer for its HashKV at a revision
-//!   (etcd's `/members/hashkv`).
+//!   (etcd's `/members/hashkv`);
+//! - the prober measures round trips to every peer (etcd's
+//!   `/raft/probing`).
 //!
 //! Transport: [`etcd_raft_node::peer_query`] ("ETRQ" connections).
 //! Payloads (protobuf, this project's own): a [`PeerRequest`] with one
@@ -26,7 +28,7 @@ use std::time::Duration;
 /// One question.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct PeerRequest {
-    #[prost(oneof = "Ask", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "Ask", tags = "1, 2, 3, 4, 5, 6")]
     pub ask: Option<Ask>,
 }
 
@@ -48,6 +50,9 @@ pub(super) enum Ask {
     /// HashKV at this revision (0: the current one).
     #[prost(int64, tag = "5")]
     HashKv(i64),
+    /// Nothing: the prober's round trip (etcd's `/raft/probing`).
+    #[prost(bool, tag = "6")]
+    Probe(bool),
 }
 
 /// The answer.

@@ -60,6 +60,7 @@ async fn answer(etcd: &Etcd, req: &[u8]) -> PeerResponse {
                 ttl,
                 ..Default::default()
             }),
+        Ask::Probe(_) => Ok(PeerResponse::default()),
         Ask::HashKv(rev) => etcd
             .hash_kv(&RequestContext::LOCAL, rev)
             .map(|h| PeerResponse {

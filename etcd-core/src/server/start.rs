@@ -310,6 +310,10 @@ impl Etcd {
         // Stopped before the lease ticker: it proposes through raft.
         let publisher = publish::spawn(etcd.clone())?;
         etcd.inner.background.lock().insert(0, publisher);
+        if etcd.inner.transport.is_some() {
+            let prober = super::prober::spawn(etcd.clone())?;
+            etcd.inner.background.lock().insert(0, prober);
+        }
         if !etcd.inner.cfg.corrupt_check_time.is_zero() {
             let monitor =
                 super::corrupt::spawn_monitor(etcd.clone(), etcd.inner.cfg.corrupt_check_time)?;
@@ -323,7 +327,7 @@ impl Etcd {
         }
         if let Some(mode) = etcd.inner.cfg.auto_compaction {
             let clock = Arc::new(crate::lessor::MonotonicClock::new());
-            let compactor = crate::compactor::spawn(etcd.clone(), mode, clock)?;
+            let compactor = super::auto_compaction::spawn(etcd.clone(), mode, clock)?;
             etcd.inner.background.lock().insert(0, compactor);
         }
         Ok(etcd)
