@@ -4,6 +4,15 @@
 use crossbeam_channel::{Receiver, Sender};
 use std::thread::JoinHandle;
 
+/// Waits `d` on a background thread's stop receiver: true when the time
+/// passed, false when the thread must stop (a message or disconnection).
+pub(crate) fn pause(stop: &Receiver<()>, d: std::time::Duration) -> bool {
+    matches!(
+        stop.recv_timeout(d),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout)
+    )
+}
+
 /// A running background thread.
 pub(crate) struct Background {
     /// Dropped or sent to by [`Background::stop`]: the thread's receiver

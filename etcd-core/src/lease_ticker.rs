@@ -24,7 +24,6 @@ use crate::config::Config;
 use crate::lessor::{Lessor, LEASE_REVOKE_RATE, MAX_CHECKPOINT_BATCH};
 use crate::pb::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use crate::raft_request::{Op, RaftRequest};
-use crossbeam_channel::RecvTimeoutError;
 use etcd_raft_node::{NodeStatus, RaftNode, Role};
 use prost::Message as _;
 use std::sync::Arc;
@@ -43,9 +42,8 @@ pub(crate) fn spawn(
     Background::spawn("lease-ticker", move |stop| {
         let mut promote_at = None;
         loop {
-            match stop.recv_timeout(tick) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+            if !crate::background::pause(&stop, tick) {
+                return;
             }
             run_once(&mut &*node, &lessor, tick, extend, &mut promote_at);
         }

@@ -9,7 +9,6 @@ use crate::error::Error;
 use crate::lessor::Clock;
 use crate::pb::etcdserverpb::CompactionRequest;
 use crate::RequestContext;
-use crossbeam_channel::RecvTimeoutError;
 use etcd_raft_node::Role;
 use std::sync::Arc;
 
@@ -27,9 +26,8 @@ pub(super) fn spawn(
         let mut c = Compactor::new(mode, clock.now());
         loop {
             c.record(etcd.store().current_revision());
-            match stop.recv_timeout(c.interval()) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+            if !crate::background::pause(&stop, c.interval()) {
+                return;
             }
             if etcd.raft_status().role != Role::Leader {
                 continue;

@@ -24,7 +24,6 @@ use super::peer_client::peer_hash_kvs;
 use crate::background::Background;
 use crate::error::{Error, StartError};
 use crate::membership::format_id;
-use crossbeam_channel::RecvTimeoutError;
 use etcd_raft_node::Role;
 use std::time::Duration;
 
@@ -98,9 +97,8 @@ pub(super) fn spawn_monitor(etcd: Etcd, interval: Duration) -> std::io::Result<B
         "enabled corruption checking"
     );
     Background::spawn("corrupt-check", move |stop| loop {
-        match stop.recv_timeout(interval) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if !crate::background::pause(&stop, interval) {
+            return;
         }
         if etcd.raft_status().role != Role::Leader {
             continue;

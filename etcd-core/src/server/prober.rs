@@ -11,7 +11,6 @@ use super::etcd::Etcd;
 use super::peer_client;
 use crate::background::Background;
 use crate::membership::format_id;
-use crossbeam_channel::RecvTimeoutError;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -47,9 +46,8 @@ pub(super) fn spawn(etcd: Etcd) -> std::io::Result<Background> {
     Background::spawn("prober", move |stop| {
         let mut peers: HashMap<u64, Peer> = HashMap::new();
         loop {
-            match stop.recv_timeout(PROBE_INTERVAL) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+            if !crate::background::pause(&stop, PROBE_INTERVAL) {
+                return;
             }
             let me = etcd.member_id();
             let members = etcd.members();

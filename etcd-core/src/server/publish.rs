@@ -31,12 +31,7 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
     let me = etcd.inner.member_id;
     let retry = cfg.election_timeout * 2;
     loop {
-        let done = match etcd.inner.cluster.read().member(me) {
-            // Not a member (yet, or any more): nothing to publish now.
-            None => false,
-            Some(m) => m.name == cfg.name && m.client_urls == cfg.advertise_client_urls,
-        };
-        if done {
+        if etcd.is_published() {
             tracing::info!(
                 name = %cfg.name,
                 client_urls = ?cfg.advertise_client_urls,
@@ -51,9 +46,8 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
                 client_urls: cfg.advertise_client_urls.clone(),
             }));
         }
-        match stopped.recv_timeout(Duration::from_millis(50).max(retry / 10)) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if !crate::background::pause(&stopped, Duration::from_millis(50).max(retry / 10)) {
+            return;
         }
         // Give the proposal time to apply before proposing again.
         for _ in 0..9 {
@@ -66,9 +60,8 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
             {
                 break;
             }
-            match stopped.recv_timeout(retry / 10) {
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                _ => return,
+            if !crate::background::pause(&stopped, retry / 10) {
+                return;
             }
         }
     }
