@@ -80,65 +80,57 @@ pub(crate) fn fetch_cluster(
     )))
 }
 
-/// One round trip to member `m` (blocking): how long an empty question
-/// took to be answered.
-pub(crate) fn probe(etcd: &Etcd, m: &Member) -> Result<Duration> {
-    let req = PeerRequest {
-        ask: Some(Ask::Probe(true)),
-    }
-    .encode_to_vec();
+/// Asks member `m` `ask` over its first peer URL (blocking, bounded by
+/// the query timeout).
+fn ask_member(etcd: &Etcd, m: &Member, ask: Ask) -> Result<PeerResponse> {
     let addr = m
         .peer_urls
         .first()
         .ok_or_else(|| Error::Internal("no peer URL".into()))
         .and_then(|u| peer_addr(u).map_err(Error::Internal))?;
+    let req = PeerRequest { ask: Some(ask) }.encode_to_vec();
     let tls = etcd.transport().and_then(|t| t.tls());
+    let bytes = etcd_raft_node::peer_query::query(
+        &addr,
+        tls.as_ref(),
+        etcd.cluster_id(),
+        &req,
+        QUERY_TIMEOUT,
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    answer(&bytes, "a peer")
+}
+
+/// A peer's answer: its response, or the etcd error it carries.
+fn answer(bytes: &[u8], from: &str) -> Result<PeerResponse> {
+    let r = PeerResponse::decode(bytes)
+        .map_err(|e| Error::Internal(format!("unreadable answer from {from}: {e}")))?;
+    if r.error.is_empty() {
+        Ok(r)
+    } else {
+        Err(Error::from_wire(r.error_code, &r.error))
+    }
+}
+
+/// One round trip to member `m` (blocking): how long an empty question
+/// took to be answered.
+pub(crate) fn probe(etcd: &Etcd, m: &Member) -> Result<Duration> {
     let started = std::time::Instant::now();
-    etcd_raft_node::peer_query::query(&addr, tls.as_ref(), etcd.cluster_id(), &req, QUERY_TIMEOUT)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    ask_member(etcd, m, Ask::Probe(true))?;
     Ok(started.elapsed())
 }
 
 /// Asks every other member for its HashKV at `rev` (blocking; one
 /// query per member, each bounded by the query timeout): (member, answer).
 pub(crate) fn peer_hash_kvs(etcd: &Etcd, rev: i64) -> Vec<(u64, Result<HashKvResponse>)> {
-    let req = PeerRequest {
-        ask: Some(Ask::HashKv(rev)),
-    }
-    .encode_to_vec();
-    let tls = etcd.transport().and_then(|t| t.tls());
     let me = etcd.member_id();
     etcd.members()
         .into_iter()
         .filter(|m| m.id != me)
         .map(|m| {
-            let answer = m
-                .peer_urls
-                .first()
-                .ok_or_else(|| Error::Internal("no peer URL".into()))
-                .and_then(|u| peer_addr(u).map_err(Error::Internal))
-                .and_then(|addr| {
-                    etcd_raft_node::peer_query::query(
-                        &addr,
-                        tls.as_ref(),
-                        etcd.cluster_id(),
-                        &req,
-                        QUERY_TIMEOUT,
-                    )
-                    .map_err(|e| Error::Internal(e.to_string()))
-                })
-                .and_then(|bytes| {
-                    PeerResponse::decode(&bytes[..])
-                        .map_err(|e| Error::Internal(format!("unreadable answer: {e}")))
-                })
-                .and_then(|r| {
-                    if r.error.is_empty() {
-                        Ok(r.hash_kv.unwrap_or_default())
-                    } else {
-                        Err(Error::from_wire(r.error_code, &r.error))
-                    }
-                });
-            (m.id, answer)
+            let hash =
+                ask_member(etcd, &m, Ask::HashKv(rev)).map(|r| r.hash_kv.unwrap_or_default());
+            (m.id, hash)
         })
         .collect()
 }
@@ -181,13 +173,7 @@ async fn ask_leader(etcd: &Etcd, ask: Ask) -> Result<PeerResponse> {
         tracing::warn!(leader = %membership::format_id(leader), "forwarding to the leader failed: {e}");
         Error::Timeout
     })?;
-    let r = PeerResponse::decode(&bytes[..])
-        .map_err(|e| Error::Internal(format!("unreadable answer from the leader: {e}")))?;
-    if r.error.is_empty() {
-        Ok(r)
-    } else {
-        Err(Error::from_wire(r.error_code, &r.error))
-    }
+    answer(&bytes, "the leader")
 }
 
 /// Forwards MemberPromote to the leader.
