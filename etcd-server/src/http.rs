@@ -102,13 +102,8 @@ async fn health(etcd: &Etcd, query: &str) -> Response {
             );
         }
     }
-    let probe = RangeRequest {
-        key: "health".into(),
-        serializable,
-        ..Default::default()
-    };
-    match etcd.range(&etcd_core::RequestContext::LOCAL, probe).await {
-        Ok(_) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
+    match read_probe(etcd, serializable).await {
+        Ok(()) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
         Err(e) => {
             let reason = e.to_string().replace('"', "'");
             json(
@@ -119,24 +114,28 @@ async fn health(etcd: &Etcd, query: &str) -> Response {
     }
 }
 
+/// The read the health endpoints make (etcd's `checkAPI`: one key, keys
+/// only; `serializable`: local, without a quorum).
+async fn read_probe(etcd: &Etcd, serializable: bool) -> etcd_core::Result<()> {
+    let probe = RangeRequest {
+        key: "health".into(),
+        keys_only: true,
+        limit: 1,
+        serializable,
+        ..Default::default()
+    };
+    etcd.range(&etcd_core::RequestContext::LOCAL, probe)
+        .await
+        .map(drop)
+}
+
 /// A check of `/livez` and `/readyz` (etcd 3.5.11+, after Kubernetes'
 /// healthz): its name and whether it passed (else why not).
 async fn run_check(etcd: &Etcd, name: &str) -> Result<(), String> {
-    let read = |serializable| {
-        let etcd = etcd.clone();
-        async move {
-            let probe = RangeRequest {
-                key: "health".into(),
-                keys_only: true,
-                limit: 1,
-                serializable,
-                ..Default::default()
-            };
-            etcd.range(&etcd_core::RequestContext::LOCAL, probe)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }
+    let read = |serializable| async move {
+        read_probe(etcd, serializable)
+            .await
+            .map_err(|e| e.to_string())
     };
     match name {
         "data_corruption" => {
