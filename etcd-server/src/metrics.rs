@@ -240,13 +240,20 @@ pub async fn count_grpc(metrics: Arc<GrpcMetrics>, req: Request, next: Next) -> 
         labels: [kind.to_string(), service.to_string(), method.to_string()],
         started: Instant::now(),
     });
-    metrics.started.with_label_values(&call.labels()).inc();
+    let labels = call.labels();
+    metrics.started.with_label_values(&labels).inc();
+    // The method's counters, looked up once for every frame of the call.
+    let (msg_received, msg_sent) = (
+        metrics.msg_received.with_label_values(&labels),
+        metrics.msg_sent.with_label_values(&labels),
+    );
     let (parts, body) = req.into_parts();
     let body = Body::new(Counted {
         inner: body,
         call: call.clone(),
         messages: Messages::default(),
-        direction: Direction::Received,
+        message_count: msg_received,
+        byte_count: metrics.received_bytes.clone(),
         done: true,
     });
     let resp = next.run(Request::from_parts(parts, body)).await;
@@ -260,7 +267,8 @@ pub async fn count_grpc(metrics: Arc<GrpcMetrics>, req: Request, next: Next) -> 
         inner: body,
         call,
         messages: Messages::default(),
-        direction: Direction::Sent,
+        message_count: msg_sent,
+        byte_count: metrics.sent_bytes.clone(),
         done: false,
     });
     Response::from_parts(parts, body)
@@ -317,12 +325,6 @@ impl Messages {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Direction {
-    Received,
-    Sent,
-}
-
 /// A request or response body whose messages and bytes are counted; a
 /// response body also counts the call handled at its trailers (or as
 /// Canceled if dropped before them).
@@ -330,7 +332,10 @@ struct Counted {
     inner: Body,
     call: Arc<Call>,
     messages: Messages,
-    direction: Direction,
+    /// The method's `grpc_server_msg_{received,sent}_total`.
+    message_count: IntCounter,
+    /// `etcd_network_client_grpc_{received,sent}_bytes_total`.
+    byte_count: IntCounter,
     /// The call was counted handled (always true for request bodies).
     done: bool,
 }
@@ -346,20 +351,9 @@ impl http_body::Body for Counted {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            let m = &this.call.metrics;
             if let Some(data) = frame.data_ref() {
-                let n = this.messages.feed(data.chunk());
-                let labels = this.call.labels();
-                match this.direction {
-                    Direction::Received => {
-                        m.received_bytes.inc_by(data.len() as u64);
-                        m.msg_received.with_label_values(&labels).inc_by(n);
-                    }
-                    Direction::Sent => {
-                        m.sent_bytes.inc_by(data.len() as u64);
-                        m.msg_sent.with_label_values(&labels).inc_by(n);
-                    }
-                }
+                this.byte_count.inc_by(data.len() as u64);
+                this.message_count.inc_by(this.messages.feed(data.chunk()));
             } else if let Some(trailers) = frame.trailers_ref() {
                 if !this.done {
                     this.done = true;
