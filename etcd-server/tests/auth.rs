@@ -147,11 +147,13 @@ impl Side {
         self.subst.sort_by_key(|(a, _)| std::cmp::Reverse(a.len()));
     }
 
-    /// A command argument with each placeholder replaced by this side's value.
+    /// A command argument with each placeholder replaced by this side's value
+    /// (an id's unpadded form: the space-padded one, learnt for output with
+    /// a leading zero digit, is no argument etcdctl parses).
     fn actual(&self, arg: &str) -> String {
         let mut s = arg.to_string();
         for (actual, ph) in &self.subst {
-            s = s.replace(ph.as_str(), actual);
+            s = s.replace(ph.as_str(), actual.trim_start());
         }
         s
     }
