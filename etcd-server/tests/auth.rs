@@ -134,10 +134,17 @@ impl Side {
         side
     }
 
-    /// An id in hex, and as etcdctl's `%16x` prints it (space-padded to 16:
-    /// ids are random, so one side's may have a leading zero digit).
+    /// An id in hex, and as etcdctl's `%16x` prints it after a space
+    /// (space-padded to 16: ids are random, so one side's may have a leading
+    /// zero digit). The padded form is learnt with the space before it, so
+    /// `"Member  abc… added"` and `"Member abcd… added"` both read
+    /// `"Member <MEMBER-ID> added"`, while `"…, abc…"` in a `%x` column
+    /// keeps its separator.
     fn learn_id(&mut self, id: u64, placeholder: &str) {
-        self.learn(&format!("{id:16x}"), placeholder);
+        let padded = format!("{id:16x}");
+        if padded.starts_with(' ') {
+            self.learn(&format!(" {padded}"), &format!(" {placeholder}"));
+        }
         self.learn(&format!("{id:x}"), placeholder);
     }
 
@@ -152,8 +159,8 @@ impl Side {
     /// a leading zero digit, is no argument etcdctl parses).
     fn actual(&self, arg: &str) -> String {
         let mut s = arg.to_string();
-        for (actual, ph) in &self.subst {
-            s = s.replace(ph.as_str(), actual.trim_start());
+        for (actual, ph) in self.subst.iter().filter(|(a, _)| !a.starts_with(' ')) {
+            s = s.replace(ph.as_str(), actual);
         }
         s
     }
