@@ -27,6 +27,7 @@ mod apply_loop;
 #[cfg(test)]
 mod apply_range_tests;
 pub mod auth;
+pub mod bbolt_layout;
 mod background;
 mod bootstrap;
 mod cluster;

@@ -92,7 +92,7 @@ pub use backend_rocksdb::RocksBackend;
 pub use error::{Error, Result};
 pub use kvstore::{
     Bucket, CompactWait, EventSink, HashKv, History, HistoryBatch, ImageExport, RangeHeader,
-    RangeOptions, RangeResult, Store, StoreOptions, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
+    RangeOptions, RangeResult, Store, StoreOptions, StoreView, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
 };
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;

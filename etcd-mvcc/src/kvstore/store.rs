@@ -16,6 +16,7 @@ use super::inner::{IndexBuilder, Inner};
 use super::options::{Bucket, StoreOptions};
 use super::txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
 use crate::backend::{
+    ScanIter, Snapshot,
     check_format, meta_i64, meta_u64, Backend, Cf, WriteBatch, META_CONSISTENT_INDEX,
     META_FINISHED_COMPACT, META_RESTORING, META_SCHEDULED_COMPACT,
 };
@@ -296,11 +297,56 @@ impl Store {
             .collect()
     }
 
+    /// A consistent read-only view of every column family, as of now (one
+    /// backend snapshot: later writes are not in it, and are not blocked by
+    /// it). What `Maintenance.Snapshot` copies into etcd's bbolt layout.
+    pub fn view(&self) -> Result<StoreView<'_>> {
+        let snap = {
+            let _gate = self.inner.gate.read();
+            self.inner.check_complete()?;
+            self.inner.backend.snapshot()
+        };
+        Ok(StoreView { snap })
+    }
+
     /// Makes everything applied so far durable (RocksDB: flushes the
     /// memtables of all column families atomically). Call it before
     /// truncating the raft log up to [`consistent_index`](Self::consistent_index).
     pub fn flush(&self) -> Result<()> {
         self.inner.backend.flush()
+    }
+}
+
+/// See [`Store::view`].
+pub struct StoreView<'a> {
+    /// The backend snapshot every read of the view goes to.
+    snap: Box<dyn Snapshot + 'a>,
+}
+
+impl StoreView<'_> {
+    /// Every record of `cf`, in key order.
+    pub fn scan(&self, cf: Cf) -> ScanIter<'_> {
+        self.snap.scan(cf, &[], None)
+    }
+
+    /// The consistent index (raft index of the last applied entry).
+    pub fn consistent_index(&self) -> Result<u64> {
+        Ok(self.meta(META_CONSISTENT_INDEX)?.unwrap_or(0))
+    }
+
+    /// The latest scheduled and finished compaction revisions (-1: none).
+    pub fn compact_revisions(&self) -> Result<(i64, i64)> {
+        let get = |k| Ok::<_, Error>(self.meta(k)?.map_or(-1, |v| v as i64));
+        Ok((get(META_SCHEDULED_COMPACT)?, get(META_FINISHED_COMPACT)?))
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<u64>> {
+        match self.snap.get(Cf::Meta, key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().map_err(
+                |_| Error::Corruption(format!("meta record of {} bytes", v.len())),
+            )?))),
+        }
     }
 }
 

@@ -1,0 +1,348 @@
+//! etcd's backend layout (the bbolt buckets of `member/snap/db` and of
+//! `etcdctl snapshot save` files), written from this store's column
+//! families: what `Maintenance.Snapshot` sends.
+//!
+//! | etcd bucket       | key                              | value                         | ours (column family: key)        |
+//! |-------------------|----------------------------------|-------------------------------|----------------------------------|
+//! | `alarm`           | `etcdserverpb.AlarmMember` bytes | empty                         | `alarm`: the same                |
+//! | `auth`            | `authEnabled`, `authRevision`    | `[0|1]`, u64 BE               | `auth`: the same names           |
+//! | `authRoles`       | role name                        | `authpb.Role`                 | `auth`: `roles/<name>`           |
+//! | `authUsers`       | user name                        | `authpb.User`                 | `auth`: `users/<name>`           |
+//! | `cluster`         | `clusterVersion`                 | `"3.5.0"`                     | the server's version, X.Y.0      |
+//! | `key`             | revision `main:8 BE _ sub:8 BE [t]` | `mvccpb.KeyValue`          | `key`: the same without `_`      |
+//! | `lease`           | lease id, i64 BE                 | `leasepb.Lease`               | `lease`: the same bytes          |
+//! | `members`         | member id, hex (`%x`)            | JSON `{"id","peerURLs","isLearner","name","clientURLs"}` | `members`: `m` + id BE -> protobuf |
+//! | `members_removed` | member id, hex                   | `removed`                     | `members`: `r` + id BE           |
+//! | `meta`            | `consistent_index`               | u64 BE                        | `meta`: `consistent_index`       |
+//! |                   | `scheduledCompactRev`, `finishedCompactRev` | revision bytes (main, sub 0) | `meta`: `*_compact_rev`, i64 BE (absent when -1) |
+//!
+//! Worked example: after `put foo bar` at revision 2 on member `8e9e05c52164694d`,
+//! the `key` bucket holds `00..02 5f 00..00` -> KeyValue{key: foo, value: bar,
+//! create_revision: 2, mod_revision: 2, version: 1}, `members` holds
+//! `8e9e05c52164694d` -> `{"id":10276657743932975437,"peerURLs":[...],"name":"default","clientURLs":[...]}`.
+//!
+//! Everything is read from one [`StoreView`], so the file is one point in
+//! time. Buckets are written in name order, keys in the order bbolt keeps
+//! (bytewise): the column families whose keys map to etcd's in order stream
+//! straight through; members are re-keyed by their hex ids and sorted (a
+//! cluster has a handful).
+
+use std::io::{Seek, Write};
+
+use etcd_bbolt::{Writer, WrittenFile};
+use etcd_mvcc::{Cf, StoreView};
+use prost::Message;
+use serde::Serialize;
+
+use crate::membership::Member;
+use crate::{Error, Result};
+
+/// `auth` column family: prefix of users (bucket `authUsers` in etcd).
+const USER_PREFIX: &[u8] = b"users/";
+/// `auth` column family: prefix of roles (bucket `authRoles` in etcd).
+const ROLE_PREFIX: &[u8] = b"roles/";
+/// `members` column family: prefix of a member record.
+const MEMBER_PREFIX: u8 = b'm';
+/// `members` column family: prefix of a removed member's id.
+const REMOVED_PREFIX: u8 = b'r';
+
+/// etcd's membership JSON (`membership.Member`: `RaftAttributes` then
+/// `Attributes`, Go's field order and `omitempty`s).
+#[derive(Serialize)]
+struct MemberJson<'a> {
+    id: u64,
+    #[serde(rename = "peerURLs")]
+    peer_urls: &'a [String],
+    #[serde(rename = "isLearner", skip_serializing_if = "is_false")]
+    is_learner: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(rename = "clientURLs", skip_serializing_if = "<[String]>::is_empty")]
+    client_urls: &'a [String],
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// etcd's revision bytes of a main revision (sub 0, no tombstone mark).
+fn rev_bytes(main: i64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17);
+    b.extend_from_slice(&main.to_be_bytes());
+    b.push(b'_');
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b
+}
+
+/// etcd's key of a revision record: ours (`main:8 sub:8 [t]`) with the `_`
+/// etcd puts between main and sub (a constant byte at a fixed offset: the
+/// order is unchanged).
+fn etcd_rev_key(ours: &[u8]) -> Option<Vec<u8>> {
+    let (main, rest) = ours.split_at_checked(8)?;
+    Some([main, b"_", rest].concat())
+}
+
+/// The version etcd keeps in its `cluster` bucket: `major.minor.0`.
+fn cluster_version(server_version: &str) -> String {
+    let mut parts = server_version.splitn(3, '.');
+    let major = parts.next().unwrap_or("3");
+    let minor = parts.next().unwrap_or("0");
+    format!("{major}.{minor}.0")
+}
+
+fn bbolt(e: etcd_bbolt::Error) -> Error {
+    Error::Internal(format!("writing the snapshot database: {e}"))
+}
+
+/// Keys between two progress reports within a bucket.
+const PROGRESS_EVERY: u64 = 1 << 17;
+
+/// Writes `view` into `out` as an etcd bbolt database (pages of
+/// `page_size`); returns the output and what was written. `progress` is
+/// called with a bucket's name and the keys written so far, every
+/// [`PROGRESS_EVERY`] keys and at the end of each bucket.
+pub fn write_db<W: Write + Seek>(
+    view: &StoreView<'_>,
+    out: W,
+    page_size: usize,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<(W, WrittenFile)> {
+    let mut w = Writer::new(out, page_size).map_err(bbolt)?;
+    let mut keys = 0u64;
+    let not_auth_record =
+        |k: &[u8]| (!k.starts_with(USER_PREFIX) && !k.starts_with(ROLE_PREFIX)).then(|| k.to_vec());
+    let buckets: [(&str, Cf, &dyn Fn(&[u8]) -> Option<Vec<u8>>); 4] = [
+        ("alarm", Cf::Alarm, &|k| Some(k.to_vec())),
+        ("auth", Cf::Auth, &not_auth_record),
+        ("authRoles", Cf::Auth, &|k| k.strip_prefix(ROLE_PREFIX).map(<[u8]>::to_vec)),
+        ("authUsers", Cf::Auth, &|k| k.strip_prefix(USER_PREFIX).map(<[u8]>::to_vec)),
+    ];
+    for (name, cf, rename) in buckets {
+        keys = copy(&mut w, name, view, cf, rename, keys, progress)?;
+    }
+    // cluster: the version.
+    w.begin_bucket(b"cluster").map_err(bbolt)?;
+    w.put(
+        b"clusterVersion",
+        cluster_version(crate::SERVER_VERSION).as_bytes(),
+    )
+    .map_err(bbolt)?;
+    keys += 1;
+    progress("cluster", keys);
+    // key, lease: same bytes.
+    keys = copy(&mut w, "key", view, Cf::Key, &etcd_rev_key, keys, progress)?;
+    keys = copy(&mut w, "lease", view, Cf::Lease, &|k| Some(k.to_vec()), keys, progress)?;
+    // members, members_removed: hex ids, sorted as strings.
+    let mut members = Vec::new();
+    let mut removed = Vec::new();
+    for item in view.scan(Cf::Members) {
+        let (k, v) = item?;
+        let id = match k.get(1..9) {
+            Some(b) if k.len() == 9 => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+            _ => continue,
+        };
+        match k[0] {
+            MEMBER_PREFIX => {
+                let m = Member::decode(&v[..]).map_err(|e| {
+                    Error::Internal(format!("member record {id:x} is not readable: {e}"))
+                })?;
+                let json = serde_json::to_vec(&MemberJson {
+                    id: m.id,
+                    peer_urls: &m.peer_urls,
+                    is_learner: m.is_learner,
+                    name: &m.name,
+                    client_urls: &m.client_urls,
+                })
+                .map_err(|e| Error::Internal(e.to_string()))?;
+                members.push((format!("{id:x}"), json));
+            }
+            REMOVED_PREFIX => removed.push((format!("{id:x}"), b"removed".to_vec())),
+            _ => {} // our own bookkeeping (refused changes): not etcd's
+        }
+    }
+    for (name, mut records) in [("members", members), ("members_removed", removed)] {
+        records.sort();
+        w.begin_bucket(name.as_bytes()).map_err(bbolt)?;
+        for (k, v) in &records {
+            w.put(k.as_bytes(), v).map_err(bbolt)?;
+        }
+        keys += records.len() as u64;
+        progress(name, keys);
+    }
+    // meta: the consistent index and compaction revisions.
+    w.begin_bucket(b"meta").map_err(bbolt)?;
+    let mut meta = vec![(
+        &b"consistent_index"[..],
+        view.consistent_index()?.to_be_bytes().to_vec(),
+    )];
+    let (scheduled, finished) = view.compact_revisions()?;
+    if finished >= 0 {
+        meta.push((b"finishedCompactRev", rev_bytes(finished)));
+    }
+    if scheduled >= 0 {
+        meta.push((b"scheduledCompactRev", rev_bytes(scheduled)));
+    }
+    for (k, v) in &meta {
+        w.put(k, v).map_err(bbolt)?;
+    }
+    progress("meta", keys + meta.len() as u64);
+    w.finish(1).map_err(bbolt)
+}
+
+/// Copies the records of `cf` whose key `rename` maps (None: skip) into
+/// bucket `name`; the mapping must keep the key order. Returns `keys` plus
+/// the records copied.
+fn copy<W: Write + Seek>(
+    w: &mut Writer<W>,
+    name: &str,
+    view: &StoreView<'_>,
+    cf: Cf,
+    rename: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
+    mut keys: u64,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<u64> {
+    w.begin_bucket(name.as_bytes()).map_err(bbolt)?;
+    let mut n = 0;
+    for item in view.scan(cf) {
+        let (k, v) = item?;
+        if let Some(k) = rename(&k) {
+            w.put(&k, &v).map_err(bbolt)?;
+            keys += 1;
+            n += 1;
+            if n % PROGRESS_EVERY == 0 {
+                progress(name, keys);
+            }
+        }
+    }
+    progress(name, keys);
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_bbolt::Reader;
+    use etcd_mvcc::{Bucket, Store, StoreOptions};
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
+
+    type Db = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
+    fn read(bytes: Vec<u8>) -> Db {
+        let r = Reader::from_bytes(bytes).unwrap();
+        let mut db = Db::new();
+        for b in r.buckets().unwrap() {
+            let mut kvs = Vec::new();
+            r.for_each(&b, |k, v| {
+                kvs.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            db.insert(String::from_utf8(b.name.clone()).unwrap(), kvs);
+        }
+        db
+    }
+
+    #[test]
+    fn the_store_in_etcds_buckets() {
+        let store = Store::open_in_memory(StoreOptions::default()).unwrap();
+        let mut t = store.write();
+        t.put(b"foo", b"bar", 0).unwrap();
+        t.put_aux(Bucket::Auth, b"authEnabled", &[1]);
+        t.put_aux(Bucket::Auth, b"authRevision", &3u64.to_be_bytes());
+        t.put_aux(Bucket::Auth, b"users/root", b"user-proto");
+        t.put_aux(Bucket::Auth, b"roles/root", b"role-proto");
+        t.put_aux(Bucket::Lease, &7i64.to_be_bytes(), b"lease-proto");
+        let m = |id: u64, learner: bool| Member {
+            id,
+            name: if learner { String::new() } else { format!("m{id}") },
+            peer_urls: vec![format!("http://127.0.0.1:{id}")],
+            client_urls: vec![],
+            is_learner: learner,
+        };
+        // ids whose hex order differs from their numeric order
+        for id in [0xa_u64, 0x1f] {
+            let mut k = vec![MEMBER_PREFIX];
+            k.extend_from_slice(&id.to_be_bytes());
+            t.put_aux(Bucket::Members, &k, &m(id, id == 0x1f).encode_to_vec());
+        }
+        let mut k = vec![REMOVED_PREFIX];
+        k.extend_from_slice(&5u64.to_be_bytes());
+        t.put_aux(Bucket::Members, &k, b"");
+        t.end(4).unwrap();
+        let mut t = store.write();
+        t.delete_range(b"foo", b"").unwrap();
+        t.end(5).unwrap();
+        store.compact(2, 6).unwrap().wait();
+
+        let view = store.view().unwrap();
+        let mut buckets = Vec::new();
+        let (out, written) = write_db(&view, Cursor::new(Vec::new()), 4096, &mut |b, _| {
+            buckets.push(b.to_string())
+        })
+        .unwrap();
+        let db = read(out.into_inner());
+        assert_eq!(
+            db.keys().collect::<Vec<_>>(),
+            [
+                "alarm",
+                "auth",
+                "authRoles",
+                "authUsers",
+                "cluster",
+                "key",
+                "lease",
+                "members",
+                "members_removed",
+                "meta"
+            ]
+        );
+        assert_eq!(buckets, db.keys().cloned().collect::<Vec<_>>());
+        let kv = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+        assert_eq!(
+            db["auth"],
+            [
+                kv(b"authEnabled", &[1]),
+                kv(b"authRevision", &3u64.to_be_bytes())
+            ]
+        );
+        assert_eq!(db["authUsers"], [kv(b"root", b"user-proto")]);
+        assert_eq!(db["authRoles"], [kv(b"root", b"role-proto")]);
+        assert_eq!(db["cluster"], [kv(b"clusterVersion", b"3.5.0")]);
+        assert_eq!(db["lease"], [kv(&7i64.to_be_bytes(), b"lease-proto")]);
+        assert_eq!(
+            db["members"],
+            [
+                kv(
+                    b"1f",
+                    br#"{"id":31,"peerURLs":["http://127.0.0.1:31"],"isLearner":true}"#
+                ),
+                kv(
+                    b"a",
+                    br#"{"id":10,"peerURLs":["http://127.0.0.1:10"],"name":"m10"}"#
+                ),
+            ]
+        );
+        assert_eq!(db["members_removed"], [kv(b"5", b"removed")]);
+        assert_eq!(
+            db["meta"],
+            [
+                kv(b"consistent_index", &6u64.to_be_bytes()),
+                kv(b"finishedCompactRev", &rev_bytes(2)),
+                kv(b"scheduledCompactRev", &rev_bytes(2)),
+            ]
+        );
+        // key: revision 2 (the put) and 3 (the tombstone), etcd's bytes.
+        let keys: Vec<_> = db["key"].iter().map(|(k, _)| k.clone()).collect();
+        let mut tomb = rev_bytes(3);
+        tomb.push(b't');
+        assert_eq!(keys, [rev_bytes(2), tomb]);
+        assert_eq!(written.keys, db.values().map(|b| b.len() as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn cluster_version_is_major_minor_zero() {
+        assert_eq!(cluster_version("3.5.17"), "3.5.0");
+        assert_eq!(cluster_version("3.4.0"), "3.4.0");
+    }
+}
