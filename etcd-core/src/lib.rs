@@ -79,5 +79,5 @@ pub use go_duration::parse_go_duration;
 pub use membership::{cluster_id, format_id, member_id, parse_initial_cluster, Member};
 pub use metrics::Metrics;
 pub use request_context::RequestContext;
-pub use server::{Etcd, StartOptions, SERVER_VERSION};
+pub use server::{Etcd, SnapshotDb, StartOptions, SERVER_VERSION, SNAPSHOT_CHUNK};
 pub use watcher::WatchStream;

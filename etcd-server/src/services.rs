@@ -124,10 +124,26 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(&self, req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
         learner_guard(&self.0)?;
-        self.0
-            .check_maintenance_admin(&crate::request_context::of(&req))
+        let ctx = crate::request_context::of(&req);
+        self.0.check_maintenance_admin(&ctx).map_err(to_status)?;
+        let etcd = self.0.clone();
+        let db = tokio::task::spawn_blocking(move || etcd.snapshot(&ctx))
+            .await
+            .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
             .map_err(to_status)?;
-        Err(unsupported("snapshot"))
+        // Chunks are read as the client takes them (a few in flight).
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            for chunk in db {
+                if tx.blocking_send(chunk.map_err(to_status)).is_err() {
+                    tracing::warn!("the client went away during a database snapshot");
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {

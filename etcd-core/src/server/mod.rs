@@ -38,5 +38,6 @@ mod publish;
 mod start;
 
 pub use etcd::{Etcd, SERVER_VERSION};
+pub use maintenance::{SnapshotDb, SNAPSHOT_CHUNK};
 pub(crate) use peer_client::{forward_lease_renew, forward_lease_time_to_live};
 pub use start::StartOptions;

@@ -120,6 +120,32 @@ impl Server {
         s
     }
 
+    /// A server of `kind` on an existing data directory (what `etcdctl
+    /// snapshot restore` wrote, for one), as member `name` with the peer
+    /// URL it was restored with. `tmp` holds the directory and is kept.
+    pub fn start_on(
+        kind: Kind,
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+        name: &str,
+        peer_url: &str,
+    ) -> Server {
+        let mut s = Server {
+            kind,
+            name: name.into(),
+            data_dir,
+            client_url: format!("http://127.0.0.1:{}", free_port()),
+            peer_url: peer_url.into(),
+            extra_args: Vec::new(),
+            ctl_args: Vec::new(),
+            child: None,
+            log: tmp.path().join("server.log"),
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
     fn spawn(&mut self) {
         let bin = match self.kind {
             Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
