@@ -183,3 +183,78 @@ fn without_remaining(s: &str) -> String {
         None => s.to_string(),
     }
 }
+
+/// A snapshot is one point in time, and writes go on while it streams:
+/// the stream is opened, one chunk read, keys written (they succeed while
+/// the stream waits), then the rest read. The file has the revision the
+/// stream was opened at, its sha256 is the trailer's, and it reads back
+/// (every page checked) with all the keys of that revision.
+#[test]
+fn snapshot_is_a_point_in_time_and_writes_go_on_meanwhile() {
+    use etcd_server::rpc::etcdserverpb::maintenance_client::MaintenanceClient;
+    use etcd_server::rpc::etcdserverpb::SnapshotRequest;
+
+    let s = Server::start(Kind::Ours);
+    // Enough keys for a file of many chunks.
+    let value = "x".repeat(1000);
+    for t in 0..10 {
+        let ops: String = (0..100)
+            .map(|i| format!("put key/{t:02}/{i:03} {value}\n"))
+            .collect();
+        let out = s.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
+        assert!(out.status.success(), "txn: {out:?}");
+    }
+    let rev = revision(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (blobs, remaining) = rt.block_on(async {
+        let mut m = MaintenanceClient::new(s.channel().await);
+        let mut stream = m.snapshot(SnapshotRequest {}).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        // Writes while the stream is open.
+        for i in 0..20 {
+            s.ctl_ok(&["put", &format!("during/{i}"), "v"]);
+        }
+        let mut blobs = vec![first.blob.to_vec()];
+        let mut remaining = vec![first.remaining_bytes];
+        while let Some(r) = stream.message().await.unwrap() {
+            blobs.push(r.blob.to_vec());
+            remaining.push(r.remaining_bytes);
+        }
+        (blobs, remaining)
+    });
+    assert_eq!(revision(&s), rev + 20, "the writes went through");
+    let (sha, chunks) = blobs.split_last().unwrap();
+    assert!(chunks.len() > 10, "{} chunks", chunks.len());
+    assert!(chunks.iter().all(|c| c.len() <= 32 * 1024));
+    let db: Vec<u8> = chunks.concat();
+    // remaining_bytes counts down to 0 with the chunks; the checksum's is 0.
+    let mut left = db.len() as u64;
+    for (c, r) in chunks.iter().zip(&remaining) {
+        left -= c.len() as u64;
+        assert_eq!(*r, left);
+    }
+    assert_eq!(*remaining.last().unwrap(), 0);
+    assert_eq!(
+        &sha[..],
+        ring::digest::digest(&ring::digest::SHA256, &db).as_ref()
+    );
+
+    let r = etcd_bbolt::Reader::from_bytes(db).unwrap();
+    r.check().unwrap();
+    let key = r
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.name == b"key")
+        .unwrap();
+    let mut max_rev = 0i64;
+    let mut n = 0;
+    r.for_each(&key, |k, _| {
+        max_rev = max_rev.max(i64::from_be_bytes(k[..8].try_into().unwrap()));
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(max_rev, rev, "the snapshot is the store when it was asked for");
+    assert_eq!(n, 1000);
+}
