@@ -265,10 +265,7 @@ mod tests {
         let mut b = m.encode();
         assert_eq!(Meta::decode(&b), Ok(m));
         b[40] ^= 1;
-        assert_eq!(
-            Meta::decode(&b),
-            Err("meta checksum mismatch".to_string())
-        );
+        assert_eq!(Meta::decode(&b), Err("meta checksum mismatch".to_string()));
         b[0] ^= 1;
         assert!(Meta::decode(&b).unwrap_err().starts_with("magic"));
     }

@@ -137,11 +137,15 @@ impl<S: Source> Reader<S> {
             }
         };
         let page_size = meta.page_size as usize;
-        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) || !page_size.is_power_of_two()
-        {
+        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(Error::InvalidMeta(format!("page size {page_size}")));
         }
-        if meta.pgid < 2 || meta.pgid.checked_mul(page_size as u64).is_none_or(|n| n > len) {
+        if meta.pgid < 2
+            || meta
+                .pgid
+                .checked_mul(page_size as u64)
+                .is_none_or(|n| n > len)
+        {
             return Err(corrupt(format!(
                 "high-water mark of {} pages of {page_size} bytes beyond the file's {len} bytes",
                 meta.pgid

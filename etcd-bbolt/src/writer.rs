@@ -22,8 +22,8 @@ use std::io::{Seek, SeekFrom, Write};
 use crate::error::{Error, Result};
 use crate::format::{
     BucketHeader, Meta, PageHeader, BRANCH_PAGE, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG,
-    ELEMENT_SIZE, LEAF_PAGE, MAX_KEY_SIZE, MAX_PAGE_SIZE, MAX_VALUE_SIZE, META_PAGE,
-    MIN_PAGE_SIZE, NO_FREELIST, PAGE_HEADER_SIZE,
+    ELEMENT_SIZE, LEAF_PAGE, MAX_KEY_SIZE, MAX_PAGE_SIZE, MAX_VALUE_SIZE, META_PAGE, MIN_PAGE_SIZE,
+    NO_FREELIST, PAGE_HEADER_SIZE,
 };
 
 /// What [`Writer::finish`] wrote.
@@ -225,7 +225,8 @@ impl<W: Write> Pages<'_, W> {
         .encode(&mut head);
         self.out.write_all(&head)?;
         self.out.write_all(body)?;
-        self.out.write_all(&vec![0u8; spans * self.page_size - len])?;
+        self.out
+            .write_all(&vec![0u8; spans * self.page_size - len])?;
         *self.next_page += spans as u64;
         Ok(id)
     }
@@ -335,7 +336,12 @@ impl TreeBuilder {
         let id = self.write_level(pages, level)?;
         let p = std::mem::replace(&mut self.levels[level], PendingPage::new());
         self.levels[level].written = p.written + 1;
-        let first = p.elems.into_iter().next().expect("a written page has elements").0;
+        let first = p
+            .elems
+            .into_iter()
+            .next()
+            .expect("a written page has elements")
+            .0;
         let size = ELEMENT_SIZE + first.len();
         self.add(pages, level + 1, (first, Vec::new(), 0, id), size)
     }

@@ -90,9 +90,7 @@ fn many_keys_make_a_deep_tree_and_large_values_overflow() {
         .map(|i| (i.to_be_bytes().to_vec(), format!("value-{i}").into_bytes()))
         .collect();
     db.insert(b"key".to_vec(), key);
-    let big: BTreeMap<_, _> = (0u8..3)
-        .map(|i| (vec![i], vec![i; 100_000]))
-        .collect();
+    let big: BTreeMap<_, _> = (0u8..3).map(|i| (vec![i], vec![i; 100_000])).collect();
     db.insert(b"big".to_vec(), big);
     db.insert(b"empty".to_vec(), BTreeMap::new());
     let bytes = write(&db, 512);
@@ -102,7 +100,10 @@ fn many_keys_make_a_deep_tree_and_large_values_overflow() {
 #[test]
 fn a_file_without_its_metas_is_refused() {
     let mut db = Db::new();
-    db.insert(b"b".to_vec(), BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]));
+    db.insert(
+        b"b".to_vec(),
+        BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]),
+    );
     let mut bytes = write(&db, 4096);
     bytes[..8192].fill(0);
     assert!(matches!(read(bytes), Err(Error::InvalidMeta(_))));
@@ -111,7 +112,10 @@ fn a_file_without_its_metas_is_refused() {
 #[test]
 fn one_damaged_meta_falls_back_to_the_other() {
     let mut db = Db::new();
-    db.insert(b"b".to_vec(), BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]));
+    db.insert(
+        b"b".to_vec(),
+        BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]),
+    );
     let mut bytes = write(&db, 4096);
     bytes[20] ^= 0xff;
     assert_eq!(read(bytes).unwrap(), db);
@@ -121,8 +125,14 @@ fn one_damaged_meta_falls_back_to_the_other() {
 fn a_page_reached_twice_is_refused() {
     // Two buckets whose headers point at the same page.
     let mut db = Db::new();
-    db.insert(b"a".to_vec(), BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]));
-    db.insert(b"b".to_vec(), BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]));
+    db.insert(
+        b"a".to_vec(),
+        BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]),
+    );
+    db.insert(
+        b"b".to_vec(),
+        BTreeMap::from([(b"k".to_vec(), b"v".to_vec())]),
+    );
     let mut bytes = write(&db, 4096);
     // Pages: 2 = leaf of a, 3 = leaf of b, 4 = root leaf. Point b at 2.
     let root = 4 * 4096;

@@ -1,6 +1,8 @@
 //! etcd's backend layout (the bbolt buckets of `member/snap/db` and of
-//! `etcdctl snapshot save` files), written from this store's column
-//! families: what `Maintenance.Snapshot` sends.
+//! `etcdctl snapshot save` files), mapped both ways: [`write_db`] writes
+//! this store's column families as etcd's buckets (what
+//! `Maintenance.Snapshot` sends); [`etcd_db_to_image`] reads etcd's buckets
+//! into an image of this store (what a restore installs).
 //!
 //! | etcd bucket       | key                              | value                         | ours (column family: key)        |
 //! |-------------------|----------------------------------|-------------------------------|----------------------------------|
@@ -29,8 +31,8 @@
 
 use std::io::{Seek, Write};
 
-use etcd_bbolt::{Writer, WrittenFile};
-use etcd_mvcc::{Cf, StoreView};
+use etcd_bbolt::{Reader, Source, Writer, WrittenFile};
+use etcd_mvcc::{Cf, ImageWriter, StoreView};
 use prost::Message;
 use serde::Serialize;
 
@@ -114,8 +116,12 @@ pub fn write_db<W: Write + Seek>(
     let buckets: [(&str, Cf, &dyn Fn(&[u8]) -> Option<Vec<u8>>); 4] = [
         ("alarm", Cf::Alarm, &|k| Some(k.to_vec())),
         ("auth", Cf::Auth, &not_auth_record),
-        ("authRoles", Cf::Auth, &|k| k.strip_prefix(ROLE_PREFIX).map(<[u8]>::to_vec)),
-        ("authUsers", Cf::Auth, &|k| k.strip_prefix(USER_PREFIX).map(<[u8]>::to_vec)),
+        ("authRoles", Cf::Auth, &|k| {
+            k.strip_prefix(ROLE_PREFIX).map(<[u8]>::to_vec)
+        }),
+        ("authUsers", Cf::Auth, &|k| {
+            k.strip_prefix(USER_PREFIX).map(<[u8]>::to_vec)
+        }),
     ];
     for (name, cf, rename) in buckets {
         keys = copy(&mut w, name, view, cf, rename, keys, progress)?;
@@ -131,7 +137,15 @@ pub fn write_db<W: Write + Seek>(
     progress("cluster", keys);
     // key, lease: same bytes.
     keys = copy(&mut w, "key", view, Cf::Key, &etcd_rev_key, keys, progress)?;
-    keys = copy(&mut w, "lease", view, Cf::Lease, &|k| Some(k.to_vec()), keys, progress)?;
+    keys = copy(
+        &mut w,
+        "lease",
+        view,
+        Cf::Lease,
+        &|k| Some(k.to_vec()),
+        keys,
+        progress,
+    )?;
     // members, members_removed: hex ids, sorted as strings.
     let mut members = Vec::new();
     let mut removed = Vec::new();
@@ -218,6 +232,106 @@ fn copy<W: Write + Seek>(
     Ok(keys)
 }
 
+/// What [`etcd_db_to_image`] carried over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Key revision records (puts and tombstones).
+    pub revisions: u64,
+    /// Leases.
+    pub leases: u64,
+    /// Records of the auth buckets (settings, users, roles).
+    pub auth: u64,
+    /// Alarms.
+    pub alarms: u64,
+}
+
+fn import_err(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("importing the etcd database: {e}"))
+}
+
+/// Converts an etcd database into an image of this store at consistent
+/// index 0, written to `out`: the state machine (key revisions, compaction
+/// revisions, leases, auth, alarms). What belongs to the old cluster is
+/// left out, as `etcdctl snapshot restore` drops it: members, removed
+/// members, the consistent index, the cluster version (the restored
+/// member bootstraps a new cluster on top). The image is verified when it
+/// is restored ([`etcd_mvcc::Store::restore`]): a malformed record
+/// (revision key, `mvccpb.KeyValue`) fails there, before anything is
+/// applied.
+pub fn etcd_db_to_image<S: Source, W: Write>(db: &Reader<S>, out: W) -> Result<(W, Imported)> {
+    let buckets = db.buckets().map_err(import_err)?;
+    let bucket = |name: &str| buckets.iter().find(|b| b.name == name.as_bytes());
+    let mut img = ImageWriter::new(out, 0).map_err(import_err)?;
+    let mut n = Imported::default();
+    // Image order: key, meta, lease, auth, members, alarm.
+    if let Some(b) = bucket("key") {
+        db.for_each(b, |k, v| {
+            let ours = match (k.len(), k.get(8)) {
+                (17 | 18, Some(b'_')) => [&k[..8], &k[9..]].concat(),
+                _ => {
+                    return Err(etcd_bbolt::Error::Corrupt(format!(
+                        "key bucket: {k:x?} is not a revision"
+                    )))
+                }
+            };
+            n.revisions += 1;
+            img.push(Cf::Key, &ours, v).map_err(etcd_bbolt::Error::Io)
+        })
+        .map_err(import_err)?;
+    }
+    if let Some(b) = bucket("meta") {
+        // etcd's names -> ours, sorted by our names.
+        let mut meta = Vec::new();
+        db.for_each(b, |k, v| {
+            let ours: &[u8] = match k {
+                b"finishedCompactRev" => b"finished_compact_rev",
+                b"scheduledCompactRev" => b"scheduled_compact_rev",
+                _ => return Ok(()), // consistent_index, term, confState: the old cluster's
+            };
+            let main = v.get(..8).ok_or_else(|| {
+                etcd_bbolt::Error::Corrupt(format!("meta {k:?}: {} bytes", v.len()))
+            })?;
+            meta.push((ours, main.to_vec()));
+            Ok(())
+        })
+        .map_err(import_err)?;
+        meta.sort();
+        for (k, v) in meta {
+            img.push(Cf::Meta, k, &v).map_err(import_err)?;
+        }
+    }
+    if let Some(b) = bucket("lease") {
+        db.for_each(b, |k, v| {
+            n.leases += 1;
+            img.push(Cf::Lease, k, v).map_err(etcd_bbolt::Error::Io)
+        })
+        .map_err(import_err)?;
+    }
+    // auth ("authEnabled", "authRevision") < "roles/..." < "users/...".
+    for (name, prefix) in [
+        ("auth", &b""[..]),
+        ("authRoles", ROLE_PREFIX),
+        ("authUsers", USER_PREFIX),
+    ] {
+        if let Some(b) = bucket(name) {
+            db.for_each(b, |k, v| {
+                n.auth += 1;
+                img.push(Cf::Auth, &[prefix, k].concat(), v)
+                    .map_err(etcd_bbolt::Error::Io)
+            })
+            .map_err(import_err)?;
+        }
+    }
+    if let Some(b) = bucket("alarm") {
+        db.for_each(b, |k, v| {
+            n.alarms += 1;
+            img.push(Cf::Alarm, k, v).map_err(etcd_bbolt::Error::Io)
+        })
+        .map_err(import_err)?;
+    }
+    Ok((img.finish().map_err(import_err)?, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +369,11 @@ mod tests {
         t.put_aux(Bucket::Lease, &7i64.to_be_bytes(), b"lease-proto");
         let m = |id: u64, learner: bool| Member {
             id,
-            name: if learner { String::new() } else { format!("m{id}") },
+            name: if learner {
+                String::new()
+            } else {
+                format!("m{id}")
+            },
             peer_urls: vec![format!("http://127.0.0.1:{id}")],
             client_urls: vec![],
             is_learner: learner,
@@ -337,7 +455,10 @@ mod tests {
         let mut tomb = rev_bytes(3);
         tomb.push(b't');
         assert_eq!(keys, [rev_bytes(2), tomb]);
-        assert_eq!(written.keys, db.values().map(|b| b.len() as u64).sum::<u64>());
+        assert_eq!(
+            written.keys,
+            db.values().map(|b| b.len() as u64).sum::<u64>()
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ mod apply_loop;
 #[cfg(test)]
 mod apply_range_tests;
 pub mod auth;
-pub mod bbolt_layout;
 mod background;
+pub mod bbolt_layout;
 mod bootstrap;
 mod cluster;
 mod compactor;
@@ -61,6 +61,7 @@ mod server;
 #[doc(hidden)]
 pub mod simulation;
 pub mod snapshot;
+pub mod v3_snapshot;
 mod v3election;
 mod v3lease;
 mod v3lock;

@@ -97,6 +97,6 @@ pub use kvstore::{
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;
 pub use snapshot_image::{
-    encode_records, verify_image, ImageInfo, BLOCK_TARGET, IMAGE_MAGIC, IMAGE_VERSION,
+    encode_records, verify_image, ImageInfo, ImageWriter, BLOCK_TARGET, IMAGE_MAGIC, IMAGE_VERSION,
     MAX_BLOCK_LEN,
 };

@@ -10,6 +10,7 @@ mod authority;
 pub use authority::fuzz_client_bytes;
 pub mod config;
 mod config_file;
+pub mod etcdutl;
 mod http;
 pub mod logging;
 mod metrics;

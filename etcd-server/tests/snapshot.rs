@@ -4,6 +4,9 @@
 //! snapshot restore` and served by the real etcd, which must then answer
 //! every read as this server does (keys with their revisions and versions,
 //! history up to the compaction, leases with their keys, users, roles).
+//! The other way round, our `etcdutl snapshot restore` of the real etcd's
+//! snapshot, served by this server, answers as the real etcd; and our
+//! `etcdutl snapshot status` prints what the real `etcdctl` prints.
 
 mod common;
 
@@ -112,9 +115,18 @@ fn reads(s: &Server, before: i64, after: i64) -> Vec<(String, String)> {
         &["get", "k", "--prefix", "--rev", &before.to_string()],
     );
     let lease_list = s.ctl_ok(&["lease", "list"]);
-    let id = lease_list.lines().nth(1).unwrap_or_default().trim().to_string();
+    let id = lease_list
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     step(&mut log, "lease list", &["lease", "list"]);
-    step(&mut log, "lease keys", &["lease", "timetolive", &id, "--keys"]);
+    step(
+        &mut log,
+        "lease keys",
+        &["lease", "timetolive", &id, "--keys"],
+    );
     step(&mut log, "user list", &["user", "list"]);
     step(&mut log, "user get", &["user", "get", "alice"]);
     step(&mut log, "role get", &["role", "get", "reader"]);
@@ -143,8 +155,14 @@ fn snapshot_save_status_and_restore_into_the_real_etcd() {
 
     // The real etcdctl reads both: same revision, same number of keys.
     let (s_ours, s_real) = (status(&ours_file), status(&real_file));
-    assert_eq!(s_ours["revision"], s_real["revision"], "{s_ours} vs {s_real}");
-    assert_eq!(s_ours["totalKey"], s_real["totalKey"], "{s_ours} vs {s_real}");
+    assert_eq!(
+        s_ours["revision"], s_real["revision"],
+        "{s_ours} vs {s_real}"
+    );
+    assert_eq!(
+        s_ours["totalKey"], s_real["totalKey"],
+        "{s_ours} vs {s_real}"
+    );
 
     // The real etcdctl restores ours; the real etcd serves it.
     let tmp = tempfile::tempdir().unwrap();
@@ -167,13 +185,192 @@ fn snapshot_save_status_and_restore_into_the_real_etcd() {
     assert!(out.status.success(), "snapshot restore: {out:?}");
     let restored = Server::start_on(Kind::Real, tmp, data_dir, "restored", &peer);
 
-    let want = reads(&ours, before, after);
-    let got = reads(&restored, before, after);
-    assert_eq!(want.len(), got.len());
-    for ((name, w), (_, g)) in want.iter().zip(&got) {
-        let (w, g) = (without_remaining(w), without_remaining(g));
-        assert_eq!(g, w, "{name}: etcd on our snapshot vs ours");
+    compare(
+        &reads(&ours, before, after),
+        &reads(&restored, before, after),
+        "etcd on our snapshot vs ours",
+    );
+
+    // etcdutl snapshot status prints what etcdctl prints, for both files.
+    for file in [&ours_file, &real_file] {
+        for w in ["simple", "json", "table", "fields"] {
+            let theirs = Command::new(etcdctl_path())
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "status", "-w", w])
+                .arg(file)
+                .output()
+                .unwrap();
+            let mine = etcdutl(&["snapshot", "status", "-w", w, file.to_str().unwrap()]);
+            assert!(mine.status.success(), "{mine:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&mine.stdout),
+                String::from_utf8_lossy(&theirs.stdout),
+                "status -w {w} of {}",
+                file.display()
+            );
+        }
     }
+
+    // Our etcdutl restores the real etcd's snapshot; this server serves it
+    // as the real etcd served it.
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("from-etcd.etcd");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let out = etcdutl(&[
+        "snapshot",
+        "restore",
+        real_file.to_str().unwrap(),
+        "--name",
+        "imported",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--initial-cluster",
+        &format!("imported={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    assert!(out.status.success(), "etcdutl snapshot restore: {out:?}");
+    let imported = Server::start_on(Kind::Ours, tmp, data_dir, "imported", &peer);
+    compare(
+        &reads(&real, before, after),
+        &reads(&imported, before, after),
+        "ours on etcd's snapshot vs etcd",
+    );
+}
+
+fn compare(want: &[(String, String)], got: &[(String, String)], what: &str) {
+    assert_eq!(want.len(), got.len());
+    for ((name, w), (_, g)) in want.iter().zip(got) {
+        let (w, g) = (without_remaining(w), without_remaining(g));
+        assert_eq!(g, w, "{name}: {what}");
+    }
+}
+
+fn etcdutl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_etcdutl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A restore that cannot be done says why and leaves no data directory
+/// (or the existing one untouched): a damaged file (bad checksum, flipped
+/// page, truncated), a file without its checksum, a data directory that
+/// exists.
+#[test]
+fn restore_refuses_damaged_files_and_existing_data_dirs() {
+    let s = Server::start(Kind::Ours);
+    for i in 0..300 {
+        s.ctl_ok(&["put", &format!("k{i:03}"), &"v".repeat(200)]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.db");
+    s.ctl_ok(&["snapshot", "save", good.to_str().unwrap()]);
+    let bytes = std::fs::read(&good).unwrap();
+    let restore = |file: &std::path::Path, data_dir: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        etcdutl(&args)
+    };
+    let cases: Vec<(&str, Vec<u8>, &str, &[&str])> = vec![
+        (
+            "bad checksum",
+            {
+                let mut b = bytes.clone();
+                *b.last_mut().unwrap() ^= 1;
+                b
+            },
+            "expected sha256",
+            &[],
+        ),
+        (
+            "flipped page byte",
+            {
+                let mut b = bytes.clone();
+                b[5 * 4096 + 100] ^= 0xff;
+                b
+            },
+            "expected sha256",
+            &[],
+        ),
+        (
+            "flipped page byte, hash check skipped",
+            {
+                let mut b = bytes.clone();
+                b[3 * 4096 + 8] ^= 0x07; // a page header's flags
+                b
+            },
+            "corrupt bbolt file",
+            &["--skip-hash-check"],
+        ),
+        (
+            "truncated",
+            bytes[..bytes.len() / 2].to_vec(),
+            "missing hash",
+            &[],
+        ),
+        (
+            "truncated, hash check skipped",
+            bytes[..bytes.len() / 2].to_vec(),
+            "beyond the file",
+            &["--skip-hash-check"],
+        ),
+        (
+            "no checksum",
+            bytes[..bytes.len() - 32].to_vec(),
+            "snapshot missing hash but --skip-hash-check=false",
+            &[],
+        ),
+        (
+            "not a bbolt file",
+            vec![7u8; 8192 + 32],
+            "expected sha256",
+            &[],
+        ),
+        (
+            "not a bbolt file, hash check skipped",
+            vec![7u8; 8192],
+            "not a valid bbolt file",
+            &["--skip-hash-check"],
+        ),
+    ];
+    for (name, content, want, extra) in cases {
+        let file = dir
+            .path()
+            .join(format!("{}.db", name.replace([' ', ','], "-")));
+        std::fs::write(&file, content).unwrap();
+        let data_dir = dir
+            .path()
+            .join(format!("{}.etcd", name.replace([' ', ','], "-")));
+        let out = restore(&file, &data_dir, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: restored");
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(!data_dir.exists(), "{name}: a data directory was left");
+    }
+    // A data directory that exists is left as it is.
+    let existing = dir.path().join("existing.etcd");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join("mine"), "keep").unwrap();
+    let out = restore(&good, &existing, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data-dir exists"));
+    assert_eq!(
+        std::fs::read_to_string(existing.join("mine")).unwrap(),
+        "keep"
+    );
+    // The good file restores; no copy left beside it.
+    let fresh = dir.path().join("fresh.etcd");
+    let out = restore(&good, &fresh, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(fresh.join("member").join("wal").exists());
+    assert!(!dir.path().join("fresh.etcd.restoring").exists());
 }
 
 /// `remaining(2996s)` -> `remaining(_)`: the TTL left depends on timing.
@@ -255,6 +452,9 @@ fn snapshot_is_a_point_in_time_and_writes_go_on_meanwhile() {
         Ok(())
     })
     .unwrap();
-    assert_eq!(max_rev, rev, "the snapshot is the store when it was asked for");
+    assert_eq!(
+        max_rev, rev,
+        "the snapshot is the store when it was asked for"
+    );
     assert_eq!(n, 1000);
 }

@@ -14,8 +14,8 @@ use std::io::{Read, Seek, SeekFrom};
 use super::etcd::{Etcd, SERVER_VERSION};
 use crate::apply::Applied;
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvResponse,
-    SnapshotResponse, StatusResponse,
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvResponse, SnapshotResponse,
+    StatusResponse,
 };
 use crate::raft_request::Op;
 use crate::request_context::RequestContext;

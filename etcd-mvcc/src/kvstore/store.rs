@@ -16,9 +16,8 @@ use super::inner::{IndexBuilder, Inner};
 use super::options::{Bucket, StoreOptions};
 use super::txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
 use crate::backend::{
-    ScanIter, Snapshot,
-    check_format, meta_i64, meta_u64, Backend, Cf, WriteBatch, META_CONSISTENT_INDEX,
-    META_FINISHED_COMPACT, META_RESTORING, META_SCHEDULED_COMPACT,
+    check_format, meta_i64, meta_u64, Backend, Cf, ScanIter, Snapshot, WriteBatch,
+    META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_RESTORING, META_SCHEDULED_COMPACT,
 };
 use crate::backend_memory::MemDisk;
 use crate::error::{Error, Result};
