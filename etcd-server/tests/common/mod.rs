@@ -31,6 +31,8 @@ pub struct Server {
     pub extra_args: Vec<String>,
     /// Flags every etcdctl call gets (`--cacert`, `--cert`, `--key` ...).
     pub ctl_args: Vec<String>,
+    /// `--initial-cluster` when not just this member (`name=peer_url`).
+    pub initial_cluster: Option<String>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -112,6 +114,7 @@ impl Server {
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
+            initial_cluster: None,
             child: None,
             log: tmp.path().join("server.log"),
             _tmp: Some(tmp),
@@ -130,23 +133,46 @@ impl Server {
         name: &str,
         peer_url: &str,
     ) -> Server {
+        let mut s = Self::launch_on(kind, tmp, data_dir, name, peer_url, None, &[]);
+        s.wait_ready();
+        s
+    }
+
+    /// Like [`Server::start_on`] for a member of `initial_cluster`, with
+    /// `extra` flags, without waiting until it serves (the members of a
+    /// cluster are launched together, then waited for).
+    pub fn launch_on(
+        kind: Kind,
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+        name: &str,
+        peer_url: &str,
+        initial_cluster: Option<&str>,
+        extra: &[&str],
+    ) -> Server {
         let mut s = Server {
             kind,
             name: name.into(),
             data_dir,
             client_url: format!("http://127.0.0.1:{}", free_port()),
             peer_url: peer_url.into(),
-            extra_args: Vec::new(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
             ctl_args: Vec::new(),
+            initial_cluster: initial_cluster.map(str::to_string),
             child: None,
             log: tmp.path().join("server.log"),
             _tmp: Some(tmp),
         };
-        s.spawn();
+        s.launch();
         s
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    fn launch(&mut self) {
         let bin = match self.kind {
             Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
             Kind::Real => real_etcd_path().to_string(),
@@ -170,7 +196,11 @@ impl Server {
             .arg("--initial-advertise-peer-urls")
             .arg(&self.peer_url)
             .arg("--initial-cluster")
-            .arg(format!("{}={}", self.name, self.peer_url))
+            .arg(
+                self.initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={}", self.name, self.peer_url)),
+            )
             .args(&self.extra_args)
             .env_remove("ETCDCTL_API")
             .env_clear()
@@ -181,7 +211,6 @@ impl Server {
             .spawn()
             .expect("cannot start the server binary");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until `etcdctl endpoint health` succeeds (at most 60 s).
