@@ -19,13 +19,14 @@ PAUSEBENCH="$CARGO_TARGET_DIR/release/pausebench"
 # Room for two versions of every key on both servers.
 QUOTA=$((8 * 1024 * 1024 * 1024))
 
-port=33000
+port=23000
 for r in $(seq "$REPEAT"); do
     for kind in ours real; do
         port=$((port + 2))
         pid=$(start_server "$kind" "$port" --quota-backend-bytes "$QUOTA")
         echo "== $(server_label "$kind"), run $r" >&2
-        "$PAUSEBENCH" --endpoint "http://127.0.0.1:$port" --keys "$KEYS" | tee "$WORK/$kind.$r" >&2
+        "$PAUSEBENCH" --endpoint "http://127.0.0.1:$port" --keys "$KEYS" --pid "$pid" \
+            --snapshot-file "$WORK/snapshot.db" | tee "$WORK/$kind.$r" >&2
         kill "$pid"; wait "$pid" 2>/dev/null || true
         rm -rf "$WORK/$kind-$port"
     done
@@ -36,6 +37,15 @@ done
 val() { awk -v k="$1:" '$1 == k {print $2}' "$2"; }
 field() { awk -v k="$1:" -v f="$2" '$1 == k { for (i = 2; i <= NF; i++) { split($i, a, "="); if (a[1] == f) print a[2] } }' "$3"; }
 
+echo "| server | snapshot s (first byte / whole) | snapshot MB | RSS MB before / max during snapshot | writer max ms / p99 ms during snapshot |"
+echo "|---|---|---|---|---|"
+for kind in ours real; do
+    m() { for r in $(seq "$REPEAT"); do "$@" "$WORK/$kind.$r"; done | median; }
+    w() { m field "$@"; }
+    echo "| $(server_label "$kind") | $(m val snapshot_first_byte_s) / $(m val snapshot_s) | $(m val snapshot_mb)" \
+        "| $(m val rss_before_snapshot_mb) / $(m val rss_max_during_snapshot_mb) | $(w writer_snapshot max_ms) / $(w writer_snapshot p99_ms) |"
+done
+echo
 echo "| server | writer max ms: baseline / compact / defrag | writer p99 ms: compact / defrag | compact s | defrag s | db MB before / after compact / after defrag |"
 echo "|---|---|---|---|---|---|"
 for kind in ours real; do

@@ -9,11 +9,16 @@
 //!    the revisions are superseded and compaction has real work;
 //! 2. a single writer puts keys of its own in a loop, one at a time, and
 //!    records every latency with the phase it fell in: `baseline` (2 s),
-//!    `compact` (a physical Compact at the current revision, waited for),
-//!    `defrag` (Defragment of the endpoint), `after` (2 s);
+//!    `snapshot` (a Maintenance.Snapshot streamed to a file, as `etcdctl
+//!    snapshot save` does), `compact` (a physical Compact at the current
+//!    revision, waited for), `defrag` (Defragment of the endpoint), `after`
+//!    (2 s);
 //! 3. prints, per phase, the writer's p50/p99/max latency, the durations of
-//!    compaction and defrag, and the db size (Status `db_size` and
-//!    `db_size_in_use`) before compaction, after compaction and after defrag.
+//!    the snapshot (first byte, whole), compaction and defrag, the
+//!    snapshot's size, the server's resident memory before and at most
+//!    during the snapshot (`--pid`: sampled from /proc every 10 ms), and
+//!    the db size (Status `db_size` and `db_size_in_use`) before
+//!    compaction, after compaction and after defrag.
 //!
 //! ```text
 //! pausebench --endpoint http://127.0.0.1:2379 --keys 1000000
@@ -57,10 +62,16 @@ struct Args {
     /// Seconds of writer-only load before compaction and after defrag.
     #[arg(long, default_value_t = 2)]
     quiet_secs: u64,
+    /// The server's process id, to sample its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Where the snapshot is written (removed afterwards).
+    #[arg(long, default_value = "/var/tmp/pausebench-snapshot.db")]
+    snapshot_file: std::path::PathBuf,
 }
 
 /// Phases of the measurement, in order.
-const PHASES: [&str; 4] = ["baseline", "compact", "defrag", "after"];
+const PHASES: [&str; 5] = ["baseline", "snapshot", "compact", "defrag", "after"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -102,6 +113,28 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(quiet).await;
 
     phase.store(1, Ordering::SeqCst);
+    let rss_before = args.pid.map_or(0, rss_kb);
+    let sampling = Arc::new(AtomicBool::new(true));
+    let rss_max = Arc::new(AtomicU64::new(rss_before));
+    let sampler = args.pid.map(|pid| {
+        let (sampling, rss_max) = (sampling.clone(), rss_max.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::SeqCst) {
+                rss_max.fetch_max(rss_kb(pid), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    });
+    let t = Instant::now();
+    let (first_byte, snapshot_bytes) = snapshot(&mut maint, &args.snapshot_file).await?;
+    let snapshot_time = t.elapsed();
+    sampling.store(false, Ordering::SeqCst);
+    if let Some(s) = sampler {
+        let _ = s.join();
+    }
+    let _ = std::fs::remove_file(&args.snapshot_file);
+
+    phase.store(2, Ordering::SeqCst);
     let rev = before.header.as_ref().map_or(0, |h| h.revision);
     let t = Instant::now();
     KvClient::new(ch.clone())
@@ -114,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     let compact_time = t.elapsed();
     let compacted = status(&mut maint).await?;
 
-    phase.store(2, Ordering::SeqCst);
+    phase.store(3, Ordering::SeqCst);
     let t = Instant::now();
     maint
         .defragment(DefragmentRequest {})
@@ -123,11 +156,19 @@ async fn main() -> anyhow::Result<()> {
     let defrag_time = t.elapsed();
     let defragged = status(&mut maint).await?;
 
-    phase.store(3, Ordering::SeqCst);
+    phase.store(4, Ordering::SeqCst);
     tokio::time::sleep(quiet).await;
     stop.store(true, Ordering::SeqCst);
     let hists = writer.await??;
 
+    println!("snapshot_first_byte_s: {:.3}", first_byte.as_secs_f64());
+    println!("snapshot_s: {:.3}", snapshot_time.as_secs_f64());
+    println!("snapshot_mb: {:.1}", snapshot_bytes as f64 / 1e6);
+    println!("rss_before_snapshot_mb: {:.1}", rss_before as f64 / 1e3);
+    println!(
+        "rss_max_during_snapshot_mb: {:.1}",
+        rss_max.load(Ordering::SeqCst) as f64 / 1e3
+    );
     println!("compacted_at_rev: {rev}");
     println!("compact_s: {:.3}", compact_time.as_secs_f64());
     println!("defrag_s: {:.3}", defrag_time.as_secs_f64());
@@ -231,4 +272,42 @@ async fn status(m: &mut MaintenanceClient<Channel>) -> anyhow::Result<StatusResp
         .await
         .context("status")?
         .into_inner())
+}
+
+/// Streams Maintenance.Snapshot into `path` (database and sha256 trailer,
+/// as `etcdctl snapshot save` writes it); returns the time to the first
+/// message and the bytes written.
+async fn snapshot(
+    m: &mut MaintenanceClient<Channel>,
+    path: &std::path::Path,
+) -> anyhow::Result<(Duration, u64)> {
+    use std::io::Write;
+    let t = Instant::now();
+    let mut stream = m
+        .snapshot(etcd_core::pb::etcdserverpb::SnapshotRequest {})
+        .await
+        .context("snapshot")?
+        .into_inner();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut first = None;
+    let mut n = 0u64;
+    while let Some(r) = stream.message().await.context("snapshot stream")? {
+        first.get_or_insert_with(|| t.elapsed());
+        out.write_all(&r.blob)?;
+        n += r.blob.len() as u64;
+    }
+    out.flush()?;
+    Ok((first.unwrap_or_default(), n))
+}
+
+/// Resident memory of process `pid` in kB (0 when unreadable).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
