@@ -570,3 +570,58 @@ fn three_member_restore_as_the_guides_do() {
         assert_eq!(out.trim(), "restore");
     }
 }
+
+/// What a stopped etcd 3.4 leaves in `member/wal/` reads back with our
+/// decoder of etcd's WAL format: the member and cluster ids of its
+/// metadata, a hard state whose commit covers every put, the entries
+/// consecutive up to it, and the database's consistent index among them.
+#[test]
+fn a_stopped_etcds_wal_and_database_read_back() {
+    let mut real = Server::start(Kind::Real);
+    for i in 0..50 {
+        real.ctl_ok(&["put", &format!("w{i}"), "v"]);
+    }
+    let out = real.ctl_ok(&["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let header = &v[0]["Status"]["header"];
+    let (member, cluster) = (
+        header["member_id"].as_u64().unwrap(),
+        header["cluster_id"].as_u64().unwrap(),
+    );
+    let raft_index = v[0]["Status"]["raftIndex"].as_u64().unwrap();
+    // etcd exits by re-raising SIGTERM: stopped, whatever the status says.
+    real.terminate();
+
+    let wal = etcd_wal::etcd_decoder::read_etcd_wal(&real.data_dir.join("member/wal")).unwrap();
+    let md = wal.metadata.unwrap();
+    assert_eq!((md.node_id, md.cluster_id), (member, cluster));
+    assert!(wal.hard_state.commit >= raft_index, "{:?}", wal.hard_state);
+    let last = wal.entries.last().unwrap();
+    assert!(last.index >= raft_index);
+    // 50 puts, each a normal entry with a payload.
+    let puts = wal
+        .entries
+        .iter()
+        .filter(|e| e.entry_type == 0 && !e.data.is_empty())
+        .count();
+    assert!(puts >= 50, "{puts}");
+
+    // The database's consistent index is an entry of the log, with a term.
+    let db = etcd_bbolt::Reader::open(&real.data_dir.join("member/snap/db")).unwrap();
+    let meta = db
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.name == b"meta")
+        .unwrap();
+    let mut ci = 0;
+    db.for_each(&meta, |k, v| {
+        if k == b"consistent_index" {
+            ci = u64::from_be_bytes(v.try_into().unwrap());
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(ci > 0 && ci <= wal.hard_state.commit, "ci {ci}");
+    assert!(wal.term_at(ci).is_some(), "no term at {ci}");
+}

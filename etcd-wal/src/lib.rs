@@ -45,6 +45,7 @@
 //! ```
 
 mod error;
+pub mod etcd_decoder;
 mod fs;
 /// Entry points of the fuzz targets (test support: `testing` feature).
 #[cfg(any(test, feature = "testing"))]
