@@ -259,9 +259,44 @@ fn import_err(e: impl std::fmt::Display) -> Error {
 /// (revision key, `mvccpb.KeyValue`) fails there, before anything is
 /// applied.
 pub fn etcd_db_to_image<S: Source, W: Write>(db: &Reader<S>, out: W) -> Result<(W, Imported)> {
+    let (out, n, _, _) = db_to_image(db, out, false)?;
+    Ok((out, n))
+}
+
+/// Converts the database of an etcd member into an image of this store at
+/// the database's consistent index, keeping its cluster: the members and
+/// removed members (ours from etcd's JSON) with the rest of the state
+/// machine. Returns the output, what was imported, the consistent index and
+/// the members. For an import of a whole etcd member (`etcd_import`).
+pub(crate) fn etcd_member_db_to_image<S: Source, W: Write>(
+    db: &Reader<S>,
+    out: W,
+) -> Result<(W, Imported, u64, Vec<Member>)> {
+    db_to_image(db, out, true)
+}
+
+fn db_to_image<S: Source, W: Write>(
+    db: &Reader<S>,
+    out: W,
+    keep_cluster: bool,
+) -> Result<(W, Imported, u64, Vec<Member>)> {
     let buckets = db.buckets().map_err(import_err)?;
     let bucket = |name: &str| buckets.iter().find(|b| b.name == name.as_bytes());
-    let mut img = ImageWriter::new(out, 0).map_err(import_err)?;
+    let mut ci = 0u64;
+    if keep_cluster {
+        if let Some(b) = bucket("meta") {
+            db.for_each(b, |k, v| {
+                if k == b"consistent_index" {
+                    ci = u64::from_be_bytes(v.try_into().map_err(|_| {
+                        etcd_bbolt::Error::Corrupt(format!("consistent_index of {} bytes", v.len()))
+                    })?);
+                }
+                Ok(())
+            })
+            .map_err(import_err)?;
+        }
+    }
+    let mut img = ImageWriter::new(out, ci).map_err(import_err)?;
     let mut n = Imported::default();
     // Image order: key, meta, lease, auth, members, alarm.
     if let Some(b) = bucket("key") {
@@ -286,6 +321,9 @@ pub fn etcd_db_to_image<S: Source, W: Write>(db: &Reader<S>, out: W) -> Result<(
             let ours: &[u8] = match k {
                 b"finishedCompactRev" => b"finished_compact_rev",
                 b"scheduledCompactRev" => b"scheduled_compact_rev",
+                // The same 8 bytes; kept with the cluster (the image's
+                // header says the same).
+                b"consistent_index" if keep_cluster => b"consistent_index",
                 _ => return Ok(()), // consistent_index, term, confState: the old cluster's
             };
             let main = v.get(..8).ok_or_else(|| {
@@ -322,6 +360,44 @@ pub fn etcd_db_to_image<S: Source, W: Write>(db: &Reader<S>, out: W) -> Result<(
             .map_err(import_err)?;
         }
     }
+    let mut members = Vec::new();
+    if keep_cluster {
+        // members: 'm' + id BE -> our record; members_removed: 'r' + id BE.
+        if let Some(b) = bucket("members") {
+            db.for_each(b, |_, v| {
+                let m =
+                    crate::etcd_import::member_from_json(v).map_err(etcd_bbolt::Error::Corrupt)?;
+                members.push(m);
+                Ok(())
+            })
+            .map_err(import_err)?;
+        }
+        let mut removed = Vec::new();
+        if let Some(b) = bucket("members_removed") {
+            db.for_each(b, |k, _| {
+                let id = std::str::from_utf8(k)
+                    .ok()
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| etcd_bbolt::Error::Corrupt(format!("removed member {k:?}")))?;
+                removed.push(id);
+                Ok(())
+            })
+            .map_err(import_err)?;
+        }
+        members.sort_by_key(|m| m.id);
+        removed.sort();
+        for m in &members {
+            let mut k = vec![MEMBER_PREFIX];
+            k.extend_from_slice(&m.id.to_be_bytes());
+            img.push(Cf::Members, &k, &m.encode_to_vec())
+                .map_err(import_err)?;
+        }
+        for id in removed {
+            let mut k = vec![REMOVED_PREFIX];
+            k.extend_from_slice(&id.to_be_bytes());
+            img.push(Cf::Members, &k, b"").map_err(import_err)?;
+        }
+    }
     if let Some(b) = bucket("alarm") {
         db.for_each(b, |k, v| {
             n.alarms += 1;
@@ -329,7 +405,7 @@ pub fn etcd_db_to_image<S: Source, W: Write>(db: &Reader<S>, out: W) -> Result<(
         })
         .map_err(import_err)?;
     }
-    Ok((img.finish().map_err(import_err)?, n))
+    Ok((img.finish().map_err(import_err)?, n, ci, members))
 }
 
 #[cfg(test)]

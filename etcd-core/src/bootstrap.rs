@@ -1,6 +1,9 @@
 //! Opening a member's storage (etcd's `bootstrap.go`): restart from a data
 //! directory, bootstrap a new cluster, or join an existing one.
 //!
+//! - **Import** (the data directory is etcd's: `member/snap/db` is a bbolt
+//!   file): imported into this server's format first (`etcd_import`), with
+//!   its ids, membership and raft state, then restarted as below.
 //! - **Restart** (the data directory has a WAL): the `--initial-*` settings
 //!   are ignored, as in etcd. The membership comes from the store (it is
 //!   persisted with the consistent index, so it is the membership as of the
@@ -56,6 +59,10 @@ pub(crate) fn boot(
 ) -> Result<Booted, StartError> {
     let dir = DataDir::new(&cfg.data_dir);
     let wal_opts = etcd_wal::WalOptions::default();
+    if crate::etcd_import::needs_import(&dir) {
+        // A data directory a stopped etcd left: imported once, then a restart.
+        crate::etcd_import::import(&dir)?;
+    }
     if etcd_wal::Wal::exists(&dir.wal()) {
         return restart(cfg, &dir, wal_opts);
     }

@@ -36,6 +36,7 @@ mod concurrency;
 mod config;
 mod datadir;
 mod error;
+mod etcd_import;
 /// Request decoding and apply from untrusted bytes, for the fuzz target
 /// (test support: `testing` feature; no product build has it).
 #[cfg(any(test, feature = "testing"))]
