@@ -301,6 +301,12 @@ impl Server {
         String::from_utf8(out.stderr).unwrap()
     }
 
+    /// Takes the temporary directory holding the data directory, so it
+    /// outlives this server (another server is started on it).
+    pub fn keep_dir(&mut self) -> tempfile::TempDir {
+        self._tmp.take().expect("the directory is still here")
+    }
+
     /// SIGKILLs the process (no graceful shutdown).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
