@@ -337,14 +337,22 @@ impl<'a> Search<'a> {
 
     /// Unplaced operations that may go next: called before the earliest
     /// return among unplaced required ones (anything called later must
-    /// follow that one).
+    /// follow that one). Required ones are tried first, then optional ones
+    /// (unknown outcomes), each group in call order: the search is as
+    /// exhaustive either way, but trying first what must be placed anyway
+    /// finds a witness without wandering through every point where an
+    /// unknown write could have taken effect (a history of 1,200 operations
+    /// with 15 unknown ones went past 10M states in call order).
     fn candidates(&self) -> Vec<usize> {
         let min_ret = self.by_ret.first().map_or(u64::MAX, |&(r, _)| r);
-        self.by_call
+        let (mut required, optional): (Vec<usize>, Vec<usize>) = self
+            .by_call
             .iter()
             .take_while(|(call, _)| *call < min_ret)
             .map(|&(_, i)| i)
-            .collect()
+            .partition(|&i| self.ops[i].ret.is_some());
+        required.extend(optional);
+        required
     }
 
     fn set_placed(&mut self, i: usize, on: bool) {

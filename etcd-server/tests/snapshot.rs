@@ -87,8 +87,7 @@ fn write_and_read(s: &Server) -> Vec<(String, String)> {
     ] {
         let o = s.etcdctl(args);
         let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let rev = v["header"]["revision"].clone();
-        v["header"] = serde_json::json!({ "revision": rev });
+        only_revision(&mut v);
         log.push((args[0].to_string(), v.to_string()));
     }
     log
@@ -118,8 +117,7 @@ fn reads_only(s: &Server, before: i64, after: i64) -> Vec<(String, String)> {
         let text = if o.status.success() {
             let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             // The header names the member and cluster: not compared.
-            let rev = v["header"]["revision"].clone();
-            v["header"] = serde_json::json!({ "revision": rev });
+            only_revision(&mut v);
             v.to_string()
         } else {
             error_line(&o)
@@ -408,6 +406,13 @@ fn restore_refuses_damaged_files_and_existing_data_dirs() {
     assert!(out.status.success(), "{out:?}");
     assert!(fresh.join("member").join("wal").exists());
     assert!(!dir.path().join("fresh.etcd.restoring").exists());
+}
+
+/// A response header reduced to its revision (member and cluster ids and
+/// the raft term differ between the servers compared).
+fn only_revision(v: &mut serde_json::Value) {
+    let rev = v["header"]["revision"].clone();
+    v["header"] = serde_json::json!({ "revision": rev });
 }
 
 /// `remaining(2996s)` -> `remaining(_)`: the TTL left depends on timing.
@@ -719,8 +724,7 @@ fn ours_starts_on_a_killed_etcds_data_directory() {
             // A header: only its revision (the raft term differs).
             let o = match serde_json::from_str::<serde_json::Value>(&o) {
                 Ok(mut v) => {
-                    let rev = v["header"]["revision"].clone();
-                    v["header"] = serde_json::json!({ "revision": rev });
+                    only_revision(&mut v);
                     v.to_string()
                 }
                 Err(_) => o,
@@ -784,8 +788,7 @@ fn a_stopped_etcd_cluster_restarts_as_ours() {
     let keys = |c: &Cluster, i: usize| {
         let out = c.ctl_ok(i, &["get", "c/", "--prefix", "-w", "json"]);
         let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let rev = v["header"]["revision"].clone();
-        v["header"] = serde_json::json!({ "revision": rev });
+        only_revision(&mut v);
         v.to_string()
     };
     let want = keys(&c, 0);
