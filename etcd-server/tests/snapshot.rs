@@ -135,19 +135,30 @@ fn reads_only(s: &Server, before: i64, after: i64) -> Vec<(String, String)> {
         "get before the compaction revision",
         &["get", "k", "--prefix", "--rev", &before.to_string()],
     );
+    // `lease list` prints in map order (random in etcd): sorted, then each
+    // lease with its keys.
     let lease_list = s.ctl_ok(&["lease", "list"]);
-    let id = lease_list
+    let mut ids: Vec<String> = lease_list
         .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    step(&mut log, "lease list", &["lease", "list"]);
-    step(
-        &mut log,
-        "lease keys",
-        &["lease", "timetolive", &id, "--keys"],
-    );
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .collect();
+    ids.sort();
+    log.push((
+        "lease list".into(),
+        format!(
+            "{}\n{}",
+            lease_list.lines().next().unwrap_or_default(),
+            ids.join("\n")
+        ),
+    ));
+    for id in &ids {
+        step(
+            &mut log,
+            "lease keys",
+            &["lease", "timetolive", id, "--keys"],
+        );
+    }
     step(&mut log, "user list", &["user", "list"]);
     step(&mut log, "user get", &["user", "get", "alice"]);
     step(&mut log, "role get", &["role", "get", "reader"]);
@@ -415,11 +426,21 @@ fn only_revision(v: &mut serde_json::Value) {
     v["header"] = serde_json::json!({ "revision": rev });
 }
 
-/// `remaining(2996s)` -> `remaining(_)`: the TTL left depends on timing.
+/// `remaining(2996s)` -> `remaining(_)` (the TTL left depends on timing),
+/// and `attached keys([b a])` sorted (etcd prints them in map order).
 fn without_remaining(s: &str) -> String {
-    match s.split_once("remaining(") {
+    let s = match s.split_once("remaining(") {
         Some((a, b)) => format!("{a}remaining(_){}", b.split_once(')').map_or("", |x| x.1)),
         None => s.to_string(),
+    };
+    match s.split_once("attached keys([") {
+        Some((a, b)) => {
+            let (keys, rest) = b.split_once("])").unwrap_or((b, ""));
+            let mut keys: Vec<&str> = keys.split(' ').collect();
+            keys.sort();
+            format!("{a}attached keys([{}]){rest}", keys.join(" "))
+        }
+        None => s,
     }
 }
 
@@ -716,7 +737,6 @@ fn ours_starts_on_a_killed_etcds_data_directory() {
             &["user", "get", "bob"][..],
             &["role", "get", "writer"],
             &["get", "t/", "--prefix", "-w", "json"],
-            &["lease", "list"],
         ]
         .iter()
         .map(|a| {
