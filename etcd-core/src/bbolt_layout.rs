@@ -34,7 +34,7 @@ use std::io::{Seek, Write};
 use etcd_bbolt::{Reader, Source, Writer, WrittenFile};
 use etcd_mvcc::{Cf, ImageWriter, StoreView};
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::membership::Member;
 use crate::{Error, Result};
@@ -61,6 +61,33 @@ struct MemberJson<'a> {
     name: &'a str,
     #[serde(rename = "clientURLs", skip_serializing_if = "<[String]>::is_empty")]
     client_urls: &'a [String],
+}
+
+/// etcd's membership JSON (`membership.Member`).
+#[derive(Deserialize)]
+struct EtcdMemberJson {
+    id: u64,
+    #[serde(rename = "peerURLs", default)]
+    peer_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    is_learner: bool,
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "clientURLs", default)]
+    client_urls: Vec<String>,
+}
+
+/// Decodes etcd's membership JSON into our member record.
+pub(crate) fn member_from_json(json: &[u8]) -> Result<Member, String> {
+    let m: EtcdMemberJson =
+        serde_json::from_slice(json).map_err(|e| format!("member JSON: {e}"))?;
+    Ok(Member {
+        id: m.id,
+        name: m.name,
+        peer_urls: m.peer_urls,
+        client_urls: m.client_urls,
+        is_learner: m.is_learner,
+    })
 }
 
 fn is_false(b: &bool) -> bool {
@@ -365,8 +392,7 @@ fn db_to_image<S: Source, W: Write>(
         // members: 'm' + id BE -> our record; members_removed: 'r' + id BE.
         if let Some(b) = bucket("members") {
             db.for_each(b, |_, v| {
-                let m =
-                    crate::etcd_import::member_from_json(v).map_err(etcd_bbolt::Error::Corrupt)?;
+                let m = member_from_json(v).map_err(etcd_bbolt::Error::Corrupt)?;
                 members.push(m);
                 Ok(())
             })

@@ -43,7 +43,7 @@ use serde::Deserialize;
 use crate::cluster::{Change, RaftCluster};
 use crate::datadir::DataDir;
 use crate::error::StartError;
-use crate::membership::{Member, WalMetadata};
+use crate::membership::WalMetadata;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
     AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest, AuthUserAddRequest,
@@ -190,20 +190,6 @@ struct EtcdConfChange {
     context: Vec<u8>,
 }
 
-/// etcd's membership JSON (`membership.Member`).
-#[derive(Deserialize)]
-struct EtcdMemberJson {
-    id: u64,
-    #[serde(rename = "peerURLs", default)]
-    peer_urls: Vec<String>,
-    #[serde(rename = "isLearner", default)]
-    is_learner: bool,
-    #[serde(default)]
-    name: String,
-    #[serde(rename = "clientURLs", default)]
-    client_urls: Vec<String>,
-}
-
 /// etcd's v2 attributes JSON (publish).
 #[derive(Deserialize)]
 struct EtcdAttributesJson {
@@ -211,19 +197,6 @@ struct EtcdAttributesJson {
     name: String,
     #[serde(rename = "clientURLs", default)]
     client_urls: Vec<String>,
-}
-
-/// Decodes etcd's membership JSON into our member record.
-pub(crate) fn member_from_json(json: &[u8]) -> Result<Member, String> {
-    let m: EtcdMemberJson =
-        serde_json::from_slice(json).map_err(|e| format!("member JSON: {e}"))?;
-    Ok(Member {
-        id: m.id,
-        name: m.name,
-        peer_urls: m.peer_urls,
-        client_urls: m.client_urls,
-        is_learner: m.is_learner,
-    })
 }
 
 /// One etcd entry as an entry of our log: the same index and term, our
@@ -252,14 +225,14 @@ pub(crate) fn translate_entry(
             let change = match cc.change_type {
                 0 if learners.contains(&cc.node_id) => Change::Promote(cc.node_id),
                 0 | 3 => {
-                    let mut m = member_from_json(&cc.context)?;
+                    let mut m = crate::bbolt_layout::member_from_json(&cc.context)?;
                     m.is_learner = cc.change_type == 3;
                     Change::Add(m)
                 }
                 1 => Change::Remove(cc.node_id),
                 2 => {
                     // UpdateNode: a normal entry here (new peer URLs).
-                    let m = member_from_json(&cc.context)?;
+                    let m = crate::bbolt_layout::member_from_json(&cc.context)?;
                     out.set_entry_type(eraftpb::EntryType::EntryNormal);
                     out.data = RaftRequest {
                         id: cc.id,
