@@ -36,12 +36,14 @@ done
 # NAME=value part of a "KEY: a=1 b=2" line.
 val() { awk -v k="$1:" '$1 == k {print $2}' "$2"; }
 field() { awk -v k="$1:" -v f="$2" '$1 == k { for (i = 2; i <= NF; i++) { split($i, a, "="); if (a[1] == f) print a[2] } }' "$3"; }
+# m CMD...: the median over the runs of `$kind` (the loop's server) of
+# CMD's value; w KEY NAME: the same for a field.
+m() { for r in $(seq "$REPEAT"); do "$@" "$WORK/$kind.$r"; done | median; }
+w() { m field "$@"; }
 
 echo "| server | snapshot s (first byte / whole) | snapshot MB | RSS MB before / max during snapshot | writer max ms / p99 ms during snapshot |"
 echo "|---|---|---|---|---|"
 for kind in ours real; do
-    m() { for r in $(seq "$REPEAT"); do "$@" "$WORK/$kind.$r"; done | median; }
-    w() { m field "$@"; }
     echo "| $(server_label "$kind") | $(m val snapshot_first_byte_s) / $(m val snapshot_s) | $(m val snapshot_mb)" \
         "| $(m val rss_before_snapshot_mb) / $(m val rss_max_during_snapshot_mb) | $(w writer_snapshot max_ms) / $(w writer_snapshot p99_ms) |"
 done
@@ -49,8 +51,6 @@ echo
 echo "| server | writer max ms: baseline / compact / defrag | writer p99 ms: compact / defrag | compact s | defrag s | db MB before / after compact / after defrag |"
 echo "|---|---|---|---|---|---|"
 for kind in ours real; do
-    m() { for r in $(seq "$REPEAT"); do "$@" "$WORK/$kind.$r"; done | median; }
-    w() { m field "$@"; }
     echo "| $(server_label "$kind") | $(w writer_baseline max_ms) / $(w writer_compact max_ms) / $(w writer_defrag max_ms)" \
         "| $(w writer_compact p99_ms) / $(w writer_defrag p99_ms) | $(m val compact_s) | $(m val defrag_s)" \
         "| $(m val db_size_before_compact_mb) / $(m val db_size_after_compact_mb) / $(m val db_size_after_defrag_mb) |"

@@ -171,21 +171,7 @@ impl<S: Source> Reader<S> {
     /// The top-level buckets, in name order (non-bucket keys at the top
     /// level are an error: bbolt allows none).
     pub fn buckets(&self) -> Result<Vec<BucketRef>> {
-        let mut out = Vec::new();
-        let mut seen = Seen::new(self.meta.pgid);
-        let root = BucketRef {
-            name: Vec::new(),
-            header: self.meta.root,
-            inline: None,
-        };
-        self.walk(&root, &mut seen, &mut |k, v, flags| {
-            if flags & BUCKET_LEAF_FLAG == 0 {
-                return Err(corrupt("a key that is not a bucket at the top level"));
-            }
-            out.push(bucket_ref(k, v)?);
-            Ok(())
-        })?;
-        Ok(out)
+        self.buckets_in(&mut Seen::new(self.meta.pgid))
     }
 
     /// Calls `f` with each key/value of `bucket` in key order (nested
@@ -195,8 +181,53 @@ impl<S: Source> Reader<S> {
         bucket: &BucketRef,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
+        self.for_each_in(bucket, &mut Seen::new(self.meta.pgid), &mut f)
+    }
+
+    /// Checks every page reachable from the root (bbolt's `tx.Check`
+    /// without the freelist): each reached once over the whole file, well
+    /// formed, keys in order. Returns the number of key/values in all
+    /// buckets.
+    pub fn check(&self) -> Result<u64> {
+        // One `Seen` for the whole file: a page shared by two trees is
+        // caught too.
         let mut seen = Seen::new(self.meta.pgid);
-        self.walk(bucket, &mut seen, &mut |k, v, flags| {
+        let mut n = 0;
+        for b in self.buckets_in(&mut seen)? {
+            self.for_each_in(&b, &mut seen, &mut |_, _| {
+                n += 1;
+                Ok(())
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// [`buckets`](Self::buckets), marking the pages it reads in `seen`.
+    fn buckets_in(&self, seen: &mut Seen) -> Result<Vec<BucketRef>> {
+        let mut out = Vec::new();
+        let root = BucketRef {
+            name: Vec::new(),
+            header: self.meta.root,
+            inline: None,
+        };
+        self.walk(&root, seen, &mut |k, v, flags| {
+            if flags & BUCKET_LEAF_FLAG == 0 {
+                return Err(corrupt("a key that is not a bucket at the top level"));
+            }
+            out.push(bucket_ref(k, v)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`for_each`](Self::for_each), marking the pages it reads in `seen`.
+    fn for_each_in(
+        &self,
+        bucket: &BucketRef,
+        seen: &mut Seen,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.walk(bucket, seen, &mut |k, v, flags| {
             if flags & BUCKET_LEAF_FLAG != 0 {
                 return Err(corrupt(format!(
                     "nested bucket {:?} in bucket {:?}",
@@ -206,35 +237,6 @@ impl<S: Source> Reader<S> {
             }
             f(k, v)
         })
-    }
-
-    /// Checks every page reachable from the root (bbolt's `tx.Check`
-    /// without the freelist): each reached once over the whole file, well
-    /// formed, keys in order. Returns the number of key/values in all
-    /// buckets.
-    pub fn check(&self) -> Result<u64> {
-        let mut seen = Seen::new(self.meta.pgid);
-        let root = BucketRef {
-            name: Vec::new(),
-            header: self.meta.root,
-            inline: None,
-        };
-        let mut buckets = Vec::new();
-        self.walk(&root, &mut seen, &mut |k, v, _| {
-            buckets.push(bucket_ref(k, v)?);
-            Ok(())
-        })?;
-        let mut n = 0;
-        for b in &buckets {
-            self.walk(b, &mut seen, &mut |_, _, flags| {
-                if flags & BUCKET_LEAF_FLAG != 0 {
-                    return Err(corrupt("nested bucket"));
-                }
-                n += 1;
-                Ok(())
-            })?;
-        }
-        Ok(n)
     }
 
     fn walk(

@@ -36,17 +36,10 @@ use etcd_mvcc::{Cf, ImageWriter, StoreView};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{ROLE_PREFIX, USER_PREFIX};
+use crate::cluster::{key as member_key, MEMBER_PREFIX, REMOVED_PREFIX};
 use crate::membership::Member;
 use crate::{Error, Result};
-
-/// `auth` column family: prefix of users (bucket `authUsers` in etcd).
-const USER_PREFIX: &[u8] = b"users/";
-/// `auth` column family: prefix of roles (bucket `authRoles` in etcd).
-const ROLE_PREFIX: &[u8] = b"roles/";
-/// `members` column family: prefix of a member record.
-const MEMBER_PREFIX: u8 = b'm';
-/// `members` column family: prefix of a removed member's id.
-const REMOVED_PREFIX: u8 = b'r';
 
 /// etcd's membership JSON (`membership.Member`: `RaftAttributes` then
 /// `Attributes`, Go's field order and `omitempty`s).
@@ -413,15 +406,16 @@ fn db_to_image<S: Source, W: Write>(
         members.sort_by_key(|m| m.id);
         removed.sort();
         for m in &members {
-            let mut k = vec![MEMBER_PREFIX];
-            k.extend_from_slice(&m.id.to_be_bytes());
-            img.push(Cf::Members, &k, &m.encode_to_vec())
-                .map_err(import_err)?;
+            img.push(
+                Cf::Members,
+                &member_key(MEMBER_PREFIX, m.id),
+                &m.encode_to_vec(),
+            )
+            .map_err(import_err)?;
         }
         for id in removed {
-            let mut k = vec![REMOVED_PREFIX];
-            k.extend_from_slice(&id.to_be_bytes());
-            img.push(Cf::Members, &k, b"").map_err(import_err)?;
+            img.push(Cf::Members, &member_key(REMOVED_PREFIX, id), b"")
+                .map_err(import_err)?;
         }
     }
     if let Some(b) = bucket("alarm") {
@@ -482,13 +476,13 @@ mod tests {
         };
         // ids whose hex order differs from their numeric order
         for id in [0xa_u64, 0x1f] {
-            let mut k = vec![MEMBER_PREFIX];
-            k.extend_from_slice(&id.to_be_bytes());
-            t.put_aux(Bucket::Members, &k, &m(id, id == 0x1f).encode_to_vec());
+            t.put_aux(
+                Bucket::Members,
+                &member_key(MEMBER_PREFIX, id),
+                &m(id, id == 0x1f).encode_to_vec(),
+            );
         }
-        let mut k = vec![REMOVED_PREFIX];
-        k.extend_from_slice(&5u64.to_be_bytes());
-        t.put_aux(Bucket::Members, &k, b"");
+        t.put_aux(Bucket::Members, &member_key(REMOVED_PREFIX, 5), b"");
         t.end(4).unwrap();
         let mut t = store.write();
         t.delete_range(b"foo", b"").unwrap();

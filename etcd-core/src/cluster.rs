@@ -39,8 +39,8 @@ use prost::Message as _;
 use protobuf::Message as _;
 use std::collections::{BTreeMap, BTreeSet};
 
-const MEMBER_PREFIX: u8 = b'm';
-const REMOVED_PREFIX: u8 = b'r';
+pub(crate) const MEMBER_PREFIX: u8 = b'm';
+pub(crate) const REMOVED_PREFIX: u8 = b'r';
 const REFUSED_PREFIX: u8 = b'x';
 
 /// Most learners a cluster may have (etcd's default `--max-learners`).
@@ -371,7 +371,8 @@ impl RaftCluster {
     }
 }
 
-fn key(prefix: u8, id: u64) -> [u8; 9] {
+/// The `members` column family key of a member id under `prefix`.
+pub(crate) fn key(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
     k[1..].copy_from_slice(&id.to_be_bytes());

@@ -82,10 +82,7 @@ impl DataDir {
     }
 
     fn err(&self, reason: String) -> StartError {
-        StartError::DataDir {
-            path: self.root.clone(),
-            reason,
-        }
+        StartError::data_dir(&self.root, reason)
     }
 }
 

@@ -426,5 +426,15 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+impl StartError {
+    /// A [`StartError::DataDir`]: `path` cannot be used, for `reason`.
+    pub(crate) fn data_dir(path: &std::path::Path, reason: impl std::fmt::Display) -> StartError {
+        StartError::DataDir {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Result alias for client-facing calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

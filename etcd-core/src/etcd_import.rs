@@ -32,6 +32,8 @@
 //! `member` deletes it and imports again.
 
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek};
 use std::path::Path;
 
 use etcd_raft_node::eraftpb;
@@ -382,13 +384,6 @@ fn hash_password(password: &mut String, hashed: &mut String) -> Result<(), Strin
     Ok(())
 }
 
-fn err(path: &Path, reason: impl std::fmt::Display) -> StartError {
-    StartError::DataDir {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
 /// Whether `dir` holds etcd's files rather than ours: etcd's database is a
 /// file where ours is a directory, or an import stopped half-way.
 pub(crate) fn needs_import(dir: &DataDir) -> bool {
@@ -407,7 +402,7 @@ pub(crate) fn import(dir: &DataDir) -> Result<(), StartError> {
         return commit(root, &staging);
     }
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| err(&staging, e))?;
+        std::fs::remove_dir_all(&staging).map_err(|e| StartError::data_dir(&staging, e))?;
     }
     let started = std::time::Instant::now();
     tracing::info!(
@@ -416,7 +411,7 @@ pub(crate) fn import(dir: &DataDir) -> Result<(), StartError> {
         aside.display()
     );
     build(dir, &DataDir::new(&staging))?;
-    std::fs::rename(&member, &aside).map_err(|e| err(&member, e))?;
+    std::fs::rename(&member, &aside).map_err(|e| StartError::data_dir(&member, e))?;
     sync_dir(root)?;
     commit(root, &staging)?;
     tracing::info!(
@@ -430,38 +425,62 @@ pub(crate) fn import(dir: &DataDir) -> Result<(), StartError> {
 /// Steps 3 and 4.
 fn commit(root: &Path, staging: &Path) -> Result<(), StartError> {
     let from = staging.join("member");
-    std::fs::rename(&from, root.join("member")).map_err(|e| err(&from, e))?;
-    std::fs::rename(staging.join("version"), root.join("version")).map_err(|e| err(staging, e))?;
+    std::fs::rename(&from, root.join("member")).map_err(|e| StartError::data_dir(&from, e))?;
+    std::fs::rename(staging.join("version"), root.join("version"))
+        .map_err(|e| StartError::data_dir(staging, e))?;
     sync_dir(root)?;
-    std::fs::remove_dir_all(staging).map_err(|e| err(staging, e))?;
+    std::fs::remove_dir_all(staging).map_err(|e| StartError::data_dir(staging, e))?;
     Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StartError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| err(dir, e))
+        .map_err(|e| StartError::data_dir(dir, e))
+}
+
+/// Writes a store image with `write` into an unnamed temporary file in
+/// `dir`'s `member/snap/` and installs it as `dir`'s (new) store: the
+/// common step of this import and of `etcdutl snapshot restore`
+/// (`v3_snapshot`). Returns what the restore installed and what `write`
+/// returned.
+pub(crate) fn install_image<T>(
+    dir: &DataDir,
+    write: impl FnOnce(BufWriter<File>) -> Result<(BufWriter<File>, T), StartError>,
+) -> Result<(etcd_mvcc::ImageInfo, T), StartError> {
+    let io = |e: std::io::Error| StartError::data_dir(&dir.root, e);
+    let tmp = tempfile::tempfile_in(dir.snap()).map_err(io)?;
+    let (image, written) = write(BufWriter::new(tmp))?;
+    // into_inner flushes the buffer.
+    let mut image = image.into_inner().map_err(|e| io(e.into_error()))?;
+    image.rewind().map_err(io)?;
+    let store = etcd_mvcc::Store::open(&dir.db(), etcd_mvcc::StoreOptions::default())?;
+    let info = store.restore(BufReader::new(image))?;
+    Ok((info, written))
 }
 
 /// Step 1: our data directory in `out`, from etcd's in `etcd`.
 fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
     let wal_dir = etcd.wal();
-    let wal: EtcdWal = read_etcd_wal(&wal_dir).map_err(|e| err(&wal_dir, e))?;
+    let wal: EtcdWal = read_etcd_wal(&wal_dir).map_err(|e| StartError::data_dir(&wal_dir, e))?;
     let md = wal
         .metadata
-        .ok_or_else(|| err(&wal_dir, "the WAL has no metadata record"))?;
+        .ok_or_else(|| StartError::data_dir(&wal_dir, "the WAL has no metadata record"))?;
     let db_path = etcd.db();
-    let db = etcd_bbolt::Reader::open(&db_path).map_err(|e| err(&db_path, e))?;
-    db.check().map_err(|e| err(&db_path, e))?;
+    let db = etcd_bbolt::Reader::open(&db_path).map_err(|e| StartError::data_dir(&db_path, e))?;
+    db.check().map_err(|e| StartError::data_dir(&db_path, e))?;
 
+    // The store, at CI.
     out.create()?;
-    let image = tempfile::tempfile_in(out.snap()).map_err(|e| err(&out.root, e))?;
-    let (image, imported, ci, members) =
-        crate::bbolt_layout::etcd_member_db_to_image(&db, std::io::BufWriter::new(image))
-            .map_err(|e| err(&db_path, e))?;
+    let (info, (imported, ci, members)) = install_image(out, |image| {
+        let (image, imported, ci, members) =
+            crate::bbolt_layout::etcd_member_db_to_image(&db, image)
+                .map_err(|e| StartError::data_dir(&db_path, e))?;
+        Ok((image, (imported, ci, members)))
+    })?;
     drop(db);
     let term = wal.term_at(ci).ok_or_else(|| {
-        err(
+        StartError::data_dir(
             &wal_dir,
             format!(
                 "the WAL does not hold the database's consistent index {ci} (nor a snapshot at it)"
@@ -469,7 +488,7 @@ fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
         )
     })?;
     if !members.iter().any(|m| m.id == md.node_id) {
-        return Err(err(
+        return Err(StartError::data_dir(
             &db_path,
             format!(
                 "member {:x} of the WAL is not among the database's members",
@@ -485,7 +504,7 @@ fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
     let tail: Vec<&EtcdEntry> = wal.entries.iter().filter(|e| e.index > ci).collect();
     if let Some(first) = tail.first() {
         if first.index != ci + 1 {
-            return Err(err(
+            return Err(StartError::data_dir(
                 &wal_dir,
                 format!(
                     "the WAL's entries after the database's index {ci} start at {}",
@@ -498,24 +517,9 @@ fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
         .iter()
         .map(|e| {
             translate_entry(e, &mut learners)
-                .map_err(|m| err(&wal_dir, format!("entry {}: {m}", e.index)))
+                .map_err(|m| StartError::data_dir(&wal_dir, format!("entry {}: {m}", e.index)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-
-    // The store, at CI.
-    let mut image = {
-        use std::io::Write;
-        let mut image = image;
-        image.flush().map_err(|e| err(&out.root, e))?;
-        image
-            .into_inner()
-            .map_err(|e| err(&out.root, e.into_error()))?
-    };
-    std::io::Seek::seek(&mut image, std::io::SeekFrom::Start(0)).map_err(|e| err(&out.root, e))?;
-    let store = etcd_mvcc::Store::open(&out.db(), etcd_mvcc::StoreOptions::default())?;
-    let info = store.restore(std::io::BufReader::new(image))?;
-    store.flush()?;
-    drop(store);
 
     // The raft log: a snapshot mark at CI, the entries after, etcd's hard state.
     let cluster = RaftCluster::new(members.clone());

@@ -21,7 +21,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use etcd_bbolt::Reader;
-use etcd_mvcc::{Store, StoreOptions};
 
 use crate::bbolt_layout::{etcd_db_to_image, Imported};
 use crate::config::{ClusterState, Config};
@@ -44,18 +43,12 @@ pub struct Status {
     pub total_size: u64,
 }
 
-fn snap_err(path: &Path, reason: impl std::fmt::Display) -> StartError {
-    StartError::DataDir {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
 /// etcd's `snapshot status` of the file at `path`.
 pub fn status(path: &Path) -> Result<Status, StartError> {
-    let db = Reader::open(path).map_err(|e| snap_err(path, e))?;
-    db.check()
-        .map_err(|e| snap_err(path, format!("snapshot file integrity check failed: {e}")))?;
+    let db = Reader::open(path).map_err(|e| StartError::data_dir(path, e))?;
+    db.check().map_err(|e| {
+        StartError::data_dir(path, format!("snapshot file integrity check failed: {e}"))
+    })?;
     let mut h = 0u32;
     let mut st = Status {
         hash: 0,
@@ -63,7 +56,7 @@ pub fn status(path: &Path) -> Result<Status, StartError> {
         total_key: 0,
         total_size: db.size(),
     };
-    for b in db.buckets().map_err(|e| snap_err(path, e))? {
+    for b in db.buckets().map_err(|e| StartError::data_dir(path, e))? {
         h = crc32c::crc32c_append(h, &b.name);
         let is_key = b.name == b"key";
         db.for_each(&b, |k, v| {
@@ -75,7 +68,7 @@ pub fn status(path: &Path) -> Result<Status, StartError> {
             st.total_key += 1;
             Ok(())
         })
-        .map_err(|e| snap_err(path, e))?;
+        .map_err(|e| StartError::data_dir(path, e))?;
     }
     st.hash = h;
     Ok(st)
@@ -87,14 +80,14 @@ pub fn status(path: &Path) -> Result<Status, StartError> {
 /// unless `skip_hash_check` (a database copied out of a data directory).
 /// Returns the database's length.
 fn check_hash(path: &Path, f: &mut File, skip_hash_check: bool) -> Result<u64, StartError> {
-    let io = |e: std::io::Error| snap_err(path, e);
+    let io = |e: std::io::Error| StartError::data_dir(path, e);
     let len = f.metadata().map_err(io)?.len();
     let has_hash = len % 512 == SHA256_LEN;
     if !has_hash {
         if skip_hash_check {
             return Ok(len);
         }
-        return Err(snap_err(
+        return Err(StartError::data_dir(
             path,
             "snapshot missing hash but --skip-hash-check=false",
         ));
@@ -118,7 +111,7 @@ fn check_hash(path: &Path, f: &mut File, skip_hash_check: bool) -> Result<u64, S
     }
     let got = ctx.finish();
     if got.as_ref() != want {
-        return Err(snap_err(
+        return Err(StartError::data_dir(
             path,
             format!("expected sha256 {want:?}, got {:?}", got.as_ref()),
         ));
@@ -143,27 +136,29 @@ pub struct Restored {
 /// doc). `cfg.data_dir` must not exist.
 pub fn restore(path: &Path, cfg: &Config, skip_hash_check: bool) -> Result<Restored, StartError> {
     if cfg.data_dir.exists() {
-        return Err(snap_err(&cfg.data_dir, "data-dir exists"));
+        return Err(StartError::data_dir(&cfg.data_dir, "data-dir exists"));
     }
-    let mut f = File::open(path).map_err(|e| snap_err(path, e))?;
+    let mut f = File::open(path).map_err(|e| StartError::data_dir(path, e))?;
     check_hash(path, &mut f, skip_hash_check)?;
-    let db = Reader::new(f).map_err(|e| snap_err(path, e))?;
-    db.check()
-        .map_err(|e| snap_err(path, format!("snapshot file integrity check failed: {e}")))?;
+    let db = Reader::new(f).map_err(|e| StartError::data_dir(path, e))?;
+    db.check().map_err(|e| {
+        StartError::data_dir(path, format!("snapshot file integrity check failed: {e}"))
+    })?;
 
     // Built beside the target, renamed into place at the end.
     let mut tmp_cfg = cfg.clone();
     let mut name = cfg
         .data_dir
         .file_name()
-        .ok_or_else(|| snap_err(&cfg.data_dir, "not a directory name"))?
+        .ok_or_else(|| StartError::data_dir(&cfg.data_dir, "not a directory name"))?
         .to_os_string();
     name.push(".restoring");
     tmp_cfg.data_dir = cfg.data_dir.with_file_name(name);
     tmp_cfg.initial_cluster_state = ClusterState::New;
     if tmp_cfg.data_dir.exists() {
         // Left by an interrupted restore: never a data directory in use.
-        std::fs::remove_dir_all(&tmp_cfg.data_dir).map_err(|e| snap_err(&tmp_cfg.data_dir, e))?;
+        std::fs::remove_dir_all(&tmp_cfg.data_dir)
+            .map_err(|e| StartError::data_dir(&tmp_cfg.data_dir, e))?;
     }
     let dir = DataDir::new(&tmp_cfg.data_dir);
     dir.create()?;
@@ -174,34 +169,20 @@ pub fn restore(path: &Path, cfg: &Config, skip_hash_check: bool) -> Result<Resto
         "data-dir" = %cfg.data_dir.display(),
         "restoring a snapshot: converting etcd's database"
     );
-    let image = tempfile::tempfile_in(dir.snap()).map_err(|e| snap_err(&tmp_cfg.data_dir, e))?;
-    let (mut image, imported) =
-        etcd_db_to_image(&db, std::io::BufWriter::new(image)).map_err(|e| snap_err(path, e))?;
+    let (info, imported) = crate::etcd_import::install_image(&dir, |image| {
+        etcd_db_to_image(&db, image).map_err(|e| StartError::data_dir(path, e))
+    })?;
     drop(db);
-    let mut image = {
-        use std::io::Write;
-        image.flush().map_err(|e| snap_err(&tmp_cfg.data_dir, e))?;
-        image
-            .into_inner()
-            .map_err(|e| snap_err(&tmp_cfg.data_dir, e.into_error()))?
-    };
-    image
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| snap_err(&tmp_cfg.data_dir, e))?;
-    let revision = {
-        let store = Store::open(&dir.db(), StoreOptions::default())?;
-        let info = store.restore(std::io::BufReader::new(image))?;
-        tracing::info!(
-            revision = info.revision,
-            "compact-revision" = info.compact_revision,
-            revisions = imported.revisions,
-            leases = imported.leases,
-            "auth-records" = imported.auth,
-            alarms = imported.alarms,
-            "restoring a snapshot: imported the state machine; bootstrapping the member"
-        );
-        info.revision
-    };
+    tracing::info!(
+        revision = info.revision,
+        "compact-revision" = info.compact_revision,
+        revisions = imported.revisions,
+        leases = imported.leases,
+        "auth-records" = imported.auth,
+        alarms = imported.alarms,
+        "restoring a snapshot: imported the state machine; bootstrapping the member"
+    );
+    let revision = info.revision;
     // The new cluster: members at consistent index 1 on top of the
     // imported state, the WAL after them.
     let booted = crate::bootstrap::boot(&tmp_cfg, |_| {
@@ -211,12 +192,13 @@ pub fn restore(path: &Path, cfg: &Config, skip_hash_check: bool) -> Result<Resto
     })?;
     booted.store.flush()?;
     drop(booted);
-    std::fs::rename(&tmp_cfg.data_dir, &cfg.data_dir).map_err(|e| snap_err(&cfg.data_dir, e))?;
+    std::fs::rename(&tmp_cfg.data_dir, &cfg.data_dir)
+        .map_err(|e| StartError::data_dir(&cfg.data_dir, e))?;
     cleanup.disarm();
     if let Some(parent) = cfg.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         File::open(parent)
             .and_then(|d| d.sync_all())
-            .map_err(|e| snap_err(parent, e))?;
+            .map_err(|e| StartError::data_dir(parent, e))?;
     }
     tracing::info!(
         "data-dir" = %cfg.data_dir.display(),

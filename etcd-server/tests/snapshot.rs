@@ -419,6 +419,22 @@ fn restore_refuses_damaged_files_and_existing_data_dirs() {
     assert!(!dir.path().join("fresh.etcd.restoring").exists());
 }
 
+/// `Status` of `etcdctl endpoint status -w json` (one endpoint).
+fn endpoint_status(s: &Server) -> serde_json::Value {
+    let out = s.ctl_ok(&["endpoint", "status", "-w", "json"]);
+    let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["Status"].take()
+}
+
+/// (member id, cluster id) of an endpoint status.
+fn ids(status: &serde_json::Value) -> (u64, u64) {
+    let h = &status["header"];
+    (
+        h["member_id"].as_u64().unwrap(),
+        h["cluster_id"].as_u64().unwrap(),
+    )
+}
+
 /// A response header reduced to its revision (member and cluster ids and
 /// the raft term differ between the servers compared).
 fn only_revision(v: &mut serde_json::Value) {
@@ -644,14 +660,9 @@ fn a_stopped_etcds_wal_and_database_read_back() {
     for i in 0..50 {
         real.ctl_ok(&["put", &format!("w{i}"), "v"]);
     }
-    let out = real.ctl_ok(&["endpoint", "status", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let header = &v[0]["Status"]["header"];
-    let (member, cluster) = (
-        header["member_id"].as_u64().unwrap(),
-        header["cluster_id"].as_u64().unwrap(),
-    );
-    let raft_index = v[0]["Status"]["raftIndex"].as_u64().unwrap();
+    let st = endpoint_status(&real);
+    let (member, cluster) = ids(&st);
+    let raft_index = st["raftIndex"].as_u64().unwrap();
     // etcd exits by re-raising SIGTERM: stopped, whatever the status says.
     real.terminate();
 
@@ -755,16 +766,7 @@ fn ours_starts_on_a_killed_etcds_data_directory() {
     };
     let mut want = reads_only(&real, before, after);
     want.extend(extra(&real));
-    let status = |s: &Server| {
-        let out = s.ctl_ok(&["endpoint", "status", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let h = &v[0]["Status"]["header"];
-        (
-            h["member_id"].as_u64().unwrap(),
-            h["cluster_id"].as_u64().unwrap(),
-        )
-    };
-    let ids = status(&real);
+    let etcd_ids = ids(&endpoint_status(&real));
     real.kill9();
     let tmp = real.keep_dir();
     let ours = Server::start_on(
@@ -774,7 +776,11 @@ fn ours_starts_on_a_killed_etcds_data_directory() {
         &real.name,
         &real.peer_url,
     );
-    assert_eq!(status(&ours), ids, "member and cluster ids kept");
+    assert_eq!(
+        ids(&endpoint_status(&ours)),
+        etcd_ids,
+        "member and cluster ids kept"
+    );
     let mut got = reads_only(&ours, before, after);
     got.extend(extra(&ours));
     compare(&want, &got, "ours on etcd's data dir vs etcd");

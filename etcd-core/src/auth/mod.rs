@@ -32,3 +32,4 @@ pub use options::TokenOptions;
 pub(crate) use simple_token::SimpleTokens;
 pub(crate) use store::{hash_password, AuthStore, Tokens};
 pub use store::{AuthInfo, ROOT};
+pub(crate) use store::{ROLE_PREFIX, USER_PREFIX};

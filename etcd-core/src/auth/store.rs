@@ -41,8 +41,8 @@ use std::collections::{BTreeMap, HashMap};
 
 const ENABLED_KEY: &[u8] = b"authEnabled";
 const REVISION_KEY: &[u8] = b"authRevision";
-const USER_PREFIX: &[u8] = b"users/";
-const ROLE_PREFIX: &[u8] = b"roles/";
+pub(crate) const USER_PREFIX: &[u8] = b"users/";
+pub(crate) const ROLE_PREFIX: &[u8] = b"roles/";
 
 /// The name of the user that may enable auth, and of the all-powerful role.
 pub const ROOT: &str = "root";
