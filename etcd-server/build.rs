@@ -10,17 +10,29 @@
 //! `*_client` modules, which refer to `::etcd_core::pb::...` types.
 //! (tonic-prost-build 0.14's `Builder::compile_fds` forwards `extern_path`
 //! to the prost_build::Config it drives, so no manual generator is needed.)
+//!
+//! It also writes `$OUT_DIR/etcd_api.binpb`, the encoded FileDescriptorSet
+//! of those services with their imports and their options (the
+//! `google.api.http` routes): the JSON gateway (`src/gateway.rs`) takes its
+//! routes and its JSON <-> protobuf mapping from it. (prost also writes a
+//! `google.api.rs` for the option types; nothing includes it.)
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../etcd-core/proto");
     println!("cargo:rerun-if-changed=../etcd-mvcc/proto");
-    let fds = protox::compile(
-        [
-            "etcdserverpb/rpc.proto",
-            "v3lockpb/v3lock.proto",
-            "v3electionpb/v3election.proto",
-        ],
-        ["../etcd-core/proto", "../etcd-mvcc/proto"],
+    let mut compiler = protox::Compiler::new(["../etcd-core/proto", "../etcd-mvcc/proto"])?;
+    compiler.include_imports(true).open_files([
+        "etcdserverpb/rpc.proto",
+        "v3lockpb/v3lock.proto",
+        "v3electionpb/v3election.proto",
+    ])?;
+    // Encoded by protox itself: a prost_types round trip would drop the
+    // extension options.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("etcd_api.binpb"),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

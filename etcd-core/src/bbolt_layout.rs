@@ -119,10 +119,63 @@ fn bbolt(e: etcd_bbolt::Error) -> Error {
 /// Keys between two progress reports within a bucket.
 const PROGRESS_EVERY: u64 = 1 << 17;
 
+/// Where [`write_buckets`] sends etcd's buckets: a bbolt file
+/// ([`Writer`]) or etcd's backend hash ([`BackendHash`]). Bucket names
+/// ascend, and keys within a bucket.
+pub trait BucketSink {
+    /// Starts the next bucket.
+    fn begin_bucket(&mut self, name: &[u8]) -> Result<()>;
+    /// Adds a record to the current bucket.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+}
+
+impl<W: Write + Seek> BucketSink for Writer<W> {
+    fn begin_bucket(&mut self, name: &[u8]) -> Result<()> {
+        Writer::begin_bucket(self, name).map_err(bbolt)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        Writer::put(self, key, value).map_err(bbolt)
+    }
+}
+
+/// etcd's `Maintenance.Hash` (`backend.Hash(mvcc.DefaultIgnores)`): crc32c
+/// (Castagnoli) of every bucket name followed by its keys and values, in
+/// bbolt's order, leaving out `meta`/`consistent_index` (etcd: it moves
+/// with entries that change nothing the user wrote). The same fold as
+/// `etcdctl snapshot status`'s hash, which leaves nothing out.
+#[derive(Debug, Default)]
+pub struct BackendHash {
+    /// The crc32c so far.
+    crc: u32,
+    /// Whether the current bucket is `meta` (holds the ignored key).
+    in_meta: bool,
+}
+
+impl BackendHash {
+    /// The hash of everything put so far.
+    pub fn sum(&self) -> u32 {
+        self.crc
+    }
+}
+
+impl BucketSink for BackendHash {
+    fn begin_bucket(&mut self, name: &[u8]) -> Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, name);
+        self.in_meta = name == b"meta";
+        Ok(())
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if !(self.in_meta && key == b"consistent_index") {
+            self.crc = crc32c::crc32c_append(self.crc, key);
+            self.crc = crc32c::crc32c_append(self.crc, value);
+        }
+        Ok(())
+    }
+}
+
 /// Writes `view` into `out` as an etcd bbolt database (pages of
-/// `page_size`); returns the output and what was written. `progress` is
-/// called with a bucket's name and the keys written so far, every
-/// [`PROGRESS_EVERY`] keys and at the end of each bucket.
+/// `page_size`); returns the output and what was written. `progress` as
+/// for [`write_buckets`].
 pub fn write_db<W: Write + Seek>(
     view: &StoreView<'_>,
     out: W,
@@ -130,6 +183,27 @@ pub fn write_db<W: Write + Seek>(
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<(W, WrittenFile)> {
     let mut w = Writer::new(out, page_size).map_err(bbolt)?;
+    write_buckets(view, &mut w, progress)?;
+    w.finish(1).map_err(bbolt)
+}
+
+/// etcd's `Maintenance.Hash` of `view`: [`BackendHash`] over the buckets
+/// [`write_db`] would write.
+pub fn backend_hash(view: &StoreView<'_>) -> Result<u32> {
+    let mut h = BackendHash::default();
+    write_buckets(view, &mut h, &mut |_, _| {})?;
+    Ok(h.sum())
+}
+
+/// Sends `view` to `sink` as etcd's buckets, in name order; returns the
+/// records sent. `progress` is called with a bucket's name and the records
+/// sent so far, every [`PROGRESS_EVERY`] records and at the end of each
+/// bucket.
+pub fn write_buckets(
+    view: &StoreView<'_>,
+    w: &mut dyn BucketSink,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<u64> {
     let mut keys = 0u64;
     let not_auth_record =
         |k: &[u8]| (!k.starts_with(USER_PREFIX) && !k.starts_with(ROLE_PREFIX)).then(|| k.to_vec());
@@ -144,21 +218,20 @@ pub fn write_db<W: Write + Seek>(
         }),
     ];
     for (name, cf, rename) in buckets {
-        keys = copy(&mut w, name, view, cf, rename, keys, progress)?;
+        keys = copy(w, name, view, cf, rename, keys, progress)?;
     }
     // cluster: the version.
-    w.begin_bucket(b"cluster").map_err(bbolt)?;
+    w.begin_bucket(b"cluster")?;
     w.put(
         b"clusterVersion",
         cluster_version(crate::SERVER_VERSION).as_bytes(),
-    )
-    .map_err(bbolt)?;
+    )?;
     keys += 1;
     progress("cluster", keys);
     // key, lease: same bytes.
-    keys = copy(&mut w, "key", view, Cf::Key, &etcd_rev_key, keys, progress)?;
+    keys = copy(w, "key", view, Cf::Key, &etcd_rev_key, keys, progress)?;
     keys = copy(
-        &mut w,
+        w,
         "lease",
         view,
         Cf::Lease,
@@ -196,15 +269,15 @@ pub fn write_db<W: Write + Seek>(
     }
     for (name, mut records) in [("members", members), ("members_removed", removed)] {
         records.sort();
-        w.begin_bucket(name.as_bytes()).map_err(bbolt)?;
+        w.begin_bucket(name.as_bytes())?;
         for (k, v) in &records {
-            w.put(k.as_bytes(), v).map_err(bbolt)?;
+            w.put(k.as_bytes(), v)?;
         }
         keys += records.len() as u64;
         progress(name, keys);
     }
     // meta: the consistent index and compaction revisions.
-    w.begin_bucket(b"meta").map_err(bbolt)?;
+    w.begin_bucket(b"meta")?;
     let mut meta = vec![(
         &b"consistent_index"[..],
         view.consistent_index()?.to_be_bytes().to_vec(),
@@ -217,17 +290,18 @@ pub fn write_db<W: Write + Seek>(
         meta.push((b"scheduledCompactRev", rev_bytes(scheduled)));
     }
     for (k, v) in &meta {
-        w.put(k, v).map_err(bbolt)?;
+        w.put(k, v)?;
     }
-    progress("meta", keys + meta.len() as u64);
-    w.finish(1).map_err(bbolt)
+    keys += meta.len() as u64;
+    progress("meta", keys);
+    Ok(keys)
 }
 
 /// Copies the records of `cf` whose key `rename` maps (None: skip) into
 /// bucket `name`; the mapping must keep the key order. Returns `keys` plus
 /// the records copied.
-fn copy<W: Write + Seek>(
-    w: &mut Writer<W>,
+fn copy(
+    w: &mut dyn BucketSink,
     name: &str,
     view: &StoreView<'_>,
     cf: Cf,
@@ -235,12 +309,12 @@ fn copy<W: Write + Seek>(
     mut keys: u64,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<u64> {
-    w.begin_bucket(name.as_bytes()).map_err(bbolt)?;
+    w.begin_bucket(name.as_bytes())?;
     let mut n = 0;
     for item in view.scan(cf) {
         let (k, v) = item?;
         if let Some(k) = rename(&k) {
-            w.put(&k, &v).map_err(bbolt)?;
+            w.put(&k, &v)?;
             keys += 1;
             n += 1;
             if n % PROGRESS_EVERY == 0 {

@@ -25,7 +25,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::keepalive::{FrameCursor, PingPolicy};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -44,6 +47,22 @@ enum Mode {
     Frames,
     /// Not HTTP/2 (or undecodable): bytes pass through.
     Passthrough,
+    /// The client broke the ping policy: what it sends is dropped while
+    /// the GOAWAY goes out, then the connection ends.
+    Closing,
+}
+
+/// The GOAWAY of a broken ping policy ([`crate::keepalive`]).
+#[derive(Debug, PartialEq, Eq)]
+enum GoAway {
+    /// Not needed.
+    No,
+    /// To write at the server's next frame boundary.
+    Due,
+    /// Being written (the bytes left).
+    Writing(BytesMut),
+    /// Written and flushed: reads end.
+    Sent,
 }
 
 /// A header block being collected from HEADERS + CONTINUATION frames.
@@ -65,11 +84,17 @@ pub struct AuthorityFix<S> {
     pending: Option<PendingBlock>,
     decoder: fluke_hpack::Decoder<'static>,
     encoder: fluke_hpack::Encoder<'static>,
+    /// `--grpc-keepalive-min-time` enforcement (None: not enforced).
+    pings: Option<PingPolicy>,
+    /// The server's frames, followed for `pings`.
+    written: FrameCursor,
+    /// The GOAWAY of a broken ping policy.
+    goaway: GoAway,
 }
 
 impl<S> AuthorityFix<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
+    /// Wraps `inner`; `ping_min_time` enforces grpc-go's ping policy.
+    pub fn new(inner: S, ping_min_time: Option<Duration>) -> Self {
         AuthorityFix {
             inner,
             mode: Mode::Preface,
@@ -78,6 +103,9 @@ impl<S> AuthorityFix<S> {
             pending: None,
             decoder: fluke_hpack::Decoder::new(),
             encoder: fluke_hpack::Encoder::new(),
+            pings: ping_min_time.map(PingPolicy::new),
+            written: FrameCursor::default(),
+            goaway: GoAway::No,
         }
     }
 
@@ -85,6 +113,10 @@ impl<S> AuthorityFix<S> {
     fn process(&mut self) {
         loop {
             match self.mode {
+                Mode::Closing => {
+                    self.raw.clear();
+                    return;
+                }
                 Mode::Passthrough => {
                     let all = self.raw.split();
                     self.ready.extend_from_slice(&all);
@@ -113,6 +145,26 @@ impl<S> AuthorityFix<S> {
                         return;
                     }
                     let kind = self.raw[3];
+                    if let Some(p) = &mut self.pings {
+                        let stream = u32::from_be_bytes([
+                            self.raw[5],
+                            self.raw[6],
+                            self.raw[7],
+                            self.raw[8],
+                        ]) & 0x7fff_ffff;
+                        if p.client_frame(kind, self.raw[4], stream, Instant::now()) {
+                            // The PING still reaches the server (which
+                            // acknowledges it, as grpc-go does).
+                            let frame = self.raw.split_to(9 + len);
+                            self.ready.extend_from_slice(&frame);
+                            tracing::warn!(
+                                "client pinged too often (--grpc-keepalive-min-time): closing the connection with GOAWAY too_many_pings"
+                            );
+                            self.mode = Mode::Closing;
+                            self.goaway = GoAway::Due;
+                            continue;
+                        }
+                    }
                     if kind != HEADERS && kind != CONTINUATION {
                         let frame = self.raw.split_to(9 + len);
                         self.ready.extend_from_slice(&frame);
@@ -244,7 +296,39 @@ fn fix_authority(value: &[u8]) -> Vec<u8> {
     rest[..end].to_vec()
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
+impl<S: AsyncWrite + Unpin> AuthorityFix<S> {
+    /// Writes a due GOAWAY once the server is between frames; Ready when
+    /// it is out (flushed).
+    fn drive_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.goaway {
+                GoAway::No | GoAway::Sent => return Poll::Ready(Ok(())),
+                GoAway::Due => {
+                    if !self.written.at_boundary() {
+                        // The server is mid-frame: its next write ends it
+                        // and wakes this task (poll_write).
+                        return Poll::Pending;
+                    }
+                    let frame = self.pings.as_ref().map(PingPolicy::goaway);
+                    self.goaway = GoAway::Writing(BytesMut::from(&frame.unwrap_or_default()[..]));
+                }
+                GoAway::Writing(bytes) if bytes.is_empty() => {
+                    std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                    self.goaway = GoAway::Sent;
+                }
+                GoAway::Writing(bytes) => {
+                    let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, bytes))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    bytes.advance(n);
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -256,6 +340,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready.split_to(n));
                 return Poll::Ready(Ok(()));
+            }
+            if this.goaway != GoAway::No {
+                // The GOAWAY, then the end of the connection for the server.
+                return this.drive_goaway(cx);
             }
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
@@ -286,7 +374,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        match this.goaway {
+            GoAway::No => {}
+            GoAway::Due if !this.written.at_boundary() => {}
+            _ => {
+                // The connection is closing: the GOAWAY first, then the
+                // server's last frames are dropped.
+                std::task::ready!(this.drive_goaway(cx))?;
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        if let Some(p) = &mut this.pings {
+            this.written.feed(&buf[..n], |kind, flags, stream| {
+                p.server_frame(kind, flags, stream)
+            });
+            if this.goaway == GoAway::Due && this.written.at_boundary() {
+                // The reader waits for this boundary to send the GOAWAY.
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -302,11 +411,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.pings.is_some() {
+            // Followed frame by frame: one buffer at a time.
+            let buf = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.pings.is_none() && self.inner.is_write_vectored()
     }
 }
 
@@ -327,7 +445,10 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 #[doc(hidden)]
 pub fn fuzz_client_bytes(data: &[u8]) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
-    let mut fixed = AuthorityFix::new(data);
+    // The ping policy too: a flood of PINGs ends the stream with a GOAWAY
+    // (written to a sink).
+    let conn = tokio::io::join(data, tokio::io::sink());
+    let mut fixed = AuthorityFix::new(conn, Some(Duration::from_secs(5)));
     let mut out = Vec::new();
     futures::executor::block_on(fixed.read_to_end(&mut out)).expect("reading a slice cannot fail");
     out
@@ -346,7 +467,7 @@ mod tests {
     }
 
     async fn run(input: Vec<u8>) -> Vec<u8> {
-        let mut fixed = AuthorityFix::new(&input[..]);
+        let mut fixed = AuthorityFix::new(tokio::io::join(&input[..], tokio::io::sink()), None);
         let mut out = Vec::new();
         fixed.read_to_end(&mut out).await.unwrap();
         out
@@ -422,7 +543,7 @@ mod tests {
         for _ in 0..3000 {
             let mut data = PREFACE.to_vec();
             for _ in 0..next() % 6 {
-                let kind = [HEADERS, CONTINUATION, 0, 4][(next() % 4) as usize];
+                let kind = [HEADERS, CONTINUATION, 0, 4, 6, 3][(next() % 6) as usize];
                 let payload: Vec<u8> = (0..next() % 40).map(|_| next() as u8).collect();
                 data.extend(frame(kind, next() as u8, (next() % 4) as u32, &payload));
             }

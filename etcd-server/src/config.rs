@@ -134,9 +134,29 @@ pub struct Flags {
     /// Specify bcrypt algorithm cost factor for auth password hashing (4 to 31).
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
+    /// Enable GRPC gateway (the JSON API under /v3/ on the client URLs).
+    #[arg(
+        long,
+        env = "ETCD_ENABLE_GRPC_GATEWAY",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub enable_grpc_gateway: bool,
     /// Maximum concurrent streams that each client can open at a time.
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
+    /// Minimum interval duration that a client should wait before pinging
+    /// server.
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_MIN_TIME",
+        default_value = "5s",
+        value_parser = etcd_core::parse_go_duration
+    )]
+    pub grpc_keepalive_min_time: Duration,
     /// Frequency duration of server-to-client ping to check if a connection
     /// is alive (0 to disable).
     #[arg(
@@ -334,6 +354,11 @@ pub struct ServerConfig {
     pub metrics_extensive: bool,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// `--enable-grpc-gateway`: serve the JSON gateway (`/v3/*`).
+    pub enable_grpc_gateway: bool,
+    /// `--grpc-keepalive-min-time`: clients pinging more often are sent
+    /// GOAWAY `too_many_pings` (grpc-go's policy, `keepalive.rs`).
+    pub grpc_keepalive_min_time: Duration,
     /// `--grpc-keepalive-interval`: server pings an idle connection this
     /// often (None: never).
     pub grpc_keepalive_interval: Option<Duration>,
@@ -915,6 +940,8 @@ impl Flags {
             client_listeners,
             metrics_extensive,
             max_concurrent_streams: self.max_concurrent_streams,
+            enable_grpc_gateway: self.enable_grpc_gateway,
+            grpc_keepalive_min_time: self.grpc_keepalive_min_time,
             grpc_keepalive_interval: (!self.grpc_keepalive_interval.is_zero())
                 .then_some(self.grpc_keepalive_interval),
             grpc_keepalive_timeout: (!self.grpc_keepalive_timeout.is_zero())

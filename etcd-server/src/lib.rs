@@ -8,10 +8,15 @@ mod authority;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use authority::fuzz_client_bytes;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub use gateway::fuzz_request_body;
 pub mod config;
 mod config_file;
 pub mod etcdutl;
+mod gateway;
 mod http;
+mod keepalive;
 pub mod logging;
 mod metrics;
 mod request_context;
@@ -110,7 +115,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             let mut stop = stop_rx.clone();
             servers.spawn(async move {
                 router
-                    .serve_with_incoming_shutdown(accept_loop(listener, tls), async move {
+                    .serve_with_incoming_shutdown(accept_loop(listener, tls, None), async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
                     .await
@@ -134,14 +139,20 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         // grpc.health.v1.Health: the server ("") is SERVING, as etcd
         // registers it.
         .add_service(tonic_health::server::health_reporter().1);
-        let routes = grpc
+        let grpc = grpc
             .routes()
             .into_axum_router()
             .layer(axum::middleware::from_fn(move |req, next| {
                 metrics::count_grpc(counted.clone(), req, next)
-            }))
-            .merge(http::routes(etcd.clone()))
-            .fallback(http::fallback);
+            }));
+        let mut routes = grpc.clone().merge(http::routes(etcd.clone()));
+        if cfg.enable_grpc_gateway {
+            let client_cert_auth = cfg.client_tls.as_ref().is_some_and(|t| t.client_cert_auth);
+            let gateway = gateway::Gateway::new(grpc, etcd.clone(), max_recv, client_cert_auth)
+                .map_err(|e| anyhow::anyhow!("the JSON gateway's routes: {e}"))?;
+            routes = routes.merge(gateway.router());
+        }
+        let routes = routes.fallback(http::fallback);
         let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .max_concurrent_streams(cfg.max_concurrent_streams)
@@ -149,8 +160,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .http2_keepalive_timeout(cfg.grpc_keepalive_timeout)
             .add_routes(tonic::service::Routes::from(routes));
         let mut stop = stop_rx.clone();
+        let ping_min_time = Some(cfg.grpc_keepalive_min_time);
         servers.spawn(async move {
-            let incoming = accept_loop(listener, tls);
+            let incoming = accept_loop(listener, tls, ping_min_time);
             router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -221,6 +233,7 @@ fn notify_systemd(state: sd_notify::NotifyState, what: &str) {
 fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<tls::TlsReloader>>,
+    ping_min_time: Option<std::time::Duration>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tls::ClientConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -243,7 +256,7 @@ fn accept_loop(
             match &tls {
                 None => {
                     if tx
-                        .send(Ok(tls::ClientConn::plain(tcp, remote)))
+                        .send(Ok(tls::ClientConn::plain(tcp, remote, ping_min_time)))
                         .await
                         .is_err()
                     {
@@ -253,7 +266,7 @@ fn accept_loop(
                 Some(tls) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
-                        if let Some(conn) = tls.accept(tcp, remote).await {
+                        if let Some(conn) = tls.accept(tcp, remote, ping_min_time).await {
                             let _ = tx.send(Ok(conn)).await;
                         }
                     });

@@ -2,7 +2,8 @@
 //!
 //! The caller's deadline (`grpc-timeout`, which clientv3 sends for a
 //! context with a deadline, e.g. `etcdctl --command-timeout`), its auth
-//! token (metadata `token`, as clientv3 sends it after Authenticate) and
+//! token (metadata `token`, as clientv3 sends it after Authenticate, else
+//! `authorization`, as etcd reads it: the JSON gateway's header) and
 //! the common name of its verified TLS certificate (from the connection,
 //! [`ClientConnInfo`], set only under `--client-cert-auth`). The engine
 //! resolves the token and checks permissions.
@@ -22,6 +23,7 @@ pub fn of<T>(req: &tonic::Request<T>) -> RequestContext {
         token: req
             .metadata()
             .get("token")
+            .or_else(|| req.metadata().get("authorization"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         cert_common_name: req

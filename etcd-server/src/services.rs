@@ -101,14 +101,11 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, req: Request<HashRequest>) -> Reply<HashResponse> {
         learner_guard(&self.0)?;
-        reply(
-            self.0
-                .hash_kv(&crate::request_context::of(&req), 0)
-                .map(|r| HashResponse {
-                    header: r.header,
-                    hash: r.hash,
-                }),
-        )
+        let (etcd, ctx) = (self.0.clone(), crate::request_context::of(&req));
+        let r = tokio::task::spawn_blocking(move || etcd.hash(&ctx))
+            .await
+            .map_err(|e| Status::internal(format!("hash task failed: {e}")))?;
+        reply(r)
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {

@@ -430,7 +430,13 @@ impl TlsReloader {
 
     /// Runs the TLS handshake of an accepted connection; None (logged)
     /// when it fails or the client certificate is not allowed.
-    pub async fn accept(&self, tcp: TcpStream, remote: SocketAddr) -> Option<ClientConn> {
+    /// `ping_min_time`: the keepalive policy enforced on the connection.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        ping_min_time: Option<std::time::Duration>,
+    ) -> Option<ClientConn> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
@@ -460,7 +466,7 @@ impl TlsReloader {
             None => None,
         };
         Some(ClientConn {
-            stream: AuthorityFix::new(Stream::Tls(Box::new(tls))),
+            stream: AuthorityFix::new(Stream::Tls(Box::new(tls)), ping_min_time),
             info: ClientConnInfo {
                 remote: Some(remote),
                 common_name: common_name.filter(|_| self.cert_identity),
@@ -537,10 +543,15 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    /// A plain TCP connection.
-    pub fn plain(tcp: TcpStream, remote: SocketAddr) -> ClientConn {
+    /// A plain TCP connection; `ping_min_time` as for
+    /// [`TlsReloader::accept`].
+    pub fn plain(
+        tcp: TcpStream,
+        remote: SocketAddr,
+        ping_min_time: Option<std::time::Duration>,
+    ) -> ClientConn {
         ClientConn {
-            stream: AuthorityFix::new(Stream::Plain(tcp)),
+            stream: AuthorityFix::new(Stream::Plain(tcp), ping_min_time),
             info: ClientConnInfo {
                 remote: Some(remote),
                 common_name: None,

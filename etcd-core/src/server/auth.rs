@@ -61,6 +61,12 @@ impl Etcd {
         Ok(AuthDisableResponse { header })
     }
 
+    /// Whether auth is enabled on this member now (its applied state; no
+    /// read barrier).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth().is_enabled()
+    }
+
     /// Auth.AuthStatus (etcd 3.5): whether auth is on, and its revision.
     pub async fn auth_status(&self, ctx: &RequestContext) -> Result<AuthStatusResponse> {
         self.linearizable_read_notify(ctx).await?;

@@ -14,8 +14,8 @@ use std::io::{Read, Seek, SeekFrom};
 use super::etcd::{Etcd, SERVER_VERSION};
 use crate::apply::Applied;
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvResponse, SnapshotResponse,
-    StatusResponse,
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvResponse, HashResponse,
+    SnapshotResponse, StatusResponse,
 };
 use crate::raft_request::Op;
 use crate::request_context::RequestContext;
@@ -238,6 +238,21 @@ impl Etcd {
             sha: ring::digest::Context::new(&ring::digest::SHA256),
             done: false,
             started,
+        })
+    }
+
+    /// Maintenance.Hash: etcd's hash of its whole backend (every bucket of
+    /// etcd's layout but the consistent index, see
+    /// [`crate::bbolt_layout::BackendHash`]) over one view of the store.
+    /// Members with the same data, membership and alarms agree. Blocking
+    /// (reads the whole store); call from a blocking context.
+    pub fn hash(&self, ctx: &RequestContext) -> Result<HashResponse> {
+        self.check_maintenance_admin(ctx)?;
+        let view = self.inner.store.view()?;
+        let hash = crate::bbolt_layout::backend_hash(&view)?;
+        Ok(HashResponse {
+            header: Some(self.header(view.revision())),
+            hash,
         })
     }
 

@@ -300,12 +300,15 @@ impl Store {
     /// backend snapshot: later writes are not in it, and are not blocked by
     /// it). What `Maintenance.Snapshot` copies into etcd's bbolt layout.
     pub fn view(&self) -> Result<StoreView<'_>> {
-        let snap = {
+        // As a read transaction: the revision first, then the snapshot,
+        // which holds every batch up to it.
+        let (revision, snap) = {
             let _gate = self.inner.gate.read();
             self.inner.check_complete()?;
-            self.inner.backend.snapshot()
+            let rev = self.inner.current_rev.load(Ordering::Acquire);
+            (rev, self.inner.backend.snapshot())
         };
-        Ok(StoreView { snap })
+        Ok(StoreView { snap, revision })
     }
 
     /// Makes everything applied so far durable (RocksDB: flushes the
@@ -320,9 +323,19 @@ impl Store {
 pub struct StoreView<'a> {
     /// The backend snapshot every read of the view goes to.
     snap: Box<dyn Snapshot + 'a>,
+    /// The store's revision when the view was taken (what a response
+    /// header computed from the view reports).
+    revision: i64,
 }
 
 impl StoreView<'_> {
+    /// The store's revision when the view was taken: every write up to it
+    /// is in the view (a write that raced the view may be too, as in
+    /// etcd's `Hash`, which reads the revision beside its transaction).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
     /// Every record of `cf`, in key order.
     pub fn scan(&self, cf: Cf) -> ScanIter<'_> {
         self.snap.scan(cf, &[], None)
