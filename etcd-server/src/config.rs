@@ -1003,6 +1003,25 @@ mod tests {
     }
 
     #[test]
+    fn gateway_and_ping_policy_flags() {
+        let c = config(&[], &[]);
+        assert!(c.enable_grpc_gateway);
+        assert_eq!(c.grpc_keepalive_min_time, Duration::from_secs(5));
+        let c = config(
+            &[
+                "--enable-grpc-gateway=false",
+                "--grpc-keepalive-min-time",
+                "1m",
+            ],
+            &[],
+        );
+        assert!(!c.enable_grpc_gateway);
+        assert_eq!(c.grpc_keepalive_min_time, Duration::from_secs(60));
+        let c = config(&[], &[("ETCD_ENABLE_GRPC_GATEWAY", "false")]);
+        assert!(!c.enable_grpc_gateway);
+    }
+
+    #[test]
     fn data_dir_follows_name_and_env_works() {
         let c = config(&["--name", "infra0"], &[]);
         assert_eq!(c.core.data_dir, PathBuf::from("infra0.etcd"));

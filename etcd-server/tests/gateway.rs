@@ -796,3 +796,113 @@ fn maintenance_hash_is_etcds_backend_hash() {
         "our hash vs etcd's fold of our snapshot"
     );
 }
+
+/// The JSON keys of a body, recursively (`a.b`), for answers whose values
+/// two servers cannot share (sizes, versions, ids).
+fn shape(body: &str) -> Vec<String> {
+    fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = format!("{prefix}{k}");
+                    out.push(p.clone());
+                    walk(v, &format!("{p}."), out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, prefix, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&normalized(body), "", &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn cluster_and_maintenance_routes_answer_like_etcd() {
+    let real = Server::start(Kind::Real);
+    let ours = Server::start(Kind::Ours);
+    both(
+        &real,
+        &ours,
+        "/v3/kv/put",
+        r#"{"key":"Zm9v","value":"YmFy"}"#,
+        &[],
+        Compare::Exact,
+    );
+    both(
+        &real,
+        &ours,
+        "/v3/maintenance/defragment",
+        "{}",
+        &[],
+        Compare::Exact,
+    );
+    for (path, body) in [
+        ("/v3/cluster/member/list", "{}"),
+        ("/v3/maintenance/status", "{}"),
+        ("/v3/maintenance/hash", "{}"),
+    ] {
+        let (rs, rb) = curl(&real.client_url, "POST", path, body, &[]);
+        let (os, ob) = curl(&ours.client_url, "POST", path, body, &[]);
+        assert_eq!(
+            (rs, shape(&rb)),
+            (os, shape(&ob)),
+            "{path}\n etcd: {rb}\n ours: {ob}"
+        );
+    }
+    // The member list names this member with its URLs.
+    let (_, list) = curl(
+        &ours.client_url,
+        "POST",
+        "/v3/cluster/member/list",
+        "{}",
+        &[],
+    );
+    let list = normalized(&list);
+    assert_eq!(list["members"][0]["name"], "default", "{list}");
+    assert_eq!(
+        list["members"][0]["clientURLs"][0],
+        ours.client_url.as_str(),
+        "{list}"
+    );
+    // Adding a learner and removing it again through the gateway.
+    let add = r#"{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#;
+    let (s, added) = curl(&ours.client_url, "POST", "/v3/cluster/member/add", add, &[]);
+    assert_eq!(s, 200, "{added}");
+    let added = normalized(&added);
+    assert_eq!(added["member"]["isLearner"], true, "{added}");
+    let id = added["member"]["ID"].as_str().unwrap().to_string();
+    let remove = serde_json::json!({ "ID": id }).to_string();
+    let (s, b) = curl(
+        &ours.client_url,
+        "POST",
+        "/v3/cluster/member/remove",
+        &remove,
+        &[],
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        normalized(&b)["members"].as_array().unwrap().len(),
+        1,
+        "{b}"
+    );
+}
+
+#[test]
+fn a_disabled_gateway_is_not_served() {
+    let real = Server::start_with(Kind::Real, &["--enable-grpc-gateway=false"]);
+    let ours = Server::start_with(Kind::Ours, &["--enable-grpc-gateway=false"]);
+    for s in [&real, &ours] {
+        let (code, b) = curl(
+            &s.client_url,
+            "POST",
+            "/v3/kv/range",
+            r#"{"key":"Zm9v"}"#,
+            &[],
+        );
+        assert_eq!(code, 404, "{:?}: {b}", s.kind);
+    }
+}
