@@ -192,10 +192,10 @@ pub struct Gateway {
     /// Largest request body read (one JSON value): the gRPC limit of a
     /// message, base64 and JSON overhead included.
     max_body: usize,
-    /// `--client-cert-auth`: a common name in a gateway request's
-    /// certificate is refused while auth is enabled (etcd's check).
+    /// The member: whether auth is enabled, for the check below.
     etcd: etcd_core::Etcd,
-    /// Whether the listener verifies client certificates.
+    /// `--client-cert-auth`: while auth is enabled, a gateway request whose
+    /// certificate has a common name is refused (etcd's check).
     client_cert_auth: bool,
 }
 
@@ -216,6 +216,35 @@ impl Gateway {
         })
     }
 
+    /// The route of `req`, or the answer it gets without a call (OPTIONS,
+    /// an unknown path, another method, etcd's common-name check).
+    fn route(&self, req: &Request) -> Result<Arc<Route>, Response> {
+        if req.method() == Method::OPTIONS {
+            return Err(plain(StatusCode::OK, ""));
+        }
+        let Some(route) = self.routes.get(req.uri().path()).cloned() else {
+            return Err(plain(StatusCode::NOT_FOUND, "Not Found\n"));
+        };
+        if req.method() != Method::POST {
+            return Err(plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed\n",
+            ));
+        }
+        let cn = req
+            .extensions()
+            .get::<ClientConnInfo>()
+            .and_then(|c| c.common_name.as_ref());
+        if self.client_cert_auth && cn.is_some_and(|cn| !cn.is_empty()) && self.etcd.auth_enabled()
+        {
+            return Err(plain(
+                StatusCode::BAD_REQUEST,
+                "CommonName of client sending a request against gateway will be ignored and not used as expected\n",
+            ));
+        }
+        Ok(route)
+    }
+
     /// The axum routes (`/v3/*`, `/v3beta/*`), to merge with the client
     /// port's router.
     pub fn router(self) -> axum::Router {
@@ -230,29 +259,21 @@ impl Gateway {
     }
 
     async fn serve(&self, req: Request) -> Response {
-        if req.method() == Method::OPTIONS {
-            return plain(StatusCode::OK, "");
-        }
-        let Some(route) = self.routes.get(req.uri().path()).cloned() else {
-            return plain(StatusCode::NOT_FOUND, "Not Found\n");
-        };
-        if req.method() != Method::POST {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-        }
-        let cn = req
-            .extensions()
-            .get::<ClientConnInfo>()
-            .and_then(|c| c.common_name.as_ref());
-        if self.client_cert_auth && cn.is_some_and(|cn| !cn.is_empty()) && self.etcd.auth_enabled()
-        {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "CommonName of client sending a request against gateway will be ignored and not used as expected\n",
-            );
-        }
-        let metadata = match metadata(req.headers()) {
-            Ok(m) => m,
-            Err(status) => return error_response(&status),
+        let checked = self.route(&req).and_then(|route| {
+            Ok((
+                route,
+                metadata(req.headers()).map_err(|s| error_response(&s))?,
+            ))
+        });
+        let (route, metadata) = match checked {
+            Ok(ok) => ok,
+            Err(answer) => {
+                // Answered without a call; the body is read first (up to
+                // the limit): an HTTP/2 client still sending it would
+                // otherwise see its stream reset under the answer.
+                let _ = axum::body::to_bytes(req.into_body(), self.max_body).await;
+                return answer;
+            }
         };
         let body = req.into_body();
         let grpc_body = if route.client_streaming {

@@ -4,10 +4,6 @@
 //! The binary only parses flags and calls [`run`]; tests call [`run`] too.
 
 mod auth;
-mod authority;
-#[cfg(any(test, feature = "testing"))]
-#[doc(hidden)]
-pub use authority::fuzz_client_bytes;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use gateway::fuzz_request_body;
@@ -16,7 +12,6 @@ mod config_file;
 pub mod etcdutl;
 mod gateway;
 mod http;
-mod keepalive;
 pub mod logging;
 mod metrics;
 mod request_context;

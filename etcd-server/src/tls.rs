@@ -22,7 +22,7 @@
 //! [`RequestContext`](etcd_core::RequestContext) (`cert_common_name`),
 //! through the connection's [`ClientConnInfo`].
 
-use crate::authority::AuthorityFix;
+use etcd_h2_shim::ClientFrames;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -466,7 +466,7 @@ impl TlsReloader {
             None => None,
         };
         Some(ClientConn {
-            stream: AuthorityFix::new(Stream::Tls(Box::new(tls)), ping_min_time),
+            stream: ClientFrames::new(Stream::Tls(Box::new(tls)), ping_min_time),
             info: ClientConnInfo {
                 remote: Some(remote),
                 common_name: common_name.filter(|_| self.cert_identity),
@@ -538,7 +538,7 @@ pub enum Stream {
 
 /// An accepted client connection, ready for the gRPC/HTTP server.
 pub struct ClientConn {
-    stream: AuthorityFix<Stream>,
+    stream: ClientFrames<Stream>,
     info: ClientConnInfo,
 }
 
@@ -551,7 +551,7 @@ impl ClientConn {
         ping_min_time: Option<std::time::Duration>,
     ) -> ClientConn {
         ClientConn {
-            stream: AuthorityFix::new(Stream::Plain(tcp), ping_min_time),
+            stream: ClientFrames::new(Stream::Plain(tcp), ping_min_time),
             info: ClientConnInfo {
                 remote: Some(remote),
                 common_name: None,

@@ -253,6 +253,12 @@ fn gateway_over_tls(kind: Kind, p: &Pki) -> Vec<(u16, String)> {
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_ne!(
+            code,
+            "000",
+            "curl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The header's ids differ between the two clusters.
         let body = match body.find(r#""revision""#) {
             Some(at) => body[at..].to_string(),

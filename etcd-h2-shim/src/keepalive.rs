@@ -2,8 +2,8 @@
 //! sets it (`keepalive.EnforcementPolicy{MinTime: --grpc-keepalive-min-time,
 //! PermitWithoutStream: false}`). hyper answers every PING and has no such
 //! policy, so the client's frames are watched here (through
-//! [`crate::authority::AuthorityFix`], which already parses them) and the
-//! server's written frames are followed by [`FrameCursor`].
+//! [`crate::ClientFrames`], which already parses them) and the server's
+//! written frames are followed by [`FrameCursor`].
 //!
 //! grpc-go's rule (`http2_server.go`, `handlePing`): a PING from the client
 //! (not an ACK) is a strike when it comes sooner than `MinTime` after the
@@ -134,16 +134,20 @@ impl PingPolicy {
     /// The GOAWAY frame grpc-go sends: last stream, ENHANCE_YOUR_CALM,
     /// `too_many_pings`.
     pub fn goaway(&self) -> Vec<u8> {
-        const DEBUG: &[u8] = b"too_many_pings";
-        let len = 8 + DEBUG.len();
-        let mut f = Vec::with_capacity(9 + len);
-        f.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
-        f.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
-        f.extend_from_slice(&self.max_stream.to_be_bytes());
-        f.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
-        f.extend_from_slice(DEBUG);
-        f
+        goaway_frame(self.max_stream, ENHANCE_YOUR_CALM, b"too_many_pings")
     }
+}
+
+/// A GOAWAY frame (RFC 9113 §6.8): last stream id, error code, debug data.
+pub fn goaway_frame(last_stream: u32, code: u32, debug: &[u8]) -> Vec<u8> {
+    let len = 8 + debug.len();
+    let mut f = Vec::with_capacity(9 + len);
+    f.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+    f.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&last_stream.to_be_bytes());
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(debug);
+    f
 }
 
 /// Follows the frames of one direction of an HTTP/2 connection from its
