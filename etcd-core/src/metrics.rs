@@ -44,6 +44,8 @@ pub struct Metrics {
     pub(crate) deletes: IntCounter,
     /// `etcd_mvcc_txn_total`.
     pub(crate) txns: IntCounter,
+    /// `etcd_mvcc_hash_duration_seconds`: Maintenance.Hash.
+    pub(crate) hash_seconds: prometheus::Histogram,
     /// Set at scrape time, see [`Metrics::gather`].
     has_leader: IntGauge,
     is_leader: IntGauge,
@@ -104,11 +106,13 @@ fn info(r: &Registry, name: &str, help: &str, label: &str, value: &str) {
 
 impl Metrics {
     /// The metrics of a member with id `member_id`, quota `quota_bytes` and
-    /// backend commit histogram `commit_duration`.
+    /// the store's histograms (`Store::commit_duration`,
+    /// `Store::hash_rev_duration`).
     pub(crate) fn new(
         member_id: u64,
         quota_bytes: u64,
         commit_duration: prometheus::Histogram,
+        hash_rev_duration: prometheus::Histogram,
     ) -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
@@ -117,6 +121,14 @@ impl Metrics {
         ))
         .expect("registered once");
         r.register(Box::new(commit_duration))
+            .expect("registered once");
+        r.register(Box::new(hash_rev_duration))
+            .expect("registered once");
+        let hash_seconds = etcd_mvcc::hash_histogram(
+            "etcd_mvcc_hash_duration_seconds",
+            "The latency distribution of storage hash operation.",
+        );
+        r.register(Box::new(hash_seconds.clone()))
             .expect("registered once");
         let quota = gauge(
             &r,
@@ -169,6 +181,7 @@ impl Metrics {
                 "etcd_mvcc_txn_total",
                 "Total number of txns seen by this member.",
             ),
+            hash_seconds,
             has_leader: gauge(
                 &r,
                 "etcd_server_has_leader",

@@ -91,8 +91,9 @@ pub use backend_memory::{MemBackend, MemDisk};
 pub use backend_rocksdb::RocksBackend;
 pub use error::{Error, Result};
 pub use kvstore::{
-    Bucket, CompactWait, EventSink, HashKv, History, HistoryBatch, ImageExport, RangeHeader,
-    RangeOptions, RangeResult, Store, StoreOptions, StoreView, TxnRead, TxnWrite, RANGE_CHUNK_SIZE,
+    hash_histogram, Bucket, CompactWait, EventSink, HashKv, History, HistoryBatch, ImageExport,
+    RangeHeader, RangeOptions, RangeResult, Store, StoreOptions, StoreView, TxnRead, TxnWrite,
+    RANGE_CHUNK_SIZE,
 };
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;

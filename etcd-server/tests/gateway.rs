@@ -417,6 +417,16 @@ fn base64(s: &str) -> String {
     out
 }
 
+/// `/v3/auth/authenticate` as `name`: (the answer, its token).
+fn login(s: &Server, name: &str, password: &str) -> (String, String) {
+    let body = serde_json::json!({ "name": name, "password": password }).to_string();
+    let (code, answer) = curl(&s.client_url, "POST", "/v3/auth/authenticate", &body, &[]);
+    assert_eq!(code, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    (answer, token)
+}
+
 #[test]
 fn auth_through_the_gateway_answers_like_etcd() {
     let real = Server::start(Kind::Real);
@@ -500,28 +510,9 @@ fn auth_through_the_gateway_answers_like_etcd() {
         &[],
         exact,
     );
-    let (_, real_tok) = curl(
-        &real.client_url,
-        "POST",
-        "/v3/auth/authenticate",
-        r#"{"name":"u","password":"p"}"#,
-        &[],
-    );
-    let (_, our_tok) = curl(
-        &ours.client_url,
-        "POST",
-        "/v3/auth/authenticate",
-        r#"{"name":"u","password":"p"}"#,
-        &[],
-    );
+    let (real_tok, rt) = login(&real, "u", "p");
+    let (our_tok, ot) = login(&ours, "u", "p");
     assert_eq!(normalized(&real_tok), normalized(&our_tok));
-    let token = |b: &str| {
-        serde_json::from_str::<Value>(b).unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (rt, ot) = (token(&real_tok), token(&our_tok));
     let answer = |url: &str, tok: &str, path: &str, body: &str| {
         let h = format!("Authorization: {tok}");
         let (s, b) = curl(url, "POST", path, body, &[&h]);
@@ -549,33 +540,11 @@ fn auth_through_the_gateway_answers_like_etcd() {
         &[&h],
     );
     assert_eq!(s, 200, "{b}");
-    let (_, real_root) = curl(
-        &real.client_url,
-        "POST",
-        "/v3/auth/authenticate",
-        r#"{"name":"root","password":"toor"}"#,
-        &[],
-    );
-    let (_, our_root) = curl(
-        &ours.client_url,
-        "POST",
-        "/v3/auth/authenticate",
-        r#"{"name":"root","password":"toor"}"#,
-        &[],
-    );
+    let (_, real_root) = login(&real, "root", "toor");
+    let (_, our_root) = login(&ours, "root", "toor");
     assert_eq!(
-        answer(
-            &real.client_url,
-            &token(&real_root),
-            "/v3/auth/disable",
-            "{}"
-        ),
-        answer(
-            &ours.client_url,
-            &token(&our_root),
-            "/v3/auth/disable",
-            "{}"
-        ),
+        answer(&real.client_url, &real_root, "/v3/auth/disable", "{}"),
+        answer(&ours.client_url, &our_root, "/v3/auth/disable", "{}"),
     );
 }
 
@@ -771,6 +740,17 @@ fn maintenance_hash_is_etcds_backend_hash() {
         })
         .collect();
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    // Timed as etcd times it (and HashKV too).
+    let url = c.members[0].client_url.clone();
+    curl(&url, "POST", "/v3/maintenance/hashkv", "{}", &[]);
+    let (_, metrics) = curl(&url, "GET", "/metrics", "", &[]);
+    for series in [
+        "etcd_mvcc_hash_duration_seconds_count 1",
+        "etcd_mvcc_hash_duration_seconds_bucket{le=\"163.84\"} 1",
+        "etcd_mvcc_hash_rev_duration_seconds_bucket{le=\"0.01\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} not in /metrics");
+    }
     // etcd's fold over the snapshot's buckets, consistent_index left out.
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("s.db");

@@ -156,10 +156,10 @@ fn pki() -> Pki {
     }
 }
 
-/// What each client attempt did against a server of `kind` that requires
-/// client certificates: (attempt, succeeded).
-fn outcomes(kind: Kind, p: &Pki) -> Vec<(&'static str, bool)> {
-    let server_flags = [
+/// A server's flags for `p`'s server certificate, requiring client
+/// certificates of `p`'s CA.
+fn mutual_tls_flags(p: &Pki) -> Vec<&str> {
+    vec![
         "--cert-file",
         s(&p.server.0),
         "--key-file",
@@ -167,9 +167,14 @@ fn outcomes(kind: Kind, p: &Pki) -> Vec<(&'static str, bool)> {
         "--trusted-ca-file",
         s(&p.ca),
         "--client-cert-auth",
-        "--client-crl-file",
-        s(&p.crl),
-    ];
+    ]
+}
+
+/// What each client attempt did against a server of `kind` that requires
+/// client certificates: (attempt, succeeded).
+fn outcomes(kind: Kind, p: &Pki) -> Vec<(&'static str, bool)> {
+    let mut server_flags = mutual_tls_flags(p);
+    server_flags.extend(["--client-crl-file", s(&p.crl)]);
     let good = tls_flags(&p.ca, &p.client);
     let srv = Server::start_custom(kind, "https", &server_flags, &good);
     let url = srv.client_url.clone();
@@ -232,15 +237,7 @@ fn client_certificates_are_checked_as_etcd_checks_them() {
 /// certificate carries a common name is refused with etcd's 400 (the
 /// gateway would not use that name as the user).
 fn gateway_over_tls(kind: Kind, p: &Pki) -> Vec<(u16, String)> {
-    let server_flags = [
-        "--cert-file",
-        s(&p.server.0),
-        "--key-file",
-        s(&p.server.1),
-        "--trusted-ca-file",
-        s(&p.ca),
-        "--client-cert-auth",
-    ];
+    let server_flags = mutual_tls_flags(p);
     let good = tls_flags(&p.ca, &p.client);
     let srv = Server::start_custom(kind, "https", &server_flags, &good);
     let curl = |path: &str, body: &str| {

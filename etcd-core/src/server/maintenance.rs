@@ -247,6 +247,7 @@ impl Etcd {
     /// (reads the whole store); call from a blocking context.
     pub fn hash(&self, ctx: &RequestContext) -> Result<HashResponse> {
         self.check_maintenance_admin(ctx)?;
+        let _timer = self.inner.metrics.hash_seconds.start_timer();
         let view = self.inner.store.view()?;
         let hash = crate::bbolt_layout::backend_hash(&view)?;
         Ok(HashResponse {

@@ -127,8 +127,12 @@ impl Etcd {
             )));
         }
         let store = Arc::new(booted.store);
-        let metrics =
-            crate::metrics::Metrics::new(member_id, cfg.quota_bytes(), store.commit_duration());
+        let metrics = crate::metrics::Metrics::new(
+            member_id,
+            cfg.quota_bytes(),
+            store.commit_duration(),
+            store.hash_rev_duration(),
+        );
         // Subscribed before the apply thread starts: it sees every revision.
         let watch = WatchableStore::start(store.clone())?;
         let applied = store.consistent_index();

@@ -44,6 +44,9 @@ pub(super) struct Inner {
     /// Time of each transaction's backend write (etcd's
     /// `etcd_disk_backend_commit_duration_seconds`), for `/metrics`.
     pub(super) commit_seconds: prometheus::Histogram,
+    /// Time of each [`Store::hash_kv`](super::Store::hash_kv) (etcd's
+    /// `etcd_mvcc_hash_rev_duration_seconds`), for `/metrics`.
+    pub(super) hash_rev_seconds: prometheus::Histogram,
 }
 
 impl Inner {

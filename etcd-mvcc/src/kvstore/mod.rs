@@ -52,5 +52,5 @@ pub use hash::HashKv;
 pub use history::{History, HistoryBatch};
 pub use options::{Bucket, StoreOptions, RANGE_CHUNK_SIZE};
 pub use snapshot::ImageExport;
-pub use store::{Store, StoreView};
+pub use store::{hash_histogram, Store, StoreView};
 pub use txn::{RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite};

@@ -142,6 +142,10 @@ impl Store {
             epoch: AtomicU64::new(0),
             incomplete: AtomicBool::new(false),
             commit_seconds: commit_histogram(),
+            hash_rev_seconds: hash_histogram(
+                "etcd_mvcc_hash_rev_duration_seconds",
+                "The latency distribution of storage hash by revision operation.",
+            ),
         });
         let compactor = compaction::spawn(inner.clone())?;
         Ok(Store {
@@ -246,6 +250,7 @@ impl Store {
     /// Hash of all key-value revisions `<= rev` (0: current) that survive
     /// compaction; equal on members with equal history (like etcd's HashKV).
     pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
+        let _timer = self.inner.hash_rev_seconds.start_timer();
         hash::hash_kv(&self.inner, rev)
     }
 
@@ -258,6 +263,12 @@ impl Store {
     /// `etcd_disk_backend_commit_duration_seconds`; a handle to the live one).
     pub fn commit_duration(&self) -> prometheus::Histogram {
         self.inner.commit_seconds.clone()
+    }
+
+    /// The histogram of [`hash_kv`](Self::hash_kv) times (etcd's
+    /// `etcd_mvcc_hash_rev_duration_seconds`; a handle to the live one).
+    pub fn hash_rev_duration(&self) -> prometheus::Histogram {
+        self.inner.hash_rev_seconds.clone()
     }
 
     /// Keys in the index (deleted ones until compacted), etcd's
@@ -387,6 +398,13 @@ fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64)> {
         builder.add(&k, &v)?;
     }
     Ok((builder.index, builder.max_rev))
+}
+
+/// etcd's hash histograms (`name`): 0.01 s * 2^n, n = 0..14.
+pub fn hash_histogram(name: &str, help: &str) -> prometheus::Histogram {
+    let opts = prometheus::HistogramOpts::new(name, help)
+        .buckets(prometheus::exponential_buckets(0.01, 2.0, 15).expect("valid buckets"));
+    prometheus::Histogram::with_opts(opts).expect("valid histogram")
 }
 
 /// etcd's backend commit histogram: 0.001 s * 2^n, n = 0..13.
