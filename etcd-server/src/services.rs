@@ -16,6 +16,21 @@ fn reply<T>(r: etcd_core::Result<T>) -> Reply<T> {
     r.map(Response::new).map_err(to_status)
 }
 
+/// Runs `call` (one that reads or rewrites the whole store) on a blocking
+/// thread for the caller of `req`; `what` names it if the task dies.
+async fn blocking<T: Send + 'static>(
+    etcd: &Etcd,
+    req: &Request<impl Sized>,
+    what: &str,
+    call: impl FnOnce(&Etcd, &etcd_core::RequestContext) -> etcd_core::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    let (etcd, ctx) = (etcd.clone(), crate::request_context::of(req));
+    tokio::task::spawn_blocking(move || call(&etcd, &ctx))
+        .await
+        .map_err(|e| Status::internal(format!("{what} task failed: {e}")))?
+        .map_err(to_status)
+}
+
 /// KV service.
 #[derive(Clone)]
 pub struct KvService(pub Etcd);
@@ -90,22 +105,16 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(&self, req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
         learner_guard(&self.0)?;
-        let ctx = crate::request_context::of(&req);
-        let etcd = self.0.clone();
         tracing::info!("defragmenting the store (online: reads and writes continue)");
-        let r = tokio::task::spawn_blocking(move || etcd.defragment(&ctx))
-            .await
-            .map_err(|e| Status::internal(format!("defragment task failed: {e}")))?;
-        reply(r)
+        let r = blocking(&self.0, &req, "defragment", Etcd::defragment).await?;
+        Ok(Response::new(r))
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Reply<HashResponse> {
         learner_guard(&self.0)?;
-        let (etcd, ctx) = (self.0.clone(), crate::request_context::of(&req));
-        let r = tokio::task::spawn_blocking(move || etcd.hash(&ctx))
-            .await
-            .map_err(|e| Status::internal(format!("hash task failed: {e}")))?;
-        reply(r)
+        Ok(Response::new(
+            blocking(&self.0, &req, "hash", Etcd::hash).await?,
+        ))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
@@ -123,11 +132,7 @@ impl Maintenance for MaintenanceService {
         learner_guard(&self.0)?;
         let ctx = crate::request_context::of(&req);
         self.0.check_maintenance_admin(&ctx).map_err(to_status)?;
-        let etcd = self.0.clone();
-        let db = tokio::task::spawn_blocking(move || etcd.snapshot(&ctx))
-            .await
-            .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
-            .map_err(to_status)?;
+        let db = blocking(&self.0, &req, "snapshot", Etcd::snapshot).await?;
         // Chunks are read as the client takes them (a few in flight).
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
