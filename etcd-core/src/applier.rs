@@ -227,7 +227,7 @@ impl Applier {
         if let Err(Error::Internal(msg)) = &result {
             tracing::error!(index = e.index, "applying entry failed: {msg}");
         }
-        self.wait.trigger(req.id, result);
+        self.wait.trigger_applied(req.waiter(), result);
         effect
     }
 
@@ -305,7 +305,7 @@ impl Applier {
         replayed: bool,
         raft: &mut dyn ConfChanger,
     ) -> Effect {
-        let (cc, request_id, change) = decode_conf_change(&e.data).unwrap_or_else(|err| {
+        let (cc, waiter, change) = decode_conf_change(&e.data).unwrap_or_else(|err| {
             panic!(
                 "raft entry {} is not a configuration change this build understands: {err}",
                 e.index
@@ -325,7 +325,7 @@ impl Applier {
             return Effect::None;
         }
         let (result, effect) = self.change_members(e.index, &change, Some((cc, raft)));
-        self.wait.trigger(request_id, result);
+        self.wait.trigger_applied(waiter, result);
         effect
     }
 
@@ -384,6 +384,7 @@ impl Applier {
 mod tests {
     use super::*;
     use crate::lessor::FakeClock;
+    use crate::wait::Waiter;
     use etcd_mvcc::StoreOptions;
     use protobuf::Message as _;
 
@@ -409,7 +410,7 @@ mod tests {
     }
 
     fn add(index: u64, m: Member) -> CommittedEntry {
-        let cc = Change::Add(m).to_conf_change(0).unwrap();
+        let cc = Change::Add(m).to_conf_change(Waiter::default()).unwrap();
         CommittedEntry {
             index,
             term: 1,
@@ -432,7 +433,7 @@ mod tests {
                 5,
                 std::time::Duration::from_secs(300),
             )),
-            wait: Arc::new(Wait::new()),
+            wait: Arc::new(Wait::new(1)),
             cluster: Arc::new(RwLock::new(cluster)),
             member_id: 1,
             auth: Arc::new(AuthStore::new(crate::auth::Tokens::Simple(
@@ -477,6 +478,7 @@ mod tests {
             id: 0,
             op: Some(op),
             header: None,
+            origin: 0,
         };
         CommittedEntry {
             index,

@@ -32,6 +32,7 @@
 //! learners {d}; messages from c are dropped; c's id cannot be added again.
 
 use crate::membership::Member;
+use crate::wait::Waiter;
 use crate::{Error, Result};
 use etcd_mvcc::{Bucket, Store, TxnWrite};
 use etcd_raft_node::eraftpb::{ConfChange, ConfChangeType, ConfState};
@@ -52,6 +53,9 @@ pub(crate) struct ConfChangeContext {
     /// Id of the waiting request; 0 when nobody waits.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
+    /// The process that waits for it (see `wait.rs`).
+    #[prost(fixed64, tag = "4")]
+    pub origin: u64,
     /// The member added or promoted (for a removal: its id only).
     #[prost(message, optional, tag = "2")]
     pub member: Option<Member>,
@@ -81,7 +85,7 @@ pub(crate) enum Change {
 
 impl Change {
     /// The raft configuration change for a change that is one.
-    pub(crate) fn to_conf_change(&self, request_id: u64) -> Option<ConfChange> {
+    pub(crate) fn to_conf_change(&self, waiter: Waiter) -> Option<ConfChange> {
         let (kind, id, ctx) = match self {
             Change::Add(m) => (
                 if m.is_learner {
@@ -91,7 +95,8 @@ impl Change {
                 },
                 m.id,
                 ConfChangeContext {
-                    request_id,
+                    request_id: waiter.id,
+                    origin: waiter.origin,
                     member: Some(m.clone()),
                     promote: false,
                 },
@@ -100,7 +105,8 @@ impl Change {
                 ConfChangeType::AddNode,
                 *id,
                 ConfChangeContext {
-                    request_id,
+                    request_id: waiter.id,
+                    origin: waiter.origin,
                     member: None,
                     promote: true,
                 },
@@ -109,7 +115,8 @@ impl Change {
                 ConfChangeType::RemoveNode,
                 *id,
                 ConfChangeContext {
-                    request_id,
+                    request_id: waiter.id,
+                    origin: waiter.origin,
                     member: None,
                     promote: false,
                 },
@@ -126,7 +133,7 @@ impl Change {
 
 /// Decodes a committed configuration change entry into the raft change,
 /// the waiting request id and the membership change.
-pub(crate) fn decode_conf_change(data: &[u8]) -> Result<(ConfChange, u64, Change), String> {
+pub(crate) fn decode_conf_change(data: &[u8]) -> Result<(ConfChange, Waiter, Change), String> {
     let cc = ConfChange::parse_from_bytes(data).map_err(|e| e.to_string())?;
     let ctx = ConfChangeContext::decode(&cc.context[..]).map_err(|e| e.to_string())?;
     let change = match cc.get_change_type() {
@@ -139,7 +146,11 @@ pub(crate) fn decode_conf_change(data: &[u8]) -> Result<(ConfChange, u64, Change
         }
         ConfChangeType::RemoveNode => Change::Remove(cc.node_id),
     };
-    Ok((cc, ctx.request_id, change))
+    let waiter = Waiter {
+        origin: ctx.origin,
+        id: ctx.request_id,
+    };
+    Ok((cc, waiter, change))
 }
 
 /// Records, in the same write as its consistent index, that the
@@ -472,10 +483,15 @@ mod tests {
             Change::Promote(7),
             Change::Remove(8),
         ] {
-            let cc = ch.to_conf_change(42).unwrap();
-            let (cc2, id, back) = decode_conf_change(&cc.write_to_bytes().unwrap()).unwrap();
+            let waiter = Waiter {
+                origin: 0xfeed_f00d_dead_beef,
+                id: 42,
+            };
+            let cc = ch.to_conf_change(waiter).unwrap();
+            let (cc2, back_waiter, back) =
+                decode_conf_change(&cc.write_to_bytes().unwrap()).unwrap();
             assert_eq!(cc2, cc);
-            assert_eq!(id, 42);
+            assert_eq!(back_waiter, waiter);
             assert_eq!(back, ch);
         }
     }

@@ -243,6 +243,7 @@ pub(crate) fn translate_entry(
                             peer_ur_ls: m.peer_urls,
                         })),
                         header: None,
+                        origin: 0,
                     }
                     .encode_to_vec()
                     .into();
@@ -260,7 +261,7 @@ pub(crate) fn translate_entry(
                 _ => {}
             }
             let ours = change
-                .to_conf_change(0)
+                .to_conf_change(crate::wait::Waiter::default())
                 .expect("adds, promotes and removes are conf changes");
             out.set_entry_type(eraftpb::EntryType::EntryConfChange);
             out.data = ours.write_to_bytes().map_err(|e| e.to_string())?.into();
@@ -372,6 +373,7 @@ fn translate_normal(data: &[u8]) -> Result<Option<RaftRequest>, String> {
         id,
         op: Some(op),
         header,
+        origin: 0,
     }))
 }
 

@@ -86,6 +86,7 @@ impl RequestFuzzer {
                 id: 1,
                 op: Some(op),
                 header: None,
+                origin: 0,
             },
         );
         assert_eq!(
@@ -207,6 +208,7 @@ mod tests {
                     id: i,
                     op: Some(Op::Txn(txn(&mut rng, 0))),
                     header: None,
+                    origin: 0,
                 }
                 .encode(&mut data)
                 .unwrap(),

@@ -119,6 +119,7 @@ pub(crate) fn run_once(
             id: 0,
             op: Some(op),
             header: None,
+            origin: 0,
         }
         .encode_to_vec();
         node.propose(data);

@@ -33,6 +33,7 @@
 //!     etcdserverpb.AuthRoleRevokePermissionRequest role_revoke_permission = 24;
 //!   }
 //!   RequestHeader header = 20;                     // the caller, when identified
+//!   fixed64 origin = 25;                           // the proposing process (wait.rs); 0: none
 //! }
 //! message MemberAttributes { uint64 id = 1; string name = 2; repeated string client_urls = 3; }
 //! message RequestHeader { string username = 1; uint64 auth_revision = 2; }  // etcd's RequestHeader
@@ -71,6 +72,20 @@ pub struct RaftRequest {
     /// time; absent for unidentified callers and the server's own requests.
     #[prost(message, optional, tag = "20")]
     pub header: Option<RequestHeader>,
+    /// The process that proposed it and waits for `id` (see `wait.rs`:
+    /// request ids alone can collide between members and restarts).
+    #[prost(fixed64, tag = "25")]
+    pub origin: u64,
+}
+
+impl RaftRequest {
+    /// Who waits for this entry.
+    pub(crate) fn waiter(&self) -> crate::wait::Waiter {
+        crate::wait::Waiter {
+            origin: self.origin,
+            id: self.id,
+        }
+    }
 }
 
 /// The caller of a proposed write (etcd's `RequestHeader` in

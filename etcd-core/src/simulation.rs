@@ -752,7 +752,7 @@ impl Sim {
         let applier = Applier {
             store,
             lessor: Arc::new(lessor),
-            wait: Arc::new(Wait::new()),
+            wait: Arc::new(Wait::new(self.rng.gen_range(1..=u64::MAX))),
             cluster: Arc::new(RwLock::new(cluster)),
             member_id: id,
             auth: Arc::new(crate::auth::AuthStore::new(crate::auth::Tokens::Simple(
@@ -1324,6 +1324,7 @@ impl Sim {
             id: 0,
             op: Some(op),
             header: None,
+            origin: 0,
         }
         .encode_to_vec();
         if let Some(r) = self.running_mut(i) {
@@ -1359,6 +1360,7 @@ impl Sim {
             id: 0,
             op: Some(op),
             header: None,
+            origin: 0,
         }
         .encode_to_vec();
         self.running_mut(l)
@@ -1502,7 +1504,14 @@ impl Sim {
         let req_id = self.next_req_id;
         self.next_req_id += 1;
         let cc = change
-            .to_conf_change(req_id)
+            .to_conf_change(
+                self.running(l)
+                    .expect("leader runs")
+                    .steps
+                    .applier
+                    .wait
+                    .waiter(req_id),
+            )
             .expect("a raft configuration change");
         let member = self.nodes[l].id;
         let incarnation = self.nodes[l].incarnation;
@@ -1699,6 +1708,7 @@ impl Sim {
                     id: req_id,
                     op: Some(op),
                     header: None,
+                    origin: r.steps.applier.wait.waiter(req_id).origin,
                 }
                 .encode_to_vec();
                 let rx = r.steps.applier.wait.register(req_id);

@@ -218,6 +218,7 @@ mod tests {
                     id: 1,
                     op: Some(op),
                     header: None,
+                    origin: 0,
                 },
             )
         }

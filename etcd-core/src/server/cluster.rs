@@ -251,7 +251,7 @@ impl Etcd {
     ) -> Result<(Option<Member>, Vec<Member>)> {
         let id = self.next_request_id();
         let cc = change
-            .to_conf_change(id)
+            .to_conf_change(self.inner.wait.waiter(id))
             .expect("only configuration changes are proposed here");
         match self
             .propose_with(ctx, id, |node, ack| node.propose_conf_change(cc, ack))

@@ -207,6 +207,7 @@ impl Etcd {
             id: 0,
             op: Some(op),
             header: None,
+            origin: 0,
         }
         .encode_to_vec();
         self.inner.node.propose(data, None);
@@ -303,6 +304,7 @@ impl Etcd {
             id,
             op: Some(op),
             header,
+            origin: self.inner.wait.waiter(id).origin,
         }
         .encode_to_vec();
         if data.len() as u64 > self.inner.cfg.max_request_bytes {

@@ -249,7 +249,7 @@ impl Etcd {
             apply_tx,
         )?);
         let _ = node_slot.set(node.clone());
-        let wait = Arc::new(Wait::new());
+        let wait = Arc::new(Wait::new(crate::wait::new_origin()));
         let (applied_tx, applied_rx) = watch::channel(applied);
         let apply_thread = {
             let applier = Applier {
@@ -294,7 +294,8 @@ impl Etcd {
                 store,
                 node,
                 wait,
-                // etcd's idutil: member id's low 16 bits, then a time-based counter.
+                // etcd's idutil: member id's low 16 bits, then a time-based
+                // counter. Not unique alone: entries carry `wait`'s origin too.
                 next_id: AtomicU64::new(
                     ((member_id & 0xffff) << 48) | ((start_ms & 0xff_ffff_ffff) << 8),
                 ),
@@ -425,6 +426,7 @@ impl ApplyLoop {
             id: 0,
             op: Some(crate::alarms::raise_nospace(member_id)),
             header: None,
+            origin: 0,
         };
         self.node
             .propose(prost::Message::encode_to_vec(&data), None);
