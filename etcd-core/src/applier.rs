@@ -225,7 +225,12 @@ impl Applier {
             _ => self.apply_checked(e.index, &req),
         };
         if let Err(Error::Internal(msg)) = &result {
-            tracing::error!(index = e.index, "applying entry failed: {msg}");
+            // The store failed (I/O, full disk, corruption) or a bug
+            // reached the apply path. Going on would apply the next
+            // entries without this one, and this member would diverge
+            // from the others: fail-stop (see `fatal.rs`). A restart
+            // replays the entry unless its index was recorded.
+            panic!("applying raft entry {} failed: {msg}", e.index);
         }
         self.wait.trigger_applied(req.waiter(), result);
         effect
@@ -444,6 +449,35 @@ mod tests {
             quota: quota(&store),
         };
         (store, applier)
+    }
+
+    /// A store that fails under the apply loop stops the member instead
+    /// of skipping the entry (which would make it diverge).
+    #[test]
+    #[should_panic(expected = "applying raft entry 2 failed: mvcc: storage error")]
+    fn a_store_failure_is_fatal() {
+        let disk = etcd_mvcc::MemDisk::new();
+        let store = Store::open_with(Box::new(disk.backend()), StoreOptions::default()).unwrap();
+        let (_, mut applier) = single_member_applier(|_| u64::MAX);
+        let cluster = RaftCluster::new(vec![member(1, false)]);
+        crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
+        applier.store = Arc::new(store);
+        disk.crash();
+        let put = RaftRequest {
+            op: Some(Op::Put(crate::pb::etcdserverpb::PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let entry = CommittedEntry {
+            index: 2,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: put.encode_to_vec().into(),
+        };
+        applier.apply_entry(entry, &mut Raft::default());
     }
 
     /// A replayed configuration change (below the consistent index, after

@@ -228,11 +228,16 @@ fn run(
             match peer.handle_ready_applied(transport.as_ref(), &mut out) {
                 Ok(true) => {}
                 Ok(false) => break,
+                // The WAL or the snapshot store failed (I/O error, full
+                // disk): what raft handed over may not be durable, so
+                // nothing may be sent, acknowledged or applied after it.
+                // Fail-stop, as etcd (`raft.go`: "failed to save state
+                // and entries" is fatal): the panic stops the process
+                // where the program runs etcd-core's fail-stop hook.
                 Err(e) => {
-                    tracing::error!(error = %e, "raft node failed; stopping");
                     peer.fail_all(|| Error::Stopped);
                     publish_status(&status, &peer);
-                    return;
+                    panic!("raft node failed: {e}");
                 }
             }
             for a in out.drain(..) {

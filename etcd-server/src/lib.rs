@@ -85,6 +85,11 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .context("cannot start the member")?;
     let max_recv = cfg.core.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Clients are served once this member's publish (its name and client
+    // URLs) is committed, as etcd's `ReadyNotify`: until then `member
+    // list` would show it without client URLs. The listeners are bound
+    // already; connections wait in their backlog.
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let grpc_metrics =
         metrics::GrpcMetrics::register(etcd.metrics().registry(), cfg.metrics_extensive);
@@ -110,9 +115,12 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             let mut stop = stop_rx.clone();
             servers.spawn(async move {
                 router
-                    .serve_with_incoming_shutdown(accept_loop(listener, tls, None), async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
+                    .serve_with_incoming_shutdown(
+                        accept_loop(listener, tls, None, None),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    )
                     .await
             });
             continue;
@@ -156,8 +164,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .add_routes(tonic::service::Routes::from(routes));
         let mut stop = stop_rx.clone();
         let ping_min_time = Some(cfg.grpc_keepalive_min_time);
+        let ready = Some(ready_rx.clone());
         servers.spawn(async move {
-            let incoming = accept_loop(listener, tls, ping_min_time);
+            let incoming = accept_loop(listener, tls, ping_min_time, ready);
             router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -165,21 +174,27 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
                 .await
         });
     }
-    tracing::info!(
-        name = %cfg.core.name,
-        member = %etcd_core::format_id(etcd.member_id()),
-        cluster = %etcd_core::format_id(etcd.cluster_id()),
-        "ready to serve client requests"
-    );
     // systemd Type=notify: READY=1 once the member is published (etcd
     // notifies after ReadyNotify, i.e. after joining with a quorum).
-    let ready = etcd.clone();
+    let published = etcd.clone();
+    let name = cfg.core.name.clone();
     tokio::spawn(async move {
-        while !ready.is_published() {
+        while !published.is_published() {
+            if ready_tx.is_closed() {
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        tracing::info!(
+            %name,
+            member = %etcd_core::format_id(published.member_id()),
+            cluster = %etcd_core::format_id(published.cluster_id()),
+            "ready to serve client requests"
+        );
+        ready_tx.send_replace(true);
         notify_systemd(sd_notify::NotifyState::Ready, "READY=1");
     });
+    drop(ready_rx);
     let mut removed = etcd.removed();
     let mut removed_from_cluster = false;
     tokio::select! {
@@ -193,11 +208,24 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         }
     }
     notify_systemd(sd_notify::NotifyState::Stopping, "STOPPING=1");
+    // etcd's stopServers: stop accepting and let in-flight requests
+    // finish, for at most the request timeout; endless streams end at
+    // once with "server stopped" (clients retry elsewhere); whatever is
+    // left after the grace period is cut.
+    etcd.begin_stop();
     let _ = stop_tx.send(true);
-    while let Some(r) = servers.join_next().await {
-        if let Ok(Err(e)) = r {
-            tracing::warn!("client listener ended with: {e}");
+    let grace = cfg.core.request_timeout();
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(r) = servers.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!("client listener ended with: {e}");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("client requests still running after {grace:?}; closing their connections");
+        servers.shutdown().await;
     }
     tokio::task::spawn_blocking(move || etcd.stop())
         .await
@@ -224,14 +252,22 @@ fn notify_systemd(state: sd_notify::NotifyState, what: &str) {
 
 /// Accepts connections on `listener` (TLS handshakes each on a task of
 /// its own, so a slow client delays no other) and yields them to the
-/// gRPC/HTTP server. Ends when the server stops reading.
+/// gRPC/HTTP server, from when `ready` turns true (at once without it).
+/// Ends when the server stops reading.
 fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<tls::TlsReloader>>,
     ping_min_time: Option<std::time::Duration>,
+    ready: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tls::ClientConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
+        if let Some(mut ready) = ready {
+            tokio::select! {
+                r = ready.wait_for(|r| *r) => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,

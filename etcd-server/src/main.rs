@@ -27,6 +27,9 @@ fn main() -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // Fail-stop: a panic anywhere (a fatal WAL, apply or snapshot error
+    // among them) ends the process with a fatal log line and status 1.
+    etcd_core::fatal::exit_on_panic();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,7 +40,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(etcd_server::run(cfg, shutdown_signal())) {
+    let result = runtime.block_on(etcd_server::run(cfg, shutdown_signal()));
+    // Connection tasks cut at the end of the grace period are dropped here.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -47,13 +53,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
+/// Completes on the first SIGTERM or SIGINT (the server then stops
+/// gracefully, within its request timeout); a second one ends the
+/// process at once with status 1.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
     };
+    next_signal(&mut term).await;
+    tokio::spawn(async move {
+        next_signal(&mut term).await;
+        tracing::warn!("second shutdown signal; exiting without waiting");
+        etcd_core::fatal::exit_now(1);
+    });
+}
+
+/// Waits for SIGTERM (on `term`) or SIGINT.
+async fn next_signal(term: &mut tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -68,3 +68,29 @@ pub(crate) fn learner_guard(etcd: &etcd_core::Etcd) -> Result<(), tonic::Status>
     }
     Ok(())
 }
+
+/// A response stream that ends with etcd's "server stopped" (Unavailable,
+/// which clients retry on another member) once the member begins
+/// stopping, so that a graceful stop never waits on an endless stream
+/// (watch, lease keep-alive, election observe). Whatever produced the
+/// items sees its receiver dropped and ends too.
+pub(crate) fn until_stopping<T: Send + 'static>(
+    etcd: &etcd_core::Etcd,
+    stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>> {
+    use futures::StreamExt as _;
+    let state = (Box::pin(stream), Box::pin(etcd.stopping()), false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut stream, mut stopping, ended)| async move {
+            if ended {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                () = &mut stopping => Some((Err(to_status(Error::Stopped)), (stream, stopping, true))),
+                item = stream.next() => item.map(|i| (i, (stream, stopping, false))),
+            }
+        },
+    ))
+}

@@ -68,7 +68,8 @@ impl Lease for LeaseService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(crate::status::until_stopping(
+            &self.0,
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }

@@ -91,7 +91,9 @@ impl Election for ElectionService {
             tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| {
                 r.map_err(concurrency_status)
             });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(crate::status::until_stopping(
+            &self.0, stream,
+        )))
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Reply<ResignResponse> {

@@ -5,7 +5,8 @@
 //! client stops reading, the task waits on the send, the stream's queue in
 //! the engine fills and its watchers are parked (resumed later from
 //! history), so a slow client never slows down the member. The stream ends
-//! when the client goes away or the member stops. A client that half-closes
+//! when the client goes away, or with "server stopped" when the member
+//! begins stopping. A client that half-closes
 //! its side keeps receiving, as with etcd.
 
 use crate::rpc::etcdserverpb::watch_server::Watch;
@@ -56,7 +57,8 @@ impl Watch for WatchService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(crate::status::until_stopping(
+            &self.0,
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }

@@ -56,6 +56,9 @@ pub(crate) struct Inner {
     /// Threads to stop first in [`Etcd::stop`] (publisher, lease ticker),
     /// in the order they are stopped.
     pub(super) background: Mutex<Vec<Background>>,
+    /// True once the member begins stopping ([`Etcd::begin_stop`]):
+    /// endless streams end on it so that a graceful stop is bounded.
+    pub(super) stopping: watch::Sender<bool>,
 }
 
 impl Etcd {
@@ -123,9 +126,27 @@ impl Etcd {
         &self.inner.store
     }
 
+    /// Announces that the member is about to stop (etcd's
+    /// `StoppingNotify`): [`Etcd::stopping`] completes, so that endless
+    /// streams (watches, lease keep-alives, election observers) end
+    /// while unary requests still finish. [`Etcd::stop`] does it first.
+    /// Idempotent.
+    pub fn begin_stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Completes once the member begins stopping ([`Etcd::begin_stop`]).
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
     /// Stops the member: raft, then the apply thread. Pending requests fail
     /// with "server stopped". Idempotent.
     pub fn stop(&self) {
+        self.begin_stop();
         let background = std::mem::take(&mut *self.inner.background.lock());
         for task in background {
             task.stop();

@@ -304,6 +304,7 @@ impl Etcd {
                 apply_thread: Mutex::new(Some(apply_thread)),
                 watch,
                 background: Mutex::new(vec![lease_ticker]),
+                stopping: tokio::sync::watch::channel(false).0,
                 lessor,
                 auth,
                 alarms,

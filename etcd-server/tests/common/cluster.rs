@@ -164,6 +164,42 @@ impl Cluster {
     }
 
     fn try_start(kind: Kind, n: usize, extra: &[&str]) -> Result<Cluster, (Cluster, StartError)> {
+        let mut c = Self::prepare(kind, n, extra);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        match c.finish_start() {
+            Ok(()) => Ok(c),
+            Err(e) => Err((c, e)),
+        }
+    }
+
+    /// Launches only the members `running` of a new `n`-member cluster,
+    /// without waiting for anything ([`Cluster::launch_rest`] starts the
+    /// others).
+    pub fn launch_some(kind: Kind, n: usize, running: &[usize]) -> Cluster {
+        let mut c = Self::prepare(kind, n, &[]);
+        for &i in running {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Launches the members not running yet and waits as
+    /// [`Cluster::start`] does.
+    pub fn launch_rest(&mut self) {
+        for i in 0..self.members.len() {
+            if !self.members[i].running() {
+                self.spawn(i);
+            }
+        }
+        if let Err(e) = self.finish_start() {
+            panic!("{}", e.message);
+        }
+    }
+
+    /// Slots, ports and flags of a new `n`-member cluster; nothing runs.
+    fn prepare(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let net = Arc::new(Net::default());
         let mut c = Cluster {
@@ -198,28 +234,30 @@ impl Cluster {
             ];
             m.args.extend(extra.iter().map(|a| a.to_string()));
         }
-        for i in 0..n {
-            c.spawn(i);
-        }
+        c
+    }
+
+    /// Waits until every member is healthy, learns their ids and waits
+    /// for a leader.
+    fn finish_start(&mut self) -> Result<(), StartError> {
+        let n = self.members.len();
         let deadline = Instant::now() + Duration::from_secs(30);
         for i in 0..n {
-            if let Err(e) = c.try_wait_serving(i, deadline, true) {
-                return Err((c, e));
-            }
+            self.try_wait_serving(i, deadline, true)?;
         }
-        let list = c.member_list();
+        let list = self.member_list();
         for info in &list {
-            let i = c
+            let i = self
                 .members
                 .iter()
                 .position(|m| info.peer_urls.contains(&m.peer_url))
                 .unwrap_or_else(|| panic!("unknown member in member list: {info:?}"));
-            c.members[i].id = Some(info.id);
-            c.net.set_id(info.id, i);
+            self.members[i].id = Some(info.id);
+            self.net.set_id(info.id, i);
         }
         assert_eq!(list.len(), n, "member list: {list:?}");
-        c.wait_leader(Duration::from_secs(30));
-        Ok(c)
+        self.wait_leader(Duration::from_secs(30));
+        Ok(())
     }
 
     /// Allocates ports, a proxy and a data dir for a new member.

@@ -317,19 +317,37 @@ impl Server {
 
     /// Sends SIGTERM and waits for a graceful exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends `signal` (a name `kill` knows: TERM, INT, STOP, CONT...).
+    pub fn signal(&self, signal: &str) {
+        let c = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
             .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, at most `within` (then SIGKILLs it
+    /// and panics); its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
         loop {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("server did not exit within 30 s of SIGTERM");
+                panic!(
+                    "{:?} server did not exit within {within:?}; log:\n{}",
+                    self.kind,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
