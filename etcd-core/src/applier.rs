@@ -224,6 +224,7 @@ impl Applier {
             }
             _ => self.apply_checked(e.index, &req),
         };
+        fail::fail_point!("apply::entry::after_store");
         if let Err(Error::Internal(msg)) = &result {
             // The store failed (I/O, full disk, corruption) or a bug
             // reached the apply path. Going on would apply the next

@@ -57,9 +57,17 @@ pub(crate) fn boot(
     cfg: &Config,
     join: impl FnOnce(&[Member]) -> Result<(u64, Vec<Member>), StartError>,
 ) -> Result<Booted, StartError> {
-    let dir = DataDir::new(&cfg.data_dir);
+    let dir = DataDir::with_wal_dir(&cfg.data_dir, cfg.wal_dir.clone());
     let wal_opts = etcd_wal::WalOptions::default();
     if crate::etcd_import::needs_import(&dir) {
+        if let Some(w) = &cfg.wal_dir {
+            return Err(StartError::Config(format!(
+                "{} was written by etcd; import it once without --wal-dir={} \
+                 (the WAL then stays in the data directory)",
+                dir.root.display(),
+                w.display()
+            )));
+        }
         // A data directory a stopped etcd left: imported once, then a restart.
         crate::etcd_import::import(&dir)?;
     }

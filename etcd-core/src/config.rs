@@ -22,6 +22,9 @@ pub struct Config {
     pub name: String,
     /// `--data-dir`.
     pub data_dir: PathBuf,
+    /// `--wal-dir`: the WAL in a directory of its own (a dedicated disk,
+    /// as etcd's tuning guide advises); None: `<data-dir>/member/wal`.
+    pub wal_dir: Option<PathBuf>,
     /// `--initial-cluster`: `name=peer-url,...`.
     pub initial_cluster: String,
     /// `--initial-cluster-state`.
@@ -97,6 +100,7 @@ impl Default for Config {
         Config {
             name: "default".into(),
             data_dir: PathBuf::from("default.etcd"),
+            wal_dir: None,
             initial_cluster: "default=http://localhost:2380".into(),
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),

@@ -7,6 +7,9 @@
 //! <data-dir>/member/snap/db/  the MVCC store (RocksDB)
 //! ```
 //!
+//! With `--wal-dir` the WAL lives in that directory instead (etcd's
+//! layout too).
+//!
 //! A data directory written by a newer format is refused with a clear error
 //! rather than misread.
 
@@ -21,17 +24,33 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct DataDir {
     /// The data directory itself.
     pub root: PathBuf,
+    /// `--wal-dir`, when the WAL is not under `root`.
+    pub wal_dir: Option<PathBuf>,
 }
 
 impl DataDir {
     /// The layout under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
+        DataDir {
+            root: root.into(),
+            wal_dir: None,
+        }
     }
 
-    /// `member/wal`.
+    /// The layout under `root` with the WAL in `wal_dir` (when set).
+    pub fn with_wal_dir(root: impl Into<PathBuf>, wal_dir: Option<PathBuf>) -> Self {
+        DataDir {
+            root: root.into(),
+            wal_dir,
+        }
+    }
+
+    /// `member/wal`, or `--wal-dir`.
     pub fn wal(&self) -> PathBuf {
-        self.root.join("member").join("wal")
+        match &self.wal_dir {
+            Some(w) => w.clone(),
+            None => self.root.join("member").join("wal"),
+        }
     }
 
     /// `member/snap`.

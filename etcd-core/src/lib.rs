@@ -37,6 +37,7 @@ mod config;
 mod datadir;
 mod error;
 mod etcd_import;
+pub mod failpoints;
 pub mod fatal;
 /// Request decoding and apply from untrusted bytes, for the fuzz target
 /// (test support: `testing` feature; no product build has it).

@@ -128,6 +128,7 @@ impl Backend for RocksBackend {
         for cf in Cf::ALL {
             self.db
                 .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &co);
+            fail::fail_point!("defrag::mid");
         }
         Ok(())
     }

@@ -34,6 +34,9 @@ pub struct Flags {
     /// Path to the data directory (default: ${name}.etcd).
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Path to a dedicated WAL directory (default: in the data directory).
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<String>,
     /// List of URLs to listen on for client traffic.
     #[arg(
         long,
@@ -516,7 +519,6 @@ fn parse_config_file(
 /// file does) is accepted.
 pub(crate) fn unsupported_default(flag: &str) -> Option<&'static str> {
     const DEFAULTS: &[(&str, &str)] = &[
-        ("wal-dir", ""),
         ("max-snapshots", "5"),
         ("max-wals", "5"),
         ("cors", ""),
@@ -906,6 +908,8 @@ impl Flags {
         let core = etcd_core::Config {
             name: self.name,
             data_dir,
+            // Empty (etcd's sample configuration): in the data directory.
+            wal_dir: self.wal_dir.filter(|w| !w.is_empty()).map(PathBuf::from),
             initial_cluster,
             initial_cluster_state,
             initial_cluster_token: self.initial_cluster_token,
@@ -1044,6 +1048,16 @@ mod tests {
         let c = config(&["-name", "x", "-data-dir=/tmp/x"], &[]);
         assert_eq!(c.core.name, "x");
         assert_eq!(c.core.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn wal_dir_from_flag_or_env() {
+        assert_eq!(config(&[], &[]).core.wal_dir, None);
+        let c = config(&["--wal-dir", "/wal/x"], &[]);
+        assert_eq!(c.core.wal_dir, Some(PathBuf::from("/wal/x")));
+        let c = config(&[], &[("ETCD_WAL_DIR", "/wal/y")]);
+        assert_eq!(c.core.wal_dir, Some(PathBuf::from("/wal/y")));
+        assert_eq!(config(&["--wal-dir="], &[]).core.wal_dir, None);
     }
 
     #[test]

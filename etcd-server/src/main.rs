@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     // Fail-stop: a panic anywhere (a fatal WAL, apply or snapshot error
     // among them) ends the process with a fatal log line and status 1.
     etcd_core::fatal::exit_on_panic();
+    // Crash tests only: a no-op in product builds (see the module).
+    etcd_core::failpoints::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

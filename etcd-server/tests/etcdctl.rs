@@ -9,26 +9,6 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-fn b64(s: &str) -> String {
-    // etcdctl -w json prints keys and values base64-encoded.
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn put_get_with_options() {
     let s = Server::start(Kind::Ours);
@@ -72,8 +52,8 @@ fn put_get_with_options() {
     assert_eq!(j["count"], 3);
     assert_eq!(j["more"], true);
     let kv = &j["kvs"][0];
-    assert_eq!(kv["key"], b64("foo"));
-    assert_eq!(kv["value"], b64("baz"));
+    assert_eq!(kv["key"], common::base64("foo"));
+    assert_eq!(kv["value"], common::base64("baz"));
     assert_eq!(kv["create_revision"], 2);
     assert_eq!(kv["mod_revision"], 7);
     assert_eq!(kv["version"], 2);

@@ -141,12 +141,12 @@ fn kv_lease_txn_and_errors_answer_like_etcd() {
         exact,
     );
     for (k, v) in [("a", "MQ=="), ("b", "Mg=="), ("c", "Mw==")] {
-        let body = format!(r#"{{"key":"{}","value":"{v}"}}"#, base64(k));
+        let body = format!(r#"{{"key":"{}","value":"{v}"}}"#, common::base64(k));
         both(&real, &ours, "/v3/kv/put", &body, exact);
     }
     // Ranges: prefix, limit, count only, keys only, descending, camelCase
     // names and numbers in the request.
-    let (a, d) = (base64("a"), base64("d"));
+    let (a, d) = (common::base64("a"), common::base64("d"));
     for body in [
         format!(r#"{{"key":"{a}","range_end":"{d}"}}"#),
         format!(r#"{{"key":"{a}","range_end":"{d}","limit":"2"}}"#),
@@ -353,25 +353,6 @@ fn curl_headers(url: &str, path: &str, body: &str) -> (String, String) {
     let (head, _) = text.split_once("\r\n\r\n").unwrap();
     let (status, headers) = head.split_once("\r\n").unwrap();
     (status.to_string(), headers.to_string())
-}
-
-fn base64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// `/v3/auth/authenticate` as `name`: (the answer, its token).

@@ -261,6 +261,9 @@ impl Writer {
     }
 
     fn timed_sync(&mut self) -> std::io::Result<()> {
+        fail::fail_point!("wal::sync::before", |_| Err(std::io::Error::other(
+            "fsync failed (failpoint wal::sync::before)"
+        )));
         let start = Instant::now();
         self.file.sync_data()?;
         self.shared.metrics.observe_fsync(start.elapsed());

@@ -147,6 +147,7 @@ fn run(inner: &Inner, rev: i64, epoch: u64) -> Result<Outcome> {
         }
         if !batch.is_empty() {
             b.write(batch)?;
+            fail::fail_point!("compact::mid");
         }
         drop(gate);
         if !more {

@@ -392,6 +392,7 @@ fn apply_image(
             b.write(batch)?;
         }
     }
+    fail::fail_point!("snapshot::install::mid");
     // 4. the image, one batch per block
     let mut builder = IndexBuilder::default();
     while let Some(records) = dec.next_block()? {

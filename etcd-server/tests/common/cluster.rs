@@ -71,8 +71,9 @@ pub struct Member {
     pub in_cluster: bool,
     /// Flags beyond the common ones (name, bootstrap settings).
     args: Vec<String>,
-    /// `ETCD_*` variables (an added member gets those printed by etcdctl).
-    env: Vec<(String, String)>,
+    /// Environment variables: `ETCD_*` (an added member gets those
+    /// printed by etcdctl), `FAILPOINTS` (tests/failpoints.rs).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }

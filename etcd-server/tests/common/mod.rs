@@ -33,6 +33,9 @@ pub struct Server {
     pub ctl_args: Vec<String>,
     /// `--initial-cluster` when not just this member (`name=peer_url`).
     pub initial_cluster: Option<String>,
+    /// Environment variables of the process (beyond PATH), from its next
+    /// start on: `FAILPOINTS` (tests/failpoints.rs).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -113,6 +116,7 @@ impl Server {
             client_url: client_url.to_string(),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             ctl_args: ctl_args.iter().map(|s| s.to_string()).collect(),
             initial_cluster: None,
             child: None,
@@ -157,6 +161,7 @@ impl Server {
             client_url: format!("http://127.0.0.1:{}", free_port()),
             peer_url: peer_url.into(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             ctl_args: Vec::new(),
             initial_cluster: initial_cluster.map(str::to_string),
             child: None,
@@ -205,6 +210,7 @@ impl Server {
             .env_remove("ETCDCTL_API")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -367,6 +373,21 @@ impl Server {
             .await
             .unwrap()
     }
+}
+
+/// Standard base64 (etcdctl -w json and the JSON gateway carry keys
+/// and values so).
+pub fn base64(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The bytes of standard base64 `s`.
+pub fn unbase64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("not base64 ({e}): {s:?}"))
 }
 
 /// Keys a paged read asks for per Range: far below the 4 MiB gRPC message
