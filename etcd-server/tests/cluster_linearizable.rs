@@ -1,8 +1,8 @@
 //! Linearizability of a 3-member cluster under faults: six clients, two per
 //! member, run random puts, linearizable gets, deletes and compare-and-set
 //! txns on three shared keys while a nemesis isolates the leader, kill -9s
-//! and restarts members and cuts single links (through the proxies of
-//! `common::cluster`). Every call and response is recorded (a failed or
+//! and restarts members, cuts single links (through the proxies of
+//! `common::cluster`) and pauses the leader (SIGSTOP, then SIGCONT). Every call and response is recorded (a failed or
 //! timed-out request has an unknown outcome: it may take effect later, or
 //! never; clients of a killed member send nothing until it is back) and the history is checked with `etcd_core::linearizability`, so
 //! a lost acknowledged write, a stale read served by a deposed leader or a
@@ -152,6 +152,15 @@ fn histories_under_faults(kind: Kind) {
     log.push(format!("isolate follower {f}"));
     phase(&budget, ms(1200));
     c.heal();
+    phase(&budget, ms(800));
+    // 4. The leader is paused (SIGSTOP: a long GC or VM stall) while its
+    // clients keep sending; the others elect a new leader; then it
+    // resumes still believing it leads, and must serve nothing stale.
+    let l = c.wait_leader(SECS_20);
+    c.pause(l);
+    log.push(format!("pause leader {l}"));
+    phase(&budget, ms(1500));
+    c.resume(l);
     phase(&budget, ms(800));
     stop.store(true, Ordering::SeqCst);
     for t in clients {

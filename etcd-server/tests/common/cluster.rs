@@ -595,6 +595,24 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// SIGSTOPs member `i` (a long pause: GC, a VM stall, a full disk
+    /// queue); [`Cluster::resume`] continues it.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// SIGCONTs member `i` after [`Cluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        super::send_signal(
+            self.members[i].child.as_ref().expect("member runs").id(),
+            signal,
+        );
+    }
+
     /// SIGKILLs member `i`.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

@@ -63,6 +63,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Sends `signal` (a name `kill` knows: TERM, STOP, CONT...) to `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid} failed");
+}
+
 /// Path of `etcdctl`; panics with how to install it when missing.
 pub fn etcdctl_path() -> &'static str {
     for p in ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"] {
@@ -329,13 +339,7 @@ impl Server {
 
     /// Sends `signal` (a name `kill` knows: TERM, INT, STOP, CONT...).
     pub fn signal(&self, signal: &str) {
-        let c = self.child.as_ref().expect("running");
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(c.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -{signal} failed");
+        send_signal(self.child.as_ref().expect("running").id(), signal);
     }
 
     /// Waits for the process to exit, at most `within` (then SIGKILLs it
