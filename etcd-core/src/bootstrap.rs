@@ -121,6 +121,21 @@ pub(crate) fn boot(
     dir.create()?;
     let files = SnapshotFiles::for_data_dir(&dir, RETAINED_IMAGES)?;
     let store = Store::open(&dir.db(), StoreOptions::default())?;
+    // A store that applied entries beyond the bootstrap (a crashed
+    // bootstrap leaves at most the bootstrap's; a restore, none) has its
+    // WAL somewhere else: started before with another --wal-dir.
+    // Bootstrapping again would throw its log away.
+    if store.consistent_index() > BOOTSTRAP_INDEX {
+        return Err(StartError::data_dir(
+            &dir.root,
+            format!(
+                "its store applied raft entries up to index {} but there is no WAL in {}: \
+                 start the member with the --wal-dir it ran with",
+                store.consistent_index(),
+                dir.wal().display()
+            ),
+        ));
+    }
     if let Some(index) = at {
         init_store(&store, &cluster, index)?;
     }

@@ -241,3 +241,36 @@ fn members_serve_clients_once_published() {
         }
     }
 }
+
+/// A member that ran with `--wal-dir` and is started without it finds no
+/// WAL; it refuses to bootstrap again over its store (which would throw
+/// the log away) and names the flag.
+#[test]
+fn a_forgotten_wal_dir_is_a_startup_error() {
+    let wal = tempfile::tempdir().unwrap();
+    let wal_dir = wal.path().join("wal");
+    let mut s = Server::start_with(Kind::Ours, &["--wal-dir", wal_dir.to_str().unwrap()]);
+    for i in 0..5 {
+        s.ctl_ok(&["put", &format!("k{i}"), "v"]);
+    }
+    assert!(s.terminate().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-server"))
+        .arg("--data-dir")
+        .arg(&s.data_dir)
+        .args(["--listen-client-urls", &s.client_url])
+        .args(["--advertise-client-urls", &s.client_url])
+        .args(["--listen-peer-urls", &s.peer_url])
+        .args(["--initial-advertise-peer-urls", &s.peer_url])
+        .args(["--initial-cluster", &format!("default={}", s.peer_url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no WAL in") && stderr.contains("--wal-dir it ran with"),
+        "{stderr}"
+    );
+    // With it, everything is there.
+    s.restart();
+    assert_eq!(s.ctl_ok(&["get", "k4", "--print-value-only"]), "v\n");
+}
