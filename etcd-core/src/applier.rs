@@ -428,7 +428,15 @@ mod tests {
     /// An applier of member 1, alone in its cluster, over a fresh
     /// in-memory store, with the quota `quota(store)`.
     fn single_member_applier(quota: impl Fn(&Store) -> u64) -> (Arc<Store>, Applier) {
-        let store = Arc::new(Store::open_in_memory(StoreOptions::default()).unwrap());
+        applier_over(
+            Store::open_in_memory(StoreOptions::default()).unwrap(),
+            quota,
+        )
+    }
+
+    /// [`single_member_applier`] over `store`.
+    fn applier_over(store: Store, quota: impl Fn(&Store) -> u64) -> (Arc<Store>, Applier) {
+        let store = Arc::new(store);
         let cluster = RaftCluster::new(vec![member(1, false)]);
         crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
         let clock = Arc::new(FakeClock::new());
@@ -459,10 +467,7 @@ mod tests {
     fn a_store_failure_is_fatal() {
         let disk = etcd_mvcc::MemDisk::new();
         let store = Store::open_with(Box::new(disk.backend()), StoreOptions::default()).unwrap();
-        let (_, mut applier) = single_member_applier(|_| u64::MAX);
-        let cluster = RaftCluster::new(vec![member(1, false)]);
-        crate::bootstrap::init_store(&store, &cluster, 1).unwrap();
-        applier.store = Arc::new(store);
+        let (_, applier) = applier_over(store, |_| u64::MAX);
         disk.crash();
         let put = RaftRequest {
             op: Some(Op::Put(crate::pb::etcdserverpb::PutRequest {

@@ -1503,19 +1503,12 @@ impl Sim {
         };
         let req_id = self.next_req_id;
         self.next_req_id += 1;
-        let cc = change
-            .to_conf_change(
-                self.running(l)
-                    .expect("leader runs")
-                    .steps
-                    .applier
-                    .wait
-                    .waiter(req_id),
-            )
-            .expect("a raft configuration change");
         let member = self.nodes[l].id;
         let incarnation = self.nodes[l].incarnation;
         let r = self.running_mut(l).expect("leader runs");
+        let cc = change
+            .to_conf_change(r.steps.applier.wait.waiter(req_id))
+            .expect("a raft configuration change");
         let rx = r.steps.applier.wait.register(req_id);
         let wait = r.steps.applier.wait.clone();
         r.peer.propose_conf_change(
@@ -1708,7 +1701,7 @@ impl Sim {
                     id: req_id,
                     op: Some(op),
                     header: None,
-                    origin: r.steps.applier.wait.waiter(req_id).origin,
+                    origin: r.steps.applier.wait.origin(),
                 }
                 .encode_to_vec();
                 let rx = r.steps.applier.wait.register(req_id);

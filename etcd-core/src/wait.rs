@@ -50,6 +50,11 @@ impl<T> Wait<T> {
         }
     }
 
+    /// This process's origin, for the entries it proposes.
+    pub(crate) fn origin(&self) -> u64 {
+        self.origin
+    }
+
     /// The tag of request `id` proposed by this process.
     pub(crate) fn waiter(&self, id: u64) -> Waiter {
         Waiter {

@@ -325,7 +325,7 @@ impl Etcd {
             id,
             op: Some(op),
             header,
-            origin: self.inner.wait.waiter(id).origin,
+            origin: self.inner.wait.origin(),
         }
         .encode_to_vec();
         if data.len() as u64 > self.inner.cfg.max_request_bytes {
