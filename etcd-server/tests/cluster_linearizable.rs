@@ -138,6 +138,63 @@ fn histories(kind: Kind, members: usize, nemesis: Nemesis<'_>) {
     check_history(kind, &c, &rt, &rec, &log);
 }
 
+/// One fault of a nemesis, on member `.0` (a cut: between `.0` and `.1`).
+enum Fault {
+    Isolate(usize),
+    /// kill -9, then a restart. The member's clients stop sending first
+    /// (requests to a dead process would only add unknown outcomes, which
+    /// widen the check's search); the requests in flight at the kill stay
+    /// unknown.
+    Kill(usize),
+    Cut(usize, usize),
+    /// SIGSTOP (a long GC or VM stall) while its clients keep sending,
+    /// then SIGCONT: a paused leader resumes still believing it leads and
+    /// must serve nothing stale.
+    Pause(usize),
+}
+
+/// Causes `fault` (`who`: "leader" or "follower", for the report), lets
+/// the clients run one phase of at least `hold`, and undoes it; what
+/// happened, for the report.
+fn inject(
+    c: &mut Cluster,
+    budget: &OpBudget,
+    down: &[Arc<AtomicBool>],
+    fault: Fault,
+    who: &str,
+    hold: Duration,
+) -> String {
+    let what = match fault {
+        Fault::Isolate(t) => {
+            c.isolate(t);
+            format!("isolate {who} {t}")
+        }
+        Fault::Kill(t) => {
+            down[t].store(true, Ordering::SeqCst);
+            c.kill9(t);
+            format!("kill -9 {who} {t}")
+        }
+        Fault::Cut(t, u) => {
+            c.cut(t, u);
+            format!("cut {who} {t}-{u}")
+        }
+        Fault::Pause(t) => {
+            c.pause(t);
+            format!("pause {who} {t}")
+        }
+    };
+    phase(budget, hold);
+    match fault {
+        Fault::Isolate(_) | Fault::Cut(..) => c.heal(),
+        Fault::Kill(t) => {
+            c.restart(t);
+            down[t].store(false, Ordering::SeqCst);
+        }
+        Fault::Pause(t) => c.resume(t),
+    }
+    what
+}
+
 /// The fixed sequence: leader isolated, leader killed, a link cut, a
 /// follower isolated, the leader paused.
 fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, down: &[Arc<AtomicBool>]) -> Vec<String> {
@@ -146,44 +203,43 @@ fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, down: &[Arc<AtomicBool>]
     phase(budget, ms(800));
     // 1. The leader is isolated, then healed.
     let l = c.wait_leader(SECS_20);
-    c.isolate(l);
-    log.push(format!("isolate leader {l}"));
-    phase(budget, ms(1500));
-    c.heal();
+    log.push(inject(
+        c,
+        budget,
+        down,
+        Fault::Isolate(l),
+        "leader",
+        ms(1500),
+    ));
     phase(budget, ms(800));
     // 2. The (new) leader is killed and restarted.
-    // Its clients stop sending first (requests to a dead process would
-    // only add unknown outcomes, which widen the check's search); the
-    // requests in flight at the kill stay unknown.
     let l = c.wait_leader(SECS_20);
-    down[l].store(true, Ordering::SeqCst);
-    c.kill9(l);
-    log.push(format!("kill -9 leader {l}"));
-    phase(budget, ms(1500));
-    c.restart(l);
-    down[l].store(false, Ordering::SeqCst);
+    log.push(inject(c, budget, down, Fault::Kill(l), "leader", ms(1500)));
     phase(budget, ms(800));
     // 3. One link of the leader is cut, then a follower isolated.
     let l = c.wait_leader(SECS_20);
     let f = c.other_than(&[l]);
-    c.cut(l, f);
-    log.push(format!("cut {l}-{f}"));
-    phase(budget, ms(1200));
-    c.heal();
+    log.push(inject(
+        c,
+        budget,
+        down,
+        Fault::Cut(l, f),
+        "leader",
+        ms(1200),
+    ));
     let f = c.other_than(&[c.wait_leader(SECS_20)]);
-    c.isolate(f);
-    log.push(format!("isolate follower {f}"));
-    phase(budget, ms(1200));
-    c.heal();
+    log.push(inject(
+        c,
+        budget,
+        down,
+        Fault::Isolate(f),
+        "follower",
+        ms(1200),
+    ));
     phase(budget, ms(800));
-    // 4. The leader is paused (SIGSTOP: a long GC or VM stall) while its
-    // clients keep sending; the others elect a new leader; then it
-    // resumes still believing it leads, and must serve nothing stale.
+    // 4. The leader is paused, then resumed.
     let l = c.wait_leader(SECS_20);
-    c.pause(l);
-    log.push(format!("pause leader {l}"));
-    phase(budget, ms(1500));
-    c.resume(l);
+    log.push(inject(c, budget, down, Fault::Pause(l), "leader", ms(1500)));
     phase(budget, ms(800));
     log
 }
@@ -207,35 +263,13 @@ fn seeded_nemesis(seed: u64, faults: usize) -> Nemesis<'static> {
                 (l + rng.gen_range(1..n)) % n
             };
             let who = if t == l { "leader" } else { "follower" };
-            match rng.gen_range(0..4) {
-                0 => {
-                    c.isolate(t);
-                    log.push(format!("isolate {who} {t}"));
-                    phase(budget, ms(1500));
-                    c.heal();
-                }
-                1 => {
-                    down[t].store(true, Ordering::SeqCst);
-                    c.kill9(t);
-                    log.push(format!("kill -9 {who} {t}"));
-                    phase(budget, ms(1500));
-                    c.restart(t);
-                    down[t].store(false, Ordering::SeqCst);
-                }
-                2 => {
-                    let u = (t + rng.gen_range(1..n)) % n;
-                    c.cut(t, u);
-                    log.push(format!("cut {who} {t}-{u}"));
-                    phase(budget, ms(1200));
-                    c.heal();
-                }
-                _ => {
-                    c.pause(t);
-                    log.push(format!("pause {who} {t}"));
-                    phase(budget, ms(1500));
-                    c.resume(t);
-                }
-            }
+            let (fault, hold) = match rng.gen_range(0..4) {
+                0 => (Fault::Isolate(t), ms(1500)),
+                1 => (Fault::Kill(t), ms(1500)),
+                2 => (Fault::Cut(t, (t + rng.gen_range(1..n)) % n), ms(1200)),
+                _ => (Fault::Pause(t), ms(1500)),
+            };
+            log.push(inject(c, budget, down, fault, who, hold));
             phase(budget, ms(800));
         }
         log

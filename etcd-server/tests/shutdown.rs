@@ -27,11 +27,8 @@ use std::time::Duration;
 /// A long-running `etcdctl` (watch, keep-alive, observe) whose output
 /// lines arrive on the returned channel.
 fn spawn_ctl(s: &Server, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(etcdctl_path())
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(&s.client_url)
-        .args(args)
+    let mut child = s
+        .ctl_command(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -15,7 +15,7 @@ use etcd_server::rpc::etcdserverpb::{
 };
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -377,11 +377,8 @@ async fn differential_progress_notify() {
 /// Runs `etcdctl args` for `secs` seconds (with `stdin` lines written after
 /// `delay`), returning its output; `during` runs meanwhile.
 fn ctl_for(s: &Server, args: &[&str], stdin: Option<&str>, during: impl FnOnce()) -> String {
-    let mut child = Command::new(common::etcdctl_path())
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(&s.client_url)
-        .args(args)
+    let mut child = s
+        .ctl_command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

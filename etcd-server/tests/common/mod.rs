@@ -260,27 +260,28 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Runs `etcdctl --endpoints <this server> args...`.
-    pub fn etcdctl(&self, args: &[&str]) -> Output {
-        Command::new(etcdctl_path())
-            .env("ETCDCTL_API", "3")
+    /// `etcdctl --endpoints <this server> <ctl_args> args...`, not started
+    /// (for the calls that stream or run in the background).
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(etcdctl_path());
+        c.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(&self.client_url)
             .args(&self.ctl_args)
-            .args(args)
-            .output()
-            .expect("cannot run etcdctl")
+            .args(args);
+        c
+    }
+
+    /// Runs `etcdctl --endpoints <this server> args...`.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.ctl_command(args).output().expect("cannot run etcdctl")
     }
 
     /// Runs etcdctl with `stdin` as input.
     pub fn etcdctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new(etcdctl_path())
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(&self.client_url)
-            .args(&self.ctl_args)
-            .args(args)
+        let mut child = self
+            .ctl_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
