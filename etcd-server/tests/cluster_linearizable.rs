@@ -1,13 +1,27 @@
-//! Linearizability of a 3-member cluster under faults: six clients, two per
-//! member, run random puts, linearizable gets, deletes and compare-and-set
-//! txns on three shared keys while a nemesis isolates the leader, kill -9s
-//! and restarts members, cuts single links (through the proxies of
-//! `common::cluster`) and pauses the leader (SIGSTOP, then SIGCONT). Every call and response is recorded (a failed or
-//! timed-out request has an unknown outcome: it may take effect later, or
-//! never; clients of a killed member send nothing until it is back) and the history is checked with `etcd_core::linearizability`, so
-//! a lost acknowledged write, a stale read served by a deposed leader or a
-//! minority, or a revision handed out twice fails the test. Runs against
-//! the real etcd too, which validates the test itself.
+//! A cluster under faults, checked: six clients run random puts,
+//! linearizable gets, deletes and compare-and-set txns on three shared
+//! keys, one watcher per member watches them, and a lease client grants,
+//! keeps alive and abandons leases, while a nemesis isolates members,
+//! kill -9s and restarts them, cuts links (both ways or one way, through
+//! the proxies of `common::cluster`), pauses them (SIGSTOP, then SIGCONT),
+//! moves the leader and replaces members. Then:
+//! - every call and response of the clients is checked with
+//!   `etcd_core::linearizability` (a failed or timed-out request has an
+//!   unknown outcome: it may take effect later, or never; clients of a
+//!   killed member send nothing until it is back), so a lost acknowledged
+//!   write, a stale read served by a deposed leader or a minority, or a
+//!   revision handed out twice fails the test;
+//! - every member ends with the same HashKV;
+//! - the watchers' streams (resumed after each break at the revision after
+//!   the last one seen) keep etcd's six watch guarantees
+//!   (`common::watch_check`) against a full watch of the leader;
+//! - no lease expires before its TTL and every lease expires soon after
+//!   the faults end (`common::lease_check`).
+//!
+//! Two nemeses: a scripted one on 3 members, run against the real etcd too
+//! (which validates the checks), and a seeded one on 3 or 5 members (the
+//! chaos run: docs/cluster_tests.md). A failed run leaves the members'
+//! logs and everything recorded in an artifacts directory.
 //!
 //! Each fault phase lasts a minimum time (so elections happen) and until
 //! [`OPS_PER_PHASE`] operations have completed; clients send at most that
@@ -19,14 +33,16 @@ mod common;
 use common::budget::{OpBudget, IDLE};
 use common::cluster::Cluster;
 use common::history::{random_input, send, KEYS};
+use common::lease_check::{lease_client, Leases};
+use common::watch_check::{check as check_watch, ev_of, watcher, Record, Truth};
 use common::Kind;
-use etcd_core::linearizability::{check, Input, KvModel, Output, Recorder, Verdict};
-use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
+use etcd_core::linearizability::{check, Input, KvModel, Operation, Output, Recorder, Verdict};
+use etcd_server::rpc::etcdserverpb::{kv_client::KvClient, PutRequest};
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 const CLIENTS: u64 = 6;
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -39,6 +55,15 @@ const OPS_PER_PHASE: u64 = 150;
 const MAX_CHECK_STATES: usize = 10_000_000;
 /// Safety cap on one phase.
 const PHASE_CAP: Duration = Duration::from_secs(60);
+/// Lease clients (`common::lease_check`).
+const LEASE_CLIENTS: u64 = 2;
+/// TTL of the lease clients' leases, in seconds (etcd's minimum with the
+/// cluster's 500 ms election timeout is 1).
+const LEASE_TTL: i64 = 2;
+/// How long past its TTL a lease may outlive the end of the faults: an
+/// election timeout (a new leader extends every lease by one), the
+/// lessor's expiry check (every 500 ms) and the revoke's commit.
+const LEASE_SLACK: Duration = Duration::from_secs(4);
 
 /// One phase of the nemesis: allows [`OPS_PER_PHASE`] operations, then
 /// waits at least `min` and until they have completed.
@@ -51,32 +76,93 @@ fn phase(budget: &OpBudget, min: Duration) {
     }
 }
 
-/// Runs one client against one member until `stop`. After an unknown
-/// outcome it goes on under a fresh client id (the unknown request may
-/// still take effect, concurrently with what follows).
-async fn client(
+/// Where each client sends: slot `k` (a KV client, a watcher) is bound to
+/// a member; while that member is killed its clients send nothing, and
+/// when it is replaced they follow its replacement.
+struct Routes(std::sync::Mutex<Vec<Route>>);
+
+#[derive(Clone, Debug)]
+struct Route {
+    member: usize,
     url: String,
-    down: Arc<AtomicBool>,
+    /// The member is killed: send nothing (and record nothing).
+    down: bool,
+}
+
+impl Routes {
+    /// `slots` slots bound round-robin to the cluster's members.
+    fn new(c: &Cluster, slots: usize) -> Routes {
+        let n = c.members.len();
+        Routes(std::sync::Mutex::new(
+            (0..slots)
+                .map(|k| Route {
+                    member: k % n,
+                    url: c.members[k % n].client_url.clone(),
+                    down: false,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Where slot `k` sends now; None while its member is down.
+    fn url(&self, k: usize) -> Option<String> {
+        let r = self.0.lock().unwrap()[k].clone();
+        (!r.down).then_some(r.url)
+    }
+
+    fn set_down(&self, member: usize, down: bool) {
+        for r in self.0.lock().unwrap().iter_mut() {
+            if r.member == member {
+                r.down = down;
+            }
+        }
+    }
+
+    /// The clients of `from` (removed) go to `to` (its replacement).
+    fn rebind(&self, from: usize, to: usize, url: &str) {
+        for r in self.0.lock().unwrap().iter_mut() {
+            if r.member == from {
+                *r = Route {
+                    member: to,
+                    url: url.to_string(),
+                    down: false,
+                };
+            }
+        }
+    }
+}
+
+/// Runs KV client `k` until `stop`, sending where its route says. After
+/// an unknown outcome it goes on under a fresh client id (the unknown
+/// request may still take effect, concurrently with what follows).
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    k: usize,
+    routes: Arc<Routes>,
     seed: u64,
     ids: Arc<AtomicU64>,
     rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
     budget: Arc<OpBudget>,
 ) {
-    let ch = Endpoint::from_shared(url)
-        .unwrap()
-        .connect_timeout(Duration::from_millis(500))
-        .connect_lazy();
-    let mut kv = KvClient::new(ch);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut id = ids.fetch_add(1, Ordering::SeqCst);
     let mut n = 0;
+    let mut conn: Option<(String, KvClient<Channel>)> = None;
     while !stop.load(Ordering::SeqCst) {
-        if down.load(Ordering::SeqCst) {
+        let Some(url) = routes.url(k) else {
             // The member is killed: nothing is sent, nothing recorded.
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
+        };
+        if conn.as_ref().map(|(u, _)| u) != Some(&url) {
+            let ch = Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect_timeout(Duration::from_millis(500))
+                .connect_lazy();
+            conn = Some((url, KvClient::new(ch)));
         }
+        let kv = &mut conn.as_mut().unwrap().1;
         if !budget.take() {
             tokio::time::sleep(IDLE).await;
             continue;
@@ -84,7 +170,7 @@ async fn client(
         let input = random_input(&mut rng, id, n, 6);
         n += 1;
         let call = rec.call(id, input.clone());
-        let out = send(&mut kv, &input, REQUEST_TIMEOUT).await;
+        let out = send(kv, &input, REQUEST_TIMEOUT).await;
         budget.done();
         match out {
             Some(out) => rec.ret(call, out),
@@ -97,48 +183,128 @@ async fn client(
 }
 
 /// What a nemesis gets: the cluster, the clients' operation budget and
-/// each member's "down" flag (its clients send nothing while it is set).
-/// It returns the faults it caused, for the report.
-type Nemesis<'a> = Box<dyn FnOnce(&mut Cluster, &OpBudget, &[Arc<AtomicBool>]) -> Vec<String> + 'a>;
+/// their routes. It returns the faults it caused, for the report.
+type Nemesis<'a> = Box<dyn FnOnce(&mut Cluster, &OpBudget, &Routes) -> Vec<String> + 'a>;
 
 fn histories_under_faults(kind: Kind) {
-    histories(kind, 3, Box::new(scripted_nemesis));
+    histories(
+        kind,
+        3,
+        &format!("scripted-{kind:?}"),
+        Box::new(scripted_nemesis),
+    );
 }
 
-/// Records the clients' history on a `members`-member cluster while
-/// `nemesis` runs, then checks it.
-fn histories(kind: Kind, members: usize, nemesis: Nemesis<'_>) {
+/// Everything a run recorded, checked after the nemesis and written out
+/// as artifacts when a check fails.
+struct Run {
+    rec: Arc<Recorder>,
+    watches: Vec<Arc<tokio::sync::Mutex<Record>>>,
+    leases: Arc<Leases>,
+    log: Vec<String>,
+}
+
+/// Records the clients' history, the watchers' streams and the lease
+/// client's probes on a `members`-member cluster while `nemesis` runs,
+/// then checks them (see [`check_run`]). On a failure the members' logs
+/// and everything recorded go to `<artifacts>/<label>/` (`CHAOS_ARTIFACTS`,
+/// by default `chaos-artifacts` in the target's tmp dir).
+fn histories(kind: Kind, members: usize, label: &str, nemesis: Nemesis<'_>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let mut c = Cluster::start(kind, members);
-    let rec = Arc::new(Recorder::new());
+    let slots = CLIENTS as usize + members;
+    let routes = Arc::new(Routes::new(&c, slots));
+    let mut run = Run {
+        rec: Arc::new(Recorder::new()),
+        watches: (0..members).map(|_| Arc::default()).collect(),
+        leases: Arc::default(),
+        log: Vec::new(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_watch = Arc::new(AtomicBool::new(false));
     let ids = Arc::new(AtomicU64::new(0));
-    let down: Vec<Arc<AtomicBool>> = (0..members)
-        .map(|_| Arc::new(AtomicBool::new(false)))
-        .collect();
     let budget = Arc::new(OpBudget::new());
-    let clients: Vec<_> = (0..CLIENTS)
+    let clients: Vec<_> = (0..CLIENTS as usize)
         .map(|k| {
-            let m = k as usize % members;
-            let url = c.members[m].client_url.clone();
-            let down = down[m].clone();
-            let (ids, rec, stop, budget) = (ids.clone(), rec.clone(), stop.clone(), budget.clone());
-            rt.spawn(client(url, down, k, ids, rec, stop, budget))
+            let (routes, ids, rec) = (routes.clone(), ids.clone(), run.rec.clone());
+            let (stop, budget) = (stop.clone(), budget.clone());
+            rt.spawn(client(k, routes, k as u64, ids, rec, stop, budget))
         })
         .collect();
-    let log = nemesis(&mut c, &budget, &down);
-    stop.store(true, Ordering::SeqCst);
-    for t in clients {
-        rt.block_on(t).expect("client task");
+    let watchers: Vec<_> = run
+        .watches
+        .iter()
+        .enumerate()
+        .map(|(w, record)| {
+            let routes = routes.clone();
+            let url = move || routes.url(CLIENTS as usize + w);
+            rt.spawn(watcher(url, "k", false, record.clone(), stop_watch.clone()))
+        })
+        .collect();
+    let lease_tasks: Vec<_> = (1..=LEASE_CLIENTS)
+        .map(|seed| {
+            let routes = routes.clone();
+            let url = move |n: u64| routes.url(((n + seed) % CLIENTS) as usize);
+            let (leases, stop) = (run.leases.clone(), stop.clone());
+            rt.spawn(lease_client(url, LEASE_TTL, seed, leases, stop))
+        })
+        .collect();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run.log = nemesis(&mut c, &budget, &routes);
+        stop.store(true, Ordering::SeqCst);
+        for t in clients {
+            rt.block_on(t).expect("client task");
+        }
+        for t in lease_tasks {
+            rt.block_on(t).expect("lease client");
+        }
+        check_run(kind, &c, &rt, &run, Instant::now(), &stop_watch);
+        for w in watchers {
+            rt.block_on(w).expect("watcher");
+        }
+    }));
+    if let Err(panic) = outcome {
+        stop.store(true, Ordering::SeqCst);
+        stop_watch.store(true, Ordering::SeqCst);
+        save_artifacts(&c, &rt, &run, label);
+        std::panic::resume_unwind(panic);
     }
-    check_history(kind, &c, &rt, &rec, &log);
+}
+
+/// Writes the members' logs and what `run` recorded to
+/// `<CHAOS_ARTIFACTS or target tmp dir/chaos-artifacts>/<label>/`.
+fn save_artifacts(c: &Cluster, rt: &tokio::runtime::Runtime, run: &Run, label: &str) {
+    let root = std::env::var("CHAOS_ARTIFACTS")
+        .unwrap_or_else(|_| format!("{}/chaos-artifacts", env!("CARGO_TARGET_TMPDIR")));
+    let dir = std::path::Path::new(&root).join(label);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).expect("artifact");
+    };
+    for (i, m) in c.members.iter().enumerate() {
+        write(&format!("{}.log", m.name), c.log(i));
+    }
+    write("faults.txt", run.log.join("\n") + "\n");
+    let history: Vec<String> = run.rec.history().iter().map(|o| format!("{o:?}")).collect();
+    write("history.txt", history.join("\n") + "\n");
+    let mut watches = String::new();
+    for (w, r) in run.watches.iter().enumerate() {
+        let r = rt.block_on(r.lock()).clone();
+        watches += &format!("watcher {w}: {r:#?}\n");
+    }
+    write("watches.txt", watches);
+    let leases = run.leases.records.lock().unwrap().clone();
+    write("leases.txt", format!("{leases:#?}\n"));
+    eprintln!("chaos artifacts of {label} in {}", dir.display());
 }
 
 /// One fault of a nemesis, on member `.0` (a cut: between `.0` and `.1`).
+#[derive(Clone, Copy, Debug)]
 enum Fault {
     Isolate(usize),
     /// kill -9, then a restart. The member's clients stop sending first
@@ -147,144 +313,251 @@ enum Fault {
     /// unknown.
     Kill(usize),
     Cut(usize, usize),
+    /// Everything `.0` sends to `.1` is dropped; `.1` still reaches `.0`.
+    OneWay(usize, usize),
     /// SIGSTOP (a long GC or VM stall) while its clients keep sending,
     /// then SIGCONT: a paused leader resumes still believing it leads and
     /// must serve nothing stale.
     Pause(usize),
 }
 
-/// Causes `fault` (`who`: "leader" or "follower", for the report), lets
-/// the clients run one phase of at least `hold`, and undoes it; what
-/// happened, for the report.
+impl Fault {
+    /// The members it affects.
+    fn members(self) -> Vec<usize> {
+        match self {
+            Fault::Isolate(t) | Fault::Kill(t) | Fault::Pause(t) => vec![t],
+            Fault::Cut(t, u) | Fault::OneWay(t, u) => vec![t, u],
+        }
+    }
+}
+
+/// A change a nemesis makes while faults hold (or between them).
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// `move-leader` to this member (it may fail under faults).
+    Transfer(usize),
+    /// This member is replaced: killed, removed, and a new member added on
+    /// an empty data dir (with `learner`: added as a learner and promoted
+    /// first, then the old one killed and removed). Its clients follow.
+    Replace { old: usize, learner: bool },
+}
+
+/// Causes every fault of `faults` (`who`: "leader" or "follower", for the
+/// report), makes `change` while they hold, lets the clients run one
+/// phase of at least `hold`, and undoes the faults; what happened, for
+/// the report.
 fn inject(
     c: &mut Cluster,
     budget: &OpBudget,
-    down: &[Arc<AtomicBool>],
-    fault: Fault,
-    who: &str,
+    routes: &Routes,
+    faults: &[(Fault, &str)],
+    change: Option<Change>,
     hold: Duration,
 ) -> String {
-    let what = match fault {
-        Fault::Isolate(t) => {
-            c.isolate(t);
-            format!("isolate {who} {t}")
-        }
-        Fault::Kill(t) => {
-            down[t].store(true, Ordering::SeqCst);
-            c.kill9(t);
-            format!("kill -9 {who} {t}")
-        }
-        Fault::Cut(t, u) => {
-            c.cut(t, u);
-            format!("cut {who} {t}-{u}")
-        }
-        Fault::Pause(t) => {
-            c.pause(t);
-            format!("pause {who} {t}")
-        }
-    };
-    phase(budget, hold);
-    match fault {
-        Fault::Isolate(_) | Fault::Cut(..) => c.heal(),
-        Fault::Kill(t) => {
-            c.restart(t);
-            down[t].store(false, Ordering::SeqCst);
-        }
-        Fault::Pause(t) => c.resume(t),
+    let mut what = Vec::new();
+    for &(fault, who) in faults {
+        what.push(match fault {
+            Fault::Isolate(t) => {
+                c.isolate(t);
+                format!("isolate {who} {t}")
+            }
+            Fault::Kill(t) => {
+                routes.set_down(t, true);
+                c.kill9(t);
+                format!("kill -9 {who} {t}")
+            }
+            Fault::Cut(t, u) => {
+                c.cut(t, u);
+                format!("cut {who} {t}-{u}")
+            }
+            Fault::OneWay(t, u) => {
+                c.cut_one_way(t, u);
+                format!("cut {who} {t}->{u}")
+            }
+            Fault::Pause(t) => {
+                c.pause(t);
+                format!("pause {who} {t}")
+            }
+        });
     }
-    what
+    if let Some(change) = change {
+        what.push(make_change(c, routes, change));
+    }
+    phase(budget, hold);
+    for &(fault, _) in faults.iter().rev() {
+        match fault {
+            Fault::Isolate(_) | Fault::Cut(..) | Fault::OneWay(..) => c.heal(),
+            Fault::Kill(t) => {
+                c.restart(t);
+                routes.set_down(t, false);
+            }
+            Fault::Pause(t) => c.resume(t),
+        }
+    }
+    what.join(" + ")
+}
+
+/// Makes `change`; what happened, for the report.
+fn make_change(c: &mut Cluster, routes: &Routes, change: Change) -> String {
+    match change {
+        Change::Transfer(to) => match c.move_leader(to) {
+            Ok(()) => format!("move-leader to {to}"),
+            Err(e) => format!("move-leader to {to} failed ({e})"),
+        },
+        Change::Replace { old, learner } => {
+            let name = format!("m{}", c.members.len());
+            let new = if learner {
+                let new = c.add_member(&name, true);
+                c.promote(new);
+                new
+            } else {
+                usize::MAX
+            };
+            routes.set_down(old, true);
+            c.kill9(old);
+            c.remove_member(c.id(old));
+            let new = if learner {
+                new
+            } else {
+                c.add_member(&name, false)
+            };
+            routes.rebind(old, new, &c.members[new].client_url.clone());
+            let how = if learner {
+                "through a learner"
+            } else {
+                "remove, add"
+            };
+            format!("replace {old} by {new} ({how})")
+        }
+    }
 }
 
 /// The fixed sequence: leader isolated, leader killed, a link cut, a
 /// follower isolated, the leader paused.
-fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, down: &[Arc<AtomicBool>]) -> Vec<String> {
+fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, routes: &Routes) -> Vec<String> {
     let ms = Duration::from_millis;
     let mut log = Vec::new();
+    let mut fault = |c: &mut Cluster, f: Fault, who: &str, hold: u64| {
+        log.push(inject(c, budget, routes, &[(f, who)], None, ms(hold)));
+        phase(budget, ms(800));
+    };
     phase(budget, ms(800));
     // 1. The leader is isolated, then healed.
     let l = c.wait_leader(SECS_20);
-    log.push(inject(
-        c,
-        budget,
-        down,
-        Fault::Isolate(l),
-        "leader",
-        ms(1500),
-    ));
-    phase(budget, ms(800));
+    fault(c, Fault::Isolate(l), "leader", 1500);
     // 2. The (new) leader is killed and restarted.
     let l = c.wait_leader(SECS_20);
-    log.push(inject(c, budget, down, Fault::Kill(l), "leader", ms(1500)));
-    phase(budget, ms(800));
+    fault(c, Fault::Kill(l), "leader", 1500);
     // 3. One link of the leader is cut, then a follower isolated.
     let l = c.wait_leader(SECS_20);
     let f = c.other_than(&[l]);
-    log.push(inject(
-        c,
-        budget,
-        down,
-        Fault::Cut(l, f),
-        "leader",
-        ms(1200),
-    ));
+    fault(c, Fault::Cut(l, f), "leader", 1200);
     let f = c.other_than(&[c.wait_leader(SECS_20)]);
-    log.push(inject(
-        c,
-        budget,
-        down,
-        Fault::Isolate(f),
-        "follower",
-        ms(1200),
-    ));
-    phase(budget, ms(800));
+    fault(c, Fault::Isolate(f), "follower", 1200);
     // 4. The leader is paused, then resumed.
     let l = c.wait_leader(SECS_20);
-    log.push(inject(c, budget, down, Fault::Pause(l), "leader", ms(1500)));
-    phase(budget, ms(800));
+    fault(c, Fault::Pause(l), "leader", 1500);
     log
 }
 
-/// `faults` faults, one at a time, each drawn from `seed`: which (isolate,
-/// kill -9 and restart, cut one link, pause), of whom (the leader or a
-/// follower) and with whom (the other end of a cut).
+/// `faults` rounds, each drawn from `seed`: a fault (isolate, kill -9 and
+/// restart, cut one link both ways or one way, pause) of the leader or of
+/// a follower, or a member replaced (plain or through a learner), or a
+/// leader transfer. While a fault holds, the leader may be moved (to a
+/// member the fault spares), and on 5 members a second fault may hit
+/// another member, or a member be replaced. A quorum always stays.
 fn seeded_nemesis(seed: u64, faults: usize) -> Nemesis<'static> {
-    Box::new(move |c, budget, down| {
+    Box::new(move |c, budget, routes| {
+        use rand::seq::SliceRandom;
         use rand::Rng;
         let ms = Duration::from_millis;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut log = vec![format!("seed {seed}")];
-        let n = c.members.len();
         phase(budget, ms(800));
         for _ in 0..faults {
             let l = c.wait_leader(SECS_20);
+            let live: Vec<usize> = c.running().filter(|&i| c.members[i].in_cluster).collect();
+            let n = live.len();
+            let pick = |rng: &mut rand::rngs::StdRng, not: &[usize]| -> Option<usize> {
+                let left: Vec<usize> = live.iter().copied().filter(|i| !not.contains(i)).collect();
+                left.choose(rng).copied()
+            };
             let t = if rng.gen_bool(0.5) {
                 l
             } else {
-                (l + rng.gen_range(1..n)) % n
+                pick(&mut rng, &[l]).unwrap()
             };
-            let who = if t == l { "leader" } else { "follower" };
-            let (fault, hold) = match rng.gen_range(0..4) {
+            let who = |i: usize| if i == l { "leader" } else { "follower" };
+            let other = pick(&mut rng, &[t]).unwrap();
+            let (first, hold) = match rng.gen_range(0..8) {
                 0 => (Fault::Isolate(t), ms(1500)),
                 1 => (Fault::Kill(t), ms(1500)),
-                2 => (Fault::Cut(t, (t + rng.gen_range(1..n)) % n), ms(1200)),
-                _ => (Fault::Pause(t), ms(1500)),
+                2 => (Fault::Cut(t, other), ms(1200)),
+                3 => (Fault::OneWay(t, other), ms(1200)),
+                4 => (Fault::OneWay(other, t), ms(1200)),
+                5 => (Fault::Pause(t), ms(1500)),
+                6 => {
+                    let learner = rng.gen_bool(0.5);
+                    let change = Change::Replace { old: t, learner };
+                    log.push(format!("{} ({})", make_change(c, routes, change), who(t)));
+                    phase(budget, ms(800));
+                    continue;
+                }
+                _ => {
+                    log.push(make_change(c, routes, Change::Transfer(other)));
+                    phase(budget, ms(800));
+                    continue;
+                }
             };
-            log.push(inject(c, budget, down, fault, who, hold));
+            let mut set = vec![(first, who(t))];
+            let hit = first.members();
+            // A leader or cluster change while the fault holds. Membership
+            // changes wait for an agreed leader, which a cut link may
+            // deny: only with faults that take a member out entirely.
+            let whole = matches!(first, Fault::Isolate(_) | Fault::Kill(_) | Fault::Pause(_));
+            let mut change = None;
+            if n >= 5 && rng.gen_bool(0.5) {
+                let u = pick(&mut rng, &hit).unwrap();
+                let second = match rng.gen_range(0..3) {
+                    0 => Fault::Isolate(u),
+                    1 => Fault::Kill(u),
+                    _ => Fault::Pause(u),
+                };
+                set.push((second, who(u)));
+            } else if n >= 5 && whole && rng.gen_bool(0.3) {
+                let old = pick(&mut rng, &hit).unwrap();
+                let learner = rng.gen_bool(0.5);
+                change = Some(Change::Replace { old, learner });
+            }
+            let spared: Vec<usize> = set.iter().flat_map(|(f, _)| f.members()).collect();
+            if change.is_none() && rng.gen_bool(0.3) {
+                if let Some(to) = pick(&mut rng, &[spared.clone(), vec![l]].concat()) {
+                    change = Some(Change::Transfer(to));
+                }
+            }
+            log.push(inject(c, budget, routes, &set, change, hold));
             phase(budget, ms(800));
         }
         log
     })
 }
 
-/// Final reads, equal HashKV on every member, then the linearizability
-/// check of everything recorded (with a negative control).
-fn check_history(
+/// The checks of a run, once the faults are over (`quiet`: the clients
+/// and the lease client have stopped): final reads and equal HashKV on
+/// every member; the watch guarantees of every watcher's streams against
+/// a full watch of the leader from revision 1; the lease expiry bounds
+/// (`common::lease_check`); the linearizability of the history (with a
+/// negative control).
+fn check_run(
     kind: Kind,
     c: &Cluster,
     rt: &tokio::runtime::Runtime,
-    rec: &Recorder,
-    log: &[String],
+    run: &Run,
+    quiet: Instant,
+    stop_watch: &Arc<AtomicBool>,
 ) {
+    let rec = &run.rec;
+    let log = &run.log;
     // Final linearizable reads of every key through the leader.
     let l = c.wait_leader(SECS_20);
     let url = c.members[l].client_url.clone();
@@ -303,11 +576,14 @@ fn check_history(
         }
     });
     c.assert_hash_kv_equal(SECS_20);
+    check_watches(c, rt, rec, &run.watches, stop_watch);
+    check_leases(c, rt, &run.leases, quiet);
 
     // A read with an unknown outcome changed nothing: leave it out (it
     // would only widen the search).
     let mut history = rec.history();
     history.retain(|o| o.ret.is_some() || !matches!(o.input, Input::Get { .. }));
+    history.extend(lease_writes(c, rt));
     let unknown = history.iter().filter(|o| o.ret.is_none()).count();
     let done = history.len() - unknown;
     println!(
@@ -354,6 +630,173 @@ fn check_history(
     }
 }
 
+/// The lease client's writes (its keys' puts and their deletes by lease
+/// revokes), read from a watch of `lease/` from revision 1: each took a
+/// store revision the checked keys' history must account for. They go
+/// into the history as foreign writes that may have happened at any time
+/// (call at the start, return after the end): the revision each took
+/// places it.
+fn lease_writes(c: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<Operation> {
+    let l = c.wait_leader(SECS_20);
+    let url = c.members[l].client_url.clone();
+    let record: Arc<tokio::sync::Mutex<Record>> = Arc::default();
+    let revisions: std::collections::BTreeSet<i64> = rt.block_on(async {
+        let ch = Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        // A marker after every lease write, to know when the watch is done.
+        let marker = KvClient::new(ch)
+            .put(PutRequest {
+                key: b"lease/~end".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .expect("marker write")
+            .into_inner()
+            .header
+            .expect("header")
+            .revision;
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(watcher(
+            move || Some(url.clone()),
+            "lease/",
+            false,
+            record.clone(),
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while record.lock().await.highest_seen() < marker {
+            assert!(
+                Instant::now() < deadline,
+                "the lease/ watch did not reach {marker}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        task.await.unwrap();
+        let r = record.lock().await;
+        r.streams
+            .iter()
+            .flat_map(|(_, rs)| rs)
+            .flat_map(|r| &r.events)
+            .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision))
+            .filter(|rev| *rev != marker)
+            .collect()
+    });
+    revisions
+        .into_iter()
+        .map(|revision| Operation {
+            client: u64::MAX - 1,
+            call: 0,
+            ret: Some((u64::MAX / 2, Output::Foreign { revision })),
+            input: Input::Foreign { changes: 1 },
+        })
+        .collect()
+}
+
+/// Stops the watchers once each has seen a last write, and checks the six
+/// watch guarantees of what they recorded against a full watch of the
+/// leader from revision 1 (`common::watch_check`; no compaction runs here).
+fn check_watches(
+    c: &Cluster,
+    rt: &tokio::runtime::Runtime,
+    rec: &Recorder,
+    watches: &[Arc<tokio::sync::Mutex<Record>>],
+    stop_watch: &Arc<AtomicBool>,
+) {
+    let l = c.wait_leader(SECS_20);
+    let url = c.members[l].client_url.clone();
+    let (truth, recs) = rt.block_on(async {
+        let ch = Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        // Recorded: the history must account for its revision.
+        let input = Input::Put {
+            key: b"k-end".to_vec(),
+            value: b"end".to_vec(),
+        };
+        let call = rec.call(u64::MAX, input.clone());
+        let out = send(&mut KvClient::new(ch), &input, REQUEST_TIMEOUT)
+            .await
+            .expect("last write");
+        let Output::Put { revision: last } = out else {
+            panic!("a put answered {out:?}")
+        };
+        rec.ret(call, out);
+        let reference: Arc<tokio::sync::Mutex<Record>> = Arc::default();
+        let stop_ref = Arc::new(AtomicBool::new(false));
+        let full = tokio::spawn(watcher(
+            move || Some(url.clone()),
+            "k",
+            false,
+            reference.clone(),
+            stop_ref.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for r in watches.iter().chain([&reference]) {
+            while r.lock().await.highest_seen() < last {
+                assert!(
+                    Instant::now() < deadline,
+                    "a watcher did not see revision {last} within 60 s: {:?}",
+                    r.lock().await.streams.last().map(|(s, rs)| (s, rs.len()))
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        stop_watch.store(true, Ordering::SeqCst);
+        stop_ref.store(true, Ordering::SeqCst);
+        full.await.unwrap();
+        let mut truth = Truth::default();
+        for (_, resps) in &reference.lock().await.streams {
+            for e in resps.iter().flat_map(|r| &r.events) {
+                let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                truth.known.entry(rev).or_default().push(ev_of(e));
+            }
+        }
+        let mut recs = Vec::new();
+        for w in watches {
+            recs.push(w.lock().await.clone());
+        }
+        (truth, recs)
+    });
+    let violations = check_watch(&truth, &recs);
+    let streams: Vec<usize> = recs.iter().map(|r| r.streams.len()).collect();
+    println!(
+        "watch: {} revisions of k*, streams per watcher {streams:?}",
+        truth.known.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "watch guarantees violated: {violations:#?}"
+    );
+}
+
+/// The lease expiry bounds of `common::lease_check`: no key of a lease
+/// gone before its TTL ran out, and every lease gone within its TTL plus
+/// [`LEASE_SLACK`] after `quiet`.
+fn check_leases(c: &Cluster, rt: &tokio::runtime::Runtime, leases: &Leases, quiet: Instant) {
+    let early = leases.early_expiries();
+    let l = c.wait_leader(SECS_20);
+    let url = c.members[l].client_url.clone();
+    let (late, took) = rt.block_on(leases.wait_all_expired(&url, quiet, LEASE_SLACK));
+    let records = leases.records.lock().unwrap();
+    let probes: usize = records.iter().map(|r| r.probes.len()).sum();
+    let renewals: usize = records.iter().map(|r| r.renewed.len()).sum();
+    println!(
+        "leases: {} granted, {renewals} grants and keepalives answered, {probes} probes; \
+         all expired {took:?} after the end",
+        records.len()
+    );
+    assert!(
+        early.is_empty() && late.is_empty(),
+        "lease expiry bounds violated: {early:#?} {late:#?}"
+    );
+}
+
 #[test]
 fn real_histories_under_faults_are_linearizable() {
     histories_under_faults(Kind::Real)
@@ -385,6 +828,7 @@ fn ours_seeded_chaos_is_linearizable() {
     for (i, seed) in seeds.into_iter().enumerate() {
         let n = members.unwrap_or(if i % 2 == 0 { 3 } else { 5 });
         println!("chaos: seed {seed}, {n} members, {faults} faults");
-        histories(Kind::Ours, n, seeded_nemesis(seed, faults));
+        let label = format!("seed-{seed}-{n}m");
+        histories(Kind::Ours, n, &label, seeded_nemesis(seed, faults));
     }
 }

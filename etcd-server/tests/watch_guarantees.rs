@@ -14,29 +14,17 @@
 //! [`STEPS_PER_ROUND`] steps, and at the end the watchers are given until
 //! they have seen the last acknowledged revision (time only caps each wait).
 //!
-//! Checks, per watcher, over all its streams:
-//! - **atomic**: the events of a revision arrive in one response and equal
-//!   the acknowledged txn's operations (or one ambiguous txn's operations,
-//!   the same for every watcher that sees it);
-//! - **ordered / unique**: revisions strictly increase across responses;
-//! - **reliable / resumable**: between the start and the last revision a
-//!   watcher saw, it saw every revision of the ground truth (plus every
-//!   ambiguous txn some watcher saw), except below a `compact_revision` the
-//!   server reported (then the watcher resumed from there);
-//! - **bookmarkable**: a progress response at revision R comes after every
-//!   ground-truth revision `<= R` (from the watcher's start) was delivered,
-//!   and no later event has a revision `<= R`.
+//! The checks are those of `common::watch_check`.
 
 mod common;
 
 use common::budget::{OpBudget, IDLE};
+use common::watch_check::{check, connect, watcher, Ev, Record, Truth};
 use common::{Kind, Server};
 use etcd_server::rpc::etcdserverpb::{
-    kv_client::KvClient, request_op::Request as Op, watch_client::WatchClient,
-    watch_request::RequestUnion, CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    kv_client::KvClient, request_op::Request as Op, CompactionRequest, DeleteRangeRequest,
+    PutRequest, RequestOp, TxnRequest, WatchResponse,
 };
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,175 +36,6 @@ const TXNS_PER_STEP: u64 = 60;
 const STEPS_PER_ROUND: usize = 6;
 /// Safety cap on one step, and on the watchers' final catch-up.
 const CAP: Duration = Duration::from_secs(60);
-
-/// One event as the checker compares it: (is_put, key, value).
-type Ev = (bool, String, String);
-
-/// What the writers know.
-#[derive(Default, Debug)]
-struct Truth {
-    /// Acknowledged txns: revision -> events.
-    known: BTreeMap<i64, Vec<Ev>>,
-    /// Txns whose outcome is unknown, by their first unique value.
-    ambiguous: Vec<Vec<Ev>>,
-}
-
-/// What one watcher recorded.
-#[derive(Default, Debug, Clone)]
-struct Record {
-    /// (start revision, responses) per stream, in order.
-    streams: Vec<(i64, Vec<WatchResponse>)>,
-}
-
-impl Record {
-    /// The highest revision of an event this watcher received.
-    fn highest_seen(&self) -> i64 {
-        self.streams
-            .iter()
-            .flat_map(|(_, rs)| rs)
-            .flat_map(|r| &r.events)
-            .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision))
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-fn ev_of(e: &etcd_core::pb::mvccpb::Event) -> Ev {
-    let kv = e.kv.clone().unwrap_or_default();
-    (
-        e.r#type == 0,
-        String::from_utf8_lossy(&kv.key).into_owned(),
-        String::from_utf8_lossy(&kv.value).into_owned(),
-    )
-}
-
-/// The checker. Returns the violations found (empty: all six hold).
-fn check(truth: &Truth, records: &[Record]) -> Vec<String> {
-    let mut bad = Vec::new();
-    // Revisions seen by watchers that no writer acknowledged: each must be
-    // one ambiguous txn, the same for every watcher.
-    let mut extra: BTreeMap<i64, Vec<Ev>> = BTreeMap::new();
-    for (wi, rec) in records.iter().enumerate() {
-        for (_, resps) in &rec.streams {
-            for r in resps {
-                let mut by_rev: BTreeMap<i64, Vec<Ev>> = BTreeMap::new();
-                for e in &r.events {
-                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                    by_rev.entry(rev).or_default().push(ev_of(e));
-                }
-                for (rev, evs) in by_rev {
-                    match truth.known.get(&rev) {
-                        Some(want) if *want != evs => bad.push(format!(
-                            "atomic: watcher {wi} rev {rev}: got {evs:?}, acknowledged {want:?}"
-                        )),
-                        Some(_) => {}
-                        None => {
-                            if !truth.ambiguous.contains(&evs) {
-                                bad.push(format!(
-                                    "atomic: watcher {wi} rev {rev}: {evs:?} matches no write"
-                                ));
-                            }
-                            match extra.get(&rev) {
-                                Some(prev) if *prev != evs => bad.push(format!(
-                                    "atomic: rev {rev} differs between watchers: {prev:?} / {evs:?}"
-                                )),
-                                _ => {
-                                    extra.insert(rev, evs);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let mut all: BTreeMap<i64, Vec<Ev>> = truth.known.clone();
-    all.extend(extra);
-    for (wi, rec) in records.iter().enumerate() {
-        // Revisions in delivery order with the response index they came in.
-        let mut seen: Vec<i64> = Vec::new();
-        let mut first_start = None;
-        let mut compacted_to = i64::MIN;
-        let mut gaps_ok: Vec<(i64, i64)> = Vec::new();
-        for (start, resps) in &rec.streams {
-            first_start.get_or_insert(*start);
-            if let Some(last) = seen.last() {
-                if *start != last + 1 && *start > compacted_to {
-                    bad.push(format!(
-                        "resumable: watcher {wi} resumed at {start}, last seen {last}"
-                    ));
-                }
-            }
-            for r in resps {
-                if r.compact_revision != 0 {
-                    // Resumed from the compaction revision: no gap check below it.
-                    gaps_ok.push((*start, r.compact_revision));
-                    compacted_to = r.compact_revision;
-                    continue;
-                }
-                let revs: Vec<i64> = r
-                    .events
-                    .iter()
-                    .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
-                    .collect();
-                if !revs.windows(2).all(|w| w[0] <= w[1]) {
-                    bad.push(format!("ordered: watcher {wi}: {revs:?} within a response"));
-                }
-                let mut distinct = revs.clone();
-                distinct.dedup();
-                for rev in distinct {
-                    if let Some(last) = seen.last() {
-                        if rev <= *last {
-                            bad.push(format!(
-                                "ordered/unique: watcher {wi}: rev {rev} after {last}"
-                            ));
-                        }
-                    }
-                    seen.push(rev);
-                }
-                if r.events.is_empty() && !r.created && !r.canceled {
-                    // A progress notification (bookmark).
-                    let at = r.header.as_ref().map_or(0, |h| h.revision);
-                    let from = seen.last().copied().unwrap_or(*start - 1);
-                    if at < from {
-                        bad.push(format!(
-                            "bookmarkable: watcher {wi}: progress at {at} after rev {from}: {r:?}"
-                        ));
-                        continue;
-                    }
-                    let behind = if at > from {
-                        all.range(from + 1..=at).count()
-                    } else {
-                        0
-                    };
-                    for rev in all.range(from + 1..).take(behind).map(|(r, _)| *r) {
-                        if rev >= *start {
-                            bad.push(format!(
-                                "bookmarkable: watcher {wi}: progress at {at} before rev {rev}"
-                            ));
-                        }
-                    }
-                    seen.push(at); // later events must be above it
-                }
-            }
-        }
-        // Reliable: every revision between the start and the last event.
-        let (Some(start), Some(last)) = (first_start, seen.last()) else {
-            continue;
-        };
-        if *last < start {
-            continue;
-        }
-        let got: std::collections::HashSet<i64> = seen.iter().copied().collect();
-        for rev in all.range(start..=*last).map(|(r, _)| *r) {
-            let excused = gaps_ok.iter().any(|(from, to)| rev >= *from && rev < *to);
-            if !got.contains(&rev) && !excused {
-                bad.push(format!("reliable: watcher {wi} missed rev {rev}"));
-            }
-        }
-    }
-    bad
-}
 
 #[test]
 fn checker_finds_violations() {
@@ -311,16 +130,6 @@ fn del_op(k: &str) -> RequestOp {
     }
 }
 
-async fn connect(url: &str) -> Option<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .ok()
-}
-
 /// One writer: txns until `stop`; records acknowledged and ambiguous ones.
 async fn writer(
     url: String,
@@ -403,86 +212,6 @@ async fn writer(
     }
 }
 
-/// One watcher of the prefix `k`, resuming after broken streams.
-async fn watcher(url: String, slow: bool, rec: Arc<Mutex<Record>>, stop: Arc<AtomicBool>) {
-    let mut next = 1i64;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(ch) = connect(&url).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let create = WatchCreateRequest {
-            key: b"k".to_vec().into(),
-            range_end: b"l".to_vec().into(),
-            start_revision: next,
-            ..Default::default()
-        };
-        let _ = tx
-            .send(WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(create)),
-            })
-            .await;
-        let mut client = WatchClient::new(ch);
-        let Ok(resp) = tokio::time::timeout(
-            Duration::from_secs(3),
-            client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        )
-        .await
-        else {
-            continue;
-        };
-        let Ok(resp) = resp else { continue };
-        let mut stream = resp.into_inner();
-        let idx = {
-            let mut r = rec.lock().await;
-            r.streams.push((next, Vec::new()));
-            r.streams.len() - 1
-        };
-        let mut ticks = 0u64;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let m = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
-            let r = match m {
-                Err(_) => {
-                    ticks += 1;
-                    if ticks % 3 == 0 {
-                        let _ = tx.try_send(WatchRequest {
-                            request_union: Some(RequestUnion::ProgressRequest(
-                                WatchProgressRequest {},
-                            )),
-                        });
-                    }
-                    continue;
-                }
-                Ok(Ok(Some(r))) => r,
-                Ok(_) => break, // stream broken: resume
-            };
-            if slow {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            if let Some(last) = r
-                .events
-                .last()
-                .and_then(|e| e.kv.as_ref())
-                .map(|kv| kv.mod_revision)
-            {
-                next = last + 1;
-            }
-            if r.compact_revision != 0 {
-                next = r.compact_revision;
-            }
-            let compacted = r.compact_revision != 0;
-            rec.lock().await.streams[idx].1.push(r);
-            if compacted {
-                break;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     let mut server = Server::start(Kind::Ours);
@@ -504,8 +233,10 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     let records: Vec<Arc<Mutex<Record>>> = (0..4).map(|_| Arc::default()).collect();
     let mut watchers = Vec::new();
     for (i, r) in records.iter().enumerate() {
+        let url = url.clone();
         watchers.push(tokio::spawn(watcher(
-            url.clone(),
+            move || Some(url.clone()),
+            "k",
             i == 3,
             r.clone(),
             stop_watch.clone(),

@@ -53,6 +53,18 @@ use std::time::{Duration, Instant};
 pub const HEARTBEAT_MS: u64 = 50;
 pub const ELECTION_MS: u64 = 500;
 
+/// Error texts of etcdctl worth a retry: a leader election is under way or
+/// a request timed out (it may still have taken effect).
+pub const TRANSIENT: &[&str] = &[
+    "timed out",
+    "deadline exceeded",
+    "leader changed",
+    "no leader",
+    "Unavailable",
+    "unavailable",
+    "connection refused",
+];
+
 /// How many bytes a proxy inspects to find the sender of a connection.
 const SNIFF_LIMIT: usize = 64 * 1024;
 
@@ -69,6 +81,9 @@ pub struct Member {
     pub id: Option<u64>,
     /// False once removed with [`Cluster::remove_member`].
     pub in_cluster: bool,
+    /// SIGSTOPped ([`Cluster::pause`]): it runs but answers nothing, so
+    /// the leader lookups skip it.
+    pub paused: bool,
     /// Flags beyond the common ones (name, bootstrap settings).
     args: Vec<String>,
     /// Environment variables: `ETCD_*` (an added member gets those
@@ -81,6 +96,11 @@ pub struct Member {
 impl Member {
     pub fn running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Running and not paused: it can answer.
+    pub fn responsive(&self) -> bool {
+        self.running() && !self.paused
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -278,6 +298,7 @@ impl Cluster {
             peer_url: format!("http://127.0.0.1:{proxy_port}"),
             id: None,
             in_cluster: true,
+            paused: false,
             args: Vec::new(),
             env: Vec::new(),
             child: None,
@@ -518,6 +539,7 @@ impl Cluster {
     /// may still say so for a while).
     pub fn leader(&self) -> Option<usize> {
         self.running()
+            .filter(|&i| !self.members[i].paused)
             .filter_map(|i| self.status(i).ok().map(|s| (i, s)))
             .filter(|(_, s)| s.leader != 0 && s.leader == s.member_id)
             .max_by_key(|(_, s)| s.raft_term)
@@ -531,7 +553,7 @@ impl Cluster {
         loop {
             let statuses: Vec<(usize, Result<Status, String>)> = self
                 .running()
-                .filter(|&i| !self.net.is_isolated(i))
+                .filter(|&i| !self.net.is_isolated(i) && !self.members[i].paused)
                 .map(|i| (i, self.status(i)))
                 .collect();
             let leaders: HashSet<u64> = statuses
@@ -542,7 +564,7 @@ impl Cluster {
                 let id = *leaders.iter().next().unwrap();
                 if id != 0 {
                     if let Some(i) = self.index_of(id) {
-                        if !self.net.is_isolated(i) && self.members[i].running() {
+                        if !self.net.is_isolated(i) && self.members[i].responsive() {
                             return i;
                         }
                     }
@@ -557,10 +579,10 @@ impl Cluster {
         }
     }
 
-    /// A running member other than `not` (and not isolated).
+    /// A running member other than `not` (and not isolated or paused).
     pub fn other_than(&self, not: &[usize]) -> usize {
         self.running()
-            .find(|i| !not.contains(i) && !self.net.is_isolated(*i))
+            .find(|&i| !not.contains(&i) && !self.net.is_isolated(i) && !self.members[i].paused)
             .expect("no other running member")
     }
 
@@ -597,13 +619,15 @@ impl Cluster {
 
     /// SIGSTOPs member `i` (a long pause: GC, a VM stall, a full disk
     /// queue); [`Cluster::resume`] continues it.
-    pub fn pause(&self, i: usize) {
+    pub fn pause(&mut self, i: usize) {
         self.signal(i, "STOP");
+        self.members[i].paused = true;
     }
 
     /// SIGCONTs member `i` after [`Cluster::pause`].
-    pub fn resume(&self, i: usize) {
+    pub fn resume(&mut self, i: usize) {
         self.signal(i, "CONT");
+        self.members[i].paused = false;
     }
 
     fn signal(&self, i: usize, signal: &str) {
@@ -619,6 +643,7 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.members[i].paused = false;
     }
 
     /// Starts member `i` again on its data dir and ports; waits until it
@@ -671,7 +696,8 @@ impl Cluster {
         if learner {
             args.push("--learner");
         }
-        let out = self.ctl_retry(via, &args, &["unhealthy cluster"], Duration::from_secs(20));
+        let retry = [&["unhealthy cluster"][..], TRANSIENT].concat();
+        let out = self.ctl_retry(via, &args, &retry, Duration::from_secs(20));
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),
@@ -696,15 +722,82 @@ impl Cluster {
     }
 
     /// `etcdctl member remove <id>` through a running member other than
-    /// the removed one; panics on failure.
+    /// the removed one, retried on [`TRANSIENT`] errors (a leader election
+    /// under way); panics on any other failure. Returns etcdctl's output,
+    /// or "" when a retry found the member gone: the attempt that timed
+    /// out had removed it.
     pub fn remove_member(&mut self, id: u64) -> String {
         let me = self.index_of(id);
-        let via = self.other_than(&me.into_iter().collect::<Vec<_>>());
-        let out = self.ctl_ok(via, &["member", "remove", &format!("{id:x}")]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut retried = false;
+        let out = loop {
+            let via = self.other_than(&me.into_iter().collect::<Vec<_>>());
+            let out = self.ctl(via, &["member", "remove", &format!("{id:x}")]);
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            let err = error_line(&out);
+            if retried && err.contains("member not found") {
+                break String::new();
+            }
+            assert!(
+                TRANSIENT.iter().any(|t| err.contains(t)) && Instant::now() < deadline,
+                "member remove {id:x} at member {via}: {err}"
+            );
+            retried = true;
+            thread::sleep(Duration::from_millis(200));
+        };
         if let Some(i) = me {
             self.members[i].in_cluster = false;
         }
         out
+    }
+
+    /// `etcdctl member promote` of learner `i` through the leader, retried
+    /// while the learner catches up and on [`TRANSIENT`] errors; panics
+    /// on any other failure.
+    pub fn promote(&self, i: usize) {
+        let id = format!("{:x}", self.id(i));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut retried = false;
+        loop {
+            let via = self.wait_leader(Duration::from_secs(20));
+            let out = self.ctl(via, &["member", "promote", &id]);
+            if out.status.success() {
+                return;
+            }
+            let err = error_line(&out);
+            // A retry after a timed-out promote that took effect.
+            if retried
+                && err.contains("can only promote a learner member")
+                && !err.contains("in sync")
+            {
+                return;
+            }
+            let catching_up = err.contains("in sync with leader");
+            assert!(
+                (catching_up || TRANSIENT.iter().any(|t| err.contains(t)))
+                    && Instant::now() < deadline,
+                "member promote {id} at member {via}: {err}"
+            );
+            retried = true;
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `etcdctl move-leader` to member `to` through the current leader;
+    /// etcdctl's error line when it fails (the leader changed meanwhile,
+    /// the target is cut off: a transfer may fail under faults).
+    pub fn move_leader(&self, to: usize) -> Result<(), String> {
+        let Some(l) = self.leader() else {
+            return Err("no leader".to_string());
+        };
+        let out = self.ctl(l, &["move-leader", &format!("{:x}", self.id(to))]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(error_line(&out))
+        }
     }
 
     /// HashKV of every running member at the leader's current revision,
@@ -743,6 +836,20 @@ impl Cluster {
     /// Cuts the links between members `i` and `j` (both directions).
     pub fn cut(&self, i: usize, j: usize) {
         self.net.cut(i, j);
+    }
+
+    /// Cuts the link from member `from` to member `to` only: `to` gets
+    /// nothing from `from` while `from` still hears `to`. Ours only: our
+    /// peer streams are one-way, dialed by the sender, so the proxy of
+    /// `to` drops exactly what `from` sends (etcd's stream connections are
+    /// dialed by the receiver, and carry the other member's messages).
+    pub fn cut_one_way(&self, from: usize, to: usize) {
+        assert_eq!(
+            self.kind,
+            Kind::Ours,
+            "one-way cuts work on our transport only"
+        );
+        self.net.cut_one_way(from, to);
     }
 
     /// Cuts member `i` off from everyone.
@@ -849,6 +956,8 @@ struct NetState {
     ids: HashMap<u64, usize>,
     /// Cut pairs, stored as (min, max).
     cut: HashSet<(usize, usize)>,
+    /// Links cut in one direction only: (from, to).
+    one_way: HashSet<(usize, usize)>,
     isolated: HashSet<usize>,
     conns: HashMap<u64, Conn>,
     proxies: Vec<u16>,
@@ -869,7 +978,11 @@ impl NetState {
         }
         match from {
             None => false,
-            Some(f) => self.isolated.contains(&f) || self.cut.contains(&(f.min(to), f.max(to))),
+            Some(f) => {
+                self.isolated.contains(&f)
+                    || self.cut.contains(&(f.min(to), f.max(to)))
+                    || self.one_way.contains(&(f, to))
+            }
         }
     }
 
@@ -907,6 +1020,12 @@ impl Net {
         st.close_blocked();
     }
 
+    fn cut_one_way(&self, from: usize, to: usize) {
+        let mut st = self.state.lock().unwrap();
+        st.one_way.insert((from, to));
+        st.close_blocked();
+    }
+
     fn isolate(&self, i: usize) {
         let mut st = self.state.lock().unwrap();
         st.isolated.insert(i);
@@ -916,6 +1035,7 @@ impl Net {
     fn heal(&self) {
         let mut st = self.state.lock().unwrap();
         st.cut.clear();
+        st.one_way.clear();
         st.isolated.clear();
     }
 

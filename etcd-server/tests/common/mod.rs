@@ -6,6 +6,8 @@
 pub mod budget;
 pub mod cluster;
 pub mod history;
+pub mod lease_check;
+pub mod watch_check;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
