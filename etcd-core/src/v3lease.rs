@@ -5,6 +5,9 @@
 //! served by the primary lessor, i.e. the raft leader, after this member
 //! has applied everything committed when the call arrived (etcd's
 //! `waitAppliedIndex`), so a keepalive right after a grant finds the lease.
+//! A renewal also confirms leadership first with a ReadIndex round, as
+//! etcd 3.5.8 does: a deposed leader must not renew what the new leader
+//! has revoked.
 //! A follower forwards them to the leader over the peer port
 //! ([`crate::server`]'s peer queries; etcd uses its peer HTTP API). Without a leader
 //! the member waits for one up to the request timeout and then answers
@@ -68,13 +71,40 @@ impl Etcd {
     /// `LeaseNotFound` for an unknown lease and for an expired one (once
     /// its revoke is applied, as etcd waits for it).
     pub async fn lease_renew(&self, ctx: &RequestContext, id: i64) -> Result<i64> {
-        if self.forwards_to_leader() {
-            match crate::server::forward_lease_renew(self, id).await {
-                Err(Error::LeaderChanged) => {}
+        let deadline = Instant::now() + ctx.wait_limit(self.config().request_timeout());
+        loop {
+            let r = if self.forwards_to_leader() {
+                crate::server::forward_lease_renew(self, id).await
+            } else {
+                self.lease_renew_as_leader(ctx, id).await
+            };
+            match r {
+                // The leader changed under the request: ask the new one.
+                Err(Error::LeaderChanged) if Instant::now() < deadline => {
+                    tokio::time::sleep(PRIMARY_POLL).await;
+                }
                 r => return r,
             }
         }
-        self.lease_renew_as_leader(ctx, id).await
+    }
+
+    /// Confirms that this member still leads before its lessor renews a
+    /// lease (etcd 3.5's `ensureLeadership`, etcd#15247). A leader paused
+    /// or cut off past an election may still believe it leads while
+    /// another leader's lessor has let the lease expire and revoked it; a
+    /// renewal here would tell the client its lease lives when it is gone.
+    /// One ReadIndex round (a heartbeat acknowledged by a quorum) settles
+    /// it: a deposed member fails it with `LeaderChanged`, and the caller
+    /// asks the new leader. A single member has no one to lose to.
+    async fn ensure_leadership(&self, ctx: &RequestContext) -> Result<()> {
+        if self.transport().is_none() {
+            return Ok(());
+        }
+        self.linearizable_read_notify(ctx).await?;
+        if self.raft_status().role != Role::Leader {
+            return Err(Error::LeaderChanged);
+        }
+        Ok(())
     }
 
     /// Whether lease requests go to another member (this one has peers
@@ -88,6 +118,7 @@ impl Etcd {
         let deadline = Instant::now() + ctx.wait_limit(self.config().request_timeout());
         loop {
             self.wait_primary(deadline).await?;
+            self.ensure_leadership(ctx).await?;
             match self.lessor().renew(id) {
                 Renew::Renewed {
                     ttl,

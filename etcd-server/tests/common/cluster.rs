@@ -309,7 +309,7 @@ impl Cluster {
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
         let bin = match self.kind {
-            Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
+            Kind::Ours => super::our_binary(),
             Kind::Real => real_etcd_path().to_string(),
         };
         let log = std::fs::OpenOptions::new()
@@ -785,12 +785,20 @@ impl Cluster {
         }
     }
 
-    /// `etcdctl move-leader` to member `to` through the current leader;
+    /// `etcdctl move-leader` to member `to` through the current leader
+    /// (waiting up to 5 s for one);
     /// etcdctl's error line when it fails (the leader changed meanwhile,
     /// the target is cut off: a transfer may fail under faults).
     pub fn move_leader(&self, to: usize) -> Result<(), String> {
-        let Some(l) = self.leader() else {
-            return Err("no leader".to_string());
+        // Right after a leader was killed or paused, the rest may still be
+        // electing one: wait a little for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let l = loop {
+            match self.leader() {
+                Some(l) => break l,
+                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+                None => return Err("no leader".to_string()),
+            }
         };
         let out = self.ctl(l, &["move-leader", &format!("{:x}", self.id(to))]);
         if out.status.success() {

@@ -14,6 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Our server binary: `$ETCD_SERVER_BIN` when set (the long chaos run
+/// uses a copy, so the build can change while it runs), else the one
+/// cargo built for this test.
+pub fn our_binary() -> String {
+    std::env::var("ETCD_SERVER_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_etcd-server").to_string())
+}
+
 /// Which server binary to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -191,7 +201,7 @@ impl Server {
 
     fn launch(&mut self) {
         let bin = match self.kind {
-            Kind::Ours => env!("CARGO_BIN_EXE_etcd-server").to_string(),
+            Kind::Ours => our_binary(),
             Kind::Real => real_etcd_path().to_string(),
         };
         let log = std::fs::OpenOptions::new()
