@@ -182,9 +182,10 @@ async fn client(
     }
 }
 
-/// What a nemesis gets: the cluster, the clients' operation budget and
-/// their routes. It returns the faults it caused, for the report.
-type Nemesis<'a> = Box<dyn FnOnce(&mut Cluster, &OpBudget, &Routes) -> Vec<String> + 'a>;
+/// What a nemesis gets: the cluster, the clients' operation budget, their
+/// routes, and the log where it notes each fault as it causes it (kept
+/// when the run fails midway).
+type Nemesis<'a> = Box<dyn FnOnce(&mut Cluster, &OpBudget, &Routes, &mut Vec<String>) + 'a>;
 
 fn histories_under_faults(kind: Kind) {
     histories(
@@ -254,7 +255,7 @@ fn histories(kind: Kind, members: usize, label: &str, nemesis: Nemesis<'_>) {
         })
         .collect();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run.log = nemesis(&mut c, &budget, &routes);
+        nemesis(&mut c, &budget, &routes, &mut run.log);
         stop.store(true, Ordering::SeqCst);
         for t in clients {
             rt.block_on(t).expect("client task");
@@ -344,16 +345,17 @@ enum Change {
 
 /// Causes every fault of `faults` (`who`: "leader" or "follower", for the
 /// report), makes `change` while they hold, lets the clients run one
-/// phase of at least `hold`, and undoes the faults; what happened, for
-/// the report.
+/// phase of at least `hold`, and undoes the faults; notes what happened
+/// in `log` as it goes.
 fn inject(
     c: &mut Cluster,
     budget: &OpBudget,
     routes: &Routes,
+    log: &mut Vec<String>,
     faults: &[(Fault, &str)],
     change: Option<Change>,
     hold: Duration,
-) -> String {
+) {
     let mut what = Vec::new();
     for &(fault, who) in faults {
         what.push(match fault {
@@ -380,8 +382,10 @@ fn inject(
             }
         });
     }
+    log.push(what.join(" + "));
     if let Some(change) = change {
-        what.push(make_change(c, routes, change));
+        let done = make_change(c, routes, log, change);
+        *log.last_mut().unwrap() = format!("{} + {done}", what.join(" + "));
     }
     phase(budget, hold);
     for &(fault, _) in faults.iter().rev() {
@@ -394,12 +398,13 @@ fn inject(
             Fault::Pause(t) => c.resume(t),
         }
     }
-    what.join(" + ")
 }
 
-/// Makes `change`; what happened, for the report.
-fn make_change(c: &mut Cluster, routes: &Routes, change: Change) -> String {
-    match change {
+/// Makes `change` (noted in `log` first, should it fail midway); what
+/// happened, for the report.
+fn make_change(c: &mut Cluster, routes: &Routes, log: &mut Vec<String>, change: Change) -> String {
+    log.push(format!("(under way: {change:?})"));
+    let done = match change {
         Change::Transfer(to) => match c.move_leader(to) {
             Ok(()) => format!("move-leader to {to}"),
             Err(e) => format!("move-leader to {to} failed ({e})"),
@@ -429,16 +434,17 @@ fn make_change(c: &mut Cluster, routes: &Routes, change: Change) -> String {
             };
             format!("replace {old} by {new} ({how})")
         }
-    }
+    };
+    log.pop();
+    done
 }
 
 /// The fixed sequence: leader isolated, leader killed, a link cut, a
 /// follower isolated, the leader paused.
-fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, routes: &Routes) -> Vec<String> {
+fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, routes: &Routes, log: &mut Vec<String>) {
     let ms = Duration::from_millis;
-    let mut log = Vec::new();
     let mut fault = |c: &mut Cluster, f: Fault, who: &str, hold: u64| {
-        log.push(inject(c, budget, routes, &[(f, who)], None, ms(hold)));
+        inject(c, budget, routes, log, &[(f, who)], None, ms(hold));
         phase(budget, ms(800));
     };
     phase(budget, ms(800));
@@ -457,7 +463,6 @@ fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, routes: &Routes) -> Vec<
     // 4. The leader is paused, then resumed.
     let l = c.wait_leader(SECS_20);
     fault(c, Fault::Pause(l), "leader", 1500);
-    log
 }
 
 /// `faults` rounds, each drawn from `seed`: a fault (isolate, kill -9 and
@@ -465,14 +470,15 @@ fn scripted_nemesis(c: &mut Cluster, budget: &OpBudget, routes: &Routes) -> Vec<
 /// a follower, or a member replaced (plain or through a learner), or a
 /// leader transfer. While a fault holds, the leader may be moved (to a
 /// member the fault spares), and on 5 members a second fault may hit
-/// another member, or a member be replaced. A quorum always stays.
+/// another member, or a member be replaced through a learner. A quorum
+/// always stays.
 fn seeded_nemesis(seed: u64, faults: usize) -> Nemesis<'static> {
-    Box::new(move |c, budget, routes| {
+    Box::new(move |c, budget, routes, log| {
         use rand::seq::SliceRandom;
         use rand::Rng;
         let ms = Duration::from_millis;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut log = vec![format!("seed {seed}")];
+        log.push(format!("seed {seed}"));
         phase(budget, ms(800));
         for _ in 0..faults {
             let l = c.wait_leader(SECS_20);
@@ -499,12 +505,14 @@ fn seeded_nemesis(seed: u64, faults: usize) -> Nemesis<'static> {
                 6 => {
                     let learner = rng.gen_bool(0.5);
                     let change = Change::Replace { old: t, learner };
-                    log.push(format!("{} ({})", make_change(c, routes, change), who(t)));
+                    let done = make_change(c, routes, log, change);
+                    log.push(format!("{done} ({})", who(t)));
                     phase(budget, ms(800));
                     continue;
                 }
                 _ => {
-                    log.push(make_change(c, routes, Change::Transfer(other)));
+                    let done = make_change(c, routes, log, Change::Transfer(other));
+                    log.push(done);
                     phase(budget, ms(800));
                     continue;
                 }
@@ -525,9 +533,10 @@ fn seeded_nemesis(seed: u64, faults: usize) -> Nemesis<'static> {
                 };
                 set.push((second, who(u)));
             } else if n >= 5 && whole && rng.gen_bool(0.3) {
+                // Through a learner: etcd refuses to add a voter while a
+                // voter is unreachable ("unhealthy cluster"), and ours too.
                 let old = pick(&mut rng, &hit).unwrap();
-                let learner = rng.gen_bool(0.5);
-                change = Some(Change::Replace { old, learner });
+                change = Some(Change::Replace { old, learner: true });
             }
             let spared: Vec<usize> = set.iter().flat_map(|(f, _)| f.members()).collect();
             if change.is_none() && rng.gen_bool(0.3) {
@@ -535,10 +544,9 @@ fn seeded_nemesis(seed: u64, faults: usize) -> Nemesis<'static> {
                     change = Some(Change::Transfer(to));
                 }
             }
-            log.push(inject(c, budget, routes, &set, change, hold));
+            inject(c, budget, routes, log, &set, change, hold);
             phase(budget, ms(800));
         }
-        log
     })
 }
 
