@@ -45,6 +45,9 @@ pub mod fatal;
 #[doc(hidden)]
 pub mod fuzzing;
 mod go_duration;
+/// In-process clusters for tests (feature `integration`).
+#[cfg(feature = "integration")]
+pub mod integration;
 mod lease_ticker;
 pub mod lessor;
 /// A linearizability checker for recorded client histories (test support:

@@ -10,38 +10,54 @@ use etcd_core::pb::etcdserverpb::{
     PutRequest, RangeRequest,
 };
 use etcd_core::RequestContext;
-use etcd_core::{Config, Error, Etcd, StartOptions};
+use etcd_core::{integration, Config, Error, Etcd, StartOptions};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    names: Vec<String>,
-    dirs: Vec<PathBuf>,
-    initial: String,
-    urls: Vec<String>,
-    members: Vec<Option<Etcd>>,
+/// `etcd_core::integration::Cluster` with this file's settings, and
+/// helpers that panic instead of returning errors.
+struct Cluster(integration::Cluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = integration::Cluster;
+    fn deref(&self) -> &integration::Cluster {
+        &self.0
+    }
 }
 
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut integration::Cluster {
+        &mut self.0
+    }
+}
+
+/// This file's settings on top of the integration cluster's.
+fn settings(cfg: &mut Config) {
+    // Compact the raft log often, so that members that fall behind (or
+    // join) are sent snapshots.
+    cfg.snapshot_count = 50;
+    cfg.snapshot_catch_up_entries = 10;
+    // Cheap password hashes: these tests are not about bcrypt.
+    cfg.bcrypt_cost = 4;
+}
+
+/// The config of a member added to a running cluster (same settings).
 fn config(name: &str, dir: &Path, initial: &str, url: &str) -> Config {
-    Config {
+    let mut cfg = Config {
         name: name.into(),
         data_dir: dir.into(),
         initial_cluster: initial.into(),
+        initial_cluster_token: "integration".into(),
         initial_advertise_peer_urls: vec![url.into()],
         listen_peer_urls: vec![url.into()],
         advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
         heartbeat_interval: Duration::from_millis(25),
         election_timeout: Duration::from_millis(250),
-        // Compact the raft log often, so that members that fall behind (or
-        // join) are sent snapshots.
-        snapshot_count: 50,
-        snapshot_catch_up_entries: 10,
-        // Cheap password hashes: these tests are not about bcrypt.
-        bcrypt_cost: 4,
         ..Config::default()
-    }
+    };
+    settings(&mut cfg);
+    cfg
 }
 
 impl Cluster {
@@ -55,71 +71,26 @@ impl Cluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let listeners: Vec<TcpListener> = (0..n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
-        let urls: Vec<String> = listeners
-            .iter()
-            .map(|l| format!("http://{}", l.local_addr().unwrap()))
-            .collect();
-        let initial = names
-            .iter()
-            .zip(&urls)
-            .map(|(n, u)| format!("{n}={u}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let dirs: Vec<PathBuf> = names.iter().map(|n| dir.path().join(n)).collect();
-        let members = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let mut cfg = config(&names[i], &dirs[i], &initial, &urls[i]);
-                tweak(&mut cfg);
-                let opts = StartOptions {
-                    peer_listener: Some(l),
-                    ..StartOptions::default()
-                };
-                Some(Etcd::start_with(cfg, opts).unwrap())
+        Cluster(
+            integration::Cluster::start_with(n, |cfg| {
+                settings(cfg);
+                tweak(cfg);
             })
-            .collect();
-        Cluster {
-            _dir: dir,
-            names,
-            dirs,
-            initial,
-            urls,
-            members,
-        }
-    }
-
-    fn member(&self, i: usize) -> &Etcd {
-        self.members[i].as_ref().expect("member running")
+            .unwrap(),
+        )
     }
 
     /// Index of the member all running members agree leads.
     async fn wait_leader(&self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let leaders: Vec<u64> = self
-                .members
-                .iter()
-                .flatten()
-                .map(|m| m.status(&RequestContext::LOCAL).leader)
-                .collect();
-            if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
-                if let Some(i) = self
-                    .members
-                    .iter()
-                    .position(|m| m.as_ref().is_some_and(|m| m.member_id() == leaders[0]))
-                {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader: {leaders:x?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.0
+            .wait_leader(Duration::from_secs(20))
+            .await
+            .expect("no agreed leader")
+    }
+
+    /// Member `i`'s peer URL.
+    fn url(&self, i: usize) -> String {
+        self.config(i).listen_peer_urls[0].clone()
     }
 
     /// Waits until member `i` sees every member published (started).
@@ -158,49 +129,8 @@ impl Cluster {
         }
     }
 
-    fn stop(&mut self, i: usize) {
-        let m = self.members[i].take().expect("running");
-        std::thread::spawn(move || m.stop()).join().unwrap();
-    }
-
     fn restart(&mut self, i: usize) {
-        self.members[i] = Some(self.try_restart(i, |_| {}).unwrap());
-    }
-
-    /// Starts member `i` again with its config changed by `tweak`.
-    fn try_restart(
-        &mut self,
-        i: usize,
-        tweak: fn(&mut Config),
-    ) -> Result<Etcd, etcd_core::StartError> {
-        let mut cfg = config(&self.names[i], &self.dirs[i], &self.initial, &self.urls[i]);
-        tweak(&mut cfg);
-        let addr = self.urls[i].trim_start_matches("http://").to_string();
-        // The port was ours a moment ago; retry while the old socket closes.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match TcpListener::bind(&addr) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot bind {addr}: {e}"),
-            }
-        };
-        let opts = StartOptions {
-            peer_listener: Some(listener),
-            ..StartOptions::default()
-        };
-        Etcd::start_with(cfg, opts)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in self.members.iter_mut().filter_map(Option::take) {
-            m.stop();
-        }
+        self.0.restart(i).unwrap();
     }
 }
 
@@ -417,7 +347,7 @@ async fn membership_changes_apply_on_every_member() {
         .unwrap();
     let l = updated.members.iter().find(|x| x.id == learner.id).unwrap();
     assert_eq!(l.peer_ur_ls, ["http://127.0.0.1:2"]);
-    let taken = c.urls[leader].clone();
+    let taken = c.url(leader);
     assert_eq!(
         m.member_update(
             &RequestContext::LOCAL,
@@ -580,8 +510,8 @@ async fn lagging_and_new_members_catch_up_through_snapshots() {
         .unwrap()
         .member
         .unwrap();
-    let initial = format!("{},m3={url}", c.initial);
-    let mut cfg = config("m3", &c._dir.path().join("m3"), &initial, &url);
+    let initial = format!("{},m3={url}", c.config(0).initial_cluster);
+    let mut cfg = config("m3", &c.dir().join("m3"), &initial, &url);
     cfg.initial_cluster_state = etcd_core::ClusterState::Existing;
     let joined = Etcd::start_with(
         cfg,
@@ -855,10 +785,10 @@ async fn initial_corrupt_check_refuses_a_diverged_cluster() {
     let h = (leader + 2) % 3;
     wait_value(&c, h, "k2", "v2").await;
     c.stop(h);
-    let err = c
-        .try_restart(h, |cfg| cfg.initial_corrupt_check = true)
-        .err()
-        .expect("the check refuses to start");
+    let err =
+        c.0.restart_with(h, |cfg| cfg.initial_corrupt_check = true)
+            .err()
+            .expect("the check refuses to start");
     assert!(
         err.to_string()
             .contains("found data inconsistency with peers"),
