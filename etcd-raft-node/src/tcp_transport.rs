@@ -18,12 +18,21 @@
 //!
 //! answered by one status byte: 0 accepted, 1 cluster id mismatch, 2 `to`
 //! is not the listener's member id, 3 unsupported version, 6 `from` was
-//! removed from the cluster, 7 `from` is not a member (yet): the listener
-//! asks [`TransportHooks::member_status`], so a host that is not a member
-//! gets no raft message in. A rejected dialer logs why (naming both
+//! removed from the cluster (the listener asks
+//! [`TransportHooks::member_status`]), 7 `from` is not a member (yet; no
+//! longer sent: see below). A rejected dialer logs why (naming both
 //! cluster ids) and retries later; one told it was removed reports it
 //! ([`TransportHooks::report_removed`]: the member stops, as etcd's does
-//! when its peers answer `410 Gone`); the listener closes the connection. After acceptance the dialer sends frames:
+//! when its peers answer `410 Gone`); the listener closes the connection.
+//!
+//! A sender the listener does not know is accepted: the listener is
+//! behind, and the sender was added after the membership the listener
+//! applied (maybe it leads now, and only it would bring the listener up to
+//! date; refusing it left a member isolated while a new member was added
+//! and elected unable to rejoin). etcd accepts such a sender on its
+//! pipeline too. [`TransportHooks::unknown_sender`] tells the host, which
+//! looks up the sender's address so that replies reach it. After
+//! acceptance the dialer sends frames:
 //!
 //! ```text
 //! len: u32 BE | a raft `Message` in protobuf encoding (len bytes)
@@ -180,6 +189,13 @@ pub struct TransportHooks {
     /// Whether a dialing member may send to this one; None: everyone
     /// with the right cluster id may.
     pub member_status: Option<MemberStatusFn>,
+    /// A member `member_status` calls `Unknown` dialed in (called once per
+    /// such connection): this member is behind, and the sender is most
+    /// likely a member added meanwhile, perhaps the leader. Its messages
+    /// are delivered (etcd takes them too, on its pipeline); the host
+    /// finds the sender's address ([`TcpTransport::add_peer`]) so that
+    /// this member can answer it before it applies the addition.
+    pub unknown_sender: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     /// A peer answered that this member was removed from the cluster.
     pub report_removed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -300,6 +316,7 @@ impl TcpTransport {
             deliver,
             snapshots: hooks.snapshots.clone(),
             member_status: hooks.member_status.clone(),
+            unknown_sender: hooks.unknown_sender.clone(),
             receiving: Mutex::new(std::collections::HashSet::new()),
             received: Mutex::new(HashMap::new()),
             timeout: cfg.snapshot_timeout,
@@ -922,6 +939,8 @@ struct ServeCtx {
     snapshots: Option<Arc<dyn SnapshotIo>>,
     /// Who may send (see [`TransportHooks::member_status`]).
     member_status: Option<MemberStatusFn>,
+    /// See [`TransportHooks::unknown_sender`].
+    unknown_sender: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     /// Members whose snapshot stream is being received.
     receiving: Mutex<std::collections::HashSet<u64>>,
     /// Bytes of messages received per sending member (`/metrics`).
@@ -1008,11 +1027,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 REMOVED
             }
             Some(MemberStatus::Unknown) => {
-                tracing::warn!(
+                tracing::info!(
                     from = format!("{from:x}"),
-                    "refusing a connection from a member not in the cluster"
+                    "accepting a connection from a member this one has not applied yet \
+                     (this member is behind)"
                 );
-                NOT_MEMBER
+                if let Some(hook) = &ctx.unknown_sender {
+                    hook(from);
+                }
+                ACCEPTED
             }
             Some(MemberStatus::Member) | None => ACCEPTED,
         }

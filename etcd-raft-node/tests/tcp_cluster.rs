@@ -739,10 +739,11 @@ fn snapshot_outcomes_reach_the_report_hook() {
     }
 }
 
-/// The listener lets only members in (`member_status`): a sender it does
-/// not know is refused, one it removed is told so (`report_removed`).
+/// The listener refuses a member it removed and tells it so
+/// (`report_removed`); a sender it does not know (added after what it
+/// applied) gets in, and the host hears of it (`unknown_sender`).
 #[test]
-fn only_members_may_send_and_a_removed_member_is_told() {
+fn a_removed_member_is_refused_and_told_an_unknown_one_heard() {
     use etcd_raft_node::{MemberStatus, Transport};
     for (status, removed_reported) in [
         (MemberStatus::Member, false),
@@ -773,11 +774,19 @@ fn only_members_may_send_and_a_removed_member_is_told() {
         };
         let t1 = TcpTransport::start_with(cfg(1), a, Arc::new(|_| {}), hooks1).unwrap();
         let got = Arc::new(Mutex::new(0u32));
+        let unknown = Arc::new(Mutex::new(0u32));
         let hooks2 = TransportHooks {
             member_status: Some(Arc::new(move |id| {
                 assert_eq!(id, 1, "the dialer's id");
                 status
             })),
+            unknown_sender: Some({
+                let unknown = unknown.clone();
+                Arc::new(move |id| {
+                    assert_eq!(id, 1, "the dialer's id");
+                    *unknown.lock() += 1;
+                })
+            }),
             ..TransportHooks::default()
         };
         let deliver = {
@@ -795,7 +804,12 @@ fn only_members_may_send_and_a_removed_member_is_told() {
             *got.lock() > 0 || t1.peer_stats(2).unwrap().rejected >= 3
         });
         let delivered = *got.lock() > 0;
-        assert_eq!(delivered, status == MemberStatus::Member, "{status:?}");
+        assert_eq!(delivered, status != MemberStatus::Removed, "{status:?}");
+        assert_eq!(
+            *unknown.lock() > 0,
+            status == MemberStatus::Unknown,
+            "{status:?}"
+        );
         assert_eq!(*told.lock() > 0, removed_reported, "{status:?}");
         t1.shutdown();
         t2.shutdown();

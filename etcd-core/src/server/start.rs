@@ -168,6 +168,7 @@ impl Etcd {
         });
         let (removed_tx, removed_rx) = watch::channel(false);
         let removed_tx = Arc::new(removed_tx);
+        let remotes = Arc::new(Remotes::default());
         let transport = match peer_listener {
             Some(listener) => {
                 let members = cluster.clone();
@@ -212,6 +213,12 @@ impl Etcd {
                                 MemberStatus::Unknown
                             }
                         })),
+                        unknown_sender: Some({
+                            let (members, remotes) = (cluster.clone(), remotes.clone());
+                            Arc::new(move |from| {
+                                remotes.look_up(from, &members, member_id, cluster_id)
+                            })
+                        }),
                         // etcd's peers answer a removed member `410 Gone`
                         // and it stops; the server exits on `removed`.
                         report_removed: Some(Arc::new(move || {
@@ -225,6 +232,7 @@ impl Etcd {
                     },
                 )?;
                 tracing::info!(address = %t.local_addr(), "listening for peers");
+                let _ = remotes.transport.set(t.clone());
                 Some(t)
             }
             None => None,
@@ -273,6 +281,7 @@ impl Etcd {
                 node: node.clone(),
                 watch: watch.clone(),
                 transport: transport.clone(),
+                remotes: remotes.clone(),
                 applied_tx,
                 removed_tx,
             };
@@ -370,6 +379,8 @@ struct ApplyLoop {
     node: Arc<RaftNode>,
     watch: Arc<WatchableStore>,
     transport: Option<Arc<TcpTransport>>,
+    /// Senders this member did not know yet, addressed so it can answer.
+    remotes: Arc<Remotes>,
     applied_tx: watch::Sender<u64>,
     removed_tx: Arc<watch::Sender<bool>>,
 }
@@ -446,6 +457,117 @@ impl ApplyLoop {
                 t.remove_peer(*id);
             }
         }
+        self.remotes
+            .settle(&now, |id| applier.cluster.read().is_removed(id));
         *peers = now;
+    }
+}
+
+/// Members that sent raft messages before this member applied their
+/// addition (it was behind: cut off while they were added, say), and
+/// that it therefore has no address for (etcd's rafthttp "remotes", which
+/// it learns from a pipeline request's `X-PeerURLs`). Without an address
+/// this member could not answer them, and when such a member leads, never
+/// catch up: the cluster's other members do not send to a follower. The
+/// sender's address is asked of the members this one knows, and the
+/// transport starts a stream to it; once the addition is applied the
+/// sender is an ordinary peer, and if it is removed first its stream goes.
+#[derive(Default)]
+struct Remotes {
+    /// The transport, once started (the hook exists before it).
+    transport: OnceLock<Arc<TcpTransport>>,
+    /// Remotes looked up or being looked up.
+    ids: Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Remotes {
+    /// Looks up `from`'s address on a thread of its own (peer queries
+    /// block), unless it was already.
+    fn look_up(
+        self: &Arc<Self>,
+        from: u64,
+        members: &Arc<RwLock<crate::cluster::RaftCluster>>,
+        me: u64,
+        cluster_id: u64,
+    ) {
+        if !self.ids.lock().insert(from) {
+            return;
+        }
+        let (this, members) = (self.clone(), members.clone());
+        let spawned = std::thread::Builder::new()
+            .name("remote-lookup".into())
+            .spawn(move || {
+                let known = members.read().members();
+                let found = known
+                    .iter()
+                    .filter(|m| m.id != me)
+                    .find_map(|m| this.ask(m, from, cluster_id));
+                match (found, this.transport.get()) {
+                    (Some(addr), Some(t)) => {
+                        tracing::info!(
+                            member = %membership::format_id(from),
+                            %addr,
+                            "found the address of a member added after what this member applied"
+                        );
+                        t.add_peer(from, addr);
+                    }
+                    _ => {
+                        tracing::warn!(
+                            member = %membership::format_id(from),
+                            "no peer knows the address of a member that sent raft messages"
+                        );
+                        this.ids.lock().remove(&from);
+                    }
+                }
+            });
+        if spawned.is_err() {
+            self.ids.lock().remove(&from);
+        }
+    }
+
+    /// Asks member `m` for the cluster's members; `id`'s peer address if
+    /// it lists it.
+    fn ask(&self, m: &crate::membership::Member, id: u64, cluster_id: u64) -> Option<String> {
+        use prost::Message as _;
+        let tls = self.transport.get().and_then(|t| t.tls());
+        let req = super::peer_query::PeerRequest {
+            ask: Some(super::peer_query::Ask::Cluster(true)),
+        }
+        .encode_to_vec();
+        let url = m.peer_urls.first()?;
+        let addr = crate::config::peer_addr(url).ok()?;
+        let bytes = etcd_raft_node::peer_query::query(
+            &addr,
+            tls.as_ref(),
+            cluster_id,
+            &req,
+            super::peer_query::QUERY_TIMEOUT,
+        )
+        .ok()?;
+        let r = super::peer_query::PeerResponse::decode(&bytes[..]).ok()?;
+        let sender = r.members.iter().find(|x| x.id == id)?;
+        crate::config::peer_addr(sender.peer_urls.first()?).ok()
+    }
+
+    /// After a membership change: remotes that are now peers (`peers`)
+    /// are ordinary peers; removed ones lose their stream.
+    fn settle(
+        &self,
+        peers: &std::collections::HashMap<u64, String>,
+        removed: impl Fn(u64) -> bool,
+    ) {
+        let Some(t) = self.transport.get() else {
+            return;
+        };
+        self.ids.lock().retain(|id| {
+            if peers.contains_key(id) {
+                false
+            } else if removed(*id) {
+                t.remove_peer(*id);
+                false
+            } else {
+                true
+            }
+        });
     }
 }
