@@ -232,7 +232,7 @@ impl Etcd {
                     },
                 )?;
                 tracing::info!(address = %t.local_addr(), "listening for peers");
-                let _ = remotes.transport.set(t.clone());
+                let _ = remotes.transport.set(Arc::downgrade(&t));
                 Some(t)
             }
             None => None,
@@ -474,8 +474,11 @@ impl ApplyLoop {
 /// sender is an ordinary peer, and if it is removed first its stream goes.
 #[derive(Default)]
 struct Remotes {
-    /// The transport, once started (the hook exists before it).
-    transport: OnceLock<Arc<TcpTransport>>,
+    /// The transport, once started (the hook exists before it). Weak: the
+    /// transport holds the hook that holds this, and a cycle would keep
+    /// the transport, and the store behind its snapshot hook, alive after
+    /// the member stops.
+    transport: OnceLock<std::sync::Weak<TcpTransport>>,
     /// Remotes looked up or being looked up.
     ids: Mutex<std::collections::HashSet<u64>>,
 }
@@ -502,7 +505,7 @@ impl Remotes {
                     .iter()
                     .filter(|m| m.id != me)
                     .find_map(|m| this.ask(m, from, cluster_id));
-                match (found, this.transport.get()) {
+                match (found, this.transport.get().and_then(|t| t.upgrade())) {
                     (Some(addr), Some(t)) => {
                         tracing::info!(
                             member = %membership::format_id(from),
@@ -529,7 +532,11 @@ impl Remotes {
     /// it lists it.
     fn ask(&self, m: &crate::membership::Member, id: u64, cluster_id: u64) -> Option<String> {
         use prost::Message as _;
-        let tls = self.transport.get().and_then(|t| t.tls());
+        let tls = self
+            .transport
+            .get()
+            .and_then(|t| t.upgrade())
+            .and_then(|t| t.tls());
         let req = super::peer_query::PeerRequest {
             ask: Some(super::peer_query::Ask::Cluster(true)),
         }
@@ -556,7 +563,7 @@ impl Remotes {
         peers: &std::collections::HashMap<u64, String>,
         removed: impl Fn(u64) -> bool,
     ) {
-        let Some(t) = self.transport.get() else {
+        let Some(t) = self.transport.get().and_then(|t| t.upgrade()) else {
             return;
         };
         self.ids.lock().retain(|id| {
