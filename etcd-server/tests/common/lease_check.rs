@@ -220,8 +220,12 @@ pub async fn lease_client(
             // Unanswered: the lease may exist; it is still checked at the end.
             _ => {}
         }
-        let at = leases.records.lock().unwrap().len();
-        leases.records.lock().unwrap().push(rec.clone());
+        // One lock: two lease clients push concurrently.
+        let at = {
+            let mut records = leases.records.lock().unwrap();
+            records.push(rec.clone());
+            records.len() - 1
+        };
         let update = |rec: &LeaseRecord| leases.records.lock().unwrap()[at] = rec.clone();
         if rec.renewed.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
