@@ -113,7 +113,7 @@ impl Cluster {
                 ..Config::default()
             };
             tweak(&mut config);
-            let etcd = start_member(&config, listener)?;
+            let etcd = start_member(config.clone(), listener)?;
             cluster.slots.push(Slot {
                 config,
                 peer_addr: addr,
@@ -236,17 +236,17 @@ impl Cluster {
         };
         let mut config = self.slots[i].config.clone();
         tweak(&mut config);
-        self.slots[i].etcd = Some(start_member(&config, listener)?);
+        self.slots[i].etcd = Some(start_member(config, listener)?);
         Ok(())
     }
 }
 
-fn start_member(config: &Config, listener: TcpListener) -> Result<Etcd, StartError> {
+fn start_member(config: Config, listener: TcpListener) -> Result<Etcd, StartError> {
     let opts = StartOptions {
         peer_listener: Some(listener),
         ..StartOptions::default()
     };
-    Etcd::start_with(config.clone(), opts)
+    Etcd::start_with(config, opts)
 }
 
 impl Drop for Cluster {

@@ -34,7 +34,9 @@ use common::budget::{OpBudget, IDLE};
 use common::cluster::Cluster;
 use common::history::{random_input, send, KEYS};
 use common::lease_check::{lease_client, Leases};
-use common::watch_check::{check as check_watch, ev_of, watcher, Record, Truth};
+use common::watch_check::{
+    check as check_watch, ev_of, wait_seen, watch_until, watcher, Record, Truth,
+};
 use common::Kind;
 use etcd_core::linearizability::{check, Input, KvModel, Operation, Output, Recorder, Verdict};
 use etcd_server::rpc::etcdserverpb::{kv_client::KvClient, PutRequest};
@@ -647,7 +649,6 @@ fn check_run(
 fn lease_writes(c: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<Operation> {
     let l = c.wait_leader(SECS_20);
     let url = c.members[l].client_url.clone();
-    let record: Arc<tokio::sync::Mutex<Record>> = Arc::default();
     let revisions: std::collections::BTreeSet<i64> = rt.block_on(async {
         let ch = Endpoint::from_shared(url.clone())
             .unwrap()
@@ -666,25 +667,8 @@ fn lease_writes(c: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<Operation> {
             .header
             .expect("header")
             .revision;
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(watcher(
-            move || Some(url.clone()),
-            "lease/",
-            false,
-            record.clone(),
-            stop.clone(),
-        ));
         let deadline = Instant::now() + Duration::from_secs(60);
-        while record.lock().await.highest_seen() < marker {
-            assert!(
-                Instant::now() < deadline,
-                "the lease/ watch did not reach {marker}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        stop.store(true, Ordering::SeqCst);
-        task.await.unwrap();
-        let r = record.lock().await;
+        let r = watch_until(&url, "lease/", marker, deadline).await;
         r.streams
             .iter()
             .flat_map(|(_, rs)| rs)
@@ -735,31 +719,14 @@ fn check_watches(
             panic!("a put answered {out:?}")
         };
         rec.ret(call, out);
-        let reference: Arc<tokio::sync::Mutex<Record>> = Arc::default();
-        let stop_ref = Arc::new(AtomicBool::new(false));
-        let full = tokio::spawn(watcher(
-            move || Some(url.clone()),
-            "k",
-            false,
-            reference.clone(),
-            stop_ref.clone(),
-        ));
         let deadline = Instant::now() + Duration::from_secs(60);
-        for r in watches.iter().chain([&reference]) {
-            while r.lock().await.highest_seen() < last {
-                assert!(
-                    Instant::now() < deadline,
-                    "a watcher did not see revision {last} within 60 s: {:?}",
-                    r.lock().await.streams.last().map(|(s, rs)| (s, rs.len()))
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        for (w, r) in watches.iter().enumerate() {
+            wait_seen(r, last, deadline, &format!("watcher {w}")).await;
         }
         stop_watch.store(true, Ordering::SeqCst);
-        stop_ref.store(true, Ordering::SeqCst);
-        full.await.unwrap();
+        let reference = watch_until(&url, "k", last, deadline).await;
         let mut truth = Truth::default();
-        for (_, resps) in &reference.lock().await.streams {
+        for (_, resps) in &reference.streams {
             for e in resps.iter().flat_map(|r| &r.events) {
                 let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
                 truth.known.entry(rev).or_default().push(ev_of(e));

@@ -83,21 +83,26 @@ pub(crate) fn fetch_cluster(
 /// Asks member `m` `ask` over its first peer URL (blocking, bounded by
 /// the query timeout).
 fn ask_member(etcd: &Etcd, m: &Member, ask: Ask) -> Result<PeerResponse> {
+    let tls = etcd.transport().and_then(|t| t.tls());
+    ask_peer(tls.as_ref(), etcd.cluster_id(), m, ask)
+}
+
+/// [`ask_member`] for callers without an [`Etcd`] (the transport's
+/// hooks, which exist before it): `tls` and `cluster_id` given.
+pub(crate) fn ask_peer(
+    tls: Option<&etcd_raft_node::PeerTlsHandle>,
+    cluster_id: u64,
+    m: &Member,
+    ask: Ask,
+) -> Result<PeerResponse> {
     let addr = m
         .peer_urls
         .first()
         .ok_or_else(|| Error::Internal("no peer URL".into()))
         .and_then(|u| peer_addr(u).map_err(Error::Internal))?;
     let req = PeerRequest { ask: Some(ask) }.encode_to_vec();
-    let tls = etcd.transport().and_then(|t| t.tls());
-    let bytes = etcd_raft_node::peer_query::query(
-        &addr,
-        tls.as_ref(),
-        etcd.cluster_id(),
-        &req,
-        QUERY_TIMEOUT,
-    )
-    .map_err(|e| Error::Internal(e.to_string()))?;
+    let bytes = etcd_raft_node::peer_query::query(&addr, tls, cluster_id, &req, QUERY_TIMEOUT)
+        .map_err(|e| Error::Internal(e.to_string()))?;
     answer(&bytes, "a peer")
 }
 

@@ -531,27 +531,13 @@ impl Remotes {
     /// Asks member `m` for the cluster's members; `id`'s peer address if
     /// it lists it.
     fn ask(&self, m: &crate::membership::Member, id: u64, cluster_id: u64) -> Option<String> {
-        use prost::Message as _;
         let tls = self
             .transport
             .get()
             .and_then(|t| t.upgrade())
             .and_then(|t| t.tls());
-        let req = super::peer_query::PeerRequest {
-            ask: Some(super::peer_query::Ask::Cluster(true)),
-        }
-        .encode_to_vec();
-        let url = m.peer_urls.first()?;
-        let addr = crate::config::peer_addr(url).ok()?;
-        let bytes = etcd_raft_node::peer_query::query(
-            &addr,
-            tls.as_ref(),
-            cluster_id,
-            &req,
-            super::peer_query::QUERY_TIMEOUT,
-        )
-        .ok()?;
-        let r = super::peer_query::PeerResponse::decode(&bytes[..]).ok()?;
+        let ask = super::peer_query::Ask::Cluster(true);
+        let r = peer_client::ask_peer(tls.as_ref(), cluster_id, m, ask).ok()?;
         let sender = r.members.iter().find(|x| x.id == id)?;
         crate::config::peer_addr(sender.peer_urls.first()?).ok()
     }

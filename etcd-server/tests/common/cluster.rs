@@ -728,25 +728,16 @@ impl Cluster {
     /// out had removed it.
     pub fn remove_member(&mut self, id: u64) -> String {
         let me = self.index_of(id);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut retried = false;
-        let out = loop {
-            let via = self.other_than(&me.into_iter().collect::<Vec<_>>());
-            let out = self.ctl(via, &["member", "remove", &format!("{id:x}")]);
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            let err = error_line(&out);
-            if retried && err.contains("member not found") {
-                break String::new();
-            }
-            assert!(
-                TRANSIENT.iter().any(|t| err.contains(t)) && Instant::now() < deadline,
-                "member remove {id:x} at member {via}: {err}"
-            );
-            retried = true;
-            thread::sleep(Duration::from_millis(200));
-        };
+        let not: Vec<usize> = me.into_iter().collect();
+        let out = self.ctl_until_done(
+            || self.other_than(&not),
+            &["member", "remove", &format!("{id:x}")],
+            TRANSIENT,
+            |err| err.contains("member not found"),
+        );
+        let out = out.map_or(String::new(), |o| {
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        });
         if let Some(i) = me {
             self.members[i].in_cluster = false;
         }
@@ -758,27 +749,43 @@ impl Cluster {
     /// on any other failure.
     pub fn promote(&self, i: usize) {
         let id = format!("{:x}", self.id(i));
+        let retry = [&["in sync with leader"][..], TRANSIENT].concat();
+        self.ctl_until_done(
+            || self.wait_leader(Duration::from_secs(20)),
+            &["member", "promote", &id],
+            &retry,
+            // A voter already: the promote that timed out took effect.
+            |err| err.contains("can only promote a learner member") && !err.contains("in sync"),
+        );
+    }
+
+    /// Runs etcdctl `args` at the member `via()` picks for each attempt,
+    /// retried for 30 s while it fails with an error containing one of
+    /// `retry_on`. Some(output) once it succeeds; None when, after a
+    /// retry, the error says an earlier attempt (one that timed out) took
+    /// effect (`took_effect`). Panics on any other failure.
+    fn ctl_until_done(
+        &self,
+        via: impl Fn() -> usize,
+        args: &[&str],
+        retry_on: &[&str],
+        took_effect: impl Fn(&str) -> bool,
+    ) -> Option<Output> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut retried = false;
         loop {
-            let via = self.wait_leader(Duration::from_secs(20));
-            let out = self.ctl(via, &["member", "promote", &id]);
+            let at = via();
+            let out = self.ctl(at, args);
             if out.status.success() {
-                return;
+                return Some(out);
             }
             let err = error_line(&out);
-            // A retry after a timed-out promote that took effect.
-            if retried
-                && err.contains("can only promote a learner member")
-                && !err.contains("in sync")
-            {
-                return;
+            if retried && took_effect(&err) {
+                return None;
             }
-            let catching_up = err.contains("in sync with leader");
             assert!(
-                (catching_up || TRANSIENT.iter().any(|t| err.contains(t)))
-                    && Instant::now() < deadline,
-                "member promote {id} at member {via}: {err}"
+                retry_on.iter().any(|r| err.contains(r)) && Instant::now() < deadline,
+                "etcdctl {args:?} at member {at}: {err}"
             );
             retried = true;
             thread::sleep(Duration::from_millis(200));

@@ -24,7 +24,7 @@ use etcd_server::rpc::etcdserverpb::{
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// One event as the checker compares it: (is_put, key, value).
@@ -312,4 +312,42 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().expect("a prefix") += 1;
     end
+}
+
+/// Waits until `rec` has an event at revision `rev` or later; panics
+/// at `deadline` (`who` names the watcher).
+pub async fn wait_seen(rec: &Mutex<Record>, rev: i64, deadline: Instant, who: &str) {
+    while rec.lock().await.highest_seen() < rev {
+        assert!(
+            Instant::now() < deadline,
+            "{who} did not see revision {rev} in time: last stream (start, responses) {:?}",
+            rec.lock()
+                .await
+                .streams
+                .last()
+                .map(|(s, rs)| (*s, rs.len()))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a watch of the keys under `prefix` at `url` from revision 1
+/// delivers up to revision `rev` (which must hold such a key); panics if
+/// that is not done by `deadline`.
+pub async fn watch_until(url: &str, prefix: &'static str, rev: i64, deadline: Instant) -> Record {
+    let rec: Arc<Mutex<Record>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = url.to_string();
+    let task = tokio::spawn(watcher(
+        move || Some(url.clone()),
+        prefix,
+        false,
+        rec.clone(),
+        stop.clone(),
+    ));
+    wait_seen(&rec, rev, deadline, &format!("a watch of {prefix}")).await;
+    stop.store(true, Ordering::SeqCst);
+    task.await.unwrap();
+    let r = rec.lock().await.clone();
+    r
 }
