@@ -30,6 +30,7 @@ pub mod auth;
 mod background;
 pub mod bbolt_layout;
 mod bootstrap;
+pub mod client;
 mod cluster;
 mod compactor;
 mod concurrency;

@@ -11,6 +11,7 @@ pub mod config;
 mod config_file;
 pub mod etcdutl;
 mod gateway;
+pub mod grpc;
 mod http;
 pub mod logging;
 mod metrics;
@@ -33,18 +34,9 @@ pub use watch::WatchService;
 
 use anyhow::Context as _;
 use etcd_core::Etcd;
-use rpc::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
-};
-use rpc::v3electionpb::election_server::ElectionServer;
-use rpc::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// gRPC framing headroom above --max-request-bytes (etcd allows 512 KiB).
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Starts the member, serves clients until `shutdown` completes, then stops
 /// gracefully (in-flight requests finish, the member closes its stores).
@@ -83,7 +75,6 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .await
         .context("start task failed")?
         .context("cannot start the member")?;
-    let max_recv = cfg.core.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Clients are served once this member's publish (its name and client
     // URLs) is committed, as etcd's `ReadyNotify`: until then `member
@@ -126,33 +117,19 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             continue;
         }
         let counted = grpc_metrics.clone();
-        let mut grpc = tonic::service::Routes::builder();
-        grpc.add_service(
-            KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
-        )
-        .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
-        .add_service(ClusterServer::new(ClusterService(etcd.clone())))
-        .add_service(AuthServer::new(AuthService(etcd.clone())))
-        .add_service(
-            WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
-        )
-        .add_service(LeaseServer::new(LeaseService(etcd.clone())))
-        .add_service(LockServer::new(LockService(etcd.clone())))
-        .add_service(ElectionServer::new(ElectionService(etcd.clone())))
-        // grpc.health.v1.Health: the server ("") is SERVING, as etcd
-        // registers it.
-        .add_service(tonic_health::server::health_reporter().1);
-        let grpc = grpc
-            .routes()
-            .into_axum_router()
-            .layer(axum::middleware::from_fn(move |req, next| {
-                metrics::count_grpc(counted.clone(), req, next)
-            }));
+        let grpc = grpc::router(&etcd).layer(axum::middleware::from_fn(move |req, next| {
+            metrics::count_grpc(counted.clone(), req, next)
+        }));
         let mut routes = grpc.clone().merge(http::routes(etcd.clone()));
         if cfg.enable_grpc_gateway {
             let client_cert_auth = cfg.client_tls.as_ref().is_some_and(|t| t.client_cert_auth);
-            let gateway = gateway::Gateway::new(grpc, etcd.clone(), max_recv, client_cert_auth)
-                .map_err(|e| anyhow::anyhow!("the JSON gateway's routes: {e}"))?;
+            let gateway = gateway::Gateway::new(
+                grpc,
+                etcd.clone(),
+                grpc::max_decoding_size(&etcd),
+                client_cert_auth,
+            )
+            .map_err(|e| anyhow::anyhow!("the JSON gateway's routes: {e}"))?;
             routes = routes.merge(gateway.router());
         }
         let routes = routes.fallback(http::fallback);

@@ -61,6 +61,16 @@ pub(crate) struct Inner {
     pub(super) stopping: watch::Sender<bool>,
 }
 
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("name", &self.inner.cfg.name)
+            .field("member_id", &crate::format_id(self.inner.member_id))
+            .field("cluster_id", &crate::format_id(self.inner.cluster_id))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Etcd {
     /// This member's id.
     pub fn member_id(&self) -> u64 {

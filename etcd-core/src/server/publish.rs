@@ -24,6 +24,21 @@ impl Etcd {
             .member(self.inner.member_id)
             .is_some_and(|m| m.name == cfg.name && m.client_urls == cfg.advertise_client_urls)
     }
+
+    /// Waits until the member can serve (etcd's `ReadyNotify`): it has a
+    /// leader and its attributes are published ([`Etcd::is_published`]).
+    /// Requests made before may fail with `NoLeader`. `Stopped` if the
+    /// member stops first.
+    pub async fn ready(&self) -> crate::Result<()> {
+        let mut applied = self.applied_index();
+        loop {
+            applied.borrow_and_update();
+            if self.is_published() {
+                return Ok(());
+            }
+            applied.changed().await.map_err(|_| crate::Error::Stopped)?;
+        }
+    }
 }
 
 fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
