@@ -443,3 +443,30 @@ async fn cluster_and_maintenance() {
     );
     etcd.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_keep_alives_end_when_the_member_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (etcd, c) = start_ready(dir.path()).await;
+    let lease = c.lease_grant(60).await.unwrap().id;
+    let keep = c.keep_alive(lease);
+    let (_watcher, mut events) = c.watch("k", None).await.unwrap();
+    let stopper = etcd.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await
+        .unwrap();
+    assert!(within(events.message()).await.is_none());
+    within(keep.expired()).await;
+    // Nothing holds the member any more: its data directory can be opened
+    // again in this process (RocksDB's lock is released).
+    drop((keep, events, c, etcd));
+    let (etcd, c) = start_ready(dir.path()).await;
+    assert_eq!(
+        c.lease_time_to_live(lease, false)
+            .await
+            .unwrap()
+            .granted_ttl,
+        60
+    );
+    etcd.stop();
+}

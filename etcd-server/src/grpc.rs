@@ -34,6 +34,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::ServiceExt;
 
+/// etcd's default --grpc-keepalive-min-time: clients pinging more often
+/// are told `too_many_pings`.
+const DEFAULT_PING_MIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// gRPC framing headroom above --max-request-bytes (etcd allows 512 KiB).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
@@ -66,16 +70,19 @@ pub fn router(etcd: &Etcd) -> axum::Router {
 
 /// Serves [`router`] over plaintext HTTP/2 on `listener` until `shutdown`
 /// completes (then in-flight calls finish; endless streams end when the
-/// member stops). For TLS, flags, metrics and the JSON gateway, run the
-/// whole server ([`crate::run`]).
+/// member stops). Connections are handled as the server's (the same
+/// HTTP/2 shim and keepalive policy). For TLS, flags, metrics and the
+/// JSON gateway, run the whole server ([`crate::run`]).
 pub async fn serve(
     etcd: Etcd,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Connections are read as the server reads them (etcd-h2-shim:
+    // etcdctl 3.4's `:authority`, grpc-go's keepalive policy with etcd's
+    // default --grpc-keepalive-min-time), TCP_NODELAY set.
+    let incoming = crate::accept_loop(listener, None, Some(DEFAULT_PING_MIN_TIME), None);
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_routes(tonic::service::Routes::from(router(&etcd)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -231,7 +231,7 @@ fn notify_systemd(state: sd_notify::NotifyState, what: &str) {
 /// its own, so a slow client delays no other) and yields them to the
 /// gRPC/HTTP server, from when `ready` turns true (at once without it).
 /// Ends when the server stops reading.
-fn accept_loop(
+pub(crate) fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<tls::TlsReloader>>,
     ping_min_time: Option<std::time::Duration>,

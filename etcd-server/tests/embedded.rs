@@ -50,8 +50,14 @@ async fn served_on_a_listener_to_etcdctl_and_etcd_client() {
     let out = etcdctl(&endpoint, &["put", "from/etcdctl", "1"]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
-    let out = etcdctl(&endpoint, &["endpoint", "health"]).await;
-    assert!(out.status.success(), "{out:?}");
+    for args in [
+        &["endpoint", "health"][..],
+        &["endpoint", "status"],
+        &["endpoint", "hashkv"],
+    ] {
+        let out = etcdctl(&endpoint, args).await;
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
 
     let mut client = etcd_client::Client::connect([&endpoint], None)
         .await

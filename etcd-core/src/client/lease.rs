@@ -28,7 +28,8 @@ impl KeepAlive {
     /// Starts renewing `id` (the first renewal goes out at once).
     pub(crate) fn start(etcd: Etcd, ctx: RequestContext, id: i64) -> KeepAlive {
         let (tx, ttl) = watch::channel(-1);
-        let task = tokio::spawn(async move {
+        let stopping = etcd.stopping();
+        let renew = async move {
             loop {
                 let wait = match etcd.lease_renew(&ctx, id).await {
                     Ok(ttl) => {
@@ -47,6 +48,13 @@ impl KeepAlive {
                 };
                 tokio::time::sleep(wait.max(RETRY)).await;
             }
+        };
+        // Ends when the member begins stopping too (and lets go of it).
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = renew => {}
+                () = stopping => {}
+            }
         });
         KeepAlive { id, ttl, task }
     }
@@ -60,10 +68,11 @@ impl KeepAlive {
     pub fn ttl(&self) -> i64 {
         *self.ttl.borrow()
     }
-    /// Waits until the lease is gone (expired or revoked), or the member
-    /// stopped.
+    /// Waits until the lease is gone (expired or revoked), or the renewals
+    /// ended because the member is stopping.
     pub async fn expired(&self) {
         let mut ttl = self.ttl.clone();
+        // An error: the task ended (member stopping).
         let _ = ttl.wait_for(|t| *t == 0).await;
     }
     /// Stops renewing (the lease then expires after its TTL).

@@ -153,7 +153,7 @@ impl Client {
         let mut stream = self.etcd.watch(&self.ctx);
         stream.create(opts.unwrap_or_default().request(key.as_ref()));
         let first = stream.recv().await.ok_or(Error::Stopped)?;
-        Ok(watch::start(stream, first))
+        Ok(watch::start(stream, first, self.etcd.stopping()))
     }
 
     // Lease

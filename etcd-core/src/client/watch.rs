@@ -118,7 +118,7 @@ impl Watcher {
 /// The responses of a watch, in revision order: events, progress
 /// notifications, and at last one with `canceled` (cancel, compaction,
 /// lost permission). The stream ends after that one or when the member
-/// stops.
+/// begins stopping.
 #[derive(Debug)]
 pub struct WatchEvents {
     pub(crate) responses: mpsc::Receiver<WatchResponse>,
@@ -140,10 +140,12 @@ impl Stream for WatchEvents {
 }
 
 /// Runs one watch: `first` is its created response, `stream` the engine's
-/// watch stream holding only it.
+/// watch stream holding only it. The stream ends when the member begins
+/// stopping (`stopping`).
 pub(crate) fn start(
     mut stream: crate::WatchStream,
     first: WatchResponse,
+    stopping: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Watcher, WatchEvents) {
     let watch_id = first.watch_id;
     let (commands, mut command_rx) = mpsc::unbounded_channel();
@@ -156,6 +158,7 @@ pub(crate) fn start(
             return;
         }
         let mut handle_alive = true;
+        let mut stopping = std::pin::pin!(stopping);
         loop {
             tokio::select! {
                 c = command_rx.recv(), if handle_alive => match c {
@@ -171,6 +174,7 @@ pub(crate) fn start(
                     }
                 }
                 () = tx.closed() => return,
+                () = &mut stopping => return,
             }
         }
     });

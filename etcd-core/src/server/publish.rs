@@ -25,21 +25,31 @@ impl Etcd {
             .is_some_and(|m| m.name == cfg.name && m.client_urls == cfg.advertise_client_urls)
     }
 
-    /// Waits until the member can serve (etcd's `ReadyNotify`): it has a
+    /// Waits until the member can serve (etcd's `ReadyNotify`): it knows a
     /// leader and its attributes are published ([`Etcd::is_published`]).
     /// Requests made before may fail with `NoLeader`. `Stopped` if the
     /// member stops first.
     pub async fn ready(&self) -> crate::Result<()> {
         let mut applied = self.applied_index();
+        let mut stopping = std::pin::pin!(self.stopping());
         loop {
             applied.borrow_and_update();
-            if self.is_published() {
+            if self.is_published() && self.raft_status().leader_id != 0 {
                 return Ok(());
             }
-            applied.changed().await.map_err(|_| crate::Error::Stopped)?;
+            tokio::select! {
+                r = applied.changed() => r.map_err(|_| crate::Error::Stopped)?,
+                // A leader can be found with nothing new to apply (a member
+                // restarting into a cluster whose log it has): look again.
+                () = tokio::time::sleep(READY_POLL) => {}
+                () = &mut stopping => return Err(crate::Error::Stopped),
+            }
         }
     }
 }
+
+/// How often [`Etcd::ready`] looks for a leader between applies.
+const READY_POLL: Duration = Duration::from_millis(5);
 
 fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
     let cfg = &etcd.inner.cfg;
