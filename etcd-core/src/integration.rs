@@ -39,7 +39,14 @@
 //! 25 ms, election timeout 250 ms) so elections take a fraction of a
 //! second; [`Cluster::start_with`] changes any [`Config`] field. A stopped
 //! member keeps its data dir and peer port; [`Cluster::restart`] starts it
-//! again on both.
+//! again on both. [`Cluster::add_member`] grows the cluster (a voter or a
+//! learner joining with an empty data dir), [`Cluster::remove_member`]
+//! shrinks it. [`Cluster::cut`], [`Cluster::isolate`] and
+//! [`Cluster::heal`] partition members as etcd's `InjectPartition` /
+//! `RecoverPartition` do: raft messages between them are dropped, both
+//! ways; other peer traffic (membership queries, forwarded lease
+//! renewals) passes, as etcd's `CutPeer` lets it. Cuts survive restarts
+//! and apply to members added later.
 
 use crate::{Config, Error, Etcd, RequestContext, StartError, StartOptions};
 use std::net::TcpListener;
@@ -56,6 +63,22 @@ struct Slot {
     peer_addr: String,
     /// None while stopped.
     etcd: Option<Etcd>,
+    /// Its member id (known once it started).
+    id: u64,
+    /// Removed from the cluster ([`Cluster::remove_member`]): stopped for
+    /// good, left out of a joining member's `initial_cluster`.
+    removed: bool,
+}
+
+/// Why [`Cluster::add_member`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AddMemberError {
+    /// The leader refused the member (etcd's MemberAdd errors).
+    #[error("member add: {0}")]
+    Add(#[from] Error),
+    /// The new member did not start.
+    #[error("starting the new member: {0}")]
+    Start(#[from] StartError),
 }
 
 /// An in-process cluster of members on loopback (see the module docs).
@@ -64,6 +87,8 @@ pub struct Cluster {
     /// Holds every member's data dir; removed on drop.
     dir: tempfile::TempDir,
     slots: Vec<Slot>,
+    /// Pairs of member indexes (smaller first) whose raft traffic is cut.
+    cuts: std::collections::BTreeSet<(usize, usize)>,
 }
 
 impl Cluster {
@@ -96,6 +121,7 @@ impl Cluster {
         let mut cluster = Cluster {
             slots: Vec::with_capacity(n),
             dir,
+            cuts: Default::default(),
         };
         for (i, (listener, addr)) in listeners.into_iter().zip(addrs).enumerate() {
             let name = format!("m{i}");
@@ -117,7 +143,9 @@ impl Cluster {
             cluster.slots.push(Slot {
                 config,
                 peer_addr: addr,
+                id: etcd.member_id(),
                 etcd: Some(etcd),
+                removed: false,
             });
         }
         Ok(cluster)
@@ -162,9 +190,20 @@ impl Cluster {
     /// Waits until every running member names the same leader, and that
     /// leader runs; returns its index. `Error::Timeout` after `timeout`.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<usize, Error> {
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        self.wait_leader_of(&all, timeout).await
+    }
+
+    /// Like [`Cluster::wait_leader`], among `members` only (those running):
+    /// the majority side of a partition, say.
+    pub async fn wait_leader_of(
+        &self,
+        members: &[usize],
+        timeout: Duration,
+    ) -> Result<usize, Error> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(i) = self.agreed_leader() {
+            if let Some(i) = self.agreed_leader(members) {
                 return Ok(i);
             }
             if Instant::now() >= deadline {
@@ -174,20 +213,22 @@ impl Cluster {
         }
     }
 
-    /// The member every running member names as leader, if they agree.
-    fn agreed_leader(&self) -> Option<usize> {
-        let mut leaders = self
-            .slots
-            .iter()
-            .filter_map(|s| s.etcd.as_ref())
-            .map(|e| e.status(&RequestContext::LOCAL).leader);
+    /// The member every running one of `members` names as leader, if they
+    /// agree and it is one of them.
+    fn agreed_leader(&self, members: &[usize]) -> Option<usize> {
+        let running = || {
+            members
+                .iter()
+                .filter_map(|&i| Some((i, self.slots[i].etcd.as_ref()?)))
+        };
+        let mut leaders = running().map(|(_, e)| e.status(&RequestContext::LOCAL).leader);
         let first = leaders.next()?;
         if first == 0 || leaders.any(|l| l != first) {
             return None;
         }
-        self.slots
-            .iter()
-            .position(|s| s.etcd.as_ref().is_some_and(|e| e.member_id() == first))
+        running()
+            .find(|(_, e)| e.member_id() == first)
+            .map(|(i, _)| i)
     }
 
     /// Stops member `i` (as [`Etcd::stop`]: raft, then the apply loop;
@@ -201,6 +242,141 @@ impl Cluster {
                 .join()
                 .expect("stopping a member");
         }
+    }
+
+    /// Cuts raft traffic between members `i` and `j`, both ways.
+    pub fn cut(&mut self, i: usize, j: usize) {
+        assert_ne!(i, j, "a member is not cut from itself");
+        self.cuts.insert((i.min(j), i.max(j)));
+        self.apply_cuts();
+    }
+
+    /// Cuts member `i` from every other member: the others keep (or elect)
+    /// a leader if they are a quorum; `i` campaigns alone.
+    pub fn isolate(&mut self, i: usize) {
+        for j in (0..self.slots.len()).filter(|&j| j != i) {
+            self.cuts.insert((i.min(j), i.max(j)));
+        }
+        self.apply_cuts();
+    }
+
+    /// Lets raft traffic between `i` and `j` through again.
+    pub fn mend(&mut self, i: usize, j: usize) {
+        self.cuts.remove(&(i.min(j), i.max(j)));
+        self.apply_cuts();
+    }
+
+    /// Ends every cut.
+    pub fn heal(&mut self) {
+        self.cuts.clear();
+        self.apply_cuts();
+    }
+
+    /// Gives every running member the set of peers it is cut from.
+    fn apply_cuts(&self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(etcd) = &slot.etcd else { continue };
+            let peers = self
+                .cuts
+                .iter()
+                .filter_map(|&(a, b)| match (a == i, b == i) {
+                    (true, _) => Some(self.slots[b].id),
+                    (_, true) => Some(self.slots[a].id),
+                    _ => None,
+                })
+                .collect();
+            etcd.inner.cuts.set(peers);
+        }
+    }
+
+    /// Adds a member (a learner if `learner`) through the leader and starts
+    /// it on an empty data dir, joining the existing cluster (etcd's
+    /// `--initial-cluster-state existing`); returns its index once it
+    /// serves ([`Etcd::ready`]). It has the
+    /// timings of member 0's config. A learner is promoted with
+    /// [`Etcd::member_promote`] once in sync.
+    pub async fn add_member(&mut self, learner: bool) -> Result<usize, AddMemberError> {
+        let leader = self.wait_leader(Duration::from_secs(10)).await?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| StartError::Config(format!("binding a peer port: {e}")))?;
+        let addr = listener.local_addr().map_err(StartError::Io)?.to_string();
+        let url = format!("http://{addr}");
+        let req = crate::pb::etcdserverpb::MemberAddRequest {
+            peer_ur_ls: vec![url.clone()],
+            is_learner: learner,
+        };
+        self.member(leader)
+            .member_add(&RequestContext::LOCAL, req)
+            .await?;
+        let i = self.slots.len();
+        let name = format!("m{i}");
+        let mut initial: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|s| !s.removed)
+            .map(|s| format!("{}=http://{}", s.config.name, s.peer_addr))
+            .collect();
+        initial.push(format!("{name}={url}"));
+        let config = Config {
+            data_dir: self.dir.path().join(&name),
+            initial_cluster: initial.join(","),
+            initial_cluster_state: crate::ClusterState::Existing,
+            initial_advertise_peer_urls: vec![url.clone()],
+            listen_peer_urls: vec![url],
+            advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
+            name,
+            ..self.slots[0].config.clone()
+        };
+        let start = config.clone();
+        let etcd = tokio::task::spawn_blocking(move || start_member(start, listener))
+            .await
+            .map_err(|e| StartError::Config(format!("start task: {e}")))??;
+        // Serving (published, so counted as started by the reconfiguration
+        // checks), or the reason it is not.
+        let ready = tokio::time::timeout(Duration::from_secs(20), etcd.ready()).await;
+        if let Err(e) = ready.unwrap_or(Err(Error::Timeout)) {
+            let _ = tokio::task::spawn_blocking(move || etcd.stop()).await;
+            return Err(e.into());
+        }
+        self.slots.push(Slot {
+            config,
+            peer_addr: addr,
+            id: etcd.member_id(),
+            etcd: Some(etcd),
+            removed: false,
+        });
+        self.apply_cuts();
+        Ok(i)
+    }
+
+    /// Removes member `i` from the cluster (through a running member other
+    /// than `i`, retried while leadership moves) and stops it for good.
+    pub async fn remove_member(&mut self, i: usize) -> Result<(), Error> {
+        let id = self.slots[i].id;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let asked = self
+                .slots
+                .iter()
+                .enumerate()
+                .find(|(j, s)| *j != i && !s.removed && s.etcd.is_some())
+                .and_then(|(_, s)| s.etcd.clone())
+                .ok_or(Error::NoLeader)?;
+            match asked.member_remove(&RequestContext::LOCAL, id).await {
+                Ok(_) | Err(Error::MemberNotFound) => break,
+                Err(e) if e.code() == crate::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.slots[i].removed = true;
+        if let Some(etcd) = self.slots[i].etcd.take() {
+            tokio::task::spawn_blocking(move || etcd.stop())
+                .await
+                .map_err(|e| Error::Internal(format!("stopping m{i}: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Starts stopped member `i` again on its data dir and peer port.
@@ -217,6 +393,7 @@ impl Cluster {
         tweak: impl FnOnce(&mut Config),
     ) -> Result<(), StartError> {
         assert!(self.slots[i].etcd.is_none(), "member {i} is running");
+        assert!(!self.slots[i].removed, "member {i} was removed");
         // The port was this member's a moment ago: retry while the old
         // socket closes.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -237,6 +414,7 @@ impl Cluster {
         let mut config = self.slots[i].config.clone();
         tweak(&mut config);
         self.slots[i].etcd = Some(start_member(config, listener)?);
+        self.apply_cuts();
         Ok(())
     }
 }

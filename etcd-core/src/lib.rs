@@ -58,6 +58,8 @@ pub mod linearizability;
 mod membership;
 mod metrics;
 pub mod pb;
+#[cfg(feature = "integration")]
+mod peer_cuts;
 mod quota;
 mod raft_request;
 mod request_check;

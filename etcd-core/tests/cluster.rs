@@ -797,3 +797,125 @@ async fn initial_corrupt_check_refuses_a_diverged_cluster() {
     // Without the check the member starts (etcd's default).
     c.restart(h);
 }
+
+/// `etcd_core::integration::Cluster` grows and shrinks: a learner added,
+/// caught up and promoted, a voter added, an original member removed; the
+/// data written before is on every new member and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_cluster_adds_and_removes_members() {
+    let mut c = integration::Cluster::start(3).unwrap();
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    put(c.member(leader), "before", "1").await.unwrap();
+
+    let learner = c.add_member(true).await.unwrap();
+    assert_eq!(learner, 3);
+    let id = c.member(learner).member_id();
+    let listed = c
+        .member(leader)
+        .member_list(&RequestContext::LOCAL, false)
+        .await
+        .unwrap();
+    assert!(listed.members.iter().any(|m| m.id == id && m.is_learner));
+    // Promotion waits until the learner is in sync with the leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+        match c
+            .member(leader)
+            .member_promote(&RequestContext::LOCAL, id)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(
+                    matches!(
+                        e,
+                        Error::LearnerNotReady | Error::NoLeader | Error::LeaderChanged
+                    ),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("promote: {e}"),
+        }
+    }
+    let voter = c.add_member(false).await.unwrap();
+    c.remove_member(0).await.unwrap();
+    assert!(c.try_member(0).is_none());
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    put(c.member(leader), "after", "2").await.unwrap();
+    for i in [learner, voter] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while get(c.member(i), "after", true).await.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "m{i} did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(c.member(i), "before", true).await.as_deref(), Some("1"));
+        assert!(!c.member(i).is_learner());
+    }
+    let members = c
+        .member(leader)
+        .member_list(&RequestContext::LOCAL, true)
+        .await
+        .unwrap();
+    assert_eq!(members.members.len(), 4);
+}
+
+/// `integration::Cluster::isolate`/`heal`: the isolated leader loses its
+/// quorum, the majority elects another and takes writes, the isolated
+/// member cannot commit; healed, it follows and has the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_cluster_partitions_a_member() {
+    let mut c = integration::Cluster::start(3).unwrap();
+    let old = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    put(c.member(old), "k", "before").await.unwrap();
+    c.isolate(old);
+    let rest: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = c
+        .wait_leader_of(&rest, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_ne!(new, old);
+    put(c.member(new), "k", "during").await.unwrap();
+    // The isolated member cannot commit: its write fails (no leader or
+    // timeout), and its serializable read still shows the old value.
+    let ctx = RequestContext {
+        timeout: Some(Duration::from_millis(500)),
+        ..RequestContext::LOCAL
+    };
+    let req = PutRequest {
+        key: "k".into(),
+        value: "isolated".into(),
+        ..Default::default()
+    };
+    let e = c.member(old).put(&ctx, req).await.unwrap_err();
+    assert_eq!(e.code(), etcd_core::Code::Unavailable, "{e}");
+    assert_eq!(
+        get(c.member(old), "k", true).await.as_deref(),
+        Some("before")
+    );
+
+    // A cut survives a restart of the isolated member.
+    c.stop(old);
+    c.restart(old).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        get(c.member(old), "k", true).await.as_deref(),
+        Some("before")
+    );
+
+    c.heal();
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    assert!(rest.contains(&leader) || leader == old);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(c.member(old), "k", true).await.as_deref() != Some("during") {
+        assert!(
+            Instant::now() < deadline,
+            "the healed member did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

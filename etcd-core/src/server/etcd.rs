@@ -59,6 +59,10 @@ pub(crate) struct Inner {
     /// True once the member begins stopping ([`Etcd::begin_stop`]):
     /// endless streams end on it so that a graceful stop is bounded.
     pub(super) stopping: watch::Sender<bool>,
+    /// Peers whose raft messages this member drops (in-process cluster
+    /// tests: `integration::Cluster::cut`).
+    #[cfg(feature = "integration")]
+    pub(crate) cuts: crate::peer_cuts::PeerCuts,
 }
 
 impl std::fmt::Debug for Etcd {

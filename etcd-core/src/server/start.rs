@@ -169,12 +169,16 @@ impl Etcd {
         let (removed_tx, removed_rx) = watch::channel(false);
         let removed_tx = Arc::new(removed_tx);
         let remotes = Arc::new(Remotes::default());
+        #[cfg(feature = "integration")]
+        let cuts = crate::peer_cuts::PeerCuts::default();
         let transport = match peer_listener {
             Some(listener) => {
                 let members = cluster.clone();
                 let told_removed = removed_tx.clone();
                 let (deliver, reported, unreachable) =
                     (node_slot.clone(), node_slot.clone(), node_slot.clone());
+                #[cfg(feature = "integration")]
+                let incoming_cuts = cuts.clone();
                 let t = TcpTransport::start_with(
                     TcpTransportConfig {
                         id: member_id,
@@ -185,6 +189,10 @@ impl Etcd {
                     },
                     listener,
                     Arc::new(move |msg| {
+                        #[cfg(feature = "integration")]
+                        if incoming_cuts.is_cut(msg.from) {
+                            return;
+                        }
                         if let Some(node) = deliver.get() {
                             node.step(msg);
                         }
@@ -248,12 +256,15 @@ impl Etcd {
             ..NodeConfig::default()
         };
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
+        let raft_transport = transport
+            .clone()
+            .map(|t| t as Arc<dyn etcd_raft_node::Transport>);
+        #[cfg(feature = "integration")]
+        let raft_transport = raft_transport.map(|t| cuts.filter(t));
         let node = Arc::new(RaftNode::start(
             node_cfg,
             booted.storage,
-            transport
-                .clone()
-                .map(|t| t as Arc<dyn etcd_raft_node::Transport>),
+            raft_transport,
             apply_tx,
         )?);
         let _ = node_slot.set(node.clone());
@@ -314,6 +325,8 @@ impl Etcd {
                 watch,
                 background: Mutex::new(vec![lease_ticker]),
                 stopping: tokio::sync::watch::channel(false).0,
+                #[cfg(feature = "integration")]
+                cuts,
                 lessor,
                 auth,
                 alarms,
