@@ -197,7 +197,7 @@ pub fn backend_hash(view: &StoreView<'_>) -> Result<u32> {
 
 /// Sends `view` to `sink` as etcd's buckets, in name order; returns the
 /// records sent. `progress` is called with a bucket's name and the records
-/// sent so far, every [`PROGRESS_EVERY`] records and at the end of each
+/// sent so far, every `PROGRESS_EVERY` records and at the end of each
 /// bucket.
 pub fn write_buckets(
     view: &StoreView<'_>,

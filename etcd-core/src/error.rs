@@ -209,6 +209,8 @@ pub enum Error {
     /// etcd's `authMaintenanceServer` returns without translating.
     #[error("{0}")]
     Unknown(String),
+    /// A failure inside the member (an I/O error, a task that died); the
+    /// text says what. gRPC Internal.
     #[error("etcdserver: {0}")]
     Internal(String),
 }

@@ -14,7 +14,8 @@
 //! - `expiry_queue` holds exactly one entry `(next_check, id)` per lease
 //!   with a deadline; `checkpoint_queue` at most one per lease;
 //! - all times come from the injected [`Clock`]; nothing here reads the
-//!   wall clock, so tests drive time with [`FakeClock`].
+//!   wall clock, so tests drive time with a fake clock
+//!   (`FakeClock`, test support).
 //!
 //! Expiry is rate-limited like etcd (`leaseRevokeRate` = 1000 revokes per
 //! second): [`Lessor::find_expired`] hands out at most `limit` leases per
@@ -137,7 +138,12 @@ pub(crate) fn record_key(id: i64) -> [u8; 8] {
 pub enum Renew {
     /// Renewed: the lease's TTL; `clear_checkpoint` asks the caller to
     /// propose a checkpoint of 0 (the lease had a remaining TTL recorded).
-    Renewed { ttl: i64, clear_checkpoint: bool },
+    Renewed {
+        /// The TTL the lease was renewed for.
+        ttl: i64,
+        /// Whether a checkpoint of 0 is to be proposed.
+        clear_checkpoint: bool,
+    },
     /// No such lease.
     NotFound,
     /// The lease expired and waits for its revoke: ask again once it is

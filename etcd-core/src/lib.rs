@@ -19,6 +19,8 @@
 //! Layers underneath: `etcd-raft-node` (raft-rs over `etcd-wal`) and
 //! `etcd-mvcc` (the MVCC store on RocksDB). See docs/design.md.
 
+#![warn(missing_docs)]
+
 pub mod alarms;
 mod applier;
 mod apply;
@@ -46,7 +48,6 @@ pub mod fatal;
 #[doc(hidden)]
 pub mod fuzzing;
 mod go_duration;
-/// In-process clusters for tests (feature `integration`).
 #[cfg(feature = "integration")]
 pub mod integration;
 mod lease_ticker;
@@ -54,6 +55,7 @@ pub mod lessor;
 /// A linearizability checker for recorded client histories (test support:
 /// `testing` feature).
 #[cfg(any(test, feature = "testing"))]
+#[allow(missing_docs)]
 pub mod linearizability;
 mod membership;
 mod metrics;

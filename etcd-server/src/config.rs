@@ -129,6 +129,8 @@ pub struct Flags {
     pub quota_backend_bytes: i64,
     /// Specify auth token specific options: 'simple', or
     /// 'jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>,ttl=<duration>'.
+    // The text is also --help's (clap), so it stays as etcd writes it.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// The lifetime in seconds of a simple auth token (extended by every use).

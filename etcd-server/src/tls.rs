@@ -423,7 +423,7 @@ impl TlsReloader {
         })
     }
 
-    /// The configuration for a new connection (see [`Reloading`]).
+    /// The configuration for a new connection (see `Reloading`).
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.get()
     }

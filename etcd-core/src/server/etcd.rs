@@ -304,7 +304,7 @@ impl Etcd {
     }
 
     /// The admin check of Defragment, Hash, HashKV and Snapshot, from a
-    /// blocking context (see [`Etcd::caller_now`]). Its errors are etcd's
+    /// blocking context (see `Etcd::caller_now`). Its errors are etcd's
     /// raw auth errors with code Unknown (`auth: permission denied`, ...):
     /// etcd's `authMaintenanceServer` does not translate them.
     pub fn check_maintenance_admin(&self, ctx: &RequestContext) -> Result<()> {
