@@ -21,6 +21,8 @@ use tokio::runtime::Runtime;
 
 /// Concurrent callers of the throughput rows.
 const CONCURRENCY: u64 = 16;
+/// Callers enough to saturate each path (peak throughput).
+const SATURATION: u64 = 128;
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -171,7 +173,7 @@ fn bench_requests(c: &mut Criterion) {
     let mut g = c.benchmark_group("embedded");
     g.sample_size(20);
     g.throughput(Throughput::Elements(1));
-    for callers in [1, CONCURRENCY] {
+    for callers in [1, CONCURRENCY, SATURATION] {
         for via in &vias {
             let id = BenchmarkId::new(format!("put_256B_{callers}_callers"), via.name());
             g.bench_function(id, |b| {

@@ -254,7 +254,8 @@ impl Store {
         hash::hash_kv(&self.inner, rev)
     }
 
-    /// Bytes the backend occupies (RocksDB: files in the database directory).
+    /// Bytes the backend occupies (RocksDB: SST files and memtables). Cheap:
+    /// asked before and at every write (the quota).
     pub fn db_size(&self) -> u64 {
         self.inner.backend.size()
     }
