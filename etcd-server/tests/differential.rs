@@ -50,17 +50,8 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-/// The end of the range of every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end.into();
-        }
-    }
-    Bytes::from_static(b"\0")
-}
+/// The end of the range of every key starting with a prefix.
+use etcd_core::client::prefix_end;
 
 #[derive(Clone, Debug)]
 enum Req {

@@ -54,6 +54,29 @@ impl KeyRange {
     }
 }
 
+/// `with_prefix`, `with_from_key` and `with_range` for an options type
+/// whose `range` field is a [`KeyRange`].
+macro_rules! key_range_options {
+    () => {
+        /// Every key starting with the key.
+        pub fn with_prefix(mut self) -> Self {
+            self.range = KeyRange::Prefix;
+            self
+        }
+        /// Every key from the key on.
+        pub fn with_from_key(mut self) -> Self {
+            self.range = KeyRange::FromKey;
+            self
+        }
+        /// The keys in `[key, end)`.
+        pub fn with_range(mut self, end: impl AsRef<[u8]>) -> Self {
+            self.range = KeyRange::End(Bytes::copy_from_slice(end.as_ref()));
+            self
+        }
+    };
+}
+pub(crate) use key_range_options;
+
 /// Options of [`Client::get`](super::Client::get).
 ///
 /// ```
@@ -77,21 +100,7 @@ impl GetOptions {
     pub fn new() -> GetOptions {
         GetOptions::default()
     }
-    /// Every key starting with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    /// Every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    /// The keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl AsRef<[u8]>) -> Self {
-        self.range = KeyRange::End(Bytes::copy_from_slice(end.as_ref()));
-        self
-    }
+    key_range_options!();
     /// At most `limit` keys (`more` says whether there were others).
     pub fn with_limit(mut self, limit: i64) -> Self {
         self.req.limit = limit;
@@ -211,21 +220,7 @@ impl DeleteOptions {
     pub fn new() -> DeleteOptions {
         DeleteOptions::default()
     }
-    /// Every key starting with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    /// Every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    /// The keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl AsRef<[u8]>) -> Self {
-        self.range = KeyRange::End(Bytes::copy_from_slice(end.as_ref()));
-        self
-    }
+    key_range_options!();
     /// Returns the deleted keys in `prev_kvs`.
     pub fn with_prev_key(mut self) -> Self {
         self.prev_kv = true;

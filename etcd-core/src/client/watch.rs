@@ -3,7 +3,7 @@
 //! responses, a [`Stream`]). Each watch runs on a task of its own that
 //! forwards the engine's watch responses; dropping `WatchEvents` ends it.
 
-use super::kv::KeyRange;
+use super::kv::{key_range_options, KeyRange};
 use crate::pb::etcdserverpb::{
     watch_create_request::FilterType, WatchCreateRequest, WatchResponse,
 };
@@ -25,21 +25,7 @@ impl WatchOptions {
     pub fn new() -> WatchOptions {
         WatchOptions::default()
     }
-    /// Every key starting with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    /// Every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    /// The keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl AsRef<[u8]>) -> Self {
-        self.range = KeyRange::End(Bytes::copy_from_slice(end.as_ref()));
-        self
-    }
+    key_range_options!();
     /// Events from `revision` on (history first); a compacted revision
     /// cancels the watch with `compact_revision` set.
     pub fn with_start_revision(mut self, revision: i64) -> Self {
