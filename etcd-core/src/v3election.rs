@@ -168,7 +168,8 @@ impl Etcd {
     }
 
     /// Election.Observe: the leader's values in order, until the receiver
-    /// is dropped or the member stops.
+    /// is dropped or the member begins stopping (then a last
+    /// `Error::Stopped`).
     pub fn observe(
         &self,
         ctx: &RequestContext,
@@ -181,6 +182,7 @@ impl Etcd {
             timeout: None,
             ..ctx.clone()
         };
+        let stopping = self.stopping();
         tokio::spawn(async move {
             let closed = tx.clone();
             tokio::select! {
@@ -190,6 +192,10 @@ impl Etcd {
                     }
                 }
                 () = closed.closed() => {}
+                // A last "server stopped", as the gRPC stream ends with.
+                () = stopping => {
+                    let _ = tx.send(Err(Error::Stopped)).await;
+                }
             }
         });
         rx

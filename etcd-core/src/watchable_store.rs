@@ -272,6 +272,9 @@ pub(crate) struct WatchableStore {
     stopped: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_stream: std::sync::atomic::AtomicU64,
+    /// Every open stream's queue, closed at [`WatchableStore::stop`] (a
+    /// stream whose watchers were all cancelled is in no watcher).
+    streams: Mutex<std::collections::HashMap<u64, std::sync::Weak<StreamQueue>>>,
 }
 
 impl WatchableStore {
@@ -289,6 +292,7 @@ impl WatchableStore {
             stopped: AtomicBool::new(false),
             thread: Mutex::new(None),
             next_stream: Default::default(),
+            streams: Default::default(),
         });
         let weak = Arc::downgrade(&hub);
         store.subscribe(Arc::new(move |rev, evs| {
@@ -312,8 +316,13 @@ impl WatchableStore {
             ready: tokio::sync::Notify::new(),
             kick: self.kick.clone(),
         });
+        // Under the streams lock: `stop` either sees this stream or has
+        // set `stopped` before we look.
+        let mut streams = self.streams.lock();
         if self.stopped.load(Ordering::Acquire) {
             q.close();
+        } else {
+            streams.insert(id, Arc::downgrade(&q));
         }
         (id, q)
     }
@@ -370,6 +379,7 @@ impl WatchableStore {
 
     /// Removes every watcher of a closed stream.
     pub(crate) fn close_stream(&self, stream: u64, gids: impl Iterator<Item = u64>) {
+        self.streams.lock().remove(&stream);
         let mut s = self.state.lock();
         for gid in gids {
             s.remove(gid);
@@ -571,6 +581,10 @@ impl WatchableStore {
         let s = self.state.lock();
         for w in s.watchers.values() {
             w.queue.close();
+        }
+        drop(s);
+        for q in self.streams.lock().drain().filter_map(|(_, q)| q.upgrade()) {
+            q.close();
         }
     }
 }

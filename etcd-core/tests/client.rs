@@ -451,15 +451,22 @@ async fn streams_and_keep_alives_end_when_the_member_stops() {
     let lease = c.lease_grant(60).await.unwrap().id;
     let keep = c.keep_alive(lease);
     let (_watcher, mut events) = c.watch("k", None).await.unwrap();
+    let mut observe = c.observe("election");
     let stopper = etcd.clone();
     tokio::task::spawn_blocking(move || stopper.stop())
         .await
         .unwrap();
     assert!(within(events.message()).await.is_none());
     within(keep.expired()).await;
+    // Observe: a last "server stopped", then the end.
+    assert_eq!(
+        within(observe.message()).await.unwrap().unwrap_err(),
+        Error::Stopped
+    );
+    assert!(within(observe.message()).await.is_none());
     // Nothing holds the member any more: its data directory can be opened
     // again in this process (RocksDB's lock is released).
-    drop((keep, events, c, etcd));
+    drop((keep, events, observe, c, etcd));
     let (etcd, c) = start_ready(dir.path()).await;
     assert_eq!(
         c.lease_time_to_live(lease, false)

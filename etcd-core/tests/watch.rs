@@ -405,3 +405,24 @@ async fn watchers_need_read_permission() {
     assert_eq!(evs(&r), vec![("PUT", "b".to_string(), rev)]);
     std::thread::spawn(move || e.stop()).join().unwrap();
 }
+
+/// A stream whose watchers were all cancelled still ends (None) when the
+/// member stops, as one with watchers does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_watchers_ends_at_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = start(dir.path());
+    let mut w = e.watch(&RequestContext::LOCAL);
+    w.create(create("a", "", 0));
+    let created = recv(&mut w).await;
+    w.cancel(created.watch_id);
+    assert!(recv(&mut w).await.canceled);
+    let stopper = e.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), w.recv())
+        .await
+        .expect("the stream ends within 10 s");
+    assert!(end.is_none());
+}
