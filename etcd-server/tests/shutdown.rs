@@ -96,7 +96,10 @@ fn sigterm_with_open_streams_and_a_write_load() {
                 unreachable!()
             })
         };
-        wait_line(&watched, "load/00001", "watch");
+        // Puts are sequential: seeing load/00002 means load/00000 and
+        // load/00001 were acknowledged (seeing load/00001 alone did not: its
+        // put can still be waiting for its answer when the signal lands).
+        wait_line(&watched, "load/00002", "watch");
         wait_line(&kept, "keepalived", "lease keep-alive");
         wait_line(&observed, "leader-a", "election observer");
 
