@@ -123,21 +123,20 @@ impl Cluster {
             dir,
             cuts: Default::default(),
         };
+        let base = Config {
+            initial_cluster_token: "integration".into(),
+            heartbeat_interval: Duration::from_millis(25),
+            election_timeout: Duration::from_millis(250),
+            ..Config::default()
+        };
         for (i, (listener, addr)) in listeners.into_iter().zip(addrs).enumerate() {
-            let name = format!("m{i}");
-            let url = format!("http://{addr}");
-            let mut config = Config {
-                data_dir: cluster.dir.path().join(&name),
-                initial_cluster: initial.clone(),
-                initial_cluster_token: "integration".into(),
-                initial_advertise_peer_urls: vec![url.clone()],
-                listen_peer_urls: vec![url],
-                advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
-                heartbeat_interval: Duration::from_millis(25),
-                election_timeout: Duration::from_millis(250),
-                name,
-                ..Config::default()
-            };
+            let mut config = member_config(
+                cluster.dir.path(),
+                format!("m{i}"),
+                &addr,
+                initial.clone(),
+                base.clone(),
+            );
             tweak(&mut config);
             let etcd = start_member(config.clone(), listener)?;
             cluster.slots.push(Slot {
@@ -317,16 +316,11 @@ impl Cluster {
             .map(|s| format!("{}=http://{}", s.config.name, s.peer_addr))
             .collect();
         initial.push(format!("{name}={url}"));
-        let config = Config {
-            data_dir: self.dir.path().join(&name),
-            initial_cluster: initial.join(","),
+        let base = Config {
             initial_cluster_state: crate::ClusterState::Existing,
-            initial_advertise_peer_urls: vec![url.clone()],
-            listen_peer_urls: vec![url],
-            advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
-            name,
             ..self.slots[0].config.clone()
         };
+        let config = member_config(self.dir.path(), name, &addr, initial.join(","), base);
         let start = config.clone();
         let etcd = tokio::task::spawn_blocking(move || start_member(start, listener))
             .await
@@ -416,6 +410,28 @@ impl Cluster {
         self.slots[i].etcd = Some(start_member(config, listener)?);
         self.apply_cuts();
         Ok(())
+    }
+}
+
+/// Member `name`'s config: peer address `addr` (`127.0.0.1:port`), data
+/// dir `dir/name`, bootstrapping from `initial_cluster`; the rest from
+/// `base`.
+fn member_config(
+    dir: &Path,
+    name: String,
+    addr: &str,
+    initial_cluster: String,
+    base: Config,
+) -> Config {
+    let url = format!("http://{addr}");
+    Config {
+        data_dir: dir.join(&name),
+        initial_cluster,
+        initial_advertise_peer_urls: vec![url.clone()],
+        listen_peer_urls: vec![url],
+        advertise_client_urls: vec![format!("http://{name}.invalid:2379")],
+        name,
+        ..base
     }
 }
 

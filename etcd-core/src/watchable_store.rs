@@ -272,8 +272,8 @@ pub(crate) struct WatchableStore {
     stopped: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     next_stream: std::sync::atomic::AtomicU64,
-    /// Every open stream's queue, closed at [`WatchableStore::stop`] (a
-    /// stream whose watchers were all cancelled is in no watcher).
+    /// Every open stream's queue (a watcher's queue is its stream's),
+    /// closed at [`WatchableStore::stop`].
     streams: Mutex<std::collections::HashMap<u64, std::sync::Weak<StreamQueue>>>,
 }
 
@@ -578,11 +578,8 @@ impl WatchableStore {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
-        let s = self.state.lock();
-        for w in s.watchers.values() {
-            w.queue.close();
-        }
-        drop(s);
+        // Every watcher's queue is its stream's: closing the streams
+        // closes them all, with or without watchers.
         for q in self.streams.lock().drain().filter_map(|(_, q)| q.upgrade()) {
             q.close();
         }

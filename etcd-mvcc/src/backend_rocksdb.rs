@@ -133,15 +133,13 @@ impl Backend for RocksBackend {
         Ok(())
     }
 
-    /// Size of the files in the database directory plus the memtables not
-    /// flushed yet (with RocksDB's WAL off, recent writes live only there):
-    /// so the size never reads below what is in use, and the quota counts
-    /// unflushed data too.
-    /// SST files (live or kept for an older version) plus memtables, from
-    /// RocksDB's in-memory accounting. Walking the directory instead (a
-    /// `stat` per file) cost more CPU than the put itself: every write asks
-    /// (the quota check, before proposing and at apply). MANIFEST, OPTIONS
-    /// and info LOG files are left out; the WAL is off.
+    /// SST files (live, or kept for an older version) plus the memtables
+    /// not flushed yet (with RocksDB's WAL off, recent writes live only
+    /// there): so the size never reads below what is in use, and the quota
+    /// counts unflushed data too. From RocksDB's in-memory accounting:
+    /// walking the directory (a `stat` per file) cost more CPU than a put,
+    /// and every write asks (the quota check before proposing and at
+    /// apply). MANIFEST, OPTIONS and info LOG files are left out.
     fn size(&self) -> u64 {
         self.cf_property_sum("rocksdb.total-sst-files-size")
             + self.cf_property_sum("rocksdb.cur-size-all-mem-tables")
