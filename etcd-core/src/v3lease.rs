@@ -124,13 +124,19 @@ impl Etcd {
                     ttl,
                     clear_checkpoint,
                 } => {
+                    // etcd 3.5's Renew waits for this checkpoint (`le.cp`)
+                    // before answering: answered first, a leader killed
+                    // in between left the old remaining TTL for the next
+                    // leader, which expired the lease early (chaos seed 2).
                     if clear_checkpoint {
-                        self.propose_detached(Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                        let clear = Op::LeaseCheckpoint(LeaseCheckpointRequest {
                             checkpoints: vec![LeaseCheckpoint {
                                 id,
                                 remaining_ttl: 0,
                             }],
-                        }));
+                        });
+                        self.propose(&RequestContext::LOCAL.with_timeout(ctx), clear)
+                            .await?;
                     }
                     return Ok(ttl);
                 }
