@@ -38,6 +38,7 @@ mod compactor;
 mod concurrency;
 mod config;
 mod datadir;
+pub mod defrag_data;
 mod error;
 mod etcd_import;
 pub mod failpoints;

@@ -884,3 +884,122 @@ fn an_interrupted_import_resumes() {
     assert!(dir.join("member.etcd/snap/db").is_file());
     assert!(!dir.join("import.staging").exists());
 }
+
+/// `etcdutl defrag --data-dir` on a stopped etcd's data directory: the
+/// database shrinks, holds what etcd's own `etcdctl defrag --data-dir`
+/// keeps of a copy (same `snapshot status` hash, revision and keys), and
+/// the real etcd restarted on our file answers every read as before.
+#[test]
+fn defrag_of_a_stopped_etcds_data_directory() {
+    let mut real = Server::start(Kind::Real);
+    // Free pages: 1,000 values of 1 KiB written, then deleted (the
+    // workload's compaction drops their history).
+    let value = "x".repeat(1024);
+    for t in 0..10 {
+        let ops: String = (0..100)
+            .map(|i| format!("put junk/{t:02}/{i:03} {value}\n"))
+            .collect();
+        let out = real.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
+        assert!(out.status.success(), "txn: {out:?}");
+    }
+    real.ctl_ok(&["del", "junk/", "--prefix"]);
+    let (before, after) = workload(&real);
+    let want = reads_only(&real, before, after);
+    real.terminate(); // etcd re-raises SIGTERM: no exit code to check
+    let tmp = real.keep_dir();
+    let db = real.data_dir.join("member/snap/db");
+    let status_before = status(&db);
+    let size_before = std::fs::metadata(&db).unwrap().len();
+
+    // etcd's own defrag of a copy, the reference.
+    let copy = tmp.path().join("copy.etcd");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&real.data_dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let out = Command::new(etcdctl_path())
+        .env("ETCDCTL_API", "3")
+        .args(["defrag", "--data-dir"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl defrag --data-dir: {out:?}");
+    let etcds = copy.join("member/snap/db");
+
+    let out = etcdutl(&["defrag", "--data-dir", real.data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "etcdutl defrag: {out:?}");
+    assert!(out.stdout.is_empty(), "etcd prints nothing on success");
+    let size_after = std::fs::metadata(&db).unwrap().len();
+    let etcd_size = std::fs::metadata(&etcds).unwrap().len();
+    eprintln!("defrag: {size_before} bytes -> ours {size_after}, etcd's {etcd_size}");
+    assert!(size_after < size_before, "{size_before} -> {size_after}");
+    let same = |v: &serde_json::Value| {
+        (
+            v["hash"].clone(),
+            v["revision"].clone(),
+            v["totalKey"].clone(),
+        )
+    };
+    assert_eq!(same(&status(&db)), same(&status_before), "records kept");
+    assert_eq!(same(&status(&etcds)), same(&status_before), "etcd's copy");
+    assert!(!real.data_dir.join("member/snap/db.defrag").exists());
+
+    let restarted = Server::start_on(
+        Kind::Real,
+        tmp,
+        real.data_dir.clone(),
+        &real.name,
+        &real.peer_url,
+    );
+    let got = reads_only(&restarted, before, after);
+    compare(&want, &got, "etcd on our defragmented file vs before");
+    restarted.ctl_ok(&["put", "after-defrag", "x"]);
+}
+
+/// `etcdutl defrag --data-dir` on this server's data directory while the
+/// server runs: it waits and says so (etcd's hint), goes on once the
+/// server stops, and the restarted server answers every read as before.
+#[test]
+fn defrag_of_our_data_directory_waits_for_the_server() {
+    use std::io::BufRead;
+    let mut s = Server::start(Kind::Ours);
+    let (before, after) = workload(&s);
+    let want = reads_only(&s, before, after);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdutl"))
+        .args(["defrag", "--data-dir"])
+        .arg(&s.data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("waiting for etcd to close and release its lock") {
+                let _ = tx.send(());
+            }
+            all.push(line);
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("etcdutl says it waits for the running server");
+    assert!(s.terminate().success());
+    let out = child.wait_with_output().unwrap();
+    let log = reader.join().unwrap();
+    assert!(out.status.success(), "etcdutl defrag: {out:?} {log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("finished defragmenting")),
+        "{log:#?}"
+    );
+    s.restart();
+    let got = reads_only(&s, before, after);
+    compare(&want, &got, "ours after an offline defrag vs before");
+    s.ctl_ok(&["put", "after-defrag", "x"]);
+}
