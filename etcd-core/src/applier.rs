@@ -264,8 +264,11 @@ impl Applier {
                     return (Err(Error::NoSpace), Effect::None);
                 }
                 Some(cost) => {
-                    let fits =
-                        crate::quota::available(self.store.db_size(), cost.bytes(), self.quota);
+                    let fits = crate::quota::available(
+                        self.store.db_size_estimate(),
+                        cost.bytes(),
+                        self.quota,
+                    );
                     let r = apply::apply(&self.store, &self.lessor, index, req);
                     if r.is_ok() && !fits {
                         return (r, Effect::OverQuota);

@@ -137,6 +137,19 @@ impl WriteBatch {
         &self.ops
     }
 
+    /// Bytes of keys and values the batch writes (deletes count their
+    /// key): what it adds to a store's size, give or take the backend's
+    /// own overhead.
+    pub fn bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value, .. } => (key.len() + value.len()) as u64,
+                BatchOp::Delete { key, .. } => key.len() as u64,
+            })
+            .sum()
+    }
+
     /// The changes, in order, by value.
     pub fn into_ops(self) -> Vec<BatchOp> {
         self.ops

@@ -189,7 +189,7 @@ impl Etcd {
         ctx: &RequestContext,
         cost: crate::quota::Cost<'_>,
     ) -> Result<()> {
-        let size = self.inner.store.db_size();
+        let size = self.inner.store.db_size_estimate();
         if crate::quota::available(size, cost.bytes(), self.inner.cfg.quota_bytes()) {
             return Ok(());
         }

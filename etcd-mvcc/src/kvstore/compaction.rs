@@ -50,6 +50,7 @@ pub(super) fn spawn(inner: Arc<Inner>) -> Result<JoinHandle<()>> {
                 match run(&inner, rev, epoch) {
                     Ok(Outcome::Finished) => {
                         tracing::info!(revision = rev, "mvcc compaction finished");
+                        inner.size.invalidate();
                         inner.compaction.done(rev, true, epoch);
                     }
                     Ok(Outcome::Shutdown) => return, // resumes at next open

@@ -307,6 +307,7 @@ fn restore_locked(inner: &Arc<Inner>, image: impl Read, batch_ops: usize) -> Res
     let mut index = inner.index.write();
     let mut wrote = false;
     let result = apply_image(inner, image, batch_ops, &mut wrote);
+    inner.size.invalidate();
     let epoch = inner.epoch.load(Ordering::Acquire) + 1;
     match result {
         Ok((builder, info)) => {

@@ -146,6 +146,7 @@ impl Store {
                 "etcd_mvcc_hash_rev_duration_seconds",
                 "The latency distribution of storage hash by revision operation.",
             ),
+            size: super::inner::SizeEstimate::new(),
         });
         let compactor = compaction::spawn(inner.clone())?;
         Ok(Store {
@@ -260,6 +261,13 @@ impl Store {
         self.inner.backend.size()
     }
 
+    /// [`db_size`](Self::db_size) as quota checks read it on every write:
+    /// exact every 64 commits, plus the bytes committed since in between
+    /// (cheap; see `SizeEstimate`).
+    pub fn db_size_estimate(&self) -> u64 {
+        self.inner.size.get(&*self.inner.backend)
+    }
+
     /// The histogram of backend write times (`/metrics`' etcd
     /// `etcd_disk_backend_commit_duration_seconds`; a handle to the live one).
     pub fn commit_duration(&self) -> prometheus::Histogram {
@@ -286,7 +294,9 @@ impl Store {
     /// Reclaims space (RocksDB: flush and manual compaction of every column
     /// family). Online: reads and writes continue meanwhile.
     pub fn defragment(&self) -> Result<()> {
-        self.inner.backend.defragment()
+        let r = self.inner.backend.defragment();
+        self.inner.size.invalidate();
+        r
     }
 
     /// Reads a record of an auxiliary bucket (committed data only).

@@ -1144,3 +1144,34 @@ fn range_chunks_are_bounded_and_stop_early() {
     .collect();
     assert_eq!(got, want);
 }
+
+/// The size quota checks read grows with every commit and is the exact
+/// size again once 64 commits have passed since the last exact read, and
+/// right after a defragmentation.
+#[test]
+fn size_estimate_follows_commits() {
+    let s = Store::open_in_memory(StoreOptions::default()).unwrap();
+    let start = s.db_size_estimate();
+    assert_eq!(start, s.db_size());
+    let value = "v".repeat(100);
+    for i in 0..10 {
+        put(&s, &[(&format!("k{i}"), &value)]);
+    }
+    let est = s.db_size_estimate();
+    assert!(est >= start + 10 * 100, "{start} -> {est}");
+    for i in 10..74 {
+        put(&s, &[(&format!("k{i}"), &value)]);
+    }
+    assert_eq!(
+        s.db_size_estimate(),
+        s.db_size(),
+        "read again after 64 commits"
+    );
+    put(&s, &[("one-more", &value)]);
+    s.defragment().unwrap();
+    assert_eq!(
+        s.db_size_estimate(),
+        s.db_size(),
+        "read again after a defrag"
+    );
+}

@@ -539,8 +539,10 @@ impl<'a> TxnWrite<'a> {
             consistent_index.to_be_bytes(),
         );
         let timer = self.inner.commit_seconds.start_timer();
+        let bytes = batch.bytes();
         self.inner.backend.write(batch)?; // on error, Drop undoes the index changes
         timer.observe_duration();
+        self.inner.size.committed(bytes);
         self.done = true;
         if !self.changes.is_empty() {
             self.inner.current_rev.store(rev, Ordering::Release);
