@@ -369,6 +369,23 @@ pub(crate) fn etcd_member_db_to_image<S: Source, W: Write>(
     db_to_image(db, out, true)
 }
 
+/// etcd's consistent index: `meta`/`consistent_index`, u64 big-endian (0
+/// when absent).
+pub(crate) fn etcd_consistent_index<S: Source>(db: &Reader<S>) -> etcd_bbolt::Result<u64> {
+    let mut ci = 0u64;
+    if let Some(b) = db.buckets()?.iter().find(|b| b.name == b"meta") {
+        db.for_each(b, |k, v| {
+            if k == b"consistent_index" {
+                ci = u64::from_be_bytes(v.try_into().map_err(|_| {
+                    etcd_bbolt::Error::Corrupt(format!("consistent_index of {} bytes", v.len()))
+                })?);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(ci)
+}
+
 fn db_to_image<S: Source, W: Write>(
     db: &Reader<S>,
     out: W,
@@ -376,20 +393,11 @@ fn db_to_image<S: Source, W: Write>(
 ) -> Result<(W, Imported, u64, Vec<Member>)> {
     let buckets = db.buckets().map_err(import_err)?;
     let bucket = |name: &str| buckets.iter().find(|b| b.name == name.as_bytes());
-    let mut ci = 0u64;
-    if keep_cluster {
-        if let Some(b) = bucket("meta") {
-            db.for_each(b, |k, v| {
-                if k == b"consistent_index" {
-                    ci = u64::from_be_bytes(v.try_into().map_err(|_| {
-                        etcd_bbolt::Error::Corrupt(format!("consistent_index of {} bytes", v.len()))
-                    })?);
-                }
-                Ok(())
-            })
-            .map_err(import_err)?;
-        }
-    }
+    let ci = if keep_cluster {
+        etcd_consistent_index(db).map_err(import_err)?
+    } else {
+        0
+    };
     let mut img = ImageWriter::new(out, ci).map_err(import_err)?;
     let mut n = Imported::default();
     // Image order: key, meta, lease, auth, members, alarm.

@@ -37,7 +37,7 @@ use std::io::{BufReader, BufWriter, Seek};
 use std::path::Path;
 
 use etcd_raft_node::eraftpb;
-use etcd_wal::etcd_decoder::{read_etcd_wal, EtcdEntry, EtcdWal};
+use etcd_wal::etcd_decoder::{read_etcd_wal_from, EtcdEntry, EtcdWal};
 use prost::Message;
 use protobuf::Message as _;
 use serde::Deserialize;
@@ -463,14 +463,20 @@ pub(crate) fn install_image<T>(
 
 /// Step 1: our data directory in `out`, from etcd's in `etcd`.
 fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
-    let wal_dir = etcd.wal();
-    let wal: EtcdWal = read_etcd_wal(&wal_dir).map_err(|e| StartError::data_dir(&wal_dir, e))?;
-    let md = wal
-        .metadata
-        .ok_or_else(|| StartError::data_dir(&wal_dir, "the WAL has no metadata record"))?;
     let db_path = etcd.db();
     let db = etcd_bbolt::Reader::open(&db_path).map_err(|e| StartError::data_dir(&db_path, e))?;
     db.check().map_err(|e| StartError::data_dir(&db_path, e))?;
+    // Only the WAL's entries from the database's index on are kept (the
+    // older ones are checked and dropped: etcd keeps up to 5 files of
+    // 64 MB).
+    let db_ci = crate::bbolt_layout::etcd_consistent_index(&db)
+        .map_err(|e| StartError::data_dir(&db_path, e))?;
+    let wal_dir = etcd.wal();
+    let wal: EtcdWal =
+        read_etcd_wal_from(&wal_dir, db_ci).map_err(|e| StartError::data_dir(&wal_dir, e))?;
+    let md = wal
+        .metadata
+        .ok_or_else(|| StartError::data_dir(&wal_dir, "the WAL has no metadata record"))?;
 
     // The store, at CI.
     out.create()?;

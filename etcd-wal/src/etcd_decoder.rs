@@ -160,28 +160,61 @@ pub fn etcd_wal_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads the etcd WAL in `dir`.
+/// Reads the etcd WAL in `dir`, every entry kept.
 pub fn read_etcd_wal(dir: &Path) -> Result<EtcdWal> {
-    let files = etcd_wal_files(dir)?;
-    let contents = files
-        .iter()
-        .map(std::fs::read)
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let named: Vec<(&Path, &[u8])> = files
-        .iter()
-        .map(PathBuf::as_path)
-        .zip(contents.iter().map(Vec::as_slice))
-        .collect();
-    decode_etcd_wal(&named)
+    read_etcd_wal_from(dir, 0)
 }
 
-/// Decodes WAL files given as (name, bytes), in order (what
-/// [`read_etcd_wal`] does after reading them; the fuzz target's entry).
+/// Reads the etcd WAL in `dir` one file at a time, keeping the entries from
+/// index `keep_from` on: the earlier ones are checked (checksums, order)
+/// and dropped. An import needs the entries from the database's consistent
+/// index on, while etcd keeps hundreds of megabytes of older ones.
+pub fn read_etcd_wal_from(dir: &Path, keep_from: u64) -> Result<EtcdWal> {
+    let files = etcd_wal_files(dir)?;
+    let mut d = Decoder::new(keep_from);
+    for (i, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f)?;
+        d.feed(f, &bytes, i + 1 == files.len())?;
+    }
+    Ok(d.wal)
+}
+
+/// Decodes WAL files given as (name, bytes), in order, every entry kept
+/// (what [`read_etcd_wal`] does with the files it reads; the fuzz
+/// target's entry).
 pub fn decode_etcd_wal(files: &[(&Path, &[u8])]) -> Result<EtcdWal> {
-    let mut wal = EtcdWal::default();
-    let mut crc = 0u32;
+    let mut d = Decoder::new(0);
     for (i, (name, bytes)) in files.iter().enumerate() {
-        let last_file = i + 1 == files.len();
+        d.feed(name, bytes, i + 1 == files.len())?;
+    }
+    Ok(d.wal)
+}
+
+/// The decoding state carried from one file to the next.
+struct Decoder {
+    /// What was read so far.
+    wal: EtcdWal,
+    /// The running crc32c of the chain.
+    crc: u32,
+    /// Entries below this index are dropped once checked.
+    keep_from: u64,
+    /// The index of the last entry read (kept or not): the next one may
+    /// not leave a gap after it.
+    last_index: Option<u64>,
+}
+
+impl Decoder {
+    fn new(keep_from: u64) -> Decoder {
+        Decoder {
+            wal: EtcdWal::default(),
+            crc: 0,
+            keep_from,
+            last_index: None,
+        }
+    }
+
+    /// Decodes one file; `last_file` allows a torn tail.
+    fn feed(&mut self, name: &Path, bytes: &[u8], last_file: bool) -> Result<()> {
         let mut off = 0u64;
         loop {
             let at = off as usize;
@@ -189,12 +222,12 @@ pub fn decode_etcd_wal(files: &[(&Path, &[u8])]) -> Result<EtcdWal> {
                 if at < bytes.len() && !last_file {
                     return Err(corrupt(name, off, "a frame length cut short"));
                 }
-                wal.torn_tail |= at < bytes.len();
-                break;
+                self.wal.torn_tail |= at < bytes.len();
+                return Ok(());
             };
             let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
             if len == 0 {
-                break; // end of the file, or preallocated space
+                return Ok(()); // end of the file, or preallocated space
             }
             let n = len & !(0xff << 56);
             let pad = if len >> 63 == 1 { (len >> 56) & 0x7 } else { 0 };
@@ -204,8 +237,8 @@ pub fn decode_etcd_wal(files: &[(&Path, &[u8])]) -> Result<EtcdWal> {
             let start = at + 8;
             let Some(frame) = bytes.get(start..start + (n + pad) as usize) else {
                 if last_file {
-                    wal.torn_tail = true;
-                    break;
+                    self.wal.torn_tail = true;
+                    return Ok(());
                 }
                 return Err(corrupt(name, off, "a record cut short"));
             };
@@ -213,75 +246,75 @@ pub fn decode_etcd_wal(files: &[(&Path, &[u8])]) -> Result<EtcdWal> {
             let rec = match decoded {
                 Ok(r) => r,
                 Err(_) if last_file => {
-                    wal.torn_tail = true;
-                    break;
+                    self.wal.torn_tail = true;
+                    return Ok(());
                 }
                 Err(e) => return Err(corrupt(name, off, format!("record: {e}"))),
             };
             if rec.r#type == CRC {
-                if crc != 0 && rec.crc != crc {
+                if self.crc != 0 && rec.crc != self.crc {
                     return Err(corrupt(name, off, "crc chain broken between files"));
                 }
-                crc = rec.crc;
+                self.crc = rec.crc;
             } else {
-                crc = crc32c::crc32c_append(crc, &rec.data);
-                if rec.crc != crc {
+                self.crc = crc32c::crc32c_append(self.crc, &rec.data);
+                if rec.crc != self.crc {
                     if last_file {
-                        wal.torn_tail = true;
-                        break;
+                        self.wal.torn_tail = true;
+                        return Ok(());
                     }
                     return Err(corrupt(name, off, "record checksum mismatch"));
                 }
             }
-            apply(&mut wal, &rec).map_err(|e| corrupt(name, off, e))?;
+            self.apply(&rec).map_err(|e| corrupt(name, off, e))?;
             off = (start as u64) + n + pad;
         }
     }
-    Ok(wal)
-}
 
-fn apply(wal: &mut EtcdWal, rec: &Record) -> std::result::Result<(), String> {
-    match rec.r#type {
-        ENTRY => {
-            let e = EtcdEntry::decode(&rec.data[..]).map_err(|e| format!("entry: {e}"))?;
-            if let Some(first) = wal.entries.first().map(|f| f.index) {
-                if e.index < first {
-                    // Overwrites entries before what is kept: keep only it.
-                    wal.entries.clear();
-                } else {
-                    let keep = (e.index - first) as usize;
-                    if keep > wal.entries.len() {
-                        return Err(format!(
-                            "entry {} after entry {}: a gap",
-                            e.index,
-                            first + wal.entries.len() as u64 - 1
-                        ));
+    fn apply(&mut self, rec: &Record) -> std::result::Result<(), String> {
+        let wal = &mut self.wal;
+        match rec.r#type {
+            ENTRY => {
+                let e = EtcdEntry::decode(&rec.data[..]).map_err(|e| format!("entry: {e}"))?;
+                if let Some(last) = self.last_index.filter(|&l| e.index > l + 1) {
+                    return Err(format!("entry {} after entry {last}: a gap", e.index));
+                }
+                // An entry at or below the last one replaces it and drops
+                // the ones after (a new leader overwrote them).
+                if let Some(first) = wal.entries.first().map(|f| f.index) {
+                    if e.index < first {
+                        wal.entries.clear();
+                    } else {
+                        wal.entries.truncate((e.index - first) as usize);
                     }
-                    wal.entries.truncate(keep);
+                }
+                self.last_index = Some(e.index);
+                if e.index >= self.keep_from {
+                    wal.entries.push(e);
                 }
             }
-            wal.entries.push(e);
-        }
-        STATE => {
-            wal.hard_state =
-                EtcdHardState::decode(&rec.data[..]).map_err(|e| format!("hard state: {e}"))?;
-        }
-        METADATA => {
-            let m = EtcdMetadata::decode(&rec.data[..]).map_err(|e| format!("metadata: {e}"))?;
-            if wal.metadata.is_some_and(|old| old != m) {
-                return Err("metadata differs between files".into());
+            STATE => {
+                wal.hard_state =
+                    EtcdHardState::decode(&rec.data[..]).map_err(|e| format!("hard state: {e}"))?;
             }
-            wal.metadata = Some(m);
+            METADATA => {
+                let m =
+                    EtcdMetadata::decode(&rec.data[..]).map_err(|e| format!("metadata: {e}"))?;
+                if wal.metadata.is_some_and(|old| old != m) {
+                    return Err("metadata differs between files".into());
+                }
+                wal.metadata = Some(m);
+            }
+            SNAPSHOT => {
+                let s = EtcdSnapshotMark::decode(&rec.data[..])
+                    .map_err(|e| format!("snapshot: {e}"))?;
+                wal.snapshots.push(s);
+            }
+            CRC => {}
+            other => return Err(format!("unknown record type {other}")),
         }
-        SNAPSHOT => {
-            let s =
-                EtcdSnapshotMark::decode(&rec.data[..]).map_err(|e| format!("snapshot: {e}"))?;
-            wal.snapshots.push(s);
-        }
-        CRC => {}
-        other => return Err(format!("unknown record type {other}")),
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -366,6 +399,36 @@ mod tests {
         assert_eq!(wal.hard_state.commit, 4);
         assert_eq!(wal.term_at(3), Some(1));
         assert!(!wal.torn_tail);
+
+        // Read from files on disk, entries kept from 3 on (the overwrite
+        // still applies); a gap is still found among dropped entries.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("0000000000000000-0000000000000000.wal"),
+            &f1,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("0000000000000001-0000000000000005.wal"),
+            &f2,
+        )
+        .unwrap();
+        let from3 = read_etcd_wal_from(dir.path(), 3).unwrap();
+        let got: Vec<(u64, u64)> = from3.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, [(3, 1), (4, 2)]);
+        assert_eq!(
+            (from3.hard_state, from3.metadata),
+            (wal.hard_state, wal.metadata)
+        );
+        let from9 = read_etcd_wal_from(dir.path(), 9).unwrap();
+        assert!(from9.entries.is_empty());
+        let mut c = 0;
+        let mut gap = frame(&mut c, CRC, vec![]);
+        gap.extend(frame(&mut c, ENTRY, entry(1, 1, b"x")));
+        gap.extend(frame(&mut c, ENTRY, entry(3, 1, b"x")));
+        let mut d = Decoder::new(10);
+        let err = d.feed(Path::new("gap.wal"), &gap, true).unwrap_err();
+        assert!(err.to_string().contains("a gap"), "{err}");
 
         // A torn last record ends the log; the same damage in a file that
         // is not the last is corruption.

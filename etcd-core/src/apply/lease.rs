@@ -133,7 +133,8 @@ pub(crate) fn after_commit(lessor: &Lessor, op: &Op, events: &[Event]) {
 }
 
 /// Rebuilds `lessor` from the store: lease records from `Bucket::Lease`,
-/// attachments from the live keys' lease fields (read in pages).
+/// attachments from the live keys' lease fields (as the store's index
+/// rebuild collected them, or read in pages).
 pub(crate) fn restore(store: &Store, lessor: &Lessor) -> Result<()> {
     let mut records = Vec::new();
     for (k, v) in store.aux_scan(Bucket::Lease)? {
@@ -141,29 +142,12 @@ pub(crate) fn restore(store: &Store, lessor: &Lessor) -> Result<()> {
             .map_err(|e| Error::Internal(format!("lease record {k:x?} is not readable: {e}")))?;
         records.push(r);
     }
-    let mut attached = Vec::new();
-    const PAGE: i64 = 1000;
-    let read = store.read();
-    let mut from: Vec<u8> = vec![0];
-    loop {
-        let opts = RangeOptions {
-            limit: PAGE,
-            rev: read.rev(),
-            count_only: false,
-        };
-        let rr = read.range(&from, &[0], opts)?;
-        let n = rr.kvs.len();
-        for kv in rr.kvs {
-            if kv.lease != 0 {
-                attached.push((kv.key.clone(), kv.lease));
-            }
-            from = kv.key.to_vec();
-        }
-        if (n as i64) < PAGE {
-            break;
-        }
-        from.push(0);
-    }
+    // What the store's index rebuild found (at open or restore), else
+    // every live key read again.
+    let attached = match store.take_lease_attachments() {
+        Some(a) => a,
+        None => scan_attachments(store)?,
+    };
     tracing::info!(
         leases = records.len(),
         attached = attached.len(),
@@ -171,6 +155,27 @@ pub(crate) fn restore(store: &Store, lessor: &Lessor) -> Result<()> {
     );
     lessor.restore(records, attached);
     Ok(())
+}
+
+/// Every live key attached to a lease, read in one pass of chunks (pages
+/// of a limited range would count the rest of the keyspace each time).
+fn scan_attachments(store: &Store) -> Result<Vec<(bytes::Bytes, i64)>> {
+    let mut attached = Vec::new();
+    let read = store.read();
+    let opts = RangeOptions {
+        limit: 0,
+        rev: read.rev(),
+        count_only: false,
+    };
+    read.range_chunks(&[0], &[0], opts, |kvs| {
+        attached.extend(
+            kvs.into_iter()
+                .filter(|kv| kv.lease != 0)
+                .map(|kv| (kv.key, kv.lease)),
+        );
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(attached)
 }
 
 #[cfg(test)]
@@ -398,8 +403,16 @@ mod tests {
             f.store.flush().unwrap();
         }
         let store = Store::open(dir.path(), Default::default()).unwrap();
+        // The attachments the index rebuild found, and those read again
+        // once they are taken: the same.
+        let mut scanned = scan_attachments(&store).unwrap();
+        scanned.sort();
         let l = lessor();
         restore(&store, &l).unwrap();
+        let mut again = scan_attachments(&store).unwrap();
+        again.sort();
+        assert_eq!(scanned, again);
+        assert_eq!(store.take_lease_attachments(), None, "taken by restore");
         assert_eq!(l.len(), 2);
         assert_eq!(l.keys(1), vec![bytes::Bytes::from_static(b"x")]);
         assert_eq!(l.keys(3), vec![bytes::Bytes::from_static(b"y")]);

@@ -49,6 +49,9 @@ pub(super) struct Inner {
     pub(super) hash_rev_seconds: prometheus::Histogram,
     /// The size quota checks read on every write (see [`SizeEstimate`]).
     pub(super) size: SizeEstimate,
+    /// Live keys attached to leases as the last index rebuild (open or
+    /// restore) found them, until taken (`Store::take_lease_attachments`).
+    pub(super) rebuilt_leases: Mutex<Option<Vec<(bytes::Bytes, i64)>>>,
 }
 
 /// The store's size as quota checks read it, twice per write (before
@@ -158,6 +161,10 @@ pub(super) struct IndexBuilder {
     pub(super) index: TreeIndex,
     /// The highest main revision added (0 if none).
     pub(super) max_rev: i64,
+    /// Live keys attached to a lease, with the lease (the latest record of
+    /// each key decides): what the lessor needs at start, gathered here so
+    /// that it does not read every key a second time.
+    pub(super) leases: std::collections::HashMap<bytes::Bytes, i64>,
 }
 
 impl IndexBuilder {
@@ -170,6 +177,11 @@ impl IndexBuilder {
             "key column family not in revision order"
         );
         self.max_rev = rev.main;
+        if kv.lease != 0 && !tombstone {
+            self.leases.insert(kv.key.clone(), kv.lease);
+        } else if !self.leases.is_empty() {
+            self.leases.remove(&kv.key);
+        }
         self.index
             .restore(kv.key, rev, tombstone, kv.create_revision, kv.version);
         Ok(())

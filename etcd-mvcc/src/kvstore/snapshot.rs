@@ -312,6 +312,7 @@ fn restore_locked(inner: &Arc<Inner>, image: impl Read, batch_ops: usize) -> Res
     match result {
         Ok((builder, info)) => {
             *index = builder.index;
+            *inner.rebuilt_leases.lock() = Some(builder.leases.into_iter().collect());
             inner.current_rev.store(info.revision, Ordering::Release);
             inner
                 .compact_rev

@@ -87,7 +87,7 @@ impl Store {
             )));
         }
 
-        let (index, max_rev) = restore_index(&*backend)?;
+        let (index, max_rev, leases) = restore_index(&*backend)?;
         // All revisions may have been compacted away: the compaction revision
         // is then the best lower bound of the current revision (like etcd).
         let current = max_rev.max(scheduled).max(1);
@@ -110,6 +110,7 @@ impl Store {
             consistent_index,
             opts,
         )?;
+        *store.inner.rebuilt_leases.lock() = Some(leases);
         if scheduled > finished {
             tracing::info!(revision = scheduled, "resuming unfinished compaction");
             store.inner.compaction.schedule(scheduled);
@@ -147,6 +148,7 @@ impl Store {
                 "The latency distribution of storage hash by revision operation.",
             ),
             size: super::inner::SizeEstimate::new(),
+            rebuilt_leases: Mutex::new(None),
         });
         let compactor = compaction::spawn(inner.clone())?;
         Ok(Store {
@@ -259,6 +261,14 @@ impl Store {
     /// asked before and at every write (the quota).
     pub fn db_size(&self) -> u64 {
         self.inner.backend.size()
+    }
+
+    /// The live keys attached to leases, with their lease, as the index
+    /// rebuild of [`open`](Self::open) or of the last [`restore`](Self::restore)
+    /// found them; `None` once taken, or after writes made it stale. The
+    /// lessor's start reads this instead of every key again.
+    pub fn take_lease_attachments(&self) -> Option<Vec<(bytes::Bytes, i64)>> {
+        self.inner.rebuilt_leases.lock().take()
     }
 
     /// [`db_size`](Self::db_size) as quota checks read it on every write:
@@ -399,16 +409,24 @@ impl Drop for Store {
     }
 }
 
+/// Live keys attached to leases: (key, lease id).
+type LeaseAttachments = Vec<(bytes::Bytes, i64)>;
+
 /// Rebuilds the key index by scanning the `key` column family in revision
-/// order; returns it with the highest stored main revision (0 if none).
-fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64)> {
+/// order; returns it with the highest stored main revision (0 if none) and
+/// the live keys attached to leases.
+fn restore_index(b: &dyn Backend) -> Result<(TreeIndex, i64, LeaseAttachments)> {
     let mut builder = IndexBuilder::default();
     let snap = b.snapshot();
     for item in snap.scan(Cf::Key, &[], None) {
         let (k, v) = item?;
         builder.add(&k, &v)?;
     }
-    Ok((builder.index, builder.max_rev))
+    Ok((
+        builder.index,
+        builder.max_rev,
+        builder.leases.into_iter().collect(),
+    ))
 }
 
 /// etcd's hash histograms (`name`): 0.01 s * 2^n, n = 0..14.

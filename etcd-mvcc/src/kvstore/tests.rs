@@ -92,6 +92,7 @@ on_both_backends!(
     concurrent_readers_during_writes_and_compaction,
     fuzzing_run_ops_random_inputs,
     range_pages_and_a_compaction_between_them,
+    reopen_finds_lease_attachments,
 );
 
 /// A range is read a page at a time: every page boundary gives the same
@@ -1174,4 +1175,39 @@ fn size_estimate_follows_commits() {
         s.db_size(),
         "read again after a defrag"
     );
+}
+
+/// The index rebuild at open hands over the live keys attached to leases
+/// (the latest record of each key decides), once, and not after a write.
+fn reopen_finds_lease_attachments(env: Env) {
+    {
+        let s = env.open();
+        let mut t = s.write();
+        t.put(b"a", b"1", 7).unwrap(); // stays attached
+        t.put(b"b", b"1", 7).unwrap(); // re-put without a lease below
+        t.put(b"c", b"1", 8).unwrap(); // deleted below
+        t.put(b"d", b"1", 0).unwrap(); // attached below
+        t.end(1).unwrap();
+        let mut t = s.write();
+        t.put(b"b", b"2", 0).unwrap();
+        t.put(b"d", b"2", 9).unwrap();
+        t.end(2).unwrap();
+        del(&s, "c", b"");
+        s.flush().unwrap();
+    }
+    let s = env.open();
+    let mut got = s.take_lease_attachments().expect("found at open");
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (bytes::Bytes::from_static(b"a"), 7),
+            (bytes::Bytes::from_static(b"d"), 9)
+        ]
+    );
+    assert_eq!(s.take_lease_attachments(), None, "handed over once");
+    drop(s);
+    let s = env.open();
+    put(&s, &[("e", "1")]);
+    assert_eq!(s.take_lease_attachments(), None, "stale after a write");
 }
