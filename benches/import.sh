@@ -9,8 +9,10 @@
 #      answers, peak RSS, keys served afterwards;
 #   3. `etcdutl snapshot restore` of etcd's snapshot file into a new data
 #      directory of this server: time and peak RSS;
-#   4. `etcdctl snapshot save` of the imported data, from this server.
-# Steps 2-4 run REPEAT times, each on a fresh copy of etcd's stopped data
+#   4. `etcdctl snapshot save` of the imported data, from this server;
+#   5. etcd restarted on a copy of its own stopped data directory (the
+#      reference for step 2): time until `endpoint health`, peak RSS.
+# Steps 2-5 run REPEAT times, each on a fresh copy of etcd's stopped data
 # directory; prints each run and a Markdown table of medians.
 #
 #   bash benches/import.sh                 # KEYS=1000000 REPEAT=3
@@ -86,12 +88,32 @@ for r in $(seq "$REPEAT"); do
         --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" 2> "$WORK/restore.log"
     restore_s=$(secs "$t0" "$(now)")
     restore_rss=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/restore.rss")
+    rm -rf "$dir"
+    cp -a "$etcd_dir" "$dir"
+    sync
+    t0=$(now)
+    "$REAL" --name bench --data-dir "$dir" \
+        --listen-client-urls "$EP" --advertise-client-urls "$EP" \
+        --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
+        --initial-cluster "bench=http://127.0.0.1:$((PORT + 1))" \
+        --quota-backend-bytes "$QUOTA" > "$dir.log" 2>&1 &
+    pid=$!
+    until ctl endpoint health > /dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || { echo "etcd exited; log:" >&2; cat "$dir.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    etcd_restart_s=$(secs "$t0" "$(now)")
+    etcd_restart_rss=$(peak_rss_mb "$pid")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
     {
         echo "import_s: $import_s"
         echo "import_peak_rss_mb: $import_rss"
         echo "restore_s: $restore_s"
         echo "restore_peak_rss_mb: $restore_rss"
         echo "ours_snapshot_s: $ours_snapshot_s"
+        echo "etcd_restart_s: $etcd_restart_s"
+        echo "etcd_restart_peak_rss_mb: $etcd_restart_rss"
     } | tee "$WORK/run.$r" >&2
 done
 
@@ -100,6 +122,7 @@ echo
 echo "| $KEYS keys (etcd db $db_mb MB) | time s | peak RSS MB |"
 echo "|---|---|---|"
 echo "| etcd 3.4: \`etcdctl snapshot save\` (reference) | $etcd_snapshot_s | $etcd_rss (etcd, after load + snapshot) |"
+echo "| etcd 3.4: restart on its stopped data dir until healthy (reference) | $(m etcd_restart_s) | $(m etcd_restart_peak_rss_mb) |"
 echo "| etcd-rs: start on etcd's stopped data dir (import) until healthy | $(m import_s) | $(m import_peak_rss_mb) |"
 echo "| etcd-rs: \`etcdutl snapshot restore\` of etcd's snapshot | $(m restore_s) | $(m restore_peak_rss_mb) |"
 echo "| etcd-rs: \`etcdctl snapshot save\` of the imported data | $(m ours_snapshot_s) | |"
