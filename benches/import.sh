@@ -56,13 +56,17 @@ etcd_dir="$WORK/real-$PORT"
 db_mb=$(du -m "$etcd_dir/member/snap/db" | cut -f1)
 echo "etcd: $want keys, db $db_mb MB, snapshot save $etcd_snapshot_s s, peak RSS $etcd_rss MB" >&2
 
-for r in $(seq "$REPEAT"); do
-    dir="$WORK/ours-$PORT"
-    rm -rf "$dir" "$WORK/restored"
+# start_on_copy BIN: BIN (etcd-server or etcd) started on a fresh copy of
+# etcd's stopped data directory, waited for until healthy; sets `pid` and
+# `started_s` (seconds from launch to healthy).
+start_on_copy() {
+    local bin=$1 t0
+    dir="$WORK/copy-$PORT"
+    rm -rf "$dir"
     cp -a "$etcd_dir" "$dir"
     sync
     t0=$(now)
-    "$OURS" --name bench --data-dir "$dir" \
+    "$bin" --name bench --data-dir "$dir" \
         --listen-client-urls "$EP" --advertise-client-urls "$EP" \
         --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
         --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
@@ -70,10 +74,15 @@ for r in $(seq "$REPEAT"); do
         --quota-backend-bytes "$QUOTA" > "$dir.log" 2>&1 &
     pid=$!
     until ctl endpoint health > /dev/null 2>&1; do
-        kill -0 "$pid" 2>/dev/null || { echo "etcd-server exited; log:" >&2; cat "$dir.log" >&2; exit 1; }
+        kill -0 "$pid" 2>/dev/null || { echo "$bin exited; log:" >&2; cat "$dir.log" >&2; exit 1; }
         sleep 0.05
     done
-    import_s=$(secs "$t0" "$(now)")
+    started_s=$(secs "$t0" "$(now)")
+}
+
+for r in $(seq "$REPEAT"); do
+    start_on_copy "$OURS"
+    import_s=$started_s
     import_rss=$(peak_rss_mb "$pid")
     got=$(count)
     [ "$got" = "$want" ] || { echo "imported $got keys, etcd had $want" >&2; exit 1; }
@@ -81,6 +90,7 @@ for r in $(seq "$REPEAT"); do
     ctl snapshot save "$WORK/ours.snap" > /dev/null 2>&1
     ours_snapshot_s=$(secs "$t0" "$(now)")
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    rm -rf "$WORK/restored"
     t0=$(now)
     /usr/bin/time -f %M -o "$WORK/restore.rss" "$ETCDUTL" snapshot restore "$WORK/etcd.snap" \
         --name bench --data-dir "$WORK/restored" \
@@ -88,22 +98,8 @@ for r in $(seq "$REPEAT"); do
         --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" 2> "$WORK/restore.log"
     restore_s=$(secs "$t0" "$(now)")
     restore_rss=$(awk '{ printf "%.0f", $1 / 1024 }' "$WORK/restore.rss")
-    rm -rf "$dir"
-    cp -a "$etcd_dir" "$dir"
-    sync
-    t0=$(now)
-    "$REAL" --name bench --data-dir "$dir" \
-        --listen-client-urls "$EP" --advertise-client-urls "$EP" \
-        --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-        --initial-cluster "bench=http://127.0.0.1:$((PORT + 1))" \
-        --quota-backend-bytes "$QUOTA" > "$dir.log" 2>&1 &
-    pid=$!
-    until ctl endpoint health > /dev/null 2>&1; do
-        kill -0 "$pid" 2>/dev/null || { echo "etcd exited; log:" >&2; cat "$dir.log" >&2; exit 1; }
-        sleep 0.05
-    done
-    etcd_restart_s=$(secs "$t0" "$(now)")
+    start_on_copy "$REAL"
+    etcd_restart_s=$started_s
     etcd_restart_rss=$(peak_rss_mb "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     {

@@ -32,6 +32,7 @@ use etcd_mvcc::{Store, StoreOptions};
 
 use crate::datadir::DataDir;
 use crate::error::StartError;
+use crate::v3_snapshot::RemoveOnDrop;
 
 /// The kind of store a data directory held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +138,7 @@ fn defrag_bbolt(db: &Path, waiting: impl FnOnce(&Path)) -> Result<Defragmented, 
     }
     let out = File::create(&tmp).map_err(|e| err(&e))?;
     // Whatever fails from here on, the partial copy goes.
-    let cleanup = RemoveFileOnDrop(Some(tmp.clone()));
+    let cleanup = RemoveOnDrop(Some(tmp.clone()));
     let mut w =
         Writer::new(BufWriter::new(out), src.meta().page_size as usize).map_err(|e| err(&e))?;
     let buckets = src.buckets().map_err(|e| err(&e))?;
@@ -188,23 +189,6 @@ fn lock_exclusive(file: &File, waiting: impl FnOnce()) -> std::io::Result<()> {
             file.lock()
         }
         Err(std::fs::TryLockError::Error(e)) => Err(e),
-    }
-}
-
-/// Removes a file when dropped, unless disarmed.
-struct RemoveFileOnDrop(Option<PathBuf>);
-
-impl RemoveFileOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveFileOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 

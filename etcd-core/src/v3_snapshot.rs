@@ -212,11 +212,13 @@ pub fn restore(path: &Path, cfg: &Config, skip_hash_check: bool) -> Result<Resto
     })
 }
 
-/// Removes a directory when dropped, unless disarmed.
-struct RemoveOnDrop(Option<PathBuf>);
+/// Removes a half-built directory or file when dropped, unless disarmed
+/// (a restore's staging directory, a defragmentation's copy).
+pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);
 
 impl RemoveOnDrop {
-    fn disarm(mut self) {
+    /// The work is in place: keep it.
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }
@@ -224,8 +226,13 @@ impl RemoveOnDrop {
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            if let Err(e) = std::fs::remove_dir_all(&p) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot remove a half-restored data directory");
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if let Err(e) = r {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove a half-built file");
             }
         }
     }
