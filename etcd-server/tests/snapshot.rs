@@ -1126,3 +1126,48 @@ fn kill9_during_etcdutl_restore() {
     let v: serde_json::Value = serde_json::from_str(&count).unwrap();
     assert_eq!(v["count"], 10_000);
 }
+
+/// kill -9 of this server while it imports a stopped etcd's data
+/// directory: the next start redoes (or finishes) the import, and every
+/// key is served, at etcd's revision, with etcd's files kept aside.
+#[test]
+fn kill9_during_an_import() {
+    let mut real = Server::start(Kind::Real);
+    fill_10k(&real);
+    let rev = revision(&real);
+    real.terminate();
+    let tmp = real.keep_dir();
+    let data_dir = real.data_dir.clone();
+    let mut ours = Server::launch_on(
+        Kind::Ours,
+        tmp,
+        data_dir.clone(),
+        &real.name,
+        &real.peer_url,
+        None,
+        &[],
+    );
+    // The import has begun once its staging directory holds a store.
+    let staged = data_dir.join("import.staging/member/snap/db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !staged.exists() {
+        assert!(
+            !data_dir.join("member/snap/db").is_dir(),
+            "the import finished before it could be killed"
+        );
+        assert!(std::time::Instant::now() < deadline, "no import began");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    ours.kill9();
+    ours.restart();
+    assert_eq!(revision(&ours), rev);
+    let count = ours.ctl_ok(&["get", "big/", "--prefix", "--limit", "1", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&count).unwrap();
+    assert_eq!(v["count"], 10_000);
+    assert!(
+        data_dir.join("member.etcd/snap/db").is_file(),
+        "etcd's files kept aside"
+    );
+    assert!(!data_dir.join("import.staging").exists());
+    ours.ctl_ok(&["put", "after-import", "x"]);
+}
