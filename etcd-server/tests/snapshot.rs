@@ -20,14 +20,7 @@ use std::process::Command;
 /// and one after it.
 fn workload(s: &Server) -> (i64, i64) {
     let value = "v".repeat(100);
-    for t in 0..20 {
-        let ops: String = (0..100)
-            .map(|i| format!("put bulk/{t:02}/{i:03} {value}-{t}-{i}\n"))
-            .collect();
-        // etcdctl txn reads compares, then success ops, then failure ops.
-        let out = s.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
-        assert!(out.status.success(), "txn: {out:?}");
-    }
+    put_in_txns(s, 20, |t, i| format!("bulk/{t:02}/{i:03} {value}-{t}-{i}"));
     for i in 0..30 {
         s.ctl_ok(&["put", &format!("k{i}"), &format!("first-{i}")]);
     }
@@ -51,6 +44,17 @@ fn workload(s: &Server) -> (i64, i64) {
     s.ctl_ok(&["compact", &after.to_string()]);
     s.ctl_ok(&["put", "k1", "after-compaction"]);
     (before, after)
+}
+
+/// `txns` transactions of 100 puts each; `kv(t, i)` is put `i` of
+/// transaction `t`: "key value".
+fn put_in_txns(s: &Server, txns: usize, kv: impl Fn(usize, usize) -> String) {
+    for t in 0..txns {
+        let ops: String = (0..100).map(|i| format!("put {}\n", kv(t, i))).collect();
+        // etcdctl txn reads compares, then success ops, then failure ops.
+        let out = s.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
+        assert!(out.status.success(), "txn: {out:?}");
+    }
 }
 
 fn revision(s: &Server) -> i64 {
@@ -473,13 +477,7 @@ fn snapshot_is_a_point_in_time_and_writes_go_on_meanwhile() {
     let s = Server::start(Kind::Ours);
     // Enough keys for a file of many chunks.
     let value = "x".repeat(1000);
-    for t in 0..10 {
-        let ops: String = (0..100)
-            .map(|i| format!("put key/{t:02}/{i:03} {value}\n"))
-            .collect();
-        let out = s.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
-        assert!(out.status.success(), "txn: {out:?}");
-    }
+    put_in_txns(&s, 10, |t, i| format!("key/{t:02}/{i:03} {value}"));
     let rev = revision(&s);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (blobs, remaining) = rt.block_on(async {
@@ -895,13 +893,7 @@ fn defrag_of_a_stopped_etcds_data_directory() {
     // Free pages: 1,000 values of 1 KiB written, then deleted (the
     // workload's compaction drops their history).
     let value = "x".repeat(1024);
-    for t in 0..10 {
-        let ops: String = (0..100)
-            .map(|i| format!("put junk/{t:02}/{i:03} {value}\n"))
-            .collect();
-        let out = real.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
-        assert!(out.status.success(), "txn: {out:?}");
-    }
+    put_in_txns(&real, 10, |t, i| format!("junk/{t:02}/{i:03} {value}"));
     real.ctl_ok(&["del", "junk/", "--prefix"]);
     let (before, after) = workload(&real);
     let want = reads_only(&real, before, after);
@@ -1007,13 +999,7 @@ fn defrag_of_our_data_directory_waits_for_the_server() {
 /// 10,000 keys of 1 KiB (a snapshot of ~11 MB, hundreds of chunks).
 fn fill_10k(s: &Server) {
     let value = "x".repeat(1000);
-    for t in 0..100 {
-        let ops: String = (0..100)
-            .map(|i| format!("put big/{t:03}/{i:03} {value}\n"))
-            .collect();
-        let out = s.etcdctl_stdin(&["txn"], &format!("\n{ops}\n\n"));
-        assert!(out.status.success(), "txn: {out:?}");
-    }
+    put_in_txns(s, 100, |t, i| format!("big/{t:03}/{i:03} {value}"));
 }
 
 /// Entries of a directory, sorted (`db` left out: RocksDB's own files).
