@@ -50,9 +50,14 @@ pub(super) struct Inner {
     /// The size quota checks read on every write (see [`SizeEstimate`]).
     pub(super) size: SizeEstimate,
     /// Live keys attached to leases as the last index rebuild (open or
-    /// restore) found them, until taken (`Store::take_lease_attachments`).
-    pub(super) rebuilt_leases: Mutex<Option<Vec<(bytes::Bytes, i64)>>>,
+    /// restore) found them, with the store's revision then: valid while
+    /// the revision has not moved, until taken
+    /// (`Store::take_lease_attachments`).
+    pub(super) rebuilt_leases: Mutex<Option<(i64, LeaseAttachments)>>,
 }
+
+/// Live keys attached to leases: (key, lease id).
+pub(super) type LeaseAttachments = Vec<(bytes::Bytes, i64)>;
 
 /// The store's size as quota checks read it, twice per write (before
 /// proposing and at apply): the backend's exact [`Backend::size`] (RocksDB:

@@ -308,11 +308,14 @@ fn restore_locked(inner: &Arc<Inner>, image: impl Read, batch_ops: usize) -> Res
     let mut wrote = false;
     let result = apply_image(inner, image, batch_ops, &mut wrote);
     inner.size.invalidate();
+    // Set again below from the image, if it installs.
+    inner.rebuilt_leases.lock().take();
     let epoch = inner.epoch.load(Ordering::Acquire) + 1;
     match result {
         Ok((builder, info)) => {
             *index = builder.index;
-            *inner.rebuilt_leases.lock() = Some(builder.leases.into_iter().collect());
+            *inner.rebuilt_leases.lock() =
+                Some((info.revision, builder.leases.into_iter().collect()));
             inner.current_rev.store(info.revision, Ordering::Release);
             inner
                 .compact_rev

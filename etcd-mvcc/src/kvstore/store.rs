@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use super::compact_state::{CompactState, CompactWait};
 use super::compaction;
 use super::hash::{self, HashKv};
-use super::inner::{IndexBuilder, Inner};
+use super::inner::{IndexBuilder, Inner, LeaseAttachments};
 use super::options::{Bucket, StoreOptions};
 use super::txn::{RangeOptions, RangeResult, TxnRead, TxnWrite};
 use crate::backend::{
@@ -110,7 +110,7 @@ impl Store {
             consistent_index,
             opts,
         )?;
-        *store.inner.rebuilt_leases.lock() = Some(leases);
+        *store.inner.rebuilt_leases.lock() = Some((current, leases));
         if scheduled > finished {
             tracing::info!(revision = scheduled, "resuming unfinished compaction");
             store.inner.compaction.schedule(scheduled);
@@ -265,10 +265,12 @@ impl Store {
 
     /// The live keys attached to leases, with their lease, as the index
     /// rebuild of [`open`](Self::open) or of the last [`restore`](Self::restore)
-    /// found them; `None` once taken, or after writes made it stale. The
-    /// lessor's start reads this instead of every key again.
+    /// found them; `None` once taken, or once a write moved the revision
+    /// (they may be stale then). The lessor's start reads this instead of
+    /// every key again.
     pub fn take_lease_attachments(&self) -> Option<Vec<(bytes::Bytes, i64)>> {
-        self.inner.rebuilt_leases.lock().take()
+        let (rev, attached) = self.inner.rebuilt_leases.lock().take()?;
+        (rev == self.current_revision()).then_some(attached)
     }
 
     /// [`db_size`](Self::db_size) as quota checks read it on every write:
@@ -408,9 +410,6 @@ impl Drop for Store {
         }
     }
 }
-
-/// Live keys attached to leases: (key, lease id).
-type LeaseAttachments = Vec<(bytes::Bytes, i64)>;
 
 /// Rebuilds the key index by scanning the `key` column family in revision
 /// order; returns it with the highest stored main revision (0 if none) and

@@ -543,10 +543,6 @@ impl<'a> TxnWrite<'a> {
         self.inner.backend.write(batch)?; // on error, Drop undoes the index changes
         timer.observe_duration();
         self.inner.size.committed(bytes);
-        if !self.changes.is_empty() {
-            // The attachments found at open or restore are stale now.
-            self.inner.rebuilt_leases.lock().take();
-        }
         self.done = true;
         if !self.changes.is_empty() {
             self.inner.current_rev.store(rev, Ordering::Release);
