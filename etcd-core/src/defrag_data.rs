@@ -196,9 +196,14 @@ fn lock_exclusive(file: &File, waiting: impl FnOnce()) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn etcd_like_file(path: &Path, keys: u32) {
-        let mut w =
-            Writer::new(File::create(path).unwrap(), etcd_bbolt::DEFAULT_PAGE_SIZE).unwrap();
+    /// A data directory holding an etcd-like bbolt file of `keys` keys;
+    /// returns it with its `member/snap`.
+    fn etcd_data_dir(keys: u32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("member/snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        let file = File::create(snap.join("db")).unwrap();
+        let mut w = Writer::new(file, etcd_bbolt::DEFAULT_PAGE_SIZE).unwrap();
         w.begin_bucket(b"key").unwrap();
         for i in 0..keys {
             w.put(format!("{i:08}").as_bytes(), &[7u8; 300]).unwrap();
@@ -206,6 +211,7 @@ mod tests {
         w.begin_bucket(b"meta").unwrap();
         w.put(b"consistent_index", &9u64.to_be_bytes()).unwrap();
         w.finish(5).unwrap();
+        (dir, snap)
     }
 
     fn contents(path: &Path) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
@@ -223,11 +229,8 @@ mod tests {
 
     #[test]
     fn a_bbolt_file_is_rewritten_with_the_same_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let snap = dir.path().join("member/snap");
-        std::fs::create_dir_all(&snap).unwrap();
+        let (dir, snap) = etcd_data_dir(500);
         let db = snap.join("db");
-        etcd_like_file(&db, 500);
         let want = contents(&db);
         // Free pages at the end, as a bbolt file keeps them.
         let f = std::fs::OpenOptions::new().append(true).open(&db).unwrap();
@@ -247,11 +250,8 @@ mod tests {
 
     #[test]
     fn a_damaged_bbolt_file_is_left_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let snap = dir.path().join("member/snap");
-        std::fs::create_dir_all(&snap).unwrap();
+        let (dir, snap) = etcd_data_dir(500);
         let db = snap.join("db");
-        etcd_like_file(&db, 500);
         let mut bytes = std::fs::read(&db).unwrap();
         // The page type of the first page past the metas.
         bytes[2 * 4096 + 8] ^= 0xff;
@@ -271,11 +271,8 @@ mod tests {
 
     #[test]
     fn a_locked_bbolt_file_is_waited_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let snap = dir.path().join("member/snap");
-        std::fs::create_dir_all(&snap).unwrap();
+        let (dir, snap) = etcd_data_dir(10);
         let db = snap.join("db");
-        etcd_like_file(&db, 10);
         let holder = File::open(&db).unwrap();
         holder.lock().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
