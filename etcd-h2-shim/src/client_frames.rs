@@ -16,13 +16,24 @@
 //! client later (etcd-io/etcd#13359), but deployed clients still send it.
 //!
 //! So every accepted connection is read through [`ClientFrames`]: it parses
-//! the client's HTTP/2 frames, decodes each header block (HEADERS plus any
-//! CONTINUATION frames) with its own HPACK decoder, rewrites an
-//! `:authority` of the form `scheme://host[:port][/...]` to `host[:port]`,
-//! and re-encodes the block with its own HPACK encoder for the server. All
-//! header blocks of a connection go through the same decoder/encoder pair,
-//! so both HPACK dynamic tables stay consistent. Other frames pass through
-//! untouched, as does everything the server writes.
+//! the client's HTTP/2 frames and decodes the connection's first header
+//! block (HEADERS plus any CONTINUATION frames) with its own HPACK decoder.
+//! - When that block has an `:authority` of the form
+//!   `scheme://host[:port][/...]`, it is rewritten to `host[:port]` and the
+//!   block re-encoded with the shim's own HPACK encoder; every later block
+//!   of the connection is decoded, fixed and re-encoded the same way, so
+//!   the server's HPACK dynamic table follows the shim's encoder.
+//! - Otherwise the block goes to the server as the client encoded it, and
+//!   so does every later header frame, streamed through like DATA: the
+//!   server's dynamic table now follows the client's, and the shim decodes
+//!   nothing more on that connection. A gRPC client keeps one authority
+//!   per connection (grpc-go's is the dial target's), so a connection that
+//!   starts well stays well. This matters for speed: decoding and
+//!   re-encoding every request's headers cost about a third of the
+//!   server's CPU per put (profile in benches/RESULTS.md).
+//!
+//! Other frames pass through untouched, as does everything the server
+//! writes.
 //!
 //! Frame layout (RFC 9113 §4.1): `length:24 | type:8 | flags:8 | R:1 stream:31 | payload`.
 //! A connection that does not start with the HTTP/2 client preface is
@@ -31,7 +42,8 @@
 //! ## Bounded memory
 //!
 //! What one client can make this shim hold is bounded by h2's own limits
-//! as hyper configures them, checked before h2 sees anything:
+//! as hyper configures them, checked before h2 sees anything (once header
+//! frames stream through, h2 applies the same limits itself):
 //! - frames other than HEADERS, CONTINUATION and PING stream through as
 //!   they arrive (a DATA frame is never held whole);
 //! - a frame longer than [`MAX_FRAME`] (the server's SETTINGS_MAX_FRAME_SIZE)
@@ -82,13 +94,26 @@ const FRAME_SIZE_ERROR: u32 = 0x6;
 enum Mode {
     /// Still reading the client preface.
     Preface,
-    /// Rewriting header blocks.
+    /// Following frames (header blocks: see [`Headers`]).
     Frames,
     /// Not HTTP/2 (or undecodable): bytes pass through.
     Passthrough,
     /// The client broke the ping policy or a limit: what it sends is
     /// dropped while the GOAWAY goes out, then the connection ends.
     Closing,
+}
+
+/// What becomes of a connection's header blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headers {
+    /// No block complete yet: the first is decoded to decide.
+    Undecided,
+    /// The first block had an `:authority` to fix: every block is
+    /// decoded, fixed and re-encoded.
+    Rewrite,
+    /// The first block needed nothing and went on as the client encoded
+    /// it: header frames stream through.
+    Relay,
 }
 
 /// The GOAWAY of a broken ping policy or limit.
@@ -136,6 +161,7 @@ pub struct ClientFrames<S> {
     /// The highest stream the client opened (a GOAWAY's last stream).
     last_stream: u32,
     pending: Option<PendingBlock>,
+    headers: Headers,
     decoder: fluke_hpack::Decoder<'static>,
     encoder: fluke_hpack::Encoder<'static>,
     /// `--grpc-keepalive-min-time` enforcement (None: not enforced).
@@ -157,6 +183,7 @@ impl<S> ClientFrames<S> {
             passing: 0,
             last_stream: 0,
             pending: None,
+            headers: Headers::Undecided,
             decoder: fluke_hpack::Decoder::new(),
             encoder: fluke_hpack::Encoder::new(),
             pings: ping_min_time.map(PingPolicy::new),
@@ -215,8 +242,8 @@ impl<S> ClientFrames<S> {
                         self.refuse(FRAME_SIZE_ERROR, b"", "a frame over the maximum size");
                         continue;
                     }
-                    let whole = kind == HEADERS
-                        || kind == CONTINUATION
+                    let whole = ((kind == HEADERS || kind == CONTINUATION)
+                        && self.headers != Headers::Relay)
                         || (kind == PING && self.pings.is_some());
                     if !whole {
                         // Streamed through: the header now, the payload
@@ -362,11 +389,21 @@ impl<S> ClientFrames<S> {
                 "a header list over the size limit",
             ));
         }
+        let mut fixed = false;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" {
-                *value = fix_authority(value);
+                let v = fix_authority(value);
+                fixed |= v != *value;
+                *value = v;
             }
         }
+        if self.headers == Headers::Undecided && !fixed {
+            // The server decodes the client's own encoding from now on.
+            self.headers = Headers::Relay;
+            self.write_block(&block, &block.fragment);
+            return Ok(());
+        }
+        self.headers = Headers::Rewrite;
         let encoded = self
             .encoder
             .encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
@@ -843,6 +880,38 @@ mod tests {
             rest = &rest[9 + len..];
         }
         assert_eq!(seen, vec![104, 0, END_STREAM, 100]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_starts_well_is_relayed_as_sent() {
+        let mut client = fluke_hpack::Encoder::new();
+        let good: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":authority", b"127.0.0.1:2379"),
+            (b":path", b"/etcdserverpb.KV/Put"),
+        ];
+        let block1 = client.encode(good.clone());
+        let block2 = client.encode(good);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        let first = frame(HEADERS, END_HEADERS, 1, &block1);
+        input.extend(&first);
+        // Later header frames stream through byte for byte: padding,
+        // CONTINUATION and all, whatever they hold (the shim no longer
+        // decodes them; h2 reads the client's own encoding).
+        let mut padded = vec![2u8];
+        padded.extend_from_slice(&block2);
+        padded.extend_from_slice(&[0, 0]);
+        let (a, b) = padded.split_at(4);
+        let later = [
+            frame(HEADERS, PADDED, 3, a),
+            frame(CONTINUATION, END_HEADERS, 3, b),
+            frame(0x0, END_STREAM, 3, b"data"),
+        ]
+        .concat();
+        input.extend(&later);
+        let out = run(input.clone()).await;
+        assert_eq!(out, input, "nothing rewritten");
     }
 
     #[test]
