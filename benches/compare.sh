@@ -2,8 +2,9 @@
 # Side-by-side load test: this project's etcd-server and Debian's etcd 3.4,
 # both single-member, fresh data dirs on the same disk, driven by the same
 # `loadgen` binary in one run. Each scenario runs REPEAT times per server,
-# alternating servers; the median QPS and latencies are printed as a
-# Markdown table (paste into RESULTS.md).
+# alternating servers; the median QPS, latencies and server CPU time per
+# request (user + system, from /proc) are printed as a Markdown table
+# (paste into RESULTS.md).
 #
 #   bash benches/compare.sh            # defaults: REPEAT=3 TOTAL=20000
 #   REPEAT=5 TOTAL=50000 bash benches/compare.sh
@@ -23,12 +24,14 @@ SCENARIOS=(
     "put, 1 client|--conns 1 --clients 1 --total $((TOTAL / 4)) --key-size 8 --val-size 256 put"
     "put, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
     "put, 128 clients|--conns 16 --clients 128 --total $TOTAL --key-size 8 --val-size 256 put"
+    "put, 256 clients|--conns 16 --clients 256 --total $((TOTAL * 2)) --key-size 8 --val-size 256 put"
+    "put, 1000 clients|--conns 100 --clients 1000 --total $((TOTAL * 5)) --key-size 8 --val-size 256 put"
+    "txn put (Kubernetes' update), 64 clients|--conns 8 --clients 64 --total $TOTAL --key-size 8 --val-size 256 txn-put"
     "get linearizable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
     "get serializable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency s"
 )
 
-echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms |"
-echo "|---|---|---|---|---|"
+print_header
 port=31000
 for s in "${SCENARIOS[@]}"; do
     name="${s%%|*}"; args="${s#*|}"
@@ -41,9 +44,12 @@ for s in "${SCENARIOS[@]}"; do
             # Reads need data: fill the key space first.
             case "$args" in *range*) "$LOADGEN" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
                 --key-space-size 100000 --sequential-keys put >/dev/null ;; esac
+            before=$(cpu_ticks "$pid")
             out=$("$LOADGEN" --endpoints "$ep" $args)
+            after=$(cpu_ticks "$pid")
             kill "$pid"; wait "$pid" 2>/dev/null || true
-            record_run "$kind" "$name" "$r" "$out"
+            n=$(echo "$out" | awk '/^requests:/ {print $2}')
+            record_run "$kind" "$name" "$r" "$out" "$(cpu_us_per_request "$before" "$after" "$n")"
         done
     done
     print_rows "$name"

@@ -41,32 +41,55 @@ server_label() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Per-scenario results of `ours` and `real` runs, in $WORK/KIND.{qps,p50,p99}.
-# reset_runs: forget the previous scenario's runs.
-reset_runs() {
-    for kind in ours real; do : > "$WORK/$kind.qps"; : > "$WORK/$kind.p50"; : > "$WORK/$kind.p99"; done
+# cpu_ticks PID: the CPU time (user + system, in clock ticks) process PID
+# has used so far (/proc/PID/stat fields 14 and 15).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# cpu_us_per_request TICKS_BEFORE TICKS_AFTER REQUESTS: server CPU
+# microseconds per request between two cpu_ticks readings.
+cpu_us_per_request() {
+    awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.1f\n", (b - a) * 1000000 / hz / n }'
 }
 
-# record_run KIND NAME RUN OUTPUT: keeps one loadgen report; warns on errors.
+# Per-scenario results of `ours` and `real` runs, in
+# $WORK/KIND.{qps,p50,p99,cpu}.
+# reset_runs: forget the previous scenario's runs.
+reset_runs() {
+    local kind f
+    for kind in ours real; do for f in qps p50 p99 cpu; do : > "$WORK/$kind.$f"; done; done
+}
+
+# record_run KIND NAME RUN OUTPUT CPU_US: keeps one loadgen report and the
+# server's CPU microseconds per request; warns on errors.
 record_run() {
-    local kind=$1 name=$2 run=$3 out=$4 errs
+    local kind=$1 name=$2 run=$3 out=$4 cpu=$5 errs
     echo "$out" | awk '/^qps:/ {print $2}' >> "$WORK/$kind.qps"
     echo "$out" | awk '/^latency_ms_p50:/ {print $2}' >> "$WORK/$kind.p50"
     echo "$out" | awk '/^latency_ms_p99:/ {print $2}' >> "$WORK/$kind.p99"
+    echo "$cpu" >> "$WORK/$kind.cpu"
     errs=$(echo "$out" | awk '/^errors:/ {print $2}')
     [ "$errs" = 0 ] || echo "warning: $kind $name run $run had $errs errors" >&2
 }
 
+# The header of print_rows' table.
+print_header() {
+    echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms | server CPU us/request |"
+    echo "|---|---|---|---|---|---|"
+}
+
 # print_rows NAME: the Markdown rows of a scenario (medians per server, and
-# the QPS ratio).
+# the ratios of QPS, p50 and CPU per request).
 print_rows() {
-    local name=$1 kind q p50 p99
-    declare -A qps
+    local name=$1 kind q p50 p99 cpu
+    declare -A qps lat us
     for kind in ours real; do
         q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
-        qps[$kind]=$q
-        echo "| $name | $(server_label "$kind") | $q | $p50 | $p99 |"
+        cpu=$(median < "$WORK/$kind.cpu")
+        qps[$kind]=$q; lat[$kind]=$p50; us[$kind]=$cpu
+        echo "| $name | $(server_label "$kind") | $q | $p50 | $p99 | $cpu |"
     done
-    awk -v a="${qps[ours]}" -v b="${qps[real]}" -v n="$name" \
-        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | | |\n", n, a / b }'
+    awk -v a="${qps[ours]}" -v b="${qps[real]}" -v la="${lat[ours]}" -v lb="${lat[real]}" \
+        -v ca="${us[ours]}" -v cb="${us[real]}" -v n="$name" \
+        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | %.2fx | | %.2fx |\n", n, a / b, la / lb, ca / cb }'
 }

@@ -67,8 +67,7 @@ SCENARIOS=(
     "get linearizable, 16 clients, TLS + auth|auth|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
 )
 
-echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms |"
-echo "|---|---|---|---|---|"
+print_header
 port=33000
 for s in "${SCENARIOS[@]}"; do
     name="${s%%|*}"; rest="${s#*|}"; mode="${rest%%|*}"; args="${rest#*|}"
@@ -94,9 +93,12 @@ for s in "${SCENARIOS[@]}"; do
             case "$args" in *range*) "${lg[@]}" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
                 --key-space-size 100000 --sequential-keys put >/dev/null ;; esac
             # shellcheck disable=SC2086
+            before=$(cpu_ticks "$pid")
             out=$("${lg[@]}" --endpoints "$ep" $args)
+            after=$(cpu_ticks "$pid")
             kill "$pid"; wait "$pid" 2>/dev/null || true
-            record_run "$kind" "$name" "$r" "$out"
+            n=$(echo "$out" | awk '/^requests:/ {print $2}')
+            record_run "$kind" "$name" "$r" "$out" "$(cpu_us_per_request "$before" "$after" "$n")"
         done
     done
     print_rows "$name"

@@ -6,6 +6,7 @@
 //! loadgen --endpoints http://127.0.0.1:2379 --conns 1 --clients 1 \
 //!     --total 10000 --key-size 8 --val-size 256 put
 //! loadgen --endpoints http://127.0.0.1:2379 --clients 16 --total 10000 range --consistency s
+//! loadgen --endpoints http://127.0.0.1:2379 --conns 8 --clients 64 --total 10000 txn-put
 //! loadgen --endpoints https://127.0.0.1:2379 --cacert ca.pem --cert c.pem --key c-key.pem \
 //!     --user root:pw --clients 16 put
 //! ```
@@ -13,11 +14,15 @@
 
 use benches::{key, ClientResult};
 use clap::{Parser, Subcommand};
-use etcd_core::pb::etcdserverpb::{AuthenticateRequest, PutRequest, RangeRequest};
+use etcd_core::pb::etcdserverpb::{
+    compare, request_op, response_op, AuthenticateRequest, Compare, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
+};
 use etcd_server::rpc::etcdserverpb::auth_client::AuthClient;
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -81,6 +86,12 @@ enum Op {
         #[arg(long, default_value = "l")]
         consistency: char,
     },
+    /// Kubernetes' update: `Txn(If mod_revision(k) == last seen,
+    /// Then put(k), Else get(k))`. Each client remembers the mod revision
+    /// it last saw of each key (0 at first: a create); a failed compare
+    /// (another client wrote the key) reads it, as the apiserver's retry
+    /// does. Both outcomes count as a request.
+    TxnPut,
 }
 
 #[tokio::main]
@@ -147,6 +158,8 @@ async fn run_client(
     token: Option<MetadataValue<Ascii>>,
 ) -> ClientResult {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // TxnPut: the mod revision this client last saw of each key.
+    let mut seen: HashMap<bytes::Bytes, i64> = HashMap::new();
     let mut hist = Histogram::<u64>::new(3)?;
     let (mut ok, mut errors) = (0u64, 0u64);
     let value = bytes::Bytes::from(value);
@@ -187,6 +200,45 @@ async fn run_client(
                 ))
                 .await
                 .map(|_| ()),
+            Op::TxnPut => {
+                let last = seen.get(&k).copied().unwrap_or(0);
+                let txn = TxnRequest {
+                    compare: vec![Compare {
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Mod as i32,
+                        key: k.clone(),
+                        target_union: Some(compare::TargetUnion::ModRevision(last)),
+                        ..Default::default()
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: k.clone(),
+                            value: value.clone(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![RequestOp {
+                        request: Some(request_op::Request::RequestRange(RangeRequest {
+                            key: k.clone(),
+                            ..Default::default()
+                        })),
+                    }],
+                };
+                client.txn(with_token(txn, &token)).await.map(|r| {
+                    let r = r.into_inner();
+                    let rev = if r.succeeded {
+                        r.header.map_or(0, |h| h.revision)
+                    } else {
+                        match r.responses.first().and_then(|o| o.response.as_ref()) {
+                            Some(response_op::Response::ResponseRange(g)) => {
+                                g.kvs.first().map_or(0, |kv| kv.mod_revision)
+                            }
+                            _ => 0,
+                        }
+                    };
+                    seen.insert(k.clone(), rev);
+                })
+            }
         };
         match r {
             Ok(()) => {
