@@ -25,7 +25,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Buf;
 use etcd_core::Etcd;
 use http_body::Frame;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -114,6 +117,46 @@ pub struct GrpcMetrics {
     handling: Option<HistogramVec>,
     received_bytes: IntCounter,
     sent_bytes: IntCounter,
+    /// Every method of [`METHODS`]' series, looked up once at start by
+    /// path (`/service/method`): a call then counts without hashing label
+    /// strings (that lookup was measurable in a put's CPU).
+    methods: HashMap<String, Arc<MethodSeries>>,
+}
+
+/// The series of one method.
+struct MethodSeries {
+    /// grpc_type, grpc_service, grpc_method.
+    labels: [String; 3],
+    started: IntCounter,
+    msg_received: IntCounter,
+    msg_sent: IntCounter,
+    /// By code number ([`CODES`]); empty for a method etcd does not
+    /// register (its `handled` series are created as codes occur).
+    handled: Vec<IntCounter>,
+    handling: Option<Histogram>,
+}
+
+impl MethodSeries {
+    /// `kind`, `service`, `method`'s series in `m`; with `every_code`
+    /// their `handled` series for every code too (created at 0).
+    fn new(m: &GrpcMetrics, kind: &str, service: &str, method: &str, every_code: bool) -> Self {
+        let l = [kind, service, method];
+        MethodSeries {
+            labels: l.map(str::to_string),
+            started: m.started.with_label_values(&l),
+            msg_received: m.msg_received.with_label_values(&l),
+            msg_sent: m.msg_sent.with_label_values(&l),
+            handled: if every_code {
+                CODES
+                    .iter()
+                    .map(|code| m.handled.with_label_values(&[kind, service, method, code]))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            handling: m.handling.as_ref().map(|h| h.with_label_values(&l)),
+        }
+    }
 }
 
 const LABELS: [&str; 3] = ["grpc_type", "grpc_service", "grpc_method"];
@@ -136,7 +179,7 @@ impl GrpcMetrics {
     pub fn register(registry: &Registry, extensive: bool) -> Arc<GrpcMetrics> {
         let r = registry;
         let handled_labels = ["grpc_type", "grpc_service", "grpc_method", "grpc_code"];
-        let m = GrpcMetrics {
+        let mut m = GrpcMetrics {
             started: counter_vec(
                 r,
                 "grpc_server_started_total",
@@ -181,78 +224,73 @@ impl GrpcMetrics {
                 "etcd_network_client_grpc_sent_bytes_total",
                 "The total number of bytes sent to grpc clients.",
             ),
+            methods: HashMap::new(),
         };
         for (service, method, kind) in METHODS {
-            let l = [*kind, *service, *method];
-            m.started.with_label_values(&l);
-            m.msg_received.with_label_values(&l);
-            m.msg_sent.with_label_values(&l);
-            if let Some(h) = &m.handling {
-                h.with_label_values(&l);
-            }
-            for code in CODES {
-                m.handled
-                    .with_label_values(&[*kind, *service, *method, code]);
-            }
+            let series = MethodSeries::new(&m, kind, service, method, true);
+            m.methods
+                .insert(format!("/{service}/{method}"), Arc::new(series));
         }
         Arc::new(m)
+    }
+
+    /// The series of the call to `path`; None when it is not a gRPC path.
+    fn series(&self, path: &str) -> Option<Arc<MethodSeries>> {
+        if let Some(s) = self.methods.get(path) {
+            return Some(s.clone());
+        }
+        // A method etcd does not register (answered Unimplemented).
+        let (service, method) = path.trim_start_matches('/').split_once('/')?;
+        Some(Arc::new(MethodSeries::new(
+            self, "unary", service, method, false,
+        )))
     }
 }
 
 /// One call being counted.
 struct Call {
     metrics: Arc<GrpcMetrics>,
-    labels: [String; 3],
+    series: Arc<MethodSeries>,
     started: Instant,
 }
 
 impl Call {
-    fn labels(&self) -> [&str; 3] {
-        [&self.labels[0], &self.labels[1], &self.labels[2]]
-    }
-
     fn handled(&self, code: usize) {
-        let [t, s, m] = self.labels();
-        let name = CODES.get(code).copied().unwrap_or("Unknown");
-        self.metrics
-            .handled
-            .with_label_values(&[t, s, m, name])
-            .inc();
-        if let Some(h) = &self.metrics.handling {
-            h.with_label_values(&self.labels())
-                .observe(self.started.elapsed().as_secs_f64());
+        let s = &self.series;
+        match s.handled.get(code) {
+            Some(c) => c.inc(),
+            None => {
+                let [t, sv, m] = &s.labels;
+                let name = CODES.get(code).copied().unwrap_or("Unknown");
+                self.metrics
+                    .handled
+                    .with_label_values(&[t, sv, m, name])
+                    .inc();
+            }
+        }
+        if let Some(h) = &s.handling {
+            h.observe(self.started.elapsed().as_secs_f64());
         }
     }
 }
 
 /// The middleware counting gRPC calls (see the module doc).
 pub async fn count_grpc(metrics: Arc<GrpcMetrics>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().trim_start_matches('/');
-    let Some((service, method)) = path.split_once('/') else {
+    let Some(series) = metrics.series(req.uri().path()) else {
         return next.run(req).await;
     };
-    let kind = METHODS
-        .iter()
-        .find(|(s, m, _)| *s == service && *m == method)
-        .map_or("unary", |(_, _, k)| *k);
+    series.started.inc();
     let call = Arc::new(Call {
         metrics: metrics.clone(),
-        labels: [kind.to_string(), service.to_string(), method.to_string()],
+        series: series.clone(),
         started: Instant::now(),
     });
-    let labels = call.labels();
-    metrics.started.with_label_values(&labels).inc();
-    // The method's counters, looked up once for every frame of the call.
-    let (msg_received, msg_sent) = (
-        metrics.msg_received.with_label_values(&labels),
-        metrics.msg_sent.with_label_values(&labels),
-    );
     let (parts, body) = req.into_parts();
     let body = Body::new(Counted {
         inner: body,
         call: call.clone(),
         messages: Messages::default(),
-        message_count: msg_received,
+        message_count: series.msg_received.clone(),
         byte_count: metrics.received_bytes.clone(),
         done: true,
     });
@@ -267,7 +305,7 @@ pub async fn count_grpc(metrics: Arc<GrpcMetrics>, req: Request, next: Next) -> 
         inner: body,
         call,
         messages: Messages::default(),
-        message_count: msg_sent,
+        message_count: series.msg_sent.clone(),
         byte_count: metrics.sent_bytes.clone(),
         done: false,
     });
