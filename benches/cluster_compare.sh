@@ -90,7 +90,7 @@ followers_first() {
 SCENARIOS=(
     "put, 1 client|--conns 1 --clients 1 --total $((TOTAL / 4)) --key-size 8 --val-size 256 put"
     "put, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
-    "put, 128 clients|--conns 16 --clients 128 --total $TOTAL --key-size 8 --val-size 256 put"
+    "put, 256 clients|--conns 16 --clients 256 --total $((TOTAL * 2)) --key-size 8 --val-size 256 put"
     "get linearizable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
     "get serializable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency s"
 )
