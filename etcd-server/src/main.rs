@@ -3,10 +3,10 @@
 use etcd_server::{config, Command};
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: every request allocates (frames,
+/// jemalloc instead of glibc's malloc: every request allocates (frames,
 /// protobufs, futures); glibc spent ~16 % of the CPU of a put under load.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let (cmd, warnings) = match config::parse(std::env::args_os(), std::env::vars()) {
