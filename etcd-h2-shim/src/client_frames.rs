@@ -242,6 +242,9 @@ impl<S> ClientFrames<S> {
                         self.refuse(FRAME_SIZE_ERROR, b"", "a frame over the maximum size");
                         continue;
                     }
+                    if kind == HEADERS {
+                        self.last_stream = self.last_stream.max(stream);
+                    }
                     let whole = ((kind == HEADERS || kind == CONTINUATION)
                         && self.headers != Headers::Relay)
                         || (kind == PING && self.pings.is_some());
@@ -258,9 +261,6 @@ impl<S> ClientFrames<S> {
                     }
                     if self.raw.len() < 9 + len {
                         return;
-                    }
-                    if kind == HEADERS {
-                        self.last_stream = self.last_stream.max(stream);
                     }
                     if let Some(p) = &mut self.pings {
                         if p.client_frame(kind, flags, stream, Instant::now()) {
@@ -912,6 +912,13 @@ mod tests {
         input.extend(&later);
         let out = run(input.clone()).await;
         assert_eq!(out, input, "nothing rewritten");
+        // A relayed HEADERS still counts as the client's last stream (the
+        // GOAWAY of a broken limit names it).
+        let mut over = input.clone();
+        over.extend(frame(0x0, 0, 3, &vec![0; MAX_FRAME + 1]));
+        let (out, written) = run_both(over).await;
+        assert_eq!(out, input);
+        assert_eq!(goaway_of(&written), (3, FRAME_SIZE_ERROR, Vec::new()));
     }
 
     #[test]
