@@ -44,12 +44,8 @@ for s in "${SCENARIOS[@]}"; do
             # Reads need data: fill the key space first.
             case "$args" in *range*) "$LOADGEN" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
                 --key-space-size 100000 --sequential-keys put >/dev/null ;; esac
-            before=$(cpu_ticks "$pid")
-            out=$("$LOADGEN" --endpoints "$ep" $args)
-            after=$(cpu_ticks "$pid")
-            kill "$pid"; wait "$pid" 2>/dev/null || true
-            n=$(echo "$out" | awk '/^requests:/ {print $2}')
-            record_run "$kind" "$name" "$r" "$out" "$(cpu_us_per_request "$before" "$after" "$n")"
+            # shellcheck disable=SC2086
+            load_and_record "$kind" "$name" "$r" "$pid" "$LOADGEN" --endpoints "$ep" $args
         done
     done
     print_rows "$name"

@@ -72,6 +72,20 @@ record_run() {
     [ "$errs" = 0 ] || echo "warning: $kind $name run $run had $errs errors" >&2
 }
 
+# load_and_record KIND NAME RUN PID LOADGEN...: runs the loadgen command
+# against server PID, stops the server, and records the run with the
+# server's CPU microseconds per request.
+load_and_record() {
+    local kind=$1 name=$2 run=$3 pid=$4 before after out n
+    shift 4
+    before=$(cpu_ticks "$pid")
+    out=$("$@")
+    after=$(cpu_ticks "$pid")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    n=$(echo "$out" | awk '/^requests:/ {print $2}')
+    record_run "$kind" "$name" "$run" "$out" "$(cpu_us_per_request "$before" "$after" "$n")"
+}
+
 # The header of print_rows' table.
 print_header() {
     echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms | server CPU us/request |"

@@ -93,12 +93,7 @@ for s in "${SCENARIOS[@]}"; do
             case "$args" in *range*) "${lg[@]}" --endpoints "$ep" --conns 4 --clients 16 --total 100000 \
                 --key-space-size 100000 --sequential-keys put >/dev/null ;; esac
             # shellcheck disable=SC2086
-            before=$(cpu_ticks "$pid")
-            out=$("${lg[@]}" --endpoints "$ep" $args)
-            after=$(cpu_ticks "$pid")
-            kill "$pid"; wait "$pid" 2>/dev/null || true
-            n=$(echo "$out" | awk '/^requests:/ {print $2}')
-            record_run "$kind" "$name" "$r" "$out" "$(cpu_us_per_request "$before" "$after" "$n")"
+            load_and_record "$kind" "$name" "$r" "$pid" "${lg[@]}" --endpoints "$ep" $args
         done
     done
     print_rows "$name"
