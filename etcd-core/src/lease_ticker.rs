@@ -14,7 +14,15 @@
 //! 3. as primary, propose the due checkpoints (one entry of at most
 //!    `MAX_CHECKPOINT_BATCH`).
 //!
-//! Proposals carry request id 0: nobody waits for them. A lost revoke
+//! Proposals carry request id 0: nobody waits for them. They are made
+//! only as the leader of the term the status showed (raft drops them
+//! otherwise, never forwards them): the status lags raft, and a leader
+//! resumed after a pause (SIGSTOP, a VM stall) reads Leader and a clock
+//! that jumped ahead, finds leases expired that the new leader has since
+//! renewed, and would have its revokes forwarded to that leader and
+//! committed (a lease expired early: the chaos test's scripted pause of
+//! the leader, CI of session 14; etcd 3.5 checks leadership before
+//! revoking for the same reason, etcd#15247). A lost revoke
 //! (leader change, dropped proposal) is retried by the lessor after
 //! `EXPIRED_LEASE_RETRY`; a revoke of a lease already gone applies as
 //! "lease not found" and changes nothing.
@@ -60,16 +68,18 @@ pub(crate) fn revoke_limit(tick: Duration) -> usize {
 pub(crate) trait TickerRaft {
     /// The member's raft status.
     fn status(&self) -> NodeStatus;
-    /// Proposes `data`; nobody waits for the outcome.
-    fn propose(&mut self, data: Vec<u8>);
+    /// Proposes `data` if this member still leads in `term` when raft
+    /// takes it, and drops it otherwise (never forwards it); nobody waits
+    /// for the outcome.
+    fn propose_as_leader(&mut self, data: Vec<u8>, term: u64);
 }
 
 impl TickerRaft for &RaftNode {
     fn status(&self) -> NodeStatus {
         RaftNode::status(self)
     }
-    fn propose(&mut self, data: Vec<u8>) {
-        RaftNode::propose(self, data, None);
+    fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) {
+        RaftNode::propose_as_leader(self, data, term);
     }
 }
 
@@ -78,8 +88,8 @@ impl TickerRaft for etcd_raft_node::Peer {
     fn status(&self) -> NodeStatus {
         etcd_raft_node::Peer::status(self)
     }
-    fn propose(&mut self, data: Vec<u8>) {
-        etcd_raft_node::Peer::propose(self, data, None);
+    fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) {
+        let _ = etcd_raft_node::Peer::propose_as_leader(self, data, term);
     }
 }
 
@@ -122,7 +132,7 @@ pub(crate) fn run_once(
             origin: 0,
         }
         .encode_to_vec();
-        node.propose(data);
+        node.propose_as_leader(data, st.term);
     };
     for id in lessor.find_expired(revoke_limit(tick)) {
         tracing::debug!(lease = %format!("{id:x}"), "lease expired: proposing its revoke");
@@ -137,5 +147,66 @@ pub(crate) fn run_once(
                 .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
                 .collect(),
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lessor::FakeClock;
+
+    /// A member as its published status shows it, recording what the
+    /// ticker proposes and as the leader of which term.
+    struct Recorded {
+        status: NodeStatus,
+        proposed: Vec<(Op, u64)>,
+    }
+
+    impl TickerRaft for Recorded {
+        fn status(&self) -> NodeStatus {
+            self.status
+        }
+        fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) {
+            let op = RaftRequest::decode(&data[..]).unwrap().op.unwrap();
+            self.proposed.push((op, term));
+        }
+    }
+
+    /// The ticker's revokes and checkpoints name the term in which the
+    /// status showed this member leading, so that raft drops them if it
+    /// has learned of a later term meanwhile (`Peer::propose_as_leader`).
+    #[test]
+    fn revokes_and_checkpoints_are_proposed_as_leader_of_the_status_term() {
+        let clock = Arc::new(FakeClock::new());
+        let lessor = Lessor::new(clock.clone(), 1, Duration::from_secs(1));
+        lessor.grant(7, 2);
+        lessor.grant(8, 60);
+        let mut node = Recorded {
+            status: NodeStatus {
+                role: Role::Leader,
+                term: 5,
+                applied_index: 10,
+                last_index: 10,
+                ..NodeStatus::default()
+            },
+            proposed: Vec::new(),
+        };
+        let tick = Duration::from_millis(100);
+        let mut promote_at = None;
+        run_once(&mut node, &lessor, tick, tick, &mut promote_at);
+        assert!(lessor.is_primary());
+        clock.advance(Duration::from_secs(3));
+        run_once(&mut node, &lessor, tick, tick, &mut promote_at);
+        let terms: Vec<u64> = node.proposed.iter().map(|(_, t)| *t).collect();
+        assert!(matches!(
+            &node.proposed[0].0,
+            Op::LeaseRevoke(LeaseRevokeRequest { id: 7 })
+        ));
+        assert!(
+            matches!(&node.proposed[1].0, Op::LeaseCheckpoint(c) if c.checkpoints.iter().any(|c| c.id == 8)),
+            "{:?}",
+            node.proposed
+        );
+        assert_eq!(terms, vec![5, 5]);
     }
 }

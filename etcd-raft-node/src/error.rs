@@ -12,6 +12,12 @@ pub enum Error {
     /// The proposal was dropped: there is no leader to take it. Retry later.
     #[error("proposal dropped: no leader")]
     ProposalDropped,
+    /// A proposal meant for the leader of this term was dropped: this
+    /// member does not lead it (any more). See [`Peer::propose_as_leader`].
+    ///
+    /// [`Peer::propose_as_leader`]: crate::Peer::propose_as_leader
+    #[error("not the leader of term {0}")]
+    NotLeader(u64),
     /// There is no leader to serve a ReadIndex request. Retry later.
     #[error("no leader")]
     NoLeader,

@@ -16,6 +16,8 @@ use std::thread::JoinHandle;
 
 enum Command {
     Propose(Vec<u8>, Option<ProposeCallback>),
+    /// [`Peer::propose_as_leader`]: data and the term it was decided in.
+    ProposeAsLeader(Vec<u8>, u64),
     ProposeConfChange(ConfChange, Option<ProposeCallback>),
     ApplyConfChange(ConfChange, Sender<Result<ConfState>>),
     TransferLeader(u64),
@@ -87,6 +89,13 @@ impl RaftNode {
         {
             ack(Err(Error::Stopped));
         }
+    }
+
+    /// Proposes `data` only if, when the raft thread takes it, this member
+    /// still leads in `term` (see [`Peer::propose_as_leader`]); otherwise
+    /// it is dropped, never forwarded. Nobody learns the outcome.
+    pub fn propose_as_leader(&self, data: Vec<u8>, term: u64) {
+        let _ = self.tx.send(Command::ProposeAsLeader(data, term));
     }
 
     /// Proposes a membership change; see [`Peer::propose_conf_change`].
@@ -266,6 +275,11 @@ fn publish_status(status: &RwLock<NodeStatus>, peer: &Peer) {
 fn handle(peer: &mut Peer, cmd: Command) -> bool {
     match cmd {
         Command::Propose(data, ack) => peer.propose(data, ack),
+        Command::ProposeAsLeader(data, term) => {
+            if let Err(e) = peer.propose_as_leader(data, term) {
+                tracing::debug!(error = %e, "dropping a proposal of an earlier leadership");
+            }
+        }
         Command::Read(cb) => peer.queue_read(cb),
         Command::ProposeConfChange(cc, ack) => peer.propose_conf_change(cc, ack),
         Command::ApplyConfChange(cc, reply) => {

@@ -224,6 +224,30 @@ impl Peer {
         self.propose_payload(Payload::Normal(data), ack);
     }
 
+    /// Proposes `data` only while this member leads in `term`, as raft
+    /// itself sees it now: a member that has stepped down or moved to
+    /// another term drops the proposal (`NotLeader`) instead of forwarding
+    /// it to the new leader. A published [`NodeStatus`] lags raft (a
+    /// leader resumed after a pause still publishes Leader until it has
+    /// read its peers' messages), so a decision taken from one is checked
+    /// here, where it cannot race a step. Meant for what only the leader
+    /// that decided it may propose: the lessor's revokes and checkpoints
+    /// (a deposed leader's clock says a lease expired that the new leader
+    /// has renewed). An entry appended this way in a term that another
+    /// leader has superseded never commits: the newer term's voters refuse
+    /// it.
+    pub fn propose_as_leader(&mut self, data: Vec<u8>, term: u64) -> Result<()> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.term != term {
+            return Err(Error::NotLeader(term));
+        }
+        self.release_waiting();
+        self.raw.propose(Vec::new(), data).map_err(|e| match e {
+            raft::Error::ProposalDropped => Error::ProposalDropped,
+            e => Error::Raft(e),
+        })
+    }
+
     /// Proposes a membership change (raft-rs applies one simple change at
     /// a time; a second one proposed while one is pending becomes an empty
     /// entry). Waits for a leader like [`Peer::propose`]. The change takes
@@ -726,6 +750,78 @@ mod tests {
             ..NodeConfig::default()
         };
         Peer::new(&cfg, storage).unwrap()
+    }
+
+    /// Hands every message the peers send to its addressee until none
+    /// is left, except those to `deaf` (lost).
+    fn pump(peers: &mut [Peer], deaf: Option<u64>) {
+        loop {
+            let t = Collect::default();
+            for p in peers.iter_mut() {
+                while p.handle_ready(&t, &mut Vec::new()).unwrap() {}
+            }
+            let msgs = t.0.into_inner();
+            if msgs.is_empty() {
+                return;
+            }
+            for m in msgs.into_iter().filter(|m| Some(m.to) != deaf) {
+                peers[m.to as usize - 1].step(m).unwrap();
+            }
+        }
+    }
+
+    /// A leader deposed while it could not hear (paused, cut off) decides
+    /// from what it last knew; `propose_as_leader` takes its proposal only
+    /// while raft still leads in that term, and never forwards it to the
+    /// new leader, as `propose` does.
+    #[test]
+    fn a_proposal_as_leader_of_an_old_term_is_dropped_not_forwarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peers: Vec<Peer> = (1..=3)
+            .map(|id| peer(id, &dir.path().join(id.to_string())))
+            .collect();
+        peers[0].campaign().unwrap();
+        pump(&mut peers, None);
+        let old = peers[0].status();
+        assert_eq!(old.role, Role::Leader);
+        let last = old.last_index;
+        peers[0]
+            .propose_as_leader(b"mine".to_vec(), old.term)
+            .unwrap();
+        assert!(matches!(
+            peers[0].propose_as_leader(b"later".to_vec(), old.term + 1),
+            Err(Error::NotLeader(t)) if t == old.term + 1
+        ));
+        pump(&mut peers, None);
+        assert_eq!(peers[0].status().last_index, last + 1, "one entry taken");
+        // Member 2 takes over while member 1 hears nothing, then member 1
+        // hears of the new term.
+        peers[0].transfer_leader(2);
+        pump(&mut peers, Some(1));
+        assert_eq!(peers[1].status().role, Role::Leader);
+        assert_eq!(peers[0].status().role, Role::Leader, "still believes it");
+        // The new leader's heartbeat.
+        for _ in 0..NodeConfig::default().heartbeat_tick {
+            peers[1].tick();
+        }
+        pump(&mut peers, None);
+        assert_eq!(peers[0].status().role, Role::Follower);
+        let t = Collect::default();
+        assert!(matches!(
+            peers[0].propose_as_leader(b"stale".to_vec(), old.term),
+            Err(Error::NotLeader(_))
+        ));
+        while peers[0].handle_ready(&t, &mut Vec::new()).unwrap() {}
+        assert!(t.0.lock().is_empty(), "nothing forwarded: {:?}", t.0.lock());
+        // The control: a plain proposal is forwarded to the new leader.
+        peers[0].propose(b"forwarded".to_vec(), None);
+        while peers[0].handle_ready(&t, &mut Vec::new()).unwrap() {}
+        let sent = t.0.lock();
+        assert!(
+            sent.iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgPropose && m.to == 2),
+            "{sent:?}"
+        );
     }
 
     /// A restarted member must not reuse the read contexts of its previous

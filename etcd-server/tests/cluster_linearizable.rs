@@ -301,7 +301,13 @@ fn save_artifacts(c: &Cluster, rt: &tokio::runtime::Runtime, run: &Run, label: &
         watches += &format!("watcher {w}: {r:#?}\n");
     }
     write("watches.txt", watches);
-    let leases = run.leases.records.lock().unwrap().clone();
+    // A check that panicked may have held it: what it guards is whole.
+    let leases = run
+        .leases
+        .records
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     write("leases.txt", format!("{leases:#?}\n"));
     eprintln!("chaos artifacts of {label} in {}", dir.display());
 }
@@ -758,14 +764,17 @@ fn check_leases(c: &Cluster, rt: &tokio::runtime::Runtime, leases: &Leases, quie
     let l = c.wait_leader(SECS_20);
     let url = c.members[l].client_url.clone();
     let (late, took) = rt.block_on(leases.wait_all_expired(&url, quiet, LEASE_SLACK));
-    let records = leases.records.lock().unwrap();
-    let probes: usize = records.iter().map(|r| r.probes.len()).sum();
-    let renewals: usize = records.iter().map(|r| r.renewed.len()).sum();
-    println!(
-        "leases: {} granted, {renewals} grants and keepalives answered, {probes} probes; \
-         all expired {took:?} after the end",
-        records.len()
-    );
+    {
+        // Released before the assert: the artifacts are written from it.
+        let records = leases.records.lock().unwrap();
+        let probes: usize = records.iter().map(|r| r.probes.len()).sum();
+        let renewals: usize = records.iter().map(|r| r.renewed.len()).sum();
+        println!(
+            "leases: {} granted, {renewals} grants and keepalives answered, {probes} probes; \
+             all expired {took:?} after the end",
+            records.len()
+        );
+    }
     assert!(
         early.is_empty() && late.is_empty(),
         "lease expiry bounds violated: {early:#?} {late:#?}"
