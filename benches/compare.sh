@@ -8,6 +8,7 @@
 #
 #   bash benches/compare.sh            # defaults: REPEAT=3 TOTAL=20000
 #   REPEAT=5 TOTAL=50000 bash benches/compare.sh
+#   ONLY='put, 1 client|put, 256' bash benches/compare.sh   # rows matching a regex
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEAT="${REPEAT:-3}"
@@ -35,6 +36,7 @@ print_header
 port=31000
 for s in "${SCENARIOS[@]}"; do
     name="${s%%|*}"; args="${s#*|}"
+    if [ -n "${ONLY:-}" ] && ! grep -qE -- "$ONLY" <<<"$name"; then continue; fi
     reset_runs
     for r in $(seq "$REPEAT"); do
         for kind in ours real; do

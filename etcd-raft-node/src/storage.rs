@@ -257,8 +257,9 @@ impl WalStorage {
             self.wal.append_sync(batch)?;
         } else {
             // Not waited on: durability is not required (only the commit
-            // index moved), but a failure still poisons later calls.
-            drop(self.wal.append(batch)?);
+            // index moved; etcd writes these without a sync too), but a
+            // failure still poisons later calls.
+            self.wal.append_unsynced(batch)?;
         }
         let mut core = self.mem.wl();
         core.append(entries)?;

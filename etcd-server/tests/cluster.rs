@@ -907,7 +907,10 @@ fn stale_leader_revoke(kind: Kind) {
     };
     let before = renew(7, true);
     c.resume(l);
-    assert_eq!(before, None, "renewed at the new leader while the old one is paused");
+    assert_eq!(
+        before, None,
+        "renewed at the new leader while the old one is paused"
+    );
     let after = renew(6, false);
     println!("{kind:?}: a deposed leader resumed after its lease expired there: {after:?}");
     if kind == Kind::Ours {

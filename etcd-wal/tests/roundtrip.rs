@@ -544,3 +544,44 @@ fn concurrent_appenders_keep_order_and_durability() {
     }
     assert_eq!(acked.lock().unwrap().len(), 800);
 }
+
+/// Hard states that only moved the commit index are written without an
+/// fdatasync (`append_unsynced`); the next synced append makes them
+/// durable with its one fdatasync, and all of them are replayed.
+#[test]
+fn unsynced_batches_ride_on_the_next_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::create(dir.path(), WalOptions::default(), b"m").unwrap();
+    wal.append_sync(WriteBatch {
+        entries: entries(1..=1, 1),
+        ..Default::default()
+    })
+    .unwrap();
+    let before = wal.metrics().fsync_count;
+    for commit in 1..=10 {
+        wal.append_unsynced(WriteBatch {
+            hard_state: Some(HardState {
+                term: 1,
+                vote: 1,
+                commit,
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    wal.append_sync(WriteBatch {
+        entries: entries(2..=2, 1),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        wal.metrics().fsync_count,
+        before + 1,
+        "one fdatasync for all"
+    );
+    assert_eq!(wal.metrics().batches_total, 12);
+    wal.close().unwrap();
+    let (_wal, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(rec.entries, entries(1..=2, 1));
+    assert_eq!(rec.hard_state.commit, 10);
+}
