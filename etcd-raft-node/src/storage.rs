@@ -257,9 +257,8 @@ impl WalStorage {
             self.wal.append_sync(batch)?;
         } else {
             // Not waited on: durability is not required (only the commit
-            // index moved; etcd writes these without a sync too), but a
-            // failure still poisons later calls.
-            self.wal.append_unsynced(batch)?;
+            // index moved), but a failure still poisons later calls.
+            drop(self.wal.append(batch)?);
         }
         let mut core = self.mem.wl();
         core.append(entries)?;

@@ -2,10 +2,8 @@
 //!
 //! The WAL knows nothing of raft: it stores opaque [`Entry`] payloads tagged
 //! with an index and a term, the last [`HardState`], and [`SnapshotMarker`]s,
-//! in segment files protected by a chained crc32c. Appends queued together
-//! share one write and one fdatasync (group commit), made by the caller of
-//! [`Wal::append_sync`] itself or by the writer thread (see `writer.rs`);
-//! [`Wal::append_unsynced`] batches ride on the next sync.
+//! in segment files protected by a chained crc32c. One writer thread batches
+//! concurrent appends into one write and one fdatasync (group commit).
 //! Opening replays the log, repairs a torn tail left by a crash, and refuses
 //! damage anywhere else with [`Error::Corruption`] naming file and offset.
 //! The on-disk format and the rules are in `docs/wal.md`.

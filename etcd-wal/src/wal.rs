@@ -18,8 +18,9 @@ use crate::record::{ENTRY_PREFIX, MAX_PAYLOAD};
 use crate::replay;
 use crate::segment::{self, Preamble, SegmentInfo};
 use crate::types::{HardState, Recovered, SnapshotMarker, WalOptions, WriteBatch};
-use crate::writer::{self, Pending, Progress, Queued, Shared, Ticket, Writer};
+use crate::writer::{Progress, Queued, Shared, Ticket, Writer};
 use bytes::Bytes;
+use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,28 +28,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Batches that may wait in the queue before `append` blocks.
+/// Batches that may wait in the channel before `append` blocks.
 const QUEUE_CAPACITY: usize = 4096;
 
 /// A write-ahead log in one directory. `Send + Sync`; all methods take
 /// `&self` except [`Wal::close`]. Dropping it stops the writer thread
 /// cleanly (queued batches are still written).
+#[derive(Debug)]
 pub struct Wal {
     shared: Arc<Shared>,
     queue: Mutex<Queue>,
-    /// The open segment; committed to by `append_sync`'s caller and by the
-    /// writer thread (see the `writer` module).
-    writer: Arc<Mutex<Writer>>,
-    thread: Option<JoinHandle<Result<()>>>,
+    tx: Option<Sender<Queued>>,
+    writer: Option<JoinHandle<Result<()>>>,
     _lock: DirLock,
-}
-
-impl std::fmt::Debug for Wal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal")
-            .field("dir", &self.shared.dir)
-            .finish()
-    }
 }
 
 /// The log as queued by `append` (ahead of what is durable).
@@ -203,12 +195,11 @@ impl Wal {
             segments: Mutex::new(s.segments),
             durable_snapshot: Mutex::new(s.snapshot),
             metrics,
-            pending: Mutex::new(Pending::default()),
-            work_cv: Condvar::new(),
-            room_cv: Condvar::new(),
         });
-        let writer = Arc::new(Mutex::new(Writer {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let writer = Writer {
             shared: shared.clone(),
+            rx,
             file: s.file,
             segment,
             offset: s.offset,
@@ -219,21 +210,18 @@ impl Wal {
             metadata: s.metadata,
             dirty: false,
             buf: Vec::new(),
-        }));
-        let handle = {
-            let writer = writer.clone();
-            std::thread::Builder::new()
-                .name("etcd-wal-writer".into())
-                .spawn(move || writer::run(writer))?
         };
+        let handle = std::thread::Builder::new()
+            .name("etcd-wal-writer".into())
+            .spawn(move || writer.run())?;
         Ok(Wal {
             shared,
             queue: Mutex::new(Queue {
                 index: s.index,
                 next_seq: 0,
             }),
-            writer,
-            thread: Some(handle),
+            tx: Some(tx),
+            writer: Some(handle),
             _lock: lock,
         })
     }
@@ -247,64 +235,25 @@ impl Wal {
     /// are not contiguous, would leave an index gap after the log queued so
     /// far, or if its snapshot marker is older than the last one.
     pub fn append(&self, batch: WriteBatch) -> Result<Ticket> {
-        let seq = self.enqueue(batch, true)?;
-        self.shared.work_cv.notify_one();
-        Ok(Ticket::new(self.shared.clone(), seq))
-    }
-
-    /// Appends a batch and returns once it is durable (or why it is not):
-    /// [`Wal::append`] and [`Ticket::wait`], except that the calling
-    /// thread writes and syncs the group itself when it can take the
-    /// segment (the writer thread is not committing), which saves two
-    /// thread hand-offs per call.
-    pub fn append_sync(&self, batch: WriteBatch) -> Result<()> {
-        let seq = self.enqueue(batch, true)?;
-        self.writer.lock().commit_through(seq);
-        Ticket::new(self.shared.clone(), seq).wait()
-    }
-
-    /// Queues a batch that nobody waits for and that need not be durable
-    /// at once: the writer thread writes it without an fdatasync when no
-    /// synced batch shares its group, and the next group that syncs (or a
-    /// segment cut, or close) makes it durable. For a raft hard state that
-    /// only moved the commit index (etcd writes those without a sync: the
-    /// commit index is recomputed after a crash). A batch with a snapshot
-    /// marker is always synced. Validated like [`Wal::append`].
-    pub fn append_unsynced(&self, batch: WriteBatch) -> Result<()> {
-        let sync = batch.snapshot.is_some();
-        self.enqueue(batch, sync)?;
-        self.shared.work_cv.notify_one();
-        Ok(())
-    }
-
-    /// Validates, numbers and queues a batch (waiting for room in a full
-    /// queue); returns its `seq`.
-    fn enqueue(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
+        let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         let mut q = self.queue.lock();
         let mut index = q.index;
         validate(&batch, &mut index)?;
         let seq = q.next_seq + 1;
-        {
-            let mut p = self.shared.pending.lock();
-            while p.queue.len() >= QUEUE_CAPACITY {
-                if self.shared.progress.lock().stopped {
-                    return Err(Error::Closed);
-                }
-                self.shared.room_cv.wait(&mut p);
-            }
-            if p.closing || self.shared.progress.lock().stopped {
-                return Err(Error::Closed);
-            }
-            p.queue.push_back(Queued { seq, batch, sync });
-        }
+        tx.send(Queued { seq, batch }).map_err(|_| Error::Closed)?;
         q.index = index;
         q.next_seq = seq;
         drop(q);
         self.shared.metrics.add_batch();
-        Ok(seq)
+        Ok(Ticket::new(self.shared.clone(), seq))
+    }
+
+    /// [`Wal::append`] and [`Ticket::wait`].
+    pub fn append_sync(&self, batch: WriteBatch) -> Result<()> {
+        self.append(batch)?.wait()
     }
 
     /// Deletes segments that hold only entries below `index` (the caller
@@ -390,11 +339,10 @@ impl Wal {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        let Some(handle) = self.thread.take() else {
+        drop(self.tx.take());
+        let Some(handle) = self.writer.take() else {
             return Ok(());
         };
-        self.shared.pending.lock().closing = true;
-        self.shared.work_cv.notify_one();
         match handle.join() {
             Ok(r) => r,
             Err(_) => Err(Error::Poisoned), // the writer panicked: a broken invariant, already logged

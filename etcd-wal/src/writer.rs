@@ -1,44 +1,25 @@
-//! Group commit, segment cuts, poisoning, tickets.
+//! The writer thread: group commit, segment cuts, poisoning, tickets.
 //!
-//! The open segment and everything needed to append to it ([`Writer`]) sit
-//! behind one mutex. Appended batches are numbered and queued
-//! ([`Pending`]); whoever commits takes every batch queued at that moment
-//! (up to [`MAX_GROUP_BYTES`]), encodes them into one buffer, issues ONE
-//! positional write and ONE fdatasync, and then marks the whole group
-//! durable, waking every waiting [`Ticket`]. Two kinds of thread commit:
-//! - the caller of [`Wal::append_sync`](crate::Wal::append_sync) itself,
-//!   once it holds the writer: a raft node appends and then waits, so a
-//!   separate thread would only add two thread hand-offs (wake the writer,
-//!   wake the caller) to every synced append;
-//! - the writer thread, for batches nobody waits for at once
-//!   ([`Wal::append`](crate::Wal::append) returns a ticket,
-//!   [`Wal::append_unsynced`](crate::Wal::append_unsynced) nothing), and
-//!   for segment cuts, so that a cut is off the appenders' latency.
-//!
-//! A group of unsynced batches only is written without an fdatasync: it
-//! is made durable by the next group that syncs (fdatasync covers every
-//! earlier write to the file), by a segment cut, or at close, as etcd
-//! writes a hard state that only moved the commit index without a sync.
+//! One thread owns the open segment. It blocks on the channel for a batch,
+//! then takes every batch already queued (up to [`MAX_GROUP_BYTES`]), encodes
+//! them into one buffer, issues ONE positional write and ONE fdatasync, and
+//! then marks the whole group durable, waking every waiting [`Ticket`].
+//! Callers never sync.
 //!
 //! Invariants:
-//! - batches are written in the order `append` numbered them (`seq`): a
-//!   committer takes a prefix of the queue while holding the writer, so
-//!   groups are disjoint and committed in order; `Progress::durable` only
-//!   moves forward; a ticket is complete when `durable >= seq`, and only
-//!   synced batches have tickets;
+//! - batches are written in the order `append` numbered them (`seq`), and
+//!   `Progress::durable` only moves forward; a ticket is complete when
+//!   `durable >= seq`;
 //! - after a failed write, fdatasync or cut the WAL is poisoned: the failing
 //!   group's tickets get the I/O error, every later ticket and call gets
-//!   [`Error::Poisoned`], and nobody touches the file again (a failed
-//!   fsync may have dropped dirty pages; retrying could report success for
-//!   lost data);
+//!   [`Error::Poisoned`], and the writer never touches the file again (a
+//!   failed fsync may have dropped dirty pages; retrying could report
+//!   success for lost data);
 //! - a segment is cut between groups, never inside one: a group may
 //!   overshoot `segment_size` (the file grows past its preallocation), and
 //!   the next group starts in a new segment;
-//! - when the writer thread exits, for whatever reason (even a panic),
-//!   waiters are woken and get an error instead of hanging.
-//!
-//! Lock order: the `Wal`'s queue, then the [`Writer`], then [`Pending`],
-//! then [`Progress`]; none is held while waiting on another's condvar.
+//! - when the thread exits, for whatever reason (even a panic), waiters are
+//!   woken and get an error instead of hanging.
 
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, WalFile};
@@ -48,8 +29,8 @@ use crate::record;
 use crate::segment::{self, Preamble, SegmentInfo};
 use crate::types::{HardState, SnapshotMarker, WalOptions, WriteBatch};
 use bytes::Bytes;
+use crossbeam_channel::Receiver;
 use parking_lot::{Condvar, Mutex};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,23 +53,6 @@ pub(crate) struct Shared {
     /// The newest snapshot marker known durable.
     pub durable_snapshot: Mutex<Option<SnapshotMarker>>,
     pub metrics: MetricsCollector,
-    /// Batches appended and not yet taken by a committer.
-    pub pending: Mutex<Pending>,
-    /// Wakes the writer thread: work queued, a cut due, or closing.
-    pub work_cv: Condvar,
-    /// Wakes appenders waiting for room in a full queue.
-    pub room_cv: Condvar,
-}
-
-/// The queue between appenders and committers.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    pub queue: VecDeque<Queued>,
-    /// A committer filled the segment: the writer thread cuts the next.
-    pub cut_due: bool,
-    /// The `Wal` is closing: the writer thread commits what is queued, syncs
-    /// and exits.
-    pub closing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -113,8 +77,6 @@ pub(crate) struct Failure {
 pub(crate) struct Queued {
     pub seq: u64,
     pub batch: WriteBatch,
-    /// Its group must fdatasync (someone may wait for its ticket).
-    pub sync: bool,
 }
 
 /// Completes when its batch is durable; see [`Ticket::wait`].
@@ -165,9 +127,10 @@ impl Ticket {
     }
 }
 
-/// The open segment and the log's tail: what a committer needs.
+/// The writer thread's state.
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
+    pub rx: Receiver<Queued>,
     pub file: Box<dyn WalFile>,
     pub segment: SegmentInfo,
     /// Where the next record goes in `file`.
@@ -192,70 +155,27 @@ impl Drop for StopGuard {
         }
         self.0.progress.lock().stopped = true;
         self.0.progress_cv.notify_all();
-        self.0.room_cv.notify_all();
-    }
-}
-
-/// The writer thread's body: commits what appenders queued without
-/// committing it themselves, cuts segments, and at close commits the rest
-/// and syncs.
-pub(crate) fn run(writer: Arc<Mutex<Writer>>) -> Result<()> {
-    let shared = writer.lock().shared.clone();
-    let _guard = StopGuard(shared.clone());
-    loop {
-        let closing = {
-            let mut p = shared.pending.lock();
-            while p.queue.is_empty() && !p.cut_due && !p.closing {
-                shared.work_cv.wait(&mut p);
-            }
-            p.cut_due = false;
-            p.queue.is_empty() && p.closing
-        };
-        let mut w = writer.lock();
-        if closing {
-            return w.finish();
-        }
-        w.commit_through(u64::MAX);
-        if !w.is_poisoned() {
-            if let Err(e) = w.maybe_cut() {
-                let to = shared.progress.lock().durable;
-                w.fail(to + 1, to, e);
-            }
-        }
     }
 }
 
 impl Writer {
-    /// Commits queued groups until the batch `seq` is committed (or the
-    /// queue is empty).
-    pub fn commit_through(&mut self, seq: u64) {
-        loop {
-            let group = {
-                let mut p = self.shared.pending.lock();
-                let mut size = 0;
-                let mut group = Vec::new();
-                while size < MAX_GROUP_BYTES {
-                    let Some(q) = p.queue.pop_front() else { break };
-                    size += batch_size(&q.batch);
-                    group.push(q);
+    /// The thread body: group commits until every `Wal` sender is gone.
+    pub fn run(mut self) -> Result<()> {
+        let _guard = StopGuard(self.shared.clone());
+        while let Ok(first) = self.rx.recv() {
+            let mut size = batch_size(&first.batch);
+            let mut group = vec![first];
+            while size < MAX_GROUP_BYTES {
+                match self.rx.try_recv() {
+                    Ok(q) => {
+                        size += batch_size(&q.batch);
+                        group.push(q);
+                    }
+                    Err(_) => break,
                 }
-                group
-            };
-            if group.is_empty() {
-                return;
             }
-            self.shared.room_cv.notify_all();
-            let to = group[group.len() - 1].seq;
             self.commit(group);
-            if to >= seq {
-                return;
-            }
         }
-    }
-
-    /// At close: everything is committed; the last unsynced writes are
-    /// synced.
-    fn finish(&mut self) -> Result<()> {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
@@ -269,7 +189,7 @@ impl Writer {
         Ok(())
     }
 
-    pub fn is_poisoned(&self) -> bool {
+    fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
     }
 
@@ -298,8 +218,7 @@ impl Writer {
             }
             self.offset += self.buf.len() as u64;
             self.shared.metrics.add_bytes(self.buf.len() as u64);
-            let sync = group.iter().any(|q| q.sync);
-            if self.shared.opts.fsync && sync {
+            if self.shared.opts.fsync {
                 if let Err(e) = self.timed_sync() {
                     self.fail(from, to, e);
                     return;
@@ -318,11 +237,9 @@ impl Writer {
             p.durable = to;
         }
         self.shared.progress_cv.notify_all();
-        if self.offset >= self.shared.opts.segment_size {
-            // The writer thread cuts now rather than the next group, off
-            // its latency.
-            self.shared.pending.lock().cut_due = true;
-            self.shared.work_cv.notify_one();
+        // Cut now rather than when the next group arrives, off its latency.
+        if let Err(e) = self.maybe_cut() {
+            self.fail(to + 1, to, e);
         }
     }
 
