@@ -687,6 +687,21 @@ fn five_members(kind: Kind) {
     c.assert_hash_kv_equal(SECS_20);
 }
 
+/// A runtime for a scenario's own gRPC calls.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A channel to `url` that connects on first use (inside a runtime).
+fn lazy_channel(url: String) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect_lazy()
+}
+
 /// A keepalive answered by a deposed leader. The leader is paused
 /// (SIGSTOP) right after renewing a lease of TTL 10 s; the others elect a
 /// new leader, whose lessor gives the lease its TTL plus an election
@@ -711,20 +726,12 @@ fn stale_leader_keepalive(kind: Kind) {
     };
     const TTL: i64 = 10;
     let mut c = Cluster::start(kind, 3);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let _rt = rt.enter();
-    let connect = |url: String| {
-        tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect_lazy()
-    };
     let l = c.wait_leader(SECS_20);
     let f = c.other_than(&[l]);
-    let at_leader = connect(c.members[l].client_url.clone());
-    let at_follower = connect(c.members[f].client_url.clone());
+    let at_leader = lazy_channel(c.members[l].client_url.clone());
+    let at_follower = lazy_channel(c.members[f].client_url.clone());
     let id = 0x100;
     let (tx, mut stream) = rt.block_on(async {
         LeaseClient::new(at_leader.clone())
@@ -827,20 +834,12 @@ fn stale_leader_revoke(kind: Kind) {
     };
     const TTL: i64 = 2;
     let mut c = Cluster::start(kind, 3);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let _rt = rt.enter();
-    let connect = |url: String| {
-        tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect_lazy()
-    };
     let l = c.wait_leader(SECS_20);
     let id = 0x200;
     rt.block_on(async {
-        let at_leader = connect(c.members[l].client_url.clone());
+        let at_leader = lazy_channel(c.members[l].client_url.clone());
         LeaseClient::new(at_leader.clone())
             .lease_grant(LeaseGrantRequest { ttl: TTL, id })
             .await
@@ -864,7 +863,7 @@ fn stale_leader_revoke(kind: Kind) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let at_new = connect(c.members[n].client_url.clone());
+    let at_new = lazy_channel(c.members[n].client_url.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // etcd answers the stream's headers with its first response.
     let first = tx.try_send(LeaseKeepAliveRequest { id });
