@@ -242,10 +242,7 @@ impl Peer {
             return Err(Error::NotLeader(term));
         }
         self.release_waiting();
-        self.raw.propose(Vec::new(), data).map_err(|e| match e {
-            raft::Error::ProposalDropped => Error::ProposalDropped,
-            e => Error::Raft(e),
-        })
+        self.raw.propose(Vec::new(), data).map_err(proposal_error)
     }
 
     /// Proposes a membership change (raft-rs applies one simple change at
@@ -332,10 +329,7 @@ impl Peer {
             Payload::Normal(data) => self.raw.propose(Vec::new(), data),
             Payload::ConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc),
         };
-        let r = r.map_err(|e| match e {
-            raft::Error::ProposalDropped => Error::ProposalDropped,
-            e => Error::Raft(e),
-        });
+        let r = r.map_err(proposal_error);
         if let Some(ack) = ack {
             ack(r);
         }
@@ -660,6 +654,14 @@ fn collect_committed(entries: Vec<Entry>, out: &mut Vec<CommittedEntry>) {
         },
         data: e.data,
     }));
+}
+
+/// Why raft-rs refused a proposal, as this crate says it.
+fn proposal_error(e: raft::Error) -> Error {
+    match e {
+        raft::Error::ProposalDropped => Error::ProposalDropped,
+        e => Error::Raft(e),
+    }
 }
 
 #[cfg(test)]

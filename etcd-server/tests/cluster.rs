@@ -759,12 +759,9 @@ fn stale_leader_keepalive(kind: Kind) {
         (tx, stream)
     });
     c.pause(l);
-    // The others elect a new leader.
-    let deadline = Instant::now() + SECS_20;
-    while c.leader().is_none_or(|n| n == l) {
-        assert!(Instant::now() < deadline, "no new leader");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The others elect a new leader (a paused member is never the one
+    // `wait_leader` returns).
+    c.wait_leader(SECS_20);
     // Long enough that the new leader's expiry (its promotion + TTL + an
     // election timeout) comes well before `call + TTL`.
     std::thread::sleep(Duration::from_millis(6 * ELECTION_MS));
@@ -855,19 +852,13 @@ fn stale_leader_revoke(kind: Kind) {
             .expect("put");
     });
     c.pause(l);
-    let deadline = Instant::now() + SECS_20;
-    let n = loop {
-        match c.leader() {
-            Some(n) if n != l => break n,
-            _ => assert!(Instant::now() < deadline, "no new leader"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let n = c.wait_leader(SECS_20);
     let at_new = lazy_channel(c.members[n].client_url.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    // etcd answers the stream's headers with its first response.
-    let first = tx.try_send(LeaseKeepAliveRequest { id });
-    first.expect("first keepalive queued");
+    // etcd answers the stream's headers with its first response: one
+    // keepalive is always queued ahead of the one awaited.
+    tx.try_send(LeaseKeepAliveRequest { id })
+        .expect("first keepalive queued");
     let mut stream = rt.block_on(async {
         LeaseClient::new(at_new.clone())
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -877,13 +868,9 @@ fn stale_leader_revoke(kind: Kind) {
     });
     // Renews every 500 ms (a quarter of the TTL) for `rounds` rounds,
     // checking the key after each; the first failure, if any.
-    // (`first_sent`: the first round's request is already queued.)
-    let mut renew = |rounds: usize, first_sent: bool| -> Option<String> {
+    let mut renew = |rounds: usize| -> Option<String> {
         rt.block_on(async {
-            for round in 0..rounds {
-                if round > 0 || !first_sent {
-                    tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
-                }
+            for _ in 0..rounds {
                 let answer = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
                 match answer {
                     Ok(Ok(Some(r))) if r.ttl > 0 => {}
@@ -900,17 +887,18 @@ fn stale_leader_revoke(kind: Kind) {
                     other => return Some(format!("the key, while renewed: {other:?}")),
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
             }
             None
         })
     };
-    let before = renew(7, true);
+    let before = renew(7);
     c.resume(l);
     assert_eq!(
         before, None,
         "renewed at the new leader while the old one is paused"
     );
-    let after = renew(6, false);
+    let after = renew(6);
     println!("{kind:?}: a deposed leader resumed after its lease expired there: {after:?}");
     if kind == Kind::Ours {
         assert_eq!(after, None);
