@@ -302,7 +302,11 @@ fn restart(
         }
         Err(e) => return Err(e.into()),
     };
-    let (storage, meta, cluster) = reopen_wal(&dir.wal(), wal_opts, &store, &files, incomplete)?;
+    let (mut storage, meta, cluster) =
+        reopen_wal(&dir.wal(), wal_opts, &store, &files, incomplete)?;
+    if cfg.force_new_cluster {
+        force_new_cluster(cfg, &mut storage, &cluster, meta.member_id, &store)?;
+    }
     tracing::info!(
         member = %membership::format_id(meta.member_id),
         cluster = %membership::format_id(meta.cluster_id),
@@ -318,6 +322,119 @@ fn restart(
         cluster_id: meta.cluster_id,
         cluster,
     })
+}
+
+/// `--force-new-cluster` (etcd's `restartAsStandaloneNode`): makes this
+/// member the only one of its cluster, keeping its data, member id and
+/// cluster id. The entries after the commit index are dropped (nobody
+/// acknowledged them), and configuration changes are appended as
+/// committed: a promotion of this member if it is a learner (an addition
+/// if the membership lacks it, with its `--initial-advertise-peer-urls`),
+/// then the removal of every other member, voter or learner. They apply
+/// like any committed entry when the member starts, so the store's
+/// membership, raft's configuration and every later restart agree; raft
+/// does not campaign before they are applied. A member already alone gets
+/// no entries, so the flag left on in a unit file is harmless.
+///
+/// etcd 3.4 removes only the voters of its last snapshot (a learner
+/// would stay); here learners are removed too.
+fn force_new_cluster(
+    cfg: &Config,
+    storage: &mut WalStorage,
+    cluster: &RaftCluster,
+    me: u64,
+    store: &Store,
+) -> Result<(), StartError> {
+    use crate::cluster::{decode_conf_change, Change};
+    use etcd_raft_node::eraftpb::{Entry, EntryType};
+    use protobuf::Message as _;
+
+    // The membership raft will have at the commit index: the store's (as
+    // of its applied index) and the committed changes not applied yet.
+    // Member id -> whether it is a learner.
+    let mut ids: std::collections::BTreeMap<u64, bool> = cluster
+        .members()
+        .iter()
+        .map(|m| (m.id, m.is_learner))
+        .collect();
+    let pending = storage
+        .committed_entries_after(store.consistent_index())
+        .map_err(StartError::from)?;
+    for e in pending
+        .iter()
+        .filter(|e| e.get_entry_type() == EntryType::EntryConfChange)
+    {
+        let (_, _, change) = decode_conf_change(&e.data).map_err(|err| {
+            StartError::Config(format!(
+                "raft entry {} is not a configuration change: {err}",
+                e.index
+            ))
+        })?;
+        match change {
+            Change::Add(m) => {
+                ids.insert(m.id, m.is_learner);
+            }
+            Change::Promote(id) => {
+                if let Some(learner) = ids.get_mut(&id) {
+                    *learner = false;
+                }
+            }
+            Change::Remove(id) => {
+                ids.remove(&id);
+            }
+            Change::UpdatePeerUrls(..) | Change::Publish { .. } => {}
+        }
+    }
+    let mut changes = Vec::new();
+    match ids.get(&me) {
+        None => changes.push(Change::Add(Member {
+            id: me,
+            name: String::new(),
+            peer_urls: cfg.initial_advertise_peer_urls.clone(),
+            client_urls: Vec::new(),
+            is_learner: false,
+        })),
+        Some(true) => changes.push(Change::Promote(me)),
+        Some(false) => {}
+    }
+    changes.extend(
+        ids.keys()
+            .filter(|&&id| id != me)
+            .map(|&id| Change::Remove(id)),
+    );
+    let hs = storage.hard_state();
+    let dropped = storage.last_index().saturating_sub(hs.commit);
+    if changes.is_empty() {
+        tracing::info!("--force-new-cluster: this member is already the only one");
+        return Ok(());
+    }
+    let entries: Vec<Entry> = changes
+        .iter()
+        .zip(hs.commit + 1..)
+        .map(|(change, index)| {
+            let cc = change
+                .to_conf_change(crate::wait::Waiter { origin: 0, id: 0 })
+                .expect("additions, promotions and removals are configuration changes");
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.index = index;
+            e.term = hs.term;
+            e.data = cc
+                .write_to_bytes()
+                .expect("a configuration change encodes")
+                .into();
+            e
+        })
+        .collect();
+    storage.force_commit(&entries).map_err(StartError::from)?;
+    tracing::warn!(
+        member = %membership::format_id(me),
+        commit_index = hs.commit,
+        discarded_uncommitted_entries = dropped,
+        removed = ?ids.keys().filter(|&&id| id != me).map(|&id| membership::format_id(id)).collect::<Vec<_>>(),
+        "--force-new-cluster: forcing a restart as the only member of the cluster"
+    );
+    Ok(())
 }
 
 /// `urls` sorted (members are matched by their set of peer URLs).

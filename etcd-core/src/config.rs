@@ -37,6 +37,12 @@ pub struct Config {
     /// first URL is bound). Empty: no peer listener, which only a
     /// single-member cluster can do without (the embedded default).
     pub listen_peer_urls: Vec<String>,
+    /// `--force-new-cluster`: restart a member on its data directory as
+    /// the only member of its cluster (disaster recovery after a quorum
+    /// is lost for good): uncommitted entries are dropped and the other
+    /// members removed through the log. No effect on an empty data
+    /// directory; harmless on later restarts (nobody is left to remove).
+    pub force_new_cluster: bool,
     /// `--strict-reconfig-check`: refuse membership changes that would
     /// leave too few started members for a quorum.
     pub strict_reconfig_check: bool,
@@ -106,6 +112,7 @@ impl Default for Config {
             initial_cluster_token: "etcd-cluster".into(),
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
             listen_peer_urls: Vec::new(),
+            force_new_cluster: false,
             strict_reconfig_check: true,
             advertise_client_urls: vec!["http://localhost:2379".into()],
             heartbeat_interval: Duration::from_millis(100),

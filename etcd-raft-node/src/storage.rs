@@ -395,6 +395,56 @@ impl WalStorage {
         self.applied
     }
 
+    /// The hard state as recovered and persisted since.
+    pub fn hard_state(&self) -> HardState {
+        self.mem.rl().hard_state().clone()
+    }
+
+    /// The committed entries after index `after` (the ones a restarted
+    /// member applies again).
+    pub fn committed_entries_after(&self, after: u64) -> Result<Vec<Entry>> {
+        let commit = self.hard_state().commit;
+        let first = Storage::first_index(&self.mem)?;
+        let low = (after + 1).max(first);
+        if low > commit {
+            return Ok(Vec::new());
+        }
+        Ok(Storage::entries(
+            &self.mem,
+            low,
+            commit + 1,
+            None,
+            GetEntriesContext::empty(false),
+        )?)
+    }
+
+    /// etcd's `--force-new-cluster` (`restartAsStandaloneNode`): discards
+    /// the entries after the commit index and appends `entries`
+    /// (configuration changes that leave this member alone in the
+    /// cluster) as committed, fsynced, before raft starts. `entries` must
+    /// start right after the commit index, in the hard state's term. Raft
+    /// then hands them to the application like any committed entry, and
+    /// refuses to campaign until they are applied.
+    pub fn force_commit(&mut self, entries: &[Entry]) -> Result<()> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let mut hs = self.hard_state();
+        assert_eq!(
+            entries[0].index,
+            hs.commit + 1,
+            "forced entries start after the commit index"
+        );
+        assert!(
+            entries.iter().all(|e| e.term == hs.term),
+            "forced entries are in the hard state's term"
+        );
+        hs.commit = last.index;
+        // One WAL batch: the first entry, at commit + 1, overwrites the
+        // uncommitted suffix on replay as it does in memory below.
+        self.persist(entries, Some(&hs), true)
+    }
+
     /// Records the membership as of the applied index (snapshots carry it).
     pub fn set_conf_state(&mut self, cs: ConfState) {
         let changed = Storage::initial_state(&self.mem).map_or(true, |rs| rs.conf_state != cs);
@@ -540,6 +590,49 @@ mod tests {
         assert_eq!(st.hard_state.vote, 1);
         assert_eq!(st.hard_state.commit, 2);
         assert_eq!(st.conf_state.voters, vec![1]);
+    }
+
+    #[test]
+    fn forced_entries_replace_the_uncommitted_suffix_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = WalStorage::create(dir.path(), WalOptions::default(), b"m", voters(&[1, 2, 3]))
+            .unwrap();
+        let mut hs = HardState::default();
+        hs.term = 3;
+        hs.commit = 2;
+        s.persist(
+            &[
+                entry(1, 1, b"a"),
+                entry(2, 2, b"b"),
+                entry(3, 2, b"uncommitted"),
+            ],
+            Some(&hs),
+            true,
+        )
+        .unwrap();
+        drop(s);
+        let mut s = WalStorage::open(dir.path(), WalOptions::default(), 1, |_| {
+            Ok(voters(&[1, 2, 3]))
+        })
+        .unwrap()
+        .storage;
+        assert_eq!(datas(&s, 2, 3), vec![b"b".to_vec()]);
+        s.force_commit(&[entry(3, 3, b"rm 2"), entry(4, 3, b"rm 3")])
+            .unwrap();
+        drop(s);
+        let s = WalStorage::open(dir.path(), WalOptions::default(), 1, |_| {
+            Ok(voters(&[1, 2, 3]))
+        })
+        .unwrap()
+        .storage;
+        assert_eq!(s.last_index(), 4);
+        assert_eq!(s.hard_state().commit, 4);
+        assert_eq!(s.hard_state().term, 3);
+        assert_eq!(
+            datas(&s, 2, 5),
+            vec![b"b".to_vec(), b"rm 2".to_vec(), b"rm 3".to_vec()]
+        );
+        assert_eq!(s.committed_entries_after(2).unwrap().len(), 2);
     }
 
     #[test]

@@ -108,6 +108,17 @@ pub struct Flags {
         default_value_t = 5_000
     )]
     pub experimental_snapshot_catchup_entries: u64,
+    /// Force to create a new one member cluster.
+    #[arg(
+        long,
+        env = "ETCD_FORCE_NEW_CLUSTER",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub force_new_cluster: bool,
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(
         long,
@@ -536,7 +547,6 @@ pub(crate) fn unsupported_default(flag: &str) -> Option<&'static str> {
         ("proxy-dial-timeout", "1000"),
         ("proxy-write-timeout", "5000"),
         ("proxy-read-timeout", "0"),
-        ("force-new-cluster", "false"),
         ("debug", "false"),
         ("enable-v2", "false"),
         ("log-package-levels", ""),
@@ -918,6 +928,7 @@ impl Flags {
             initial_advertise_peer_urls: peer_urls,
             listen_peer_urls,
             strict_reconfig_check: self.strict_reconfig_check,
+            force_new_cluster: self.force_new_cluster,
             advertise_client_urls,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),

@@ -72,6 +72,11 @@ both!(
 );
 both!(learner, real_learner, ours_learner);
 both!(
+    force_new_cluster,
+    real_force_new_cluster,
+    ours_force_new_cluster
+);
+both!(
     partition_leader,
     real_partition_leader,
     ours_partition_leader
@@ -911,6 +916,84 @@ fn stale_leader_revoke(kind: Kind) {
 /// from members it did not know and the member stayed leaderless for
 /// good; the chaos run found it, seed 36. etcd takes such a sender's
 /// messages on its pipeline and learns its address from the request.)
+/// The keys under `prefix` as member `i` serves them (serializable), as
+/// etcdctl's JSON: key, value, create/mod revision, version, lease.
+fn kvs_at(c: &Cluster, i: usize, prefix: &str) -> serde_json::Value {
+    let out = c.ctl_ok(
+        i,
+        &["get", prefix, "--prefix", "--consistency=s", "-w", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["kvs"].clone()
+}
+
+/// Disaster recovery after the quorum is lost for good (etcd's
+/// `--force-new-cluster`, the operator guide's "restore from a surviving
+/// member"): two of three members are gone; the survivor, restarted with
+/// the flag, serves alone with every key as it was, its member id and the
+/// cluster id. The flag left on for the next restart changes nothing, a
+/// restart without it keeps the single member, and a new member then
+/// joins the way the guide adds the rest back.
+fn force_new_cluster(kind: Kind) {
+    let mut c = Cluster::start(kind, 3);
+    let l = c.wait_leader(SECS_20);
+    for k in 0..20 {
+        c.put(l, &format!("k{k}"), &k.to_string());
+    }
+    c.ctl_ok(l, &["del", "k7"]);
+    // A follower survives: its log may trail the leader's.
+    let s = c.other_than(&[l]);
+    c.wait_value(s, "k19", "19", SECS_20);
+    let before = c.status(s).unwrap();
+    let kvs = kvs_at(&c, s, "k");
+    assert_eq!(kvs.as_array().unwrap().len(), 19);
+    let survivor = c
+        .member_list_at(s)
+        .into_iter()
+        .find(|m| m.id == c.id(s))
+        .unwrap();
+    for i in (0..3).filter(|&i| i != s) {
+        c.kill9(i);
+        c.members[i].in_cluster = false;
+    }
+    let err = c.ctl_err(s, &["put", "x", "y", "--command-timeout=1s"]);
+    println!("{kind:?} force_new_cluster: a put without a quorum: {err}");
+    c.kill9(s);
+
+    c.restart_with(s, &["--force-new-cluster"]);
+    let check = |c: &Cluster, what: &str| {
+        assert_eq!(c.wait_leader(SECS_20), s, "{what}");
+        let list = c.member_list_at(s);
+        assert_eq!(list, vec![survivor.clone()], "{what}");
+        let now = c.status(s).unwrap();
+        assert_eq!(now.cluster_id, before.cluster_id, "{what}");
+        assert_eq!(now.member_id, before.member_id, "{what}");
+        assert!(
+            now.revision >= before.revision,
+            "{what}: {now:?} {before:?}"
+        );
+        assert_eq!(kvs_at(c, s, "k"), kvs, "{what}");
+    };
+    check(&c, "after --force-new-cluster");
+    c.put(s, "after", "1");
+    assert_eq!(c.get(s, "after", false).as_deref(), Some("1"));
+
+    c.kill9(s);
+    c.restart_with(s, &["--force-new-cluster"]);
+    check(&c, "after a second start with --force-new-cluster");
+    c.kill9(s);
+    c.restart(s);
+    check(&c, "after a restart without the flag");
+    assert_eq!(c.get(s, "after", false).as_deref(), Some("1"));
+
+    let n = c.add_member("m3", false);
+    c.put(s, "joined", "1");
+    c.wait_value(n, "joined", "1", SECS_20);
+    assert_eq!(kvs_at(&c, n, "k"), kvs);
+    assert_eq!(c.member_list_at(n).len(), 2);
+    c.assert_hash_kv_equal(SECS_20);
+}
+
 fn isolated_member_rejoins_a_new_leader(kind: Kind) {
     let mut c = Cluster::start(kind, 3);
     let l = c.wait_leader(SECS_20);

@@ -654,6 +654,16 @@ impl Cluster {
         self.wait_serving(i, Instant::now() + Duration::from_secs(30), false);
     }
 
+    /// [`Cluster::restart`] with `extra` flags for this start only.
+    pub fn restart_with(&mut self, i: usize, extra: &[&str]) {
+        let n = self.members[i].args.len();
+        self.members[i]
+            .args
+            .extend(extra.iter().map(|a| a.to_string()));
+        self.restart(i);
+        self.members[i].args.truncate(n);
+    }
+
     /// Starts member `i`'s process again without waiting for anything.
     pub fn spawn_only(&mut self, i: usize) {
         assert!(!self.members[i].running(), "kill member {i} first");
