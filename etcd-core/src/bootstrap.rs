@@ -306,6 +306,13 @@ fn restart(
         reopen_wal(&dir.wal(), wal_opts, &store, &files, incomplete)?;
     if cfg.force_new_cluster {
         force_new_cluster(cfg, &mut storage, &cluster, meta.member_id, &store)?;
+    } else if cluster.members().is_empty() && store.consistent_index() > 0 {
+        // Raft would never elect anyone.
+        return Err(StartError::data_dir(
+            &dir.root,
+            "it holds data but no cluster membership (a backup written by `etcdutl backup` or `etcdctl backup`): \
+             start it once with --force-new-cluster",
+        ));
     }
     tracing::info!(
         member = %membership::format_id(meta.member_id),

@@ -79,11 +79,16 @@ pub fn defrag_data(root: &Path, waiting: impl FnOnce(&Path)) -> Result<Defragmen
     }
 }
 
-fn defrag_ours(db: &Path, waiting: impl FnOnce(&Path)) -> Result<Defragmented, StartError> {
+/// Opens this server's store `db`, waiting while a running server holds
+/// it (`waiting(db)` is called once then).
+pub(crate) fn open_store_waiting(
+    db: &Path,
+    waiting: impl FnOnce(&Path),
+) -> Result<Store, StartError> {
     let mut waiting = Some(waiting);
-    let store = loop {
+    loop {
         match Store::open(db, StoreOptions::default()) {
-            Ok(s) => break s,
+            Ok(s) => return Ok(s),
             Err(etcd_mvcc::Error::Storage(msg)) if is_lock_error(&msg) => {
                 if let Some(w) = waiting.take() {
                     w(db);
@@ -92,7 +97,11 @@ fn defrag_ours(db: &Path, waiting: impl FnOnce(&Path)) -> Result<Defragmented, S
             }
             Err(e) => return Err(StartError::data_dir(db, e)),
         }
-    };
+    }
+}
+
+fn defrag_ours(db: &Path, waiting: impl FnOnce(&Path)) -> Result<Defragmented, StartError> {
+    let store = open_store_waiting(db, waiting)?;
     let size_before = store.db_size();
     tracing::info!(db = %db.display(), "db-size-bytes" = size_before, "defragmenting");
     store
@@ -187,6 +196,19 @@ fn lock_exclusive(file: &File, waiting: impl FnOnce()) -> std::io::Result<()> {
         Err(std::fs::TryLockError::WouldBlock) => {
             waiting();
             file.lock()
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// bbolt's lock for a reader (`flock(LOCK_SH)`, what a read-only
+/// `bolt.Open` takes): waits while etcd runs on the file.
+pub(crate) fn lock_shared(file: &File, waiting: impl FnOnce()) -> std::io::Result<()> {
+    match file.try_lock_shared() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            waiting();
+            file.lock_shared()
         }
         Err(std::fs::TryLockError::Error(e)) => Err(e),
     }

@@ -462,7 +462,7 @@ pub(crate) fn install_image<T>(
 }
 
 /// Step 1: our data directory in `out`, from etcd's in `etcd`.
-fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
+pub(crate) fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
     let db_path = etcd.db();
     let db = etcd_bbolt::Reader::open(&db_path).map_err(|e| StartError::data_dir(&db_path, e))?;
     db.check().map_err(|e| StartError::data_dir(&db_path, e))?;
@@ -487,15 +487,34 @@ fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
         Ok((image, (imported, ci, members)))
     })?;
     drop(db);
-    let term = wal.term_at(ci).ok_or_else(|| {
-        StartError::data_dir(
+    // etcd's legacy `etcdctl backup` strips the membership from the
+    // database and cuts the configuration changes out of the log,
+    // renumbering the entries after them, so the log can end below the
+    // database's index. Its entries were all applied (a backup is of a
+    // stopped member): the raft log restarts at the database's index, in
+    // the last term. Such a directory is started with --force-new-cluster,
+    // which adds this member to the empty membership.
+    let backup = members.is_empty();
+    let term = match wal.term_at(ci) {
+        Some(t) => t,
+        None if backup && wal.entries.last().is_none_or(|e| e.index < ci) => {
+            tracing::info!(
+                "consistent-index" = ci,
+                "wal-last-index" = wal.entries.last().map_or(0, |e| e.index),
+                "a backup written by etcdctl backup: its raft log restarts at the database's index"
+            );
+            wal.hard_state
+                .term
+                .max(wal.entries.last().map_or(0, |e| e.term))
+        }
+        None => return Err(StartError::data_dir(
             &wal_dir,
             format!(
                 "the WAL does not hold the database's consistent index {ci} (nor a snapshot at it)"
             ),
-        )
-    })?;
-    if !members.iter().any(|m| m.id == md.node_id) {
+        )),
+    };
+    if !backup && !members.iter().any(|m| m.id == md.node_id) {
         return Err(StartError::data_dir(
             &db_path,
             format!(

@@ -30,6 +30,7 @@ mod apply_loop;
 mod apply_range_tests;
 pub mod auth;
 mod background;
+pub mod backup;
 pub mod bbolt_layout;
 mod bootstrap;
 pub mod client;

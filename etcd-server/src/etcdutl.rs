@@ -10,6 +10,12 @@
 //!   `etcd_core::v3_snapshot`); start `etcd-server` on it with the same
 //!   flags, as the operator guides do with etcd.
 //!
+//! - `etcdutl backup --data-dir ... --backup-dir ... [--wal-dir ...]
+//!   [--backup-wal-dir ...]`: a copy of a stopped member (ours or etcd's)
+//!   with new ids and no membership, started once with
+//!   `--force-new-cluster` (see `etcd_core::backup`).
+//! - `etcdutl defrag --data-dir ...` (see `etcd_core::defrag_data`).
+//!
 //! Flags etcd has that are not supported here (`--wal-dir`,
 //! `--mark-compacted`, `--bump-revision`) are refused, never ignored.
 
@@ -55,6 +61,32 @@ enum Top {
         /// The data directory (this server's, or a stopped etcd's).
         #[arg(long = "data-dir")]
         data_dir: PathBuf,
+    },
+    /// [legacy] offline backup of etcd directory: a copy that starts, with
+    /// --force-new-cluster, as a new one-member cluster.
+    Backup {
+        /// Path to the etcd data dir (this server's, or a stopped etcd's).
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// Path to the etcd wal dir.
+        #[arg(long = "wal-dir")]
+        wal_dir: Option<PathBuf>,
+        /// Path to the backup dir.
+        #[arg(long = "backup-dir")]
+        backup_dir: PathBuf,
+        /// Path to the backup wal dir.
+        #[arg(long = "backup-wal-dir")]
+        backup_wal_dir: Option<PathBuf>,
+        /// Backup v3 backend data. Note -with-v3=false is not supported since etcd v3.5.0.
+        #[arg(
+            long = "with-v3",
+            default_value_t = true,
+            action = clap::ArgAction::Set,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true"
+        )]
+        with_v3: bool,
     },
     /// Prints the version of etcdutl.
     Version,
@@ -132,6 +164,24 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             Ok(())
         }
         Top::Defrag { data_dir } => defrag(&data_dir),
+        Top::Backup {
+            data_dir,
+            wal_dir,
+            backup_dir,
+            backup_wal_dir,
+            with_v3,
+        } => {
+            if !with_v3 {
+                Err("-with-v3=false is not supported since etcd v3.5.0".to_string())
+            } else {
+                backup(etcd_core::backup::BackupOptions {
+                    data_dir,
+                    wal_dir,
+                    backup_dir,
+                    backup_wal_dir,
+                })
+            }
+        }
         Top::Snapshot(SnapshotCmd::Status { filename }) => status(&filename, cli.write_out),
         Top::Snapshot(SnapshotCmd::Restore {
             filename,
@@ -194,6 +244,19 @@ fn defrag(data_dir: &Path) -> Result<(), String> {
             data_dir.display()
         )
     })
+}
+
+/// `etcdutl backup`: progress and the result in the log (stderr), as
+/// etcd's; the same hint as defrag while a server holds the store.
+fn backup(opts: etcd_core::backup::BackupOptions) -> Result<(), String> {
+    etcd_core::backup::backup(&opts, |db| {
+        eprintln!(
+            "waiting for etcd to close and release its lock on {:?}",
+            db.display().to_string()
+        );
+    })
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 fn status(path: &Path, out: WriteOut) -> Result<(), String> {

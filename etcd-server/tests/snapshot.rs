@@ -1157,3 +1157,182 @@ fn kill9_during_an_import() {
     assert!(!data_dir.join("import.staging").exists());
     ours.ctl_ok(&["put", "after-import", "x"]);
 }
+
+/// Starts a server of `kind` on `data_dir` with `--force-new-cluster` and
+/// waits until it serves.
+fn start_forced(kind: Kind, tmp: tempfile::TempDir, data_dir: std::path::PathBuf) -> Server {
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut s = Server::launch_on(
+        kind,
+        tmp,
+        data_dir,
+        "restored",
+        &peer,
+        None,
+        &["--force-new-cluster"],
+    );
+    s.wait_ready();
+    s
+}
+
+/// `etcdutl backup` (etcd's legacy `etcdctl backup --with-v3`, the real
+/// one as the oracle): a copy of a stopped member that starts, with
+/// `--force-new-cluster`, as a new one-member cluster (new member and
+/// cluster ids) answering every read as the member did. Ours backs up its
+/// own data directory and a stopped etcd's, and starts on what etcd's own
+/// backup wrote; a start on a backup without the flag is refused, saying
+/// why; the backup directory must be empty.
+#[test]
+fn backup_starts_as_a_new_one_member_cluster() {
+    // The reference: etcd's own backup, served by etcd.
+    let mut real = Server::start(Kind::Real);
+    let (real_before, real_after) = workload(&real);
+    let want_real = reads_only(&real, real_before, real_after);
+    let real_ids = ids(&endpoint_status(&real));
+    real.terminate();
+    let real_tmp = real.keep_dir();
+    let real_copy = real_tmp.path().join("etcd-backup");
+    let out = Command::new(etcdctl_path())
+        .env("ETCDCTL_API", "2")
+        .args(["backup", "--with-v3", "--data-dir"])
+        .arg(&real.data_dir)
+        .arg("--backup-dir")
+        .arg(&real_copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl backup: {out:?}");
+    let etcds_backup_for_ours = real_tmp.path().join("etcd-backup-for-ours");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&real_copy)
+        .arg(&etcds_backup_for_ours)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let from_etcd = start_forced(Kind::Real, tempfile::tempdir().unwrap(), real_copy);
+    compare(
+        &want_real,
+        &reads_only(&from_etcd, real_before, real_after),
+        "etcd on etcd's backup",
+    );
+    let new_ids = ids(&endpoint_status(&from_etcd));
+    assert_ne!(new_ids.0, real_ids.0, "etcd: a new member id");
+    assert_ne!(new_ids.1, real_ids.1, "etcd: a new cluster id");
+    assert_eq!(from_etcd.ctl_ok(&["member", "list"]).lines().count(), 1);
+    drop(from_etcd);
+
+    // Ours, of its own data directory.
+    let mut ours = Server::start(Kind::Ours);
+    let (before, after) = workload(&ours);
+    let want = reads_only(&ours, before, after);
+    let our_ids = ids(&endpoint_status(&ours));
+    assert!(ours.terminate().success());
+    let tmp = ours.keep_dir();
+    let copy = tmp.path().join("backup");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(copy.join("something"), "x").unwrap();
+    let dir = ours.data_dir.to_str().unwrap();
+    let copy_s = copy.to_str().unwrap();
+    let out = etcdutl(&["backup", "--data-dir", dir, "--backup-dir", copy_s]);
+    assert!(!out.status.success(), "a backup into a non-empty directory");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not empty"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&copy).unwrap().count(),
+        1,
+        "left as it was"
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
+    let out = etcdutl(&["backup", "--data-dir", dir, "--backup-dir", copy_s]);
+    assert!(out.status.success(), "etcdutl backup: {out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("start it with --force-new-cluster"), "{log}");
+
+    // Without --force-new-cluster: refused, saying what to do.
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut plain = Server::launch_on(
+        Kind::Ours,
+        tempfile::tempdir().unwrap(),
+        copy.clone(),
+        "restored",
+        &peer,
+        None,
+        &[],
+    );
+    assert!(!plain
+        .wait_exit(std::time::Duration::from_secs(30))
+        .success());
+    assert!(
+        plain
+            .log_text()
+            .contains("start it once with --force-new-cluster"),
+        "{}",
+        plain.log_text()
+    );
+    let from_ours = start_forced(Kind::Ours, tempfile::tempdir().unwrap(), copy);
+    compare(
+        &want,
+        &reads_only(&from_ours, before, after),
+        "ours on our backup",
+    );
+    let new_ids = ids(&endpoint_status(&from_ours));
+    assert_ne!(new_ids.0, our_ids.0, "a new member id");
+    assert_ne!(new_ids.1, our_ids.1, "a new cluster id");
+    let members = from_ours.ctl_ok(&["member", "list", "-w", "json"]);
+    let members: serde_json::Value = serde_json::from_str(&members).unwrap();
+    let members = members["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0]["ID"].as_u64(), Some(new_ids.0));
+    assert_eq!(members[0]["name"], "restored");
+    assert_eq!(
+        members[0]["peerURLs"],
+        serde_json::json!([from_ours.peer_url])
+    );
+    from_ours.ctl_ok(&["put", "after-backup", "x"]);
+    drop(from_ours);
+
+    // Ours, of the stopped etcd's data directory (converted on the way;
+    // etcd's files are only read).
+    let db = real.data_dir.join("member/snap/db");
+    let db_before = std::fs::read(&db).unwrap();
+    let copy = real_tmp.path().join("our-backup");
+    let out = etcdutl(&[
+        "backup",
+        "--data-dir",
+        real.data_dir.to_str().unwrap(),
+        "--backup-dir",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "etcdutl backup of etcd's: {out:?}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        db_before,
+        "etcd's db unchanged"
+    );
+    assert!(real.data_dir.join("member/wal").is_dir());
+    let from_real = start_forced(Kind::Ours, tempfile::tempdir().unwrap(), copy);
+    compare(
+        &want_real,
+        &reads_only(&from_real, real_before, real_after),
+        "ours on our backup of etcd's data directory",
+    );
+    assert_ne!(ids(&endpoint_status(&from_real)), real_ids);
+    drop(from_real);
+
+    // Ours on what etcd's own `etcdctl backup` wrote (imported: a log
+    // renumbered below the database's index, no membership).
+    let on_etcds = start_forced(
+        Kind::Ours,
+        tempfile::tempdir().unwrap(),
+        etcds_backup_for_ours,
+    );
+    compare(
+        &want_real,
+        &reads_only(&on_etcds, real_before, real_after),
+        "ours on etcd's own backup",
+    );
+    assert_eq!(on_etcds.ctl_ok(&["member", "list"]).lines().count(), 1);
+    on_etcds.ctl_ok(&["put", "after-backup", "x"]);
+}

@@ -83,6 +83,16 @@ impl Wal {
         Wal::open_with_fs(Arc::new(RealFs), dir, opts)
     }
 
+    /// Replays the WAL in `dir` without opening it for appends, for
+    /// offline tools (`etcdutl backup`): nothing is written (a torn tail
+    /// stays as it is; the records before it are returned). Fails with
+    /// [`Error::Locked`] while a process has the WAL open.
+    pub fn read(dir: &Path, opts: WalOptions) -> Result<Recovered> {
+        opts.validate()?;
+        let _lock = lock_dir(&RealFs, dir)?;
+        Ok(replay::replay(&RealFs, dir, opts.recovery_mode)?.recovered)
+    }
+
     /// [`Wal::create`] on any file system (tests).
     #[doc(hidden)]
     pub fn create_with_fs(
