@@ -24,6 +24,7 @@ use crate::format::{
 const MAX_DEPTH: usize = 64;
 
 /// Bytes a reader reads pages from.
+#[allow(clippy::len_without_is_empty)] // a length that can fail to be read
 pub trait Source {
     /// Length in bytes.
     fn len(&self) -> Result<u64>;

@@ -238,7 +238,7 @@ pub(crate) fn reopen_wal(
                 "re-installing a received snapshot image"
             );
             files
-                .install(&store, &image.token())
+                .install(store, &image.token())
                 .map_err(|e| etcd_raft_node::Error::Snapshot(e.to_string()))?;
         } else if incomplete {
             return Err(etcd_raft_node::Error::Snapshot(
@@ -248,7 +248,7 @@ pub(crate) fn reopen_wal(
             ));
         }
         let applied = store.consistent_index();
-        let stored = RaftCluster::load(&store).map_err(|e| {
+        let stored = RaftCluster::load(store).map_err(|e| {
             etcd_raft_node::Error::Config(format!("cannot read the membership: {e}"))
         })?;
         // Without membership in the store: a member that joined and has not

@@ -364,13 +364,13 @@ impl RaftCluster {
         let (n, started) = self.started_voters(0);
         let n = n + 1;
         // A single started member may always add a second one.
-        (started == 1 && n == 2) || started >= n / 2 + 1
+        (started == 1 && n == 2) || started > n / 2
     }
 
     /// etcd's `IsReadyToRemoveVotingMember`.
     pub(crate) fn ready_to_remove_voter(&self, id: u64) -> bool {
         let (n, started) = self.started_voters(id);
-        started >= n / 2 + 1
+        started > n / 2
     }
 
     /// etcd's `IsReadyToPromoteMember`: the started voters plus the
@@ -378,7 +378,7 @@ impl RaftCluster {
     pub(crate) fn ready_to_promote(&self) -> bool {
         let (n, started) = self.started_voters(0);
         let (n, started) = (n + 1, started + 1);
-        (started == 2 && n == 2) || started >= n / 2 + 1
+        (started == 2 && n == 2) || started > n / 2
     }
 }
 

@@ -507,12 +507,14 @@ pub(crate) fn build(etcd: &DataDir, out: &DataDir) -> Result<(), StartError> {
                 .term
                 .max(wal.entries.last().map_or(0, |e| e.term))
         }
-        None => return Err(StartError::data_dir(
-            &wal_dir,
-            format!(
+        None => {
+            return Err(StartError::data_dir(
+                &wal_dir,
+                format!(
                 "the WAL does not hold the database's consistent index {ci} (nor a snapshot at it)"
             ),
-        )),
+            ))
+        }
     };
     if !backup && !members.iter().any(|m| m.id == md.node_id) {
         return Err(StartError::data_dir(

@@ -190,7 +190,7 @@ mod tests {
             let sel = (i % 5) as u8;
             let mut data = vec![sel];
             match sel {
-                0 | 1 | 2 | 3 => {
+                0..=3 => {
                     let t = txn(&mut rng, 0);
                     match sel {
                         3 => t.encode(&mut data).unwrap(),

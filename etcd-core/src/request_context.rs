@@ -82,6 +82,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::assertions_on_constants)] // what the test pins down
     fn only_the_embedding_program_is_trusted() {
         assert!(RequestContext::LOCAL.trusted);
         assert!(!RequestContext::default().trusted);

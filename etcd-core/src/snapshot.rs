@@ -335,6 +335,40 @@ impl Drop for SnapSink {
     }
 }
 
+/// The raft node's snapshot I/O over a member's store and its image files.
+pub(crate) struct StoreSnapshots {
+    pub(crate) files: SnapshotFiles,
+    pub(crate) store: std::sync::Arc<Store>,
+}
+
+fn raft_err(e: Error) -> etcd_raft_node::Error {
+    etcd_raft_node::Error::Snapshot(e.to_string())
+}
+
+impl etcd_raft_node::SnapshotIo for StoreSnapshots {
+    fn export(&self, index: u64) -> etcd_raft_node::Result<Box<dyn Read + Send>> {
+        self.files.export(&self.store, index).map_err(raft_err)
+    }
+
+    fn import(
+        &self,
+        index: u64,
+        term: u64,
+    ) -> etcd_raft_node::Result<Box<dyn etcd_raft_node::SnapshotSink>> {
+        Ok(self.files.import(index, term).map_err(raft_err)?)
+    }
+}
+
+impl etcd_raft_node::SnapshotSink for SnapSink {
+    fn write_chunk(&mut self, chunk: &[u8]) -> etcd_raft_node::Result<()> {
+        SnapSink::write_chunk(self, chunk).map_err(raft_err)
+    }
+
+    fn finish(self: Box<Self>) -> etcd_raft_node::Result<Vec<u8>> {
+        SnapSink::finish(self).map_err(raft_err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,39 +577,5 @@ mod tests {
         };
         files.install(&store, &snap.token()).unwrap();
         same(&src, &store);
-    }
-}
-
-/// The raft node's snapshot I/O over a member's store and its image files.
-pub(crate) struct StoreSnapshots {
-    pub(crate) files: SnapshotFiles,
-    pub(crate) store: std::sync::Arc<Store>,
-}
-
-fn raft_err(e: Error) -> etcd_raft_node::Error {
-    etcd_raft_node::Error::Snapshot(e.to_string())
-}
-
-impl etcd_raft_node::SnapshotIo for StoreSnapshots {
-    fn export(&self, index: u64) -> etcd_raft_node::Result<Box<dyn Read + Send>> {
-        self.files.export(&self.store, index).map_err(raft_err)
-    }
-
-    fn import(
-        &self,
-        index: u64,
-        term: u64,
-    ) -> etcd_raft_node::Result<Box<dyn etcd_raft_node::SnapshotSink>> {
-        Ok(self.files.import(index, term).map_err(raft_err)?)
-    }
-}
-
-impl etcd_raft_node::SnapshotSink for SnapSink {
-    fn write_chunk(&mut self, chunk: &[u8]) -> etcd_raft_node::Result<()> {
-        SnapSink::write_chunk(self, chunk).map_err(raft_err)
-    }
-
-    fn finish(self: Box<Self>) -> etcd_raft_node::Result<Vec<u8>> {
-        SnapSink::finish(self).map_err(raft_err)
     }
 }

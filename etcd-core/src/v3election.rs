@@ -206,7 +206,7 @@ type Sender = mpsc::Sender<Result<LeaderResponse>>;
 
 async fn send(tx: &Sender, header: &Option<ResponseHeader>, kv: KeyValue) -> Result<()> {
     let resp = LeaderResponse {
-        header: header.clone(),
+        header: *header,
         kv: Some(kv),
     };
     tx.send(Ok(resp)).await.map_err(|_| Error::Stopped)

@@ -167,7 +167,7 @@ impl Etcd {
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
         if self.forwards_to_leader() {
-            match crate::server::forward_lease_time_to_live(self, r.clone()).await {
+            match crate::server::forward_lease_time_to_live(self, r).await {
                 Err(Error::LeaderChanged) => {}
                 r => return r,
             }

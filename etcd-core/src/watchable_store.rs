@@ -178,7 +178,7 @@ impl Watcher {
             kv.mod_revision >= self.next_rev
                 && self.spec.range.contains(&kv.key)
                 && !(is_put && self.spec.no_put)
-                && !(!is_put && self.spec.no_delete)
+                && (is_put || !self.spec.no_delete)
         })
         .map(|e| {
             let mut e = e.clone();

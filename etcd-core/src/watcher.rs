@@ -158,7 +158,7 @@ impl WatchStream {
         let key = if c.key.is_empty() {
             Bytes::from_static(&[0])
         } else {
-            Bytes::from(c.key)
+            c.key
         };
         // First, as etcd's recvLoop: whether the caller may read the range.
         // (etcd 3.4 checks a from-key watch as if it were on the key alone;
@@ -175,7 +175,7 @@ impl WatchStream {
             [] => KeyRange::Single(key),
             [0] => KeyRange::FromKey(key),
             end if end <= &key[..] => return self.refuse(WatchError::EmptyRange.to_string()),
-            _ => KeyRange::Range(key, Bytes::from(c.range_end)),
+            _ => KeyRange::Range(key, c.range_end),
         };
         let id = if c.watch_id == 0 {
             while self.watchers.contains_key(&self.next_id) {
@@ -262,8 +262,7 @@ impl WatchStream {
             fragment = w.fragment;
         }
         if fragment {
-            self.out
-                .extend(fragments(r, self.max_request_bytes).into_iter());
+            self.out.extend(fragments(r, self.max_request_bytes));
         } else {
             self.out.push_back(r);
         }

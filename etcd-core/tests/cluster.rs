@@ -787,8 +787,7 @@ async fn initial_corrupt_check_refuses_a_diverged_cluster() {
     c.stop(h);
     let err =
         c.0.restart_with(h, |cfg| cfg.initial_corrupt_check = true)
-            .err()
-            .expect("the check refuses to start");
+            .expect_err("the check refuses to start");
     assert!(
         err.to_string()
             .contains("found data inconsistency with peers"),

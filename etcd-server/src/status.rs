@@ -41,24 +41,6 @@ pub fn unsupported(what: &str) -> Status {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compacted_maps_to_out_of_range_with_etcds_message() {
-        let s = to_status(Error::Compacted);
-        assert_eq!(s.code(), tonic::Code::OutOfRange);
-        assert_eq!(
-            s.message(),
-            "etcdserver: mvcc: required revision has been compacted"
-        );
-        let s = to_status(Error::EmptyKey);
-        assert_eq!(s.code(), tonic::Code::InvalidArgument);
-        assert_eq!(s.message(), "etcdserver: key is not provided");
-    }
-}
-
 /// etcd's learner rule (`isRPCSupportedForLearner`): a learner answers
 /// only Status and serializable Range; everything else fails with
 /// "etcdserver: rpc not supported for learner".
@@ -93,4 +75,22 @@ pub(crate) fn until_stopping<T: Send + 'static>(
             }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacted_maps_to_out_of_range_with_etcds_message() {
+        let s = to_status(Error::Compacted);
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = to_status(Error::EmptyKey);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: key is not provided");
+    }
 }

@@ -156,7 +156,7 @@ async fn writer(
         let n = 1 + (seq % 3) as usize;
         let mut ops = Vec::new();
         let mut evs: Vec<Ev> = Vec::new();
-        let with_delete = seq % 4 == 0;
+        let with_delete = seq.is_multiple_of(4);
         for i in 0..n {
             let key = format!("k{}", (seq as usize * 7 + i * 3 + id) % 10);
             if evs.iter().any(|e| e.1 == key) {
@@ -333,5 +333,5 @@ async fn six_guarantees_hold_under_writes_compactions_and_kill9() {
     assert!(violations.is_empty(), "violations: {violations:#?}");
     // Three fast watchers resumed after each of the two kills; the slow
     // one may still be draining what the client library buffered.
-    assert!(truth.known.len() > 100 && compactions > 3 && streams >= 3 * 3 + 1);
+    assert!(truth.known.len() > 100 && compactions > 3 && streams > 3 * 3);
 }

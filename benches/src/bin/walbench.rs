@@ -10,6 +10,7 @@
 //!    and waits for its ticket, in a loop. Entries take consecutive indexes
 //!    (the index is assigned and the batch queued under one lock, as the
 //!    raft thread does), and the waits overlap, so fsyncs are shared.
+//!
 //! Prints one `name: value` line per figure.
 
 use anyhow::Context as _;

@@ -421,10 +421,7 @@ impl AuthStore {
         if r.name.is_empty() {
             return Err(Error::UserEmpty);
         }
-        let options = r
-            .options
-            .clone()
-            .unwrap_or(UserAddOptions { no_password: false });
+        let options = r.options.unwrap_or(UserAddOptions { no_password: false });
         let password = if options.no_password {
             Vec::new()
         } else if !r.hashed_password.is_empty() {

@@ -266,7 +266,6 @@ impl Etcd {
             header: Some(self.header(h.current_revision)),
             hash: h.hash,
             compact_revision: h.compact_revision,
-            ..Default::default()
         })
     }
 }

@@ -71,7 +71,7 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
                 client_urls: cfg.advertise_client_urls.clone(),
             }));
         }
-        if !crate::background::pause(&stopped, Duration::from_millis(50).max(retry / 10)) {
+        if !crate::background::pause(stopped, Duration::from_millis(50).max(retry / 10)) {
             return;
         }
         // Give the proposal time to apply before proposing again.
@@ -85,7 +85,7 @@ fn publish(etcd: &Etcd, stopped: &Receiver<()>) {
             {
                 break;
             }
-            if !crate::background::pause(&stopped, retry / 10) {
+            if !crate::background::pause(stopped, retry / 10) {
                 return;
             }
         }

@@ -212,13 +212,10 @@ pub async fn lease_client(
             attached: None,
             probes: Vec::new(),
         };
-        match granted {
-            Ok(Ok(r)) => {
-                rec.ttl = r.into_inner().ttl;
-                rec.renewed.push(call);
-            }
-            // Unanswered: the lease may exist; it is still checked at the end.
-            _ => {}
+        // Unanswered: the lease may exist; it is still checked at the end.
+        if let Ok(Ok(r)) = granted {
+            rec.ttl = r.into_inner().ttl;
+            rec.renewed.push(call);
         }
         // One lock: two lease clients push concurrently.
         let at = {

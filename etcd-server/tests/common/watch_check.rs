@@ -271,7 +271,7 @@ pub async fn watcher(
             let r = match m {
                 Err(_) => {
                     ticks += 1;
-                    if ticks % 3 == 0 {
+                    if ticks.is_multiple_of(3) {
                         let _ = tx.try_send(WatchRequest {
                             request_union: Some(RequestUnion::ProgressRequest(
                                 WatchProgressRequest {},
