@@ -39,6 +39,7 @@ mod compactor;
 mod concurrency;
 mod config;
 mod datadir;
+mod db_stream;
 pub mod defrag_data;
 mod error;
 mod etcd_import;

@@ -322,6 +322,27 @@ impl Metrics {
         self.keys.set(store.key_count() as i64);
         let mut families = self.registry.gather();
         families.push(wal_fsync_family(wal));
+        // How the write path batches (issue 16): entries per WAL batch (a
+        // raft Ready) and batches per group commit (one write + fsync).
+        for (name, help, value) in [
+            (
+                "etcd_debugging_wal_batches_total",
+                "Batches appended to the WAL (about one per raft Ready).",
+                wal.batches_total,
+            ),
+            (
+                "etcd_debugging_wal_entries_total",
+                "Raft entries appended to the WAL.",
+                wal.entries_total,
+            ),
+            (
+                "etcd_debugging_wal_group_commits_total",
+                "WAL group commits (one write and at most one fsync each).",
+                wal.group_commits_total,
+            ),
+        ] {
+            families.push(counter_family(name, help, value));
+        }
         // etcd 3.4's names of series 3.5 renamed (3.4-era dashboards).
         let aliases: Vec<MetricFamily> = families
             .iter()
@@ -349,6 +370,20 @@ const ALIASES: [(&str, &str); 5] = [
         "etcd_debugging_mvcc_db_total_size_in_bytes",
     ),
 ];
+
+/// A counter family of one series with `value`.
+fn counter_family(name: &str, help: &str, value: u64) -> MetricFamily {
+    let mut c = prometheus::proto::Counter::default();
+    c.set_value(value as f64);
+    let mut metric = Metric::default();
+    metric.set_counter(c);
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(MetricType::COUNTER);
+    f.set_metric(vec![metric]);
+    f
+}
 
 /// `etcd_disk_wal_fsync_duration_seconds` from the WAL's own buckets.
 fn wal_fsync_family(w: &etcd_wal::WalMetrics) -> MetricFamily {

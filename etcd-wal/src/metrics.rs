@@ -28,6 +28,9 @@ pub struct WalMetrics {
     pub bytes_written_total: u64,
     /// Batches accepted by `append`.
     pub batches_total: u64,
+    /// Entries in those batches (entries per batch: how much raft batched
+    /// per `Ready`).
+    pub entries_total: u64,
     /// Group commits (one write, at most one fdatasync each).
     pub group_commits_total: u64,
 }
@@ -39,6 +42,7 @@ pub(crate) struct MetricsCollector {
     buckets: [AtomicU64; 14],
     bytes: AtomicU64,
     batches: AtomicU64,
+    entries: AtomicU64,
     group_commits: AtomicU64,
 }
 
@@ -57,8 +61,9 @@ impl MetricsCollector {
         self.bytes.fetch_add(n, Relaxed);
     }
 
-    pub fn add_batch(&self) {
+    pub fn add_batch(&self, entries: usize) {
         self.batches.fetch_add(1, Relaxed);
+        self.entries.fetch_add(entries as u64, Relaxed);
     }
 
     pub fn add_group_commit(&self) {
@@ -81,6 +86,7 @@ impl MetricsCollector {
             fsync_duration_buckets,
             bytes_written_total: self.bytes.load(Relaxed),
             batches_total: self.batches.load(Relaxed),
+            entries_total: self.entries.load(Relaxed),
             group_commits_total: self.group_commits.load(Relaxed),
         }
     }

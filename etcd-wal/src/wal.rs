@@ -253,11 +253,12 @@ impl Wal {
         let mut index = q.index;
         validate(&batch, &mut index)?;
         let seq = q.next_seq + 1;
+        let entries = batch.entries.len();
         tx.send(Queued { seq, batch }).map_err(|_| Error::Closed)?;
         q.index = index;
         q.next_seq = seq;
         drop(q);
-        self.shared.metrics.add_batch();
+        self.shared.metrics.add_batch(entries);
         Ok(Ticket::new(self.shared.clone(), seq))
     }
 

@@ -1,15 +1,12 @@
 //! The Maintenance API calls served by the engine (etcd's `maintenance.go`):
 //! Status, Alarm, Defragment, HashKV, Snapshot.
 //!
-//! Snapshot: the store, read from one consistent view, is written in etcd's
-//! bbolt layout ([`crate::bbolt_layout`]) to an unnamed temporary file in
-//! the data directory (bounded memory; writers are not blocked; a crash
-//! leaves nothing behind), then sent in 32 KiB chunks with the bytes still
-//! to come, and a last message with the SHA-256 of the whole file (what
-//! `etcdctl snapshot restore` verifies).
-
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+//! Snapshot: the store, read from one consistent view, is streamed in
+//! etcd's bbolt layout ([`crate::bbolt_layout`]) as it is written
+//! ([`crate::db_stream`]: bounded memory, no temporary file, writers not
+//! blocked), in 32 KiB chunks with the bytes still to come, then a last
+//! message with the SHA-256 of the whole file (what `etcdctl snapshot
+//! restore` verifies).
 
 use super::etcd::{Etcd, SERVER_VERSION};
 use crate::apply::Applied;
@@ -30,11 +27,12 @@ pub const AUTO_DISARM_FRACTION: f64 = 0.8;
 /// Bytes of database per SnapshotResponse (etcd's `snapshotSendBufferSize`).
 pub const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
-/// A database snapshot written and being sent (Maintenance.Snapshot): an
-/// iterator of the responses, file chunks then the SHA-256.
+/// A database snapshot being written and sent (Maintenance.Snapshot): an
+/// iterator of the responses, file chunks then the SHA-256. Dropping it
+/// stops the writing.
 pub struct SnapshotDb {
-    /// The database file (unnamed: removed when this is dropped).
-    file: File,
+    /// The chunks, from the thread writing them ([`crate::db_stream`]).
+    chunks: std::sync::mpsc::Receiver<crate::db_stream::Msg>,
     /// Bytes of the database.
     size: u64,
     /// Bytes handed out so far.
@@ -54,12 +52,21 @@ impl SnapshotDb {
     }
 
     fn next_chunk(&mut self) -> Result<SnapshotResponse> {
-        let n = SNAPSHOT_CHUNK.min((self.size - self.sent) as usize);
-        let mut blob = vec![0u8; n];
-        self.file
-            .read_exact(&mut blob)
-            .map_err(|e| Error::Internal(format!("reading the snapshot database: {e}")))?;
-        self.sent += n as u64;
+        use crate::db_stream::Msg;
+        let blob = match self.chunks.recv() {
+            Ok(Msg::Chunk(c)) => c,
+            Ok(Msg::Failed(e)) => return Err(e),
+            Ok(Msg::Size { .. }) | Err(_) => {
+                return Err(Error::Internal("the database snapshot ended early".into()))
+            }
+        };
+        self.sent += blob.len() as u64;
+        if self.sent > self.size {
+            return Err(Error::Internal(format!(
+                "the database snapshot is longer than its {} bytes",
+                self.size
+            )));
+        }
         self.sha.update(&blob);
         Ok(SnapshotResponse {
             header: None,
@@ -198,41 +205,31 @@ impl Etcd {
         }
     }
 
-    /// Maintenance.Snapshot: writes the store as of now in etcd's bbolt
-    /// layout and returns the responses to send. Blocking (the whole
-    /// database is written before the first chunk: the size goes in every
-    /// response); call from a blocking context.
+    /// Maintenance.Snapshot: starts streaming the store as of now in etcd's
+    /// bbolt layout and returns the responses to send. Blocking (the file
+    /// is measured in a first pass over the store before the first chunk:
+    /// its size goes in every response); call from a blocking context.
     pub fn snapshot(&self, ctx: &RequestContext) -> Result<SnapshotDb> {
+        use crate::db_stream::Msg;
         self.check_maintenance_admin(ctx)?;
         let started = std::time::Instant::now();
-        let dir = crate::datadir::DataDir::new(&self.inner.cfg.data_dir).snap();
-        let file = tempfile::tempfile_in(&dir)
-            .or_else(|_| tempfile::tempfile())
-            .map_err(|e| Error::Internal(format!("creating the snapshot file: {e}")))?;
-        let view = self.inner.store.view()?;
-        tracing::info!(
-            revision = self.inner.store.current_revision(),
-            "writing a database snapshot in etcd's bbolt layout"
-        );
-        let (mut file, written) = crate::bbolt_layout::write_db(
-            &view,
-            std::io::BufWriter::with_capacity(1 << 20, file),
+        let chunks = crate::db_stream::spawn(
+            self.inner.store.clone(),
             etcd_bbolt::DEFAULT_PAGE_SIZE,
-            &mut |bucket, keys| tracing::debug!(bucket, keys, "writing the database snapshot"),
+            SNAPSHOT_CHUNK,
         )?;
-        drop(view);
-        let io = |e: std::io::Error| Error::Internal(format!("writing the snapshot database: {e}"));
-        file.seek(SeekFrom::Start(0)).map_err(io)?;
-        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        tracing::info!(
-            "total-bytes" = written.size,
-            keys = written.keys,
-            "took-ms" = started.elapsed().as_millis() as u64,
-            "sending the database snapshot to the client"
-        );
+        let size = match chunks.recv() {
+            Ok(Msg::Size { bytes }) => bytes,
+            Ok(Msg::Failed(e)) => return Err(e),
+            Ok(Msg::Chunk(_)) | Err(_) => {
+                return Err(Error::Internal(
+                    "the database snapshot thread ended early".into(),
+                ))
+            }
+        };
         Ok(SnapshotDb {
-            file,
-            size: written.size,
+            chunks,
+            size,
             sent: 0,
             sha: ring::digest::Context::new(&ring::digest::SHA256),
             done: false,
