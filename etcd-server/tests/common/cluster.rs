@@ -656,11 +656,17 @@ impl Cluster {
 
     /// [`Cluster::restart`] with `extra` flags for this start only.
     pub fn restart_with(&mut self, i: usize, extra: &[&str]) {
+        self.spawn_only_with(i, extra);
+        self.wait_serving(i, Instant::now() + Duration::from_secs(30), false);
+    }
+
+    /// [`Cluster::spawn_only`] with `extra` flags for this start only.
+    pub fn spawn_only_with(&mut self, i: usize, extra: &[&str]) {
         let n = self.members[i].args.len();
         self.members[i]
             .args
             .extend(extra.iter().map(|a| a.to_string()));
-        self.restart(i);
+        self.spawn_only(i);
         self.members[i].args.truncate(n);
     }
 
