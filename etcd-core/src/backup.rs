@@ -142,12 +142,7 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
         ));
     }
     // The commit index as a restart computes it (`WalStorage::open_with`).
-    let last = rec
-        .entries
-        .last()
-        .map(|e| e.index)
-        .or(rec.snapshot.map(|s| s.index))
-        .unwrap_or(0);
+    let last = rec.last_index();
     let commit = rec
         .hard_state
         .commit

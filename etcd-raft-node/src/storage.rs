@@ -180,11 +180,7 @@ impl WalStorage {
             hs.term = rec.hard_state.term;
             hs.vote = rec.hard_state.vote;
             hs.commit = rec.hard_state.commit;
-            let last = entries
-                .last()
-                .map(|e| e.index)
-                .or(rec.snapshot.map(|s| s.index))
-                .unwrap_or(0);
+            let last = rec.last_index();
             // The commit index in the WAL may lag what was applied: the
             // commit index learned in a LightReady is not fsynced on its own.
             // Everything applied was committed, so raise it.

@@ -1175,6 +1175,22 @@ fn start_forced(kind: Kind, tmp: tempfile::TempDir, data_dir: std::path::PathBuf
     s
 }
 
+/// A server started on a backup: it answers the reads `want` recorded
+/// (between revisions `before` and `after`) as the backed-up member did,
+/// alone in its cluster, under ids other than `old` (member, cluster).
+fn assert_a_new_cluster_of(
+    s: &Server,
+    (want, before, after): (&[(String, String)], i64, i64),
+    old: (u64, u64),
+    what: &str,
+) {
+    compare(want, &reads_only(s, before, after), what);
+    let new = ids(&endpoint_status(s));
+    assert_ne!(new.0, old.0, "{what}: a new member id");
+    assert_ne!(new.1, old.1, "{what}: a new cluster id");
+    assert_eq!(s.ctl_ok(&["member", "list"]).lines().count(), 1, "{what}");
+}
+
 /// `etcdutl backup` (etcd's legacy `etcdctl backup --with-v3`, the real
 /// one as the oracle): a copy of a stopped member that starts, with
 /// `--force-new-cluster`, as a new one-member cluster (new member and
@@ -1210,15 +1226,8 @@ fn backup_starts_as_a_new_one_member_cluster() {
         .unwrap();
     assert!(cp.success());
     let from_etcd = start_forced(Kind::Real, tempfile::tempdir().unwrap(), real_copy);
-    compare(
-        &want_real,
-        &reads_only(&from_etcd, real_before, real_after),
-        "etcd on etcd's backup",
-    );
-    let new_ids = ids(&endpoint_status(&from_etcd));
-    assert_ne!(new_ids.0, real_ids.0, "etcd: a new member id");
-    assert_ne!(new_ids.1, real_ids.1, "etcd: a new cluster id");
-    assert_eq!(from_etcd.ctl_ok(&["member", "list"]).lines().count(), 1);
+    let real_reads = (&want_real[..], real_before, real_after);
+    assert_a_new_cluster_of(&from_etcd, real_reads, real_ids, "etcd on etcd's backup");
     drop(from_etcd);
 
     // Ours, of its own data directory.
@@ -1272,14 +1281,13 @@ fn backup_starts_as_a_new_one_member_cluster() {
         plain.log_text()
     );
     let from_ours = start_forced(Kind::Ours, tempfile::tempdir().unwrap(), copy);
-    compare(
-        &want,
-        &reads_only(&from_ours, before, after),
+    assert_a_new_cluster_of(
+        &from_ours,
+        (&want, before, after),
+        our_ids,
         "ours on our backup",
     );
     let new_ids = ids(&endpoint_status(&from_ours));
-    assert_ne!(new_ids.0, our_ids.0, "a new member id");
-    assert_ne!(new_ids.1, our_ids.1, "a new cluster id");
     let members = from_ours.ctl_ok(&["member", "list", "-w", "json"]);
     let members: serde_json::Value = serde_json::from_str(&members).unwrap();
     let members = members["members"].as_array().unwrap();
@@ -1313,12 +1321,12 @@ fn backup_starts_as_a_new_one_member_cluster() {
     );
     assert!(real.data_dir.join("member/wal").is_dir());
     let from_real = start_forced(Kind::Ours, tempfile::tempdir().unwrap(), copy);
-    compare(
-        &want_real,
-        &reads_only(&from_real, real_before, real_after),
+    assert_a_new_cluster_of(
+        &from_real,
+        real_reads,
+        real_ids,
         "ours on our backup of etcd's data directory",
     );
-    assert_ne!(ids(&endpoint_status(&from_real)), real_ids);
     drop(from_real);
 
     // Ours on what etcd's own `etcdctl backup` wrote (imported: a log
@@ -1328,11 +1336,6 @@ fn backup_starts_as_a_new_one_member_cluster() {
         tempfile::tempdir().unwrap(),
         etcds_backup_for_ours,
     );
-    compare(
-        &want_real,
-        &reads_only(&on_etcds, real_before, real_after),
-        "ours on etcd's own backup",
-    );
-    assert_eq!(on_etcds.ctl_ok(&["member", "list"]).lines().count(), 1);
+    assert_a_new_cluster_of(&on_etcds, real_reads, real_ids, "ours on etcd's own backup");
     on_etcds.ctl_ok(&["put", "after-backup", "x"]);
 }

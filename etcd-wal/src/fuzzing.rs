@@ -51,12 +51,7 @@ pub fn decode_segment(data: &[u8]) {
     for w in rec.entries.windows(2) {
         assert_eq!(w[1].index, w[0].index + 1, "entries are not contiguous");
     }
-    let last = rec
-        .entries
-        .last()
-        .map(|e| e.index)
-        .or(rec.snapshot.map(|s| s.index))
-        .unwrap_or(0);
+    let last = rec.last_index();
     let Some(next) = last.checked_add(1) else {
         return;
     };

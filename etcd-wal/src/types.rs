@@ -129,3 +129,15 @@ pub struct Recovered {
     /// The live entries after the snapshot marker, contiguous by index.
     pub entries: Vec<Entry>,
 }
+
+impl Recovered {
+    /// The index of the last entry, or of the snapshot marker when no entry
+    /// follows it; 0 for an empty log.
+    pub fn last_index(&self) -> u64 {
+        self.entries
+            .last()
+            .map(|e| e.index)
+            .or(self.snapshot.map(|s| s.index))
+            .unwrap_or(0)
+    }
+}

@@ -178,12 +178,7 @@ fn check_recovery(image: &MemFs, run: &Run, states: &[Recovered], ends: &[usize]
         run.acked_batches
     );
     // The repaired log accepts appends and survives another reopen.
-    let last = rec
-        .entries
-        .last()
-        .map(|e| e.index)
-        .or(rec.snapshot.map(|s| s.index))
-        .unwrap_or(0);
+    let last = rec.last_index();
     wal.append_sync(WriteBatch {
         entries: vec![entry(last + 1, 99)],
         ..Default::default()
