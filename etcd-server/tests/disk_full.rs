@@ -129,15 +129,22 @@ fn wal_dir_fills_up() {
     }
 }
 
+/// A member of `kind` whose data directory is on a new 200 MiB tmpfs
+/// (the directory holding the mount point comes first: keep it).
+fn on_a_tmpfs(kind: Kind) -> (tempfile::TempDir, Tmpfs, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&tmp.path().join("disk"), "200m");
+    let data_dir = fs.0.join("data.etcd");
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
+    let holder = tempfile::tempdir().unwrap();
+    let s = Server::start_on(kind, holder, data_dir, "default", &peer);
+    (tmp, fs, s)
+}
+
 #[test]
 fn data_dir_fills_up() {
     for kind in [Kind::Real, Kind::Ours] {
-        let tmp = tempfile::tempdir().unwrap();
-        let fs = Tmpfs::mount(&tmp.path().join("disk"), "200m");
-        let data_dir = fs.0.join("data.etcd");
-        let peer = format!("http://127.0.0.1:{}", common::free_port());
-        let holder = tempfile::tempdir().unwrap();
-        let s = Server::start_on(kind, holder, data_dir, "default", &peer);
+        let (_tmp, fs, s) = on_a_tmpfs(kind);
         fill_and_recover(kind, s, &fs);
     }
 }
@@ -152,12 +159,7 @@ fn data_dir_fills_up() {
 #[test]
 fn snapshot_save_on_a_full_disk() {
     for kind in [Kind::Ours] {
-        let tmp = tempfile::tempdir().unwrap();
-        let fs = Tmpfs::mount(&tmp.path().join("disk"), "200m");
-        let data_dir = fs.0.join("data.etcd");
-        let peer = format!("http://127.0.0.1:{}", common::free_port());
-        let holder = tempfile::tempdir().unwrap();
-        let s = Server::start_on(kind, holder, data_dir, "default", &peer);
+        let (_tmp, fs, s) = on_a_tmpfs(kind);
         let value = "v".repeat(64 * 1024);
         for i in 0..20 {
             s.ctl_ok(&["put", &format!("full/{i:02}"), &value]);
