@@ -27,8 +27,11 @@
 //! The source is never written: its store is opened (waiting while a
 //! server holds it, as `etcdutl defrag` does), exported from one
 //! consistent snapshot, and its WAL is read without repairing a torn
-//! tail. A failed backup removes what it wrote; the backup directories
-//! must not exist or be empty.
+//! tail. The backup directories must not exist or be empty. The backup is
+//! built in `<backup-dir>.partial` (and `<backup-wal-dir>.partial`),
+//! renamed into place at the end (the WAL directory last): a failed backup
+//! removes what it wrote, a killed one leaves only `.partial` directories,
+//! which the next run deletes.
 
 use std::path::{Path, PathBuf};
 
@@ -87,10 +90,17 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
     if !src.root.is_dir() {
         return Err(StartError::data_dir(&src.root, "no such data directory"));
     }
-    // Whatever fails from here on, what was written goes.
+    // Built beside the targets; whatever fails from here on, it goes.
+    let staged = DataDir::with_wal_dir(partial(&dst.root), dst.wal_dir.as_deref().map(partial));
+    for d in std::iter::once(&staged.root).chain(&staged.wal_dir) {
+        if d.exists() {
+            // Left by a killed backup: never a directory in use.
+            std::fs::remove_dir_all(d).map_err(|e| StartError::data_dir(d, e))?;
+        }
+    }
     let cleanup = (
-        RemoveOnDrop(Some(dst.root.clone())),
-        RemoveOnDrop(dst.wal_dir.clone()),
+        RemoveOnDrop(Some(staged.root.clone())),
+        RemoveOnDrop(staged.wal_dir.clone()),
     );
     let mut waiting = Some(waiting);
     // etcd's files are imported into a staging directory first (the
@@ -162,8 +172,8 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
         "backup: copying the store"
     );
 
-    dst.create()?;
-    let (info, ()) = crate::etcd_import::install_image(&dst, |mut image| {
+    staged.create()?;
+    let (info, ()) = crate::etcd_import::install_image(&staged, |mut image| {
         let mut export = store.export()?;
         std::io::copy(&mut export, &mut image).map_err(|e| StartError::data_dir(&src.root, e))?;
         Ok((image, ()))
@@ -171,7 +181,7 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
     drop(store);
     // etcd's saveDB: "remove membership information; should be clobbered
     // by --force-new-cluster".
-    let out = Store::open(&dst.db(), StoreOptions::default())?;
+    let out = Store::open(&staged.db(), StoreOptions::default())?;
     let mut w = out.write();
     for (k, _) in out.aux_scan(Bucket::Members)? {
         w.delete_aux(Bucket::Members, &k);
@@ -188,8 +198,8 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
         members: Vec::new(),
     }
     .encode_to_vec();
-    let wal_err = |e: etcd_wal::Error| StartError::data_dir(&dst.wal(), e);
-    let wal = Wal::create(&dst.wal(), WalOptions::default(), &meta).map_err(wal_err)?;
+    let wal_err = |e: etcd_wal::Error| StartError::data_dir(&staged.wal(), e);
+    let wal = Wal::create(&staged.wal(), WalOptions::default(), &meta).map_err(wal_err)?;
     let copied = entries.len();
     let mut batch = WriteBatch::default();
     batch.entries = entries;
@@ -201,6 +211,12 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
     batch.snapshot = rec.snapshot;
     wal.append_sync(batch).map_err(wal_err)?;
     wal.close().map_err(wal_err)?;
+    // Into place: an empty target directory is replaced by the rename.
+    let renames = std::iter::once((&staged.root, &dst.root))
+        .chain(staged.wal_dir.as_ref().zip(dst.wal_dir.as_ref()));
+    for (from, to) in renames {
+        std::fs::rename(from, to).map_err(|e| StartError::data_dir(to, e))?;
+    }
     for d in [&dst.root, &dst.wal()] {
         if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::File::open(parent)
@@ -226,6 +242,13 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
         consistent_index: ci,
         entries: copied,
     })
+}
+
+/// `<dir>.partial`: where a backup into `dir` is built.
+fn partial(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_os_string();
+    name.push(".partial");
+    PathBuf::from(name)
 }
 
 /// A random, non-zero id (etcd's `idutil` generator is time-based).

@@ -1339,3 +1339,48 @@ fn backup_starts_as_a_new_one_member_cluster() {
     assert_a_new_cluster_of(&on_etcds, real_reads, real_ids, "ours on etcd's own backup");
     on_etcds.ctl_ok(&["put", "after-backup", "x"]);
 }
+
+/// kill -9 of `etcdutl backup` half-way: no backup directory, only the
+/// `.partial` one, which the next run replaces; the backup it then writes
+/// starts with every key.
+#[test]
+fn kill9_during_etcdutl_backup() {
+    let mut s = Server::start(Kind::Ours);
+    fill_10k(&s);
+    let rev = revision(&s);
+    assert!(s.terminate().success());
+    let tmp = s.keep_dir();
+    let copy = tmp.path().join("backup");
+    let backup = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_etcdutl"));
+        c.args(["backup", "--data-dir"])
+            .arg(&s.data_dir)
+            .arg("--backup-dir")
+            .arg(&copy)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let mut child = backup().spawn().unwrap();
+    // The copy has begun once the staging directory holds a store.
+    let staged = tmp.path().join("backup.partial/member/snap/db");
+    while !staged.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!copy.exists(), "no half-written backup directory");
+
+    let out = backup().output().unwrap();
+    assert!(out.status.success(), "backup again: {out:?}");
+    assert!(!tmp.path().join("backup.partial").exists());
+    let from = start_forced(Kind::Ours, tempfile::tempdir().unwrap(), copy);
+    assert_eq!(revision(&from), rev);
+    let count = from.ctl_ok(&["get", "big/", "--prefix", "--limit", "1", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&count).unwrap();
+    assert_eq!(v["count"], 10_000);
+}
