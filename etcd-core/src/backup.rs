@@ -152,13 +152,7 @@ pub fn backup(opts: &BackupOptions, waiting: impl FnOnce(&Path)) -> Result<Backu
         ));
     }
     // The commit index as a restart computes it (`WalStorage::open_with`).
-    let last = rec.last_index();
-    let commit = rec
-        .hard_state
-        .commit
-        .max(ci)
-        .max(rec.snapshot.map_or(0, |s| s.index))
-        .min(last);
+    let commit = rec.commit_index(ci);
     let entries: Vec<etcd_wal::Entry> = rec
         .entries
         .into_iter()

@@ -409,12 +409,12 @@ fn force_new_cluster(
             .filter(|&&id| id != me)
             .map(|&id| Change::Remove(id)),
     );
-    let hs = storage.hard_state();
-    let dropped = storage.last_index().saturating_sub(hs.commit);
     if changes.is_empty() {
         tracing::info!("--force-new-cluster: this member is already the only one");
         return Ok(());
     }
+    let hs = storage.hard_state();
+    let dropped = storage.last_index().saturating_sub(hs.commit);
     let entries: Vec<Entry> = changes
         .iter()
         .zip(hs.commit + 1..)

@@ -179,37 +179,30 @@ impl WalStorage {
             let mut hs = HardState::default();
             hs.term = rec.hard_state.term;
             hs.vote = rec.hard_state.vote;
-            hs.commit = rec.hard_state.commit;
             let last = rec.last_index();
             // The commit index in the WAL may lag what was applied: the
             // commit index learned in a LightReady is not fsynced on its own.
-            // Everything applied was committed, so raise it.
-            if applied > hs.commit {
-                if applied > last {
-                    if let Some(marker) = rec.snapshot {
-                        // A snapshot image is newer than its metadata (the
-                        // leader exported its current state) and the entries
-                        // after the marker have not arrived yet: raft starts
-                        // at the last entry, the application skips replays.
-                        tracing::info!(
-                            applied,
-                            last,
-                            snapshot = marker.index,
-                            "state machine is ahead of the raft log (snapshot image newer than its index)"
-                        );
-                    } else {
-                        return Err(Error::Config(format!(
-                            "state machine applied index {applied} is beyond the last WAL entry {last}: \
-                             the WAL does not belong to this data directory or lost entries"
-                        )));
-                    }
+            // Everything applied was committed, so it is raised.
+            if applied > rec.hard_state.commit && applied > last {
+                if let Some(marker) = rec.snapshot {
+                    // A snapshot image is newer than its metadata (the
+                    // leader exported its current state) and the entries
+                    // after the marker have not arrived yet: raft starts
+                    // at the last entry, the application skips replays.
+                    tracing::info!(
+                        applied,
+                        last,
+                        snapshot = marker.index,
+                        "state machine is ahead of the raft log (snapshot image newer than its index)"
+                    );
+                } else {
+                    return Err(Error::Config(format!(
+                        "state machine applied index {applied} is beyond the last WAL entry {last}: \
+                         the WAL does not belong to this data directory or lost entries"
+                    )));
                 }
-                hs.commit = applied;
             }
-            if let Some(marker) = rec.snapshot {
-                hs.commit = hs.commit.max(marker.index);
-            }
-            hs.commit = hs.commit.min(last);
+            hs.commit = rec.commit_index(applied);
             core.set_hardstate(hs);
             core.set_conf_state(conf_state);
         }

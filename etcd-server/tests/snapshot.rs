@@ -1088,18 +1088,11 @@ fn kill9_during_etcdutl_restore() {
             .stderr(std::process::Stdio::null());
         c
     };
-    let mut child = restore().spawn().unwrap();
     // The import has begun once the staging directory holds a store.
-    let staged = dir.path().join("m1.etcd.restoring/member/snap/db");
-    while !staged.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill9_once_staged(
+        restore(),
+        &dir.path().join("m1.etcd.restoring/member/snap/db"),
+    );
     assert!(!data_dir.exists(), "no half-restored data directory");
 
     let out = restore().output().unwrap();
@@ -1340,6 +1333,21 @@ fn backup_starts_as_a_new_one_member_cluster() {
     on_etcds.ctl_ok(&["put", "after-backup", "x"]);
 }
 
+/// Runs `cmd` and SIGKILLs it as soon as `staged` exists (its work has
+/// begun); panics if it ends first.
+fn kill9_once_staged(mut cmd: Command, staged: &std::path::Path) {
+    let mut child = cmd.spawn().unwrap();
+    while !staged.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{cmd:?} ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// kill -9 of `etcdutl backup` half-way: no backup directory, only the
 /// `.partial` one, which the next run replaces; the backup it then writes
 /// starts with every key.
@@ -1361,18 +1369,8 @@ fn kill9_during_etcdutl_backup() {
             .stderr(std::process::Stdio::null());
         c
     };
-    let mut child = backup().spawn().unwrap();
     // The copy has begun once the staging directory holds a store.
-    let staged = tmp.path().join("backup.partial/member/snap/db");
-    while !staged.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill9_once_staged(backup(), &tmp.path().join("backup.partial/member/snap/db"));
     assert!(!copy.exists(), "no half-written backup directory");
 
     let out = backup().output().unwrap();

@@ -140,4 +140,17 @@ impl Recovered {
             .or(self.snapshot.map(|s| s.index))
             .unwrap_or(0)
     }
+
+    /// The commit index a restart starts from when the state machine has
+    /// durably applied up to `applied`: the recorded one, raised to
+    /// `applied` (a commit index learned without a sync may have been
+    /// lost, but everything applied was committed) and to the snapshot
+    /// marker, and never beyond the last index.
+    pub fn commit_index(&self, applied: u64) -> u64 {
+        self.hard_state
+            .commit
+            .max(applied)
+            .max(self.snapshot.map_or(0, |s| s.index))
+            .min(self.last_index())
+    }
 }
