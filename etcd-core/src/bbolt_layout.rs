@@ -70,6 +70,18 @@ struct EtcdMemberJson {
     client_urls: Vec<String>,
 }
 
+/// Our member record as etcd's membership JSON.
+pub(crate) fn member_to_json(m: &Member) -> Vec<u8> {
+    serde_json::to_vec(&MemberJson {
+        id: m.id,
+        peer_urls: &m.peer_urls,
+        is_learner: m.is_learner,
+        name: &m.name,
+        client_urls: &m.client_urls,
+    })
+    .expect("strings and numbers serialize")
+}
+
 /// Decodes etcd's membership JSON into our member record.
 pub(crate) fn member_from_json(json: &[u8]) -> Result<Member, String> {
     let m: EtcdMemberJson =
@@ -253,14 +265,7 @@ pub fn write_buckets(
                 let m = Member::decode(&v[..]).map_err(|e| {
                     Error::Internal(format!("member record {id:x} is not readable: {e}"))
                 })?;
-                let json = serde_json::to_vec(&MemberJson {
-                    id: m.id,
-                    peer_urls: &m.peer_urls,
-                    is_learner: m.is_learner,
-                    name: &m.name,
-                    client_urls: &m.client_urls,
-                })
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                let json = member_to_json(&m);
                 members.push((format!("{id:x}"), json));
             }
             REMOVED_PREFIX => removed.push((format!("{id:x}"), b"removed".to_vec())),

@@ -58,147 +58,156 @@ use crate::raft_request::{
 };
 
 const STAGING: &str = "import.staging";
+/// The JSON field of a conf change context that carries this server's
+/// `origin` through etcd members' logs (see `etcd_entries`).
+pub(crate) const ORIGIN_JSON: &str = "etcdRsOrigin";
 const ETCD_ASIDE: &str = "member.etcd";
 
 /// etcd's `InternalRaftRequest` (etcdserverpb/raft_internal.proto): the
 /// fields a v3 server proposes. Read-only requests etcd 3.4 also sent
 /// through raft (range, auth gets and lists) carry nothing to apply.
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdInternalRaftRequest {
+pub(crate) struct EtcdInternalRaftRequest {
     #[prost(message, optional, tag = "100")]
-    header: Option<EtcdRequestHeader>,
+    pub(crate) header: Option<EtcdRequestHeader>,
     #[prost(uint64, tag = "1")]
-    id: u64,
+    pub(crate) id: u64,
     #[prost(message, optional, tag = "2")]
-    v2: Option<EtcdV2Request>,
+    pub(crate) v2: Option<EtcdV2Request>,
     #[prost(bytes = "vec", optional, tag = "3")]
-    range: Option<Vec<u8>>,
+    pub(crate) range: Option<Vec<u8>>,
     #[prost(message, optional, tag = "4")]
-    put: Option<PutRequest>,
+    pub(crate) put: Option<PutRequest>,
     #[prost(message, optional, tag = "5")]
-    delete_range: Option<DeleteRangeRequest>,
+    pub(crate) delete_range: Option<DeleteRangeRequest>,
     #[prost(message, optional, tag = "6")]
-    txn: Option<TxnRequest>,
+    pub(crate) txn: Option<TxnRequest>,
     #[prost(message, optional, tag = "7")]
-    compaction: Option<CompactionRequest>,
+    pub(crate) compaction: Option<CompactionRequest>,
     #[prost(message, optional, tag = "8")]
-    lease_grant: Option<LeaseGrantRequest>,
+    pub(crate) lease_grant: Option<LeaseGrantRequest>,
     #[prost(message, optional, tag = "9")]
-    lease_revoke: Option<LeaseRevokeRequest>,
+    pub(crate) lease_revoke: Option<LeaseRevokeRequest>,
     #[prost(message, optional, tag = "10")]
-    alarm: Option<AlarmRequest>,
+    pub(crate) alarm: Option<AlarmRequest>,
     #[prost(message, optional, tag = "11")]
-    lease_checkpoint: Option<LeaseCheckpointRequest>,
+    pub(crate) lease_checkpoint: Option<LeaseCheckpointRequest>,
     #[prost(message, optional, tag = "1000")]
-    auth_enable: Option<AuthEnableRequest>,
+    pub(crate) auth_enable: Option<AuthEnableRequest>,
     #[prost(message, optional, tag = "1011")]
-    auth_disable: Option<AuthDisableRequest>,
+    pub(crate) auth_disable: Option<AuthDisableRequest>,
     #[prost(message, optional, tag = "1012")]
-    authenticate: Option<EtcdInternalAuthenticateRequest>,
+    pub(crate) authenticate: Option<EtcdInternalAuthenticateRequest>,
     #[prost(message, optional, tag = "1100")]
-    auth_user_add: Option<AuthUserAddRequest>,
+    pub(crate) auth_user_add: Option<AuthUserAddRequest>,
     #[prost(message, optional, tag = "1101")]
-    auth_user_delete: Option<AuthUserDeleteRequest>,
+    pub(crate) auth_user_delete: Option<AuthUserDeleteRequest>,
     #[prost(bytes = "vec", optional, tag = "1102")]
-    auth_user_get: Option<Vec<u8>>,
+    pub(crate) auth_user_get: Option<Vec<u8>>,
     #[prost(message, optional, tag = "1103")]
-    auth_user_change_password: Option<AuthUserChangePasswordRequest>,
+    pub(crate) auth_user_change_password: Option<AuthUserChangePasswordRequest>,
     #[prost(message, optional, tag = "1104")]
-    auth_user_grant_role: Option<AuthUserGrantRoleRequest>,
+    pub(crate) auth_user_grant_role: Option<AuthUserGrantRoleRequest>,
     #[prost(message, optional, tag = "1105")]
-    auth_user_revoke_role: Option<AuthUserRevokeRoleRequest>,
+    pub(crate) auth_user_revoke_role: Option<AuthUserRevokeRoleRequest>,
     #[prost(bytes = "vec", optional, tag = "1106")]
-    auth_user_list: Option<Vec<u8>>,
+    pub(crate) auth_user_list: Option<Vec<u8>>,
     #[prost(bytes = "vec", optional, tag = "1107")]
-    auth_role_list: Option<Vec<u8>>,
+    pub(crate) auth_role_list: Option<Vec<u8>>,
     #[prost(message, optional, tag = "1200")]
-    auth_role_add: Option<AuthRoleAddRequest>,
+    pub(crate) auth_role_add: Option<AuthRoleAddRequest>,
     #[prost(message, optional, tag = "1201")]
-    auth_role_delete: Option<AuthRoleDeleteRequest>,
+    pub(crate) auth_role_delete: Option<AuthRoleDeleteRequest>,
     #[prost(bytes = "vec", optional, tag = "1202")]
-    auth_role_get: Option<Vec<u8>>,
+    pub(crate) auth_role_get: Option<Vec<u8>>,
     #[prost(message, optional, tag = "1203")]
-    auth_role_grant_permission: Option<AuthRoleGrantPermissionRequest>,
+    pub(crate) auth_role_grant_permission: Option<AuthRoleGrantPermissionRequest>,
     #[prost(message, optional, tag = "1204")]
-    auth_role_revoke_permission: Option<AuthRoleRevokePermissionRequest>,
+    pub(crate) auth_role_revoke_permission: Option<AuthRoleRevokePermissionRequest>,
     #[prost(bytes = "vec", optional, tag = "1300")]
-    cluster_version_set: Option<Vec<u8>>,
+    pub(crate) cluster_version_set: Option<Vec<u8>>,
+    /// This server's `RaftRequest::origin` (no field of etcd's: etcd
+    /// members keep it in their logs without reading it).
+    #[prost(fixed64, tag = "25")]
+    pub(crate) origin: u64,
     #[prost(message, optional, tag = "1301")]
-    cluster_member_attr_set: Option<EtcdMemberAttrSet>,
+    pub(crate) cluster_member_attr_set: Option<EtcdMemberAttrSet>,
     #[prost(bytes = "vec", optional, tag = "1302")]
-    downgrade_info_set: Option<Vec<u8>>,
+    pub(crate) downgrade_info_set: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdRequestHeader {
+pub(crate) struct EtcdRequestHeader {
     #[prost(uint64, tag = "1")]
-    id: u64,
+    pub(crate) id: u64,
     #[prost(string, tag = "2")]
-    username: String,
+    pub(crate) username: String,
     #[prost(uint64, tag = "3")]
-    auth_revision: u64,
+    pub(crate) auth_revision: u64,
 }
 
 /// etcd's v2 `Request`: only the fields a v3 cluster proposes (publish,
 /// cluster version).
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdV2Request {
+pub(crate) struct EtcdV2Request {
+    #[prost(uint64, tag = "1")]
+    pub(crate) id: u64,
     #[prost(string, tag = "2")]
-    method: String,
+    pub(crate) method: String,
     #[prost(string, tag = "3")]
-    path: String,
+    pub(crate) path: String,
     #[prost(string, tag = "4")]
-    val: String,
+    pub(crate) val: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdInternalAuthenticateRequest {
+pub(crate) struct EtcdInternalAuthenticateRequest {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(crate) name: String,
     #[prost(string, tag = "2")]
-    password: String,
+    pub(crate) password: String,
     #[prost(string, tag = "3")]
-    simple_token: String,
+    pub(crate) simple_token: String,
 }
 
 /// etcd 3.5's `ClusterMemberAttrSetRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdMemberAttrSet {
+pub(crate) struct EtcdMemberAttrSet {
     #[prost(uint64, tag = "1")]
-    member_id: u64,
+    pub(crate) member_id: u64,
     #[prost(message, optional, tag = "2")]
-    attributes: Option<EtcdAttributes>,
+    pub(crate) attributes: Option<EtcdAttributes>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdAttributes {
+pub(crate) struct EtcdAttributes {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(crate) name: String,
     #[prost(string, repeated, tag = "2")]
-    client_urls: Vec<String>,
+    pub(crate) client_urls: Vec<String>,
 }
 
 /// etcd's `raftpb.ConfChange` (its type numbers: AddNode 0, RemoveNode 1,
 /// UpdateNode 2, AddLearnerNode 3; raft-rs numbers AddLearnerNode 2).
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdConfChange {
+pub(crate) struct EtcdConfChange {
     #[prost(uint64, tag = "1")]
-    id: u64,
+    pub(crate) id: u64,
     #[prost(int32, tag = "2")]
-    change_type: i32,
+    pub(crate) change_type: i32,
     #[prost(uint64, tag = "3")]
-    node_id: u64,
+    pub(crate) node_id: u64,
     #[prost(bytes = "vec", tag = "4")]
-    context: Vec<u8>,
+    pub(crate) context: Vec<u8>,
 }
 
 /// etcd's v2 attributes JSON (publish).
 #[derive(Deserialize)]
-struct EtcdAttributesJson {
+pub(crate) struct EtcdAttributesJson {
     #[serde(default)]
-    name: String,
+    pub(crate) name: String,
     #[serde(rename = "clientURLs", default)]
-    client_urls: Vec<String>,
+    pub(crate) client_urls: Vec<String>,
 }
 
 /// One etcd entry as an entry of our log: the same index and term, our
@@ -243,7 +252,7 @@ pub(crate) fn translate_entry(
                             peer_ur_ls: m.peer_urls,
                         })),
                         header: None,
-                        origin: 0,
+                        origin: context_origin(&cc.context),
                     }
                     .encode_to_vec()
                     .into();
@@ -260,8 +269,15 @@ pub(crate) fn translate_entry(
                 }
                 _ => {}
             }
+            // The waiter: etcd's request id, and the origin a member of
+            // ours proposing through an etcd leader put in the context
+            // (`etcd_entries`; etcd ignores the field).
+            let waiter = crate::wait::Waiter {
+                id: cc.id,
+                origin: context_origin(&cc.context),
+            };
             let ours = change
-                .to_conf_change(crate::wait::Waiter::default())
+                .to_conf_change(waiter)
                 .expect("adds, promotes and removes are conf changes");
             out.set_entry_type(eraftpb::EntryType::EntryConfChange);
             out.data = ours.write_to_bytes().map_err(|e| e.to_string())?.into();
@@ -273,6 +289,15 @@ pub(crate) fn translate_entry(
         }
     }
     Ok(out)
+}
+
+/// The origin a member of ours put in a conf change context it proposed
+/// through an etcd leader (`etcd_entries`); 0 in etcd's own.
+fn context_origin(context: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(context)
+        .ok()
+        .and_then(|v| v.get(ORIGIN_JSON)?.as_u64())
+        .unwrap_or(0)
 }
 
 /// An etcd `InternalRaftRequest` as our `RaftRequest`; None for what has
@@ -373,7 +398,7 @@ fn translate_normal(data: &[u8]) -> Result<Option<RaftRequest>, String> {
         id,
         op: Some(op),
         header,
-        origin: 0,
+        origin: r.origin,
     }))
 }
 
@@ -615,6 +640,7 @@ mod tests {
 
         let publish = EtcdInternalRaftRequest {
             v2: Some(EtcdV2Request {
+                id: 0,
                 method: "PUT".into(),
                 path: "/0/members/8e9e05c52164694d/attributes".into(),
                 val: r#"{"name":"default","clientURLs":["http://localhost:2379"]}"#.into(),
@@ -627,6 +653,7 @@ mod tests {
 
         let version = EtcdInternalRaftRequest {
             v2: Some(EtcdV2Request {
+                id: 0,
                 method: "PUT".into(),
                 path: "/0/version".into(),
                 val: "3.4.0".into(),

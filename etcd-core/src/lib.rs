@@ -42,6 +42,7 @@ mod datadir;
 mod db_stream;
 pub mod defrag_data;
 mod error;
+mod etcd_entries;
 mod etcd_import;
 pub mod failpoints;
 pub mod fatal;

@@ -63,6 +63,7 @@ mod node;
 mod peer;
 pub mod peer_query;
 mod peer_tls;
+pub mod rafthttp;
 mod snapshot;
 mod storage;
 mod tcp_transport;

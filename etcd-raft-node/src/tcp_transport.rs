@@ -89,6 +89,7 @@ use tokio::sync::mpsc;
 
 use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::peer_tls::PeerStream;
+use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
 use crate::transport::Transport;
 use crate::{Error, Result};
@@ -100,6 +101,8 @@ const MAGIC: &[u8; 4] = b"ETRP";
 const SNAP_MAGIC: &[u8; 4] = b"ETRS";
 const VERSION: u8 = 1;
 const HANDSHAKE_LEN: usize = 4 + 1 + 8 + 8 + 8;
+/// How long a dialer waits for the handshake's answer.
+const HANDSHAKE_ANSWER: Duration = Duration::from_secs(3);
 
 /// Handshake answers.
 const ACCEPTED: u8 = 0;
@@ -198,6 +201,9 @@ pub struct TransportHooks {
     pub unknown_sender: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     /// A peer answered that this member was removed from the cluster.
     pub report_removed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Translates log entries for members running etcd itself (see
+    /// [`crate::rafthttp`]); None: etcd members are not answered.
+    pub etcd_codec: Option<Arc<dyn EtcdEntryCodec>>,
 }
 
 /// What a member is to the listener's cluster.
@@ -321,6 +327,8 @@ impl TcpTransport {
             received: Mutex::new(HashMap::new()),
             timeout: cfg.snapshot_timeout,
             tls: cfg.tls.clone(),
+            etcd: Arc::default(),
+            codec: hooks.etcd_codec.clone(),
         });
         handle.spawn(accept_loop(listener, ctx.clone()));
         let t = Arc::new(TcpTransport {
@@ -373,6 +381,8 @@ impl TcpTransport {
             unreachable: self.hooks.report_unreachable.clone(),
             tls: self.cfg.tls.clone(),
             removed: self.hooks.report_removed.clone(),
+            etcd: self.serve.etcd.watch(peer),
+            codec: self.hooks.etcd_codec.clone(),
         };
         let task = self.handle.spawn(link.run(rx));
         let q = PeerQueue {
@@ -406,6 +416,10 @@ impl TcpTransport {
             fail("unknown peer");
             return;
         };
+        if self.serve.etcd.is_etcd(to) {
+            fail("the peer runs etcd, and snapshots to etcd members are not supported");
+            return;
+        }
         if q.snapshot_busy.swap(true, Ordering::AcqRel) {
             q.counters.snapshots_failed.fetch_add(1, Ordering::Relaxed);
             fail("a snapshot to this peer is still in flight");
@@ -550,12 +564,39 @@ struct Link {
     tls: Option<crate::PeerTlsHandle>,
     /// Called when the peer says this member was removed.
     removed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Whether the peer runs etcd, and the streams it opened to this member.
+    etcd: EtcdLink,
+    codec: Option<Arc<dyn EtcdEntryCodec>>,
 }
 
 impl Link {
-    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
         let mut logged_down = false;
         loop {
+            if *self.etcd.is_etcd.borrow() {
+                if let Some(codec) = self.codec.clone() {
+                    let counters = self.counters.clone();
+                    let sent_counters = self.counters.clone();
+                    let r = rafthttp::pump_etcd(
+                        self.to,
+                        &mut self.etcd,
+                        &mut rx,
+                        codec.as_ref(),
+                        &move |n| {
+                            counters.dropped.fetch_add(n, Ordering::Relaxed);
+                        },
+                        &move |n, bytes| {
+                            sent_counters.sent.fetch_add(n, Ordering::Relaxed);
+                            sent_counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        },
+                    )
+                    .await;
+                    if r.is_none() {
+                        return; // the transport dropped the queue
+                    }
+                    continue;
+                }
+            }
             match self.connect().await {
                 Ok(stream) => {
                     logged_down = false;
@@ -688,7 +729,15 @@ async fn dial(
     hs.extend_from_slice(&from.to_be_bytes());
     hs.extend_from_slice(&to.to_be_bytes());
     s.write_all(&hs).await.map_err(io)?;
-    let answer = s.read_u8().await.map_err(io)?;
+    // A member running etcd (HTTP) never answers: give up, it dials back.
+    let answer = tokio::time::timeout(HANDSHAKE_ANSWER, s.read_u8())
+        .await
+        .map_err(|_| DialError {
+            why: "no answer to the handshake (an etcd member answers on its own streams)".into(),
+            rejected: false,
+            removed: false,
+        })?
+        .map_err(io)?;
     let why = match answer {
         ACCEPTED => return Ok(s),
         CLUSTER_MISMATCH => {
@@ -948,6 +997,9 @@ struct ServeCtx {
     timeout: Duration,
     /// TLS on accepted connections, checked before anything is read.
     tls: Option<crate::PeerTlsHandle>,
+    /// Which peers run etcd (see [`crate::rafthttp`]).
+    etcd: Arc<EtcdPeers>,
+    codec: Option<Arc<dyn EtcdEntryCodec>>,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
@@ -989,15 +1041,34 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
 }
 
 /// Checks a dialer's handshake and dispatches on its magic.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    mut s: S,
-    ctx: &ServeCtx,
-) -> std::io::Result<()> {
+async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     s.read_exact(&mut hs[..4]).await?;
     if &hs[..4] == QUERY_MAGIC {
         let handler = ctx.queries.read().clone();
         return serve_query(s, ctx.cluster_id, handler).await;
+    }
+    if rafthttp::is_http(&hs[..4]) {
+        let removed = |id: u64| {
+            ctx.member_status
+                .as_ref()
+                .is_some_and(|f| f(id) == MemberStatus::Removed)
+        };
+        let deliver = |m: Message| {
+            let len = 8 + u64::from(m.compute_size());
+            *ctx.received.lock().entry(m.from).or_default() += len;
+            (ctx.deliver)(m)
+        };
+        let http = HttpCtx {
+            id: ctx.id,
+            cluster_id: ctx.cluster_id,
+            max: ctx.max,
+            etcd: &ctx.etcd,
+            codec: ctx.codec.as_ref(),
+            removed: &removed,
+            deliver: &deliver,
+        };
+        return rafthttp::serve_http(s, hs[..4].to_vec(), &http).await;
     }
     s.read_exact(&mut hs[4..]).await?;
     let field = |i: usize| u64::from_be_bytes(hs[i..i + 8].try_into().expect("8 bytes"));
@@ -1046,6 +1117,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
     match &magic {
         MAGIC => {
+            // A member that speaks this protocol (maybe one that ran etcd
+            // before, under the same id).
+            ctx.etcd.mark(from, false);
             s.write_u8(ACCEPTED).await?;
             serve_messages(s, ctx, from).await
         }

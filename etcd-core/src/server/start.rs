@@ -229,6 +229,11 @@ impl Etcd {
                         }),
                         // etcd's peers answer a removed member `410 Gone`
                         // and it stops; the server exits on `removed`.
+                        // Members still running etcd 3.4 (a rolling
+                        // migration): their log entries are translated.
+                        etcd_codec: Some(Arc::new(crate::etcd_entries::EtcdEntries {
+                            cluster: cluster.clone(),
+                        })),
                         report_removed: Some(Arc::new(move || {
                             if !*told_removed.borrow() {
                                 tracing::error!(

@@ -1,12 +1,16 @@
 //! Hash of the key-value history (etcd's `hash.go`), for corruption checks
 //! between members.
 //!
-//! The hash is a CRC-32 (IEEE) over the bytes `"key"` followed by every
-//! `(revision key, stored value)` of the `key` column family with main
-//! revision `<= rev`, in revision order, skipping the revisions `<=` the
-//! compaction revision that compaction does not keep. So it depends only on
-//! the history and the compaction revision, not on how far the physical
-//! compaction has progressed.
+//! The hash is etcd's: a CRC-32C (Castagnoli) over the bytes `"key"`
+//! followed by every `(revision key, stored value)` with main revision
+//! `<= rev`, in revision order, skipping the revisions `<=` the compaction
+//! revision that compaction does not keep. The revision keys are hashed in
+//! etcd's layout (`main:8 BE | '_' | sub:8 BE [| 't']`, where ours has no
+//! `'_'`) and the values are the same `mvccpb.KeyValue` bytes, so a member
+//! of this server and an etcd member holding the same history give the
+//! same hash (a mixed cluster's corruption check compares them). It
+//! depends only on the history and the compaction revision, not on how far
+//! the physical compaction has progressed.
 
 use std::sync::atomic::Ordering;
 
@@ -18,7 +22,7 @@ use crate::revision::Revision;
 /// Result of [`Store::hash_kv`](crate::Store::hash_kv).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HashKv {
-    /// CRC-32 of the history up to `revision`.
+    /// CRC-32C of the history up to `revision`, as etcd computes it.
     pub hash: u32,
     /// The compaction revision when the hash was computed.
     pub compact_revision: i64,
@@ -49,19 +53,20 @@ pub(super) fn hash_kv(inner: &Inner, rev: i64) -> Result<HashKv> {
     let keep = index.keep(compact);
     drop(index);
 
-    let mut h = crc32fast::Hasher::new();
-    h.update(b"key");
+    let mut h = crc32c::crc32c(b"key");
     let upper = Revision::new(rev + 1, 0).to_bytes();
     for item in snap.scan(Cf::Key, &[], Some(&upper)) {
         let (k, v) = item?;
         let (r, _) = Revision::from_key(&k)?;
         if r.main > compact || keep.contains(&r) {
-            h.update(&k);
-            h.update(&v);
+            h = crc32c::crc32c_append(h, &k[..8]);
+            h = crc32c::crc32c_append(h, b"_");
+            h = crc32c::crc32c_append(h, &k[8..]);
+            h = crc32c::crc32c_append(h, &v);
         }
     }
     Ok(HashKv {
-        hash: h.finalize(),
+        hash: h,
         compact_revision: compact,
         revision: rev,
         current_revision: current,

@@ -646,6 +646,16 @@ impl Cluster {
         self.members[i].paused = false;
     }
 
+    /// SIGTERMs member `i` and waits for it to exit (a graceful stop: a
+    /// leader hands leadership over first).
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            super::send_signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+        self.members[i].paused = false;
+    }
+
     /// Starts member `i` again on its data dir and ports; waits until it
     /// serves `endpoint status` (not health: it may be partitioned).
     pub fn restart(&mut self, i: usize) {

@@ -1,0 +1,510 @@
+//! etcd 3.4's peer protocol (`rafthttp`), enough for etcd members and this
+//! server's members to run in ONE cluster: the rolling migration of a
+//! running etcd cluster, one member at a time (stop etcd on a host, start
+//! this server on its data directory: `etcd_import`).
+//!
+//! The peer listener takes both protocols: a connection that starts with
+//! `GET ` or `POST` is etcd's HTTP/1.1 (after TLS, when the listener has
+//! it), anything else this crate's own handshake (`tcp_transport`).
+//!
+//! # What an etcd member does, and what this side answers
+//!
+//! etcd keeps, per peer, two long-lived *stream* responses (the receiver
+//! dials them: `GET /raft/stream/{message,msgappv2}/<its id hex>`, with
+//! `X-Raft-To: <our id hex>`), and a *pipeline* of `POST /raft` requests,
+//! one message each, for when the peer's streams to it are down. This side
+//! never dials etcd:
+//! - **etcd -> here**: etcd's pipeline. Every `POST /raft` carries one raft
+//!   message in protobuf (`raftpb.Message`: raft-rs's `eraftpb` has the
+//!   same field numbers) with `Content-Length`; answered `204 No Content`.
+//! - **here -> etcd**: the `message` stream etcd dialed, answered `200`
+//!   with `X-Server-Version`, then written until it breaks (no length: the
+//!   body ends with the connection):
+//!
+//!   ```text
+//!   len: u64 BE | raftpb.Message (len bytes)      (repeated)
+//!   ```
+//!
+//!   with a *link heartbeat* (an empty `MsgHeartbeat`, which etcd's reader
+//!   skips) after a second of silence: etcd drops a stream that says
+//!   nothing for 5 s. The `msgappv2` stream is answered too (or etcd marks
+//!   the peer inactive every 100 ms and says so) and only ever carries its
+//!   link heartbeat, the single byte `0` (msgappv2's `msgTypeLinkHeartbeat`).
+//! - `GET /version` (`{"etcdserver":..,"etcdcluster":..}`, read by etcd's
+//!   cluster-version monitor) and `GET /raft/probing` (etcd's RTT prober,
+//!   `{"ok":true,"now":<RFC 3339>}`) are answered; everything else of
+//!   etcd's peer API (`/raft/snapshot`, `/leases`, `/members/promote`)
+//!   gets an error status: snapshots, lease keep-alives forwarded between
+//!   the two kinds and learner promotion across them are not supported.
+//!
+//! Checks as etcd's handlers: `X-Etcd-Cluster-ID` must be this cluster's
+//! (`412 Precondition Failed`), a stream's `X-Raft-To` this member
+//! (`412`), a removed sender gets `410 Gone`.
+//!
+//! # Log entries cross the boundary translated
+//!
+//! An etcd member's log holds etcd's `InternalRaftRequest`s; ours holds
+//! this project's `RaftRequest`s. Raft does not look into entry data, so
+//! each side keeps its own encoding and the entries of `MsgAppend` and
+//! `MsgPropose` are translated as they cross ([`EtcdEntryCodec`], given by
+//! the application); index, term and order never change.
+//!
+//! # Which peers are etcd members
+//!
+//! A peer is taken for an etcd member once it dials one of the endpoints
+//! above (etcd redials its streams every 100 ms, so within moments), and
+//! for one of ours again once it dials this crate's handshake (a member
+//! replaced by this server keeps its id). The outgoing link of a peer
+//! follows ([`EtcdPeers::watch`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, Message, MessageType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::peer_tls::PeerStream;
+
+/// The etcd version this server answers as (its API is etcd 3.4's).
+pub const ETCD_SERVER_VERSION: &str = "3.4.0";
+/// The cluster version it answers (`/version`).
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
+/// Largest request head read.
+const MAX_HEAD: usize = 64 << 10;
+/// Silence after which a link heartbeat goes on an etcd stream.
+const LINK_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Translates log entries between etcd's encoding and the application's
+/// (see the module doc). Called on the transport's threads: no blocking.
+pub trait EtcdEntryCodec: Send + Sync {
+    /// An entry of this member's log, as an etcd member must apply it.
+    fn to_etcd(&self, e: &Entry) -> Entry;
+    /// An etcd member's entry, as this member applies it; an error drops
+    /// the message carrying it (raft sends it again).
+    fn from_etcd(&self, e: &Entry) -> Result<Entry, String>;
+}
+
+/// The peers known to speak etcd's protocol, and the streams they opened.
+#[derive(Default)]
+pub(crate) struct EtcdPeers {
+    peers: Mutex<HashMap<u64, PeerSlot>>,
+}
+
+/// One peer's state, shared by the accepting side and the peer's link.
+struct PeerSlot {
+    is_etcd: watch::Sender<bool>,
+    /// Streams the peer opened for this member's messages (the newest
+    /// replaces the one before).
+    attach: mpsc::UnboundedSender<PeerStream>,
+    attached: Option<mpsc::UnboundedReceiver<PeerStream>>,
+}
+
+impl PeerSlot {
+    fn new() -> PeerSlot {
+        let (attach, attached) = mpsc::unbounded_channel();
+        PeerSlot {
+            is_etcd: watch::channel(false).0,
+            attach,
+            attached: Some(attached),
+        }
+    }
+}
+
+/// What a link to `peer` watches: whether it is an etcd member, and the
+/// streams it opens.
+pub(crate) struct EtcdLink {
+    pub is_etcd: watch::Receiver<bool>,
+    pub streams: mpsc::UnboundedReceiver<PeerStream>,
+}
+
+impl EtcdPeers {
+    /// Hands the link of `peer` its view (once per link: a new link of
+    /// the same peer takes over the stream queue).
+    pub fn watch(&self, peer: u64) -> EtcdLink {
+        let mut peers = self.peers.lock();
+        let slot = peers.entry(peer).or_insert_with(PeerSlot::new);
+        let streams = match slot.attached.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                slot.attach = tx;
+                rx
+            }
+        };
+        EtcdLink {
+            is_etcd: slot.is_etcd.subscribe(),
+            streams,
+        }
+    }
+
+    /// Records what `peer` speaks (it just dialed this member).
+    pub fn mark(&self, peer: u64, etcd: bool) {
+        let mut peers = self.peers.lock();
+        let slot = peers.entry(peer).or_insert_with(PeerSlot::new);
+        if *slot.is_etcd.borrow() != etcd {
+            tracing::info!(
+                peer = format!("{peer:x}"),
+                "peer speaks {}",
+                if etcd { "etcd's protocol (rafthttp)" } else { "this server's protocol" }
+            );
+            slot.is_etcd.send_replace(etcd);
+        }
+    }
+
+    fn attach(&self, peer: u64, s: PeerStream) {
+        let peers = self.peers.lock();
+        if let Some(slot) = peers.get(&peer) {
+            let _ = slot.attach.send(s);
+        }
+    }
+
+    pub fn is_etcd(&self, peer: u64) -> bool {
+        self.peers
+            .lock()
+            .get(&peer)
+            .is_some_and(|s| *s.is_etcd.borrow())
+    }
+}
+
+/// Encodes one message of an etcd `message` stream.
+pub(crate) fn encode_stream_message(m: &Message, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let bytes = m
+        .write_to_bytes()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// `m` with the entries of a log-carrying message translated by `f`.
+pub(crate) fn translate(
+    mut m: Message,
+    f: impl Fn(&Entry) -> Result<Entry, String>,
+) -> Result<Message, String> {
+    if matches!(
+        m.get_msg_type(),
+        MessageType::MsgAppend | MessageType::MsgPropose
+    ) {
+        let entries = m
+            .get_entries()
+            .iter()
+            .map(f)
+            .collect::<Result<Vec<_>, _>>()?;
+        m.set_entries(entries.into());
+    }
+    Ok(m)
+}
+
+/// The messages of an etcd peer's link: written on the `message` stream it
+/// opened, translated; returns `None` when the transport dropped the
+/// queue, `Some` when the peer is no longer taken for an etcd member.
+/// Messages queued while no stream is open are dropped (raft sends again).
+pub(crate) async fn pump_etcd(
+    to: u64,
+    link: &mut EtcdLink,
+    rx: &mut mpsc::Receiver<Message>,
+    codec: &dyn EtcdEntryCodec,
+    dropped: &(dyn Fn(u64) + Sync),
+    sent: &(dyn Fn(u64, u64) + Sync),
+) -> Option<()> {
+    let mut stream: Option<PeerStream> = None;
+    let mut buf = Vec::new();
+    loop {
+        if !*link.is_etcd.borrow() {
+            return Some(());
+        }
+        tokio::select! {
+            s = link.streams.recv() => stream = Some(s?),
+            changed = link.is_etcd.changed() => changed.ok()?,
+            m = rx.recv() => {
+                let m = m?;
+                let Some(w) = stream.as_mut() else {
+                    dropped(1);
+                    continue;
+                };
+                let mut batch = vec![m];
+                while batch.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let n = batch.len() as u64;
+                buf.clear();
+                let mut ok = true;
+                for m in batch {
+                    match translate(m, |e| Ok(codec.to_etcd(e))) {
+                        Ok(m) => ok &= encode_stream_message(&m, &mut buf).is_ok(),
+                        Err(_) => ok = false,
+                    }
+                }
+                if ok && w.write_all(&buf).await.is_ok() && w.flush().await.is_ok() {
+                    sent(n, buf.len() as u64);
+                } else {
+                    tracing::debug!(peer = format!("{to:x}"), "etcd stream broke");
+                    dropped(n);
+                    stream = None;
+                }
+            }
+            _ = tokio::time::sleep(LINK_HEARTBEAT), if stream.is_some() => {
+                buf.clear();
+                let mut hb = Message::default();
+                hb.set_msg_type(MessageType::MsgHeartbeat);
+                encode_stream_message(&hb, &mut buf).expect("encodes");
+                let w = stream.as_mut().expect("guarded");
+                if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+                    stream = None;
+                }
+            }
+        }
+    }
+}
+
+/// What answering etcd's HTTP needs from the transport.
+pub(crate) struct HttpCtx<'a> {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub max: usize,
+    pub etcd: &'a EtcdPeers,
+    pub codec: Option<&'a Arc<dyn EtcdEntryCodec>>,
+    /// Whether `from` was removed from the cluster.
+    pub removed: &'a (dyn Fn(u64) -> bool + Sync),
+    /// Takes a received (translated) message.
+    pub deliver: &'a (dyn Fn(Message) + Sync),
+}
+
+/// A parsed request head.
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn id_header(&self, name: &str) -> Option<u64> {
+        self.header(name)
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    }
+}
+
+/// Reads a request head; `buf` holds bytes read ahead (kept for the
+/// body). `Ok(None)` at a clean end between requests.
+async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Head>> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let head = Head {
+                    method: req.method.unwrap_or_default().to_string(),
+                    path: req.path.unwrap_or_default().to_string(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                buf.drain(..n);
+                return Ok(Some(head));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(std::io::Error::other(format!("bad HTTP request: {e}"))),
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(std::io::Error::other("HTTP request head too large"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Writes a response with a text body (keeping the connection).
+async fn respond<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    status: &str,
+    ctx: &HttpCtx<'_>,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nX-Etcd-Cluster-ID: {:x}\r\nX-Server-Version: {ETCD_SERVER_VERSION}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        ctx.cluster_id,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.flush().await
+}
+
+/// Serves an etcd member's HTTP/1.1 connection; `buf` holds its first
+/// bytes. A stream request hands the connection over and returns.
+pub(crate) async fn serve_http(
+    mut s: PeerStream,
+    mut buf: Vec<u8>,
+    ctx: &HttpCtx<'_>,
+) -> std::io::Result<()> {
+    loop {
+        let Some(head) = read_head(&mut s, &mut buf).await? else {
+            return Ok(());
+        };
+        let from = head.id_header("X-Server-From");
+        // etcd's checkClusterCompatibilityFromHeader.
+        let cluster_ok = head
+            .id_header("X-Etcd-Cluster-ID")
+            .is_none_or(|c| c == ctx.cluster_id);
+        match (head.method.as_str(), head.path.as_str()) {
+            ("GET", "/version") => {
+                let body = format!(
+                    "{{\"etcdserver\":\"{ETCD_SERVER_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}"
+                );
+                respond(&mut s, "200 OK", ctx, "application/json", &body).await?;
+            }
+            ("GET", "/raft/probing") => {
+                let body = format!("{{\"ok\":true,\"now\":\"{}\"}}\n", rfc3339_now());
+                respond(&mut s, "200 OK", ctx, "application/json", &body).await?;
+            }
+            ("POST", "/raft") => {
+                let len = head
+                    .header("Content-Length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let Some(len) = len.filter(|&n| n <= ctx.max) else {
+                    respond(&mut s, "400 Bad Request", ctx, "text/plain", "bad length\n").await?;
+                    return Ok(());
+                };
+                while buf.len() < len {
+                    let mut chunk = vec![0u8; (len - buf.len()).min(64 << 10)];
+                    let n = s.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body: Vec<u8> = buf.drain(..len).collect();
+                if !cluster_ok {
+                    respond(&mut s, "412 Precondition Failed", ctx, "text/plain", "cluster ID mismatch\n").await?;
+                    continue;
+                }
+                if from.is_some_and(ctx.removed) {
+                    respond(&mut s, "403 Forbidden", ctx, "text/plain", "removed member\n").await?;
+                    continue;
+                }
+                let Some(codec) = ctx.codec else {
+                    respond(&mut s, "404 Not Found", ctx, "text/plain", "404 page not found\n").await?;
+                    continue;
+                };
+                let status = match Message::parse_from_bytes(&body) {
+                    Ok(m) if m.to == ctx.id => {
+                        ctx.etcd.mark(m.from, true);
+                        match translate(m, |e| codec.from_etcd(e)) {
+                            Ok(m) => {
+                                (ctx.deliver)(m);
+                                "204 No Content"
+                            }
+                            Err(e) => {
+                                tracing::warn!("dropping an etcd member's raft message: {e}");
+                                "400 Bad Request"
+                            }
+                        }
+                    }
+                    Ok(_) => "400 Bad Request",
+                    Err(_) => "400 Bad Request",
+                };
+                respond(&mut s, status, ctx, "text/plain", "").await?;
+            }
+            ("GET", p) if p.starts_with("/raft/stream/") => {
+                let rest = &p["/raft/stream/".len()..];
+                let (kind, sender) = rest.split_once('/').unwrap_or((rest, ""));
+                let sender = u64::from_str_radix(sender, 16).ok();
+                let status = if ctx.codec.is_none() || !matches!(kind, "message" | "msgappv2") {
+                    Some("404 Not Found")
+                } else if !cluster_ok {
+                    Some("412 Precondition Failed")
+                } else if head.id_header("X-Raft-To") != Some(ctx.id) {
+                    Some("412 Precondition Failed")
+                } else if sender.is_none() {
+                    Some("400 Bad Request")
+                } else if sender.is_some_and(ctx.removed) {
+                    Some("410 Gone")
+                } else {
+                    None
+                };
+                if let Some(status) = status {
+                    respond(&mut s, status, ctx, "text/plain", "").await?;
+                    continue;
+                }
+                let sender = sender.expect("checked");
+                // The body is the stream: it ends with the connection.
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nX-Server-Version: {ETCD_SERVER_VERSION}\r\n\
+                     Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(head.as_bytes()).await?;
+                s.flush().await?;
+                ctx.etcd.mark(sender, true);
+                if kind == "message" {
+                    ctx.etcd.attach(sender, s);
+                    return Ok(());
+                }
+                // msgappv2: only its link heartbeat, until etcd hangs up.
+                loop {
+                    tokio::time::sleep(LINK_HEARTBEAT).await;
+                    s.write_all(&[0]).await?;
+                    s.flush().await?;
+                }
+            }
+            _ => {
+                // etcd's peer API this server does not serve.
+                tracing::debug!(method = head.method, path = head.path, "unsupported etcd peer request");
+                respond(&mut s, "404 Not Found", ctx, "text/plain", "404 page not found\n").await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Now in RFC 3339 with nanoseconds, as Go's `time.Time` marshals.
+fn rfc3339_now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    )
+}
+
+/// Whether a connection's first 4 bytes start an HTTP request.
+pub(crate) fn is_http(first: &[u8]) -> bool {
+    first == b"GET " || first == b"POST"
+}

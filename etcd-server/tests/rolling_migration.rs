@@ -1,0 +1,146 @@
+//! A running etcd 3.4 cluster moved onto this server one member at a time,
+//! with a client writing throughout (issue 14's rolling migration): each
+//! etcd member is stopped and this server started on its data directory
+//! (`etcd_import`), and until the last one is replaced etcd members and
+//! ours run one cluster (`etcd_raft_node::rafthttp`, entries translated by
+//! `etcd_core::etcd_entries`). The real etcd is the oracle throughout:
+//! every member, of either kind, must answer the same reads and the same
+//! HashKV at every step.
+
+mod common;
+
+use common::cluster::{ctl_at, Cluster};
+use common::Kind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SECS_30: Duration = Duration::from_secs(30);
+
+/// Puts `w/<n>` through every endpoint (etcdctl fails over) until stopped;
+/// returns the keys whose put was acknowledged.
+fn writer(endpoints: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut n = 0;
+        while !stop.load(Ordering::Acquire) {
+            let key = format!("w/{n:05}");
+            let out = ctl_at(&endpoints, &["put", &key, &format!("v{n}")]);
+            if out.status.success() {
+                acked.push(key);
+            }
+            n += 1;
+        }
+        acked
+    })
+}
+
+/// Every member answers the same `w/` and `k/` keys (values, revisions)
+/// once it has caught up, and the same HashKV.
+fn assert_members_agree(c: &Cluster, what: &str) {
+    let leader = c.wait_leader(SECS_30);
+    // A write every member must see before comparing.
+    let marker = format!("marker-{what}");
+    c.ctl_ok(leader, &["put", &marker, "x"]);
+    for i in c.running().collect::<Vec<_>>() {
+        c.wait_value(i, &marker, "x", SECS_30);
+    }
+    let rev = c.status(leader).unwrap().revision;
+    let reads: Vec<String> = c
+        .running()
+        .map(|i| {
+            c.ctl_ok(
+                i,
+                &["get", "", "--from-key", "-w", "json", &format!("--rev={rev}")],
+            )
+        })
+        .map(|out| {
+            let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["header"] = serde_json::Value::Null;
+            v.to_string()
+        })
+        .collect();
+    for r in &reads[1..] {
+        assert_eq!(r, &reads[0], "{what}: members disagree at revision {rev}");
+    }
+    c.assert_hash_kv_equal(SECS_30);
+}
+
+#[test]
+fn rolling_migration_of_a_running_etcd_cluster() {
+    let mut c = Cluster::start(Kind::Real, 3);
+    for i in 0..30 {
+        c.put(i % 3, &format!("k/{i:02}"), &format!("before-{i}"));
+    }
+    let mut members = c.member_list();
+    members.sort_by_key(|m| m.id);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = writer(c.endpoints(), stop.clone());
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+
+    // 1. A follower becomes ours (SIGTERM, as a service manager stops it):
+    //    ours follows an etcd leader.
+    let leader = c.wait_leader(SECS_30);
+    let first = c.other_than(&[leader]);
+    c.terminate(first);
+    c.kind = Kind::Ours;
+    c.restart(first);
+    c.kind = Kind::Real;
+    assert!(c.log(first).contains("imported etcd's state"));
+    assert!(
+        c.log(first).contains("peer speaks etcd's protocol"),
+        "{}",
+        c.log_tails(30)
+    );
+    assert_members_agree(&c, "ours following etcd");
+
+    // 2. Ours leads etcd members: they apply our entries, and forward
+    //    their clients' writes to us.
+    c.move_leader(first).unwrap();
+    assert_eq!(c.wait_leader(SECS_30), first);
+    for i in 0..3 {
+        c.put(i, &format!("k/led-by-ours-{i}"), "x");
+    }
+    assert_members_agree(&c, "ours leading etcd");
+
+    // 3. The second member: killed (kill -9), then ours on its data dir.
+    let second = c.other_than(&[first]);
+    c.kill9(second);
+    c.kind = Kind::Ours;
+    c.restart(second);
+    c.kind = Kind::Real;
+    assert_members_agree(&c, "two of ours, one etcd");
+
+    // 4. The last etcd member.
+    let third = c.other_than(&[first, second]);
+    c.terminate(third);
+    c.kind = Kind::Ours;
+    c.restart(third);
+    assert_members_agree(&c, "all ours");
+
+    stop.store(true, Ordering::Release);
+    let acked = writes.join().unwrap();
+    assert!(acked.len() >= 10, "the writer got {} puts through", acked.len());
+    // Every acknowledged write is there, on every member.
+    for i in 0..3 {
+        let out = c.ctl_ok(i, &["get", "w/", "--prefix", "--keys-only"]);
+        let have: std::collections::HashSet<&str> =
+            out.lines().filter(|l| !l.is_empty()).collect();
+        for k in &acked {
+            if !have.contains(k.as_str()) {
+                failures.lock().unwrap().push(format!("member {i} lost {k}"));
+            }
+        }
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    // Same members (ids, names, URLs), and the cluster goes on.
+    let mut now = c.member_list();
+    now.sort_by_key(|m| m.id);
+    assert_eq!(now, members);
+    c.put(0, "after", "migration");
+    for i in 0..3 {
+        c.wait_value(i, "after", "migration", SECS_30);
+    }
+    eprintln!("{} writes acknowledged during the migration", acked.len());
+}
