@@ -76,7 +76,7 @@ pub(crate) async fn serve_query<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-trait ReadWrite: Read + Write {}
+pub(crate) trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 /// Asks the member listening at `addr` (`host:port`) one question, in

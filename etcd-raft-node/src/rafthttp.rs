@@ -32,10 +32,13 @@
 //!   link heartbeat, the single byte `0` (msgappv2's `msgTypeLinkHeartbeat`).
 //! - `GET /version` (`{"etcdserver":..,"etcdcluster":..}`, read by etcd's
 //!   cluster-version monitor) and `GET /raft/probing` (etcd's RTT prober,
-//!   `{"ok":true,"now":<RFC 3339>}`) are answered; everything else of
-//!   etcd's peer API (`/raft/snapshot`, `/leases`, `/members/promote`)
-//!   gets an error status: snapshots, lease keep-alives forwarded between
-//!   the two kinds and learner promotion across them are not supported.
+//!   `{"ok":true,"now":<RFC 3339>}`) are answered here; the rest of etcd's
+//!   peer API that a follower asks its leader (`/leases`,
+//!   `/leases/internal`, `/members/promote/<id>`, `/members`) goes to the
+//!   application's [`EtcdHttpHandler`], and [`request`] asks an etcd
+//!   leader the same. `POST /raft/snapshot` is refused (`404`): snapshots
+//!   do not cross between the two kinds (etcd logs the failure and raft
+//!   sends entries again once the follower is within the leader's log).
 //!
 //! Checks as etcd's handlers: `X-Etcd-Cluster-ID` must be this cluster's
 //! (`412 Precondition Failed`), a stream's `X-Raft-To` this member
@@ -77,6 +80,31 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 const MAX_HEAD: usize = 64 << 10;
 /// Silence after which a link heartbeat goes on an etcd stream.
 const LINK_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// One request of etcd's peer API for the application.
+#[derive(Clone, Debug)]
+pub struct EtcdHttpRequest {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// The application's answer.
+#[derive(Clone, Debug)]
+pub struct EtcdHttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// Answers [`EtcdHttpRequest`]s (set with
+/// [`TcpTransport::set_etcd_http_handler`](crate::TcpTransport::set_etcd_http_handler)).
+pub type EtcdHttpHandler = Arc<
+    dyn Fn(EtcdHttpRequest) -> std::pin::Pin<Box<dyn std::future::Future<Output = EtcdHttpResponse> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Translates log entries between etcd's encoding and the application's
 /// (see the module doc). Called on the transport's threads: no blocking.
@@ -275,6 +303,8 @@ pub(crate) struct HttpCtx<'a> {
     pub removed: &'a (dyn Fn(u64) -> bool + Sync),
     /// Takes a received (translated) message.
     pub deliver: &'a (dyn Fn(Message) + Sync),
+    /// The rest of etcd's peer API.
+    pub handler: Option<EtcdHttpHandler>,
 }
 
 /// A parsed request head.
@@ -391,22 +421,9 @@ pub(crate) async fn serve_http(
                 respond(&mut s, "200 OK", ctx, "application/json", &body).await?;
             }
             ("POST", "/raft") => {
-                let len = head
-                    .header("Content-Length")
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                let Some(len) = len.filter(|&n| n <= ctx.max) else {
-                    respond(&mut s, "400 Bad Request", ctx, "text/plain", "bad length\n").await?;
+                let Some(body) = read_body(&mut s, &mut buf, &head, ctx).await? else {
                     return Ok(());
                 };
-                while buf.len() < len {
-                    let mut chunk = vec![0u8; (len - buf.len()).min(64 << 10)];
-                    let n = s.read(&mut chunk).await?;
-                    if n == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let body: Vec<u8> = buf.drain(..len).collect();
                 if !cluster_ok {
                     respond(&mut s, "412 Precondition Failed", ctx, "text/plain", "cluster ID mismatch\n").await?;
                     continue;
@@ -479,14 +496,184 @@ pub(crate) async fn serve_http(
                     s.flush().await?;
                 }
             }
+            (method, path) if path != "/raft/snapshot" && ctx.handler.is_some() => {
+                let body = if method == "POST" {
+                    match read_body(&mut s, &mut buf, &head, ctx).await? {
+                        Some(b) => b,
+                        None => return Ok(()),
+                    }
+                } else {
+                    Vec::new()
+                };
+                if !cluster_ok {
+                    respond(&mut s, "412 Precondition Failed", ctx, "text/plain", "cluster ID mismatch\n").await?;
+                    continue;
+                }
+                let handler = ctx.handler.clone().expect("guarded");
+                let r = handler(EtcdHttpRequest {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    body,
+                })
+                .await;
+                let head = format!(
+                    "HTTP/1.1 {} {}\r\nX-Etcd-Cluster-ID: {:x}\r\nX-Server-Version: {ETCD_SERVER_VERSION}\r\n\
+                     Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                    r.status,
+                    reason(r.status),
+                    ctx.cluster_id,
+                    r.content_type,
+                    r.body.len()
+                );
+                s.write_all(head.as_bytes()).await?;
+                s.write_all(&r.body).await?;
+                s.flush().await?;
+            }
             _ => {
-                // etcd's peer API this server does not serve.
+                // etcd's peer API this server does not serve (snapshots).
                 tracing::debug!(method = head.method, path = head.path, "unsupported etcd peer request");
                 respond(&mut s, "404 Not Found", ctx, "text/plain", "404 page not found\n").await?;
                 return Ok(());
             }
         }
     }
+}
+
+/// Reads a request's body (`Content-Length`; at most the frame limit);
+/// `None` after answering a request without a usable length.
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    head: &Head,
+    ctx: &HttpCtx<'_>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let len = head
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let Some(len) = len.filter(|&n| n <= ctx.max) else {
+        respond(s, "411 Length Required", ctx, "text/plain", "bad length\n").await?;
+        return Ok(None);
+    };
+    while buf.len() < len {
+        let mut chunk = vec![0u8; (len - buf.len()).min(64 << 10)];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(buf.drain(..len).collect()))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        _ => "Error",
+    }
+}
+
+/// Asks an etcd member's peer API (at `addr`, in TLS with `tls`) one
+/// request, as etcd's own clients of it do (`leasehttp`, the promote
+/// forwarding); returns the status and the body. Blocking, each step
+/// bounded by `timeout`.
+pub fn request(
+    addr: &str,
+    tls: Option<&crate::PeerTlsHandle>,
+    ids: (u64, u64),
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> crate::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let (cluster_id, from) = ids;
+    let fail = |why: String| crate::Error::Peer(format!("{method} {path} to {addr}: {why}"));
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+        .ok_or_else(|| fail("no address".into()))?;
+    let tcp = std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| fail(e.to_string()))?;
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+        .map_err(|e| fail(e.to_string()))?;
+    let mut s: Box<dyn crate::peer_query::ReadWrite> = match tls {
+        Some(tls) => Box::new(crate::peer_tls::connect_blocking(tls, addr, tcp).map_err(fail)?),
+        None => Box::new(tcp),
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/protobuf\r\n\
+         Content-Length: {}\r\nX-Etcd-Cluster-ID: {cluster_id:x}\r\nX-Server-From: {from:x}\r\n\
+         X-Server-Version: {ETCD_SERVER_VERSION}\r\nX-Min-Cluster-Version: 3.0.0\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .and_then(|()| s.flush())
+        .map_err(|e| fail(e.to_string()))?;
+    // Connection: close: the answer ends with the connection.
+    let mut raw = Vec::new();
+    s.take(MAX_HEAD as u64 + (16 << 20))
+        .read_to_end(&mut raw)
+        .or_else(|e| if raw.is_empty() { Err(e) } else { Ok(0) })
+        .map_err(|e| fail(e.to_string()))?;
+    parse_response(&raw).map_err(fail)
+}
+
+/// A whole HTTP/1.1 response: status and body (`Content-Length`,
+/// chunked, or up to the end).
+pub(crate) fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err("truncated answer".into()),
+        Err(e) => return Err(format!("bad answer: {e}")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let rest = &raw[n..];
+    let body = if header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        let mut at = rest;
+        loop {
+            let line_end = at
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("truncated chunk")?;
+            let size = std::str::from_utf8(&at[..line_end])
+                .ok()
+                .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+                .ok_or("bad chunk size")?;
+            at = &at[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            if at.len() < size {
+                return Err("truncated chunk".into());
+            }
+            body.extend_from_slice(&at[..size]);
+            at = at.get(size + 2..).ok_or("truncated chunk")?;
+        }
+        body
+    } else if let Some(len) = header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        rest.get(..len).ok_or("truncated body")?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok((status, body))
 }
 
 /// Now in RFC 3339 with nanoseconds, as Go's `time.Time` marshals.

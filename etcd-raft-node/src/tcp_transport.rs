@@ -328,6 +328,7 @@ impl TcpTransport {
             timeout: cfg.snapshot_timeout,
             tls: cfg.tls.clone(),
             etcd: Arc::default(),
+            etcd_http: Arc::default(),
             codec: hooks.etcd_codec.clone(),
         });
         handle.spawn(accept_loop(listener, ctx.clone()));
@@ -353,6 +354,18 @@ impl TcpTransport {
     /// [`crate::peer_query`]).
     pub fn set_query_handler(&self, handler: QueryHandler) {
         *self.queries.write() = Some(handler);
+    }
+
+    /// Answers the application's part of etcd's peer API (lease
+    /// keep-alives and promotes forwarded by etcd members) from now on.
+    pub fn set_etcd_http_handler(&self, handler: rafthttp::EtcdHttpHandler) {
+        *self.serve.etcd_http.write() = Some(handler);
+    }
+
+    /// Whether member `peer` runs etcd (it dialed etcd's peer protocol
+    /// here; see [`crate::rafthttp`]).
+    pub fn is_etcd_peer(&self, peer: u64) -> bool {
+        self.serve.etcd.is_etcd(peer)
     }
 
     /// The TLS settings of peer connections, if any.
@@ -999,6 +1012,8 @@ struct ServeCtx {
     tls: Option<crate::PeerTlsHandle>,
     /// Which peers run etcd (see [`crate::rafthttp`]).
     etcd: Arc<EtcdPeers>,
+    /// The application's part of etcd's peer API, once it is ready.
+    etcd_http: Arc<parking_lot::RwLock<Option<rafthttp::EtcdHttpHandler>>>,
     codec: Option<Arc<dyn EtcdEntryCodec>>,
 }
 
@@ -1067,6 +1082,7 @@ async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
             codec: ctx.codec.as_ref(),
             removed: &removed,
             deliver: &deliver,
+            handler: ctx.etcd_http.read().clone(),
         };
         return rafthttp::serve_http(s, hs[..4].to_vec(), &http).await;
     }

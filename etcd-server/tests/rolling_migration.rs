@@ -66,6 +66,31 @@ fn assert_members_agree(c: &Cluster, what: &str) {
     c.assert_hash_kv_equal(SECS_30);
 }
 
+/// Grants a lease through member `at`; its id in hex.
+fn grant(c: &Cluster, at: usize, ttl: u32) -> String {
+    let out = c.ctl_ok(at, &["lease", "grant", &ttl.to_string()]);
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// A keep-alive and a TimeToLive of `lease` through member `at` (a
+/// follower: both go to the leader, which runs the other kind).
+fn keep_alive_through(c: &Cluster, at: usize, lease: &str, ttl: u32) {
+    let out = c.ctl_ok(at, &["lease", "keep-alive", "--once", lease]);
+    assert!(
+        out.contains(&format!("keepalived with TTL({ttl})")),
+        "keep-alive through member {at}: {out}"
+    );
+    let out = c.ctl_ok(at, &["lease", "timetolive", lease]);
+    assert!(
+        out.contains(&format!("granted with TTL({ttl}s)")),
+        "timetolive through member {at}: {out}"
+    );
+    // A lease the leader does not know: etcd's "not found", across kinds.
+    let out = c.ctl(at, &["lease", "keep-alive", "--once", "1234abcd"]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requested lease not found"), "{text}");
+}
+
 #[test]
 fn rolling_migration_of_a_running_etcd_cluster() {
     let mut c = Cluster::start(Kind::Real, 3);
@@ -93,6 +118,9 @@ fn rolling_migration_of_a_running_etcd_cluster() {
         c.log_tails(30)
     );
     assert_members_agree(&c, "ours following etcd");
+    // Keep-alives through ours reach the etcd leader (etcd's /leases).
+    let lease = grant(&c, leader, 600);
+    keep_alive_through(&c, first, &lease, 600);
 
     // 2. Ours leads etcd members: they apply our entries, and forward
     //    their clients' writes to us.
@@ -102,6 +130,9 @@ fn rolling_migration_of_a_running_etcd_cluster() {
         c.put(i, &format!("k/led-by-ours-{i}"), "x");
     }
     assert_members_agree(&c, "ours leading etcd");
+    // An etcd follower's keep-alives reach our leader (it serves /leases).
+    let etcd_follower = c.other_than(&[first]);
+    keep_alive_through(&c, etcd_follower, &lease, 600);
 
     // 3. The second member: killed (kill -9), then ours on its data dir.
     let second = c.other_than(&[first]);

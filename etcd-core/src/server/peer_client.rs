@@ -167,8 +167,17 @@ async fn ask_leader(etcd: &Etcd, ask: Ask) -> Result<PeerResponse> {
         .ok_or(Error::NoLeader)
         .and_then(|u| peer_addr(&u).map_err(Error::Internal))?;
     let cluster_id = etcd.cluster_id();
-    let req = PeerRequest { ask: Some(ask) }.encode_to_vec();
     let tls = etcd.transport().and_then(|t| t.tls());
+    if etcd.transport().is_some_and(|t| t.is_etcd_peer(leader)) {
+        // The leader runs etcd (a mixed cluster): its peer HTTP API.
+        let from = etcd.member_id();
+        return tokio::task::spawn_blocking(move || {
+            ask_etcd(&addr, tls.as_ref(), (cluster_id, from), ask)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("query task failed: {e}")))?;
+    }
+    let req = PeerRequest { ask: Some(ask) }.encode_to_vec();
     let bytes = tokio::task::spawn_blocking(move || {
         etcd_raft_node::peer_query::query(&addr, tls.as_ref(), cluster_id, &req, QUERY_TIMEOUT)
     })
@@ -179,6 +188,82 @@ async fn ask_leader(etcd: &Etcd, ask: Ask) -> Result<PeerResponse> {
         Error::Timeout
     })?;
     answer(&bytes, "the leader")
+}
+
+/// Asks an etcd member `ask` through etcd's peer HTTP API, as etcd 3.4's
+/// followers ask their leader (`leasehttp.RenewHTTP`,
+/// `TimeToLiveHTTP`, `promoteMemberHTTP`). Blocking.
+fn ask_etcd(
+    addr: &str,
+    tls: Option<&etcd_raft_node::PeerTlsHandle>,
+    ids: (u64, u64),
+    ask: Ask,
+) -> Result<PeerResponse> {
+    use super::peer_query::{LeaseInternalRequest, LeaseInternalResponse};
+    use crate::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
+    let (path, body) = match &ask {
+        Ask::LeaseRenew(id) => (
+            "/leases".to_string(),
+            LeaseKeepAliveRequest { id: *id }.encode_to_vec(),
+        ),
+        Ask::LeaseTimeToLive(r) => (
+            "/leases/internal".to_string(),
+            LeaseInternalRequest {
+                lease_time_to_live_request: Some(r.clone()),
+            }
+            .encode_to_vec(),
+        ),
+        Ask::Promote(id) => (format!("/members/promote/{id}"), Vec::new()),
+        other => {
+            return Err(Error::Internal(format!(
+                "{other:?} is not asked of etcd members"
+            )))
+        }
+    };
+    let (status, body) =
+        etcd_raft_node::rafthttp::request(addr, tls, ids, "POST", &path, &body, QUERY_TIMEOUT)
+            .map_err(|e| {
+                tracing::warn!("forwarding to the leader (etcd) failed: {e}");
+                Error::Timeout
+            })?;
+    let text = String::from_utf8_lossy(&body);
+    match (status, ask) {
+        (200, Ask::LeaseRenew(id)) => {
+            let r = LeaseKeepAliveResponse::decode(&body[..])
+                .map_err(|e| Error::Internal(format!("the leader's keep-alive answer: {e}")))?;
+            if r.id != id {
+                return Err(Error::Internal("lease: renew id mismatch".into()));
+            }
+            Ok(PeerResponse {
+                ttl: r.ttl,
+                ..Default::default()
+            })
+        }
+        (200, Ask::LeaseTimeToLive(_)) => {
+            let r = LeaseInternalResponse::decode(&body[..])
+                .map_err(|e| Error::Internal(format!("the leader's TimeToLive answer: {e}")))?;
+            Ok(PeerResponse {
+                lease_ttl: r.lease_time_to_live_response,
+                ..Default::default()
+            })
+        }
+        (200, Ask::Promote(_)) => Ok(PeerResponse {
+            promote: Some(Default::default()),
+            ..Default::default()
+        }),
+        (404, Ask::LeaseRenew(_) | Ask::LeaseTimeToLive(_)) => Err(Error::LeaseNotFound),
+        (404, Ask::Promote(_)) => Err(Error::MemberNotFound),
+        (412, Ask::Promote(_)) if text.contains("in sync with leader") => {
+            Err(Error::LearnerNotReady)
+        }
+        (412, Ask::Promote(_)) => Err(Error::MemberNotLearner),
+        // etcd's lessor when it no longer leads: the caller retries.
+        (_, _) if text.contains("not a primary lessor") => Err(Error::LeaderChanged),
+        (status, _) => Err(Error::Internal(format!(
+            "the leader (etcd) answered {status}: {}",
+            text.trim()
+        ))),
+    }
 }
 
 /// Forwards MemberPromote to the leader.

@@ -81,3 +81,17 @@ pub(super) struct PeerResponse {
 
 /// How long one query may take.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// etcd's `leasepb.LeaseInternalRequest` (`POST /leases/internal`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct LeaseInternalRequest {
+    #[prost(message, optional, tag = "1")]
+    pub lease_time_to_live_request: Option<LeaseTimeToLiveRequest>,
+}
+
+/// etcd's `leasepb.LeaseInternalResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct LeaseInternalResponse {
+    #[prost(message, optional, tag = "1")]
+    pub lease_time_to_live_response: Option<LeaseTimeToLiveResponse>,
+}
