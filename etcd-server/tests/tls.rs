@@ -993,3 +993,115 @@ fn peer_auto_tls_cluster() {
         }
     }
 }
+
+/// `endpoint status` of every member: (member id, is leader).
+fn tls_statuses(members: &[TlsMember], tls: &[&str]) -> Vec<(u64, bool)> {
+    members
+        .iter()
+        .map(|m| {
+            let out = ctl(&m.client_url, tls, &["endpoint", "status", "-w", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let st = &v[0]["Status"];
+            (
+                st["header"]["member_id"].as_u64().unwrap_or(0),
+                st["leader"].as_u64().is_some_and(|l| l != 0)
+                    && st["leader"] == st["header"]["member_id"],
+            )
+        })
+        .collect()
+}
+
+/// A running etcd 3.4 cluster with peer TLS (the guides' setup) takes a
+/// member of ours on an etcd member's data directory (a rolling
+/// migration's first step, tests/rolling_migration.rs has all of it):
+/// raft, etcd's peer API and the lease forwarding both ways run inside
+/// the same mutual TLS as etcd's own members.
+#[test]
+fn a_tls_etcd_cluster_takes_a_member_of_ours() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..4)
+        .map(|_| (common::free_port(), common::free_port()))
+        .collect();
+    let certs = p.certs();
+    let (mut members, initial) = tls_cluster(Kind::Real, dir.path(), &ports, &certs);
+    let tls = client_flags(&certs);
+    let ok = |m: &TlsMember, args: &[&str]| {
+        let out = ctl(&m.client_url, &tls, args);
+        assert!(
+            out.status.success(),
+            "{args:?} at {}: {}",
+            m.client_url,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&members[1], &["put", "from-etcd", "1"]);
+    // Member 0 stops (SIGTERM) and comes back as ours on its data dir.
+    common::send_signal(members[0].child.id(), "TERM");
+    let _ = members[0].child.wait();
+    members[0] = tls_member(
+        Kind::Ours,
+        dir.path(),
+        "m0",
+        ports[0].0,
+        ports[0].1,
+        &initial,
+        "new",
+        &certs,
+        &certs.server,
+        &certs.ca,
+    );
+    assert!(
+        eventually(150, || ctl(&members[0].client_url, &tls, &["endpoint", "health"])
+            .status
+            .success()),
+        "ours did not join: {}",
+        std::fs::read_to_string(&members[0].log).unwrap_or_default()
+    );
+    let ours_log = std::fs::read_to_string(&members[0].log).unwrap();
+    assert!(ours_log.contains("peer speaks etcd's protocol"), "{ours_log}");
+    ok(&members[0], &["put", "from-ours", "2"]);
+    for m in &members {
+        assert!(
+            eventually(50, || ctl(&m.client_url, &tls, &["get", "from-ours", "--consistency=s"])
+                .stdout
+                .ends_with(b"from-ours\n2\n")),
+            "{} does not have our write",
+            m.client_url
+        );
+        assert!(ok(m, &["get", "from-etcd"]).ends_with("from-etcd\n1\n"));
+    }
+    // Leases across kinds, both ways: first to an etcd leader through
+    // ours, then (ours leading) to ours through an etcd member.
+    let lease = ok(&members[1], &["lease", "grant", "300"]);
+    let lease = lease.split_whitespace().nth(1).unwrap().to_string();
+    assert!(ok(&members[0], &["lease", "keep-alive", "--once", &lease])
+        .contains("keepalived with TTL(300)"));
+    let st = tls_statuses(&members, &tls);
+    let leader = st.iter().position(|s| s.1).expect("a leader");
+    assert_ne!(leader, 0, "etcd handed leadership to an etcd member");
+    ok(&members[leader], &["move-leader", &format!("{:x}", st[0].0)]);
+    assert!(eventually(50, || tls_statuses(&members, &tls)[0].1));
+    assert!(ok(&members[2], &["lease", "keep-alive", "--once", &lease])
+        .contains("keepalived with TTL(300)"));
+    ok(&members[2], &["put", "led-by-ours", "3"]);
+    // The same data everywhere (etcd's HashKV on both kinds).
+    let hashes: Vec<String> = members
+        .iter()
+        .map(|m| {
+            let mut h = String::new();
+            eventually(50, || {
+                let out = ctl(&m.client_url, &tls, &["get", "led-by-ours", "--consistency=s"]);
+                if !out.stdout.ends_with(b"3\n") {
+                    return false;
+                }
+                h = ok(m, &["endpoint", "hashkv"]).split(", ").nth(1).unwrap_or("").to_string();
+                true
+            });
+            h
+        })
+        .collect();
+    assert!(!hashes[0].is_empty());
+    assert!(hashes.iter().all(|h| h == &hashes[0]), "{hashes:?}");
+}
