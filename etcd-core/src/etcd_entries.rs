@@ -35,7 +35,7 @@ use prost::Message;
 
 use crate::cluster::{decode_conf_change, Change, RaftCluster};
 use crate::etcd_import::{
-    translate_entry, EtcdConfChange, ORIGIN_JSON, EtcdInternalAuthenticateRequest,
+    translate_running_entry, EtcdConfChange, ORIGIN_JSON, EtcdInternalAuthenticateRequest,
     EtcdInternalRaftRequest, EtcdRequestHeader, EtcdV2Request,
 };
 use crate::raft_request::{Op, RaftRequest};
@@ -81,7 +81,7 @@ impl EtcdEntryCodec for EtcdEntries {
             index: e.index,
             data: e.data.to_vec(),
         };
-        translate_entry(&ee, &mut learners)
+        translate_running_entry(&ee, &mut learners)
     }
 }
 

@@ -218,6 +218,25 @@ pub(crate) fn translate_entry(
     e: &EtcdEntry,
     learners: &mut BTreeSet<u64>,
 ) -> Result<eraftpb::Entry, String> {
+    translate(e, learners, false)
+}
+
+/// [`translate_entry`] for a running mixed cluster (`etcd_entries`): a
+/// user's password stays in the entry beside its hash, because a leader
+/// of ours may send the entry on to etcd 3.4 members, which hash it
+/// themselves (and, like etcd 3.4's own entries, keep it in their logs).
+pub(crate) fn translate_running_entry(
+    e: &EtcdEntry,
+    learners: &mut BTreeSet<u64>,
+) -> Result<eraftpb::Entry, String> {
+    translate(e, learners, true)
+}
+
+fn translate(
+    e: &EtcdEntry,
+    learners: &mut BTreeSet<u64>,
+    keep_passwords: bool,
+) -> Result<eraftpb::Entry, String> {
     let mut out = eraftpb::Entry::default();
     out.index = e.index;
     out.term = e.term;
@@ -225,7 +244,7 @@ pub(crate) fn translate_entry(
         0 => {
             out.set_entry_type(eraftpb::EntryType::EntryNormal);
             if !e.data.is_empty() {
-                if let Some(r) = translate_normal(&e.data)? {
+                if let Some(r) = translate_normal(&e.data, keep_passwords)? {
                     out.data = r.encode_to_vec().into();
                 }
             }
@@ -303,8 +322,21 @@ fn context_origin(context: &[u8]) -> u64 {
 /// An etcd `InternalRaftRequest` as our `RaftRequest`; None for what has
 /// nothing to apply here (reads, v2 requests other than publish, the
 /// cluster version).
-fn translate_normal(data: &[u8]) -> Result<Option<RaftRequest>, String> {
-    let r = EtcdInternalRaftRequest::decode(data).map_err(|e| format!("request: {e}"))?;
+fn translate_normal(data: &[u8], keep_passwords: bool) -> Result<Option<RaftRequest>, String> {
+    // etcd's `pbutil.MaybeUnmarshal`: what is not an InternalRaftRequest
+    // is a bare v2 `Request` (etcd 3.4 proposes its publish and cluster
+    // version that way).
+    let r = match EtcdInternalRaftRequest::decode(data) {
+        Ok(r) => r,
+        Err(e) => {
+            let v2 = EtcdV2Request::decode(data).map_err(|_| format!("request: {e}"))?;
+            EtcdInternalRaftRequest {
+                id: v2.id,
+                v2: Some(v2),
+                ..Default::default()
+            }
+        }
+    };
     let header = r.header.as_ref().map(|h| RequestHeader {
         username: h.username.clone(),
         auth_revision: h.auth_revision,
@@ -338,12 +370,12 @@ fn translate_normal(data: &[u8]) -> Result<Option<RaftRequest>, String> {
     } else if let Some(mut a) = r.auth_user_add {
         // etcd 3.4 logs the password and hashes it when applying; ours
         // are hashed before they reach the log.
-        hash_password(&mut a.password, &mut a.hashed_password)?;
+        hash_password(&mut a.password, &mut a.hashed_password, keep_passwords)?;
         Op::UserAdd(a)
     } else if let Some(a) = r.auth_user_delete {
         Op::UserDelete(a)
     } else if let Some(mut a) = r.auth_user_change_password {
-        hash_password(&mut a.password, &mut a.hashed_password)?;
+        hash_password(&mut a.password, &mut a.hashed_password, keep_passwords)?;
         Op::UserChangePassword(a)
     } else if let Some(a) = r.auth_user_grant_role {
         Op::UserGrantRole(a)
@@ -402,12 +434,14 @@ fn translate_normal(data: &[u8]) -> Result<Option<RaftRequest>, String> {
     }))
 }
 
-fn hash_password(password: &mut String, hashed: &mut String) -> Result<(), String> {
+fn hash_password(password: &mut String, hashed: &mut String, keep: bool) -> Result<(), String> {
     if hashed.is_empty() && !password.is_empty() {
         *hashed =
             bcrypt::hash(password.as_str(), bcrypt::DEFAULT_COST).map_err(|e| e.to_string())?;
     }
-    password.clear();
+    if !keep {
+        password.clear();
+    }
     Ok(())
 }
 
@@ -633,7 +667,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = translate_normal(&put.encode_to_vec()).unwrap().unwrap();
+        let r = translate_normal(&put.encode_to_vec(), false).unwrap().unwrap();
         assert_eq!(r.id, 42);
         assert_eq!(r.header.unwrap().username, "alice");
         assert!(matches!(r.op, Some(Op::Put(p)) if &p.key[..] == b"k"));
@@ -647,9 +681,21 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = translate_normal(&publish.encode_to_vec()).unwrap().unwrap();
+        let r = translate_normal(&publish.encode_to_vec(), false).unwrap().unwrap();
         assert!(matches!(r.op, Some(Op::MemberAttributes(a))
             if a.id == 0x8e9e05c52164694d && a.name == "default"));
+
+        // etcd 3.4's publish as it proposes it: a bare v2 Request.
+        let bare = EtcdV2Request {
+            id: 7,
+            method: "PUT".into(),
+            path: "/0/members/8e9e05c52164694d/attributes".into(),
+            val: r#"{"name":"default","clientURLs":["http://localhost:2379"]}"#.into(),
+        };
+        let r = translate_normal(&bare.encode_to_vec(), false).unwrap().unwrap();
+        assert!(matches!(r.op, Some(Op::MemberAttributes(a))
+            if a.id == 0x8e9e05c52164694d && a.name == "default"));
+        assert_eq!(r.id, 7);
 
         let version = EtcdInternalRaftRequest {
             v2: Some(EtcdV2Request {
@@ -660,7 +706,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(translate_normal(&version.encode_to_vec()).unwrap(), None);
+        assert_eq!(translate_normal(&version.encode_to_vec(), false).unwrap(), None);
 
         let mut add = AuthUserAddRequest {
             name: "bob".into(),
@@ -672,7 +718,7 @@ mod tests {
             auth_user_add: Some(add),
             ..Default::default()
         };
-        let r = translate_normal(&user.encode_to_vec()).unwrap().unwrap();
+        let r = translate_normal(&user.encode_to_vec(), false).unwrap().unwrap();
         let Some(Op::UserAdd(a)) = r.op else { panic!() };
         assert!(a.password.is_empty());
         assert!(bcrypt::verify("pw", &a.hashed_password).unwrap());

@@ -10,10 +10,11 @@
 //! # What an etcd member does, and what this side answers
 //!
 //! etcd keeps, per peer, two long-lived *stream* responses (the receiver
-//! dials them: `GET /raft/stream/{message,msgappv2}/<its id hex>`, with
+//! dials them: `GET /raft/stream/{message,msgapp}/<its id hex>`, with
 //! `X-Raft-To: <our id hex>`), and a *pipeline* of `POST /raft` requests,
 //! one message each, for when the peer's streams to it are down. This side
-//! never dials etcd:
+//! never dials etcd (etcd's paths: `/raft/stream/message/<id>` and, for
+//! msgappv2, `/raft/stream/msgapp/<id>`):
 //! - **etcd -> here**: etcd's pipeline. Every `POST /raft` carries one raft
 //!   message in protobuf (`raftpb.Message`: raft-rs's `eraftpb` has the
 //!   same field numbers) with `Content-Length`; answered `204 No Content`.
@@ -459,7 +460,7 @@ pub(crate) async fn serve_http(
                 let rest = &p["/raft/stream/".len()..];
                 let (kind, sender) = rest.split_once('/').unwrap_or((rest, ""));
                 let sender = u64::from_str_radix(sender, 16).ok();
-                let status = if ctx.codec.is_none() || !matches!(kind, "message" | "msgappv2") {
+                let status = if ctx.codec.is_none() || !matches!(kind, "message" | "msgapp") {
                     Some("404 Not Found")
                 } else if !cluster_ok {
                     Some("412 Precondition Failed")

@@ -49,6 +49,28 @@ pub struct Opened {
     pub metadata: bytes::Bytes,
 }
 
+/// Starts the in-memory log at a snapshot mark `(index, term)` with
+/// `conf_state`. A mark at index 0 is the empty log's own start (an etcd
+/// data directory imported before any write moved its consistent index):
+/// only the configuration is set, raft-rs refuses a snapshot at 0.
+fn install_mark(
+    core: &mut raft::storage::MemStorageCore,
+    index: u64,
+    term: u64,
+    conf_state: ConfState,
+) -> Result<()> {
+    if index == 0 {
+        core.set_conf_state(conf_state);
+        return Ok(());
+    }
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = index;
+    snap.mut_metadata().term = term;
+    snap.mut_metadata().set_conf_state(conf_state);
+    core.apply_snapshot(snap)?;
+    Ok(())
+}
+
 impl WalStorage {
     /// Creates a new WAL in `dir` for a member bootstrapping a new cluster
     /// whose initial configuration is `conf_state`.
@@ -91,13 +113,7 @@ impl WalStorage {
         });
         wal.append_sync(batch)?;
         let mem = MemStorage::new();
-        {
-            let mut snap = Snapshot::default();
-            snap.mut_metadata().index = index;
-            snap.mut_metadata().term = term;
-            snap.mut_metadata().set_conf_state(conf_state);
-            mem.wl().apply_snapshot(snap)?;
-        }
+        install_mark(&mut mem.wl(), index, term, conf_state)?;
         Ok(WalStorage {
             mem,
             wal,
@@ -155,11 +171,7 @@ impl WalStorage {
                         marker.index
                     )));
                 }
-                let mut snap = Snapshot::default();
-                snap.mut_metadata().index = marker.index;
-                snap.mut_metadata().term = marker.term;
-                snap.mut_metadata().set_conf_state(conf_state.clone());
-                core.apply_snapshot(snap)?;
+                install_mark(&mut core, marker.index, marker.term, conf_state.clone())?;
             }
             let mut entries = Vec::with_capacity(rec.entries.len());
             for e in &rec.entries {

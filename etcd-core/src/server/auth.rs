@@ -45,6 +45,21 @@ impl Etcd {
         self.blocking(move || hash_password(&password, cost)).await
     }
 
+    /// Clears a password whose hash goes into the log instead, unless
+    /// members running etcd 3.4 remain (a rolling migration): etcd 3.4
+    /// applies only the password itself (it has no `hashedPassword`) and
+    /// logs it, so the entry carries it for them, as their own would.
+    fn keep_password_for_etcd_members(&self, password: &mut String) {
+        if self.has_etcd_members() && !password.is_empty() {
+            tracing::warn!(
+                "members running etcd 3.4 are in the cluster: the password goes into the raft \
+                 log for them (etcd 3.4 logs passwords in clear)"
+            );
+        } else {
+            password.clear();
+        }
+    }
+
     /// Auth.AuthEnable: needs a user `root` with the role `root`.
     pub async fn auth_enable(&self, ctx: &RequestContext) -> Result<AuthEnableResponse> {
         let header = self
@@ -131,7 +146,7 @@ impl Etcd {
         if !no_password && r.hashed_password.is_empty() {
             r.hashed_password = self.hash_for_proposal(ctx, &r.password).await?;
         }
-        r.password.clear();
+        self.keep_password_for_etcd_members(&mut r.password);
         let header = self.propose_auth(ctx, Op::UserAdd(r)).await?;
         Ok(AuthUserAddResponse { header })
     }
@@ -145,7 +160,7 @@ impl Etcd {
         if r.hashed_password.is_empty() {
             r.hashed_password = self.hash_for_proposal(ctx, &r.password).await?;
         }
-        r.password.clear();
+        self.keep_password_for_etcd_members(&mut r.password);
         let header = self.propose_auth(ctx, Op::UserChangePassword(r)).await?;
         Ok(AuthUserChangePasswordResponse { header })
     }

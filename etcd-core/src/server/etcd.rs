@@ -216,6 +216,13 @@ impl Etcd {
         self.inner.transport.as_ref()
     }
 
+    /// Whether some member of the cluster runs etcd itself (a rolling
+    /// migration under way: `etcd_raft_node::rafthttp`).
+    pub(crate) fn has_etcd_members(&self) -> bool {
+        self.transport()
+            .is_some_and(|t| self.members().iter().any(|m| t.is_etcd_peer(m.id)))
+    }
+
     /// The lease manager.
     pub(crate) fn lessor(&self) -> &Lessor {
         &self.inner.lessor
