@@ -35,8 +35,8 @@ use prost::Message;
 
 use crate::cluster::{decode_conf_change, Change, RaftCluster};
 use crate::etcd_import::{
-    translate_running_entry, EtcdConfChange, ORIGIN_JSON, EtcdInternalAuthenticateRequest,
-    EtcdInternalRaftRequest, EtcdRequestHeader, EtcdV2Request,
+    translate_running_entry, EtcdConfChange, EtcdInternalAuthenticateRequest,
+    EtcdInternalRaftRequest, EtcdRequestHeader, EtcdV2Request, ORIGIN_JSON,
 };
 use crate::raft_request::{Op, RaftRequest};
 
@@ -47,7 +47,7 @@ pub(crate) struct EtcdEntries {
 }
 
 impl EtcdEntryCodec for EtcdEntries {
-    fn to_etcd(&self, e: &Entry) -> Entry {
+    fn entry_to_etcd(&self, e: &Entry) -> Entry {
         let mut out = e.clone();
         match to_etcd(e, &self.cluster.read()) {
             Ok(Some((t, data))) => {
@@ -58,7 +58,10 @@ impl EtcdEntryCodec for EtcdEntries {
             Err(why) => {
                 // Our own log entry does not decode: a bug. etcd members get
                 // a no-op in its place rather than bytes they cannot parse.
-                tracing::error!(index = e.index, "entry not translatable for etcd members: {why}");
+                tracing::error!(
+                    index = e.index,
+                    "entry not translatable for etcd members: {why}"
+                );
                 out.set_entry_type(EntryType::EntryNormal);
                 out.data = Default::default();
             }
@@ -66,7 +69,7 @@ impl EtcdEntryCodec for EtcdEntries {
         out
     }
 
-    fn from_etcd(&self, e: &Entry) -> Result<Entry, String> {
+    fn entry_from_etcd(&self, e: &Entry) -> Result<Entry, String> {
         let mut learners: BTreeSet<u64> = self
             .cluster
             .read()
@@ -281,12 +284,14 @@ mod tests {
         ];
         for r in &reqs {
             let e = normal(r);
-            let etcd = c.to_etcd(&e);
+            let etcd = c.entry_to_etcd(&e);
             assert_eq!((etcd.index, etcd.term), (7, 3));
-            let back = c.from_etcd(&etcd).unwrap();
+            let back = c.entry_from_etcd(&etcd).unwrap();
             let got = RaftRequest::decode(&back.data[..]).unwrap();
             let mut want = r.clone();
-            if want.header.is_none() && !matches!(want.op, Some(Op::MemberAttributes(_) | Op::MemberUpdate(_))) {
+            if want.header.is_none()
+                && !matches!(want.op, Some(Op::MemberAttributes(_) | Op::MemberUpdate(_)))
+            {
                 want.header = Some(RequestHeader::default());
             }
             assert_eq!(got, want, "{r:?}");
@@ -297,21 +302,19 @@ mod tests {
             Change::Promote(0x42),
             Change::Remove(0x42),
         ] {
-            let cc = change
-                .to_conf_change(Waiter { origin: 77, id: 5 })
-                .unwrap();
+            let cc = change.to_conf_change(Waiter { origin: 77, id: 5 }).unwrap();
             let mut e = Entry::default();
             e.set_entry_type(EntryType::EntryConfChange);
             e.index = 8;
             e.data = cc.write_to_bytes().unwrap().into();
-            let etcd = c.to_etcd(&e);
-            let back = c.from_etcd(&etcd).unwrap();
+            let etcd = c.entry_to_etcd(&e);
+            let back = c.entry_from_etcd(&etcd).unwrap();
             let (_, waiter, got) = decode_conf_change(&back.data).unwrap();
             assert_eq!(got, change);
             assert_eq!((waiter.id, waiter.origin), (5, 77));
         }
         // The empty entry of a new leader stays empty.
         let e = Entry::default();
-        assert!(c.to_etcd(&e).data.is_empty());
+        assert!(c.entry_to_etcd(&e).data.is_empty());
     }
 }

@@ -667,7 +667,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = translate_normal(&put.encode_to_vec(), false).unwrap().unwrap();
+        let r = translate_normal(&put.encode_to_vec(), false)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.id, 42);
         assert_eq!(r.header.unwrap().username, "alice");
         assert!(matches!(r.op, Some(Op::Put(p)) if &p.key[..] == b"k"));
@@ -681,7 +683,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = translate_normal(&publish.encode_to_vec(), false).unwrap().unwrap();
+        let r = translate_normal(&publish.encode_to_vec(), false)
+            .unwrap()
+            .unwrap();
         assert!(matches!(r.op, Some(Op::MemberAttributes(a))
             if a.id == 0x8e9e05c52164694d && a.name == "default"));
 
@@ -692,7 +696,9 @@ mod tests {
             path: "/0/members/8e9e05c52164694d/attributes".into(),
             val: r#"{"name":"default","clientURLs":["http://localhost:2379"]}"#.into(),
         };
-        let r = translate_normal(&bare.encode_to_vec(), false).unwrap().unwrap();
+        let r = translate_normal(&bare.encode_to_vec(), false)
+            .unwrap()
+            .unwrap();
         assert!(matches!(r.op, Some(Op::MemberAttributes(a))
             if a.id == 0x8e9e05c52164694d && a.name == "default"));
         assert_eq!(r.id, 7);
@@ -706,7 +712,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(translate_normal(&version.encode_to_vec(), false).unwrap(), None);
+        assert_eq!(
+            translate_normal(&version.encode_to_vec(), false).unwrap(),
+            None
+        );
 
         let mut add = AuthUserAddRequest {
             name: "bob".into(),
@@ -718,7 +727,9 @@ mod tests {
             auth_user_add: Some(add),
             ..Default::default()
         };
-        let r = translate_normal(&user.encode_to_vec(), false).unwrap().unwrap();
+        let r = translate_normal(&user.encode_to_vec(), false)
+            .unwrap()
+            .unwrap();
         let Some(Op::UserAdd(a)) = r.op else { panic!() };
         assert!(a.password.is_empty());
         assert!(bcrypt::verify("pw", &a.hashed_password).unwrap());

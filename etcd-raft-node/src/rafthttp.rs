@@ -80,7 +80,7 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 /// Largest request head read.
 const MAX_HEAD: usize = 64 << 10;
 /// Silence after which a link heartbeat goes on an etcd stream.
-const LINK_HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const LINK_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// One request of etcd's peer API for the application.
 #[derive(Clone, Debug)]
@@ -102,7 +102,9 @@ pub struct EtcdHttpResponse {
 /// Answers [`EtcdHttpRequest`]s (set with
 /// [`TcpTransport::set_etcd_http_handler`](crate::TcpTransport::set_etcd_http_handler)).
 pub type EtcdHttpHandler = Arc<
-    dyn Fn(EtcdHttpRequest) -> std::pin::Pin<Box<dyn std::future::Future<Output = EtcdHttpResponse> + Send>>
+    dyn Fn(
+            EtcdHttpRequest,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = EtcdHttpResponse> + Send>>
         + Send
         + Sync,
 >;
@@ -111,10 +113,10 @@ pub type EtcdHttpHandler = Arc<
 /// (see the module doc). Called on the transport's threads: no blocking.
 pub trait EtcdEntryCodec: Send + Sync {
     /// An entry of this member's log, as an etcd member must apply it.
-    fn to_etcd(&self, e: &Entry) -> Entry;
+    fn entry_to_etcd(&self, e: &Entry) -> Entry;
     /// An etcd member's entry, as this member applies it; an error drops
     /// the message carrying it (raft sends it again).
-    fn from_etcd(&self, e: &Entry) -> Result<Entry, String>;
+    fn entry_from_etcd(&self, e: &Entry) -> Result<Entry, String>;
 }
 
 /// The peers known to speak etcd's protocol, and the streams they opened.
@@ -178,15 +180,21 @@ impl EtcdPeers {
             tracing::info!(
                 peer = format!("{peer:x}"),
                 "peer speaks {}",
-                if etcd { "etcd's protocol (rafthttp)" } else { "this server's protocol" }
+                if etcd {
+                    "etcd's protocol (rafthttp)"
+                } else {
+                    "this server's protocol"
+                }
             );
             slot.is_etcd.send_replace(etcd);
         }
     }
 
+    /// Hands a stream `peer` opened to its link; dropped (closed) when
+    /// this member has no link to `peer`.
     fn attach(&self, peer: u64, s: PeerStream) {
         let peers = self.peers.lock();
-        if let Some(slot) = peers.get(&peer) {
+        if let Some(slot) = peers.get(&peer).filter(|slot| slot.attached.is_none()) {
             let _ = slot.attach.send(s);
         }
     }
@@ -266,7 +274,7 @@ pub(crate) async fn pump_etcd(
                 buf.clear();
                 let mut ok = true;
                 for m in batch {
-                    match translate(m, |e| Ok(codec.to_etcd(e))) {
+                    match translate(m, |e| Ok(codec.entry_to_etcd(e))) {
                         Ok(m) => ok &= encode_stream_message(&m, &mut buf).is_ok(),
                         Err(_) => ok = false,
                     }
@@ -306,6 +314,8 @@ pub(crate) struct HttpCtx<'a> {
     pub deliver: &'a (dyn Fn(Message) + Sync),
     /// The rest of etcd's peer API.
     pub handler: Option<EtcdHttpHandler>,
+    /// Silence after which the msgappv2 stream gets a link heartbeat.
+    pub heartbeat: Duration,
 }
 
 /// A parsed request head.
@@ -426,21 +436,42 @@ pub(crate) async fn serve_http(
                     return Ok(());
                 };
                 if !cluster_ok {
-                    respond(&mut s, "412 Precondition Failed", ctx, "text/plain", "cluster ID mismatch\n").await?;
+                    respond(
+                        &mut s,
+                        "412 Precondition Failed",
+                        ctx,
+                        "text/plain",
+                        "cluster ID mismatch\n",
+                    )
+                    .await?;
                     continue;
                 }
                 if from.is_some_and(ctx.removed) {
-                    respond(&mut s, "403 Forbidden", ctx, "text/plain", "removed member\n").await?;
+                    respond(
+                        &mut s,
+                        "403 Forbidden",
+                        ctx,
+                        "text/plain",
+                        "removed member\n",
+                    )
+                    .await?;
                     continue;
                 }
                 let Some(codec) = ctx.codec else {
-                    respond(&mut s, "404 Not Found", ctx, "text/plain", "404 page not found\n").await?;
+                    respond(
+                        &mut s,
+                        "404 Not Found",
+                        ctx,
+                        "text/plain",
+                        "404 page not found\n",
+                    )
+                    .await?;
                     continue;
                 };
                 let status = match Message::parse_from_bytes(&body) {
                     Ok(m) if m.to == ctx.id => {
                         ctx.etcd.mark(m.from, true);
-                        match translate(m, |e| codec.from_etcd(e)) {
+                        match translate(m, |e| codec.entry_from_etcd(e)) {
                             Ok(m) => {
                                 (ctx.deliver)(m);
                                 "204 No Content"
@@ -462,9 +493,7 @@ pub(crate) async fn serve_http(
                 let sender = u64::from_str_radix(sender, 16).ok();
                 let status = if ctx.codec.is_none() || !matches!(kind, "message" | "msgapp") {
                     Some("404 Not Found")
-                } else if !cluster_ok {
-                    Some("412 Precondition Failed")
-                } else if head.id_header("X-Raft-To") != Some(ctx.id) {
+                } else if !cluster_ok || head.id_header("X-Raft-To") != Some(ctx.id) {
                     Some("412 Precondition Failed")
                 } else if sender.is_none() {
                     Some("400 Bad Request")
@@ -492,7 +521,7 @@ pub(crate) async fn serve_http(
                 }
                 // msgappv2: only its link heartbeat, until etcd hangs up.
                 loop {
-                    tokio::time::sleep(LINK_HEARTBEAT).await;
+                    tokio::time::sleep(ctx.heartbeat).await;
                     s.write_all(&[0]).await?;
                     s.flush().await?;
                 }
@@ -507,7 +536,14 @@ pub(crate) async fn serve_http(
                     Vec::new()
                 };
                 if !cluster_ok {
-                    respond(&mut s, "412 Precondition Failed", ctx, "text/plain", "cluster ID mismatch\n").await?;
+                    respond(
+                        &mut s,
+                        "412 Precondition Failed",
+                        ctx,
+                        "text/plain",
+                        "cluster ID mismatch\n",
+                    )
+                    .await?;
                     continue;
                 }
                 let handler = ctx.handler.clone().expect("guarded");
@@ -532,8 +568,19 @@ pub(crate) async fn serve_http(
             }
             _ => {
                 // etcd's peer API this server does not serve (snapshots).
-                tracing::debug!(method = head.method, path = head.path, "unsupported etcd peer request");
-                respond(&mut s, "404 Not Found", ctx, "text/plain", "404 page not found\n").await?;
+                tracing::debug!(
+                    method = head.method,
+                    path = head.path,
+                    "unsupported etcd peer request"
+                );
+                respond(
+                    &mut s,
+                    "404 Not Found",
+                    ctx,
+                    "text/plain",
+                    "404 page not found\n",
+                )
+                .await?;
                 return Ok(());
             }
         }
@@ -601,7 +648,8 @@ pub fn request(
         .map_err(|e| fail(e.to_string()))?
         .next()
         .ok_or_else(|| fail("no address".into()))?;
-    let tcp = std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| fail(e.to_string()))?;
+    let tcp =
+        std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| fail(e.to_string()))?;
     tcp.set_read_timeout(Some(timeout))
         .and_then(|()| tcp.set_write_timeout(Some(timeout)))
         .map_err(|e| fail(e.to_string()))?;
@@ -695,4 +743,164 @@ fn rfc3339_now() -> String {
 /// Whether a connection's first 4 bytes start an HTTP request.
 pub(crate) fn is_http(first: &[u8]) -> bool {
     first == b"GET " || first == b"POST"
+}
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Fuzz entry point: untrusted bytes on the peer listener, as etcd's
+    //! HTTP (requests of an etcd member), and as an etcd member's answer.
+
+    use super::*;
+
+    struct Same;
+    impl EtcdEntryCodec for Same {
+        fn entry_to_etcd(&self, e: &Entry) -> Entry {
+            e.clone()
+        }
+        fn entry_from_etcd(&self, e: &Entry) -> Result<Entry, String> {
+            Ok(e.clone())
+        }
+    }
+
+    /// Serves `data` as the bytes an etcd member sent on a connection
+    /// (then hung up); returns how many raft messages were delivered.
+    pub fn serve(data: &[u8]) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let delivered = std::sync::atomic::AtomicUsize::new(0);
+            let peers = EtcdPeers::default();
+            let codec: Arc<dyn EtcdEntryCodec> = Arc::new(Same);
+            let deliver = |_m: Message| {
+                delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            };
+            let removed = |id: u64| id == 13;
+            let ctx = HttpCtx {
+                id: 2,
+                cluster_id: 7,
+                max: 1 << 20,
+                etcd: &peers,
+                codec: Some(&codec),
+                removed: &removed,
+                deliver: &deliver,
+                heartbeat: Duration::ZERO,
+                handler: Some(Arc::new(|r: EtcdHttpRequest| {
+                    Box::pin(async move {
+                        EtcdHttpResponse {
+                            status: 200,
+                            content_type: "application/protobuf",
+                            body: r.body,
+                        }
+                    })
+                })),
+            };
+            let first = data.get(..4).unwrap_or(data).to_vec();
+            let rest = data.get(4..).unwrap_or_default().to_vec();
+            // The peer writes everything, reads a bounded amount of the
+            // answers (a stream would go on forever) and hangs up.
+            let writer = async move {
+                let _ = client.write_all(&rest).await;
+                let _ = client.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = (&mut client).take(4096).read_to_end(&mut sink).await;
+            };
+            let server = serve_http(Box::new(server), first, &ctx);
+            let _ = tokio::join!(writer, server);
+            delivered.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// Parses `data` as an etcd member's answer to [`request`].
+    pub fn response(data: &[u8]) -> Option<(u16, usize)> {
+        parse_response(data).ok().map(|(s, b)| (s, b.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post_raft(m: &Message) -> Vec<u8> {
+        let body = m.write_to_bytes().unwrap();
+        let mut req = format!(
+            "POST /raft HTTP/1.1\r\nHost: x\r\nX-Etcd-Cluster-ID: 7\r\nX-Server-From: 1\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        req
+    }
+
+    /// etcd's pipeline requests are delivered, on one connection; a wrong
+    /// cluster id or recipient is not.
+    #[test]
+    fn pipeline_requests_are_delivered() {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.from = 1;
+        m.to = 2;
+        m.mut_entries().push(Entry::default());
+        let mut data = post_raft(&m);
+        data.extend(post_raft(&m));
+        assert_eq!(fuzzing::serve(&data), 2);
+        let wrong_cluster = String::from_utf8(post_raft(&m))
+            .unwrap_or_default()
+            .replace("X-Etcd-Cluster-ID: 7", "X-Etcd-Cluster-ID: 8");
+        assert_eq!(fuzzing::serve(wrong_cluster.as_bytes()), 0);
+        m.to = 3;
+        assert_eq!(fuzzing::serve(&post_raft(&m)), 0);
+    }
+
+    #[test]
+    fn responses_parse_with_length_chunks_or_close() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef";
+        assert_eq!(parse_response(r).unwrap(), (200, b"abc".to_vec()));
+        let r = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(r).unwrap(), (404, b"abcde".to_vec()));
+        let r = b"HTTP/1.1 200 OK\r\n\r\nrest";
+        assert_eq!(parse_response(r).unwrap(), (200, b"rest".to_vec()));
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+    }
+
+    /// The fuzz entry points over mutations of valid requests and noise.
+    #[test]
+    fn mutated_requests_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = 1;
+        m.to = 2;
+        let mut valid = post_raft(&m);
+        valid.extend_from_slice(
+            b"GET /raft/stream/msgapp/1 HTTP/1.1\r\nX-Raft-To: 2\r\nX-Etcd-Cluster-ID: 7\r\n\r\n",
+        );
+        let others: &[&[u8]] = &[
+            b"GET /version HTTP/1.1\r\n\r\n",
+            b"POST /leases HTTP/1.1\r\nContent-Length: 2\r\n\r\n\x08\x01",
+            b"GET /raft/stream/message/1 HTTP/1.1\r\nX-Raft-To: 2\r\n\r\n",
+            b"POST /raft/snapshot HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for round in 0..1500 {
+            let mut input = if round % 5 == 0 {
+                others[round / 5 % others.len()].to_vec()
+            } else {
+                valid.clone()
+            };
+            for _ in 0..rng.gen_range(0..6) {
+                let i = rng.gen_range(0..input.len());
+                input[i] = rng.gen();
+            }
+            input.truncate(rng.gen_range(0..=input.len()));
+            fuzzing::serve(&input);
+            fuzzing::response(&input);
+        }
+    }
 }

@@ -1083,6 +1083,7 @@ async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
             removed: &removed,
             deliver: &deliver,
             handler: ctx.etcd_http.read().clone(),
+            heartbeat: rafthttp::LINK_HEARTBEAT,
         };
         return rafthttp::serve_http(s, hs[..4].to_vec(), &http).await;
     }

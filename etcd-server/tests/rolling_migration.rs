@@ -51,7 +51,14 @@ fn assert_members_agree(c: &Cluster, what: &str) {
         .map(|i| {
             c.ctl_ok(
                 i,
-                &["get", "", "--from-key", "-w", "json", &format!("--rev={rev}")],
+                &[
+                    "get",
+                    "",
+                    "--from-key",
+                    "-w",
+                    "json",
+                    &format!("--rev={rev}"),
+                ],
             )
         })
         .map(|out| {
@@ -87,7 +94,8 @@ fn keep_alive_through(c: &Cluster, at: usize, lease: &str, ttl: u32) {
     );
     // A lease the leader does not know: etcd's "not found", across kinds.
     let out = c.ctl(at, &["lease", "keep-alive", "--once", "1234abcd"]);
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("requested lease not found"), "{text}");
 }
 
@@ -100,7 +108,17 @@ fn users_across_kinds(c: &Cluster, ours: usize, etcd: usize) {
     c.ctl_ok(ours, &["user", "add", "alice:alicepw"]);
     c.ctl_ok(etcd, &["user", "add", "bob:bobpw"]);
     c.ctl_ok(etcd, &["role", "add", "reader"]);
-    c.ctl_ok(ours, &["role", "grant-permission", "reader", "read", "k/", "--prefix"]);
+    c.ctl_ok(
+        ours,
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "k/",
+            "--prefix",
+        ],
+    );
     c.ctl_ok(ours, &["user", "grant-role", "alice", "reader"]);
     c.ctl_ok(etcd, &["user", "grant-role", "bob", "reader"]);
     c.ctl_ok(ours, &["auth", "enable"]);
@@ -112,12 +130,22 @@ fn users_across_kinds(c: &Cluster, ours: usize, etcd: usize) {
                 &["authentication failed", "user name not found"],
                 SECS_30,
             );
-            assert!(out.status.success(), "{user} on member {i}: {}", common::cluster::error_line(&out));
+            assert!(
+                out.status.success(),
+                "{user} on member {i}: {}",
+                common::cluster::error_line(&out)
+            );
         }
         let out = c.ctl(i, &["--user", "alice:wrong", "get", "k/00"]);
-        assert!(!out.status.success(), "a wrong password works on member {i}");
+        assert!(
+            !out.status.success(),
+            "a wrong password works on member {i}"
+        );
         let out = c.ctl(i, &["--user", "bob:", "get", "k/00"]);
-        assert!(!out.status.success(), "an empty password works on member {i}");
+        assert!(
+            !out.status.success(),
+            "an empty password works on member {i}"
+        );
     }
     c.ctl_ok(ours, &["--user", "root:rootpw", "auth", "disable"]);
 }
@@ -195,15 +223,21 @@ fn rolling_migration_of_a_running_etcd_cluster() {
 
     stop.store(true, Ordering::Release);
     let acked = writes.join().unwrap();
-    assert!(acked.len() >= 10, "the writer got {} puts through", acked.len());
+    assert!(
+        acked.len() >= 10,
+        "the writer got {} puts through",
+        acked.len()
+    );
     // Every acknowledged write is there, on every member.
     for i in 0..3 {
         let out = c.ctl_ok(i, &["get", "w/", "--prefix", "--keys-only"]);
-        let have: std::collections::HashSet<&str> =
-            out.lines().filter(|l| !l.is_empty()).collect();
+        let have: std::collections::HashSet<&str> = out.lines().filter(|l| !l.is_empty()).collect();
         for k in &acked {
             if !have.contains(k.as_str()) {
-                failures.lock().unwrap().push(format!("member {i} lost {k}"));
+                failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("member {i} lost {k}"));
             }
         }
     }

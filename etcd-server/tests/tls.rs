@@ -1053,20 +1053,31 @@ fn a_tls_etcd_cluster_takes_a_member_of_ours() {
         &certs.ca,
     );
     assert!(
-        eventually(150, || ctl(&members[0].client_url, &tls, &["endpoint", "health"])
-            .status
-            .success()),
+        eventually(150, || ctl(
+            &members[0].client_url,
+            &tls,
+            &["endpoint", "health"]
+        )
+        .status
+        .success()),
         "ours did not join: {}",
         std::fs::read_to_string(&members[0].log).unwrap_or_default()
     );
     let ours_log = std::fs::read_to_string(&members[0].log).unwrap();
-    assert!(ours_log.contains("peer speaks etcd's protocol"), "{ours_log}");
+    assert!(
+        ours_log.contains("peer speaks etcd's protocol"),
+        "{ours_log}"
+    );
     ok(&members[0], &["put", "from-ours", "2"]);
     for m in &members {
         assert!(
-            eventually(50, || ctl(&m.client_url, &tls, &["get", "from-ours", "--consistency=s"])
-                .stdout
-                .ends_with(b"from-ours\n2\n")),
+            eventually(50, || ctl(
+                &m.client_url,
+                &tls,
+                &["get", "from-ours", "--consistency=s"]
+            )
+            .stdout
+            .ends_with(b"from-ours\n2\n")),
             "{} does not have our write",
             m.client_url
         );
@@ -1081,7 +1092,10 @@ fn a_tls_etcd_cluster_takes_a_member_of_ours() {
     let st = tls_statuses(&members, &tls);
     let leader = st.iter().position(|s| s.1).expect("a leader");
     assert_ne!(leader, 0, "etcd handed leadership to an etcd member");
-    ok(&members[leader], &["move-leader", &format!("{:x}", st[0].0)]);
+    ok(
+        &members[leader],
+        &["move-leader", &format!("{:x}", st[0].0)],
+    );
     assert!(eventually(50, || tls_statuses(&members, &tls)[0].1));
     assert!(ok(&members[2], &["lease", "keep-alive", "--once", &lease])
         .contains("keepalived with TTL(300)"));
@@ -1092,11 +1106,19 @@ fn a_tls_etcd_cluster_takes_a_member_of_ours() {
         .map(|m| {
             let mut h = String::new();
             eventually(50, || {
-                let out = ctl(&m.client_url, &tls, &["get", "led-by-ours", "--consistency=s"]);
+                let out = ctl(
+                    &m.client_url,
+                    &tls,
+                    &["get", "led-by-ours", "--consistency=s"],
+                );
                 if !out.stdout.ends_with(b"3\n") {
                     return false;
                 }
-                h = ok(m, &["endpoint", "hashkv"]).split(", ").nth(1).unwrap_or("").to_string();
+                h = ok(m, &["endpoint", "hashkv"])
+                    .split(", ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
                 true
             });
             h

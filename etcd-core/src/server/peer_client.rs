@@ -209,7 +209,7 @@ fn ask_etcd(
         Ask::LeaseTimeToLive(r) => (
             "/leases/internal".to_string(),
             LeaseInternalRequest {
-                lease_time_to_live_request: Some(r.clone()),
+                lease_time_to_live_request: Some(*r),
             }
             .encode_to_vec(),
         ),

@@ -3,7 +3,9 @@
 //! [`peer_query`](super::peer_query).
 
 use super::etcd::{Etcd, Inner};
-use super::peer_query::{Ask, LeaseInternalRequest, LeaseInternalResponse, PeerRequest, PeerResponse};
+use super::peer_query::{
+    Ask, LeaseInternalRequest, LeaseInternalResponse, PeerRequest, PeerResponse,
+};
 use crate::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 use crate::request_context::RequestContext;
 use crate::Error;
@@ -162,7 +164,10 @@ async fn answer_etcd(etcd: &Etcd, req: EtcdHttpRequest) -> EtcdHttpResponse {
         }
         ("POST", p) if p.starts_with(PROMOTE) => {
             let Ok(id) = p[PROMOTE.len()..].parse::<u64>() else {
-                return text(400, format!("member {} not found in cluster", &p[PROMOTE.len()..]));
+                return text(
+                    400,
+                    format!("member {} not found in cluster", &p[PROMOTE.len()..]),
+                );
             };
             match etcd.promote_as_leader(ctx, id).await {
                 Ok(_) => members_json(etcd),
@@ -175,9 +180,7 @@ async fn answer_etcd(etcd: &Etcd, req: EtcdHttpRequest) -> EtcdHttpResponse {
             }
         }
         ("GET", "/members") => members_json(etcd),
-        (_, "/leases" | "/leases/internal" | "/members") => {
-            text(405, "Method Not Allowed".into())
-        }
+        (_, "/leases" | "/leases/internal" | "/members") => text(405, "Method Not Allowed".into()),
         _ => text(404, "404 page not found".into()),
     }
 }
