@@ -41,9 +41,11 @@ use crate::etcd_import::{
 use crate::raft_request::{Op, RaftRequest};
 
 /// The translation, with the membership it needs (etcd tells a promote
-/// from an add by whether the member is a learner).
+/// from an add by whether the member is a learner), and the image files
+/// an etcd leader's snapshot is imported into.
 pub(crate) struct EtcdEntries {
     pub cluster: Arc<RwLock<RaftCluster>>,
+    pub snapshots: Arc<crate::snapshot::StoreSnapshots>,
 }
 
 impl EtcdEntryCodec for EtcdEntries {
@@ -85,6 +87,55 @@ impl EtcdEntryCodec for EtcdEntries {
             data: e.data.to_vec(),
         };
         translate_running_entry(&ee, &mut learners)
+    }
+
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        self.snapshots.files.dir().to_path_buf()
+    }
+
+    /// etcd's database, as starting on an etcd data directory converts it
+    /// (`bbolt_layout::etcd_member_db_to_image`: keys, leases, auth,
+    /// members), streamed into an image file like a snapshot from one of
+    /// ours.
+    fn import_etcd_snapshot(
+        &self,
+        index: u64,
+        term: u64,
+        db: &std::path::Path,
+    ) -> Result<Vec<u8>, String> {
+        use etcd_raft_node::SnapshotIo;
+        let reader = etcd_bbolt::Reader::open(db).map_err(|e| e.to_string())?;
+        reader.check().map_err(|e| e.to_string())?;
+        let sink = self
+            .snapshots
+            .import(index, term)
+            .map_err(|e| e.to_string())?;
+        let (w, imported, ci, members) =
+            crate::bbolt_layout::etcd_member_db_to_image(&reader, SinkWriter(sink))
+                .map_err(|e| e.to_string())?;
+        tracing::info!(
+            index,
+            term,
+            "consistent-index" = ci,
+            revisions = imported.revisions,
+            members = members.len(),
+            "converted an etcd member's snapshot"
+        );
+        w.0.finish().map_err(|e| e.to_string())
+    }
+}
+
+/// An image sink as a `Write`.
+struct SinkWriter(Box<dyn etcd_raft_node::SnapshotSink>);
+
+impl std::io::Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_chunk(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -223,10 +274,18 @@ mod tests {
     use crate::wait::Waiter;
     use protobuf::Message as _;
 
-    fn codec(members: Vec<Member>) -> EtcdEntries {
-        EtcdEntries {
+    fn codec(members: Vec<Member>) -> (EtcdEntries, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::snapshot::SnapshotFiles::open(dir.path(), 2).unwrap();
+        let store = etcd_mvcc::Store::open_in_memory(Default::default()).unwrap();
+        let codec = EtcdEntries {
             cluster: Arc::new(RwLock::new(RaftCluster::new(members))),
-        }
+            snapshots: Arc::new(crate::snapshot::StoreSnapshots {
+                files,
+                store: Arc::new(store),
+            }),
+        };
+        (codec, dir)
     }
 
     fn normal(r: &RaftRequest) -> Entry {
@@ -247,7 +306,7 @@ mod tests {
             client_urls: vec!["http://127.0.0.1:2379".into()],
             is_learner: true,
         };
-        let c = codec(vec![member.clone()]);
+        let (c, _dir) = codec(vec![member.clone()]);
         let reqs = [
             RaftRequest {
                 id: 9,

@@ -37,9 +37,23 @@
 //!   peer API that a follower asks its leader (`/leases`,
 //!   `/leases/internal`, `/members/promote/<id>`, `/members`) goes to the
 //!   application's [`EtcdHttpHandler`], and [`request`] asks an etcd
-//!   leader the same. `POST /raft/snapshot` is refused (`404`): snapshots
-//!   do not cross between the two kinds (etcd logs the failure and raft
-//!   sends entries again once the follower is within the leader's log).
+//!   leader the same.
+//! - `POST /raft/snapshot`: an etcd leader's snapshot for a member of ours
+//!   that fell behind its log. The body (chunked: Go does not know its
+//!   length) is etcd's merged snapshot:
+//!
+//!   ```text
+//!   len: u64 BE | raftpb.Message (MsgSnap; Snapshot.data: etcd's v2 store, unused here)
+//!   etcd's bbolt database, to the end of the body
+//!   ```
+//!
+//!   The database goes to a file in [`EtcdEntryCodec::scratch_dir`], is
+//!   imported by [`EtcdEntryCodec::import_etcd_snapshot`] (the same
+//!   conversion as starting on an etcd data directory), and the message is
+//!   delivered with the token; answered `204` (or `500`, and etcd's raft
+//!   retries). This side never sends a snapshot to an etcd member: etcd
+//!   3.4 would need its v2 store (with the membership) beside the
+//!   database.
 //!
 //! Checks as etcd's handlers: `X-Etcd-Cluster-ID` must be this cluster's
 //! (`412 Precondition Failed`), a stream's `X-Raft-To` this member
@@ -117,6 +131,19 @@ pub trait EtcdEntryCodec: Send + Sync {
     /// An etcd member's entry, as this member applies it; an error drops
     /// the message carrying it (raft sends it again).
     fn entry_from_etcd(&self, e: &Entry) -> Result<Entry, String>;
+    /// Where an etcd leader's snapshot database is written while it
+    /// arrives (deleted once imported).
+    fn scratch_dir(&self) -> std::path::PathBuf;
+    /// Imports the database of an etcd leader's snapshot (`index`, `term`):
+    /// etcd's bbolt file at `db`, converted into the application's image;
+    /// returns the token raft's `Snapshot.data` carries to the application
+    /// (as [`SnapshotSink::finish`](crate::SnapshotSink::finish)). Blocking.
+    fn import_etcd_snapshot(
+        &self,
+        index: u64,
+        term: u64,
+        db: &std::path::Path,
+    ) -> Result<Vec<u8>, String>;
 }
 
 /// The peers known to speak etcd's protocol, and the streams they opened.
@@ -526,7 +553,30 @@ pub(crate) async fn serve_http(
                     s.flush().await?;
                 }
             }
-            (method, path) if path != "/raft/snapshot" && ctx.handler.is_some() => {
+            ("POST", "/raft/snapshot") => {
+                let Some(codec) = ctx.codec.filter(|_| cluster_ok) else {
+                    respond(
+                        &mut s,
+                        "412 Precondition Failed",
+                        ctx,
+                        "text/plain",
+                        "cluster ID mismatch\n",
+                    )
+                    .await?;
+                    return Ok(());
+                };
+                let (status, text) =
+                    match receive_snapshot(&mut s, &mut buf, &head, ctx, codec).await? {
+                        Ok(()) => ("204 No Content", String::new()),
+                        Err(why) => {
+                            tracing::warn!("refused an etcd member's snapshot: {why}");
+                            ("500 Internal Server Error", why + "\n")
+                        }
+                    };
+                respond(&mut s, status, ctx, "text/plain", &text).await?;
+                return Ok(());
+            }
+            (method, path) if ctx.handler.is_some() => {
                 let body = if method == "POST" {
                     match read_body(&mut s, &mut buf, &head, ctx).await? {
                         Some(b) => b,
@@ -585,6 +635,187 @@ pub(crate) async fn serve_http(
             }
         }
     }
+}
+
+/// A request body being read: `Content-Length` bytes, or chunks.
+enum Body {
+    Length(u64),
+    /// Bytes left in the current chunk; None once the last chunk was read.
+    Chunked(Option<u64>),
+}
+
+impl Body {
+    fn of(head: &Head) -> Option<Body> {
+        if head
+            .header("Transfer-Encoding")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Some(Body::Chunked(Some(0)));
+        }
+        head.header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Body::Length)
+    }
+
+    /// The next bytes of the body (None at its end); `buf` holds what was
+    /// read ahead of the socket.
+    async fn next<S: AsyncRead + Unpin>(
+        &mut self,
+        s: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let left = match self {
+            Body::Length(0) | Body::Chunked(None) => return Ok(None),
+            Body::Length(n) => n,
+            Body::Chunked(Some(0)) => {
+                let line = read_line(s, buf).await?;
+                let size = u64::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                if size == 0 {
+                    // Trailers, up to the empty line.
+                    while !read_line(s, buf).await?.is_empty() {}
+                    *self = Body::Chunked(None);
+                    return Ok(None);
+                }
+                *self = Body::Chunked(Some(size));
+                let Body::Chunked(Some(n)) = self else {
+                    unreachable!()
+                };
+                n
+            }
+            Body::Chunked(Some(n)) => n,
+        };
+        if buf.is_empty() && !fill(s, buf).await? {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let take = (*left).min(buf.len() as u64) as usize;
+        *left -= take as u64;
+        let out: Vec<u8> = buf.drain(..take).collect();
+        if matches!(self, Body::Chunked(Some(0))) && !read_line(s, buf).await?.is_empty() {
+            return Err(std::io::Error::other("chunk not followed by CRLF"));
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Reads more bytes into `buf`; false at the end of the stream.
+async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 64 << 10];
+    let n = s.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n > 0)
+}
+
+/// One CRLF-terminated line (at most 4 KiB), without its CRLF.
+async fn read_line<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<String> {
+    loop {
+        if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..p]).into_owned();
+            buf.drain(..p + 2);
+            return Ok(line);
+        }
+        if buf.len() > 4096 {
+            return Err(std::io::Error::other("line too long"));
+        }
+        if !fill(s, buf).await? {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Receives an etcd leader's snapshot (see the module doc); the outer
+/// error is the connection's, the inner one what the answer says.
+async fn receive_snapshot<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    head: &Head,
+    ctx: &HttpCtx<'_>,
+    codec: &Arc<dyn EtcdEntryCodec>,
+) -> std::io::Result<Result<(), String>> {
+    let Some(mut body) = Body::of(head) else {
+        return Ok(Err("no length".into()));
+    };
+    // The message: its length, then its bytes.
+    let mut prefix = Vec::new();
+    let mut rest = Vec::new();
+    loop {
+        if prefix.len() >= 8 {
+            let len = msg_len(&prefix);
+            if len > ctx.max {
+                return Ok(Err(format!("a snapshot message of {len} bytes")));
+            }
+            if prefix.len() >= 8 + len {
+                break;
+            }
+        }
+        let Some(bytes) = body.next(s, buf).await? else {
+            return Ok(Err("the body ends inside the message".into()));
+        };
+        prefix.extend_from_slice(&bytes);
+    }
+    let n = 8 + msg_len(&prefix);
+    rest.extend_from_slice(&prefix[n..]);
+    let mut m = match Message::parse_from_bytes(&prefix[8..n]) {
+        Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot && m.to == ctx.id => m,
+        Ok(_) => return Ok(Err("not a snapshot message for this member".into())),
+        Err(e) => return Ok(Err(format!("undecodable snapshot message: {e}"))),
+    };
+    let (index, term) = {
+        let md = m.get_snapshot().get_metadata();
+        (md.index, md.term)
+    };
+    let path = codec
+        .scratch_dir()
+        .join(format!("etcd-{:x}-{index:016x}.snap.db.tmp", m.from));
+    let mut file = tokio::fs::File::create(&path).await?;
+    let written = async {
+        file.write_all(&rest).await?;
+        let mut total = rest.len() as u64;
+        while let Some(bytes) = body.next(s, buf).await? {
+            file.write_all(&bytes).await?;
+            total += bytes.len() as u64;
+        }
+        file.flush().await?;
+        std::io::Result::Ok(total)
+    }
+    .await;
+    drop(file);
+    let total = match written {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        from = format!("{:x}", m.from),
+        index,
+        term,
+        bytes = total,
+        "received an etcd member's snapshot: importing it"
+    );
+    let imported = {
+        let (codec, path) = (codec.clone(), path.clone());
+        tokio::task::spawn_blocking(move || codec.import_etcd_snapshot(index, term, &path))
+            .await
+            .unwrap_or_else(|e| Err(format!("the import panicked: {e}")))
+    };
+    let _ = std::fs::remove_file(&path);
+    match imported {
+        Ok(token) => {
+            ctx.etcd.mark(m.from, true);
+            m.mut_snapshot().data = token.into();
+            (ctx.deliver)(m);
+            Ok(Ok(()))
+        }
+        Err(why) => Ok(Err(why)),
+    }
+}
+
+/// The message length at the front of a merged snapshot.
+fn msg_len(prefix: &[u8]) -> usize {
+    let b: [u8; 8] = prefix[..8].try_into().expect("8 bytes");
+    usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX)
 }
 
 /// Reads a request's body (`Content-Length`; at most the frame limit);
@@ -760,6 +991,18 @@ pub mod fuzzing {
         }
         fn entry_from_etcd(&self, e: &Entry) -> Result<Entry, String> {
             Ok(e.clone())
+        }
+        fn scratch_dir(&self) -> std::path::PathBuf {
+            std::env::temp_dir()
+        }
+        fn import_etcd_snapshot(
+            &self,
+            _index: u64,
+            _term: u64,
+            db: &std::path::Path,
+        ) -> Result<Vec<u8>, String> {
+            let len = std::fs::metadata(db).map_err(|e| e.to_string())?.len();
+            Ok(len.to_be_bytes().to_vec())
         }
     }
 

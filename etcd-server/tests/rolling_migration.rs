@@ -315,3 +315,76 @@ fn rolling_migration_of_a_running_etcd_cluster() {
     eprintln!("{} writes acknowledged during the migration", acked.len());
     back_to_etcd(&c);
 }
+
+/// `n` puts of `bulk/<i>` through `url`, 16 at a time (each its own raft
+/// entry).
+fn bulk_puts(url: &str, n: usize) {
+    use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
+    use etcd_server::rpc::etcdserverpb::PutRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let mut kv = KvClient::new(ch.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in (t..n).step_by(16) {
+                    kv.put(PutRequest {
+                        key: format!("bulk/{i:05}").into(),
+                        value: format!("v{i}").into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// A member of ours that was down while its etcd leader took a snapshot
+/// and dropped the entries it missed catches up from etcd's snapshot (the
+/// bbolt database imported as when starting on an etcd data directory).
+#[test]
+fn ours_catches_up_from_an_etcd_leaders_snapshot() {
+    // etcd snapshots every 1,000 entries and keeps 5,000 behind it.
+    let mut c = Cluster::start_with(Kind::Real, 3, &["--snapshot-count", "1000"]);
+    c.put(0, "k/first", "1");
+    let leader = c.wait_leader(SECS_30);
+    let ours = c.other_than(&[leader]);
+    c.terminate(ours);
+    c.kind = Kind::Ours;
+    c.restart(ours);
+    c.kind = Kind::Real;
+    c.wait_value(ours, "k/first", "1", SECS_30);
+    c.terminate(ours);
+    let url = c.members[leader].client_url.clone();
+    bulk_puts(&url, 7_000);
+    c.put(leader, "k/last", "1");
+    c.kind = Kind::Ours;
+    c.restart(ours);
+    c.wait_value(ours, "k/last", "1", Duration::from_secs(60));
+    let log = c.log(ours);
+    assert!(
+        log.contains("received an etcd member's snapshot"),
+        "caught up without a snapshot: {}",
+        c.log_tails(20)
+    );
+    assert_members_agree(&c, "after an etcd snapshot");
+    let out = c.ctl_ok(
+        ours,
+        &["get", "bulk/", "--prefix", "--limit=1", "-w", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["count"], 7000, "{out}");
+}

@@ -233,6 +233,7 @@ impl Etcd {
                         // migration): their log entries are translated.
                         etcd_codec: Some(Arc::new(crate::etcd_entries::EtcdEntries {
                             cluster: cluster.clone(),
+                            snapshots: snapshots.clone(),
                         })),
                         report_removed: Some(Arc::new(move || {
                             if !*told_removed.borrow() {
