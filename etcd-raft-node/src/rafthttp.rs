@@ -443,7 +443,9 @@ pub(crate) async fn serve_http(
             return Ok(());
         };
         let from = head.id_header("X-Server-From");
-        // etcd's checkClusterCompatibilityFromHeader.
+        // etcd's checkClusterCompatibilityFromHeader: raft traffic must
+        // name this cluster; the rest of the peer API may omit it.
+        let raft_cluster_ok = head.id_header("X-Etcd-Cluster-ID") == Some(ctx.cluster_id);
         let cluster_ok = head
             .id_header("X-Etcd-Cluster-ID")
             .is_none_or(|c| c == ctx.cluster_id);
@@ -462,7 +464,7 @@ pub(crate) async fn serve_http(
                 let Some(body) = read_body(&mut s, &mut buf, &head, ctx).await? else {
                     return Ok(());
                 };
-                if !cluster_ok {
+                if !raft_cluster_ok {
                     respond(
                         &mut s,
                         "412 Precondition Failed",
@@ -520,7 +522,7 @@ pub(crate) async fn serve_http(
                 let sender = u64::from_str_radix(sender, 16).ok();
                 let status = if ctx.codec.is_none() || !matches!(kind, "message" | "msgapp") {
                     Some("404 Not Found")
-                } else if !cluster_ok || head.id_header("X-Raft-To") != Some(ctx.id) {
+                } else if !raft_cluster_ok || head.id_header("X-Raft-To") != Some(ctx.id) {
                     Some("412 Precondition Failed")
                 } else if sender.is_none() {
                     Some("400 Bad Request")
@@ -554,7 +556,7 @@ pub(crate) async fn serve_http(
                 }
             }
             ("POST", "/raft/snapshot") => {
-                let Some(codec) = ctx.codec.filter(|_| cluster_ok) else {
+                let Some(codec) = ctx.codec.filter(|_| raft_cluster_ok) else {
                     respond(
                         &mut s,
                         "412 Precondition Failed",

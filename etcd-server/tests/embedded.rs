@@ -151,18 +151,21 @@ async fn in_memory_channel_serves_tonic_and_etcd_client() {
     let resp = client.get("c", None).await.unwrap();
     assert_eq!(resp.kvs()[0].value(), b"1");
     let mut stream = client.watch("c", None).await.unwrap();
+    // The watch exists (and watches from the current revision) once its
+    // creation is answered: only then may the put go (else it can land
+    // before the watch and the event is never sent).
+    let created = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(created.created());
     client.put("c", "2", None).await.unwrap();
-    let resp = loop {
-        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        // The first response is the watch's creation.
-        if !resp.created() {
-            break resp;
-        }
-    };
+    let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.events()[0].kv().unwrap().value(), b"2");
     let lease = client.lease_grant(5, None).await.unwrap().id();
     let lock = client

@@ -848,6 +848,159 @@ fn a_stopped_etcd_cluster_restarts_as_ours() {
     }
 }
 
+/// etcd 3.5 (the official 3.5.1 binaries, `scripts/etcd35.sh`): the data
+/// directory a stopped 3.5 member left starts as ours with its keys,
+/// leases and users; our snapshot passes etcd 3.5's `etcdutl snapshot
+/// status` and restore, and etcd 3.5 serves the same data from it.
+#[test]
+fn etcd_35_data_dirs_and_snapshots_both_ways() {
+    let bin = common::etcd35_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let run35 = |name: &str, data_dir: &std::path::Path, peer: &str| {
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(bin.join("etcd"))
+            .args(["--name", name, "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+            ])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (child, client)
+    };
+    let ctl = |endpoint: &str, args: &[&str]| {
+        let out = Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let healthy = |endpoint: &str| {
+        for _ in 0..100 {
+            let ok = Command::new(etcdctl_path())
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", endpoint, "endpoint", "health"])
+                .output()
+                .unwrap()
+                .status
+                .success();
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("etcd 3.5 at {endpoint} did not start");
+    };
+    // What each server must answer alike.
+    let state = |endpoint: &str| {
+        let kvs: serde_json::Value =
+            serde_json::from_str(&ctl(endpoint, &["get", "", "--from-key", "-w", "json"])).unwrap();
+        let leases = ctl(endpoint, &["lease", "list"]);
+        let users = ctl(endpoint, &["user", "list"]);
+        let roles = ctl(endpoint, &["role", "list"]);
+        format!("{}\n{leases}{users}{roles}", kvs["kvs"])
+    };
+
+    // 1. etcd 3.5 writes a data directory, then stops.
+    let dir = tmp.path().join("e35.etcd");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let (mut child, client) = run35("e35", &dir, &peer);
+    healthy(&client);
+    for i in 0..20 {
+        ctl(&client, &["put", &format!("k/{i:02}"), &format!("v{i}")]);
+    }
+    ctl(&client, &["del", "k/00"]);
+    let lease = ctl(&client, &["lease", "grant", "600"]);
+    let lease = lease.split_whitespace().nth(1).unwrap().to_string();
+    ctl(&client, &["put", "leased", "x", "--lease", &lease]);
+    ctl(&client, &["user", "add", "root:rootpw"]);
+    ctl(&client, &["role", "add", "reader"]);
+    let want = state(&client);
+    common::send_signal(child.id(), "TERM");
+    child.wait().unwrap();
+
+    // 2. Ours on it.
+    let ours_tmp = tempfile::tempdir().unwrap();
+    let ours_dir = ours_tmp.path().join("e35.etcd");
+    std::fs::rename(&dir, &ours_dir).unwrap();
+    let ours = Server::start_on(Kind::Ours, ours_tmp, ours_dir, "e35", &peer);
+    assert_eq!(state(&ours.client_url), want, "ours on etcd 3.5's data dir");
+
+    // 3. Our snapshot into etcd 3.5.
+    let file = tmp.path().join("ours.db");
+    ours.ctl_ok(&["snapshot", "save", file.to_str().unwrap()]);
+    let status = Command::new(bin.join("etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "etcdutl 3.5 snapshot status: {status:?}"
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["revision"], revision(&ours), "{status}");
+    let restored = tmp.path().join("back.etcd");
+    let peer2 = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(bin.join("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .args(["--name", "back", "--data-dir"])
+        .arg(&restored)
+        .args(["--initial-cluster", &format!("back={peer2}")])
+        .args(["--initial-advertise-peer-urls", &peer2])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdutl 3.5 snapshot restore: {out:?}"
+    );
+    let (mut child, client) = run35("back", &restored, &peer2);
+    healthy(&client);
+    assert_eq!(state(&client), want, "etcd 3.5 on our snapshot");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An etcd member that never took a write: its database's consistent
+/// index is still 0 (etcd 3.4 saves it only with a key-value write) and
+/// its WAL holds the bootstrap's conf changes and its publish, a bare v2
+/// `Request`. Ours starts on it with the same member, and takes writes.
+#[test]
+fn an_etcd_member_that_never_took_a_write_imports() {
+    let mut real = Server::start(Kind::Real);
+    let id = ids(&endpoint_status(&real));
+    real.terminate();
+    let tmp = real.keep_dir();
+    let dir = real.data_dir.clone();
+    let ours = Server::start_on(Kind::Ours, tmp, dir, &real.name, &real.peer_url);
+    assert_eq!(
+        ids(&endpoint_status(&ours)),
+        id,
+        "member and cluster ids kept"
+    );
+    let list = ours.ctl_ok(&["member", "list"]);
+    assert!(list.contains(&real.name), "{list}");
+    ours.ctl_ok(&["put", "first", "write"]);
+    assert!(ours.ctl_ok(&["get", "first"]).ends_with("first\nwrite\n"));
+}
+
 /// An import interrupted at each of its steps resumes: a staging
 /// directory left beside etcd's files is discarded and the import redone;
 /// a crash after etcd's files were set aside but before ours were moved in

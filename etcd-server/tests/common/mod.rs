@@ -95,6 +95,20 @@ pub fn etcdctl_path() -> &'static str {
     panic!("etcdctl not found: apt-get install etcd-client (scripts/test does it)");
 }
 
+/// The directory of etcd 3.5's `etcd`, `etcdctl` and `etcdutl`
+/// (`$ETCD35_DIR`, default `/var/tmp/etcd-3.5.1`); panics with how to
+/// install them when missing.
+pub fn etcd35_dir() -> PathBuf {
+    let dir =
+        PathBuf::from(std::env::var("ETCD35_DIR").unwrap_or_else(|_| "/var/tmp/etcd-3.5.1".into()));
+    assert!(
+        dir.join("etcd").exists() && dir.join("etcdutl").exists(),
+        "etcd 3.5 not found in {}: `source scripts/etcd35.sh` (scripts/test does it)",
+        dir.display()
+    );
+    dir
+}
+
 /// Path of the real etcd; panics with how to install it when missing.
 pub fn real_etcd_path() -> &'static str {
     for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
