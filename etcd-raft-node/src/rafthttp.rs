@@ -150,6 +150,8 @@ pub trait EtcdEntryCodec: Send + Sync {
 #[derive(Default)]
 pub(crate) struct EtcdPeers {
     peers: Mutex<HashMap<u64, PeerSlot>>,
+    /// etcd members this leader could not send a snapshot to (logged once).
+    refused_snapshots: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// One peer's state, shared by the accepting side and the peer's link.
@@ -224,6 +226,11 @@ impl EtcdPeers {
         if let Some(slot) = peers.get(&peer).filter(|slot| slot.attached.is_none()) {
             let _ = slot.attach.send(s);
         }
+    }
+
+    /// True the first time a snapshot to `peer` is refused.
+    pub fn first_snapshot_refusal(&self, peer: u64) -> bool {
+        self.refused_snapshots.lock().insert(peer)
     }
 
     pub fn is_etcd(&self, peer: u64) -> bool {

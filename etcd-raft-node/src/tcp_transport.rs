@@ -430,7 +430,18 @@ impl TcpTransport {
             return;
         };
         if self.serve.etcd.is_etcd(to) {
-            fail("the peer runs etcd, and snapshots to etcd members are not supported");
+            // Raft asks again every heartbeat: said once per peer.
+            if self.serve.etcd.first_snapshot_refusal(to) {
+                tracing::warn!(
+                    peer = format!("{to:x}"),
+                    "the peer runs etcd and is behind this leader's raft log: it needs a \
+                     snapshot, and snapshots to etcd members are not supported (replace it \
+                     with a member of this server, or move leadership to an etcd member)"
+                );
+            }
+            if let Some(r) = &report {
+                r(to, false);
+            }
             return;
         }
         if q.snapshot_busy.swap(true, Ordering::AcqRel) {

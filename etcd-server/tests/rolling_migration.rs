@@ -388,3 +388,42 @@ fn ours_catches_up_from_an_etcd_leaders_snapshot() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["count"], 7000, "{out}");
 }
+
+/// Membership changes in a mixed cluster, proposed by a leader of ours
+/// (the etcd members apply them translated): a learner of ours joins, is
+/// promoted and removed; every member, of either kind, ends with the same
+/// membership and data. (A new *etcd* member could not join under a
+/// leader of ours: it needs a snapshot, which ours does not send to etcd.)
+#[test]
+fn membership_changes_in_a_mixed_cluster() {
+    let mut c = Cluster::start(Kind::Real, 3);
+    c.put(0, "k/0", "v");
+    let leader = c.wait_leader(SECS_30);
+    let ours = c.other_than(&[leader]);
+    c.terminate(ours);
+    c.kind = Kind::Ours;
+    c.restart(ours);
+    c.kind = Kind::Real;
+    c.move_leader(ours).unwrap();
+    assert_eq!(c.wait_leader(SECS_30), ours);
+    c.kind = Kind::Ours;
+    let learner = c.add_member("m3", true);
+    c.wait_value(learner, "k/0", "v", SECS_30);
+    c.promote(learner);
+    c.put(learner, "k/1", "through the promoted member");
+    assert_members_agree(&c, "after the promote");
+    let id = c.id(learner);
+    c.remove_member(id);
+    c.kill9(learner);
+    let lists: Vec<Vec<common::cluster::MemberInfo>> = c
+        .running()
+        .map(|i| {
+            let mut l = c.member_list_at(i);
+            l.sort_by_key(|m| m.id);
+            l
+        })
+        .collect();
+    assert_eq!(lists[0].len(), 3, "{:?}", lists[0]);
+    assert!(lists.iter().all(|l| l == &lists[0]), "{lists:?}");
+    assert_members_agree(&c, "after the removal");
+}
