@@ -57,7 +57,8 @@
 //!
 //! Checks as etcd's handlers: `X-Etcd-Cluster-ID` must be this cluster's
 //! (`412 Precondition Failed`), a stream's `X-Raft-To` this member
-//! (`412`), a removed sender gets `410 Gone`.
+//! (`412`); a removed sender gets `403` on the pipeline and `410 Gone` on
+//! a stream, which tell an etcd member it was removed.
 //!
 //! # Log entries cross the boundary translated
 //!
@@ -420,6 +421,21 @@ async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// etcd's answer to a peer of another cluster.
+async fn refuse_cluster<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    ctx: &HttpCtx<'_>,
+) -> std::io::Result<()> {
+    respond(
+        s,
+        "412 Precondition Failed",
+        ctx,
+        "text/plain",
+        "cluster ID mismatch\n",
+    )
+    .await
+}
+
 /// Writes a response with a text body (keeping the connection).
 async fn respond<S: AsyncWrite + Unpin>(
     s: &mut S,
@@ -472,14 +488,7 @@ pub(crate) async fn serve_http(
                     return Ok(());
                 };
                 if !raft_cluster_ok {
-                    respond(
-                        &mut s,
-                        "412 Precondition Failed",
-                        ctx,
-                        "text/plain",
-                        "cluster ID mismatch\n",
-                    )
-                    .await?;
+                    refuse_cluster(&mut s, ctx).await?;
                     continue;
                 }
                 if from.is_some_and(ctx.removed) {
@@ -564,14 +573,7 @@ pub(crate) async fn serve_http(
             }
             ("POST", "/raft/snapshot") => {
                 let Some(codec) = ctx.codec.filter(|_| raft_cluster_ok) else {
-                    respond(
-                        &mut s,
-                        "412 Precondition Failed",
-                        ctx,
-                        "text/plain",
-                        "cluster ID mismatch\n",
-                    )
-                    .await?;
+                    refuse_cluster(&mut s, ctx).await?;
                     return Ok(());
                 };
                 let (status, text) =
@@ -595,14 +597,7 @@ pub(crate) async fn serve_http(
                     Vec::new()
                 };
                 if !cluster_ok {
-                    respond(
-                        &mut s,
-                        "412 Precondition Failed",
-                        ctx,
-                        "text/plain",
-                        "cluster ID mismatch\n",
-                    )
-                    .await?;
+                    refuse_cluster(&mut s, ctx).await?;
                     continue;
                 }
                 let handler = ctx.handler.clone().expect("guarded");
