@@ -244,15 +244,17 @@ fn rolling_migration_of_a_running_etcd_cluster() {
         c.log_tails(30)
     );
     assert_members_agree(&c, "ours following etcd");
-    // The etcd members see a steady peer: no stream they cannot open, no
-    // peer going inactive (etcd logs both).
+    // The etcd members see a steady peer: no stream they cannot open (etcd
+    // redials every 100 ms and logs each failure). One "became inactive"
+    // is allowed: the writer etcd kept for the stopped etcd process may
+    // notice its broken connection only now.
     let etcd_members = [leader, c.other_than(&[leader, first])];
     let seen: Vec<usize> = etcd_members.iter().map(|&i| c.log(i).len()).collect();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     for (&i, &from) in etcd_members.iter().zip(&seen) {
         let new = c.log(i)[from..].to_string();
         assert!(
-            !new.contains("failed to dial") && !new.contains("became inactive"),
+            !new.contains("failed to dial") && new.matches("became inactive").count() <= 1,
             "etcd member {i} complains about ours:\n{new}"
         );
     }
