@@ -47,15 +47,51 @@ pub(crate) enum Msg {
 /// own; returns the channel it sends [`Msg`]s on, in `chunk`-byte chunks.
 pub(crate) fn spawn(store: Arc<Store>, page_size: usize, chunk: usize) -> Result<Receiver<Msg>> {
     let (tx, rx) = sync_channel(QUEUE);
-    std::thread::Builder::new()
+    RUNNING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let started = std::thread::Builder::new()
         .name("db-snapshot".into())
         .spawn(move || {
+            let _running = Running;
             if let Err(e) = write(&store, page_size, chunk, &tx) {
                 let _ = tx.send(Msg::Failed(e));
             }
-        })
-        .map_err(|e| Error::Internal(format!("starting the snapshot thread: {e}")))?;
+        });
+    if let Err(e) = started {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        return Err(Error::Internal(format!(
+            "starting the snapshot thread: {e}"
+        )));
+    }
     Ok(rx)
+}
+
+/// Snapshot threads still running: a process must not exit under one (its
+/// RocksDB iterator would outlive RocksDB's static state: `pthread lock:
+/// Invalid argument`, SIGABRT).
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a snapshot thread down when it ends, however it ends.
+struct Running;
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Waits (at most `limit`) for the database snapshot threads to end; true
+/// when none runs. Call it before the process exits, once the streams'
+/// receivers are gone (a thread ends at its next chunk then): a stream
+/// cut by a graceful stop otherwise races the process's exit.
+pub fn wait_for_snapshot_threads(limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while RUNNING.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
 }
 
 fn write(store: &Store, page_size: usize, chunk: usize, tx: &SyncSender<Msg>) -> Result<()> {

@@ -40,6 +40,7 @@ mod concurrency;
 mod config;
 mod datadir;
 mod db_stream;
+pub use db_stream::wait_for_snapshot_threads;
 pub mod defrag_data;
 mod error;
 mod etcd_entries;
