@@ -70,16 +70,28 @@ struct EtcdMemberJson {
     client_urls: Vec<String>,
 }
 
-/// Our member record as etcd's membership JSON.
+/// Our member record as etcd's membership JSON (Go's field order, as
+/// etcd's `members` bucket holds it).
 pub(crate) fn member_to_json(m: &Member) -> Vec<u8> {
-    serde_json::to_vec(&MemberJson {
-        id: m.id,
-        peer_urls: &m.peer_urls,
-        is_learner: m.is_learner,
-        name: &m.name,
-        client_urls: &m.client_urls,
-    })
-    .expect("strings and numbers serialize")
+    serde_json::to_vec(&MemberJson::of(m)).expect("strings and numbers serialize")
+}
+
+/// [`member_to_json`] as a JSON value, to add fields to (a conf change
+/// context).
+pub(crate) fn member_json_value(m: &Member) -> serde_json::Value {
+    serde_json::to_value(MemberJson::of(m)).expect("strings and numbers serialize")
+}
+
+impl<'a> MemberJson<'a> {
+    fn of(m: &'a Member) -> MemberJson<'a> {
+        MemberJson {
+            id: m.id,
+            peer_urls: &m.peer_urls,
+            is_learner: m.is_learner,
+            name: &m.name,
+            client_urls: &m.client_urls,
+        }
+    }
 }
 
 /// Decodes etcd's membership JSON into our member record.

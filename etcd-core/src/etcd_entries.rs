@@ -72,14 +72,19 @@ impl EtcdEntryCodec for EtcdEntries {
     }
 
     fn entry_from_etcd(&self, e: &Entry) -> Result<Entry, String> {
-        let mut learners: BTreeSet<u64> = self
-            .cluster
-            .read()
-            .members()
-            .iter()
-            .filter(|m| m.is_learner)
-            .map(|m| m.id)
-            .collect();
+        // Only a conf change needs the learners (every entry of an etcd
+        // leader's appends comes through here).
+        let mut learners: BTreeSet<u64> = if e.get_entry_type() == EntryType::EntryConfChange {
+            self.cluster
+                .read()
+                .members()
+                .iter()
+                .filter(|m| m.is_learner)
+                .map(|m| m.id)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         let ee = EtcdEntry {
             entry_type: e.get_entry_type() as i32,
             term: e.term,
@@ -154,8 +159,7 @@ fn to_etcd(e: &Entry, cluster: &RaftCluster) -> Result<Option<(EntryType, Vec<u8
                 Change::Add(m) => (
                     if m.is_learner { 3 } else { 0 },
                     m.id,
-                    serde_json::from_slice(&crate::bbolt_layout::member_to_json(&m))
-                        .map_err(|e| e.to_string())?,
+                    crate::bbolt_layout::member_json_value(&m),
                 ),
                 Change::Promote(id) => {
                     let peer_urls = cluster

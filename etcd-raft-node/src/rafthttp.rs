@@ -94,6 +94,8 @@ pub const ETCD_SERVER_VERSION: &str = "3.4.0";
 pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 /// Largest request head read.
 const MAX_HEAD: usize = 64 << 10;
+/// Go's body of a 404.
+const NOT_FOUND: &str = "404 page not found\n";
 /// Silence after which a link heartbeat goes on an etcd stream.
 pub(crate) const LINK_HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -436,21 +438,24 @@ async fn refuse_cluster<S: AsyncWrite + Unpin>(
     .await
 }
 
-/// Writes a response with a text body (keeping the connection).
+/// Writes a whole response, `status` with its reason phrase (keeping the
+/// connection).
 async fn respond<S: AsyncWrite + Unpin>(
     s: &mut S,
     status: &str,
     ctx: &HttpCtx<'_>,
     content_type: &str,
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> std::io::Result<()> {
+    let body = body.as_ref();
     let head = format!(
         "HTTP/1.1 {status}\r\nX-Etcd-Cluster-ID: {:x}\r\nX-Server-Version: {ETCD_SERVER_VERSION}\r\n\
-         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         ctx.cluster_id,
         body.len()
     );
     s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
     s.flush().await
 }
 
@@ -503,14 +508,7 @@ pub(crate) async fn serve_http(
                     continue;
                 }
                 let Some(codec) = ctx.codec else {
-                    respond(
-                        &mut s,
-                        "404 Not Found",
-                        ctx,
-                        "text/plain",
-                        "404 page not found\n",
-                    )
-                    .await?;
+                    respond(&mut s, "404 Not Found", ctx, "text/plain", NOT_FOUND).await?;
                     continue;
                 };
                 let status = match Message::parse_from_bytes(&body) {
@@ -527,8 +525,7 @@ pub(crate) async fn serve_http(
                             }
                         }
                     }
-                    Ok(_) => "400 Bad Request",
-                    Err(_) => "400 Bad Request",
+                    _ => "400 Bad Request",
                 };
                 respond(&mut s, status, ctx, "text/plain", "").await?;
             }
@@ -572,10 +569,14 @@ pub(crate) async fn serve_http(
                 }
             }
             ("POST", "/raft/snapshot") => {
-                let Some(codec) = ctx.codec.filter(|_| raft_cluster_ok) else {
-                    refuse_cluster(&mut s, ctx).await?;
+                let Some(codec) = ctx.codec else {
+                    respond(&mut s, "404 Not Found", ctx, "text/plain", NOT_FOUND).await?;
                     return Ok(());
                 };
+                if !raft_cluster_ok {
+                    refuse_cluster(&mut s, ctx).await?;
+                    return Ok(());
+                }
                 let (status, text) =
                     match receive_snapshot(&mut s, &mut buf, &head, ctx, codec).await? {
                         Ok(()) => ("204 No Content", String::new()),
@@ -607,34 +608,18 @@ pub(crate) async fn serve_http(
                     body,
                 })
                 .await;
-                let head = format!(
-                    "HTTP/1.1 {} {}\r\nX-Etcd-Cluster-ID: {:x}\r\nX-Server-Version: {ETCD_SERVER_VERSION}\r\n\
-                     Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
-                    r.status,
-                    reason(r.status),
-                    ctx.cluster_id,
-                    r.content_type,
-                    r.body.len()
-                );
-                s.write_all(head.as_bytes()).await?;
-                s.write_all(&r.body).await?;
-                s.flush().await?;
+                let status = format!("{} {}", r.status, reason(r.status));
+                respond(&mut s, &status, ctx, r.content_type, &r.body).await?;
             }
             _ => {
-                // etcd's peer API this server does not serve (snapshots).
+                // No application handler (the transport's tests): nothing
+                // else of etcd's peer API is served.
                 tracing::debug!(
                     method = head.method,
                     path = head.path,
                     "unsupported etcd peer request"
                 );
-                respond(
-                    &mut s,
-                    "404 Not Found",
-                    ctx,
-                    "text/plain",
-                    "404 page not found\n",
-                )
-                .await?;
+                respond(&mut s, "404 Not Found", ctx, "text/plain", NOT_FOUND).await?;
                 return Ok(());
             }
         }

@@ -11,7 +11,7 @@
 mod common;
 
 use common::cluster::{ctl_at, Cluster};
-use common::{etcdctl_path, free_port, Kind, Server};
+use common::{etcdctl_path, Kind, Server};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,15 +176,7 @@ fn back_to_etcd(c: &Cluster) {
     let file = dir.path().join("snap.db");
     c.ctl_ok(0, &["snapshot", "save", file.to_str().unwrap()]);
     let want = all_keys(&c.ctl_ok(0, &["get", "", "--from-key", "-w", "json"]));
-    let peers: Vec<String> = (0..3)
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let initial: String = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("back{i}={p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (peers, initial) = common::loopback_peers("back", 3);
     let mut members = Vec::new();
     for (i, peer) in peers.iter().enumerate() {
         let tmp = tempfile::tempdir().unwrap();

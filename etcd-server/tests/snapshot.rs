@@ -553,15 +553,7 @@ fn three_member_restore_as_the_guides_do() {
     let file = dir.path().join("snap.db");
     real.ctl_ok(&["snapshot", "save", file.to_str().unwrap()]);
 
-    let peers: Vec<String> = (0..3)
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let initial: String = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("m{i}={p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (peers, initial) = common::loopback_peers("m", 3);
     let token = "restored-cluster";
     let mut members = Vec::new();
     for (i, peer) in peers.iter().enumerate() {

@@ -108,19 +108,20 @@ fn protobuf(m: &impl prost::Message) -> EtcdHttpResponse {
     }
 }
 
+/// The members as etcd's JSON array (each as etcd's `members` bucket holds it).
 fn members_json(etcd: &Etcd) -> EtcdHttpResponse {
-    let members: Vec<serde_json::Value> = etcd
+    let members: Vec<Vec<u8>> = etcd
         .members()
         .iter()
-        .map(|m| {
-            serde_json::from_slice(&crate::bbolt_layout::member_to_json(m))
-                .expect("member JSON parses")
-        })
+        .map(crate::bbolt_layout::member_to_json)
         .collect();
+    let mut body = b"[".to_vec();
+    body.extend(members.join(&b","[..]));
+    body.push(b']');
     EtcdHttpResponse {
         status: 200,
         content_type: "application/json",
-        body: serde_json::Value::from(members).to_string().into_bytes(),
+        body,
     }
 }
 

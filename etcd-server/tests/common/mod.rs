@@ -53,6 +53,21 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// Peer URLs on free loopback ports for members `<prefix>0..<prefix>n-1`,
+/// and the `--initial-cluster` naming them.
+pub fn loopback_peers(prefix: &str, n: usize) -> (Vec<String>, String) {
+    let peers: Vec<String> = (0..n)
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let initial = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{prefix}{i}={p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (peers, initial)
+}
+
 /// A free loopback port for a server to bind. Taken below the kernel's
 /// ephemeral range (32768 and up on Linux), so that outgoing connections
 /// cannot take it between this check and the server's bind, and handed out
