@@ -51,7 +51,10 @@ pub(crate) fn spawn(store: Arc<Store>, page_size: usize, chunk: usize) -> Result
     let started = std::thread::Builder::new()
         .name("db-snapshot".into())
         .spawn(move || {
+            // Declared first, so dropped last: the store (maybe its last
+            // handle, whose drop closes RocksDB) goes before the count does.
             let _running = Running;
+            let (store, tx) = (store, tx);
             if let Err(e) = write(&store, page_size, chunk, &tx) {
                 let _ = tx.send(Msg::Failed(e));
             }
