@@ -68,6 +68,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::coalesce::Coalesce;
 use crate::keepalive::{goaway_frame, FrameCursor, PingPolicy, ENHANCE_YOUR_CALM, PING};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -150,7 +151,9 @@ struct PendingBlock {
 
 /// Wraps a server-side connection; see the module doc.
 pub struct ClientFrames<S> {
-    inner: S,
+    /// The connection; the server's writes to it are coalesced
+    /// ([`crate::coalesce`]).
+    inner: Coalesce<S>,
     mode: Mode,
     /// Bytes read from the client, not yet processed.
     raw: BytesMut,
@@ -176,7 +179,7 @@ impl<S> ClientFrames<S> {
     /// Wraps `inner`; `ping_min_time` enforces grpc-go's ping policy.
     pub fn new(inner: S, ping_min_time: Option<Duration>) -> Self {
         ClientFrames {
-            inner,
+            inner: Coalesce::new(inner),
             mode: Mode::Preface,
             raw: BytesMut::new(),
             ready: BytesMut::new(),
@@ -711,7 +714,7 @@ mod tests {
         let mut shim = ClientFrames::new(tokio::io::join(&input[..], Vec::new()), None);
         let mut out = Vec::new();
         shim.read_to_end(&mut out).await.unwrap();
-        let (_, written) = shim.inner.into_inner();
+        let (_, written) = shim.inner.into_inner().into_inner();
         (out, written)
     }
 

@@ -9,7 +9,9 @@
 //!   `too_many_pings`;
 //! - bounds what one client can make it hold to h2's own limits (frames
 //!   streamed through, header blocks of at most a few frames, decoded
-//!   header lists counted).
+//!   header lists counted);
+//! - gathers the server's writes into fewer syscalls ([`coalesce`]): a
+//!   flush first lets the other answers already queued add their frames.
 //!
 //! A connection that is not HTTP/2 (HTTP/1.1: the JSON gateway, `/health`,
 //! `/metrics`) passes through unchanged.
@@ -35,6 +37,7 @@
 //! `client_frames`) builds this crate alone and runs in CI.
 
 mod client_frames;
+pub mod coalesce;
 pub mod keepalive;
 
 #[cfg(any(test, feature = "testing"))]
