@@ -89,6 +89,8 @@ pub const MAX_CONTINUATIONS: usize = 5;
 /// h2's abuse limit on a decoded header list (4 × the list size; fields
 /// counted as RFC 7541 counts them, name + value + 32).
 pub const MAX_DECODED_HEADERS: usize = 4 * MAX_HEADER_LIST;
+/// Room made in the read buffer before each read from the client.
+const READ_SIZE: usize = 16 * 1024;
 /// GOAWAY error code FRAME_SIZE_ERROR.
 const FRAME_SIZE_ERROR: u32 = 0x6;
 
@@ -195,6 +197,14 @@ impl<S> ClientFrames<S> {
         }
     }
 
+    /// Moves the first `n` bytes of `raw` to `ready` as they are (copied
+    /// and advanced past: splitting would make both buffers shared, an
+    /// allocation per frame).
+    fn pass(&mut self, n: usize) {
+        self.ready.extend_from_slice(&self.raw[..n]);
+        self.raw.advance(n);
+    }
+
     /// Moves every complete unit of `raw` to `ready`, rewriting header blocks.
     fn process(&mut self) {
         loop {
@@ -204,8 +214,8 @@ impl<S> ClientFrames<S> {
                     return;
                 }
                 Mode::Passthrough => {
-                    let all = self.raw.split();
-                    self.ready.extend_from_slice(&all);
+                    let n = self.raw.len();
+                    self.pass(n);
                     return;
                 }
                 Mode::Preface => {
@@ -217,8 +227,7 @@ impl<S> ClientFrames<S> {
                     if n < PREFACE.len() {
                         return;
                     }
-                    let p = self.raw.split_to(PREFACE.len());
-                    self.ready.extend_from_slice(&p);
+                    self.pass(PREFACE.len());
                     self.mode = Mode::Frames;
                 }
                 Mode::Frames => {
@@ -227,8 +236,7 @@ impl<S> ClientFrames<S> {
                         if n == 0 {
                             return;
                         }
-                        let part = self.raw.split_to(n);
-                        self.ready.extend_from_slice(&part);
+                        self.pass(n);
                         self.passing -= n;
                         continue;
                     }
@@ -257,8 +265,7 @@ impl<S> ClientFrames<S> {
                         if let Some(p) = &mut self.pings {
                             p.client_frame(kind, flags, stream, Instant::now());
                         }
-                        let head = self.raw.split_to(9);
-                        self.ready.extend_from_slice(&head);
+                        self.pass(9);
                         self.passing = len;
                         continue;
                     }
@@ -269,9 +276,8 @@ impl<S> ClientFrames<S> {
                         if p.client_frame(kind, flags, stream, Instant::now()) {
                             // The PING still reaches the server (which
                             // acknowledges it, as grpc-go does).
-                            let frame = self.raw.split_to(9 + len);
-                            self.ready.extend_from_slice(&frame);
                             let goaway = p.goaway();
+                            self.pass(9 + len);
                             self.refuse_with(
                                 goaway,
                                 "a client pinged too often (--grpc-keepalive-min-time)",
@@ -279,13 +285,13 @@ impl<S> ClientFrames<S> {
                             continue;
                         }
                     }
-                    let mut frame = self.raw.split_to(9 + len);
                     if kind == PING {
-                        self.ready.extend_from_slice(&frame);
+                        self.pass(9 + len);
                         continue;
                     }
-                    frame.advance(9);
-                    match self.take_header_frame(kind, flags, stream, frame.to_vec()) {
+                    let payload = self.raw[9..9 + len].to_vec();
+                    self.raw.advance(9 + len);
+                    match self.take_header_frame(kind, flags, stream, payload) {
                         Ok(()) => {}
                         Err(Refusal::Limit(debug, why)) => {
                             self.refuse(ENHANCE_YOUR_CALM, debug, why);
@@ -581,20 +587,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientFrames<S> {
         loop {
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready.split_to(n));
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
             if this.goaway != GoAway::No {
                 // The GOAWAY, then the end of the connection for the server.
                 return this.drive_goaway(cx);
             }
-            let mut tmp = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+            // Read straight into `raw`'s spare room (no zeroed scratch
+            // buffer: h2 polls this on every wake-up of the connection).
+            this.raw.reserve(READ_SIZE);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
+                Poll::Ready(Ok(n)) => {
+                    if n == 0 {
                         // EOF: hand over whatever is left as it is.
                         let rest = this.raw.split();
                         if rest.is_empty() {
@@ -603,7 +611,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientFrames<S> {
                         this.ready.extend_from_slice(&rest);
                         continue;
                     }
-                    this.raw.extend_from_slice(rb.filled());
                     this.process();
                 }
             }
