@@ -592,7 +592,7 @@ fn check_run(
         }
     });
     c.assert_hash_kv_equal(SECS_20);
-    check_watches(c, rt, rec, &run.watches, stop_watch);
+    check_watches(kind, c, rt, rec, &run.watches, stop_watch);
     check_leases(c, rt, &run.leases, quiet);
 
     // A read with an unknown outcome changed nothing: leave it out (it
@@ -698,6 +698,7 @@ fn lease_writes(c: &Cluster, rt: &tokio::runtime::Runtime) -> Vec<Operation> {
 /// watch guarantees of what they recorded against a full watch of the
 /// leader from revision 1 (`common::watch_check`; no compaction runs here).
 fn check_watches(
+    kind: Kind,
     c: &Cluster,
     rt: &tokio::runtime::Runtime,
     rec: &Recorder,
@@ -744,7 +745,21 @@ fn check_watches(
         }
         (truth, recs)
     });
-    let violations = check_watch(&truth, &recs);
+    let mut violations = check_watch(&truth, &recs);
+    if kind == Kind::Real {
+        // etcd 3.4.23 (Debian's) answers a progress request with the
+        // store's revision even while the watcher is still catching up
+        // (etcd-io/etcd#15220, fixed in 3.4.24 by #15237): a progress
+        // notification can overtake events. Every other guarantee holds.
+        let before = violations.len();
+        violations.retain(|v| !v.starts_with("bookmarkable"));
+        if violations.len() < before {
+            println!(
+                "etcd 3.4's known progress bug (etcd-io/etcd#15220): {} bookmarkable violations ignored",
+                before - violations.len()
+            );
+        }
+    }
     let streams: Vec<usize> = recs.iter().map(|r| r.streams.len()).collect();
     println!(
         "watch: {} revisions of k*, streams per watcher {streams:?}",

@@ -40,6 +40,8 @@ struct MemState {
     crash_at: Option<u64>,
     syncs: u64,
     fail_sync_at: Option<u64>,
+    /// Bytes handed to `write_all_at` so far, every file.
+    written: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -202,6 +204,11 @@ impl MemFs {
         d.names.insert(name.clone(), ino);
         d.durable.insert(name, ino);
         Ok(())
+    }
+
+    /// Bytes written to files so far (every `write_all_at`).
+    pub fn written_bytes(&self) -> u64 {
+        self.state.lock().written
     }
 
     /// Mutating operations performed so far.
@@ -438,7 +445,9 @@ impl MemFile {
 
 impl WalFile for MemFile {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.fs.state.lock().file_op(
+        let mut st = self.fs.state.lock();
+        st.written += buf.len() as u64;
+        st.file_op(
             self.ino,
             FileOp::Write {
                 off: offset,

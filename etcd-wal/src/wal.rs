@@ -213,6 +213,7 @@ impl Wal {
             file: s.file,
             segment,
             offset: s.offset,
+            zeroed: s.offset,
             last_crc: s.last_crc,
             index: s.index,
             snapshot: s.snapshot,

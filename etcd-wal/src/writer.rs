@@ -39,6 +39,10 @@ use std::time::Instant;
 /// A group stops taking queued batches once it holds this many bytes.
 pub(crate) const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
+/// Bytes of zeros written ahead of the log's end; see
+/// [`Writer::zeros_after`].
+pub(crate) const ZERO_AHEAD: u64 = 1024 * 1024;
+
 /// State shared by the [`Wal`](crate::Wal) handle, tickets and the writer.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -140,6 +144,10 @@ pub(crate) struct Writer {
     pub snapshot: Option<SnapshotMarker>,
     pub hard_state: Option<HardState>,
     pub metadata: Bytes,
+    /// Bytes of `file` from its start that are written (records or
+    /// zeros): a commit below it changes no file system metadata
+    /// ([`Writer::zeros_after`]).
+    pub zeroed: u64,
     /// Written but not synced (only with `fsync: false`).
     pub dirty: bool,
     pub buf: Vec<u8>,
@@ -209,6 +217,9 @@ impl Writer {
             self.encode(&q.batch);
         }
         if !self.buf.is_empty() {
+            let data_len = self.buf.len();
+            let zeros = self.zeros_after(data_len as u64);
+            self.buf.resize(data_len + zeros as usize, 0);
             let buf = std::mem::take(&mut self.buf);
             let res = self.file.write_all_at(&buf, self.offset);
             self.buf = buf;
@@ -216,8 +227,10 @@ impl Writer {
                 self.fail(from, to, e);
                 return;
             }
-            self.offset += self.buf.len() as u64;
-            self.shared.metrics.add_bytes(self.buf.len() as u64);
+            self.buf.truncate(data_len);
+            self.offset += data_len as u64;
+            self.zeroed = self.zeroed.max(self.offset + zeros);
+            self.shared.metrics.add_bytes(data_len as u64);
             if self.shared.opts.fsync {
                 if let Err(e) = self.timed_sync() {
                     self.fail(from, to, e);
@@ -241,6 +254,31 @@ impl Writer {
         if let Err(e) = self.maybe_cut() {
             self.fail(to + 1, to, e);
         }
+    }
+
+    /// How many zeros to write after a group's `data_len` bytes of
+    /// records: up to [`ZERO_AHEAD`] past them when fewer than half of
+    /// that are known written (`zeroed`), never past the segment's
+    /// preallocated size; 0 without `fsync`.
+    ///
+    /// Why: a segment is preallocated with `fallocate`, whose extents stay
+    /// "unwritten" until written; a commit into one converts it, so its
+    /// fdatasync also writes the inode: two device writes instead of one.
+    /// Measured on this project's machine (ext4, virtio disk;
+    /// benches/RESULTS.md): a 1.5 KiB `pwrite` plus `fdatasync` costs 51 us
+    /// of CPU into fallocated space and 35 us into zeros written before,
+    /// 0.24 vs 0.15 ms. Zeros are what preallocated space reads as anyway
+    /// (the clean end), so they change no byte of the log. They go out in
+    /// the group's own write and fdatasync (no extra sync for a failure to
+    /// land in): one commit per ~1 MiB of log carries them, about 1.5 ms
+    /// more for that commit.
+    fn zeros_after(&self, data_len: u64) -> u64 {
+        let data_end = self.offset + data_len;
+        let end = self.shared.opts.segment_size;
+        if !self.shared.opts.fsync || data_end >= end || self.zeroed >= data_end + ZERO_AHEAD / 2 {
+            return 0;
+        }
+        (data_end + ZERO_AHEAD).min(end) - data_end
     }
 
     /// Encodes one batch: snapshot marker, entries, hard state.
@@ -306,6 +344,7 @@ impl Writer {
         self.file = new.file;
         self.segment = new.info;
         self.offset = new.offset;
+        self.zeroed = new.offset;
         self.last_crc = new.last_crc;
         Ok(())
     }

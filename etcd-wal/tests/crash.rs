@@ -286,6 +286,48 @@ fn crash_during_repair_is_harmless() {
 }
 
 #[test]
+fn commits_write_zeros_ahead_of_the_log_end() {
+    let zero_ahead = 1 << 20;
+    for fsync in [true, false] {
+        let fs = MemFs::new();
+        let dir = Path::new(DIR);
+        let opts = WalOptions {
+            segment_size: 8 << 20,
+            fsync,
+            ..WalOptions::default()
+        };
+        let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts.clone(), b"m").unwrap();
+        let mut log = Vec::new();
+        let mut append = |index: u64| {
+            let before = fs.written_bytes();
+            log.push(entry(index, 1));
+            wal.append_sync(WriteBatch {
+                entries: vec![entry(index, 1)],
+                ..Default::default()
+            })
+            .unwrap();
+            fs.written_bytes() - before
+        };
+        // The first commit into the fallocated segment writes 1 MiB of
+        // zeros past its record (with fsync), the next ones only records.
+        let first = append(1);
+        if fsync {
+            assert!(first > zero_ahead, "{first} bytes");
+        } else {
+            assert!(first < 1024, "{first} bytes");
+        }
+        for i in 2..50 {
+            assert!(append(i) < 1024);
+        }
+        wal.close().unwrap();
+        // The zeros are the clean end: the log reads back the same.
+        let (_wal, rec) =
+            Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts).unwrap();
+        assert_eq!(rec.entries, log);
+    }
+}
+
+#[test]
 fn failed_fsync_poisons_the_wal() {
     let fs = MemFs::new();
     let dir = Path::new(DIR);
