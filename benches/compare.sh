@@ -23,6 +23,8 @@ LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 # scenario name | loadgen arguments
 SCENARIOS=(
     "put, 1 client|--conns 1 --clients 1 --total $((TOTAL / 4)) --key-size 8 --val-size 256 put"
+    # Kubernetes-sized objects: every commit crosses into new WAL blocks.
+    "put 4 KiB values, 1 client|--conns 1 --clients 1 --total $((TOTAL / 4)) --key-size 8 --val-size 4096 put"
     "put, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 --val-size 256 put"
     "put, 128 clients|--conns 16 --clients 128 --total $TOTAL --key-size 8 --val-size 256 put"
     "put, 256 clients|--conns 16 --clients 256 --total $((TOTAL * 2)) --key-size 8 --val-size 256 put"
