@@ -156,6 +156,9 @@ pub struct ClientFrames<S> {
     /// The connection; the server's writes to it are coalesced
     /// ([`crate::coalesce`]).
     inner: Coalesce<S>,
+    /// [`PingPolicy::ended_streams`] at the last completed flush: the
+    /// streams ended since are the current batch's.
+    ended_at_flush: u64,
     mode: Mode,
     /// Bytes read from the client, not yet processed.
     raw: BytesMut,
@@ -182,6 +185,7 @@ impl<S> ClientFrames<S> {
     pub fn new(inner: S, ping_min_time: Option<Duration>) -> Self {
         ClientFrames {
             inner: Coalesce::new(inner),
+            ended_at_flush: 0,
             mode: Mode::Preface,
             raw: BytesMut::new(),
             ready: BytesMut::new(),
@@ -641,7 +645,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientFrames<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        // Gather only when other calls may answer while the flush yields
+        // (crate::coalesce): two or more streams among those still open
+        // and those this batch ended.
+        if let Some(p) = &this.pings {
+            let ended = p.ended_streams() - this.ended_at_flush;
+            this.inner.set_gather(p.open_streams() as u64 + ended > 1);
+        }
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        if r.is_ready() {
+            if let Some(p) = &this.pings {
+                this.ended_at_flush = p.ended_streams();
+            }
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -16,6 +16,15 @@
 //! scheduler pass of delay, no timer: an idle worker re-polls the
 //! connection at once.
 //!
+//! The yield only helps when other calls on the connection may answer
+//! meanwhile; with one call (one client's unary calls, one lease
+//! keep-alive or watch stream) it only delays the answer (1-client
+//! keep-alives: 10,200-11,900/s with it against 12,200-13,700/s without).
+//! The owner says which case it is ([`Coalesce::set_gather`]):
+//! [`crate::ClientFrames`] gathers when the streams still open plus those
+//! the batch ended are two or more. Without gathering, writes are still
+//! buffered and a flush writes them at once.
+//!
 //! Bounds: the buffer holds at most [`MAX_BUFFERED`] bytes; a write that
 //! would go past it first drains the buffer (waiting for the socket as a
 //! direct write would), and a write that large on its own goes straight
@@ -48,6 +57,8 @@ pub struct Coalesce<S> {
     out: BytesMut,
     /// The current batch's flush already yielded once: the next one writes.
     yielded: bool,
+    /// Whether a batch's first flush yields (other answers may come).
+    gather: bool,
 }
 
 impl<S> Coalesce<S> {
@@ -57,7 +68,14 @@ impl<S> Coalesce<S> {
             inner,
             out: BytesMut::new(),
             yielded: false,
+            gather: true,
         }
+    }
+
+    /// Whether a batch's first flush yields to let other answers in (on
+    /// by default; see the module doc).
+    pub fn set_gather(&mut self, on: bool) {
+        self.gather = on;
     }
 
     /// The wrapped stream (bytes still buffered are not in it).
@@ -137,7 +155,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.out.is_empty() && !this.yielded {
+        if this.gather && !this.out.is_empty() && !this.yielded {
             this.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -221,6 +239,24 @@ mod tests {
             Poll::Ready(Ok(4))
         ));
         assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn without_gathering_a_flush_writes_at_once() {
+        let writes = Writes::default();
+        let mut c = Coalesce::new(writes.clone());
+        c.set_gather(false);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            Pin::new(&mut c).poll_write(&mut cx, b"only answer"),
+            Poll::Ready(Ok(11))
+        ));
+        assert!(matches!(
+            Pin::new(&mut c).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(*writes.0.lock().unwrap(), vec![b"only answer".to_vec()]);
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct PingPolicy {
     open: HashSet<u32>,
     /// The highest stream the client opened (GOAWAY's last stream id).
     max_stream: u32,
+    /// Streams the server ended (or reset) so far.
+    ended: u64,
 }
 
 impl PingPolicy {
@@ -78,6 +80,7 @@ impl PingPolicy {
             reset_strikes: false,
             open: HashSet::new(),
             max_stream: 0,
+            ended: 0,
         }
     }
 
@@ -98,19 +101,28 @@ impl PingPolicy {
         false
     }
 
+    /// Streams the client opened that neither side has ended yet.
+    pub fn open_streams(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Streams the server has ended or reset so far.
+    pub fn ended_streams(&self) -> u64 {
+        self.ended
+    }
+
     /// A frame the server wrote.
     pub fn server_frame(&mut self, kind: u8, flags: u8, stream: u32) {
-        match kind {
+        let ends = match kind {
             HEADERS | DATA => {
                 self.reset_strikes = true;
-                if flags & END_STREAM != 0 {
-                    self.open.remove(&stream);
-                }
+                flags & END_STREAM != 0
             }
-            RST_STREAM => {
-                self.open.remove(&stream);
-            }
-            _ => {}
+            RST_STREAM => true,
+            _ => false,
+        };
+        if ends && self.open.remove(&stream) {
+            self.ended += 1;
         }
     }
 
