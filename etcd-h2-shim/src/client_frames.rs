@@ -608,11 +608,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientFrames<S> {
                 Poll::Ready(Ok(n)) => {
                     if n == 0 {
                         // EOF: hand over whatever is left as it is.
-                        let rest = this.raw.split();
-                        if rest.is_empty() {
+                        if this.raw.is_empty() {
                             return Poll::Ready(Ok(()));
                         }
-                        this.ready.extend_from_slice(&rest);
+                        let rest = this.raw.len();
+                        this.pass(rest);
                         continue;
                     }
                     this.process();
@@ -648,7 +648,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientFrames<S> {
         let this = self.get_mut();
         // Gather only when other calls may answer while the flush yields
         // (crate::coalesce): two or more streams among those still open
-        // and those this batch ended.
+        // and those this batch ended. Without a ping policy no streams are
+        // followed (the metrics listener, tests) and Coalesce's default,
+        // gathering, stays.
         if let Some(p) = &this.pings {
             let ended = p.ended_streams() - this.ended_at_flush;
             this.inner.set_gather(p.open_streams() as u64 + ended > 1);

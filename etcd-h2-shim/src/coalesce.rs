@@ -119,15 +119,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.out.len() + buf.len() > MAX_BUFFERED {
-            std::task::ready!(this.drain(cx))?;
-            if buf.len() >= MAX_BUFFERED {
-                return Pin::new(&mut this.inner).poll_write(cx, buf);
-            }
-        }
-        this.out.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
