@@ -340,6 +340,12 @@ impl Metrics {
                 "WAL group commits (one write and at most one fsync each).",
                 wal.group_commits_total,
             ),
+            (
+                "etcd_debugging_wal_caller_commits_total",
+                "WAL group commits made by the raft thread itself under light load \
+                 (no hand-off to the WAL writer thread).",
+                wal.caller_commits_total,
+            ),
         ] {
             families.push(counter_family(name, help, value));
         }

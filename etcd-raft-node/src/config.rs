@@ -37,6 +37,15 @@ pub struct NodeConfig {
     pub check_quorum: bool,
     /// Pre-vote: a partitioned member does not disrupt the cluster on return.
     pub pre_vote: bool,
+    /// A `Ready`'s entries are written and synced on the raft thread
+    /// itself, not handed to the WAL's writer thread, when the log holds
+    /// at most this many entries the application has not applied yet
+    /// (light load: nothing would share the fsync, and the hand-off costs
+    /// two thread wake-ups, 20-40 us, on a request's path). Above it the
+    /// writer thread takes the write: while it syncs, the raft thread
+    /// gathers the next proposals into a larger `Ready` (group commit).
+    /// 0: always the writer thread.
+    pub persist_here_max_unapplied: u64,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +63,7 @@ impl Default for NodeConfig {
             max_inflight_msgs: 512,
             check_quorum: true,
             pre_vote: true,
+            persist_here_max_unapplied: 2,
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct Peer {
     /// `min(applied, committed, persisted)`: an installed snapshot image may
     /// be newer than the log (see the snapshot module).
     applied: u64,
+    /// [`NodeConfig::persist_here_max_unapplied`].
+    persist_here_max_unapplied: u64,
 }
 
 impl Peer {
@@ -134,6 +136,7 @@ impl Peer {
             ticks: 0,
             leader: INVALID_ID,
             applied: cfg.applied,
+            persist_here_max_unapplied: cfg.persist_here_max_unapplied,
         })
     }
 
@@ -482,8 +485,13 @@ impl Peer {
         let mut installed = None;
         if rd.snapshot().is_empty() {
             let must_sync = rd.must_sync();
+            let here = must_sync && self.light_load();
             let storage = self.raw.mut_store();
-            storage.persist(rd.entries(), rd.hs(), must_sync)?;
+            if here {
+                storage.persist_now(rd.entries(), rd.hs())?;
+            } else {
+                storage.persist(rd.entries(), rd.hs(), must_sync)?;
+            }
         } else {
             // Snapshot before entries (raft-rs hands no committed entries
             // with a snapshot); the image behind `data` is already durable.
@@ -527,6 +535,21 @@ impl Peer {
         self.release_waiting();
         self.release_waiting_conf();
         Ok(true)
+    }
+
+    /// Whether the log holds few enough unapplied entries (this `Ready`'s
+    /// included) for its write to be synced on this thread; see
+    /// [`NodeConfig::persist_here_max_unapplied`].
+    fn light_load(&self) -> bool {
+        let max = self.persist_here_max_unapplied;
+        max > 0
+            && self
+                .raw
+                .raft
+                .raft_log
+                .last_index()
+                .saturating_sub(self.applied)
+                <= max
     }
 
     fn on_leader(&mut self, leader: u64) {
@@ -740,6 +763,74 @@ mod tests {
         peer.advance_applied(50);
         assert_eq!(peer.status().applied_index, 50);
         assert_eq!(peer.storage().applied(), 50);
+    }
+
+    /// Under light load a `Ready`'s entries are synced on the raft thread
+    /// (`Wal::append_sync_now`); with more unapplied entries than
+    /// `persist_here_max_unapplied`, or with it 0, the WAL's writer thread
+    /// takes them (group commit). Either way they are durable before they
+    /// are committed and handed over.
+    #[test]
+    fn light_load_persists_on_the_raft_thread() {
+        for (max, unapplied_ok) in [(2, true), (0, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cs = ConfState::default();
+            cs.voters = vec![1];
+            let storage = WalStorage::create(dir.path(), Default::default(), b"", cs).unwrap();
+            let cfg = NodeConfig {
+                persist_here_max_unapplied: max,
+                ..NodeConfig::default()
+            };
+            let mut peer = Peer::new(&cfg, storage).unwrap();
+            peer.campaign().unwrap();
+            let t = Collect::default();
+            let mut out = Vec::new();
+            while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+            let applied = |out: &mut Vec<ToApply>| -> u64 {
+                let last = out
+                    .drain(..)
+                    .filter_map(|a| match a {
+                        ToApply::Entries(es) => es.last().map(|e| e.index),
+                        ToApply::Snapshot(s) => Some(s.index),
+                    })
+                    .max();
+                last.unwrap_or(0)
+            };
+            let mut index = applied(&mut out);
+            peer.advance_applied(index);
+            let caller = |p: &Peer| p.storage().wal().metrics().caller_commits_total;
+            let before = caller(&peer);
+
+            // One proposal at a time, each applied before the next: light.
+            for i in 0..3u8 {
+                peer.propose(vec![i], None);
+                while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+                let last = applied(&mut out);
+                assert_eq!(last, index + 1, "committed and handed over");
+                index = last;
+                peer.advance_applied(index);
+            }
+            let light = caller(&peer) - before;
+            assert_eq!(light, if unapplied_ok { 3 } else { 0 }, "max {max}");
+
+            // Three proposals in one Ready, none applied: heavier than 2.
+            let before = caller(&peer);
+            for i in 0..3u8 {
+                peer.propose(vec![i], None);
+            }
+            while peer.handle_ready_applied(&t, &mut out).unwrap() {}
+            assert_eq!(applied(&mut out), index + 3);
+            assert_eq!(
+                caller(&peer),
+                before,
+                "max {max}: through the writer thread"
+            );
+            assert_eq!(
+                raft::Storage::last_index(peer.storage()).unwrap(),
+                index + 3,
+                "persisted"
+            );
+        }
     }
 
     fn peer(id: u64, dir: &std::path::Path) -> Peer {

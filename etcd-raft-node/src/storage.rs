@@ -235,32 +235,39 @@ impl WalStorage {
     }
 
     /// Persists new entries and/or a hard state. When `sync` is true, returns
-    /// only after they are durable; otherwise the write is queued.
+    /// only after they are durable; otherwise the write is queued and needs
+    /// no fdatasync of its own (raft's `must_sync` is false when only the
+    /// commit index moved).
     pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
         if entries.is_empty() && hs.is_none() {
             return Ok(());
         }
-        let mut batch = WriteBatch::default();
-        batch.entries = entries
-            .iter()
-            .map(|e| etcd_wal::Entry {
-                index: e.index,
-                term: e.term,
-                data: encode_entry(e),
-            })
-            .collect();
-        batch.hard_state = hs.map(|hs| etcd_wal::HardState {
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-        });
+        let batch = wal_batch(entries, hs);
         if sync {
             self.wal.append_sync(batch)?;
         } else {
-            // Not waited on: durability is not required (only the commit
-            // index moved), but a failure still poisons later calls.
-            drop(self.wal.append(batch)?);
+            // Durability is not required (only the commit index moved):
+            // written without an fdatasync, made durable by the next one
+            // (etcd's `MustSync`). A failure still poisons later calls.
+            self.wal.append_unsynced(batch)?;
         }
+        self.remember(entries, hs)
+    }
+
+    /// [`WalStorage::persist`] with `sync`, but written and synced on the
+    /// calling thread when the WAL's writer has nothing pending
+    /// ([`Wal::append_sync_now`]): for a raft thread under light load,
+    /// where nothing would group with this batch anyway.
+    pub fn persist_now(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        self.wal.append_sync_now(wal_batch(entries, hs))?;
+        self.remember(entries, hs)
+    }
+
+    /// Makes persisted entries and hard state visible to raft.
+    fn remember(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
         let mut core = self.mem.wl();
         core.append(entries)?;
         if let Some(hs) = hs {
@@ -528,6 +535,26 @@ impl Storage for WalStorage {
             "snapshot metadata for a follower"
         );
         Ok(snap)
+    }
+}
+
+/// The WAL batch of raft's entries and hard state.
+fn wal_batch(entries: &[Entry], hs: Option<&HardState>) -> WriteBatch {
+    WriteBatch {
+        entries: entries
+            .iter()
+            .map(|e| etcd_wal::Entry {
+                index: e.index,
+                term: e.term,
+                data: encode_entry(e),
+            })
+            .collect(),
+        hard_state: hs.map(|hs| etcd_wal::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        }),
+        ..WriteBatch::default()
     }
 }
 

@@ -42,6 +42,9 @@ struct MemState {
     fail_sync_at: Option<u64>,
     /// Bytes handed to `write_all_at` so far, every file.
     written: u64,
+    /// The name of the thread that made each file sync, in order (tests
+    /// check which thread committed).
+    sync_threads: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -209,6 +212,12 @@ impl MemFs {
     /// Bytes written to files so far (every `write_all_at`).
     pub fn written_bytes(&self) -> u64 {
         self.state.lock().written
+    }
+
+    /// The name of the thread that made each successful file sync so
+    /// far (`sync_data` and `sync_all`), oldest first.
+    pub fn sync_threads(&self) -> Vec<String> {
+        self.state.lock().sync_threads.clone()
     }
 
     /// Mutating operations performed so far.
@@ -433,6 +442,8 @@ impl MemFile {
     fn sync(&mut self) -> io::Result<()> {
         let mut st = self.fs.state.lock();
         st.sync_op()?;
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        st.sync_threads.push(thread);
         let inode = st
             .inodes
             .get_mut(&self.ino)

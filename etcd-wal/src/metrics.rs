@@ -33,6 +33,9 @@ pub struct WalMetrics {
     pub entries_total: u64,
     /// Group commits (one write, at most one fdatasync each).
     pub group_commits_total: u64,
+    /// Of those, the ones made on the caller's thread by
+    /// `Wal::append_sync_now` (no hand-off to the writer thread).
+    pub caller_commits_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +47,7 @@ pub(crate) struct MetricsCollector {
     batches: AtomicU64,
     entries: AtomicU64,
     group_commits: AtomicU64,
+    caller_commits: AtomicU64,
 }
 
 impl MetricsCollector {
@@ -70,6 +74,10 @@ impl MetricsCollector {
         self.group_commits.fetch_add(1, Relaxed);
     }
 
+    pub fn add_caller_commit(&self) {
+        self.caller_commits.fetch_add(1, Relaxed);
+    }
+
     pub fn snapshot(&self) -> WalMetrics {
         let mut cumulative = 0;
         let fsync_duration_buckets = FSYNC_DURATION_BUCKETS
@@ -88,6 +96,7 @@ impl MetricsCollector {
             batches_total: self.batches.load(Relaxed),
             entries_total: self.entries.load(Relaxed),
             group_commits_total: self.group_commits.load(Relaxed),
+            caller_commits_total: self.caller_commits.load(Relaxed),
         }
     }
 }

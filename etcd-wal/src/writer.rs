@@ -1,15 +1,26 @@
 //! The writer thread: group commit, segment cuts, poisoning, tickets.
 //!
-//! One thread owns the open segment. It blocks on the channel for a batch,
-//! then takes every batch already queued (up to [`MAX_GROUP_BYTES`]), encodes
-//! them into one buffer, issues ONE positional write and ONE fdatasync, and
-//! then marks the whole group durable, waking every waiting [`Ticket`].
-//! Callers never sync.
+//! The writer thread blocks on the channel for a batch, then takes every
+//! batch already queued (up to [`MAX_GROUP_BYTES`]), encodes them into one
+//! buffer, issues ONE positional write and ONE fdatasync, and then marks
+//! the whole group durable, waking every waiting [`Ticket`].
+//!
+//! The open segment's state ([`Writer`]) sits behind a mutex so that a
+//! caller may also commit a batch on its own thread when the writer has
+//! nothing pending ([`Wal::append_sync_now`](crate::Wal::append_sync_now)):
+//! that saves the two thread wake-ups of a hand-off when there is nothing
+//! to group with. The thread takes the mutex only to commit a group.
 //!
 //! Invariants:
 //! - batches are written in the order `append` numbered them (`seq`), and
 //!   `Progress::durable` only moves forward; a ticket is complete when
 //!   `durable >= seq`;
+//! - a group is fdatasynced when any of its batches needs it (`append`,
+//!   `append_sync_now`); a group of `append_unsynced` batches only is
+//!   written and left dirty, and the next sync of the file (the next
+//!   synced group, a segment cut's `sync_all`, or the one at close) makes
+//!   it durable: nobody holds a ticket for it, and every ticket of a later
+//!   batch completes after such a sync;
 //! - after a failed write, fdatasync or cut the WAL is poisoned: the failing
 //!   group's tickets get the I/O error, every later ticket and call gets
 //!   [`Error::Poisoned`], and the writer never touches the file again (a
@@ -61,7 +72,8 @@ pub(crate) struct Shared {
 
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
-    /// Every batch with `seq <= durable` is durable.
+    /// Every batch with `seq <= durable` is written, and durable unless it
+    /// was appended unsynced and no sync has followed yet.
     pub durable: u64,
     /// The group whose write failed, with its error.
     pub failed: Option<Failure>,
@@ -81,6 +93,9 @@ pub(crate) struct Failure {
 pub(crate) struct Queued {
     pub seq: u64,
     pub batch: WriteBatch,
+    /// Must be durable when its ticket completes (`append`); false for
+    /// `append_unsynced`, made durable by a later sync.
+    pub sync: bool,
 }
 
 /// Completes when its batch is durable; see [`Ticket::wait`].
@@ -131,10 +146,11 @@ impl Ticket {
     }
 }
 
-/// The writer thread's state.
+/// The open segment: what a group commit writes to, owned by whoever
+/// commits (the writer thread, or a caller of `append_sync_now`) under
+/// [`Shared`]'s sibling mutex in `Wal`.
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
-    pub rx: Receiver<Queued>,
     pub file: Box<dyn WalFile>,
     pub segment: SegmentInfo,
     /// Where the next record goes in `file`.
@@ -153,6 +169,15 @@ pub(crate) struct Writer {
     pub buf: Vec<u8>,
 }
 
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("segment", &self.segment.path)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Marks the writer stopped (and poisoned, if it panicked) when dropped.
 struct StopGuard(Arc<Shared>);
 
@@ -166,42 +191,46 @@ impl Drop for StopGuard {
     }
 }
 
-impl Writer {
-    /// The thread body: group commits until every `Wal` sender is gone.
-    pub fn run(mut self) -> Result<()> {
-        let _guard = StopGuard(self.shared.clone());
-        while let Ok(first) = self.rx.recv() {
-            let mut size = batch_size(&first.batch);
-            let mut group = vec![first];
-            while size < MAX_GROUP_BYTES {
-                match self.rx.try_recv() {
-                    Ok(q) => {
-                        size += batch_size(&q.batch);
-                        group.push(q);
-                    }
-                    Err(_) => break,
+/// The writer thread's body: group commits until every `Wal` sender is
+/// gone, then syncs what `fsync: false` left dirty.
+pub(crate) fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<Queued>) -> Result<()> {
+    let _guard = StopGuard(writer.lock().shared.clone());
+    while let Ok(first) = rx.recv() {
+        let mut size = batch_size(&first.batch);
+        let mut group = vec![first];
+        while size < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(q) => {
+                    size += batch_size(&q.batch);
+                    group.push(q);
                 }
+                Err(_) => break,
             }
-            self.commit(group);
         }
-        if self.is_poisoned() {
+        writer.lock().commit(group);
+    }
+    let mut w = writer.lock();
+    if w.is_poisoned() {
+        return Err(Error::Poisoned);
+    }
+    if w.dirty {
+        if let Err(e) = w.timed_sync() {
+            let to = w.shared.progress.lock().durable;
+            w.fail(to + 1, to, e);
             return Err(Error::Poisoned);
         }
-        if self.dirty {
-            if let Err(e) = self.timed_sync() {
-                let to = self.shared.progress.lock().durable;
-                self.fail(to + 1, to, e);
-                return Err(Error::Poisoned);
-            }
-        }
-        Ok(())
     }
+    Ok(())
+}
 
+impl Writer {
     fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
     }
 
-    fn commit(&mut self, group: Vec<Queued>) {
+    /// Writes and syncs `group` (batches in `seq` order, following every
+    /// batch committed before) and marks it durable, or poisons the WAL.
+    pub(crate) fn commit(&mut self, group: Vec<Queued>) {
         let from = group[0].seq;
         let to = group[group.len() - 1].seq;
         if self.is_poisoned() {
@@ -231,7 +260,10 @@ impl Writer {
             self.offset += data_len as u64;
             self.zeroed = self.zeroed.max(self.offset + zeros);
             self.shared.metrics.add_bytes(data_len as u64);
-            if self.shared.opts.fsync {
+            // A snapshot marker is synced whatever its batch asked: purge
+            // trusts `durable_snapshot`.
+            let must_sync = group.iter().any(|q| q.sync || q.batch.snapshot.is_some());
+            if self.shared.opts.fsync && must_sync {
                 if let Err(e) = self.timed_sync() {
                     self.fail(from, to, e);
                     return;

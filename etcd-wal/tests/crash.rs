@@ -104,8 +104,24 @@ struct Run {
     attempted_batches: usize,
 }
 
+/// How `run` hands batches to the WAL.
+#[derive(Clone, Copy, Debug)]
+enum Feed {
+    /// `append`, two tickets in flight: group commits by the writer thread.
+    Pipelined,
+    /// As `Pipelined`, but of every three batches one goes through
+    /// `append_unsynced` (no fdatasync of its own) and one through
+    /// `append_sync_now` (committed on the caller's thread when nothing is
+    /// pending, else queued behind the pending ones).
+    Mixed,
+}
+
 /// Runs the workload until the first error (the crash).
 fn run(fs: &MemFs, batches: &[WriteBatch]) -> Run {
+    run_fed(fs, batches, Feed::Pipelined)
+}
+
+fn run_fed(fs: &MemFs, batches: &[WriteBatch], feed: Feed) -> Run {
     let dir = Path::new(DIR);
     let Ok(wal) = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"crash-meta") else {
         return Run {
@@ -119,30 +135,51 @@ fn run(fs: &MemFs, batches: &[WriteBatch]) -> Run {
         acked_batches: 0,
         attempted_batches: 0,
     };
-    // Pipeline two batches at a time to exercise group commit.
+    // Pipeline two batches at a time to exercise group commit. A batch
+    // known durable makes every batch before it durable.
     let mut pending = std::collections::VecDeque::new();
-    for b in batches {
-        match wal.append(b.clone()) {
-            Ok(t) => {
-                r.attempted_batches += 1;
-                pending.push_back(t);
+    for (i, b) in batches.iter().enumerate() {
+        match (feed, i % 3) {
+            (Feed::Mixed, 1) => {
+                if wal.append_unsynced(b.clone()).is_err() {
+                    break;
+                }
+                r.attempted_batches = i + 1;
             }
-            Err(_) => break,
+            (Feed::Mixed, 2) => {
+                r.attempted_batches = i + 1;
+                if wal.append_sync_now(b.clone()).is_err() {
+                    return r;
+                }
+                r.acked_batches = i + 1;
+                pending.clear();
+            }
+            _ => match wal.append(b.clone()) {
+                Ok(t) => {
+                    r.attempted_batches = i + 1;
+                    pending.push_back((i, t));
+                }
+                Err(_) => break,
+            },
         }
         if pending.len() == 2 {
-            if pending.pop_front().expect("two pending").wait().is_err() {
+            let (k, t) = pending.pop_front().expect("two pending");
+            if t.wait().is_err() {
                 return r;
             }
-            r.acked_batches += 1;
+            r.acked_batches = k + 1;
         }
     }
-    while let Some(t) = pending.pop_front() {
+    while let Some((k, t)) = pending.pop_front() {
         if t.wait().is_err() {
             return r;
         }
-        r.acked_batches += 1;
+        r.acked_batches = k + 1;
     }
-    let _ = wal.close();
+    // Closing syncs what unsynced batches left dirty.
+    if wal.close().is_ok() {
+        r.acked_batches = r.attempted_batches;
+    }
     r
 }
 
@@ -193,11 +230,20 @@ fn check_recovery(image: &MemFs, run: &Run, states: &[Recovered], ends: &[usize]
 
 #[test]
 fn crash_at_every_step_keeps_acknowledged_batches() {
+    crash_at_every_step(Feed::Pipelined);
+}
+
+#[test]
+fn crash_at_every_step_with_commits_on_the_callers_thread() {
+    crash_at_every_step(Feed::Mixed);
+}
+
+fn crash_at_every_step(feed: Feed) {
     let batches = workload();
     let (states, ends) = model_states(&batches, b"crash-meta");
     // A full run tells how many operations there are.
     let full = MemFs::new();
-    let r = run(&full, &batches);
+    let r = run_fed(&full, &batches, feed);
     assert_eq!(r.acked_batches, batches.len());
     let total = full.ops();
     assert!(total > 50, "the workload does I/O: {total} ops");
@@ -219,7 +265,7 @@ fn crash_at_every_step_keeps_acknowledged_batches() {
         ] {
             let fs = MemFs::new();
             fs.crash_after_ops(crash_at);
-            let r = run(&fs, &batches);
+            let r = run_fed(&fs, &batches, feed);
             let image = fs.crash_image(keep);
             check_recovery(
                 &image,
@@ -231,7 +277,7 @@ fn crash_at_every_step_keeps_acknowledged_batches() {
             checked += 1;
         }
     }
-    eprintln!("{checked} crash images checked over {total} operations");
+    eprintln!("{checked} crash images checked over {total} operations ({feed:?})");
 }
 
 #[test]
@@ -415,4 +461,169 @@ fn batches_queued_behind_a_failed_write_are_poisoned() {
         wal.append(WriteBatch::default()),
         Err(Error::Poisoned)
     ));
+}
+
+#[test]
+fn append_sync_now_commits_on_the_callers_thread_only_when_idle() {
+    let fs = MemFs::new();
+    let dir = Path::new(DIR);
+    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
+    let me = std::thread::current().name().unwrap().to_owned();
+    let before = fs.sync_threads().len();
+    for i in 1..=3 {
+        wal.append_sync_now(WriteBatch {
+            entries: vec![entry(i, 1)],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let syncs = fs.sync_threads();
+    assert_eq!(
+        syncs[before..],
+        [me.clone(), me.clone(), me.clone()],
+        "an idle writer: each batch committed (one sync) on the caller's thread"
+    );
+
+    // With batches pending, it queues behind them: one writer-thread
+    // group commit may take it with them, and the order holds.
+    let tickets: Vec<_> = (4..=20)
+        .map(|i| {
+            wal.append(WriteBatch {
+                entries: vec![entry(i, 1)],
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    wal.append_sync_now(WriteBatch {
+        entries: vec![entry(21, 1)],
+        hard_state: Some(HardState {
+            term: 1,
+            vote: 1,
+            commit: 21,
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        tickets.iter().all(|t| t.is_done()),
+        "earlier batches are durable first"
+    );
+    let later = &fs.sync_threads()[before + 3..];
+    assert!(
+        !later.is_empty() && later.iter().all(|t| t == "etcd-wal-writer"),
+        "{later:?}"
+    );
+
+    // Invalid batches are refused without poisoning, like `append`.
+    assert!(matches!(
+        wal.append_sync_now(WriteBatch {
+            entries: vec![entry(30, 1)],
+            ..Default::default()
+        }),
+        Err(Error::InvalidBatch(_))
+    ));
+    wal.close().unwrap();
+    let (_w, rec) =
+        Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts()).unwrap();
+    assert_eq!(
+        rec.entries,
+        (1..=21).map(|i| entry(i, 1)).collect::<Vec<_>>()
+    );
+    assert_eq!(rec.hard_state.commit, 21);
+}
+
+#[test]
+fn append_sync_now_after_a_failed_fsync_is_poisoned() {
+    let fs = MemFs::new();
+    let dir = Path::new(DIR);
+    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
+    fs.fail_sync(1);
+    match wal.append_sync_now(WriteBatch {
+        entries: vec![entry(1, 1)],
+        ..Default::default()
+    }) {
+        Err(Error::Io(e)) => assert!(e.to_string().contains("injected fsync failure"), "{e}"),
+        other => panic!("expected the fsync error, got {other:?}"),
+    }
+    let ops = fs.ops();
+    for b in [
+        WriteBatch::default(),
+        WriteBatch {
+            entries: vec![entry(1, 1)],
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            wal.append_sync_now(b.clone()),
+            Err(Error::Poisoned)
+        ));
+        assert!(matches!(wal.append(b), Err(Error::Poisoned)));
+    }
+    assert_eq!(
+        fs.ops(),
+        ops,
+        "nothing touches the file after a failed fsync"
+    );
+    assert!(matches!(wal.close(), Err(Error::Poisoned)));
+}
+
+#[test]
+fn unsynced_batches_wait_for_the_next_sync() {
+    let fs = MemFs::new();
+    let dir = Path::new(DIR);
+    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
+    wal.append_sync(WriteBatch {
+        entries: vec![entry(1, 1)],
+        ..Default::default()
+    })
+    .unwrap();
+    let hs = |commit| HardState {
+        term: 1,
+        vote: 1,
+        commit,
+    };
+    let syncs = fs.sync_threads().len();
+    let written = fs.written_bytes();
+    wal.append_unsynced(WriteBatch {
+        hard_state: Some(hs(1)),
+        ..Default::default()
+    })
+    .unwrap();
+    while fs.written_bytes() == written {
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        fs.sync_threads().len(),
+        syncs,
+        "no fdatasync for commit-only hard states"
+    );
+    let lost = Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts())
+        .unwrap()
+        .1;
+    assert_eq!(lost.hard_state, HardState::default(), "not durable yet");
+
+    wal.append_sync(WriteBatch {
+        entries: vec![entry(2, 1)],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(fs.sync_threads().len(), syncs + 1);
+    let rec = Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts())
+        .unwrap()
+        .1;
+    assert_eq!(rec.hard_state, hs(1), "the next sync made it durable");
+    assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 1)]);
+
+    // Close syncs an unsynced tail.
+    wal.append_unsynced(WriteBatch {
+        hard_state: Some(hs(2)),
+        ..Default::default()
+    })
+    .unwrap();
+    wal.close().unwrap();
+    let rec = Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts())
+        .unwrap()
+        .1;
+    assert_eq!(rec.hard_state, hs(2));
 }

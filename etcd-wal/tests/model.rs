@@ -18,6 +18,8 @@ enum Op {
         hs: bool,
         marker: Option<u8>,
         len: u8,
+        /// Through `append_sync_now` instead of `append_sync`.
+        now: bool,
     },
     Reopen,
     Purge(u8),
@@ -25,8 +27,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u8..6, 0u8..5, any::<bool>(), proptest::option::weighted(0.15, 0u8..8), 0u8..60)
-            .prop_map(|(back, n, hs, marker, len)| Op::Append { back, n, hs, marker, len }),
+        8 => (0u8..6, 0u8..5, any::<bool>(), proptest::option::weighted(0.15, 0u8..8), 0u8..60, any::<bool>())
+            .prop_map(|(back, n, hs, marker, len, now)| Op::Append { back, n, hs, marker, len, now }),
         1 => Just(Op::Reopen),
         1 => (0u8..40).prop_map(Op::Purge),
     ]
@@ -85,7 +87,7 @@ proptest! {
         let mut term = 1;
         for op in ops {
             match op {
-                Op::Append { back, n, hs, marker, len } => {
+                Op::Append { back, n, hs, marker, len, now } => {
                     let mut b = WriteBatch::default();
                     if let Some(ahead) = marker {
                         let idx = (m.last_index() + u64::from(ahead)).saturating_sub(3).max(m.floor());
@@ -105,7 +107,8 @@ proptest! {
                         m.hs = HardState { term, vote: 1, commit: m.last_index() / 2 };
                         b.hard_state = Some(m.hs);
                     }
-                    wal.as_ref().unwrap().append_sync(b).unwrap();
+                    let w = wal.as_ref().unwrap();
+                    if now { w.append_sync_now(b).unwrap() } else { w.append_sync(b).unwrap() }
                 }
                 Op::Reopen => {
                     wal.take().unwrap().close().unwrap();
