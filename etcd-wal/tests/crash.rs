@@ -373,16 +373,28 @@ fn commits_write_zeros_ahead_of_the_log_end() {
     }
 }
 
-#[test]
-fn failed_fsync_poisons_the_wal() {
+/// A WAL on a fresh `MemFs` holding entry 1 (durable).
+fn wal_with_entry_1() -> (MemFs, Wal) {
     let fs = MemFs::new();
-    let dir = Path::new(DIR);
-    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
+    let wal = Wal::create_with_fs(Arc::new(fs.clone()), Path::new(DIR), opts(), b"m").unwrap();
     wal.append_sync(WriteBatch {
         entries: vec![entry(1, 1)],
         ..Default::default()
     })
     .unwrap();
+    (fs, wal)
+}
+
+/// What a restart after a crash now recovers (only synced writes kept).
+fn recover_synced(fs: &MemFs) -> Recovered {
+    let image = Arc::new(fs.crash_image(CrashKeep::Synced));
+    Wal::open_with_fs(image, Path::new(DIR), opts()).unwrap().1
+}
+
+#[test]
+fn failed_fsync_poisons_the_wal() {
+    let (fs, wal) = wal_with_entry_1();
+    let dir = Path::new(DIR);
     fs.fail_sync(1);
     let t = wal
         .append(WriteBatch {
@@ -429,14 +441,7 @@ fn failed_fsync_poisons_the_wal() {
 
 #[test]
 fn batches_queued_behind_a_failed_write_are_poisoned() {
-    let fs = MemFs::new();
-    let dir = Path::new(DIR);
-    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
-    wal.append_sync(WriteBatch {
-        entries: vec![entry(1, 1)],
-        ..Default::default()
-    })
-    .unwrap();
+    let (fs, wal) = wal_with_entry_1();
     fs.crash_after_ops(fs.ops()); // the next write fails
     let tickets: Vec<_> = (2..40)
         .map(|i| {
@@ -570,14 +575,7 @@ fn append_sync_now_after_a_failed_fsync_is_poisoned() {
 
 #[test]
 fn unsynced_batches_wait_for_the_next_sync() {
-    let fs = MemFs::new();
-    let dir = Path::new(DIR);
-    let wal = Wal::create_with_fs(Arc::new(fs.clone()), dir, opts(), b"m").unwrap();
-    wal.append_sync(WriteBatch {
-        entries: vec![entry(1, 1)],
-        ..Default::default()
-    })
-    .unwrap();
+    let (fs, wal) = wal_with_entry_1();
     let hs = |commit| HardState {
         term: 1,
         vote: 1,
@@ -598,9 +596,7 @@ fn unsynced_batches_wait_for_the_next_sync() {
         syncs,
         "no fdatasync for commit-only hard states"
     );
-    let lost = Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts())
-        .unwrap()
-        .1;
+    let lost = recover_synced(&fs);
     assert_eq!(lost.hard_state, HardState::default(), "not durable yet");
 
     wal.append_sync(WriteBatch {
@@ -609,9 +605,7 @@ fn unsynced_batches_wait_for_the_next_sync() {
     })
     .unwrap();
     assert_eq!(fs.sync_threads().len(), syncs + 1);
-    let rec = Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts())
-        .unwrap()
-        .1;
+    let rec = recover_synced(&fs);
     assert_eq!(rec.hard_state, hs(1), "the next sync made it durable");
     assert_eq!(rec.entries, vec![entry(1, 1), entry(2, 1)]);
 
@@ -622,8 +616,6 @@ fn unsynced_batches_wait_for_the_next_sync() {
     })
     .unwrap();
     wal.close().unwrap();
-    let rec = Wal::open_with_fs(Arc::new(fs.crash_image(CrashKeep::Synced)), dir, opts())
-        .unwrap()
-        .1;
+    let rec = recover_synced(&fs);
     assert_eq!(rec.hard_state, hs(2));
 }
