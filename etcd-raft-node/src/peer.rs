@@ -772,7 +772,7 @@ mod tests {
     /// are committed and handed over.
     #[test]
     fn light_load_persists_on_the_raft_thread() {
-        for (max, unapplied_ok) in [(2, true), (0, false)] {
+        for (max, light_goes_here) in [(2, true), (0, false)] {
             let dir = tempfile::tempdir().unwrap();
             let mut cs = ConfState::default();
             cs.voters = vec![1];
@@ -811,7 +811,7 @@ mod tests {
                 peer.advance_applied(index);
             }
             let light = caller(&peer) - before;
-            assert_eq!(light, if unapplied_ok { 3 } else { 0 }, "max {max}");
+            assert_eq!(light, if light_goes_here { 3 } else { 0 }, "max {max}");
 
             // Three proposals in one Ready, none applied: heavier than 2.
             let before = caller(&peer);

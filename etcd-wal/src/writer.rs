@@ -146,9 +146,9 @@ impl Ticket {
     }
 }
 
-/// The open segment: what a group commit writes to, owned by whoever
-/// commits (the writer thread, or a caller of `append_sync_now`) under
-/// [`Shared`]'s sibling mutex in `Wal`.
+/// The open segment: what a group commit writes to. It sits behind the
+/// `Wal`'s `open` mutex, taken by whoever commits: the writer thread, or a
+/// caller of `append_sync_now` while the writer has nothing pending.
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub file: Box<dyn WalFile>,
