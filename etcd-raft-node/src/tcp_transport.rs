@@ -1158,11 +1158,14 @@ async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
 
 /// Delivers the messages of an accepted message stream.
 async fn serve_messages<S: AsyncRead + Unpin>(
-    mut s: S,
+    s: S,
     ctx: &ServeCtx,
     from: u64,
 ) -> std::io::Result<()> {
     let id = ctx.id;
+    // Buffered: one read takes every frame that arrived, instead of two
+    // reads (length, then body) per frame.
+    let mut s = tokio::io::BufReader::with_capacity(64 * 1024, s);
     while let Some(m) = read_frame(&mut s, ctx.max).await? {
         if m.to != id || m.from != from {
             return Err(std::io::Error::other(format!(
