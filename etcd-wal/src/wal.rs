@@ -302,7 +302,10 @@ impl Wal {
     ///
     /// For a caller that knows nothing would group with this batch (a raft
     /// thread under light load): under load, the hand-off is what lets
-    /// the writer group several batches into one fdatasync.
+    /// the writer group several batches into one fdatasync. The queue lock
+    /// is held through the write and fdatasync, so another thread's
+    /// `append` meanwhile waits for them (the raft node appends from its
+    /// raft thread only).
     pub fn append_sync_now(&self, batch: WriteBatch) -> Result<()> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
