@@ -256,7 +256,7 @@ impl Wal {
     /// are not contiguous, would leave an index gap after the log queued so
     /// far, or if its snapshot marker is older than the last one.
     pub fn append(&self, batch: WriteBatch) -> Result<Ticket> {
-        let seq = self.queue_batch(batch, true)?;
+        let seq = self.hand_over(batch, true, false)?;
         Ok(Ticket::new(self.shared.clone(), seq))
     }
 
@@ -266,11 +266,15 @@ impl Wal {
     /// one; the next synced batch's fdatasync (or `close`) makes it
     /// durable with everything before it. A failure still poisons the WAL.
     pub fn append_unsynced(&self, batch: WriteBatch) -> Result<()> {
-        self.queue_batch(batch, false).map(drop)
+        self.hand_over(batch, false, false).map(drop)
     }
 
-    /// Validates, numbers and queues `batch`; returns its `seq`.
-    fn queue_batch(&self, batch: WriteBatch, sync: bool) -> Result<u64> {
+    /// Validates and numbers `batch` under the queue lock and hands it to
+    /// the writer thread, or, with `here` and every queued batch durable,
+    /// commits it on this thread (the lock keeps other batches out, and
+    /// the writer thread holds none: at most it finishes a segment cut).
+    /// Returns its `seq`.
+    fn hand_over(&self, batch: WriteBatch, sync: bool, here: bool) -> Result<u64> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
@@ -280,12 +284,20 @@ impl Wal {
         validate(&batch, &mut index)?;
         let seq = q.next_seq + 1;
         let entries = batch.entries.len();
-        tx.send(Queued { seq, batch, sync })
-            .map_err(|_| Error::Closed)?;
+        let queued = Queued { seq, batch, sync };
+        let here = here && self.shared.progress.lock().durable >= q.next_seq;
+        if here {
+            self.open.lock().commit(vec![queued]);
+        } else {
+            tx.send(queued).map_err(|_| Error::Closed)?;
+        }
         q.index = index;
         q.next_seq = seq;
         drop(q);
         self.shared.metrics.add_batch(entries);
+        if here {
+            self.shared.metrics.add_caller_commit();
+        }
         Ok(seq)
     }
 
@@ -307,33 +319,7 @@ impl Wal {
     /// `append` meanwhile waits for them (the raft node appends from its
     /// raft thread only).
     pub fn append_sync_now(&self, batch: WriteBatch) -> Result<()> {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned);
-        }
-        let mut q = self.queue.lock();
-        if self.shared.progress.lock().durable < q.next_seq {
-            drop(q);
-            return self.append_sync(batch);
-        }
-        if self.tx.is_none() {
-            return Err(Error::Closed);
-        }
-        let mut index = q.index;
-        validate(&batch, &mut index)?;
-        let seq = q.next_seq + 1;
-        let entries = batch.entries.len();
-        // Every queued batch is durable and `q` keeps others out: the
-        // writer thread holds nothing (at most it finishes a segment cut).
-        self.open.lock().commit(vec![Queued {
-            seq,
-            batch,
-            sync: true,
-        }]);
-        q.index = index;
-        q.next_seq = seq;
-        drop(q);
-        self.shared.metrics.add_batch(entries);
-        self.shared.metrics.add_caller_commit();
+        let seq = self.hand_over(batch, true, true)?;
         Ticket::new(self.shared.clone(), seq).wait()
     }
 

@@ -164,7 +164,8 @@ pub(crate) struct Writer {
     /// zeros): a commit below it changes no file system metadata
     /// ([`Writer::zeros_after`]).
     pub zeroed: u64,
-    /// Written but not synced (only with `fsync: false`).
+    /// Written but not synced (with `fsync: false`, or after a group of
+    /// `append_unsynced` batches only).
     pub dirty: bool,
     pub buf: Vec<u8>,
 }
@@ -192,7 +193,7 @@ impl Drop for StopGuard {
 }
 
 /// The writer thread's body: group commits until every `Wal` sender is
-/// gone, then syncs what `fsync: false` left dirty.
+/// gone, then syncs what is left dirty (`fsync: false`, unsynced batches).
 pub(crate) fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<Queued>) -> Result<()> {
     let _guard = StopGuard(writer.lock().shared.clone());
     while let Ok(first) = rx.recv() {
@@ -302,8 +303,9 @@ impl Writer {
     /// 0.24 vs 0.15 ms. Zeros are what preallocated space reads as anyway
     /// (the clean end), so they change no byte of the log. They go out in
     /// the group's own write and fdatasync (no extra sync for a failure to
-    /// land in): one commit per ~1 MiB of log carries them, about 1.5 ms
-    /// more for that commit.
+    /// land in; a group of unsynced batches leaves them to the next sync):
+    /// one commit per ~1 MiB of log carries them, about 1.5 ms more for
+    /// that commit.
     fn zeros_after(&self, data_len: u64) -> u64 {
         let data_end = self.offset + data_len;
         let end = self.shared.opts.segment_size;
