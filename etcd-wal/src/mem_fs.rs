@@ -5,7 +5,7 @@
 //! compiles it.
 
 use crate::fs::{DirLock, FileSystem, WalFile};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default)]
 pub struct MemFs {
     state: Arc<Mutex<MemState>>,
+    /// While true, file syncs wait ([`MemFs::hold_syncs`]).
+    syncs_held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 /// What survives a [`MemFs::crash_image`].
@@ -220,6 +222,19 @@ impl MemFs {
         self.state.lock().sync_threads.clone()
     }
 
+    /// Makes every file sync from now on wait until
+    /// [`MemFs::release_syncs`] (a writer caught in the middle of a group
+    /// commit, for tests of what queues behind it).
+    pub fn hold_syncs(&self) {
+        *self.syncs_held.0.lock() = true;
+    }
+
+    /// Lets held and later syncs go on (see [`MemFs::hold_syncs`]).
+    pub fn release_syncs(&self) {
+        *self.syncs_held.0.lock() = false;
+        self.syncs_held.1.notify_all();
+    }
+
     /// Mutating operations performed so far.
     pub fn ops(&self) -> u64 {
         self.state.lock().ops
@@ -307,6 +322,7 @@ impl MemFs {
         }
         MemFs {
             state: Arc::new(Mutex::new(out)),
+            syncs_held: Arc::default(),
         }
     }
 
@@ -440,6 +456,13 @@ impl FileSystem for MemFs {
 
 impl MemFile {
     fn sync(&mut self) -> io::Result<()> {
+        {
+            let (held, released) = &*self.fs.syncs_held;
+            let mut held = held.lock();
+            while *held {
+                released.wait(&mut held);
+            }
+        }
         let mut st = self.fs.state.lock();
         st.sync_op()?;
         let thread = std::thread::current().name().unwrap_or("").to_owned();

@@ -489,8 +489,9 @@ fn append_sync_now_commits_on_the_callers_thread_only_when_idle() {
         "an idle writer: each batch committed (one sync) on the caller's thread"
     );
 
-    // With batches pending, it queues behind them: one writer-thread
-    // group commit may take it with them, and the order holds.
+    // With batches pending (the writer held in its fsync), it queues
+    // behind them and the writer thread commits it, after them.
+    fs.hold_syncs();
     let tickets: Vec<_> = (4..=20)
         .map(|i| {
             wal.append(WriteBatch {
@@ -500,16 +501,27 @@ fn append_sync_now_commits_on_the_callers_thread_only_when_idle() {
             .unwrap()
         })
         .collect();
-    wal.append_sync_now(WriteBatch {
-        entries: vec![entry(21, 1)],
-        hard_state: Some(HardState {
-            term: 1,
-            vote: 1,
-            commit: 21,
-        }),
-        ..Default::default()
-    })
-    .unwrap();
+    let now = std::thread::scope(|s| {
+        let now = s.spawn(|| {
+            wal.append_sync_now(WriteBatch {
+                entries: vec![entry(21, 1)],
+                hard_state: Some(HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: 21,
+                }),
+                ..Default::default()
+            })
+        });
+        // Bounded by counts, not time: the caller has queued batch 21
+        // (batches 1..=21 appended) before the syncs go on.
+        while wal.metrics().batches_total < 21 {
+            std::thread::yield_now();
+        }
+        fs.release_syncs();
+        now.join().unwrap()
+    });
+    now.unwrap();
     assert!(
         tickets.iter().all(|t| t.is_done()),
         "earlier batches are durable first"
@@ -519,6 +531,7 @@ fn append_sync_now_commits_on_the_callers_thread_only_when_idle() {
         !later.is_empty() && later.iter().all(|t| t == "etcd-wal-writer"),
         "{later:?}"
     );
+    assert_eq!(wal.metrics().caller_commits_total, 3);
 
     // Invalid batches are refused without poisoning, like `append`.
     assert!(matches!(
