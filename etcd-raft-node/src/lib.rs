@@ -66,6 +66,7 @@ mod peer_tls;
 pub mod rafthttp;
 mod snapshot;
 mod storage;
+mod tcp_outbox;
 mod tcp_transport;
 mod transport;
 mod types;

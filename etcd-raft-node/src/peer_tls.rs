@@ -54,19 +54,18 @@ fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, Str
         .map_err(|e| format!("{host:?} is no valid TLS server name: {e}"))
 }
 
-/// TLS client handshake over `tcp` to the member at `addr`.
+/// TLS client handshake over `tcp` to the member at `addr` (the stream's
+/// type kept: the message stream takes the session apart, `tcp_outbox`).
 pub(crate) async fn connect(
     tls: &PeerTlsHandle,
     addr: &str,
     tcp: TcpStream,
-) -> Result<PeerStream, String> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let name = server_name(addr)?;
     let c = tokio_rustls::TlsConnector::from(tls.0.client());
-    let s = c
-        .connect(name, tcp)
+    c.connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
-    Ok(Box::new(s))
+        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))
 }
 
 /// TLS server handshake of an accepted connection, then the peer checks.

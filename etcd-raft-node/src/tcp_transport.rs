@@ -4,9 +4,12 @@
 //! Each member dials every peer it sends to and keeps that connection for
 //! its own messages (streams are one-way, like etcd's peer streams); it
 //! accepts the peers' connections on its listener for their messages.
-//! Every peer has its own bounded queue and writer task, so a slow or dead
+//! Every peer has its own bounded queue and link task, so a slow or dead
 //! peer fills only its own queue: `send` never blocks, and a message that
-//! finds its queue full is dropped and counted (raft retransmits).
+//! finds its queue full is dropped and counted (raft retransmits). Once a
+//! link is connected, `send` writes its frames to the socket itself with
+//! non-blocking writes, on the caller's (raft) thread, and the link's task
+//! only finishes what the socket did not take (`tcp_outbox`).
 //!
 //! # Byte format
 //!
@@ -91,6 +94,7 @@ use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::peer_tls::PeerStream;
 use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
+use crate::tcp_outbox::{Outbox, Pushed, Wire};
 use crate::transport::Transport;
 use crate::{Error, Result};
 use raft::eraftpb::MessageType;
@@ -237,18 +241,23 @@ pub struct PeerStats {
     pub sent_bytes: u64,
 }
 
+/// What [`PeerStats`] reads (shared with the peer's link and outbox).
 #[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    dropped: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     rejected: AtomicU64,
     snapshots_sent: AtomicU64,
     snapshots_failed: AtomicU64,
-    sent_bytes: AtomicU64,
+    pub(crate) sent_bytes: AtomicU64,
 }
 
 struct PeerQueue {
+    /// Messages for the link's task: while it is not connected, or the
+    /// peer runs etcd (then the task writes them).
     tx: mpsc::Sender<Message>,
+    /// Once connected: frames the sender writes itself (`tcp_outbox`).
+    outbox: Arc<Outbox>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
     addr: String,
@@ -382,15 +391,21 @@ impl TcpTransport {
     pub fn add_peer(&self, peer: u64, addr: String) {
         let (tx, rx) = mpsc::channel(self.cfg.queue_len.max(1));
         let counters = Arc::new(Counters::default());
+        let outbox = Arc::new(Outbox::new(
+            peer,
+            counters.clone(),
+            self.cfg.queue_len,
+            self.cfg.max_frame_bytes,
+        ));
         let link_addr = addr.clone();
         let link = Link {
             from: self.cfg.id,
             to: peer,
             cluster_id: self.cfg.cluster_id,
             addr,
-            max_frame: self.cfg.max_frame_bytes,
             retry: self.cfg.retry_interval,
             counters: counters.clone(),
+            outbox: outbox.clone(),
             unreachable: self.hooks.report_unreachable.clone(),
             tls: self.cfg.tls.clone(),
             removed: self.hooks.report_removed.clone(),
@@ -400,6 +415,7 @@ impl TcpTransport {
         let task = self.handle.spawn(link.run(rx));
         let q = PeerQueue {
             tx,
+            outbox,
             counters,
             task,
             addr: link_addr,
@@ -553,8 +569,13 @@ impl Drop for TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    /// Connected peers get their frames written here, on the caller's
+    /// thread, one write per peer (`tcp_outbox`); the others' messages are
+    /// queued for their link's task.
     fn send(&self, msgs: Vec<Message>) {
         let peers = self.peers.lock();
+        // Peers with frames appended (a Ready addresses a handful).
+        let mut appended: Vec<&PeerQueue> = Vec::new();
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 self.send_snapshot(&peers, m);
@@ -564,9 +585,17 @@ impl Transport for TcpTransport {
                 tracing::debug!(to = m.to, "dropping a message to an unknown peer");
                 continue;
             };
-            if q.tx.try_send(m).is_err() {
-                q.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            let pushed = q.outbox.push(m, |m| {
+                if q.tx.try_send(m).is_err() {
+                    q.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            if pushed == Pushed::Appended && !appended.iter().any(|a| std::ptr::eq(*a, q)) {
+                appended.push(q);
             }
+        }
+        for q in appended {
+            q.outbox.flush();
         }
     }
 }
@@ -581,9 +610,10 @@ struct Link {
     to: u64,
     cluster_id: u64,
     addr: String,
-    max_frame: usize,
     retry: Duration,
     counters: Arc<Counters>,
+    /// Where the connected stream's frames are written (`tcp_outbox`).
+    outbox: Arc<Outbox>,
     unreachable: Option<ReportUnreachable>,
     tls: Option<crate::PeerTlsHandle>,
     /// Called when the peer says this member was removed.
@@ -622,9 +652,11 @@ impl Link {
                 }
             }
             match self.connect().await {
-                Ok(stream) => {
+                Ok(wire) => {
                     logged_down = false;
-                    if self.pump(stream, &mut rx).await.is_none() {
+                    let r = self.outbox.run(wire, &mut rx).await;
+                    self.outbox.disconnect();
+                    if r.is_none() {
                         return; // the transport dropped the queue
                     }
                     self.report_unreachable();
@@ -647,67 +679,20 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> std::result::Result<PeerStream, String> {
-        dial(
-            &self.addr,
-            &self.tls,
-            MAGIC,
-            self.cluster_id,
-            self.from,
-            self.to,
-        )
-        .await
-        .map_err(|e| {
-            if e.rejected {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            }
-            if e.removed {
-                if let Some(r) = &self.removed {
-                    r();
+    async fn connect(&self) -> std::result::Result<Wire, String> {
+        dial_wire(&self.addr, &self.tls, self.cluster_id, self.from, self.to)
+            .await
+            .map_err(|e| {
+                if e.rejected {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            e.why
-        })
-    }
-
-    /// Writes queued messages until the connection breaks (`Some`) or the
-    /// queue is closed (`None`).
-    async fn pump<S: AsyncWrite + Unpin>(
-        &self,
-        stream: S,
-        rx: &mut mpsc::Receiver<Message>,
-    ) -> Option<()> {
-        let mut w = BufWriter::new(stream);
-        loop {
-            let m = rx.recv().await?;
-            let mut batch = vec![m];
-            while let Ok(m) = rx.try_recv() {
-                batch.push(m);
-                if batch.len() >= 256 {
-                    break;
-                }
-            }
-            let n = batch.len() as u64;
-            let mut ok = true;
-            let mut bytes = 0;
-            for m in &batch {
-                match write_frame(&mut w, m, self.max_frame).await {
-                    Ok(len) => bytes += 4 + len as u64,
-                    Err(e) => {
-                        tracing::debug!(peer = format!("{:x}", self.to), "peer stream broke: {e}");
-                        ok = false;
-                        break;
+                if e.removed {
+                    if let Some(r) = &self.removed {
+                        r();
                     }
                 }
-            }
-            if ok && w.flush().await.is_ok() {
-                self.counters.sent.fetch_add(n, Ordering::Relaxed);
-                self.counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
-            } else {
-                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
-                return Some(());
-            }
-        }
+                e.why
+            })
     }
 }
 
@@ -729,30 +714,85 @@ async fn dial(
     from: u64,
     to: u64,
 ) -> std::result::Result<PeerStream, DialError> {
-    let io = |e: std::io::Error| DialError {
+    let tcp = connect_tcp(addr).await?;
+    let mut s: PeerStream = match tls {
+        Some(tls) => Box::new(tls_connect(tls, addr, tcp).await?),
+        None => Box::new(tcp),
+    };
+    handshake(&mut s, addr, magic, cluster_id, from, to).await?;
+    Ok(s)
+}
+
+/// [`dial`] for a message stream, as a [`Wire`] the raft thread writes to
+/// without blocking (`tcp_outbox`).
+async fn dial_wire(
+    addr: &str,
+    tls: &Option<crate::PeerTlsHandle>,
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+) -> std::result::Result<Wire, DialError> {
+    let mut tcp = connect_tcp(addr).await?;
+    match tls {
+        Some(tls) => {
+            let mut s = tls_connect(tls, addr, tcp).await?;
+            handshake(&mut s, addr, MAGIC, cluster_id, from, to).await?;
+            let (tcp, conn) = s.into_inner();
+            Ok(Wire::tls(tcp, conn))
+        }
+        None => {
+            handshake(&mut tcp, addr, MAGIC, cluster_id, from, to).await?;
+            Ok(Wire::plain(tcp))
+        }
+    }
+}
+
+fn dial_io(e: std::io::Error) -> DialError {
+    DialError {
         why: e.to_string(),
         rejected: false,
         removed: false,
-    };
-    let tcp = TcpStream::connect(addr).await.map_err(io)?;
+    }
+}
+
+/// A TCP connection to `addr`, Nagle off.
+async fn connect_tcp(addr: &str) -> std::result::Result<TcpStream, DialError> {
+    let tcp = TcpStream::connect(addr).await.map_err(dial_io)?;
     let _ = tcp.set_nodelay(true);
-    let mut s: PeerStream = match tls {
-        Some(tls) => crate::peer_tls::connect(tls, addr, tcp)
-            .await
-            .map_err(|why| DialError {
-                why,
-                rejected: true,
-                removed: false,
-            })?,
-        None => Box::new(tcp),
-    };
+    Ok(tcp)
+}
+
+/// TLS client handshake (a failure counts as a rejection).
+async fn tls_connect(
+    tls: &crate::PeerTlsHandle,
+    addr: &str,
+    tcp: TcpStream,
+) -> std::result::Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
+    crate::peer_tls::connect(tls, addr, tcp)
+        .await
+        .map_err(|why| DialError {
+            why,
+            rejected: true,
+            removed: false,
+        })
+}
+
+/// The dialer's handshake (module doc) and the listener's answer.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    addr: &str,
+    magic: &[u8; 4],
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+) -> std::result::Result<(), DialError> {
     let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
     hs.extend_from_slice(magic);
     hs.push(VERSION);
     hs.extend_from_slice(&cluster_id.to_be_bytes());
     hs.extend_from_slice(&from.to_be_bytes());
     hs.extend_from_slice(&to.to_be_bytes());
-    s.write_all(&hs).await.map_err(io)?;
+    s.write_all(&hs).await.map_err(dial_io)?;
     // A member running etcd (HTTP) never answers: give up, it dials back.
     let answer = tokio::time::timeout(HANDSHAKE_ANSWER, s.read_u8())
         .await
@@ -761,9 +801,9 @@ async fn dial(
             rejected: false,
             removed: false,
         })?
-        .map_err(io)?;
+        .map_err(dial_io)?;
     let why = match answer {
-        ACCEPTED => return Ok(s),
+        ACCEPTED => return Ok(()),
         CLUSTER_MISMATCH => {
             format!("the member at {addr} belongs to another cluster (ours is {cluster_id:016x})")
         }
