@@ -34,7 +34,7 @@
 //! the same way.
 
 use std::io::{self, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -43,7 +43,17 @@ use raft::eraftpb::Message;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::tcp_transport::Counters;
+/// What a peer's `PeerStats` are read from (shared by the transport, the
+/// peer's link task and its outbox).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) snapshots_sent: AtomicU64,
+    pub(crate) snapshots_failed: AtomicU64,
+    pub(crate) sent_bytes: AtomicU64,
+}
 
 /// A connected, handshaken message stream, written without blocking.
 pub(crate) struct Wire {
@@ -120,8 +130,11 @@ pub(crate) struct Outbox {
 #[derive(Default)]
 pub(crate) struct OutboxState {
     wire: Option<Wire>,
-    /// Frames not yet handed to the socket (plain TCP) or to rustls (TLS).
+    /// Frames not yet handed to the socket (plain TCP) or to rustls (TLS),
+    /// from `head` on.
     buf: Vec<u8>,
+    /// Bytes of `buf` already handed over (reset when all are written).
+    head: usize,
     /// Frames appended since the outbox was last empty (fully written).
     frames: u64,
     /// Their bytes, length prefixes included.
@@ -129,9 +142,23 @@ pub(crate) struct OutboxState {
 }
 
 impl OutboxState {
+    /// Capacity kept by an empty buffer: one burst of large appends (a
+    /// follower catching up) must not pin its size for good.
+    const KEEP_CAPACITY: usize = 1 << 20;
+
+    /// Empties `buf` (all of it written).
+    fn clear_buf(&mut self) {
+        self.head = 0;
+        if self.buf.capacity() > Self::KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+
     /// Nothing is waiting to be written.
     fn idle(&self) -> bool {
-        self.buf.is_empty()
+        self.head == self.buf.len()
             && self
                 .wire
                 .as_ref()
@@ -147,26 +174,23 @@ impl OutboxState {
         };
         match &mut w.tls {
             None => {
-                let mut done = 0;
-                let r = loop {
-                    if done == self.buf.len() {
-                        break Ok(true);
-                    }
-                    match w.tcp.try_write(&self.buf[done..]) {
-                        Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                while self.head < self.buf.len() {
+                    match w.tcp.try_write(&self.buf[self.head..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => self.head += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
+                        Err(e) => return Err(e),
                     }
-                };
-                self.buf.drain(..done);
-                r
+                }
+                Ok(true)
             }
             Some(conn) => {
-                if !self.buf.is_empty() {
-                    conn.writer().write_all(&self.buf)?;
-                    self.buf.clear();
+                // Every frame goes to rustls at once (no buffer limit):
+                // `head` then marks them taken until `buf` is cleared.
+                if self.head < self.buf.len() {
+                    conn.writer().write_all(&self.buf[self.head..])?;
+                    self.head = self.buf.len();
                 }
                 while conn.wants_write() {
                     match conn.write_tls(&mut TryWrite(&w.tcp)) {
@@ -180,6 +204,11 @@ impl OutboxState {
                 Ok(true)
             }
         }
+        .inspect(|&all| {
+            if all {
+                self.clear_buf();
+            }
+        })
     }
 }
 
@@ -281,7 +310,7 @@ impl Outbox {
     /// Drops the wire and every frame it had not written (counted).
     fn break_wire(&self, s: &mut OutboxState) {
         s.wire = None;
-        s.buf.clear();
+        s.clear_buf();
         self.counters.dropped.fetch_add(s.frames, Ordering::Relaxed);
         s.frames = 0;
         s.bytes = 0;

@@ -79,7 +79,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::peer_tls::PeerStream;
 use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
-use crate::tcp_outbox::{Outbox, Pushed, Wire};
+use crate::tcp_outbox::{Counters, Outbox, Pushed, Wire};
 use crate::transport::Transport;
 use crate::{Error, Result};
 use raft::eraftpb::MessageType;
@@ -239,17 +239,6 @@ pub struct PeerStats {
     pub snapshots_failed: u64,
     /// Bytes of messages written (frames with their length prefixes).
     pub sent_bytes: u64,
-}
-
-/// What [`PeerStats`] reads (shared with the peer's link and outbox).
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) sent: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    rejected: AtomicU64,
-    snapshots_sent: AtomicU64,
-    snapshots_failed: AtomicU64,
-    pub(crate) sent_bytes: AtomicU64,
 }
 
 struct PeerQueue {

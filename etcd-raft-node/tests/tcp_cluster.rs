@@ -208,29 +208,43 @@ fn three_members_over_tcp() {
     }
 }
 
-#[test]
-fn a_member_of_another_cluster_is_refused() {
+/// Two bound listeners on loopback (members 1 and 2) and their addresses.
+fn two_listeners() -> (
+    std::net::TcpListener,
+    std::net::TcpListener,
+    HashMap<u64, String>,
+) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addrs: HashMap<u64, String> = [
+    let addrs = [
         (1, a.local_addr().unwrap().to_string()),
         (2, b.local_addr().unwrap().to_string()),
     ]
     .into();
+    (a, b, addrs)
+}
+
+/// A transport config of member `id` among `peers`, retrying fast.
+fn pair_cfg(id: u64, cluster_id: u64, peers: &HashMap<u64, String>) -> TcpTransportConfig {
+    TcpTransportConfig {
+        id,
+        cluster_id,
+        peers: peers.clone(),
+        retry_interval: Duration::from_millis(20),
+        ..TcpTransportConfig::default()
+    }
+}
+
+#[test]
+fn a_member_of_another_cluster_is_refused() {
+    let (a, b, addrs) = two_listeners();
     let got = Arc::new(Mutex::new(0));
     let counter = |got: &Arc<Mutex<i32>>| {
         let got = got.clone();
         Arc::new(move |_| *got.lock() += 1)
     };
-    let cfg = |id, cluster_id| TcpTransportConfig {
-        id,
-        cluster_id,
-        peers: addrs.clone(),
-        retry_interval: Duration::from_millis(20),
-        ..TcpTransportConfig::default()
-    };
-    let t1 = TcpTransport::start(cfg(1, 0xaaa), a, counter(&got)).unwrap();
-    let t2 = TcpTransport::start(cfg(2, 0xbbb), b, counter(&got)).unwrap();
+    let t1 = TcpTransport::start(pair_cfg(1, 0xaaa, &addrs), a, counter(&got)).unwrap();
+    let t2 = TcpTransport::start(pair_cfg(2, 0xbbb, &addrs), b, counter(&got)).unwrap();
     let mut m = etcd_raft_node::eraftpb::Message::default();
     m.from = 1;
     m.to = 2;
@@ -287,20 +301,10 @@ fn test_tls() -> etcd_raft_node::PeerTlsHandle {
 /// receiver reads again every message arrives, in order, none dropped;
 /// plain TCP and TLS.
 fn messages_survive_a_full_socket(tls: Option<etcd_raft_node::PeerTlsHandle>) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addrs: HashMap<u64, String> = [
-        (1, a.local_addr().unwrap().to_string()),
-        (2, b.local_addr().unwrap().to_string()),
-    ]
-    .into();
+    let (a, b, addrs) = two_listeners();
     let cfg = |id| TcpTransportConfig {
-        id,
-        cluster_id: 7,
-        peers: addrs.clone(),
-        retry_interval: Duration::from_millis(20),
         tls: tls.clone(),
-        ..TcpTransportConfig::default()
+        ..pair_cfg(id, 7, &addrs)
     };
     // The receiver records each message's index; while `stalled` is set
     // its (only) runtime thread blocks in the first delivery, so nothing
@@ -800,20 +804,8 @@ impl SnapshotIo for FailingIo {
 #[test]
 fn snapshot_outcomes_reach_the_report_hook() {
     for receiver in ["ok", "import fails", "no snapshots"] {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addrs: HashMap<u64, String> = [
-            (1, a.local_addr().unwrap().to_string()),
-            (2, b.local_addr().unwrap().to_string()),
-        ]
-        .into();
-        let cfg = |id| TcpTransportConfig {
-            id,
-            cluster_id: 9,
-            peers: addrs.clone(),
-            retry_interval: Duration::from_millis(20),
-            ..TcpTransportConfig::default()
-        };
+        let (a, b, addrs) = two_listeners();
+        let cfg = |id| pair_cfg(id, 9, &addrs);
         let reports = Arc::new(Mutex::new(Vec::new()));
         let got = Arc::new(Mutex::new(Vec::new()));
         let hooks1 = TransportHooks {
@@ -882,20 +874,8 @@ fn a_removed_member_is_refused_and_told_an_unknown_one_heard() {
         (MemberStatus::Unknown, false),
         (MemberStatus::Removed, true),
     ] {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addrs: HashMap<u64, String> = [
-            (1, a.local_addr().unwrap().to_string()),
-            (2, b.local_addr().unwrap().to_string()),
-        ]
-        .into();
-        let cfg = |id| TcpTransportConfig {
-            id,
-            cluster_id: 9,
-            peers: addrs.clone(),
-            retry_interval: Duration::from_millis(20),
-            ..TcpTransportConfig::default()
-        };
+        let (a, b, addrs) = two_listeners();
+        let cfg = |id| pair_cfg(id, 9, &addrs);
         let told = Arc::new(Mutex::new(0u32));
         let hooks1 = TransportHooks {
             report_removed: Some({
