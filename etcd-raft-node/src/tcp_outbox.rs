@@ -242,32 +242,21 @@ impl Outbox {
     /// Encodes `m` into `s.buf`; false (counted dropped) when the outbox
     /// is full or the message too large.
     fn append(&self, s: &mut OutboxState, m: &Message) -> bool {
-        let len = m.compute_size() as usize;
-        if s.frames >= self.limit || len > self.max_frame {
-            if len > self.max_frame {
-                tracing::warn!(
-                    peer = format!("{:x}", self.to),
-                    "dropping a message of {len} bytes: it exceeds the frame limit {}",
-                    self.max_frame
-                );
+        let encoded = if s.frames >= self.limit {
+            None
+        } else {
+            match encode_frame(m, self.max_frame, &mut s.buf) {
+                Ok(len) => Some(len),
+                Err(e) => {
+                    tracing::warn!(peer = format!("{:x}", self.to), "dropping a message: {e}");
+                    None
+                }
             }
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        s.buf.extend_from_slice(&(len as u32).to_be_bytes());
-        let before = s.buf.len();
-        let written = {
-            let mut os = protobuf::CodedOutputStream::vec(&mut s.buf);
-            m.write_to_with_cached_sizes(&mut os)
-                .and_then(|()| os.flush())
         };
-        if let Err(e) = written {
-            s.buf.truncate(before - 4);
-            tracing::warn!("cannot encode a raft message: {e}");
+        let Some(len) = encoded else {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
-        }
-        debug_assert_eq!(s.buf.len() - before, len);
+        };
         s.frames += 1;
         s.bytes += 4 + len as u64;
         true
@@ -389,4 +378,33 @@ enum Progress {
     Done,
     Blocked,
     Broken,
+}
+
+/// Appends one frame to `buf`: the message's length as a big-endian `u32`,
+/// then its protobuf encoding. Returns the body's length; on error (the
+/// message exceeds `max` bytes, or cannot be encoded) `buf` is left as it
+/// was. The one encoder of the peer stream's frame format (see
+/// `tcp_transport`'s module doc).
+pub(crate) fn encode_frame(m: &Message, max: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let len = m.compute_size() as usize;
+    if len > max {
+        return Err(io::Error::other(format!(
+            "message of {len} bytes exceeds the frame limit {max}"
+        )));
+    }
+    let start = buf.len();
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    let written = {
+        let mut os = protobuf::CodedOutputStream::vec(buf);
+        m.write_to_with_cached_sizes(&mut os)
+            .and_then(|()| os.flush())
+    };
+    if let Err(e) = written {
+        buf.truncate(start);
+        return Err(io::Error::other(format!(
+            "cannot encode a raft message: {e}"
+        )));
+    }
+    debug_assert_eq!(buf.len() - start, 4 + len);
+    Ok(len)
 }

@@ -94,7 +94,7 @@ use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::peer_tls::PeerStream;
 use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
-use crate::tcp_outbox::{Counters, Outbox, Pushed, Wire};
+use crate::tcp_outbox::{encode_frame, Counters, Outbox, Pushed, Wire};
 use crate::transport::Transport;
 use crate::{Error, Result};
 use raft::eraftpb::MessageType;
@@ -994,18 +994,10 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     m: &Message,
     max: usize,
 ) -> std::io::Result<usize> {
-    let bytes = m
-        .write_to_bytes()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    if bytes.len() > max {
-        return Err(std::io::Error::other(format!(
-            "message of {} bytes exceeds the frame limit {max}",
-            bytes.len()
-        )));
-    }
-    w.write_u32(bytes.len() as u32).await?;
-    w.write_all(&bytes).await?;
-    Ok(bytes.len())
+    let mut buf = Vec::new();
+    let len = encode_frame(m, max, &mut buf)?;
+    w.write_all(&buf).await?;
+    Ok(len)
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
