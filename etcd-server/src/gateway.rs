@@ -186,9 +186,9 @@ fn post_paths(rule: &DynamicMessage) -> Vec<String> {
 pub struct Gateway {
     /// The route table.
     routes: Arc<Routes>,
-    /// This server's gRPC router (with its metrics layer): every request
-    /// becomes a call to it.
-    grpc: axum::Router,
+    /// This server's gRPC services (calls counted in its metrics): every
+    /// request becomes a call to them.
+    grpc: crate::grpc::Services,
     /// Largest request body read (one JSON value): the gRPC limit of a
     /// message, base64 and JSON overhead included.
     max_body: usize,
@@ -202,7 +202,7 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway calling `grpc`; `max_recv` is the gRPC message limit.
     pub fn new(
-        grpc: axum::Router,
+        grpc: crate::grpc::Services,
         etcd: etcd_core::Etcd,
         max_recv: usize,
         client_cert_auth: bool,
@@ -304,7 +304,7 @@ impl Gateway {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
         let Ok(resp) = self.grpc.clone().oneshot(call).await;
         let (parts, body) = resp.into_parts();
-        let mut reader = GrpcReader::new(&parts.headers, body);
+        let mut reader = GrpcReader::new(&parts.headers, Body::new(body));
         let forwarded = forwarded_headers(&parts.headers);
         if route.server_streaming {
             stream_response(route, reader, forwarded).await

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::metrics::{self, GrpcMetrics};
 use crate::rpc::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -29,9 +30,13 @@ use crate::{
     MaintenanceService, WatchService,
 };
 use etcd_core::Etcd;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 use tower::ServiceExt;
 
 /// etcd's default --grpc-keepalive-min-time: clients pinging more often
@@ -48,24 +53,191 @@ pub fn max_decoding_size(etcd: &Etcd) -> usize {
 }
 
 /// Every gRPC service of etcd's v3 API over `etcd`, and gRPC health
-/// (the server, "", is SERVING, as etcd registers it). Requests carry
-/// their auth token in metadata `token` (etcd's clients) as with the
-/// server; a deadline in `grpc-timeout`.
+/// (the server, "", is SERVING, as etcd registers it), as one axum router
+/// (its fallback is [`Services`]: an unknown service is answered
+/// `Unimplemented`). Requests carry their auth token in metadata `token`
+/// (etcd's clients) as with the server; a deadline in `grpc-timeout`.
 pub fn router(etcd: &Etcd) -> axum::Router {
-    let max_recv = max_decoding_size(etcd);
-    let mut grpc = tonic::service::Routes::builder();
-    grpc.add_service(KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv))
-        .add_service(MaintenanceServer::new(MaintenanceService(etcd.clone())))
-        .add_service(ClusterServer::new(ClusterService(etcd.clone())))
-        .add_service(AuthServer::new(AuthService(etcd.clone())))
-        .add_service(
-            WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
-        )
-        .add_service(LeaseServer::new(LeaseService(etcd.clone())))
-        .add_service(LockServer::new(LockService(etcd.clone())))
-        .add_service(ElectionServer::new(ElectionService(etcd.clone())))
-        .add_service(tonic_health::server::health_reporter().1);
-    grpc.routes().into_axum_router()
+    axum::Router::new().fallback_service(Services::new(etcd))
+}
+
+/// etcd's gRPC services as one tower service: a call goes to the service
+/// its path names (`/etcdserverpb.KV/Put` to KV) by one string match.
+///
+/// Why not tonic's `Routes` (an axum router) plus an axum middleware for
+/// the metrics: on the server's hot path that was two nested axum routers,
+/// a boxed middleware future and a boxed service clone per call, about
+/// 10 % of the server's CPU under 256 put clients (benches/RESULTS.md,
+/// "Where a put's CPU goes"). Cloning `Services` (hyper clones the
+/// service for every request) is one reference count.
+#[derive(Clone)]
+pub struct Services(Arc<ServicesInner>);
+
+struct ServicesInner {
+    kv: KvServer<KvService>,
+    watch: WatchServer<WatchService>,
+    lease: LeaseServer<LeaseService>,
+    cluster: ClusterServer<ClusterService>,
+    maintenance: MaintenanceServer<MaintenanceService>,
+    auth: AuthServer<AuthService>,
+    lock: LockServer<LockService>,
+    election: ElectionServer<ElectionService>,
+    health: HealthServer<HealthService>,
+    /// The gRPC series every call is counted in (the server's
+    /// `/metrics`); None for an embedder's router and channel.
+    metrics: Option<Arc<GrpcMetrics>>,
+    /// Where a path that names none of the services goes (the server's
+    /// HTTP routes and JSON gateway); None: answered gRPC `Unimplemented`.
+    fallback: Option<axum::Router>,
+}
+
+/// The services' names as they lead a call's path (tonic's `NamedService`,
+/// checked in a test).
+const KV: &str = "etcdserverpb.KV";
+const WATCH: &str = "etcdserverpb.Watch";
+const LEASE: &str = "etcdserverpb.Lease";
+const CLUSTER: &str = "etcdserverpb.Cluster";
+const MAINTENANCE: &str = "etcdserverpb.Maintenance";
+const AUTH: &str = "etcdserverpb.Auth";
+const LOCK: &str = "v3lockpb.Lock";
+const ELECTION: &str = "v3electionpb.Election";
+const HEALTH: &str = "grpc.health.v1.Health";
+const SERVICES: [&str; 9] = [
+    KV,
+    WATCH,
+    LEASE,
+    CLUSTER,
+    MAINTENANCE,
+    AUTH,
+    LOCK,
+    ELECTION,
+    HEALTH,
+];
+
+impl Services {
+    /// The services over `etcd`, uncounted, with no fallback.
+    pub fn new(etcd: &Etcd) -> Services {
+        Services::build(etcd, None, None)
+    }
+
+    /// The server's: calls counted in `metrics`, other paths to `fallback`.
+    pub(crate) fn build(
+        etcd: &Etcd,
+        metrics: Option<Arc<GrpcMetrics>>,
+        fallback: Option<axum::Router>,
+    ) -> Services {
+        let max_recv = max_decoding_size(etcd);
+        Services(Arc::new(ServicesInner {
+            kv: KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
+            watch: WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
+            lease: LeaseServer::new(LeaseService(etcd.clone())),
+            cluster: ClusterServer::new(ClusterService(etcd.clone())),
+            maintenance: MaintenanceServer::new(MaintenanceService(etcd.clone())),
+            auth: AuthServer::new(AuthService(etcd.clone())),
+            lock: LockServer::new(LockService(etcd.clone())),
+            election: ElectionServer::new(ElectionService(etcd.clone())),
+            health: HealthServer::new(HealthService::from_health_reporter(HealthReporter::new())),
+            metrics,
+            fallback,
+        }))
+    }
+
+    /// These services with `fallback` for the paths they do not serve.
+    pub(crate) fn with_fallback(&self, fallback: axum::Router) -> Services {
+        let s = &self.0;
+        Services(Arc::new(ServicesInner {
+            kv: s.kv.clone(),
+            watch: s.watch.clone(),
+            lease: s.lease.clone(),
+            cluster: s.cluster.clone(),
+            maintenance: s.maintenance.clone(),
+            auth: s.auth.clone(),
+            lock: s.lock.clone(),
+            election: s.election.clone(),
+            health: s.health.clone(),
+            metrics: s.metrics.clone(),
+            fallback: Some(fallback),
+        }))
+    }
+}
+
+/// What a gRPC call's future is: every tonic-generated service answers
+/// with this boxed future.
+type CallFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+impl<B> tower::Service<http::Request<B>> for Services
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Dispatched;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Dispatched {
+        let s = &*self.0;
+        let path = req.uri().path();
+        let service = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .map_or("", |(service, _)| service);
+        let Some(target) = SERVICES.iter().position(|&name| name == service) else {
+            let inner: CallFuture = match &s.fallback {
+                Some(router) => {
+                    let call = router.clone().oneshot(req.map(axum::body::Body::new));
+                    Box::pin(async move {
+                        let Ok(resp) = call.await;
+                        Ok(resp.map(tonic::body::Body::new))
+                    })
+                }
+                None => {
+                    let status = tonic::Status::unimplemented(format!("unknown service {service}"));
+                    Box::pin(std::future::ready(Ok(status.into_http())))
+                }
+            };
+            return Dispatched { inner, call: None };
+        };
+        let (req, call) = match &s.metrics {
+            Some(m) => m.start(req),
+            None => (req.map(tonic::body::Body::new), None),
+        };
+        let inner = match SERVICES[target] {
+            KV => s.kv.clone().call(req),
+            WATCH => s.watch.clone().call(req),
+            LEASE => s.lease.clone().call(req),
+            CLUSTER => s.cluster.clone().call(req),
+            MAINTENANCE => s.maintenance.clone().call(req),
+            AUTH => s.auth.clone().call(req),
+            LOCK => s.lock.clone().call(req),
+            ELECTION => s.election.clone().call(req),
+            _ => s.health.clone().call(req),
+        };
+        Dispatched { inner, call }
+    }
+}
+
+/// A call's answer on its way: the service's future, and the call's
+/// counting (its response body is counted as it streams).
+pub struct Dispatched {
+    inner: CallFuture,
+    call: Option<Arc<metrics::Call>>,
+}
+
+impl Future for Dispatched {
+    type Output = Result<http::Response<tonic::body::Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(resp) = std::task::ready!(self.inner.as_mut().poll(cx));
+        Poll::Ready(Ok(match self.call.take() {
+            Some(call) => call.respond(resp),
+            None => resp,
+        }))
+    }
 }
 
 /// Serves [`router`] over plaintext HTTP/2 on `listener` until `shutdown`
@@ -83,8 +255,7 @@ pub async fn serve(
     // default --grpc-keepalive-min-time), TCP_NODELAY set.
     let incoming = crate::accept_loop(listener, None, Some(DEFAULT_PING_MIN_TIME), None);
     tonic::transport::Server::builder()
-        .add_routes(tonic::service::Routes::from(router(&etcd)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(Services::new(&etcd), incoming, shutdown)
         .await
 }
 
@@ -105,7 +276,7 @@ pub async fn serve(
 #[derive(Clone)]
 pub struct InMemoryChannel {
     /// The services the calls go to.
-    router: axum::Router,
+    services: Services,
 }
 
 impl std::fmt::Debug for InMemoryChannel {
@@ -118,7 +289,7 @@ impl InMemoryChannel {
     /// A channel to `etcd`'s services.
     pub fn new(etcd: &Etcd) -> InMemoryChannel {
         InMemoryChannel {
-            router: router(etcd),
+            services: Services::new(etcd),
         }
     }
 }
@@ -134,10 +305,34 @@ impl tower::Service<http::Request<tonic::body::Body>> for InMemoryChannel {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let router = self.router.clone();
+        let call = self.services.call(req);
         Box::pin(async move {
-            let Ok(resp) = router.oneshot(req.map(axum::body::Body::new)).await;
-            Ok(resp.map(tonic::body::Body::new))
+            let Ok(resp) = call.await;
+            Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::server::NamedService;
+
+    #[test]
+    fn the_dispatchers_names_are_the_services_names() {
+        assert_eq!(
+            SERVICES,
+            [
+                <KvServer<KvService> as NamedService>::NAME,
+                <WatchServer<WatchService> as NamedService>::NAME,
+                <LeaseServer<LeaseService> as NamedService>::NAME,
+                <ClusterServer<ClusterService> as NamedService>::NAME,
+                <MaintenanceServer<MaintenanceService> as NamedService>::NAME,
+                <AuthServer<AuthService> as NamedService>::NAME,
+                <LockServer<LockService> as NamedService>::NAME,
+                <ElectionServer<ElectionService> as NamedService>::NAME,
+                <HealthServer<HealthService> as NamedService>::NAME,
+            ]
+        );
     }
 }

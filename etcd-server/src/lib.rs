@@ -116,15 +116,12 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             });
             continue;
         }
-        let counted = grpc_metrics.clone();
-        let grpc = grpc::router(&etcd).layer(axum::middleware::from_fn(move |req, next| {
-            metrics::count_grpc(counted.clone(), req, next)
-        }));
-        let mut routes = grpc.clone().merge(http::routes(etcd.clone()));
+        let services = grpc::Services::build(&etcd, Some(grpc_metrics.clone()), None);
+        let mut routes = http::routes(etcd.clone());
         if cfg.enable_grpc_gateway {
             let client_cert_auth = cfg.client_tls.as_ref().is_some_and(|t| t.client_cert_auth);
             let gateway = gateway::Gateway::new(
-                grpc,
+                services.clone(),
                 etcd.clone(),
                 grpc::max_decoding_size(&etcd),
                 client_cert_auth,
@@ -132,20 +129,21 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .map_err(|e| anyhow::anyhow!("the JSON gateway's routes: {e}"))?;
             routes = routes.merge(gateway.router());
         }
-        let routes = routes.fallback(http::fallback);
-        let router = tonic::transport::Server::builder()
+        // gRPC calls go straight to their service; everything else (HTTP
+        // endpoints, the JSON gateway, 404s) through the axum router.
+        let services = services.with_fallback(routes.fallback(http::fallback));
+        let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .max_concurrent_streams(cfg.max_concurrent_streams)
             .http2_keepalive_interval(cfg.grpc_keepalive_interval)
-            .http2_keepalive_timeout(cfg.grpc_keepalive_timeout)
-            .add_routes(tonic::service::Routes::from(routes));
+            .http2_keepalive_timeout(cfg.grpc_keepalive_timeout);
         let mut stop = stop_rx.clone();
         let ping_min_time = Some(cfg.grpc_keepalive_min_time);
         let ready = Some(ready_rx.clone());
         servers.spawn(async move {
             let incoming = accept_loop(listener, tls, ping_min_time, ready);
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
+            server
+                .serve_with_incoming_shutdown(services, incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await

@@ -10,17 +10,14 @@
 //! - `etcd_network_client_grpc_{received,sent}_bytes_total`: gRPC message
 //!   bytes (the 5-byte length prefixes included).
 //!
-//! A middleware on the gRPC routes counts a call when it starts, counts
+//! The gRPC dispatcher (`grpc::Services`) counts a call when it starts, counts
 //! messages and bytes as request and response bodies stream through, and
 //! counts it handled with the status from the `grpc-status` header
 //! (trailers-only errors) or trailer; a response body dropped before its
 //! trailers (client gone) counts as `Canceled`. The member's own series
 //! come from [`etcd_core::Etcd::gather`].
 
-use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Buf;
 use etcd_core::Etcd;
@@ -248,7 +245,7 @@ impl GrpcMetrics {
 }
 
 /// One call being counted.
-struct Call {
+pub(crate) struct Call {
     metrics: Arc<GrpcMetrics>,
     series: Arc<MethodSeries>,
     started: Instant,
@@ -272,44 +269,62 @@ impl Call {
             h.observe(self.started.elapsed().as_secs_f64());
         }
     }
+
+    /// The call's answer, counted: handled now when it is trailers-only,
+    /// else as its body streams (see [`Counted`]).
+    pub(crate) fn respond(
+        self: Arc<Call>,
+        resp: http::Response<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        if let Some(code) = grpc_status(resp.headers()) {
+            // Trailers-only: the call ended here.
+            self.handled(code);
+            return resp;
+        }
+        resp.map(|inner| {
+            tonic::body::Body::new(Counted {
+                inner,
+                call: self,
+                messages: Messages::default(),
+                sent: true,
+                done: false,
+            })
+        })
+    }
 }
 
-/// The middleware counting gRPC calls (see the module doc).
-pub async fn count_grpc(metrics: Arc<GrpcMetrics>, req: Request, next: Next) -> Response {
-    let Some(series) = metrics.series(req.uri().path()) else {
-        return next.run(req).await;
-    };
-    series.started.inc();
-    let call = Arc::new(Call {
-        metrics: metrics.clone(),
-        series: series.clone(),
-        started: Instant::now(),
-    });
-    let (parts, body) = req.into_parts();
-    let body = Body::new(Counted {
-        inner: body,
-        call: call.clone(),
-        messages: Messages::default(),
-        message_count: series.msg_received.clone(),
-        byte_count: metrics.received_bytes.clone(),
-        done: true,
-    });
-    let resp = next.run(Request::from_parts(parts, body)).await;
-    let (parts, body) = resp.into_parts();
-    if let Some(code) = grpc_status(&parts.headers) {
-        // Trailers-only: the call ended here.
-        call.handled(code);
-        return Response::from_parts(parts, body);
+impl GrpcMetrics {
+    /// Counts a gRPC call starting (see the module doc): the request with
+    /// its body counted, and the call to count the answer with. `None`
+    /// when the path is not a gRPC method path.
+    pub(crate) fn start<B>(
+        self: &Arc<Self>,
+        req: http::Request<B>,
+    ) -> (http::Request<tonic::body::Body>, Option<Arc<Call>>)
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<tower::BoxError>,
+    {
+        let Some(series) = self.series(req.uri().path()) else {
+            return (req.map(tonic::body::Body::new), None);
+        };
+        series.started.inc();
+        let call = Arc::new(Call {
+            metrics: self.clone(),
+            series,
+            started: Instant::now(),
+        });
+        let req = req.map(|body| {
+            tonic::body::Body::new(Counted {
+                inner: tonic::body::Body::new(body),
+                call: call.clone(),
+                messages: Messages::default(),
+                sent: false,
+                done: true,
+            })
+        });
+        (req, Some(call))
     }
-    let body = Body::new(Counted {
-        inner: body,
-        call,
-        messages: Messages::default(),
-        message_count: series.msg_sent.clone(),
-        byte_count: metrics.sent_bytes.clone(),
-        done: false,
-    });
-    Response::from_parts(parts, body)
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<usize> {
@@ -367,20 +382,20 @@ impl Messages {
 /// response body also counts the call handled at its trailers (or as
 /// Canceled if dropped before them).
 struct Counted {
-    inner: Body,
+    inner: tonic::body::Body,
     call: Arc<Call>,
     messages: Messages,
-    /// The method's `grpc_server_msg_{received,sent}_total`.
-    message_count: IntCounter,
-    /// `etcd_network_client_grpc_{received,sent}_bytes_total`.
-    byte_count: IntCounter,
+    /// A response body (counted in `grpc_server_msg_sent_total` and
+    /// `etcd_network_client_grpc_sent_bytes_total`), else a request's
+    /// (`..._received_...`).
+    sent: bool,
     /// The call was counted handled (always true for request bodies).
     done: bool,
 }
 
 impl http_body::Body for Counted {
     type Data = bytes::Bytes;
-    type Error = axum::Error;
+    type Error = tonic::Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -390,8 +405,16 @@ impl http_body::Body for Counted {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                this.byte_count.inc_by(data.len() as u64);
-                this.message_count.inc_by(this.messages.feed(data.chunk()));
+                let (messages, bytes) = if this.sent {
+                    (&this.call.series.msg_sent, &this.call.metrics.sent_bytes)
+                } else {
+                    (
+                        &this.call.series.msg_received,
+                        &this.call.metrics.received_bytes,
+                    )
+                };
+                bytes.inc_by(data.len() as u64);
+                messages.inc_by(this.messages.feed(data.chunk()));
             } else if let Some(trailers) = frame.trailers_ref() {
                 if !this.done {
                     this.done = true;
