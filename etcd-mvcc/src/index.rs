@@ -193,6 +193,7 @@ impl TreeIndex {
             .map(|(s, c)| (&s[..], c))
     }
 
+    #[cfg(test)]
     fn history(&self, key: &[u8]) -> Option<&History> {
         let (_, c) = self.chunk_of(key)?;
         c.find(key).map(|i| c.history(i))
@@ -327,6 +328,7 @@ impl TreeIndex {
     }
 
     /// The key as of `at_rev`.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: &[u8], at_rev: i64) -> Option<KeyAt> {
         self.history(key)?.get(at_rev)
     }
@@ -387,18 +389,33 @@ impl TreeIndex {
         n
     }
 
-    /// Records a put; returns the key's previous latest revision
-    /// (`Revision::default()` for a new key), needed to undo it.
-    pub(crate) fn put(&mut self, key: &Bytes, rev: Revision) -> Revision {
-        if let Some(prev) = self.with_history(key, |h| {
+    /// Records a put at `rev`; returns the key as of `at_rev` before the
+    /// put (what [`get`](Self::get) would have said) and the key's
+    /// previous latest revision (`Revision::default()` for a new key),
+    /// needed to undo it. One lookup for both: a write transaction's put
+    /// needs the key's state and then records the put.
+    pub(crate) fn get_and_put(
+        &mut self,
+        key: &Bytes,
+        rev: Revision,
+        at_rev: i64,
+    ) -> (Option<KeyAt>, Revision) {
+        if let Some(out) = self.with_history(key, |h| {
+            let at = h.get(at_rev);
             let prev = h.modified();
             h.update(|ki| ki.put(rev));
-            prev
+            (at, prev)
         }) {
-            return prev;
+            return out;
         }
         self.insert(key, History::created(rev));
-        Revision::default()
+        (None, Revision::default())
+    }
+
+    /// [`get_and_put`](Self::get_and_put)'s previous revision alone.
+    #[cfg(test)]
+    fn put(&mut self, key: &Bytes, rev: Revision) -> Revision {
+        self.get_and_put(key, rev, rev.main).1
     }
 
     /// Records a delete of a live key; returns the previous latest revision,
@@ -604,7 +621,10 @@ mod tests {
                 let k = awkward_key(&mut rng);
                 match rng.below(10) {
                     0..=4 => {
-                        assert_eq!(ti.put(&Bytes::from(k.clone()), r), model_put(&mut m, &k, r));
+                        let before = ti.get(&k, rev);
+                        let (at, prev) = ti.get_and_put(&Bytes::from(k.clone()), r, rev);
+                        assert_eq!(at, before);
+                        assert_eq!(prev, model_put(&mut m, &k, r));
                     }
                     5..=6 => {
                         let want = m.get_mut(&k).and_then(|ki| {

@@ -438,18 +438,27 @@ impl<'a> TxnWrite<'a> {
     /// `create_revision` of a live key and increments its version.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
         let rev = self.write_rev();
-        let prev_at = self.inner.index.read().get(key, rev);
+        let key = Bytes::copy_from_slice(key);
+        let idx_rev = Revision::new(rev, self.changes.len() as i64);
+        let (prev_at, prev_modified) = self.inner.index.write().get_and_put(&key, idx_rev, rev);
         let prev = match prev_at {
-            Some(at) => Some(self.kv_at(key, at.modified)?),
+            Some(at) => match self.kv_at(&key, at.modified) {
+                Ok(kv) => Some(kv),
+                Err(e) => {
+                    // Not recorded in `changes` yet: undone here.
+                    self.inner
+                        .index
+                        .write()
+                        .undo_put(&key, idx_rev, prev_modified);
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let (create_revision, version) = match prev_at {
             Some(at) => (at.created.main, at.version + 1),
             None => (rev, 1),
         };
-        let key = Bytes::copy_from_slice(key);
-        let idx_rev = Revision::new(rev, self.changes.len() as i64);
-        let prev_modified = self.inner.index.write().put(&key, idx_rev);
         self.changes.push(Change {
             kv: KeyValue {
                 key,
