@@ -1,9 +1,10 @@
 //! etcd's v3 gRPC services over an engine, for this server and for
 //! programs that embed the engine and want to expose etcd's API too.
 //!
-//! [`router`] is every service (KV, Watch, Lease, Cluster, Maintenance,
-//! Auth, Lock, Election and gRPC health) as one axum router, to serve or
-//! to merge into the program's own. [`serve`] serves it on a listener;
+//! [`Services`] is every service (KV, Watch, Lease, Cluster, Maintenance,
+//! Auth, Lock, Election and gRPC health) as one tower service, what the
+//! server serves; [`router`] is the same as an axum router, to merge into
+//! the program's own. [`serve`] serves it on a listener;
 //! [`InMemoryChannel`] calls it without a socket: give it to a tonic
 //! client (ours in [`crate::rpc`], or the `etcd-client` crate's
 //! `Channel::Custom` with its `raw-channel` feature).
@@ -117,15 +118,15 @@ const SERVICES: [&str; 9] = [
 impl Services {
     /// The services over `etcd`, uncounted, with no fallback.
     pub fn new(etcd: &Etcd) -> Services {
-        Services::build(etcd, None, None)
+        Services::build(etcd, None)
     }
 
-    /// The server's: calls counted in `metrics`, other paths to `fallback`.
-    pub(crate) fn build(
-        etcd: &Etcd,
-        metrics: Option<Arc<GrpcMetrics>>,
-        fallback: Option<axum::Router>,
-    ) -> Services {
+    /// The server's: every call counted in `metrics`.
+    pub(crate) fn counted(etcd: &Etcd, metrics: Arc<GrpcMetrics>) -> Services {
+        Services::build(etcd, Some(metrics))
+    }
+
+    fn build(etcd: &Etcd, metrics: Option<Arc<GrpcMetrics>>) -> Services {
         let max_recv = max_decoding_size(etcd);
         Services(Arc::new(ServicesInner {
             kv: KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
@@ -138,11 +139,14 @@ impl Services {
             election: ElectionServer::new(ElectionService(etcd.clone())),
             health: HealthServer::new(HealthService::from_health_reporter(HealthReporter::new())),
             metrics,
-            fallback,
+            fallback: None,
         }))
     }
 
-    /// These services with `fallback` for the paths they do not serve.
+    /// These services with `fallback` for the paths they do not serve: a
+    /// new value, not a change of `self`, because the fallback (the JSON
+    /// gateway) holds `self` to make its calls, and a shared fallback
+    /// would make a reference cycle.
     pub(crate) fn with_fallback(&self, fallback: axum::Router) -> Services {
         let s = &self.0;
         Services(Arc::new(ServicesInner {

@@ -116,7 +116,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             });
             continue;
         }
-        let services = grpc::Services::build(&etcd, Some(grpc_metrics.clone()), None);
+        let services = grpc::Services::counted(&etcd, grpc_metrics.clone());
         let mut routes = http::routes(etcd.clone());
         if cfg.enable_grpc_gateway {
             let client_cert_auth = cfg.client_tls.as_ref().is_some_and(|t| t.client_cert_auth);
