@@ -70,11 +70,17 @@ pub fn router(etcd: &Etcd) -> axum::Router {
 /// a boxed middleware future and a boxed service clone per call, about
 /// 10 % of the server's CPU under 256 put clients (benches/RESULTS.md,
 /// "Where a put's CPU goes"). Cloning `Services` (hyper clones the
-/// service for every request) is one reference count.
+/// service for every request) is two reference counts.
 #[derive(Clone)]
-pub struct Services(Arc<ServicesInner>);
+pub struct Services {
+    /// The services themselves, shared by every clone.
+    servers: Arc<Servers>,
+    /// Where a path that names none of the services goes (the server's
+    /// HTTP routes and JSON gateway); None: answered gRPC `Unimplemented`.
+    fallback: Option<axum::Router>,
+}
 
-struct ServicesInner {
+struct Servers {
     kv: KvServer<KvService>,
     watch: WatchServer<WatchService>,
     lease: LeaseServer<LeaseService>,
@@ -87,9 +93,6 @@ struct ServicesInner {
     /// The gRPC series every call is counted in (the server's
     /// `/metrics`); None for an embedder's router and channel.
     metrics: Option<Arc<GrpcMetrics>>,
-    /// Where a path that names none of the services goes (the server's
-    /// HTTP routes and JSON gateway); None: answered gRPC `Unimplemented`.
-    fallback: Option<axum::Router>,
 }
 
 /// The services' names as they lead a call's path (tonic's `NamedService`,
@@ -128,7 +131,7 @@ impl Services {
 
     fn build(etcd: &Etcd, metrics: Option<Arc<GrpcMetrics>>) -> Services {
         let max_recv = max_decoding_size(etcd);
-        Services(Arc::new(ServicesInner {
+        let servers = Arc::new(Servers {
             kv: KvServer::new(KvService(etcd.clone())).max_decoding_message_size(max_recv),
             watch: WatchServer::new(WatchService(etcd.clone())).max_decoding_message_size(max_recv),
             lease: LeaseServer::new(LeaseService(etcd.clone())),
@@ -139,8 +142,11 @@ impl Services {
             election: ElectionServer::new(ElectionService(etcd.clone())),
             health: HealthServer::new(HealthService::from_health_reporter(HealthReporter::new())),
             metrics,
+        });
+        Services {
+            servers,
             fallback: None,
-        }))
+        }
     }
 
     /// These services with `fallback` for the paths they do not serve: a
@@ -148,20 +154,10 @@ impl Services {
     /// gateway) holds `self` to make its calls, and a shared fallback
     /// would make a reference cycle.
     pub(crate) fn with_fallback(&self, fallback: axum::Router) -> Services {
-        let s = &self.0;
-        Services(Arc::new(ServicesInner {
-            kv: s.kv.clone(),
-            watch: s.watch.clone(),
-            lease: s.lease.clone(),
-            cluster: s.cluster.clone(),
-            maintenance: s.maintenance.clone(),
-            auth: s.auth.clone(),
-            lock: s.lock.clone(),
-            election: s.election.clone(),
-            health: s.health.clone(),
-            metrics: s.metrics.clone(),
+        Services {
+            servers: self.servers.clone(),
             fallback: Some(fallback),
-        }))
+        }
     }
 }
 
@@ -184,14 +180,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Dispatched {
-        let s = &*self.0;
+        let s = &*self.servers;
         let path = req.uri().path();
         let service = path
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
             .map_or("", |(service, _)| service);
-        let Some(target) = SERVICES.iter().position(|&name| name == service) else {
-            let inner: CallFuture = match &s.fallback {
+        let Some(&name) = SERVICES.iter().find(|&&name| name == service) else {
+            let inner: CallFuture = match &self.fallback {
                 Some(router) => {
                     let call = router.clone().oneshot(req.map(axum::body::Body::new));
                     Box::pin(async move {
@@ -210,7 +206,7 @@ where
             Some(m) => m.start(req),
             None => (req.map(tonic::body::Body::new), None),
         };
-        let inner = match SERVICES[target] {
+        let inner = match name {
             KV => s.kv.clone().call(req),
             WATCH => s.watch.clone().call(req),
             LEASE => s.lease.clone().call(req),
