@@ -329,19 +329,18 @@ impl Lessor {
         }
     }
 
-    /// Attaches `key` to `id` (a committed put with a lease).
-    pub(crate) fn attach(&self, id: i64, key: Bytes) {
-        attach(&mut self.state.lock(), id, key);
-    }
-
-    /// Detaches `key` from `id` (a committed delete, or a put moving it).
-    pub(crate) fn detach(&self, id: i64, key: &[u8]) {
+    /// A committed put of `key` with lease `id`, or (`id` 0) a put without
+    /// a lease or a delete: moves the key from the lease it had, if any.
+    pub(crate) fn put_key(&self, id: i64, key: &Bytes) {
         let mut st = self.state.lock();
-        if st.key_lease.get(key) == Some(&id) {
-            st.key_lease.remove(key);
-        }
-        if let Some(l) = st.leases.get_mut(&id) {
-            l.keys.remove(key);
+        if id != 0 {
+            attach(&mut st, id, key.clone());
+        } else if st.key_lease.is_empty() {
+            // No key has a lease (the common case): nothing to hash.
+        } else if let Some(old) = st.key_lease.remove(key) {
+            if let Some(l) = st.leases.get_mut(&old) {
+                l.keys.remove(key);
+            }
         }
     }
 
@@ -801,18 +800,18 @@ mod tests {
         l.grant(1, 10);
         l.grant(2, 10);
         let k = Bytes::from_static(b"k");
-        l.attach(1, k.clone());
+        l.put_key(1, &k);
         assert_eq!(l.lease_of(b"k"), 1);
-        l.attach(2, k.clone());
+        l.put_key(2, &k);
         assert_eq!(l.lease_of(b"k"), 2);
         assert!(l.keys(1).is_empty());
         assert_eq!(l.keys(2), vec![k.clone()]);
-        l.detach(1, b"k"); // stale detach changes nothing
-        assert_eq!(l.lease_of(b"k"), 2);
-        l.detach(2, b"k");
+        l.put_key(0, &k); // a put without a lease, or a delete
         assert_eq!(l.lease_of(b"k"), 0);
         assert!(l.keys(2).is_empty());
-        l.attach(3, k); // unknown lease: left unattached
+        l.put_key(0, &k); // nothing to detach
+        assert_eq!(l.lease_of(b"k"), 0);
+        l.put_key(3, &k); // unknown lease: left unattached
         assert_eq!(l.lease_of(b"k"), 0);
     }
 

@@ -6,7 +6,8 @@
 //!   store published (`notified_rev`); the apply thread hands it each new
 //!   transaction's events directly ([`WatchableStore::notify`], called by
 //!   the store's event sink under the store's writer mutex, so in revision
-//!   order);
+//!   order; a put's `prev_kv` is read there, once per revision, only when
+//!   a watcher getting it asked for it, as etcd's watch server reads it);
 //! - **unsynced**: it is behind (it started at an old revision, or its
 //!   consumer was too slow). The sync thread reads the history from the
 //!   lowest `next_rev` among them, in batches of at most
@@ -444,6 +445,18 @@ impl WatchableStore {
                 }
             });
         }
+        // A put's event carries no prev_kv: read it once, only if a
+        // watcher that gets this revision asked for it.
+        let mut filled = None;
+        if hits.iter().any(|g| {
+            let w = &s.watchers[g];
+            w.spec.prev_kv && rev >= w.next_rev
+        }) {
+            let mut evs = evs.to_vec();
+            self.fill_prev_kv(&mut evs);
+            filled = Some(evs);
+        }
+        let evs = filled.as_deref().unwrap_or(evs);
         let mut parked = false;
         for gid in hits {
             let w = &s.watchers[&gid];
@@ -549,10 +562,11 @@ impl WatchableStore {
         more
     }
 
-    /// etcd's prev_kv for replayed events: the key at `mod_revision - 1`
-    /// (none for a creation, or when that revision is compacted).
+    /// etcd's prev_kv for events without one (replayed events, live
+    /// puts): the key at `mod_revision - 1` (none for a creation, or when
+    /// that revision is compacted).
     fn fill_prev_kv(&self, events: &mut [Event]) {
-        for e in events {
+        for e in events.iter_mut().filter(|e| e.prev_kv.is_none()) {
             let kv = e.kv.as_ref().expect("events carry a kv");
             let is_create =
                 e.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision;

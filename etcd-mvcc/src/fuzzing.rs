@@ -206,7 +206,7 @@ impl Model {
 /// Outcome of one txn op, compared between store and model.
 #[derive(Debug, PartialEq)]
 enum OpOut {
-    Put(Option<KeyValue>),
+    Put,
     Delete(Vec<KeyValue>),
     Range(Result<RangeResult>),
 }
@@ -236,9 +236,9 @@ fn model_txn(m: &mut Model, ops: &[TxnOp]) -> (Vec<OpOut>, Vec<Event>) {
                 events.push(Event {
                     r#type: EventType::Put as i32,
                     kv: Some(kv),
-                    prev_kv: prev.clone(),
+                    prev_kv: None,
                 });
-                outs.push(OpOut::Put(prev));
+                outs.push(OpOut::Put);
             }
             TxnOp::Delete { key: k, end: e } => {
                 let (k, e) = (key(k), end(e));
@@ -294,9 +294,8 @@ fn store_txn(s: &Store, ops: &[TxnOp], ci: u64) -> (Vec<OpOut>, Vec<Event>) {
     for op in ops {
         match *op {
             TxnOp::Put { key: k, value } => {
-                outs.push(OpOut::Put(
-                    txn.put(key(k), &[value], i64::from(value % 3)).unwrap(),
-                ));
+                txn.put(key(k), &[value], i64::from(value % 3)).unwrap();
+                outs.push(OpOut::Put);
             }
             TxnOp::Delete { key: k, end: e } => {
                 outs.push(OpOut::Delete(txn.delete_range(key(k), end(e)).unwrap()))

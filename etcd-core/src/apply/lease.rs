@@ -8,9 +8,10 @@
 //! revoke deletes every attached key in that one transaction, so all of
 //! them disappear at one revision (sorted by key, like etcd).
 //!
-//! Attachments are derived from the committed events: a PUT attaches its
-//! key to `kv.lease` and detaches it from `prev_kv.lease`; a DELETE
-//! detaches it from `prev_kv.lease`. So a put with another lease moves the
+//! Attachments are derived from the committed events and the lessor's own
+//! key-to-lease map (etcd's `GetLease(item)`; events carry no `prev_kv` for
+//! puts): a PUT attaches its key to `kv.lease`, detaching it from the lease
+//! it had; a DELETE detaches it. So a put with another lease moves the
 //! key, a put without a lease frees it, and `ignore_lease` (which re-puts
 //! the previous lease) keeps it.
 
@@ -101,23 +102,11 @@ pub(crate) fn checkpoint(
 /// Updates the lessor once the entry's transaction is committed.
 pub(crate) fn after_commit(lessor: &Lessor, op: &Op, events: &[Event]) {
     for ev in events {
-        let Some(prev) = &ev.prev_kv else {
-            if ev.r#type == EventType::Put as i32 {
-                if let Some(kv) = ev.kv.as_ref().filter(|kv| kv.lease != 0) {
-                    lessor.attach(kv.lease, kv.key.clone());
-                }
-            }
-            continue;
-        };
-        let new_lease = match (&ev.kv, ev.r#type == EventType::Put as i32) {
-            (Some(kv), true) => kv.lease,
-            _ => 0,
-        };
-        if prev.lease != 0 && prev.lease != new_lease {
-            lessor.detach(prev.lease, &prev.key);
-        }
-        if new_lease != 0 && new_lease != prev.lease {
-            lessor.attach(new_lease, prev.key.clone());
+        let Some(kv) = &ev.kv else { continue };
+        if ev.r#type == EventType::Put as i32 {
+            lessor.put_key(kv.lease, &kv.key);
+        } else {
+            lessor.put_key(0, &kv.key);
         }
     }
     match op {

@@ -6,8 +6,8 @@
 //! Live events: [`Store::subscribe`] registers an [`EventSink`]. Every
 //! [`TxnWrite::end`](crate::TxnWrite::end) with at least one change calls
 //! each sink once with the transaction's revision and its events, in change
-//! order (PUT with `kv` and `prev_kv`; DELETE with `kv = {key, mod_revision}`
-//! and `prev_kv`), after the batch is in the backend and the revision is
+//! order (PUT with `kv` only; DELETE with `kv = {key, mod_revision}` and
+//! `prev_kv`), after the batch is in the backend and the revision is
 //! published, and *before* the next transaction can start (the writer mutex
 //! is still held). So sinks see every revision exactly once, in order, and
 //! a reader that loads the current revision `R` after a sink saw `R` finds
@@ -207,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_see_every_transaction_in_order_with_prev_kv() {
+    fn subscribers_see_every_transaction_in_order_deletes_with_prev_kv() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let seen: Arc<Mutex<Vec<(i64, Vec<Event>)>>> = Arc::default();
@@ -229,7 +229,8 @@ mod tests {
             summary(&seen[0].1),
             vec![(2, "a".into(), false), (2, "b".into(), false)]
         );
-        assert_eq!(seen[1].1[0].prev_kv.as_ref().unwrap().value, "1");
+        // A put's event carries no prev_kv (the store does not read it).
+        assert_eq!(seen[1].1[0].prev_kv, None);
         assert_eq!(summary(&seen[2].1), vec![(4, "a".into(), true)]);
         assert_eq!(seen[2].1[0].prev_kv.as_ref().unwrap().value, "2");
     }

@@ -340,7 +340,7 @@ impl<'a> TxnRead<'a> {
 struct Change {
     /// The stored key-value (for a delete: only the key, like etcd).
     kv: KeyValue,
-    /// The key-value before the change.
+    /// The deleted key-value (a delete reads it anyway); None for a put.
     prev: Option<KeyValue>,
     tombstone: bool,
     /// The key's latest revision before the change (for undo).
@@ -433,28 +433,20 @@ impl<'a> TxnWrite<'a> {
         )
     }
 
-    /// Puts `key = value` with `lease` (0: none); returns the previous
-    /// key-value. The new key-value gets `mod_revision = rev()`, keeps the
-    /// `create_revision` of a live key and increments its version.
-    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
+    /// Puts `key = value` with `lease` (0: none). The new key-value gets
+    /// `mod_revision = rev()`, keeps the `create_revision` of a live key and
+    /// increments its version.
+    ///
+    /// The previous value is not read (its PUT event carries no `prev_kv`):
+    /// reading it was a backend get per put that almost no put needs. As in
+    /// etcd, who wants it reads the key at `mod_revision - 1` (a
+    /// `prev_kv` put response reads it before the put; the watch hub only
+    /// for watchers that asked).
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<()> {
         let rev = self.write_rev();
         let key = Bytes::copy_from_slice(key);
         let idx_rev = Revision::new(rev, self.changes.len() as i64);
         let (prev_at, prev_modified) = self.inner.index.write().get_and_put(&key, idx_rev, rev);
-        let prev = match prev_at {
-            Some(at) => match self.kv_at(&key, at.modified) {
-                Ok(kv) => Some(kv),
-                Err(e) => {
-                    // Not recorded in `changes` yet: undone here.
-                    self.inner
-                        .index
-                        .write()
-                        .undo_put(&key, idx_rev, prev_modified);
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
         let (create_revision, version) = match prev_at {
             Some(at) => (at.created.main, at.version + 1),
             None => (rev, 1),
@@ -468,11 +460,11 @@ impl<'a> TxnWrite<'a> {
                 value: Bytes::copy_from_slice(value),
                 lease,
             },
-            prev: prev.clone(),
+            prev: None,
             tombstone: false,
             prev_modified,
         });
-        Ok(prev)
+        Ok(())
     }
 
     /// Deletes the keys in the range (same conventions as `range`); returns
@@ -519,8 +511,8 @@ impl<'a> TxnWrite<'a> {
 
     /// Commits: ONE backend batch with all key changes, aux changes and the
     /// consistent index (always written, even without changes). Returns the
-    /// events in order: PUT with `kv` and `prev_kv`; DELETE with
-    /// `kv = {key, mod_revision}` and `prev_kv`.
+    /// events in order: PUT with `kv` (no `prev_kv`, see [`put`](Self::put));
+    /// DELETE with `kv = {key, mod_revision}` and `prev_kv`.
     ///
     /// On error nothing is committed and the index changes are undone.
     pub fn end(mut self, consistent_index: u64) -> Result<Vec<Event>> {
