@@ -274,7 +274,7 @@ impl Store {
     }
 
     /// [`db_size`](Self::db_size) as quota checks read it on every write:
-    /// exact every 64 commits, plus the bytes committed since in between
+    /// exact every 1,024 commits, plus the bytes committed since in between
     /// (cheap; see `SizeEstimate`).
     pub fn db_size_estimate(&self) -> u64 {
         self.inner.size.get(&*self.inner.backend)

@@ -1154,7 +1154,8 @@ fn range_chunks_are_bounded_and_stop_early() {
 }
 
 /// The size quota checks read grows with every commit and is the exact
-/// size again once 64 commits have passed since the last exact read, and
+/// size again once `REFRESH_EVERY` commits have passed since the last
+/// exact read, and
 /// right after a defragmentation.
 #[test]
 fn size_estimate_follows_commits() {
@@ -1167,13 +1168,14 @@ fn size_estimate_follows_commits() {
     }
     let est = s.db_size_estimate();
     assert!(est >= start + 10 * 100, "{start} -> {est}");
-    for i in 10..74 {
+    let every = super::inner::SizeEstimate::REFRESH_EVERY;
+    for i in 10..every + 10 {
         put(&s, &[(&format!("k{i}"), &value)]);
     }
     assert_eq!(
         s.db_size_estimate(),
         s.db_size(),
-        "read again after 64 commits"
+        "read again after REFRESH_EVERY commits"
     );
     put(&s, &[("one-more", &value)]);
     s.defragment().unwrap();
