@@ -379,6 +379,17 @@ impl TreeIndex {
         out
     }
 
+    /// The live keys in the range at `at_rev`, in key order, as the index
+    /// knows them (their revisions and versions; no values).
+    pub(crate) fn states(&self, key: &[u8], end: &[u8], at_rev: i64) -> Vec<KeyAt> {
+        let mut out = Vec::new();
+        self.visit(key, end, |_, h| {
+            out.extend(h.get(at_rev));
+            true
+        });
+        out
+    }
+
     /// Number of live keys in the range at `at_rev`.
     pub(crate) fn count(&self, key: &[u8], end: &[u8], at_rev: i64) -> i64 {
         let mut n = 0;

@@ -92,8 +92,8 @@ pub use backend_rocksdb::RocksBackend;
 pub use error::{Error, Result};
 pub use kvstore::{
     hash_histogram, Bucket, CompactWait, EventSink, HashKv, History, HistoryBatch, ImageExport,
-    RangeHeader, RangeOptions, RangeResult, Store, StoreOptions, StoreView, TxnRead, TxnWrite,
-    RANGE_CHUNK_SIZE,
+    KeyRevisions, RangeHeader, RangeOptions, RangeResult, Store, StoreOptions, StoreView, TxnRead,
+    TxnWrite, RANGE_CHUNK_SIZE,
 };
 pub use pb::mvccpb::{event::EventType, Event, KeyValue};
 pub use revision::Revision;

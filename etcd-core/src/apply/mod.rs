@@ -308,7 +308,35 @@ fn compare_to_path(view: &View<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Res
 }
 
 /// `applyCompare`: true when every key in the compare's range satisfies it.
+///
+/// A compare on a key's create revision, mod revision or version (the
+/// shape of every Kubernetes update: `mod_revision == N`) is answered by
+/// the key index alone; etcd reads the whole key-value, and so do value
+/// and lease compares here.
 fn apply_compare(view: &View<'_>, c: &Compare) -> Result<bool> {
+    use compare::CompareTarget;
+    let by_index = [
+        CompareTarget::Create,
+        CompareTarget::Mod,
+        CompareTarget::Version,
+    ]
+    .iter()
+    .any(|t| *t as i32 == c.target);
+    if by_index {
+        let keys = view.key_revisions(&c.key, &c.range_end)?;
+        if keys.is_empty() {
+            return Ok(compare_kv(c, &KeyValue::default()));
+        }
+        return Ok(keys.iter().all(|k| {
+            let kv = KeyValue {
+                create_revision: k.create_revision,
+                mod_revision: k.mod_revision,
+                version: k.version,
+                ..Default::default()
+            };
+            compare_kv(c, &kv)
+        }));
+    }
     let rr = view.range(&c.key, &c.range_end, RangeOptions::default())?;
     if rr.kvs.is_empty() {
         // A value compare on a missing key always fails (no way to tell a

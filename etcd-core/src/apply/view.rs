@@ -10,7 +10,9 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::mvccpb::KeyValue;
 use crate::Result;
-use etcd_mvcc::{CompactWait, RangeHeader, RangeOptions, RangeResult, Store, TxnRead, TxnWrite};
+use etcd_mvcc::{
+    CompactWait, KeyRevisions, RangeHeader, RangeOptions, RangeResult, Store, TxnRead, TxnWrite,
+};
 use std::ops::ControlFlow;
 
 /// What applying one raft entry produced for its waiter.
@@ -80,6 +82,14 @@ impl<'a> View<'a> {
         Ok(match &self.txn {
             Txn::Read(t) => t.range(key, end, opts)?,
             Txn::Write(t) => t.range(key, end, opts)?,
+        })
+    }
+
+    /// The key index's state of the live keys in a range (no values read).
+    pub(super) fn key_revisions(&self, key: &[u8], end: &[u8]) -> Result<Vec<KeyRevisions>> {
+        Ok(match &self.txn {
+            Txn::Read(t) => t.key_revisions(key, end)?,
+            Txn::Write(t) => t.key_revisions(key, end)?,
         })
     }
 

@@ -53,4 +53,4 @@ pub use history::{History, HistoryBatch};
 pub use options::{Bucket, StoreOptions, RANGE_CHUNK_SIZE};
 pub use snapshot::ImageExport;
 pub use store::{hash_histogram, Store, StoreView};
-pub use txn::{RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite};
+pub use txn::{KeyRevisions, RangeHeader, RangeOptions, RangeResult, TxnRead, TxnWrite};

@@ -76,6 +76,7 @@ on_both_backends!(
     empty_store,
     put_versions_and_revisions,
     txn_shares_main_revision_and_returns_events,
+    key_revisions_agree_with_range,
     delete_and_recreate_in_one_txn_survives_compaction,
     range_options_and_end_conventions,
     txn_write_reads_own_writes_and_readers_are_isolated,
@@ -325,6 +326,65 @@ fn txn_shares_main_revision_and_returns_events(env: Env) {
     let r = s.range(b"a", &[0], RangeOptions::default()).unwrap();
     assert_eq!(keys(&r), ["a", "c"]);
     assert_eq!(r.kvs[0].version, 3);
+}
+
+/// `key_revisions` (the index alone) says what `range` says of every key's
+/// revisions and version: read transactions, a write transaction's own
+/// pending puts and deletes, ranges and missing keys.
+fn key_revisions_agree_with_range(env: Env) {
+    let s = env.open();
+    put(&s, &[("a", "0"), ("b", "0"), ("c", "0")]); // 2
+    put(&s, &[("b", "1")]); // 3
+    del(&s, "c", b""); // 4
+    put(&s, &[("c", "2")]); // 5: c again, a new generation
+    let from_range = |r: RangeResult| {
+        r.kvs
+            .iter()
+            .map(|kv| KeyRevisions {
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+            })
+            .collect::<Vec<_>>()
+    };
+    let ranges: [(&[u8], &[u8]); 5] = [
+        (b"a", b""),
+        (b"b", b""),
+        (b"x", b""),
+        (b"a", b"c"),
+        (b"\0", b"\0"),
+    ];
+    let r = s.read();
+    for (k, e) in ranges {
+        let want = from_range(r.range(k, e, RangeOptions::default()).unwrap());
+        assert_eq!(r.key_revisions(k, e).unwrap(), want, "{k:?}..{e:?}");
+    }
+    assert_eq!(
+        r.key_revisions(b"b", b"").unwrap(),
+        [KeyRevisions {
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2
+        }]
+    );
+    drop(r);
+    let mut t = s.write();
+    t.put(b"a", b"1", 0).unwrap();
+    t.delete_range(b"b", b"").unwrap();
+    t.put(b"d", b"0", 0).unwrap();
+    for (k, e) in ranges {
+        let want = from_range(t.range(k, e, RangeOptions::default()).unwrap());
+        assert_eq!(t.key_revisions(k, e).unwrap(), want, "pending {k:?}..{e:?}");
+    }
+    assert_eq!(t.key_revisions(b"b", b"").unwrap(), []);
+    assert_eq!(
+        t.key_revisions(b"a", b"").unwrap(),
+        [KeyRevisions {
+            create_revision: 2,
+            mod_revision: 6,
+            version: 2
+        }]
+    );
 }
 
 fn delete_and_recreate_in_one_txn_survives_compaction(env: Env) {

@@ -117,6 +117,49 @@ fn count_range<'a>(
     })
 }
 
+/// What the key index alone says of a live key: enough for a txn compare
+/// on its create revision, mod revision or version, without reading its
+/// value from the backend (etcd's `applyCompare` reads the whole key-value).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyRevisions {
+    /// The revision that created the key's current generation.
+    pub create_revision: i64,
+    /// The revision of its latest change.
+    pub mod_revision: i64,
+    /// Its number of changes since creation.
+    pub version: i64,
+}
+
+/// [`TxnRead::key_revisions`] and [`TxnWrite::key_revisions`]: the index's
+/// state of every live key in the range at `rev`. `src` checks a read
+/// transaction's restore epoch (None: a write transaction, no restore can
+/// run while it is open).
+fn key_revisions_in<'a>(
+    inner: &'a Inner,
+    src: Option<&Source<'_, 'a>>,
+    rev: i64,
+    key: &[u8],
+    end: &[u8],
+) -> Result<Vec<KeyRevisions>> {
+    let index = inner.index.read();
+    match src {
+        Some(src) => src.check(inner, rev, true)?,
+        None => inner.check_complete()?,
+    }
+    if rev < inner.compact_rev.load(Ordering::Acquire) {
+        return Err(Error::Compacted);
+    }
+    Ok(index
+        .states(key, end, rev)
+        .into_iter()
+        .map(|at| KeyRevisions {
+            create_revision: at.created.main,
+            mod_revision: at.modified.main,
+            version: at.version,
+        })
+        .collect())
+}
+
 /// The pending changes of a write transaction: its main revision and changes.
 type Pending<'c> = Option<(i64, &'c [Change])>;
 
@@ -306,6 +349,19 @@ impl<'a> TxnRead<'a> {
         collect(|f| self.range_chunks(key, end, opts, f))
     }
 
+    /// The revisions and versions of the live keys in the range (same
+    /// conventions as [`range`](Self::range)) at this transaction's
+    /// revision, in key order, from the key index alone: no value is read.
+    pub fn key_revisions(&self, key: &[u8], end: &[u8]) -> Result<Vec<KeyRevisions>> {
+        key_revisions_in(
+            self.inner,
+            Some(&Source::Pinned(&self.pinned)),
+            self.rev,
+            key,
+            end,
+        )
+    }
+
     /// [`range`](Self::range) in chunks: calls `f` with the key-values in
     /// key order, at most `range_chunk_size` at a time (never with an empty
     /// chunk), until they are exhausted or `f` returns `Break`. Errors
@@ -403,6 +459,12 @@ impl<'a> TxnWrite<'a> {
     /// transaction's own earlier puts and deletes.
     pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
         collect(|f| self.range_chunks(key, end, opts, f))
+    }
+
+    /// Like [`TxnRead::key_revisions`], at [`rev`](Self::rev); sees this
+    /// transaction's own earlier puts and deletes (the index holds them).
+    pub fn key_revisions(&self, key: &[u8], end: &[u8]) -> Result<Vec<KeyRevisions>> {
+        key_revisions_in(self.inner, None, self.rev(), key, end)
     }
 
     /// Like [`TxnRead::range_chunks`], at [`rev`](Self::rev) by default;
