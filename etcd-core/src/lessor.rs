@@ -335,12 +335,8 @@ impl Lessor {
         let mut st = self.state.lock();
         if id != 0 {
             attach(&mut st, id, key.clone());
-        } else if st.key_lease.is_empty() {
-            // No key has a lease (the common case): nothing to hash.
-        } else if let Some(old) = st.key_lease.remove(key) {
-            if let Some(l) = st.leases.get_mut(&old) {
-                l.keys.remove(key);
-            }
+        } else {
+            detach(&mut st, key);
         }
     }
 
@@ -563,26 +559,33 @@ fn secs(s: i64) -> Duration {
 }
 
 fn attach(st: &mut State, id: i64, key: Bytes) {
-    if let Some(old) = st.key_lease.get(&key).copied() {
-        if old == id {
-            return;
-        }
-        if let Some(l) = st.leases.get_mut(&old) {
-            l.keys.remove(&key);
-        }
+    if st.key_lease.get(&key) == Some(&id) {
+        return;
     }
+    detach(st, &key);
     match st.leases.get_mut(&id) {
         Some(l) => {
             l.keys.insert(key.clone());
             st.key_lease.insert(key, id);
         }
         None => {
-            st.key_lease.remove(&key);
             tracing::error!(
                 lease = %format!("{id:x}"),
                 key = %String::from_utf8_lossy(&key),
                 "key names a lease that does not exist; left unattached"
             );
+        }
+    }
+}
+
+/// Detaches `key` from the lease it is attached to, if any.
+fn detach(st: &mut State, key: &[u8]) {
+    if st.key_lease.is_empty() {
+        return; // no key has a lease (the common case): nothing to hash
+    }
+    if let Some(old) = st.key_lease.remove(key) {
+        if let Some(l) = st.leases.get_mut(&old) {
+            l.keys.remove(key);
         }
     }
 }

@@ -322,31 +322,29 @@ fn apply_compare(view: &View<'_>, c: &Compare) -> Result<bool> {
     ]
     .iter()
     .any(|t| *t as i32 == c.target);
-    if by_index {
-        let keys = view.key_revisions(&c.key, &c.range_end)?;
-        if keys.is_empty() {
-            return Ok(compare_kv(c, &KeyValue::default()));
-        }
-        return Ok(keys.iter().all(|k| {
-            let kv = KeyValue {
+    let kvs = if by_index {
+        view.key_revisions(&c.key, &c.range_end)?
+            .into_iter()
+            .map(|k| KeyValue {
                 create_revision: k.create_revision,
                 mod_revision: k.mod_revision,
                 version: k.version,
                 ..Default::default()
-            };
-            compare_kv(c, &kv)
-        }));
-    }
-    let rr = view.range(&c.key, &c.range_end, RangeOptions::default())?;
-    if rr.kvs.is_empty() {
+            })
+            .collect()
+    } else {
+        view.range(&c.key, &c.range_end, RangeOptions::default())?
+            .kvs
+    };
+    if kvs.is_empty() {
         // A value compare on a missing key always fails (no way to tell a
         // missing value from an empty one); other targets compare zero.
-        if c.target == compare::CompareTarget::Value as i32 {
+        if c.target == CompareTarget::Value as i32 {
             return Ok(false);
         }
         return Ok(compare_kv(c, &KeyValue::default()));
     }
-    Ok(rr.kvs.iter().all(|kv| compare_kv(c, kv)))
+    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {

@@ -48,7 +48,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLockReadGuard};
 use prost::Message;
 
 use super::events;
@@ -56,6 +56,7 @@ use super::inner::{decode_kv, Inner};
 use super::options::Bucket;
 use crate::backend::{Cf, Snapshot, WriteBatch, META_CONSISTENT_INDEX};
 use crate::error::{Error, Result};
+use crate::index::TreeIndex;
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 use crate::revision::Revision;
 
@@ -106,15 +107,30 @@ fn count_range<'a>(
         return Err(Error::FutureRevision);
     }
     let rev = if opts.rev <= 0 { txn_rev } else { opts.rev };
-    let index = inner.index.read();
-    src.check(inner, rev, true)?;
-    if rev < inner.compact_rev.load(Ordering::Acquire) {
-        return Err(Error::Compacted);
-    }
+    let index = index_at(inner, Some(src), rev)?;
     Ok(RangeHeader {
         rev: txn_rev,
         count: index.count(key, end, rev),
     })
+}
+
+/// The key index, read-locked for a first read at `rev`: `src` checks a
+/// read transaction's restore epoch (None: a write transaction, during
+/// which no restore runs), and `rev` must not be compacted.
+fn index_at<'i>(
+    inner: &'i Inner,
+    src: Option<&Source<'_, 'i>>,
+    rev: i64,
+) -> Result<RwLockReadGuard<'i, TreeIndex>> {
+    let index = inner.index.read();
+    match src {
+        Some(src) => src.check(inner, rev, true)?,
+        None => inner.check_complete()?,
+    }
+    if rev < inner.compact_rev.load(Ordering::Acquire) {
+        return Err(Error::Compacted);
+    }
+    Ok(index)
 }
 
 /// What the key index alone says of a live key: enough for a txn compare
@@ -131,9 +147,7 @@ pub struct KeyRevisions {
 }
 
 /// [`TxnRead::key_revisions`] and [`TxnWrite::key_revisions`]: the index's
-/// state of every live key in the range at `rev`. `src` checks a read
-/// transaction's restore epoch (None: a write transaction, no restore can
-/// run while it is open).
+/// state of every live key in the range at `rev` (`src` as in [`index_at`]).
 fn key_revisions_in<'a>(
     inner: &'a Inner,
     src: Option<&Source<'_, 'a>>,
@@ -141,15 +155,7 @@ fn key_revisions_in<'a>(
     key: &[u8],
     end: &[u8],
 ) -> Result<Vec<KeyRevisions>> {
-    let index = inner.index.read();
-    match src {
-        Some(src) => src.check(inner, rev, true)?,
-        None => inner.check_complete()?,
-    }
-    if rev < inner.compact_rev.load(Ordering::Acquire) {
-        return Err(Error::Compacted);
-    }
-    Ok(index
+    Ok(index_at(inner, src, rev)?
         .states(key, end, rev)
         .into_iter()
         .map(|at| KeyRevisions {
