@@ -68,7 +68,7 @@ SCENARIOS=(
 )
 
 print_header
-port=33000
+port=26000
 for s in "${SCENARIOS[@]}"; do
     name="${s%%|*}"; rest="${s#*|}"; mode="${rest%%|*}"; args="${rest#*|}"
     reset_runs

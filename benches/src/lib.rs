@@ -3,6 +3,8 @@
 //! gRPC API and so measures this server and the real etcd alike.
 //! Results and the exact commands are in `benches/RESULTS.md`.
 
+pub mod h2_client;
+
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};

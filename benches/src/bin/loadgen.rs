@@ -11,12 +11,19 @@
 //!     --user root:pw --clients 16 put
 //! ```
 //! Prints `name: value` lines: requests, errors, qps and latency percentiles.
+//!
+//! `--client h2` (the default) sends each call straight over the `h2`
+//! crate (`benches::h2_client`): the generator shares the machine's cores
+//! with the server it measures, and tonic's client cost about as much CPU
+//! per put as our server. `--client tonic` is the generated tonic client,
+//! as the Rust `etcd-client` crate does it.
 
+use benches::h2_client::GrpcConn;
 use benches::{key, ClientResult};
 use clap::{Parser, Subcommand};
 use etcd_core::pb::etcdserverpb::{
-    compare, request_op, response_op, AuthenticateRequest, Compare, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    compare, request_op, response_op, AuthenticateRequest, AuthenticateResponse, Compare,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use etcd_server::rpc::etcdserverpb::auth_client::AuthClient;
 use etcd_server::rpc::etcdserverpb::kv_client::KvClient;
@@ -72,8 +79,86 @@ struct Args {
     /// request (etcdctl's --user).
     #[arg(long)]
     user: Option<String>,
+    /// The gRPC client: `h2` (lean, straight on the h2 crate) or `tonic`.
+    #[arg(long, value_enum, default_value_t = ClientKind::H2)]
+    client: ClientKind,
     #[command(subcommand)]
     op: Op,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    H2,
+    Tonic,
+}
+
+/// One connection, through either transport (clones share it).
+#[derive(Clone)]
+enum Client {
+    H2(GrpcConn),
+    /// The KV client and its channel (for Authenticate).
+    Tonic(KvClient<Channel>, Channel),
+}
+
+impl Client {
+    async fn put(
+        &mut self,
+        r: PutRequest,
+        token: &Option<MetadataValue<Ascii>>,
+    ) -> Result<PutResponse, String> {
+        match self {
+            Client::H2(c) => c
+                .unary("/etcdserverpb.KV/Put", &r, h2_token(token))
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Client::Tonic(c, _) => c
+                .put(with_token(r, token))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn range(
+        &mut self,
+        r: RangeRequest,
+        token: &Option<MetadataValue<Ascii>>,
+    ) -> Result<RangeResponse, String> {
+        match self {
+            Client::H2(c) => c
+                .unary("/etcdserverpb.KV/Range", &r, h2_token(token))
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Client::Tonic(c, _) => c
+                .range(with_token(r, token))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn txn(
+        &mut self,
+        r: TxnRequest,
+        token: &Option<MetadataValue<Ascii>>,
+    ) -> Result<TxnResponse, String> {
+        match self {
+            Client::H2(c) => c
+                .unary("/etcdserverpb.KV/Txn", &r, h2_token(token))
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Client::Tonic(c, _) => c
+                .txn(with_token(r, token))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The token as an h2 header value.
+fn h2_token(token: &Option<MetadataValue<Ascii>>) -> Option<&str> {
+    token.as_ref().and_then(|t| t.to_str().ok())
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -102,17 +187,47 @@ async fn main() -> anyhow::Result<()> {
         cert: args.cert.clone(),
         key: args.key.clone(),
     };
-    let channels = benches::connect_with(&args.endpoints, args.conns, &tls).await?;
+    // One connection per --conns, through the chosen transport.
+    let clients: Vec<Client> = match args.client {
+        ClientKind::H2 => {
+            let urls: Vec<&str> = args.endpoints.split(',').collect();
+            let mut conns = Vec::new();
+            for i in 0..args.conns.max(1) {
+                conns.push(Client::H2(
+                    GrpcConn::connect(urls[i % urls.len()], &tls).await?,
+                ));
+            }
+            conns
+        }
+        ClientKind::Tonic => benches::connect_with(&args.endpoints, args.conns, &tls)
+            .await?
+            .into_iter()
+            .map(|ch| {
+                Client::Tonic(
+                    KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX),
+                    ch,
+                )
+            })
+            .collect(),
+    };
     let token = match &args.user {
         Some(u) => {
             let (name, password) = u.split_once(':').unwrap_or((u, ""));
-            let r = AuthClient::new(channels[0].clone())
-                .authenticate(AuthenticateRequest {
-                    name: name.into(),
-                    password: password.into(),
-                })
-                .await?;
-            Some(r.into_inner().token.parse::<MetadataValue<Ascii>>()?)
+            let auth = AuthenticateRequest {
+                name: name.into(),
+                password: password.into(),
+            };
+            let r: AuthenticateResponse = match &clients[0] {
+                Client::H2(c) => {
+                    c.unary("/etcdserverpb.Auth/Authenticate", &auth, None)
+                        .await?
+                }
+                Client::Tonic(_, ch) => AuthClient::new(ch.clone())
+                    .authenticate(auth)
+                    .await?
+                    .into_inner(),
+            };
+            Some(r.token.parse::<MetadataValue<Ascii>>()?)
         }
         None => None,
     };
@@ -121,8 +236,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients.max(1) {
-        let client = KvClient::new(channels[c % channels.len()].clone())
-            .max_decoding_message_size(usize::MAX);
+        let client = clients[c % clients.len()].clone();
         let (next, value, token) = (next.clone(), value.clone(), token.clone());
         let (total, key_size, space, seq, op) = (
             args.total,
@@ -146,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 async fn run_client(
-    mut client: KvClient<Channel>,
+    mut client: Client,
     next: Arc<AtomicU64>,
     total: u64,
     key_size: usize,
@@ -179,25 +293,25 @@ async fn run_client(
         let t = Instant::now();
         let r = match op {
             Op::Put => client
-                .put(with_token(
+                .put(
                     PutRequest {
                         key: k,
                         value: value.clone(),
                         ..Default::default()
                     },
                     &token,
-                ))
+                )
                 .await
                 .map(|_| ()),
             Op::Range { consistency } => client
-                .range(with_token(
+                .range(
                     RangeRequest {
                         key: k,
                         serializable: consistency == 's',
                         ..Default::default()
                     },
                     &token,
-                ))
+                )
                 .await
                 .map(|_| ()),
             Op::TxnPut => {
@@ -224,8 +338,7 @@ async fn run_client(
                         })),
                     }],
                 };
-                client.txn(with_token(txn, &token)).await.map(|r| {
-                    let r = r.into_inner();
+                client.txn(txn, &token).await.map(|r| {
                     let rev = if r.succeeded {
                         r.header.map_or(0, |h| h.revision)
                     } else {
