@@ -19,13 +19,15 @@
 #
 #   bash benches/cluster_compare.sh                 # REPEAT=3 TOTAL=20000 FAILOVER_REPEAT=5
 #   KINDS=real bash benches/cluster_compare.sh      # only the real etcd
+#   ONLY='put, 1 client' bash benches/cluster_compare.sh   # rows matching a regex
+#   BENCH_DIR=/dev/shm bash benches/cluster_compare.sh     # data dirs there (default /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEAT="${REPEAT:-3}"
 TOTAL="${TOTAL:-20000}"
 FAILOVER_REPEAT="${FAILOVER_REPEAT:-5}"
 KINDS="${KINDS:-ours real}"
-WORK="$(mktemp -d /var/tmp/etcd-cluster-compare.XXXXXX)"
+WORK="$(mktemp -d "${BENCH_DIR:-/var/tmp}/etcd-cluster-compare.XXXXXX")"
 ALL_PIDS=()
 trap 'kill -9 "${ALL_PIDS[@]}" $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 . benches/lib.sh
@@ -94,6 +96,13 @@ SCENARIOS=(
     "get linearizable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency l"
     "get serializable, 16 clients|--conns 4 --clients 16 --total $TOTAL --key-size 8 range --consistency s"
 )
+
+# ONLY='regex': just the scenarios whose names match.
+if [ -n "${ONLY:-}" ]; then
+    kept=()
+    for s in "${SCENARIOS[@]}"; do grep -qE -- "$ONLY" <<<"${s%%|*}" && kept+=("$s"); done
+    SCENARIOS=("${kept[@]}")
+fi
 
 port=28000
 for r in $(seq "$REPEAT"); do
