@@ -100,60 +100,33 @@ enum Client {
     Tonic(KvClient<Channel>, Channel),
 }
 
+/// `Client::$method`: the KV call `$method` through either transport.
+macro_rules! kv_call {
+    ($method:ident, $req:ty, $resp:ty, $path:literal) => {
+        async fn $method(
+            &mut self,
+            r: $req,
+            token: &Option<MetadataValue<Ascii>>,
+        ) -> Result<$resp, String> {
+            match self {
+                Client::H2(c) => c
+                    .unary($path, &r, h2_token(token))
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                Client::Tonic(c, _) => c
+                    .$method(with_token(r, token))
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| e.to_string()),
+            }
+        }
+    };
+}
+
 impl Client {
-    async fn put(
-        &mut self,
-        r: PutRequest,
-        token: &Option<MetadataValue<Ascii>>,
-    ) -> Result<PutResponse, String> {
-        match self {
-            Client::H2(c) => c
-                .unary("/etcdserverpb.KV/Put", &r, h2_token(token))
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Client::Tonic(c, _) => c
-                .put(with_token(r, token))
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn range(
-        &mut self,
-        r: RangeRequest,
-        token: &Option<MetadataValue<Ascii>>,
-    ) -> Result<RangeResponse, String> {
-        match self {
-            Client::H2(c) => c
-                .unary("/etcdserverpb.KV/Range", &r, h2_token(token))
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Client::Tonic(c, _) => c
-                .range(with_token(r, token))
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn txn(
-        &mut self,
-        r: TxnRequest,
-        token: &Option<MetadataValue<Ascii>>,
-    ) -> Result<TxnResponse, String> {
-        match self {
-            Client::H2(c) => c
-                .unary("/etcdserverpb.KV/Txn", &r, h2_token(token))
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Client::Tonic(c, _) => c
-                .txn(with_token(r, token))
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|e| e.to_string()),
-        }
-    }
+    kv_call!(put, PutRequest, PutResponse, "/etcdserverpb.KV/Put");
+    kv_call!(range, RangeRequest, RangeResponse, "/etcdserverpb.KV/Range");
+    kv_call!(txn, TxnRequest, TxnResponse, "/etcdserverpb.KV/Txn");
 }
 
 /// The token as an h2 header value.
