@@ -53,11 +53,11 @@ cpu_us_per_request() {
 }
 
 # Per-scenario results of `ours` and `real` runs, in
-# $WORK/KIND.{qps,p50,p99,cpu}.
+# $WORK/KIND.{qps,p50,p99,cpu,lgcpu}.
 # reset_runs: forget the previous scenario's runs.
 reset_runs() {
     local kind f
-    for kind in ours real; do for f in qps p50 p99 cpu; do : > "$WORK/$kind.$f"; done; done
+    for kind in ours real; do for f in qps p50 p99 cpu lgcpu; do : > "$WORK/$kind.$f"; done; done
 }
 
 # record_run KIND NAME RUN OUTPUT CPU_US: keeps one loadgen report and the
@@ -68,6 +68,7 @@ record_run() {
     echo "$out" | awk '/^latency_ms_p50:/ {print $2}' >> "$WORK/$kind.p50"
     echo "$out" | awk '/^latency_ms_p99:/ {print $2}' >> "$WORK/$kind.p99"
     echo "$cpu" >> "$WORK/$kind.cpu"
+    echo "$out" | awk '/^loadgen_cpu_us_per_request:/ {print $2}' >> "$WORK/$kind.lgcpu"
     errs=$(echo "$out" | awk '/^errors:/ {print $2}')
     [ "$errs" = 0 ] || echo "warning: $kind $name run $run had $errs errors" >&2
 }
@@ -88,22 +89,22 @@ load_and_record() {
 
 # The header of print_rows' table.
 print_header() {
-    echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms | server CPU us/request |"
-    echo "|---|---|---|---|---|---|"
+    echo "| scenario | server | QPS (median of $REPEAT) | p50 ms | p99 ms | server CPU us/request | loadgen CPU us/request |"
+    echo "|---|---|---|---|---|---|---|"
 }
 
 # print_rows NAME: the Markdown rows of a scenario (medians per server, and
 # the ratios of QPS, p50 and CPU per request).
 print_rows() {
-    local name=$1 kind q p50 p99 cpu
+    local name=$1 kind q p50 p99 cpu lg
     declare -A qps lat us
     for kind in ours real; do
         q=$(median < "$WORK/$kind.qps"); p50=$(median < "$WORK/$kind.p50"); p99=$(median < "$WORK/$kind.p99")
-        cpu=$(median < "$WORK/$kind.cpu")
+        cpu=$(median < "$WORK/$kind.cpu"); lg=$(median < "$WORK/$kind.lgcpu")
         qps[$kind]=$q; lat[$kind]=$p50; us[$kind]=$cpu
-        echo "| $name | $(server_label "$kind") | $q | $p50 | $p99 | $cpu |"
+        echo "| $name | $(server_label "$kind") | $q | $p50 | $p99 | $cpu | $lg |"
     done
     awk -v a="${qps[ours]}" -v b="${qps[real]}" -v la="${lat[ours]}" -v lb="${lat[real]}" \
         -v ca="${us[ours]}" -v cb="${us[real]}" -v n="$name" \
-        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | %.2fx | | %.2fx |\n", n, a / b, la / lb, ca / cb }'
+        'BEGIN { printf "| %s | **ratio etcd-rs / etcd** | **%.2fx** | %.2fx | | %.2fx | |\n", n, a / b, la / lb, ca / cb }'
 }

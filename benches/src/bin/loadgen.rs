@@ -10,7 +10,8 @@
 //! loadgen --endpoints https://127.0.0.1:2379 --cacert ca.pem --cert c.pem --key c-key.pem \
 //!     --user root:pw --clients 16 put
 //! ```
-//! Prints `name: value` lines: requests, errors, qps and latency percentiles.
+//! Prints `name: value` lines: requests, errors, qps, latency percentiles
+//! and the generator's own CPU time per request.
 //!
 //! `--client h2` (the default) sends each call straight over the `h2`
 //! crate (`benches::h2_client`): the generator shares the machine's cores
@@ -204,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let cpu_before = process_cpu_us();
     let next = Arc::new(AtomicU64::new(0));
     let value = vec![b'v'; args.val_size];
     let start = Instant::now();
@@ -228,6 +230,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let summary = benches::join_clients(tasks, start).await?;
     print!("{}", summary.report());
+    // The generator's own CPU: on a machine it shares with the server, what
+    // it burns per request is taken from the server's budget.
+    if let (Some(before), Some(after)) = (cpu_before, process_cpu_us()) {
+        let n = (summary.ok + summary.errors).max(1);
+        println!(
+            "loadgen_cpu_us_per_request: {:.1}",
+            (after - before) as f64 / n as f64
+        );
+    }
     Ok(())
 }
 
@@ -349,4 +360,18 @@ fn with_token<T>(m: T, token: &Option<MetadataValue<Ascii>>) -> tonic::Request<T
         r.metadata_mut().insert("token", t.clone());
     }
     r
+}
+
+/// This process's CPU time so far (user + system, all threads), in
+/// microseconds, from `/proc/self/stat` (fields 14 and 15, in USER_HZ
+/// ticks, which Linux fixes at 100 per second); None off Linux.
+fn process_cpu_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3: utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10_000)
 }
