@@ -3,8 +3,9 @@
 # 3.4, both single-member with fresh data dirs on the same disk, driven by
 # the same `watchbench` binary in one run. Scenarios: 1, 100 and 10,000
 # watchers of one key under PUT_RATE puts/s for RUN_SECONDS seconds (10,000
-# watchers spread over 100 streams on 10 connections). Prints one line per
-# scenario and server.
+# watchers spread over 100 streams on 10 connections); and 100 watchers
+# asking for prev_kv (Kubernetes' shape: the server reads each put's
+# previous value). Prints one line per scenario and server.
 #
 #   bash benches/watch_compare.sh            # defaults: PUT_RATE=1000 RUN_SECONDS=10
 set -euo pipefail
@@ -40,9 +41,13 @@ start() { # kind port -> sets PID
 
 port=24100
 printf '| watchers | streams | keys | server | puts/s | events | p50 µs | p99 µs | RSS before MiB | RSS watching MiB | B/watcher |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
-for scenario in "1 1 1 same" "100 1 1 same" "10000 100 10 distinct"; do
+for scenario in "1 1 1 same" "100 1 1 same" "100 1 1 same,prev_kv" "10000 100 10 distinct"; do
     read -r watchers streams conns keys <<<"$scenario"
-    flag=""; [ "$keys" = distinct ] && flag="--distinct-keys"
+    flag=""
+    case "$keys" in
+        distinct) flag="--distinct-keys" ;;
+        *prev_kv) flag="--prev-kv" ;;
+    esac
     for kind in ours real; do
         port=$((port + 10))
         start "$kind" "$port"
@@ -51,8 +56,10 @@ for scenario in "1 1 1 same" "100 1 1 same" "10000 100 10 distinct"; do
             --rate "$PUT_RATE" --seconds "$SECONDS_PER_RUN" $flag)"
         kill "$PID"; wait "$PID" 2>/dev/null || true
         v() { echo "$out" | awk -F': ' -v k="$1" '$1 == k {print $2}'; }
+        events="$(v events_received)"
+        [ "$flag" = --prev-kv ] && events="$events ($(v events_with_prev_kv) with prev_kv)"
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %.1f | %s |\n' \
-            "$watchers" "$streams" "$keys" "$kind" "$(v put_rate_achieved)" "$(v events_received)" \
+            "$watchers" "$streams" "$keys" "$kind" "$(v put_rate_achieved)" "$events" \
             "$(v latency_p50_us)" "$(v latency_p99_us)" \
             "$(echo "$(v rss_before_bytes) / 1048576" | bc -l)" \
             "$(echo "$(v rss_watching_bytes) / 1048576" | bc -l)" "$(v bytes_per_watcher)"

@@ -57,6 +57,10 @@ struct Args {
     /// keys (each put reaches one watcher) instead of all on one key.
     #[arg(long)]
     distinct_keys: bool,
+    /// Watchers ask for each event's previous key-value (as Kubernetes'
+    /// apiserver does), which the server reads per revision.
+    #[arg(long)]
+    prev_kv: bool,
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -83,6 +87,8 @@ async fn main() -> anyhow::Result<()> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let received = Arc::new(AtomicU64::new(0));
     let created = Arc::new(AtomicU64::new(0));
+    // Events that carried a previous key-value (--prev-kv).
+    let with_prev = Arc::new(AtomicU64::new(0));
     let streams = a.streams.max(1).min(a.watchers.max(1));
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
@@ -98,13 +104,19 @@ async fn main() -> anyhow::Result<()> {
             tx.send(WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                     key: key.into_bytes().into(),
+                    prev_kv: a.prev_kv,
                     ..Default::default()
                 })),
             })
             .await?;
         }
         let mut client = WatchClient::new(channels[s % channels.len()].clone());
-        let (hist, received, created) = (hist.clone(), received.clone(), created.clone());
+        let (hist, received, created, with_prev) = (
+            hist.clone(),
+            received.clone(),
+            created.clone(),
+            with_prev.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut stream = client
                 .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -123,6 +135,9 @@ async fn main() -> anyhow::Result<()> {
                     let now = epoch.elapsed().as_micros() as u64;
                     local.record(now.saturating_sub(sent).max(1))?;
                     received.fetch_add(1, Ordering::Relaxed);
+                    if e.prev_kv.is_some() {
+                        with_prev.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 if !local.is_empty() {
                     // Flushed per response: the task is aborted at the end.
@@ -197,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         "events_received: {} of {want}",
         received.load(Ordering::Relaxed)
     );
+    println!("events_with_prev_kv: {}", with_prev.load(Ordering::Relaxed));
     println!("latency_p50_us: {}", h.value_at_quantile(0.50));
     println!("latency_p99_us: {}", h.value_at_quantile(0.99));
     println!("latency_max_us: {}", h.max());
