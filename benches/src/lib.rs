@@ -90,6 +90,13 @@ impl TlsFiles {
     }
 }
 
+/// The URL of each of `conns` (at least one) connections: the
+/// comma-separated client URLs in `endpoints`, round-robin.
+pub fn spread(endpoints: &str, conns: usize) -> Vec<&str> {
+    let urls: Vec<&str> = endpoints.split(',').collect();
+    (0..conns.max(1)).map(|i| urls[i % urls.len()]).collect()
+}
+
 /// Opens `conns` (at least one) gRPC connections, spread round-robin over
 /// the comma-separated client URLs in `endpoints`.
 pub async fn connect(endpoints: &str, conns: usize) -> anyhow::Result<Vec<Channel>> {
@@ -102,10 +109,8 @@ pub async fn connect_with(
     conns: usize,
     tls: &TlsFiles,
 ) -> anyhow::Result<Vec<Channel>> {
-    let urls: Vec<&str> = endpoints.split(',').collect();
     let mut channels = Vec::with_capacity(conns.max(1));
-    for i in 0..conns.max(1) {
-        let url = urls[i % urls.len()];
+    for url in spread(endpoints, conns) {
         let mut ep = Endpoint::from_shared(url.to_string())?;
         if url.starts_with("https://") {
             ep = ep.tls_config(tls.config()?)?;

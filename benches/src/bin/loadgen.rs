@@ -164,12 +164,9 @@ async fn main() -> anyhow::Result<()> {
     // One connection per --conns, through the chosen transport.
     let clients: Vec<Client> = match args.client {
         ClientKind::H2 => {
-            let urls: Vec<&str> = args.endpoints.split(',').collect();
             let mut conns = Vec::new();
-            for i in 0..args.conns.max(1) {
-                conns.push(Client::H2(
-                    GrpcConn::connect(urls[i % urls.len()], &tls).await?,
-                ));
+            for url in benches::spread(&args.endpoints, args.conns) {
+                conns.push(Client::H2(GrpcConn::connect(url, &tls).await?));
             }
             conns
         }
