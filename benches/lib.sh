@@ -3,7 +3,8 @@
 # Source it after setting WORK (a scratch directory).
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/etcd-rs-target}"
-OURS="$CARGO_TARGET_DIR/release/etcd-server"
+# OURS=path runs another build of etcd-server (an A/B of two commits).
+OURS="${OURS:-$CARGO_TARGET_DIR/release/etcd-server}"
 REAL="$(command -v etcd)"
 
 # build_bins BIN...: builds etcd-server and the given benches binaries.

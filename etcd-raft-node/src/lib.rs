@@ -66,6 +66,7 @@ mod peer_tls;
 pub mod rafthttp;
 mod snapshot;
 mod storage;
+mod tcp_inbound;
 mod tcp_outbox;
 mod tcp_transport;
 mod transport;
@@ -88,8 +89,9 @@ pub use storage::{Opened, WalRecovery, WalStorage};
 /// (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use tcp_transport::fuzzing as tcp_fuzzing;
+pub use tcp_inbound::InboundStream;
 pub use tcp_transport::{
-    Deliver, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot, ReportUnreachable,
+    AdoptStream, Deliver, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot, ReportUnreachable,
     TcpTransport, TcpTransportConfig, TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};

@@ -1,18 +1,36 @@
-//! The raft thread: owns a [`Peer`], feeds it commands and ticks, and hands
-//! committed entries to the application.
+//! The raft thread: owns a [`Peer`], feeds it commands, peer messages and
+//! ticks, and hands committed entries to the application.
+//!
+//! The thread sleeps in a `mio` poll of its own, on three sources: its
+//! mailbox (a crossbeam channel of [`Command`]s, with a waker), the peer
+//! sockets the transport handed over ([`RaftNode::adopt_stream`]: it reads
+//! their frames itself, see `tcp_inbound`), and the next tick's deadline
+//! (the poll's timeout). A sender pays for a wake-up (an eventfd write)
+//! only while the thread sleeps or is about to (`Mailbox::parked`):
+//!
+//! ```text
+//! sender:      push command; fence; if parked { wake }
+//! raft thread: parked = true; fence; if mailbox empty { poll } ; parked = false
+//! ```
+//!
+//! With both fences, either the sender sees `parked` and wakes the poll,
+//! or the raft thread sees the command and does not sleep.
 
 use crate::config::NodeConfig;
 use crate::peer::{Peer, Progress, ProposeCallback, ReadCallback};
 use crate::storage::WalStorage;
+use crate::tcp_inbound::{InboundStream, ReadOutcome};
 use crate::transport::{NoopTransport, Transport};
 use crate::types::{NodeStatus, ToApply};
 use crate::{Error, Result};
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::RwLock;
 use raft::eraftpb::{ConfChange, ConfState, Message};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 enum Command {
     Propose(Vec<u8>, Option<ProposeCallback>),
@@ -27,12 +45,39 @@ enum Command {
     CompactLog(u64),
     ReportSnapshot(u64, bool),
     ReportUnreachable(u64),
+    /// A peer's message stream for the raft thread to read.
+    Adopt(Box<InboundStream>),
     Stop,
+}
+
+/// The poll token of the mailbox's waker; peer streams take 1, 2, ...
+const WAKER: mio::Token = mio::Token(0);
+
+/// Where commands for the raft thread go (module doc).
+struct Mailbox {
+    tx: Sender<Command>,
+    waker: mio::Waker,
+    /// Set while the raft thread sleeps in its poll or is about to: only
+    /// then must a sender wake it.
+    parked: Arc<AtomicBool>,
+}
+
+impl Mailbox {
+    /// Queues `cmd`, waking the raft thread if it sleeps; gives `cmd`
+    /// back when the thread has stopped.
+    fn send(&self, cmd: Command) -> std::result::Result<(), Command> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) {
+            let _ = self.waker.wake();
+        }
+        Ok(())
+    }
 }
 
 /// Handle to a running raft member. Cheap to share behind an `Arc`.
 pub struct RaftNode {
-    tx: Sender<Command>,
+    mailbox: Mailbox,
     /// The WAL's metrics, read by `/metrics` while the raft thread owns it.
     wal_metrics: etcd_wal::WalMetricsReader,
     status: Arc<RwLock<NodeStatus>>,
@@ -57,23 +102,34 @@ impl RaftNode {
         }
         let transport = transport.unwrap_or_else(|| Arc::new(NoopTransport));
         let (tx, rx) = crossbeam_channel::unbounded();
+        let io_err = |what: &str, e: std::io::Error| Error::Config(format!("{what}: {e}"));
+        let poll = mio::Poll::new().map_err(|e| io_err("cannot create the raft poll", e))?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)
+            .map_err(|e| io_err("cannot create the raft waker", e))?;
+        let parked = Arc::new(AtomicBool::new(false));
         let status = Arc::new(RwLock::new(NodeStatus {
             leader_id: 0,
             ..peer.status()
         }));
         publish_status(&status, &peer);
         let applied = Arc::new(AtomicU64::new(cfg.applied));
-        let ticker = crossbeam_channel::tick(cfg.tick_interval);
         let thread = {
+            let wait = Wait {
+                rx,
+                poll,
+                parked: parked.clone(),
+                tick: cfg.tick_interval,
+                streams: Streams::default(),
+            };
             let status = status.clone();
             let applied = applied.clone();
             std::thread::Builder::new()
                 .name(format!("raft-{:x}", cfg.id))
-                .spawn(move || run(peer, rx, ticker, transport, apply_tx, status, applied))
+                .spawn(move || run(peer, wait, transport, apply_tx, status, applied))
                 .map_err(|e| Error::Config(format!("cannot start raft thread: {e}")))?
         };
         Ok(RaftNode {
-            tx,
+            mailbox: Mailbox { tx, waker, parked },
             wal_metrics,
             status,
             applied,
@@ -84,8 +140,7 @@ impl RaftNode {
     /// Proposes `data`; `ack` learns whether raft took it (not whether it
     /// committed: committed entries arrive on the apply channel).
     pub fn propose(&self, data: Vec<u8>, ack: Option<ProposeCallback>) {
-        if let Err(crossbeam_channel::SendError(Command::Propose(_, Some(ack)))) =
-            self.tx.send(Command::Propose(data, ack))
+        if let Err(Command::Propose(_, Some(ack))) = self.mailbox.send(Command::Propose(data, ack))
         {
             ack(Err(Error::Stopped));
         }
@@ -95,13 +150,13 @@ impl RaftNode {
     /// still leads in `term` (see [`Peer::propose_as_leader`]); otherwise
     /// it is dropped, never forwarded. Nobody learns the outcome.
     pub fn propose_as_leader(&self, data: Vec<u8>, term: u64) {
-        let _ = self.tx.send(Command::ProposeAsLeader(data, term));
+        let _ = self.mailbox.send(Command::ProposeAsLeader(data, term));
     }
 
     /// Proposes a membership change; see [`Peer::propose_conf_change`].
     pub fn propose_conf_change(&self, cc: ConfChange, ack: Option<ProposeCallback>) {
-        if let Err(crossbeam_channel::SendError(Command::ProposeConfChange(_, Some(ack)))) =
-            self.tx.send(Command::ProposeConfChange(cc, ack))
+        if let Err(Command::ProposeConfChange(_, Some(ack))) =
+            self.mailbox.send(Command::ProposeConfChange(cc, ack))
         {
             ack(Err(Error::Stopped));
         }
@@ -112,7 +167,7 @@ impl RaftNode {
     /// configuration. Blocks until the raft thread has done it.
     pub fn apply_conf_change(&self, cc: ConfChange) -> Result<ConfState> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.tx
+        self.mailbox
             .send(Command::ApplyConfChange(cc, tx))
             .map_err(|_| Error::Stopped)?;
         rx.recv().map_err(|_| Error::Stopped)?
@@ -120,14 +175,14 @@ impl RaftNode {
 
     /// Asks the leader to transfer leadership to `to`.
     pub fn transfer_leader(&self, to: u64) {
-        let _ = self.tx.send(Command::TransferLeader(to));
+        let _ = self.mailbox.send(Command::TransferLeader(to));
     }
 
     /// Replication progress of every member (empty unless this member
     /// leads). Blocks until the raft thread answers.
     pub fn progress(&self) -> Result<Vec<Progress>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.tx
+        self.mailbox
             .send(Command::Progress(tx))
             .map_err(|_| Error::Stopped)?;
         rx.recv().map_err(|_| Error::Stopped)
@@ -135,8 +190,7 @@ impl RaftNode {
 
     /// Asks for a linearizable read index; `done` gets the index to wait for.
     pub fn read_index(&self, done: ReadCallback) {
-        if let Err(crossbeam_channel::SendError(Command::Read(done))) =
-            self.tx.send(Command::Read(done))
+        if let Err(Command::Read(done)) = self.mailbox.send(Command::Read(done))
         {
             done(Err(Error::Stopped));
         }
@@ -144,25 +198,32 @@ impl RaftNode {
 
     /// Hands a message from another member to raft.
     pub fn step(&self, msg: Message) {
-        let _ = self.tx.send(Command::Step(Box::new(msg)));
+        let _ = self.mailbox.send(Command::Step(Box::new(msg)));
+    }
+
+    /// Hands a peer's message stream to the raft thread, which reads it
+    /// from now on (see `tcp_inbound`); false (the stream closed) when the
+    /// node has stopped.
+    pub fn adopt_stream(&self, stream: InboundStream) -> bool {
+        self.mailbox.send(Command::Adopt(Box::new(stream))).is_ok()
     }
 
     /// Compacts the raft log up to `index`, which the state machine has
     /// durably applied (flushed), and purges old WAL segments.
     pub fn compact_log(&self, index: u64) {
-        let _ = self.tx.send(Command::CompactLog(index));
+        let _ = self.mailbox.send(Command::CompactLog(index));
     }
 
     /// Reports whether the snapshot sent to member `to` was installed (see
     /// [`Peer::report_snapshot`]); transports call it.
     pub fn report_snapshot(&self, to: u64, ok: bool) {
-        let _ = self.tx.send(Command::ReportSnapshot(to, ok));
+        let _ = self.mailbox.send(Command::ReportSnapshot(to, ok));
     }
 
     /// Reports that a message to member `to` could not be sent (see
     /// [`Peer::report_unreachable`]).
     pub fn report_unreachable(&self, to: u64) {
-        let _ = self.tx.send(Command::ReportUnreachable(to));
+        let _ = self.mailbox.send(Command::ReportUnreachable(to));
     }
 
     /// Reports that the state machine applied every entry up to `index`.
@@ -182,7 +243,7 @@ impl RaftNode {
 
     /// Stops the raft thread and waits for it. Idempotent.
     pub fn stop(&self) {
-        let _ = self.tx.send(Command::Stop);
+        let _ = self.mailbox.send(Command::Stop);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
@@ -195,36 +256,121 @@ impl Drop for RaftNode {
     }
 }
 
+/// What the raft thread waits on (module doc).
+struct Wait {
+    rx: Receiver<Command>,
+    poll: mio::Poll,
+    parked: Arc<AtomicBool>,
+    /// Between two ticks.
+    tick: Duration,
+    streams: Streams,
+}
+
+/// The peer streams the raft thread reads, by poll token.
+#[derive(Default)]
+struct Streams {
+    by_token: HashMap<mio::Token, InboundStream>,
+    /// Streams to read in this turn: readable, or left with bytes to read
+    /// (their read budget ran out) or never read yet.
+    due: Vec<mio::Token>,
+    /// The last token handed out (the waker has 0).
+    last: usize,
+}
+
+impl Streams {
+    fn add(&mut self, registry: &mio::Registry, mut s: InboundStream) {
+        self.last += 1;
+        let token = mio::Token(self.last);
+        if let Err(e) = registry.register(s.socket(), token, mio::Interest::READABLE) {
+            tracing::warn!(peer = format!("{:x}", s.from()), "cannot poll a peer stream: {e}");
+            return;
+        }
+        // Read at once: bytes (or TLS plaintext) may already be waiting.
+        self.due.push(token);
+        self.by_token.insert(token, s);
+    }
+
+    /// Reads every due stream once; keeps those with more to read due.
+    fn read_due(&mut self, registry: &mio::Registry) {
+        let mut due = std::mem::take(&mut self.due);
+        due.sort_unstable();
+        due.dedup();
+        for token in due {
+            let Some(s) = self.by_token.get_mut(&token) else {
+                continue; // closed earlier
+            };
+            match s.read_ready() {
+                ReadOutcome::Drained => {}
+                ReadOutcome::More => self.due.push(token),
+                ReadOutcome::Closed(why) => {
+                    let mut s = self.by_token.remove(&token).expect("just read");
+                    let _ = registry.deregister(s.socket());
+                    tracing::debug!(peer = format!("{:x}", s.from()), "peer stream closed: {why}");
+                }
+            }
+        }
+    }
+}
+
 fn run(
     mut peer: Peer,
-    rx: Receiver<Command>,
-    ticker: Receiver<std::time::Instant>,
+    mut wait: Wait,
     transport: Arc<dyn Transport>,
     apply_tx: Sender<ToApply>,
     status: Arc<RwLock<NodeStatus>>,
     applied: Arc<AtomicU64>,
 ) {
     let mut out = Vec::new();
+    let mut events = mio::Events::with_capacity(64);
+    let mut next_tick = Instant::now() + wait.tick;
     loop {
-        let mut stop = false;
-        select! {
-            recv(rx) -> cmd => match cmd {
-                Ok(cmd) => {
-                    // Before stepping anything: raft must know what was
-                    // applied (a leader holds a membership change while
-                    // another is unapplied).
-                    peer.advance_applied(applied.load(Ordering::Acquire));
-                    stop = handle(&mut peer, cmd);
-                }
-                Err(_) => stop = true,
-            },
-            recv(ticker) -> _ => peer.tick(),
+        // Sleep until a command, a peer's bytes or the next tick, unless
+        // something is waiting already (module doc).
+        wait.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let timeout = if !wait.rx.is_empty() || !wait.streams.due.is_empty() {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
+        let polled = wait.poll.poll(&mut events, Some(timeout));
+        wait.parked.store(false, Ordering::Relaxed);
+        if let Err(e) = polled {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                peer.fail_all(|| Error::Stopped);
+                publish_status(&status, &peer);
+                panic!("raft node failed: polling its mailbox and peers: {e}");
+            }
         }
-        // Drain whatever else is queued so it shares this Ready.
+        let streams = &mut wait.streams;
+        streams.due.extend(
+            events
+                .iter()
+                .map(|e| e.token())
+                .filter(|&t| t != WAKER),
+        );
+        // Messages read are queued as commands (the transport's deliver
+        // calls `RaftNode::step`) and handled below with the others.
+        streams.read_due(wait.poll.registry());
+        let now = Instant::now();
+        if now >= next_tick {
+            peer.tick();
+            next_tick += wait.tick;
+            if next_tick <= now {
+                next_tick = now + wait.tick; // ticks missed are dropped
+            }
+        }
+        // Before stepping anything: raft must know what was applied (a
+        // leader holds a membership change while another is unapplied).
+        peer.advance_applied(applied.load(Ordering::Acquire));
+        // Everything queued shares this Ready.
+        let mut stop = false;
         while !stop {
-            match rx.try_recv() {
+            match wait.rx.try_recv() {
+                Ok(Command::Adopt(s)) => wait.streams.add(wait.poll.registry(), *s),
                 Ok(cmd) => stop = handle(&mut peer, cmd),
-                Err(_) => break,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => stop = true,
             }
         }
         if stop {
@@ -301,6 +447,7 @@ fn handle(peer: &mut Peer, cmd: Command) -> bool {
         }
         Command::ReportSnapshot(to, ok) => peer.report_snapshot(to, ok),
         Command::ReportUnreachable(to) => peer.report_unreachable(to),
+        Command::Adopt(_) => unreachable!("the raft loop takes streams itself"),
         Command::Stop => return true,
     }
     false

@@ -69,7 +69,10 @@ pub(crate) async fn connect(
 }
 
 /// TLS server handshake of an accepted connection, then the peer checks.
-pub(crate) async fn accept(tls: &PeerTlsHandle, tcp: TcpStream) -> Result<PeerStream, String> {
+pub(crate) async fn accept(
+    tls: &PeerTlsHandle,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
     let a = tokio_rustls::TlsAcceptor::from(tls.0.server());
     let s = a
         .accept(tcp)
@@ -78,7 +81,7 @@ pub(crate) async fn accept(tls: &PeerTlsHandle, tcp: TcpStream) -> Result<PeerSt
     if let Some(leaf) = s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
         tls.0.check_peer(leaf.as_ref())?;
     }
-    Ok(Box::new(s))
+    Ok(s)
 }
 
 /// Blocking TLS client stream (the query client runs on plain threads).

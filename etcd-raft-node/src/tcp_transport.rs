@@ -42,7 +42,10 @@
 //! ```
 //!
 //! A frame longer than `max_frame_bytes` or that does not decode closes
-//! the connection. With [`TcpTransportConfig::tls`] every connection (in
+//! the connection. With [`TransportHooks::adopt`] the listener's runtime
+//! hands each accepted message stream, once handshaken, to the raft
+//! thread, which reads its frames itself (`tcp_inbound`); without it the
+//! runtime reads them and calls [`Deliver`]. With [`TcpTransportConfig::tls`] every connection (in
 //! both directions, and the queries of `peer_query`) is a TLS stream first
 //! (see `peer_tls`); the bytes above are what travels inside it.
 //!
@@ -94,6 +97,7 @@ use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::peer_tls::PeerStream;
 use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
+use crate::tcp_inbound::InboundStream;
 use crate::tcp_outbox::{encode_frame, Counters, Outbox, Pushed, Wire};
 use crate::transport::Transport;
 use crate::{Error, Result};
@@ -173,6 +177,11 @@ impl Default for TcpTransportConfig {
 /// Called with every message received from a peer.
 pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 
+/// Takes an accepted message stream over (see [`TransportHooks::adopt`]);
+/// false when nobody can (the stream is then closed, and its sender dials
+/// again).
+pub type AdoptStream = Arc<dyn Fn(InboundStream) -> bool + Send + Sync>;
+
 /// Called with `(to, ok)` when a snapshot stream to `to` ended
 /// ([`RaftNode::report_snapshot`](crate::RaftNode::report_snapshot)).
 pub type ReportSnapshot = Arc<dyn Fn(u64, bool) + Send + Sync>;
@@ -208,6 +217,14 @@ pub struct TransportHooks {
     /// Translates log entries for members running etcd itself (see
     /// [`crate::rafthttp`]); None: etcd members are not answered.
     pub etcd_codec: Option<Arc<dyn EtcdEntryCodec>>,
+    /// Who reads the accepted message streams of this protocol (plain or
+    /// TLS) once their handshake is done: normally
+    /// [`RaftNode::adopt_stream`](crate::RaftNode::adopt_stream), so that
+    /// the raft thread reads its peers' frames itself and calls
+    /// [`Deliver`] with each message (one thread wake-up per batch of
+    /// messages instead of two per message). None: the transport's
+    /// runtime reads them.
+    pub adopt: Option<AdoptStream>,
 }
 
 /// What a member is to the listener's cluster.
@@ -322,7 +339,8 @@ impl TcpTransport {
             member_status: hooks.member_status.clone(),
             unknown_sender: hooks.unknown_sender.clone(),
             receiving: Mutex::new(std::collections::HashSet::new()),
-            received: Mutex::new(HashMap::new()),
+            received: Arc::default(),
+            adopt: hooks.adopt.clone(),
             timeout: cfg.snapshot_timeout,
             tls: cfg.tls.clone(),
             etcd: Arc::default(),
@@ -1037,8 +1055,11 @@ struct ServeCtx {
     unknown_sender: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     /// Members whose snapshot stream is being received.
     receiving: Mutex<std::collections::HashSet<u64>>,
-    /// Bytes of messages received per sending member (`/metrics`).
-    received: Mutex<HashMap<u64, u64>>,
+    /// Bytes of messages received per sending member (`/metrics`; shared
+    /// with the streams the raft thread reads).
+    received: Arc<Mutex<HashMap<u64, u64>>>,
+    /// See [`TransportHooks::adopt`].
+    adopt: Option<AdoptStream>,
     timeout: Duration,
     /// TLS on accepted connections, checked before anything is read.
     tls: Option<crate::PeerTlsHandle>,
@@ -1056,13 +1077,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
                 let _ = s.set_nodelay(true);
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    let s: PeerStream = match &ctx.tls {
-                        None => Box::new(s),
+                    let r = match &ctx.tls {
+                        None => serve(s, &ctx).await,
                         Some(tls) => {
                             match tokio::time::timeout(ctx.timeout, crate::peer_tls::accept(tls, s))
                                 .await
                             {
-                                Ok(Ok(s)) => s,
+                                Ok(Ok(s)) => serve(s, &ctx).await,
                                 Ok(Err(why)) => {
                                     tracing::warn!(%addr, "rejected peer connection: {why}");
                                     return;
@@ -1074,7 +1095,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
                             }
                         }
                     };
-                    if let Err(e) = serve(s, &ctx).await {
+                    if let Err(e) = r {
                         tracing::debug!(%addr, "peer connection closed: {e}");
                     }
                 });
@@ -1087,8 +1108,27 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
     }
 }
 
+/// An accepted connection that can be taken apart for the raft thread
+/// (`tcp_inbound`): its socket and, with TLS, its session.
+trait Accepted: crate::peer_tls::PeerIo + Sized + 'static {
+    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)>;
+}
+
+impl Accepted for TcpStream {
+    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)> {
+        Ok((self.into_std()?, None))
+    }
+}
+
+impl Accepted for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)> {
+        let (tcp, conn) = self.into_inner();
+        Ok((tcp.into_std()?, Some(conn)))
+    }
+}
+
 /// Checks a dialer's handshake and dispatches on its magic.
-async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
+async fn serve<S: Accepted>(mut s: S, ctx: &ServeCtx) -> std::io::Result<()> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     s.read_exact(&mut hs[..4]).await?;
     if &hs[..4] == QUERY_MAGIC {
@@ -1117,7 +1157,7 @@ async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
             handler: ctx.etcd_http.read().clone(),
             heartbeat: rafthttp::LINK_HEARTBEAT,
         };
-        return rafthttp::serve_http(s, hs[..4].to_vec(), &http).await;
+        return rafthttp::serve_http(Box::new(s), hs[..4].to_vec(), &http).await;
     }
     s.read_exact(&mut hs[4..]).await?;
     let field = |i: usize| u64::from_be_bytes(hs[i..i + 8].try_into().expect("8 bytes"));
@@ -1170,7 +1210,29 @@ async fn serve(mut s: PeerStream, ctx: &ServeCtx) -> std::io::Result<()> {
             // before, under the same id).
             ctx.etcd.mark(from, false);
             s.write_u8(ACCEPTED).await?;
-            serve_messages(s, ctx, from).await
+            s.flush().await?;
+            match &ctx.adopt {
+                Some(adopt) => {
+                    let (tcp, tls) = s.into_parts()?;
+                    let stream = InboundStream::new(
+                        tcp,
+                        tls,
+                        from,
+                        ctx.id,
+                        ctx.max,
+                        ctx.deliver.clone(),
+                        ctx.received.clone(),
+                    )?;
+                    if !adopt(stream) {
+                        tracing::debug!(
+                            from = format!("{from:x}"),
+                            "closing a peer stream: the raft node is not running"
+                        );
+                    }
+                    Ok(())
+                }
+                None => serve_messages(s, ctx, from).await,
+            }
         }
         SNAP_MAGIC => serve_snapshot(s, ctx, from).await,
         _ => unreachable!("magic checked above"),

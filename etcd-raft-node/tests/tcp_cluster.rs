@@ -29,6 +29,8 @@ struct Member {
     transport: Arc<TcpTransport>,
     /// Payloads applied, in order (leader no-ops left out).
     applied: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Message streams its raft thread took over.
+    adopted: Arc<AtomicU64>,
 }
 
 fn wal_options() -> WalOptions {
@@ -39,6 +41,16 @@ fn wal_options() -> WalOptions {
     }
 }
 
+/// How the members' peer streams run.
+#[derive(Clone, Default)]
+struct Net {
+    /// The raft thread reads accepted message streams itself
+    /// (`TransportHooks::adopt`), as etcd-core's members do; otherwise the
+    /// transport's runtime reads them.
+    raft_thread_reads: bool,
+    tls: Option<etcd_raft_node::PeerTlsHandle>,
+}
+
 fn start_member(
     id: u64,
     dir: &Path,
@@ -46,6 +58,7 @@ fn start_member(
     addrs: &HashMap<u64, String>,
     cluster_id: u64,
     fresh: bool,
+    net: &Net,
 ) -> Member {
     let mut cs = ConfState::default();
     cs.voters = IDS.to_vec();
@@ -65,15 +78,29 @@ fn start_member(
             }
         })
     };
-    let transport = TcpTransport::start(
+    let adopted = Arc::new(AtomicU64::new(0));
+    let adopt: Option<etcd_raft_node::AdoptStream> = net.raft_thread_reads.then(|| {
+        let (slot, adopted) = (slot.clone(), adopted.clone());
+        Arc::new(move |s| {
+            let taken = slot.get().is_some_and(|n: &Arc<RaftNode>| n.adopt_stream(s));
+            adopted.fetch_add(u64::from(taken), Ordering::Relaxed);
+            taken
+        }) as etcd_raft_node::AdoptStream
+    });
+    let transport = TcpTransport::start_with(
         TcpTransportConfig {
             id,
             cluster_id,
             peers: addrs.clone(),
+            tls: net.tls.clone(),
             ..TcpTransportConfig::default()
         },
         listener,
         deliver,
+        TransportHooks {
+            adopt,
+            ..TransportHooks::default()
+        },
     )
     .unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -91,6 +118,7 @@ fn start_member(
         node,
         transport,
         applied,
+        adopted,
     }
 }
 
@@ -126,6 +154,26 @@ fn leader(members: &HashMap<u64, Member>) -> Option<u64> {
 
 #[test]
 fn three_members_over_tcp() {
+    three_members(Net::default());
+}
+
+#[test]
+fn three_members_whose_raft_threads_read_their_peers() {
+    three_members(Net {
+        raft_thread_reads: true,
+        tls: None,
+    });
+}
+
+#[test]
+fn three_members_whose_raft_threads_read_their_peers_over_tls() {
+    three_members(Net {
+        raft_thread_reads: true,
+        tls: Some(test_tls()),
+    });
+}
+
+fn three_members(net: Net) {
     let dir = tempfile::tempdir().unwrap();
     let listeners: HashMap<u64, std::net::TcpListener> = IDS
         .iter()
@@ -139,7 +187,7 @@ fn three_members_over_tcp() {
         .into_iter()
         .map(|(id, l)| {
             let d = dir.path().join(id.to_string());
-            (id, start_member(id, &d, l, &addrs, 0xc1, true))
+            (id, start_member(id, &d, l, &addrs, 0xc1, true, &net))
         })
         .collect();
 
@@ -157,6 +205,29 @@ fn three_members_over_tcp() {
     let first = members[&1].applied.lock().clone();
     for m in members.values() {
         assert_eq!(*m.applied.lock(), first, "same order everywhere");
+    }
+    // An entry of 3 MiB: its frames span many reads (and, with TLS,
+    // records) and outgrow the receivers' first buffers.
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    members[&IDS[0]].node.propose(big.clone(), None);
+    wait_for("the big entry everywhere", Duration::from_secs(20), || {
+        members
+            .values()
+            .all(|m| m.applied.lock().last().is_some_and(|d| *d == big))
+    });
+    // The leader heard from both followers, each follower from the leader.
+    let l = leader(&members).unwrap();
+    for (id, m) in &members {
+        let from: Vec<u64> = m.transport.received_bytes().iter().map(|r| r.0).collect();
+        let heard = |p: u64| from.contains(&p);
+        let ok = if *id == l {
+            IDS.iter().all(|&p| p == l || heard(p))
+        } else {
+            heard(l)
+        };
+        assert!(ok, "member {id} (leader {l}) counted bytes from {from:?}");
+        let adopted = m.adopted.load(Ordering::Relaxed);
+        assert_eq!(net.raft_thread_reads, adopted > 0, "{adopted} streams adopted");
     }
 
     // Lose the leader: the other two elect a new one and keep committing.
@@ -187,6 +258,7 @@ fn three_members_over_tcp() {
         &addrs,
         0xc1,
         false,
+        &net,
     );
     members.insert(old, back);
     wait_for(

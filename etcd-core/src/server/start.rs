@@ -175,8 +175,12 @@ impl Etcd {
             Some(listener) => {
                 let members = cluster.clone();
                 let told_removed = removed_tx.clone();
-                let (deliver, reported, unreachable) =
-                    (node_slot.clone(), node_slot.clone(), node_slot.clone());
+                let (deliver, reported, unreachable, adopter) = (
+                    node_slot.clone(),
+                    node_slot.clone(),
+                    node_slot.clone(),
+                    node_slot.clone(),
+                );
                 #[cfg(feature = "integration")]
                 let incoming_cuts = cuts.clone();
                 let t = TcpTransport::start_with(
@@ -234,6 +238,13 @@ impl Etcd {
                         etcd_codec: Some(Arc::new(crate::etcd_entries::EtcdEntries {
                             cluster: cluster.clone(),
                             snapshots: snapshots.clone(),
+                        })),
+                        // The raft thread reads its peers' message
+                        // streams itself (one wake-up per batch of
+                        // messages); before it runs, they are closed and
+                        // their senders dial again.
+                        adopt: Some(Arc::new(move |stream| {
+                            adopter.get().is_some_and(|node| node.adopt_stream(stream))
                         })),
                         report_removed: Some(Arc::new(move || {
                             if !*told_removed.borrow() {
