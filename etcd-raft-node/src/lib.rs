@@ -85,14 +85,14 @@ pub use peer_query::QueryHandler;
 pub use peer_tls::{PeerTls, PeerTlsHandle};
 pub use snapshot::{transfer_inline, SnapshotInfo, SnapshotIo, SnapshotSink, SNAPSHOT_CHUNK_BYTES};
 pub use storage::{Opened, WalRecovery, WalStorage};
+pub use tcp_inbound::InboundStream;
 /// Peer frame decoding from untrusted bytes, for the fuzz target
 /// (`testing` feature).
 #[cfg(any(test, feature = "testing"))]
 pub use tcp_transport::fuzzing as tcp_fuzzing;
-pub use tcp_inbound::InboundStream;
 pub use tcp_transport::{
-    AdoptStream, Deliver, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot, ReportUnreachable,
-    TcpTransport, TcpTransportConfig, TransportHooks,
+    AdoptStream, Deliver, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot,
+    ReportUnreachable, TcpTransport, TcpTransportConfig, TransportHooks,
 };
 pub use transport::{NoopTransport, Transport};
 pub use types::{CommittedEntry, EntryKind, NodeStatus, Role, ToApply};

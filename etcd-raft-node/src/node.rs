@@ -190,8 +190,7 @@ impl RaftNode {
 
     /// Asks for a linearizable read index; `done` gets the index to wait for.
     pub fn read_index(&self, done: ReadCallback) {
-        if let Err(Command::Read(done)) = self.mailbox.send(Command::Read(done))
-        {
+        if let Err(Command::Read(done)) = self.mailbox.send(Command::Read(done)) {
             done(Err(Error::Stopped));
         }
     }
@@ -282,7 +281,10 @@ impl Streams {
         self.last += 1;
         let token = mio::Token(self.last);
         if let Err(e) = registry.register(s.socket(), token, mio::Interest::READABLE) {
-            tracing::warn!(peer = format!("{:x}", s.from()), "cannot poll a peer stream: {e}");
+            tracing::warn!(
+                peer = format!("{:x}", s.from()),
+                "cannot poll a peer stream: {e}"
+            );
             return;
         }
         // Read at once: bytes (or TLS plaintext) may already be waiting.
@@ -305,7 +307,10 @@ impl Streams {
                 ReadOutcome::Closed(why) => {
                     let mut s = self.by_token.remove(&token).expect("just read");
                     let _ = registry.deregister(s.socket());
-                    tracing::debug!(peer = format!("{:x}", s.from()), "peer stream closed: {why}");
+                    tracing::debug!(
+                        peer = format!("{:x}", s.from()),
+                        "peer stream closed: {why}"
+                    );
                 }
             }
         }
@@ -343,12 +348,9 @@ fn run(
             }
         }
         let streams = &mut wait.streams;
-        streams.due.extend(
-            events
-                .iter()
-                .map(|e| e.token())
-                .filter(|&t| t != WAKER),
-        );
+        streams
+            .due
+            .extend(events.iter().map(|e| e.token()).filter(|&t| t != WAKER));
         // Messages read are queued as commands (the transport's deliver
         // calls `RaftNode::step`) and handled below with the others.
         streams.read_due(wait.poll.registry());

@@ -1111,17 +1111,22 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeCtx>) {
 /// An accepted connection that can be taken apart for the raft thread
 /// (`tcp_inbound`): its socket and, with TLS, its session.
 trait Accepted: crate::peer_tls::PeerIo + Sized + 'static {
-    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)>;
+    fn into_parts(self)
+        -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)>;
 }
 
 impl Accepted for TcpStream {
-    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)> {
+    fn into_parts(
+        self,
+    ) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)> {
         Ok((self.into_std()?, None))
     }
 }
 
 impl Accepted for tokio_rustls::server::TlsStream<TcpStream> {
-    fn into_parts(self) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)> {
+    fn into_parts(
+        self,
+    ) -> std::io::Result<(std::net::TcpStream, Option<rustls::ServerConnection>)> {
         let (tcp, conn) = self.into_inner();
         Ok((tcp.into_std()?, Some(conn)))
     }
@@ -1410,19 +1415,29 @@ async fn serve_snapshot<S: AsyncRead + AsyncWrite + Unpin + Send>(
 pub mod fuzzing {
     //! Fuzz entry point: decode peer frames from untrusted bytes.
 
-    /// Decodes `data` as a sequence of frames until the first error.
+    /// Decodes `data` as a sequence of frames until the first error, with
+    /// both decoders: the peer-net runtime's (`read_frame`) and the raft
+    /// thread's (`tcp_inbound`, fed in pieces whose size the first byte
+    /// picks); they must agree on every message.
     pub fn decode_frames(data: &[u8]) -> usize {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        rt.block_on(async {
+        let runtime_decoded = rt.block_on(async {
             let mut r = data;
-            let mut n = 0;
-            while let Ok(Some(_)) = super::read_frame(&mut r, 1 << 20).await {
-                n += 1;
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = super::read_frame(&mut r, 1 << 20).await {
+                out.push(m);
             }
-            n
-        })
+            out
+        });
+        let piece = data.first().map_or(1, |&b| 1 + usize::from(b) * 97);
+        let raft_decoded = crate::tcp_inbound::decode_in_pieces(data, piece, 1 << 20);
+        assert_eq!(
+            runtime_decoded, raft_decoded,
+            "the two frame decoders disagree"
+        );
+        raft_decoded.len()
     }
 
     /// Decodes `data` as a snapshot stream after its handshake: the raft

@@ -82,7 +82,9 @@ fn start_member(
     let adopt: Option<etcd_raft_node::AdoptStream> = net.raft_thread_reads.then(|| {
         let (slot, adopted) = (slot.clone(), adopted.clone());
         Arc::new(move |s| {
-            let taken = slot.get().is_some_and(|n: &Arc<RaftNode>| n.adopt_stream(s));
+            let taken = slot
+                .get()
+                .is_some_and(|n: &Arc<RaftNode>| n.adopt_stream(s));
             adopted.fetch_add(u64::from(taken), Ordering::Relaxed);
             taken
         }) as etcd_raft_node::AdoptStream
@@ -227,7 +229,11 @@ fn three_members(net: Net) {
         };
         assert!(ok, "member {id} (leader {l}) counted bytes from {from:?}");
         let adopted = m.adopted.load(Ordering::Relaxed);
-        assert_eq!(net.raft_thread_reads, adopted > 0, "{adopted} streams adopted");
+        assert_eq!(
+            net.raft_thread_reads,
+            adopted > 0,
+            "{adopted} streams adopted"
+        );
     }
 
     // Lose the leader: the other two elect a new one and keep committing.
