@@ -9,9 +9,11 @@
 //!
 //! One thread owns the `RawNode` (see [`Peer`]). Each turn of its loop:
 //!
-//! 1. waits for a command (proposal, read request, peer message) or a tick,
-//!    then drains every command already queued, so that many proposals and
-//!    reads share one `Ready` (and one WAL fsync, and one ReadIndex round);
+//! 1. waits for a command (proposal, read request, peer message), bytes on
+//!    a peer's message stream it reads itself ([`RaftNode::adopt_stream`])
+//!    or a tick, then drains every command already queued, so that many
+//!    proposals and reads share one `Ready` (and one WAL fsync, and one
+//!    ReadIndex round);
 //! 2. handles the `Ready` in etcd's order: messages of a leader are sent
 //!    *before* persisting (in parallel with the fsync); a snapshot is saved
 //!    before entries; new entries and the hard state are written to the WAL
@@ -91,10 +93,10 @@ pub use tcp_inbound::InboundStream;
 #[cfg(any(test, feature = "testing"))]
 pub use tcp_transport::fuzzing as tcp_fuzzing;
 pub use tcp_transport::{
-    AdoptStream, Deliver, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot,
-    ReportUnreachable, TcpTransport, TcpTransportConfig, TransportHooks,
+    AdoptStream, MemberStatus, MemberStatusFn, PeerStats, ReportSnapshot, ReportUnreachable,
+    TcpTransport, TcpTransportConfig, TransportHooks,
 };
-pub use transport::{NoopTransport, Transport};
+pub use transport::{Deliver, NoopTransport, Transport};
 pub use types::{CommittedEntry, EntryKind, NodeStatus, Role, ToApply};
 
 /// Re-exported raft message types, for transports.

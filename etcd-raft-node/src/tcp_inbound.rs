@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
-use crate::tcp_transport::Deliver;
+use crate::transport::Deliver;
 
 /// Bytes read from one stream per turn of the raft loop before the others
 /// (and the raft loop's own work) get a turn; the rest waits for the next.

@@ -99,7 +99,7 @@ use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
 use crate::tcp_inbound::InboundStream;
 use crate::tcp_outbox::{encode_frame, Counters, Outbox, Pushed, Wire};
-use crate::transport::Transport;
+use crate::transport::{Deliver, Transport};
 use crate::{Error, Result};
 use raft::eraftpb::MessageType;
 
@@ -173,9 +173,6 @@ impl Default for TcpTransportConfig {
         }
     }
 }
-
-/// Called with every message received from a peer.
-pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 
 /// Takes an accepted message stream over (see [`TransportHooks::adopt`]);
 /// false when nobody can (the stream is then closed, and its sender dials

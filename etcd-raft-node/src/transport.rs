@@ -3,7 +3,13 @@
 //! Incoming messages are handed to the node with [`crate::RaftNode::step`].
 //! A single-member cluster never sends anything and uses [`NoopTransport`].
 
+use std::sync::Arc;
+
 use raft::eraftpb::Message;
+
+/// Called with every message received from a peer (by a transport's
+/// runtime, or by the raft thread for the streams it reads itself).
+pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 
 /// Delivers raft messages to other members. Implementations must not block
 /// the caller (the raft thread): queue per peer and send in the background,
