@@ -462,3 +462,67 @@ fn handle(peer: &mut Peer, cmd: Command) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eraftpb::ConfState;
+
+    /// With ticks an hour apart nothing but the mailbox's waker wakes the
+    /// raft thread: every proposal of two threads racing its sleep must
+    /// commit (a lost wake-up would leave one waiting for the hour; the
+    /// 30 s bound only turns that hang into a failure).
+    #[test]
+    fn no_wake_up_is_lost_without_ticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut voters = ConfState::default();
+        voters.voters = vec![1];
+        let wal = etcd_wal::WalOptions {
+            fsync: false,
+            ..etcd_wal::WalOptions::default()
+        };
+        let storage = WalStorage::create(dir.path(), wal, b"", voters).unwrap();
+        let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
+        let cfg = NodeConfig {
+            id: 1,
+            voters: vec![1],
+            tick_interval: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let node = Arc::new(RaftNode::start(cfg, storage, None, apply_tx).unwrap());
+        const PER_THREAD: u32 = 1000;
+        let proposers: Vec<_> = (0..2u32)
+            .map(|t| {
+                let node = node.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let (tx, rx) = crossbeam_channel::bounded(1);
+                        let data = (t * PER_THREAD + i).to_be_bytes().to_vec();
+                        node.propose(data, Some(Box::new(move |r| drop(tx.send(r.is_ok())))));
+                        let taken = rx.recv_timeout(Duration::from_secs(30));
+                        assert_eq!(taken, Ok(true), "proposal {t}/{i} was not taken");
+                    }
+                })
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 2 * PER_THREAD as usize {
+            match apply_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(ToApply::Entries(es)) => {
+                    for e in &es {
+                        if let Ok(b) = <[u8; 4]>::try_from(&e.data[..]) {
+                            seen.insert(u32::from_be_bytes(b));
+                        }
+                    }
+                    node.set_applied(es.last().unwrap().index);
+                }
+                Ok(_) => {}
+                Err(_) => panic!("{} of {} entries committed", seen.len(), 2 * PER_THREAD),
+            }
+        }
+        for p in proposers {
+            p.join().unwrap();
+        }
+        node.stop();
+    }
+}

@@ -183,8 +183,8 @@ fn read_tls(
     // the socket's send buffer is otherwise unused on this side.
     while conn.wants_write() {
         match conn.write_tls(tcp) {
-            Ok(_) => {}
-            Err(_) => break,
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
     let _ = tcp.flush();
