@@ -498,7 +498,10 @@ mod tests {
                     for i in 0..PER_THREAD {
                         let (tx, rx) = crossbeam_channel::bounded(1);
                         let data = (t * PER_THREAD + i).to_be_bytes().to_vec();
-                        node.propose(data, Some(Box::new(move |r| drop(tx.send(r.is_ok())))));
+                        let ack = move |r: Result<()>| {
+                            let _ = tx.send(r.is_ok());
+                        };
+                        node.propose(data, Some(Box::new(ack)));
                         let taken = rx.recv_timeout(Duration::from_secs(30));
                         assert_eq!(taken, Ok(true), "proposal {t}/{i} was not taken");
                     }
