@@ -19,7 +19,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 cargo build --release -q -p etcd-server --bin etcd-server -p benches --bin watchbench
-OURS="$CARGO_TARGET_DIR/release/etcd-server"
+OURS="${OURS:-$CARGO_TARGET_DIR/release/etcd-server}"  # OURS=path: another build
 BENCH="$CARGO_TARGET_DIR/release/watchbench"
 REAL="$(command -v etcd)"
 
