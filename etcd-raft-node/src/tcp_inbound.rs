@@ -27,7 +27,7 @@
 //! [`TransportHooks::adopt`]: crate::TransportHooks::adopt
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -146,11 +146,8 @@ impl InboundStream {
     /// Delivers the complete frames buffered; adds their bytes to `bytes`.
     fn deliver_frames(&mut self, bytes: &mut u64) -> Result<(), String> {
         while let Some((m, len)) = self.frames.next(self.max).map_err(|e| e.to_string())? {
-            if m.to != self.id || m.from != self.from {
-                return Err(format!(
-                    "message {}->{} on the stream {}->{}",
-                    m.from, m.to, self.from, self.id
-                ));
+            if let Some(why) = misrouted(&m, self.from, self.id) {
+                return Err(why);
             }
             *bytes += len as u64;
             (self.deliver)(m);
@@ -187,7 +184,6 @@ fn read_tls(
             _ => break,
         }
     }
-    let _ = tcp.flush();
     state?;
     if n == 0 {
         return Ok(0);
@@ -198,6 +194,30 @@ fn read_tls(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
         Err(e) => Err(e),
     }
+}
+
+/// Refuses a frame whose body of `len` bytes exceeds `max` (the checks
+/// below serve both readers of message streams: this module's and the
+/// peer-net runtime's `read_frame`).
+pub(crate) fn check_frame_len(len: usize, max: usize) -> io::Result<()> {
+    if len > max {
+        return Err(io::Error::other(format!(
+            "frame of {len} bytes exceeds the limit {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a frame's body.
+pub(crate) fn decode_body(body: &[u8]) -> io::Result<Message> {
+    Message::parse_from_bytes(body)
+        .map_err(|e| io::Error::other(format!("undecodable raft message: {e}")))
+}
+
+/// Why `m` does not belong on the stream of `from` to `id`, if it does not.
+pub(crate) fn misrouted(m: &Message, from: u64, id: u64) -> Option<String> {
+    (m.to != id || m.from != from)
+        .then(|| format!("message {}->{} on the stream {from}->{id}", m.from, m.to))
 }
 
 /// Bytes of frames received and not yet decoded.
@@ -263,18 +283,11 @@ impl FrameBuf {
         let Some(len) = self.frame_len() else {
             return Ok(None);
         };
-        if len - 4 > max {
-            return Err(io::Error::other(format!(
-                "frame of {} bytes exceeds the limit {max}",
-                len - 4
-            )));
-        }
+        check_frame_len(len - 4, max)?;
         if self.end - self.start < len {
             return Ok(None);
         }
-        let body = &self.buf[self.start + 4..self.start + len];
-        let m = Message::parse_from_bytes(body)
-            .map_err(|e| io::Error::other(format!("undecodable raft message: {e}")))?;
+        let m = decode_body(&self.buf[self.start + 4..self.start + len])?;
         self.start += len;
         Ok(Some((m, len)))
     }

@@ -97,7 +97,7 @@ use crate::peer_query::{serve_query, QueryHandler, QUERY_MAGIC};
 use crate::peer_tls::PeerStream;
 use crate::rafthttp::{self, EtcdEntryCodec, EtcdLink, EtcdPeers, HttpCtx};
 use crate::snapshot::{read_full, SnapshotIo, SnapshotSink};
-use crate::tcp_inbound::InboundStream;
+use crate::tcp_inbound::{self, InboundStream};
 use crate::tcp_outbox::{encode_frame, Counters, Outbox, Pushed, Wire};
 use crate::transport::{Deliver, Transport};
 use crate::{Error, Result};
@@ -1025,16 +1025,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     };
-    if len > max {
-        return Err(std::io::Error::other(format!(
-            "frame of {len} bytes exceeds the limit {max}"
-        )));
-    }
+    tcp_inbound::check_frame_len(len, max)?;
     let mut buf = vec![0; len];
     r.read_exact(&mut buf).await?;
-    Message::parse_from_bytes(&buf)
-        .map(Some)
-        .map_err(|e| std::io::Error::other(format!("undecodable raft message: {e}")))
+    tcp_inbound::decode_body(&buf).map(Some)
 }
 
 /// What the accept loop's connections share.
@@ -1252,11 +1246,8 @@ async fn serve_messages<S: AsyncRead + Unpin>(
     // reads (length, then body) per frame.
     let mut s = tokio::io::BufReader::with_capacity(64 * 1024, s);
     while let Some(m) = read_frame(&mut s, ctx.max).await? {
-        if m.to != id || m.from != from {
-            return Err(std::io::Error::other(format!(
-                "message {}->{} on the stream {from}->{id}",
-                m.from, m.to
-            )));
+        if let Some(why) = tcp_inbound::misrouted(&m, from, id) {
+            return Err(std::io::Error::other(why));
         }
         let len = 4 + u64::from(m.compute_size());
         *ctx.received.lock().entry(from).or_default() += len;
