@@ -329,14 +329,11 @@ fn run(
     let mut events = mio::Events::with_capacity(64);
     let mut next_tick = Instant::now() + wait.tick;
     loop {
-        // Under load the next proposal often comes within microseconds:
-        // spin and yield a little for it first (as crossbeam's blocking
-        // receive did), sparing its sender a wake-up and this thread a
-        // sleep.
-        let backoff = crossbeam_utils::Backoff::new();
-        while wait.rx.is_empty() && wait.streams.due.is_empty() && !backoff.is_completed() {
-            backoff.snooze();
-        }
+        // No spin before sleeping: a spin-and-yield here (crossbeam's
+        // `Backoff`, session 24) took the two cores from the apply thread
+        // and the gRPC workers just as they answered, delaying watch events
+        // at a paced 1,000 puts/s, for no gain back to back (benches/
+        // RESULTS.md, "Session 25" in the single-member section).
         // Sleep until a command, a peer's bytes or the next tick, unless
         // something is waiting already (module doc).
         wait.parked.store(true, Ordering::Relaxed);

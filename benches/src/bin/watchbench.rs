@@ -164,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
     let period = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
     let start = tokio::time::Instant::now();
     let mut rss_peak = rss_watching;
+    // Each put's own latency (sent -> answered), beside the events': at
+    // this pace the server idles between puts, unlike loadgen's loads.
+    let mut put_hist = Histogram::<u64>::new(3)?;
     for i in 0..total {
         tokio::time::sleep_until(start + period * i as u32).await;
         let sent = epoch.elapsed().as_micros() as u64;
@@ -178,6 +181,11 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+        put_hist.record(
+            (epoch.elapsed().as_micros() as u64)
+                .saturating_sub(sent)
+                .max(1),
+        )?;
         if i % a.rate.max(1) == 0 {
             rss_peak = rss_peak.max(rss_bytes(a.server_pid));
         }
@@ -216,6 +224,8 @@ async fn main() -> anyhow::Result<()> {
     println!("latency_p50_us: {}", h.value_at_quantile(0.50));
     println!("latency_p99_us: {}", h.value_at_quantile(0.99));
     println!("latency_max_us: {}", h.max());
+    println!("put_latency_p50_us: {}", put_hist.value_at_quantile(0.50));
+    println!("put_latency_p99_us: {}", put_hist.value_at_quantile(0.99));
     println!("rss_before_bytes: {rss_before}");
     println!("rss_watching_bytes: {rss_watching}");
     println!("rss_peak_bytes: {rss_peak}");
