@@ -21,6 +21,8 @@
 #   KINDS=real bash benches/cluster_compare.sh      # only the real etcd
 #   ONLY='put, 1 client' bash benches/cluster_compare.sh   # rows matching a regex
 #   BENCH_DIR=/dev/shm bash benches/cluster_compare.sh     # data dirs there (default /var/tmp)
+#   PEER_TLS=1 bash benches/cluster_compare.sh     # peers over TLS (cfssl certificates,
+#                                                  # --peer-client-cert-auth); clients plain
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEAT="${REPEAT:-3}"
@@ -36,6 +38,16 @@ build_bins loadgen failover
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 FAILOVER="$CARGO_TARGET_DIR/release/failover"
 
+# PEER_TLS=1: the members talk over TLS, as operators run them.
+PEER_SCHEME=http
+PEER_FLAGS=()
+if [ "${PEER_TLS:-0}" = 1 ]; then
+    make_certs "$WORK/certs"
+    PEER_SCHEME=https
+    PEER_FLAGS=(--peer-cert-file "$WORK/certs/server.pem" --peer-key-file "$WORK/certs/server-key.pem"
+        --peer-trusted-ca-file "$WORK/certs/ca.pem" --peer-client-cert-auth)
+fi
+
 PIDS=()
 EPS=()
 # start_cluster KIND BASE: members m0..m2 on client BASE+10i, peer BASE+10i+1,
@@ -43,15 +55,15 @@ EPS=()
 start_cluster() {
     local kind=$1 base=$2 bin=$OURS ic="" i
     [ "$kind" = real ] && bin=$REAL
-    for i in 0 1 2; do ic="$ic${ic:+,}m$i=http://127.0.0.1:$((base + 10 * i + 1))"; done
+    for i in 0 1 2; do ic="$ic${ic:+,}m$i=$PEER_SCHEME://127.0.0.1:$((base + 10 * i + 1))"; done
     PIDS=(); EPS=()
     for i in 0 1 2; do
         local c=$((base + 10 * i)) dir="$WORK/$kind-$base-m$i"
         "$bin" --name "m$i" --data-dir "$dir" \
             --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
-            --listen-peer-urls "http://127.0.0.1:$((c + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((c + 1))" \
+            --listen-peer-urls "$PEER_SCHEME://127.0.0.1:$((c + 1))" --initial-advertise-peer-urls "$PEER_SCHEME://127.0.0.1:$((c + 1))" \
             --initial-cluster "$ic" --initial-cluster-token "bench-$kind-$base" --initial-cluster-state new \
-            >"$dir.log" 2>&1 &
+            "${PEER_FLAGS[@]}" >"$dir.log" 2>&1 &
         # Disowned: `failover` kill -9s one, and bash would report it.
         PIDS+=($!); ALL_PIDS+=($!); EPS+=("http://127.0.0.1:$c"); disown $!
     done

@@ -35,6 +35,30 @@ start_server() {
     echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1
 }
 
+# make_certs DIR: a CA and certificates made with the guides' cfssl
+# workflow (RSA 2048): DIR/ca.pem; DIR/server.pem and server-key.pem
+# (server and client auth, for 127.0.0.1 and localhost: client and peer
+# URLs); DIR/client.pem and client-key.pem (client auth).
+make_certs() {
+    mkdir -p "$1"
+    (
+        cd "$1"
+        echo '{"CN": "etcd-ca", "key": {"algo": "rsa", "size": 2048}}' > ca-csr.json
+        cat > ca-config.json <<'JSON'
+{"signing": {"default": {"expiry": "8760h"}, "profiles": {
+  "server": {"expiry": "8760h", "usages": ["signing", "key encipherment", "server auth", "client auth"]},
+  "client": {"expiry": "8760h", "usages": ["signing", "key encipherment", "client auth"]}}}}
+JSON
+        cfssl gencert -initca ca-csr.json 2>/dev/null | cfssljson -bare ca
+        echo '{"CN": "etcd", "key": {"algo": "rsa", "size": 2048}}' > server-csr.json
+        cfssl gencert -ca=ca.pem -ca-key=ca-key.pem -config=ca-config.json -profile=server \
+            -hostname=127.0.0.1,localhost server-csr.json 2>/dev/null | cfssljson -bare server
+        echo '{"CN": "client", "key": {"algo": "rsa", "size": 2048}}' > client-csr.json
+        cfssl gencert -ca=ca.pem -ca-key=ca-key.pem -config=ca-config.json -profile=client \
+            client-csr.json 2>/dev/null | cfssljson -bare client
+    )
+}
+
 # server_label KIND: how a result row names the server.
 server_label() {
     if [ "$1" = real ]; then echo "etcd $($REAL --version | awk '/etcd Version/ {print $3}')"; else echo etcd-rs; fi

@@ -19,24 +19,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 build_bins loadgen
 LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 
-# Certificates: the guides' cfssl workflow (RSA 2048).
-C="$WORK/certs"; mkdir -p "$C"
-(
-    cd "$C"
-    echo '{"CN": "etcd-ca", "key": {"algo": "rsa", "size": 2048}}' > ca-csr.json
-    cat > ca-config.json <<'JSON'
-{"signing": {"default": {"expiry": "8760h"}, "profiles": {
-  "server": {"expiry": "8760h", "usages": ["signing", "key encipherment", "server auth", "client auth"]},
-  "client": {"expiry": "8760h", "usages": ["signing", "key encipherment", "client auth"]}}}}
-JSON
-    cfssl gencert -initca ca-csr.json 2>/dev/null | cfssljson -bare ca
-    echo '{"CN": "etcd", "key": {"algo": "rsa", "size": 2048}}' > server-csr.json
-    cfssl gencert -ca=ca.pem -ca-key=ca-key.pem -config=ca-config.json -profile=server \
-        -hostname=127.0.0.1,localhost server-csr.json 2>/dev/null | cfssljson -bare server
-    echo '{"CN": "client", "key": {"algo": "rsa", "size": 2048}}' > client-csr.json
-    cfssl gencert -ca=ca.pem -ca-key=ca-key.pem -config=ca-config.json -profile=client \
-        client-csr.json 2>/dev/null | cfssljson -bare client
-)
+C="$WORK/certs"
+make_certs "$C"
 SERVER_TLS=(--cert-file "$C/server.pem" --key-file "$C/server-key.pem"
     --trusted-ca-file "$C/ca.pem" --client-cert-auth)
 TLS_FILES="--cacert $C/ca.pem --cert $C/client.pem --key $C/client-key.pem"
