@@ -10,7 +10,8 @@
 //! All watchers watch one key (or, with `--distinct-keys`, one key each); a
 //! writer puts that key `--rate` times per
 //! second, the value carrying the send time; every received event gives one
-//! latency sample (put sent -> event received by that watcher). Memory: the
+//! latency sample (put sent -> event received by that watcher); the puts'
+//! own latencies (sent -> answered) are reported beside. Memory: the
 //! server's resident set (`/proc/<pid>/status` VmRSS) before the watchers
 //! are created and after, divided by the number of watchers (and streams).
 //! Prints `name: value` lines.
