@@ -24,9 +24,6 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 build_bins watchbench leasebench
 BIN="$CARGO_TARGET_DIR/release"
 
-# field NAME OUTPUT: the value of a `name: value` line.
-field() { echo "$2" | awk -F': ' -v k="$1" '$1 == k {print $2}'; }
-
 echo "A: $A"
 echo "B: $B"
 echo
@@ -43,7 +40,7 @@ for r in $(seq "$ROUNDS"); do
             --rate "$PUT_RATE" --seconds "$RUN_SECONDS")
         l1=$("$BIN/leasebench" --endpoints "http://127.0.0.1:$port" --conns 4 --clients 1 --total 20000)
         l64=$("$BIN/leasebench" --endpoints "http://127.0.0.1:$port" --conns 4 --clients 64 --total 200000)
-        kill "$pid"; wait "$pid" 2>/dev/null || true
+        stop_server "$pid"
         row=("$(field latency_p50_us "$w")" "$(field latency_p99_us "$w")" "$(field put_latency_p50_us "$w")"
             "$(field qps "$l1")" "$(field qps "$l64")")
         echo "${row[*]}" >>"$WORK/$side"

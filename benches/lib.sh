@@ -59,6 +59,14 @@ JSON
     )
 }
 
+# stop_server PID: stops a server start_server started and returns once it
+# is gone (it is not the caller's child, so `wait` cannot wait for it).
+stop_server() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }
+
+# field NAME OUTPUT: the value of the `NAME: value` line of a bench
+# binary's OUTPUT (watchbench, leasebench, loadgen print such lines).
+field() { echo "$2" | awk -F': ' -v k="$1" '$1 == k {print $2}'; }
+
 # server_label KIND: how a result row names the server.
 server_label() {
     if [ "$1" = real ]; then echo "etcd $($REAL --version | awk '/etcd Version/ {print $3}')"; else echo etcd-rs; fi

@@ -10,34 +10,15 @@
 #   bash benches/watch_compare.sh            # defaults: PUT_RATE=1000 RUN_SECONDS=10
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/etcd-rs-target}"
 PUT_RATE="${PUT_RATE:-1000}"
 SECONDS_PER_RUN="${RUN_SECONDS:-10}"
 WORK="$(mktemp -d /var/tmp/etcd-watch-compare.XXXXXX)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-cargo build --release -q -p etcd-server --bin etcd-server -p benches --bin watchbench
-OURS="${OURS:-$CARGO_TARGET_DIR/release/etcd-server}"  # OURS=path: another build
+. benches/lib.sh  # OURS=path: another build of etcd-server
+build_bins watchbench
 BENCH="$CARGO_TARGET_DIR/release/watchbench"
-REAL="$(command -v etcd)"
-
-start() { # kind port -> sets PID
-    local kind=$1 port=$2 dir="$WORK/$1-$2"
-    local bin=$OURS; [ "$kind" = real ] && bin=$REAL
-    "$bin" --name bench --data-dir "$dir" \
-        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-        --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
-        --initial-cluster "bench=http://127.0.0.1:$((port + 1))" >"$dir.log" 2>&1 &
-    PID=$!
-    PIDS+=("$PID")
-    for _ in $(seq 100); do
-        ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "server $kind did not start; log:" >&2; cat "$dir.log" >&2; exit 1
-}
 
 port=24100
 printf '| watchers | streams | keys | server | puts/s | events | p50 µs | p99 µs | RSS before MiB | RSS watching MiB | B/watcher |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
@@ -50,12 +31,13 @@ for scenario in "1 1 1 same" "100 1 1 same" "100 1 1 same,prev_kv" "10000 100 10
     esac
     for kind in ours real; do
         port=$((port + 10))
-        start "$kind" "$port"
+        PID=$(start_server "$kind" "$port")
+        PIDS+=("$PID")
         out="$("$BENCH" --endpoint "http://127.0.0.1:$port" --server-pid "$PID" \
             --watchers "$watchers" --streams "$streams" --conns "$conns" \
             --rate "$PUT_RATE" --seconds "$SECONDS_PER_RUN" $flag)"
-        kill "$PID"; wait "$PID" 2>/dev/null || true
-        v() { echo "$out" | awk -F': ' -v k="$1" '$1 == k {print $2}'; }
+        stop_server "$PID"
+        v() { field "$1" "$out"; }
         events="$(v events_received)"
         [ "$flag" = --prev-kv ] && events="$events ($(v events_with_prev_kv) with prev_kv)"
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %.1f | %s |\n' \
